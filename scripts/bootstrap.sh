@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Creates .venv in the repo root and installs everything the node needs (idempotent, quick when
+# nothing changed). Usage: scripts/bootstrap.sh [run|test|packaging]
+# NEUROSHARD_TORCH=cuda installs the default (CUDA) torch build instead of the pinned CPU one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-run}"
+TORCH_SPEC="torch==2.13.0"
+[ "${NEUROSHARD_TORCH:-cpu}" = "cuda" ] && TORCH_SPEC="torch"
+
+qt_libs="libgl1 libegl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3"
+if command -v dpkg >/dev/null 2>&1; then
+  missing=""
+  for lib in $qt_libs; do dpkg -s "$lib" >/dev/null 2>&1 || missing="$missing $lib"; done
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      echo "bootstrap: installing Qt system libraries:$missing" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >&2
+    else
+      echo "bootstrap: Qt needs these system libraries; install them with:" >&2
+      echo "  sudo apt-get install -y$missing" >&2
+    fi
+  fi
+fi
+
+python_bin="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+py=.venv/bin/python
+
+extras=""
+case "$profile" in
+  run) extras="" ;;
+  test) extras="[dev]" ;;
+  packaging) extras="[dev,packaging]" ;;
+  *) echo "bootstrap: unknown profile '$profile' (run|test|packaging)" >&2; exit 2 ;;
+esac
+
+stamp=".venv/.neuroshard-${profile}.stamp"
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)-${TORCH_SPEC}"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing dependencies into .venv ($profile)" >&2
+  "$py" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" >&2
+  "$py" -m pip install -q --disable-pip-version-check -e ".${extras}" >&2
+  echo "$want" > "$stamp"
+fi
+# The protobuf/gRPC modules are generated from the one .proto at install time, never hand-edited.
+"$py" -m app.node.p2p.build_proto >&2
