@@ -1,0 +1,215 @@
+"""NodeConfig: every setting of a node, its TOML file, and the data directory.
+
+Precedence: built-in defaults < ``config.toml`` in the data dir < command-line flags. Sections
+``[training]``, ``[economics]`` and ``[p2p]`` are passed through as dictionaries to those
+packages' own config dataclasses, which validate them (a devnet shrinks 7-day governance windows
+and 500-step DiLoCo rounds there; the code path stays the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+from platformdirs import user_data_dir
+
+APP_NAME = "NeuroShard"
+CONFIG_FILE = "config.toml"
+DEFAULT_PORT = 7450
+ALL_MODES = ("pipeline", "async", "data", "verify", "inference")
+
+
+class ConfigError(ValueError):
+    """A setting, the config file or the data dir is unusable; the message says how to fix it."""
+
+
+def default_data_dir() -> Path:
+    """Per-user data dir outside the install folder, so upgrades keep wallet, ledger, checkpoints."""
+    return Path(os.environ.get("NEUROSHARD_DATA_DIR") or user_data_dir(APP_NAME, appauthor=False))
+
+
+@dataclass(kw_only=True)
+class ResourceLimits:
+    """What the volunteer allows; the engine throttles or pauses to honour it."""
+
+    memory_fraction: float = 0.5  # of total RAM (or VRAM on a GPU) the node may use
+    memory_bytes: int | None = None  # absolute cap; wins over the fraction when set
+    cpu_threads: int | None = None  # None: all but one core
+    gpu_ids: tuple[int, ...] = ()  # empty: all visible GPUs
+    gpu_share: float = 1.0
+    disk_bytes: int = 20 * 2**30
+    upload_bytes_per_s: int | None = None
+    download_bytes_per_s: int | None = None
+    only_when_idle: bool = False
+    idle_minutes: int = 5
+    pause_on_battery: bool = True
+    pause_when_running: tuple[str, ...] = ()  # process names
+    pause_when_fullscreen: bool = False
+    schedule: tuple[tuple[int, int, int], ...] = ()  # (weekday 0=Mon, start_hour, end_hour); empty = always
+
+    def validate(self) -> None:
+        if not 0.05 <= self.memory_fraction <= 0.95:
+            raise ConfigError("memory_fraction must be between 0.05 and 0.95")
+        if not 0.0 < self.gpu_share <= 1.0:
+            raise ConfigError("gpu_share must be in (0, 1]")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError("cpu_threads must be at least 1")
+        for day, start, end in self.schedule:
+            if not (0 <= day <= 6 and 0 <= start < end <= 24):
+                raise ConfigError(f"schedule entry {(day, start, end)} is not (weekday 0-6, start < end <= 24)")
+
+
+@dataclass(kw_only=True)
+class NodeConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    advertise_host: str | None = None
+    listen: bool = True
+    trackers: tuple[str, ...] = ()
+    max_steps: int | None = None  # None: train until stopped
+    modes: tuple[str, ...] | None = None  # None: the policy in modes.py decides
+    device: str = "auto"  # auto / cpu / cuda / mps
+    log_level: str = "INFO"
+    json_events: bool = False
+    headless: bool = False
+    devnet: bool = False
+    seed: int | None = None
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
+    training: dict[str, Any] = field(default_factory=dict)
+    economics: dict[str, Any] = field(default_factory=dict)
+    p2p: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not between 0 and 65535")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ConfigError("--max-steps must be 0 or more")
+        if self.modes is not None:
+            unknown = sorted(set(self.modes) - set(ALL_MODES))
+            if unknown:
+                raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODES)}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ConfigError(f"device '{self.device}' is not one of auto, cpu, cuda, mps")
+        for tracker in self.trackers:
+            parse_host_port(tracker)
+        self.limits.validate()
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); raises ConfigError with the expected form."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"'{text}' is not HOST:PORT (for example 127.0.0.1:7450)")
+    return host.strip("[]"), int(port_text)
+
+
+_PERSISTED = ("host", "port", "advertise_host", "listen", "trackers", "modes", "device", "log_level")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read config.toml; a missing file is an empty config, a broken one a ConfigError."""
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}. Fix or delete the file to use defaults.") from exc
+
+
+def apply_file_settings(config: NodeConfig, settings: dict[str, Any]) -> NodeConfig:
+    """Return a copy of ``config`` with the file's values (unknown keys refused)."""
+    node = dict(settings.get("node", {}))
+    unknown = set(node) - set(_PERSISTED)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [node]: {', '.join(sorted(unknown))}")
+    for key in ("trackers", "modes"):
+        if node.get(key) is not None:
+            node[key] = tuple(node[key])
+    limits_raw = dict(settings.get("limits", {}))
+    limit_fields = {f.name for f in dataclasses.fields(ResourceLimits)}
+    if set(limits_raw) - limit_fields:
+        raise ConfigError(f"unknown setting(s) in [limits]: {', '.join(sorted(set(limits_raw) - limit_fields))}")
+    for key in ("gpu_ids", "pause_when_running"):
+        if key in limits_raw:
+            limits_raw[key] = tuple(limits_raw[key])
+    if "schedule" in limits_raw:
+        limits_raw["schedule"] = tuple(tuple(entry) for entry in limits_raw["schedule"])
+    try:
+        limits = dataclasses.replace(config.limits, **limits_raw)
+        return dataclasses.replace(
+            config, **node, limits=limits,
+            training={**config.training, **settings.get("training", {})},
+            economics={**config.economics, **settings.get("economics", {})},
+            p2p={**config.p2p, **settings.get("p2p", {})},
+        )
+    except TypeError as exc:
+        raise ConfigError(f"bad value in config file: {exc}") from exc
+
+
+def to_toml_dict(config: NodeConfig) -> dict[str, Any]:
+    node = {key: getattr(config, key) for key in _PERSISTED if getattr(config, key) is not None}
+    node = {k: list(v) if isinstance(v, tuple) else v for k, v in node.items()}
+    limits = {
+        k: ([list(e) if isinstance(e, tuple) else e for e in v] if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(config.limits).items() if v is not None
+    }
+    out: dict[str, Any] = {"node": node, "limits": limits}
+    for section in ("training", "economics", "p2p"):
+        if getattr(config, section):
+            out[section] = getattr(config, section)
+    return out
+
+
+def save_config(config: NodeConfig) -> None:
+    """Write config.toml atomically (temp file, fsync, rename): never half-written."""
+    atomic_write_bytes(config.config_path, tomli_w.dumps(to_toml_dict(config)).encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def ensure_data_dir(path: Path) -> Path:
+    """Create the data dir and prove it is writable; ConfigError otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"data dir {path} is not writable ({exc.strerror or exc}); choose another with --data-dir"
+        ) from exc
+    return path

@@ -1,0 +1,282 @@
+"""NodeEngine: a synchronous, thread-safe facade over the node's own asyncio loop.
+
+One worker thread runs one asyncio loop; the gRPC server and the runtime live on it, heavy tensor
+work runs in an executor so heartbeats are answered while a layer computes. Callers (the Qt UI,
+the headless runner, tests) use ``start``/``stop``/``post`` from any thread except the loop's own
+(which would deadlock, and is asserted against), and receive immutable events through
+``subscribe``. torch is first imported on the engine thread, so a window can show before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.node import hardware
+from app.node.config import ConfigError, NodeConfig, ensure_data_dir
+from app.node.events import (
+    STATE_TRANSITIONS,
+    Command,
+    ErrorOccurred,
+    Event,
+    FinishStepThenStop,
+    HardwareMeasured,
+    NodeState,
+    Pause,
+    Remeasure,
+    Resume,
+    RunFinished,
+    StatusChanged,
+)
+from app.node.logs import attach_event_handler, configure_file_logging
+from app.node.runtime_api import RunControl, Runtime, RuntimeContext, RuntimeFactory
+
+log = logging.getLogger("neuroshard.engine")
+Subscriber = Callable[[Event], None]
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def _default_runtime_factory(ctx: RuntimeContext) -> Runtime:
+    from app.node.runtime import create_runtime  # heavy: torch, grpc
+
+    return create_runtime(ctx)
+
+
+class NodeEngine:
+    def __init__(self, config: NodeConfig, runtime_factory: RuntimeFactory | None = None) -> None:
+        config.validate()
+        self.config = config
+        self._factory = runtime_factory or _default_runtime_factory
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._main_task: asyncio.Task[int] | None = None
+        self._control: RunControl | None = None
+        self._runtime: Runtime | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._state = StatusChanged(state=NodeState.STOPPED)
+        self._latest: dict[str, Event] = {}
+        self._exit_code: int | None = None
+        self._done = threading.Event()
+        self._log_detach: Callable[[], None] | None = None
+        self._events_detach: Callable[[], None] = lambda: None
+
+    # --- observation ------------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event, on the thread that emitted it; returns unsubscribe."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    @property
+    def state(self) -> NodeState:
+        return self._state.state
+
+    def latest(self, kind: str) -> Event | None:
+        """The most recent event of a kind (a page opened late renders from it)."""
+        with self._lock:
+            return self._latest.get(kind)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._exit_code
+
+    def emit(self, event: Event) -> None:
+        """Deliver ``event`` to every subscriber; safe from any thread."""
+        with self._lock:
+            self._latest[event.kind] = event
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:  # a broken subscriber must not take the node down
+                log.exception("event subscriber %r failed", callback)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the engine thread and return at once; progress arrives as events."""
+        if self._thread is not None:
+            raise EngineError("engine already started")
+        try:
+            ensure_data_dir(self.config.data_dir)
+        except ConfigError as exc:
+            raise EngineError(str(exc)) from exc
+        self._log_detach = configure_file_logging(self.config.log_dir, self.config.log_level)
+        self._thread = threading.Thread(target=self._thread_main, name="neuroshard-engine", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=10)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the node to stop and wait up to ``timeout`` s; True if everything ended in time."""
+        self._assert_not_loop_thread()
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return True
+        if not loop.is_closed():
+            # The loop may close between the check and the call: then there is nothing to stop.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._request_stop)
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the node finished on its own or was stopped; returns the exit code."""
+        self._done.wait(timeout)
+        return self._exit_code
+
+    def post(self, command: Command) -> concurrent.futures.Future[Any]:
+        """Post a command from any thread but the loop's; the future holds its result."""
+        self._assert_not_loop_thread()
+        if self._loop is None or self._loop.is_closed():
+            raise EngineError("the engine is not running")
+        return asyncio.run_coroutine_threadsafe(self._dispatch(command), self._loop)
+
+    def call(self, command: Command, timeout: float = 10.0) -> Any:
+        """``post`` and wait for the result."""
+        return self.post(command).result(timeout)
+
+    # --- loop thread ------------------------------------------------------------------------
+
+    def _assert_not_loop_thread(self) -> None:
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise EngineError("called from the engine's own loop thread: this would deadlock")
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuroshard-work")
+        loop.set_default_executor(self._executor)
+        try:
+            self._control = RunControl()
+            self._events_detach = attach_event_handler(self.emit)
+            self._main_task = loop.create_task(self._main())
+            self._ready.set()
+            self._exit_code = loop.run_until_complete(self._main_task)
+        except BaseException as exc:  # the thread must always end cleanly and say why
+            self._exit_code = 1
+            self.emit(ErrorOccurred(message=f"engine crashed: {exc}", fatal=True))
+        finally:
+            self._ready.set()
+            self._events_detach()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            if self._log_detach is not None:
+                self._log_detach()
+            self._done.set()
+
+    def _set_state(self, state: NodeState, detail: str = "") -> None:
+        current = self._state.state
+        if state == current and detail == self._state.detail:
+            return
+        if state != current and state not in STATE_TRANSITIONS[current]:
+            raise EngineError(f"invalid state change {current.value} -> {state.value}")
+        self._state = StatusChanged(state=state, detail=detail)
+        log.info("state %s%s", state.value, f" ({detail})" if detail else "")
+        self.emit(self._state)
+
+    def _request_stop(self) -> None:
+        if self._control is not None:
+            self._control.request_stop()
+
+    async def _main(self) -> int:
+        self._set_state(NodeState.STARTING)
+        code = 1
+        try:
+            report = await self._measure(force=False)
+            self._set_state(NodeState.JOINING)
+            loop = asyncio.get_running_loop()
+            ctx = RuntimeContext(self.config, report, self.emit, self._set_state, self._control,
+                                 self._executor, loop)
+            self._runtime = await loop.run_in_executor(None, self._factory, ctx)
+            code = await self._runtime.run()
+            self.emit(RunFinished(steps=getattr(self._runtime, "steps_done", 0), exit_code=code))
+        except asyncio.CancelledError:
+            code = 0
+        except Exception as exc:
+            log.exception("node failed")
+            self.emit(ErrorOccurred(message=_describe_error(exc), fatal=True))
+            self._state = StatusChanged(state=NodeState.ERROR, detail=str(exc))
+            self.emit(self._state)
+            code = 1
+        finally:
+            await self._shutdown_runtime()
+        return code
+
+    async def _measure(self, force: bool) -> hardware.HardwareReport:
+        if self.state != NodeState.MEASURING and NodeState.MEASURING in STATE_TRANSITIONS[self.state]:
+            self._set_state(NodeState.MEASURING, "benchmarking one reference layer")
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(
+            None, lambda: hardware.measure_or_cached(self.config.data_dir, self.config.device, force=force)
+        )
+        self.emit(HardwareMeasured(
+            device=report.device.device, device_name=report.device.name,
+            memory_bytes=report.device.memory_bytes, ms_per_layer=round(report.ms_per_layer, 2),
+            tier=report.tier.value, cached=report.cached,
+        ))
+        return report
+
+    async def _shutdown_runtime(self) -> None:
+        if self.state not in (NodeState.ERROR, NodeState.STOPPED):
+            self._set_state(NodeState.STOPPING)
+        if self._runtime is not None:
+            try:
+                await asyncio.wait_for(self._runtime.shutdown(), timeout=4.0)
+            except Exception:
+                log.exception("runtime did not shut down cleanly")
+        if self.state != NodeState.STOPPED:
+            self._state = StatusChanged(state=NodeState.STOPPED)
+            self.emit(self._state)
+
+    async def _dispatch(self, command: Command) -> Any:
+        control = self._control
+        assert control is not None
+        if isinstance(command, Pause):
+            control.pause()
+            if command.until is not None:
+                asyncio.get_running_loop().call_later(max(0.0, command.until - time.time()), control.resume)
+            return True
+        if isinstance(command, Resume):
+            control.resume()
+            return True
+        if isinstance(command, FinishStepThenStop):
+            control.finish_step_then_stop = True
+            control.request_stop()
+            return True
+        if isinstance(command, Remeasure):
+            report = await self._measure(force=True)
+            return report.to_dict()
+        if self._runtime is None:
+            raise EngineError("the node is still starting; try again in a moment")
+        return await self._runtime.handle(command)
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return text if isinstance(exc, (ConfigError, EngineError, OSError)) else f"{exc.__class__.__name__}: {text}"

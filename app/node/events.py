@@ -1,0 +1,300 @@
+"""Typed, immutable events the engine publishes, and the commands it accepts.
+
+Events are frozen dataclasses so a subscriber on another thread can keep them without copying.
+The UI turns each into a Qt signal (queued connection); headless mode prints them as log lines
+or, with ``--json-events``, as one JSON object per line (:func:`event_to_json`).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+
+class NodeState(str, enum.Enum):
+    """The node's lifecycle. Changed only through ``NodeEngine._set_state``."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    MEASURING = "measuring"
+    JOINING = "joining"
+    TRAINING = "training"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+
+# Which state may follow which; anything else is a programming error caught in _set_state.
+STATE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.STOPPED: frozenset({NodeState.STARTING}),
+    NodeState.STARTING: frozenset({NodeState.MEASURING, NodeState.JOINING, NodeState.STOPPING, NodeState.ERROR}),
+    NodeState.MEASURING: frozenset({NodeState.JOINING, NodeState.STOPPING, NodeState.ERROR}),
+    NodeState.JOINING: frozenset({NodeState.TRAINING, NodeState.PAUSED, NodeState.STOPPING, NodeState.ERROR}),
+    NodeState.TRAINING: frozenset({NodeState.PAUSED, NodeState.JOINING, NodeState.STOPPING, NodeState.ERROR}),
+    NodeState.PAUSED: frozenset({NodeState.TRAINING, NodeState.JOINING, NodeState.STOPPING, NodeState.ERROR}),
+    NodeState.STOPPING: frozenset({NodeState.STOPPED, NodeState.ERROR}),
+    NodeState.ERROR: frozenset({NodeState.STOPPING, NodeState.STOPPED, NodeState.STARTING}),
+}
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events; ``kind`` names the event in JSON and logs."""
+
+    kind: ClassVar[str] = "event"
+    timestamp: float = field(default_factory=_now, kw_only=True)
+
+    def describe(self) -> str:
+        """One human line for headless logs."""
+        body = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "timestamp")
+        return f"{self.kind}: {body}"
+
+
+@dataclass(frozen=True)
+class StatusChanged(Event):
+    kind: ClassVar[str] = "status"
+    state: NodeState
+    detail: str = ""
+
+    def describe(self) -> str:
+        return f"status: {self.state.value}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True)
+class HardwareMeasured(Event):
+    kind: ClassVar[str] = "hardware"
+    device: str  # "cuda", "mps" or "cpu"
+    device_name: str
+    memory_bytes: int
+    ms_per_layer: float
+    tier: str  # "T1" .. "T5"
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class ModesChanged(Event):
+    kind: ClassVar[str] = "modes"
+    active: tuple[str, ...]
+    proposed: tuple[str, ...]
+    unavailable: tuple[tuple[str, str], ...] = ()  # (mode, reason)
+
+
+@dataclass(frozen=True)
+class LayersAssigned(Event):
+    kind: ClassVar[str] = "layers"
+    first_layer: int
+    last_layer: int  # exclusive
+    roles: tuple[str, ...]  # "driver", "worker", "validator"
+    architecture_version: int
+    total_layers: int
+    hidden: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class StepDone(Event):
+    kind: ClassVar[str] = "step"
+    step: int
+    loss: float
+    tokens_per_s: float
+    tokens_total: int
+    inner_step: int = 0
+    inner_steps_per_sync: int = 0
+
+
+@dataclass(frozen=True)
+class ActivityChanged(Event):
+    """What the node is doing now, in words ("waiting for quorum", "averaging", ...)."""
+
+    kind: ClassVar[str] = "activity"
+    activity: str
+
+
+@dataclass(frozen=True)
+class PeerJoined(Event):
+    kind: ClassVar[str] = "peer_joined"
+    node_id: str
+    address: str
+    tier: str = ""
+    layers: tuple[int, int] = (0, 0)
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class PeerLeft(Event):
+    kind: ClassVar[str] = "peer_left"
+    node_id: str
+
+
+@dataclass(frozen=True)
+class NetworkChanged(Event):
+    kind: ClassVar[str] = "network"
+    reachable: bool
+    relay: str = ""
+    peers: int = 0
+    phase: str = "genesis"
+    replicas_per_layer: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuorumChanged(Event):
+    kind: ClassVar[str] = "quorum"
+    quorum_id: str
+    state: str
+    members: tuple[str, ...] = ()
+    speed_class: str = ""
+
+
+@dataclass(frozen=True)
+class ProofAccepted(Event):
+    kind: ClassVar[str] = "proof"
+    proof_kind: str
+    epoch: int
+    reward_units: int  # micro-NEURO
+
+
+@dataclass(frozen=True)
+class BalanceChanged(Event):
+    kind: ClassVar[str] = "balance"
+    address: str
+    available_units: int
+    staked_units: int
+    pending_units: int
+
+
+@dataclass(frozen=True)
+class ProposalChanged(Event):
+    kind: ClassVar[str] = "proposal"
+    proposal_id: str
+    phase: str
+    yes_weight: int = 0
+    no_weight: int = 0
+    phase_ends_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpgradeAvailable(Event):
+    kind: ClassVar[str] = "upgrade"
+    current_version: int
+    candidate_version: int
+    current_parameters: int
+    candidate_parameters: int
+
+
+@dataclass(frozen=True)
+class MigrationProgress(Event):
+    kind: ClassVar[str] = "migration"
+    phase: str
+    fraction: float
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LogLine(Event):
+    kind: ClassVar[str] = "log"
+    level: str
+    message: str
+
+    def describe(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class ErrorOccurred(Event):
+    kind: ClassVar[str] = "error"
+    message: str
+    fatal: bool = False
+
+    def describe(self) -> str:
+        return ("fatal error: " if self.fatal else "error: ") + self.message
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    """The node's main job ended on its own (``--max-steps`` reached): headless exits then."""
+
+    kind: ClassVar[str] = "finished"
+    steps: int
+    exit_code: int = 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def event_to_json(event: Event) -> str:
+    """One compact JSON object: ``{"event": kind, "timestamp": ..., <fields>}``."""
+    payload = {"event": event.kind, **{k: _jsonable(v) for k, v in asdict(event).items()}}
+    return json.dumps(payload, separators=(",", ":"), sort_keys=False)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base of commands posted to the engine (from the UI, the CLI or tests)."""
+
+    name: ClassVar[str] = "command"
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    name: ClassVar[str] = "pause"
+    until: float | None = None  # epoch seconds; None = until Resume
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    name: ClassVar[str] = "resume"
+
+
+@dataclass(frozen=True)
+class FinishStepThenStop(Command):
+    """Unlike Pause: complete the step in flight, checkpoint, then stop the node."""
+
+    name: ClassVar[str] = "finish_and_stop"
+
+
+@dataclass(frozen=True)
+class SetModes(Command):
+    name: ClassVar[str] = "set_modes"
+    modes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Remeasure(Command):
+    name: ClassVar[str] = "remeasure"
+
+
+@dataclass(frozen=True)
+class Query(Command):
+    """Ask the node for a snapshot (``what``: "status", "peers", "wallet", "proposals", ...)."""
+
+    name: ClassVar[str] = "query"
+    what: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class WalletCommand(Command):
+    """Value-moving request; ``action`` is send / stake / unstake / propose / vote."""
+
+    name: ClassVar[str] = "wallet"
+    action: str
+    args: tuple[tuple[str, Any], ...] = ()

@@ -1,0 +1,86 @@
+"""The contract between the engine and the node runtime it drives.
+
+The engine (``engine.py``) owns the thread, the asyncio loop, the lifecycle and the events; a
+runtime (``app/node/runtime/``) owns what the node does: join or start a network, hold layers,
+train, keep the ledger. Keeping the contract in its own small module lets either side be read,
+and tested, without the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.node.config import NodeConfig
+from app.node.events import Command, Event, NodeState
+from app.node.hardware import HardwareReport
+
+
+class RunControl:
+    """Pause / stop requests the runtime honours between micro-batches (loop thread only)."""
+
+    def __init__(self) -> None:
+        self._running = asyncio.Event()
+        self._running.set()
+        self._stop = asyncio.Event()
+        self.finish_step_then_stop = False
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._running.set()  # wake a paused runtime so it can exit
+
+    async def proceed(self) -> bool:
+        """Wait while paused; False once a stop was requested (the caller then winds down)."""
+        if not self._running.is_set():
+            await self._running.wait()
+        return not self._stop.is_set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep that ends early on stop; returns False if a stop was requested."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            return True
+        return False
+
+
+@dataclass
+class RuntimeContext:
+    config: NodeConfig
+    hardware: HardwareReport
+    emit: Callable[[Event], None]  # thread-safe
+    set_state: Callable[[NodeState, str], None]  # loop thread only
+    control: RunControl
+    executor: Executor  # heavy tensor work goes here, never on the loop thread
+    loop: asyncio.AbstractEventLoop
+
+
+class Runtime(Protocol):
+    async def run(self) -> int:
+        """Join or start the network and work until ``max_steps`` or a stop; returns an exit code."""
+
+    async def handle(self, command: Command) -> Any:
+        """Commands the engine does not handle itself (modes, queries, wallet actions)."""
+
+    async def shutdown(self) -> None:
+        """Checkpoint, leave the network, close files. Must finish within a few seconds."""
+
+
+RuntimeFactory = Callable[[RuntimeContext], Runtime]
