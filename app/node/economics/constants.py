@@ -1,0 +1,187 @@
+"""Every number of the NEURO economy in one place, overridable through ``EconomicsConfig``.
+
+Amounts are integer micro-NEURO (``UNIT`` = 10**6 per NEURO) so that every node computes the
+same balances bit for bit; floats appear only in multipliers, and each product is rounded down
+to an integer once, in one function (``rewards.scale``).
+
+Sources: seed 001 (governance windows, 66 % / 30 %, 100 NEURO proposal stake, inference price
+factors, "2x stake slash" for lazy compute), seed 002 (fee burn, PoNW, stake) and the original
+NeuroShard implementation's defaults as listed in DESIGN.md section 4 where the seeds give no
+number. A devnet or a test passes a smaller ``EconomicsConfig`` (seconds instead of days); the
+code path is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+UNIT = 10**6
+"""micro-NEURO per NEURO: six decimals are enough for the 0.00001 NEURO data reward (10 units)."""
+
+MAX_SUPPLY_UNITS = 10**18
+"""Upper bound for any single amount in a record (1e12 NEURO); keeps sums far below 2**63."""
+
+PROOF_KINDS = ("uptime", "training", "data", "inference", "verification")
+ROLES = ("none", "worker", "driver", "validator")
+
+
+class ConfigError(ValueError):
+    """An ``[economics]`` setting is unusable; the message names it."""
+
+
+def neuro(amount: float | int) -> int:
+    """NEURO -> micro-NEURO, for writing constants readably (``neuro(0.0005)`` -> 500)."""
+    return int(round(amount * UNIT))
+
+
+def format_neuro(units: int) -> str:
+    """micro-NEURO -> a display string with six decimals, e.g. ``'12.500000 NEURO'``."""
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), UNIT)
+    return f"{sign}{whole}.{frac:06d} NEURO"
+
+
+def _default_rewards() -> dict[str, int]:
+    """Per-proof base rewards in micro-NEURO (original implementation, DESIGN.md section 4).
+
+    uptime: 0.0001 NEURO per minute online -> per 60 s epoch. training: 0.0005 per batch per
+    layer held. data: 0.00001 per sample served. inference: paid by the requester through the
+    market, so the mint is a small per-token bonus (1/10 of the base price) to bootstrap supply.
+    verification: 0.0005 per spot-check performed (as much as one training batch on one layer,
+    since a check re-runs one).
+    """
+    return {
+        "uptime_per_minute": neuro(0.0001),
+        "training_per_batch_layer": neuro(0.0005),
+        "async_training_per_batch_layer": neuro(0.0003),
+        "data_per_sample": 10,
+        "inference_per_1000_tokens": neuro(0.01),
+        "verification_per_check": neuro(0.0005),
+    }
+
+
+def _default_role_bonus() -> dict[str, float]:
+    """Role bonus (original implementation): drivers hold the embedding (more memory and data
+    traffic), validators hold the head and compute the loss, workers hold middle layers."""
+    return {"none": 0.0, "worker": 0.1, "driver": 0.2, "validator": 0.3}
+
+
+def _default_tier_min_ms() -> dict[int, float]:
+    """Fastest plausible time per reference layer and batch for each speed tier (seed 001 table,
+    lower bound of each band). T1's band starts at 0, so 1 ms stands for "an H100": anything
+    faster is physically implausible for the reference layer and is refused."""
+    return {1: 1.0, 2: 10.0, 3: 50.0, 4: 200.0, 5: 1000.0}
+
+
+@dataclass(kw_only=True)
+class EconomicsConfig:
+    """All economic parameters. Durations are milliseconds so a devnet can shrink days to seconds."""
+
+    network_id: str = "neuroshard-main"
+    """Signed into every record: a record from another network (or a devnet) never validates here."""
+    genesis_public_key: str = ""
+    """Hex compressed public key allowed to sign the genesis allocation; empty = no genesis."""
+
+    # --- time ---------------------------------------------------------------------------------
+    epoch_ms: int = 60_000
+    """PoNW epoch: 60 s (original implementation); one proof per node, kind and epoch."""
+    max_clock_skew_ms: int = 120_000
+    """Records stamped further than this in the future are refused at the door (two epochs)."""
+    challenge_window_ms: int = 600_000
+    """A proof is final (its reward spendable) 600 s after its epoch ends, unless challenged."""
+
+    # --- rewards and emission ----------------------------------------------------------------
+    rewards: dict[str, int] = field(default_factory=_default_rewards)
+    role_bonus: dict[str, float] = field(default_factory=_default_role_bonus)
+    stake_bonus_per_doubling: float = 0.1
+    """Stake multiplier 1 + 0.1 * log2(1 + stake / 1000 NEURO): diminishing, so stake buys some
+    priority but cannot buy the reward stream (original implementation)."""
+    stake_bonus_scale_units: int = neuro(1000)
+    epoch_emission_per_node: int = neuro(0.5)
+    """Cap on the NEURO minted per epoch, per sqrt(active nodes): see ``rewards.epoch_cap``."""
+    max_proofs_per_hour: int = 120
+    max_reward_per_day: int = neuro(10_000)
+
+    # --- fees, stake, slashing ----------------------------------------------------------------
+    fee_burn_share: float = 0.05
+    """5 % of every fee is destroyed (original implementation); the rest goes to the fee pool
+    account, so the fee still costs the sender but supply shrinks slowly with use."""
+    min_transfer_fee: int = 1
+    min_verifier_stake: int = neuro(100)
+    """Stake a node needs before its spot-check verdicts count (verify mode, seed 001)."""
+    challenge_bond: int = neuro(10)
+    """Locked by a challenger; lost (half to the accused, half burned) if the challenge is frivolous."""
+    cheat_penalty: int = neuro(10)
+    slash_multiplier: int = 2
+    """Seed 001: a failed spot-check slashes 2x; the cheater loses 2 x cheat_penalty, taken from
+    stake first and capped at what the account holds."""
+    reporter_share: float = 0.5
+    """Half of a slash goes to the checkers who proved it (original implementation), rest burned."""
+    challenge_confirmations: int = 1
+    """Distinct staked verifiers that must agree a proof failed before the slash applies."""
+    spot_check_rate: float = 0.05
+    spot_check_rtol: float = 1e-3
+    spot_check_atol: float = 1e-4
+
+    # --- governance (seed 001) --------------------------------------------------------------
+    proposal_stake: int = neuro(100)
+    discussion_ms: int = 7 * 24 * 3600 * 1000
+    voting_ms: int = 7 * 24 * 3600 * 1000
+    implementation_ms: int = 7 * 24 * 3600 * 1000
+    approval_threshold: float = 0.66
+    quorum_threshold: float = 0.30
+    max_merges_per_proposal: int = 256
+
+    # --- inference pricing (seed 001) --------------------------------------------------------
+    inference_base_price: int = neuro(0.0001)
+    demand_range: tuple[float, float] = (1.0, 2.0)
+    speed_range: tuple[float, float] = (0.8, 1.5)
+    reputation_range: tuple[float, float] = (0.8, 1.2)
+    tier_min_ms: dict[int, float] = field(default_factory=_default_tier_min_ms)
+
+    def __post_init__(self) -> None:
+        _positive(self, "epoch_ms", "challenge_window_ms", "voting_ms", "max_proofs_per_hour",
+                  "challenge_confirmations", "inference_base_price")
+        for name in ("fee_burn_share", "reporter_share", "spot_check_rate",
+                     "approval_threshold", "quorum_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"economics.{name} must be between 0 and 1")
+        missing = set(_default_rewards()) - set(self.rewards)
+        if missing:
+            raise ConfigError(f"economics.rewards lacks {sorted(missing)}")
+        if set(self.tier_min_ms) != {1, 2, 3, 4, 5}:
+            raise ConfigError("economics.tier_min_ms needs tiers 1..5")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EconomicsConfig:
+        """Builds a config from the ``[economics]`` TOML section, refusing unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown economics settings: {sorted(unknown)}")
+        values = dict(values)
+        if "tier_min_ms" in values:
+            values["tier_min_ms"] = {int(k): float(v) for k, v in values["tier_min_ms"].items()}
+        for name in ("demand_range", "speed_range", "reputation_range"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+    @classmethod
+    def devnet(cls, **overrides: Any) -> EconomicsConfig:
+        """Seconds instead of days: 1 s epochs, 3 s challenge window, 2 s governance phases."""
+        values: dict[str, Any] = {
+            "network_id": "neuroshard-devnet", "epoch_ms": 1000, "max_clock_skew_ms": 5000,
+            "challenge_window_ms": 3000, "discussion_ms": 2000, "voting_ms": 2000,
+            "implementation_ms": 2000,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+def _positive(config: EconomicsConfig, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"economics.{name} must be positive")

@@ -1,0 +1,170 @@
+"""How each kind of record changes the ledger state. Each handler either applies fully or
+records a rejection with its reason and changes nothing (checks first, then moves)."""
+
+from __future__ import annotations
+
+import bisect
+
+from app.node.economics import governance, ponw, rewards
+from app.node.economics.records import Record
+from app.node.economics.state import FEE_POOL, PPM, LedgerState, ProofState
+from app.wallet.keys import address_from_public_key
+
+
+class Refused(Exception):
+    """Internal: a state rule refused the record; the message becomes its status reason."""
+
+
+def apply_record(state: LedgerState, record: Record, at_ms: int) -> None:
+    """Applies one record at canonical time ``at_ms``; sets its status to applied or rejected."""
+    handler = _HANDLERS[record.kind]
+    try:
+        handler(state, record, at_ms)
+    except Refused as exc:
+        state.statuses[record.record_id] = ("rejected", str(exc))
+    except ponw.ProofRejected as exc:
+        state.statuses[record.record_id] = ("rejected", exc.reason)
+    except governance.VoteRefused as exc:
+        state.statuses[record.record_id] = ("rejected", exc.reason)
+    else:
+        state.statuses[record.record_id] = ("applied", "")
+
+
+def _author(record: Record) -> str:
+    return address_from_public_key(record.author)
+
+
+def _genesis(state: LedgerState, record: Record, at_ms: int) -> None:
+    if record.author.hex() != state.config.genesis_public_key:
+        raise Refused("genesis signed by a key other than the configured genesis key")
+    if state.genesis_done:
+        raise Refused("genesis already applied")
+    state.genesis_done = True
+    for address, amount in record.body["allocations"]:
+        state.account(address).available += amount
+        state.minted += amount
+        state.note(address, at_ms, "genesis", amount, record.record_id)
+
+
+def _transfer(state: LedgerState, record: Record, at_ms: int) -> None:
+    body = record.body
+    sender = state.account(_author(record))
+    amount, fee = body["amount"], body["fee"]
+    if fee < state.config.min_transfer_fee:
+        raise Refused(f"fee below the minimum of {state.config.min_transfer_fee} micro-NEURO")
+    if sender.available < amount + fee:
+        raise Refused("insufficient available balance for amount plus fee")
+    sender.available -= amount + fee
+    state.account(body["to"]).available += amount
+    burned = fee * round(state.config.fee_burn_share * PPM) // PPM
+    state.burned += burned
+    state.account(FEE_POOL).available += fee - burned
+    rid = record.record_id
+    state.note(_author(record), at_ms, "send", -(amount + fee), rid, f"to {body['to']} fee {fee} {body['memo']}")
+    state.note(body["to"], at_ms, "receive", amount, rid, f"from {_author(record)} {body['memo']}")
+
+
+def _stake(state: LedgerState, record: Record, at_ms: int) -> None:
+    account = state.account(_author(record))
+    amount = record.body["amount"]
+    if account.available < amount:
+        raise Refused("insufficient available balance to stake")
+    account.available -= amount
+    account.staked += amount
+    state.note(_author(record), at_ms, "stake", -amount, record.record_id)
+
+
+def _unstake(state: LedgerState, record: Record, at_ms: int) -> None:
+    """Unstaked coins wait one challenge window (still slashable) so a cheat cannot run first."""
+    account = state.account(_author(record))
+    amount = record.body["amount"]
+    if account.staked < amount:
+        raise Refused("cannot unstake more than is staked")
+    account.staked -= amount
+    account.unbonding += amount
+    key = f"{_author(record)}:{amount}:{record.record_id}"
+    state.schedule(at_ms + state.config.challenge_window_ms, 1, "unbond", key)
+    state.note(_author(record), at_ms, "unstake", 0, record.record_id, f"unbonding {amount}")
+
+
+def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
+    config = state.config
+    ponw.check_proof(record, config)
+    body = record.body
+    address = _author(record)
+    epoch = body["epoch"]
+    window = max(3_600_000 // config.epoch_ms, 1)
+    accepted = state.proof_epochs.setdefault(address, [])
+    recent = bisect.bisect_right(accepted, epoch) - bisect.bisect_right(accepted, epoch - window)
+    if recent >= config.max_proofs_per_hour:
+        raise Refused(f"more than {config.max_proofs_per_hour} proofs in one hour")
+    account = state.account(address)
+    reward = rewards.proof_reward(body, account.staked, config)
+    bisect.insort(accepted, epoch)
+    account.pending_rewards += reward
+    state.proofs[record.record_id] = ProofState(record=record, reward=reward)
+    state.epoch_proofs.setdefault(epoch, []).append(record.record_id)
+    settle_at = (epoch + 1) * config.epoch_ms + config.challenge_window_ms
+    state.schedule(settle_at, 0, "settle", str(epoch))
+    state.note(address, at_ms, "proof", 0, record.record_id, f"{body['proof_kind']} pending {reward}")
+
+
+def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:
+    config = state.config
+    body = record.body
+    proof = state.proofs.get(body["proof_id"])
+    if proof is None:
+        raise Refused("challenged proof is unknown or was not accepted")
+    settle_at = (proof.record.body["epoch"] + 1) * config.epoch_ms + config.challenge_window_ms
+    if proof.settled or at_ms >= settle_at:
+        raise Refused("challenge window of this proof has closed")
+    if record.author == proof.record.author:
+        raise Refused("a node cannot judge its own proof")
+    checker = state.account(_author(record))
+    if checker.staked < config.min_verifier_stake:
+        raise Refused(f"verifiers need at least {config.min_verifier_stake} micro-NEURO staked")
+    if body["verdict"] == "pass":
+        proof.passes.add(_author(record))
+        state.note(_author(record), at_ms, "check", 0, record.record_id, "pass")
+        return
+    if checker.available < config.challenge_bond:
+        raise Refused("insufficient available balance for the challenge bond")
+    checker.available -= config.challenge_bond
+    checker.locked += config.challenge_bond
+    proof.fails[_author(record)] = config.challenge_bond
+    state.note(_author(record), at_ms, "challenge", -config.challenge_bond, record.record_id, "bond locked")
+
+
+def _proposal(state: LedgerState, record: Record, at_ms: int) -> None:
+    config = state.config
+    account = state.account(_author(record))
+    if len(record.body["merges"]) > config.max_merges_per_proposal:
+        raise Refused(f"more than {config.max_merges_per_proposal} merges in one proposal")
+    if account.available < config.proposal_stake:
+        raise Refused(f"a proposal needs {config.proposal_stake} micro-NEURO available to lock as stake")
+    account.available -= config.proposal_stake
+    account.locked += config.proposal_stake
+    proposal = governance.Proposal(
+        proposal_id=record.record_id, author=_author(record), title=record.body["title"],
+        merges=[(a, b) for a, b in record.body["merges"]], created_ms=at_ms)
+    state.proposals[proposal.proposal_id] = proposal
+    for due in (proposal.voting_opens(config), proposal.voting_closes(config),
+                proposal.implementation_at(config)):
+        state.schedule(due, 2, "governance", f"{due}:{proposal.proposal_id}")
+    state.note(_author(record), at_ms, "proposal", -config.proposal_stake, record.record_id, "stake locked")
+
+
+def _vote(state: LedgerState, record: Record, at_ms: int) -> None:
+    proposal = state.proposals.get(record.body["proposal_id"])
+    if proposal is None:
+        raise Refused("unknown proposal")
+    voter = _author(record)
+    governance.check_vote(proposal, voter, state.account(voter).staked, at_ms, state.config)
+    proposal.votes[voter] = record.body["approve"]
+    state.note(voter, at_ms, "vote", 0, record.record_id, "approve" if record.body["approve"] else "reject")
+
+
+_HANDLERS = {
+    "genesis": _genesis, "transfer": _transfer, "stake": _stake, "unstake": _unstake,
+    "proof": _proof, "challenge": _challenge, "proposal": _proposal, "vote": _vote,
+}
