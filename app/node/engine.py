@@ -39,6 +39,7 @@ from app.node.runtime_api import RunControl, Runtime, RuntimeContext, RuntimeFac
 
 log = logging.getLogger("neuroshard.engine")
 Subscriber = Callable[[Event], None]
+_reporting = threading.local()
 
 
 class EngineError(RuntimeError):
@@ -108,7 +109,18 @@ class NodeEngine:
             try:
                 callback(event)
             except Exception:  # a broken subscriber must not take the node down
-                log.exception("event subscriber %r failed", callback)
+                self._report_subscriber_failure(callback)
+
+    def _report_subscriber_failure(self, callback: Subscriber) -> None:
+        # Logging becomes a LogLine event, which reaches the same broken subscriber again:
+        # report once per thread and swallow the nested failure instead of recursing.
+        if getattr(_reporting, "active", False):
+            return
+        _reporting.active = True
+        try:
+            log.exception("event subscriber %r failed", callback)
+        finally:
+            _reporting.active = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -138,10 +150,9 @@ class NodeEngine:
         thread.join(timeout)
         return not thread.is_alive()
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until the node finished on its own or was stopped; returns the exit code."""
-        self._done.wait(timeout)
-        return self._exit_code
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the node finished on its own or was stopped; True when it has."""
+        return self._done.wait(timeout)
 
     def post(self, command: Command) -> concurrent.futures.Future[Any]:
         """Post a command from any thread but the loop's; the future holds its result."""
