@@ -1,0 +1,211 @@
+"""PipelineDriver: runs one training step as micro-batches through the stages (Petals-style).
+
+The driver holds the embedding stage and orchestrates every micro-batch stage by stage through
+the transport: forward to each remote stage in turn, the head stage returns the loss with the
+gradient of its input, then backward through the remote stages in reverse and finally locally.
+Driver-orchestrated routing (rather than stage-to-stage chaining) costs one extra hop per stage
+but makes failover local to one call: when a stage's peer dies, only that call is re-routed.
+
+Schedule: up to ``#stages`` micro-batches are in flight at once. Each stage computes one request
+at a time, so while micro-batch k runs backward on stage 2, micro-batch k+1 runs forward on stage
+1: the 1F1B pattern (Narayanan et al., PipeDream-Flush), with the same in-flight bound that keeps
+activation memory at ``#stages`` micro-batches per stage.
+
+Exactly-once steps: stages accumulate each ``(driver, step, micro-batch)`` at most once and apply
+the step only on ``commit`` with every micro-batch present. A micro-batch whose route changed
+half-way (a stage died and a replica answered) is replayed from the start; a replica that took
+over mid-step answers the commit with the micro-batches it misses, and exactly those are replayed.
+A step is committed once or raises :class:`PipelineStalled` and is retried with the same batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from app.node.training.stage import StageWorker
+from app.node.training.transport import (
+    OP_BACKWARD,
+    OP_COMMIT,
+    OP_FINISH,
+    OP_FORWARD,
+    Meta,
+    StageTransport,
+    StageUnavailable,
+    Tensors,
+)
+
+
+class PipelineStalled(RuntimeError):
+    """A micro-batch or commit could not be completed by any live holder; retry the step later."""
+
+
+class _RouteChanged(Exception):
+    """A stage's backward was answered by another peer than its forward: replay the micro-batch."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    loss: float
+    tokens: int
+    microbatches: int
+    replays: int
+    failovers: int
+    seconds: float
+    routes: dict[int, str]
+
+
+@dataclass
+class _MicroBatch:
+    index: int
+    ids: torch.Tensor
+    targets: torch.Tensor
+    loss: float = float("nan")
+    tokens: int = 0
+
+
+@dataclass
+class PipelineDriver:
+    driver_id: str
+    local: StageWorker
+    stage_starts: list[int]  # first layer of each remote stage, in order
+    transport: StageTransport | None
+    micro_batches: int = 4
+    max_attempts: int = 4
+    proceed: Callable[[], Awaitable[bool]] | None = None
+    routes: dict[int, str | None] = field(default_factory=dict)
+    failovers: int = 0
+    replays: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stage_starts and self.transport is None:
+            raise ValueError("a multi-stage pipeline needs a transport")
+        for start in self.stage_starts:
+            self.routes.setdefault(start, None)
+
+    @property
+    def stage_count(self) -> int:
+        return 1 + len(self.stage_starts)
+
+    async def train_step(self, step: int, batch: torch.Tensor) -> StepResult:
+        """Train on ``batch`` [B, T+1] token ids (inputs and shifted targets) as step ``step``."""
+        began, failovers0, replays0 = time.perf_counter(), self.failovers, self.replays
+        if batch.dim() != 2 or batch.shape[0] % self.micro_batches:
+            raise ValueError(f"batch {tuple(batch.shape)} does not split into {self.micro_batches} micro-batches")
+        mbs = [_MicroBatch(i, chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous())
+               for i, chunk in enumerate(batch.chunk(self.micro_batches))]
+        slots = asyncio.Semaphore(self.stage_count)
+
+        async def run(mb: _MicroBatch) -> None:
+            async with slots:
+                await self._run_with_retries(step, mb)
+
+        await asyncio.gather(*(run(mb) for mb in mbs))
+        loss_sum = sum(mb.loss * mb.tokens for mb in mbs)
+        tokens = sum(mb.tokens for mb in mbs)
+        loss = loss_sum / max(1, tokens)
+        await self._commit_all(step, mbs, loss)
+        return StepResult(step, loss, tokens, len(mbs), self.replays - replays0,
+                          self.failovers - failovers0, time.perf_counter() - began,
+                          {s: p for s, p in self.routes.items() if p is not None})
+
+    async def finish(self) -> None:
+        """Tell the stages this driver is done, so workers know when the run is over."""
+        for start in self.stage_starts:
+            try:
+                await self._call(start, OP_FINISH, {"driver": self.driver_id, "step": 0}, [])
+            except StageUnavailable:
+                continue
+
+    # --- micro-batches -------------------------------------------------------------------------
+    async def _run_with_retries(self, step: int, mb: _MicroBatch) -> None:
+        for attempt in range(self.max_attempts):
+            if self.proceed is not None and not await self.proceed():
+                raise asyncio.CancelledError("stop requested")
+            try:
+                await self._run_once(step, mb)
+                return
+            except (StageUnavailable, _RouteChanged) as exc:
+                self.replays += 1
+                if isinstance(exc, StageUnavailable) and exc.peer is not None:
+                    self._forget(exc.peer)
+                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+        raise PipelineStalled(f"micro-batch {mb.index} of step {step} failed {self.max_attempts} times; "
+                              "waiting for the missing stage to get a new holder")
+
+    async def _run_once(self, step: int, mb: _MicroBatch) -> None:
+        meta = {"driver": self.driver_id, "step": step, "mb": mb.index}
+        if not self.stage_starts:
+            out_meta, _ = await self.local.handle(OP_FORWARD, meta, [mb.ids, mb.targets])
+            mb.loss, mb.tokens = float(out_meta["loss"]), int(out_meta["tokens"])
+            return
+        _, (x,) = await self.local.handle(OP_FORWARD, meta, [mb.ids])
+        inputs: list[torch.Tensor] = []
+        served: list[str] = []
+        for n, start in enumerate(self.stage_starts):
+            last = n == len(self.stage_starts) - 1
+            inputs.append(x)
+            reply_meta, reply = await self._call(start, OP_FORWARD, meta, [x, mb.targets] if last else [x])
+            served.append(self.routes[start] or "")
+            if not reply:
+                raise StageUnavailable(f"stage {start} returned no tensor", self.routes[start])
+            x = reply[0]
+        mb.loss, mb.tokens = float(reply_meta["loss"]), int(reply_meta["tokens"])
+        grad = x
+        for n in range(len(self.stage_starts) - 2, -1, -1):
+            grad = await self._backward(self.stage_starts[n], meta, grad, inputs[n], served[n])
+        await self.local.handle(OP_BACKWARD, meta, [grad])
+
+    async def _backward(self, start: int, meta: Meta, grad: torch.Tensor, x: torch.Tensor,
+                        forward_peer: str) -> torch.Tensor:
+        reply_meta, reply = await self._call(start, OP_BACKWARD, meta, [grad])
+        if self.routes[start] != forward_peer:
+            raise _RouteChanged()
+        if reply_meta.get("status") == "need_input":
+            reply_meta, reply = await self._call(start, OP_BACKWARD, meta, [grad, x])
+        if not reply:
+            raise StageUnavailable(f"stage {start} returned no gradient", self.routes[start])
+        return reply[0]
+
+    async def _call(self, start: int, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
+        assert self.transport is not None
+        prefer = self.routes.get(start)
+        reply = await self.transport.call(start, op, meta, tensors, prefer=prefer)
+        if prefer is not None and reply.peer != prefer:
+            self.failovers += 1
+        self.routes[start] = reply.peer
+        return reply.meta, reply.tensors
+
+    def _forget(self, peer: str) -> None:
+        for start, routed in self.routes.items():
+            if routed == peer:
+                self.routes[start] = None
+
+    # --- commit --------------------------------------------------------------------------------
+    async def _commit_all(self, step: int, mbs: list[_MicroBatch], loss: float) -> None:
+        meta = {"driver": self.driver_id, "step": step, "microbatches": len(mbs), "loss": loss}
+        for start in self.stage_starts:
+            await self._commit_remote(step, start, meta, mbs)
+        out, _ = await self.local.handle(OP_COMMIT, meta, [])
+        if out["status"] == "missing":  # cannot happen unless the local stage lost state
+            raise PipelineStalled(f"local stage misses micro-batches {out['missing']} of step {step}")
+
+    async def _commit_remote(self, step: int, start: int, meta: Meta, mbs: list[_MicroBatch]) -> None:
+        for _ in range(self.max_attempts):
+            try:
+                out, _ = await self._call(start, OP_COMMIT, meta, [])
+            except StageUnavailable as exc:
+                if exc.peer is not None:
+                    self._forget(exc.peer)
+                continue
+            if out.get("status") in ("ok", "already"):
+                return
+            missing = [i for i in out.get("missing", []) if isinstance(i, int) and 0 <= i < len(mbs)]
+            self.replays += len(missing)
+            await asyncio.gather(*(self._run_with_retries(step, mbs[i]) for i in missing))
+        raise PipelineStalled(f"stage {start} did not accept step {step}")

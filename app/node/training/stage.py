@@ -1,0 +1,303 @@
+"""StageWorker: one node's pipeline stage — its shard, its inner AdamW, its gradient buffers.
+
+A stage answers four operations (transport.py): ``forward`` (the head stage also computes the
+loss and its own backward at once, so the last stage does F and B back to back, as 1F1B wants),
+``backward``, ``commit`` and ``finish``. It serves any number of drivers: gradients are kept per
+``(driver, step)``, and each micro-batch is accumulated at most once, so a micro-batch replayed
+after a failover is never counted twice. ``commit`` applies the step only when every micro-batch
+of it is present; otherwise it answers which are missing (a replica that took over mid-step) and
+the driver replays exactly those. Forward graphs are cached; when a backward arrives for a graph
+this stage never built (it took over after the forward), it asks for the input and recomputes.
+
+Compute runs in an executor thread under one lock; the asyncio side only waits, so the node keeps
+answering heartbeats while a layer computes (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import torch
+
+from app.node.model.architecture import ModelArchitecture
+from app.node.model.shard import ModelShard, lm_loss
+from app.node.training.config import TrainingConfig
+from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, Meta, Tensors
+
+MAX_CACHED_GRAPHS = 64
+"""Forward graphs kept for backward; 1F1B keeps at most #stages in flight per driver, so 64 is
+ample, and the bound keeps a driver that vanished from leaking memory."""
+
+REMEMBERED_COMMITS = 1024
+
+
+class StageRequestError(ValueError):
+    """A stage request is malformed or does not match this stage; the message says why."""
+
+
+def build_shard(arch: ModelArchitecture, layer_range: tuple[int, int], *, with_embedding: bool,
+                with_head: bool, seed: int) -> ModelShard:
+    """A shard whose initial weights depend only on (seed, global layer index).
+
+    Every node builds the same genesis weights for the layers it holds, without downloading them,
+    and a pipeline of shards equals ``ModelShard.full`` built the same way.
+    """
+    shard = ModelShard(arch, layer_range[0], layer_range[1], with_embedding=with_embedding,
+                       with_head=with_head)
+    with torch.random.fork_rng(devices=[]):
+        if shard.embedding is not None:
+            torch.manual_seed(seed * 100_003 + 1)
+            shard.embedding.init_weights()
+        if shard.head is not None and not arch.tie_embeddings:
+            torch.manual_seed(seed * 100_003 + 2)
+            shard.head.init_weights()
+        for layer in range(*layer_range):
+            torch.manual_seed(seed * 100_003 + 10 + layer)
+            shard.block(layer).init_weights(arch.layers)
+    return shard
+
+
+def lr_at(step: int, config: TrainingConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak over ``decay_steps``."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.decay_steps))
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _Accumulator:
+    microbatches: set[int] = field(default_factory=set)
+    grads: list[torch.Tensor] | None = None
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """What one applied step did on this stage (for events, DiLoCo cadence and PoNW)."""
+
+    driver: str
+    step: int
+    microbatches: int
+    tokens: int
+    loss: float
+    inner_step: int
+    hash_before: str
+    hash_after: str
+
+
+class StageWorker:
+    def __init__(self, shard: ModelShard, config: TrainingConfig, *, executor: Executor | None = None,
+                 on_commit: Callable[[CommitInfo], None] | None = None) -> None:
+        self.shard = shard
+        self.config = config
+        self.params = [p for p in shard.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=(0.9, 0.95))
+        self.inner_step = 0  # optimizer steps applied here, over all drivers
+        self.tokens_trained = 0
+        self.executor = executor
+        self.on_commit = on_commit
+        self.lock = threading.Lock()
+        self.gate = asyncio.Event()  # cleared while DiLoCo rewrites the weights
+        self.gate.set()
+        self.finished_drivers: set[str] = set()
+        self.seen_drivers: set[str] = set()
+        self._graphs: OrderedDict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor]] = OrderedDict()
+        self._acc: dict[tuple[str, int], _Accumulator] = {}
+        self._committed: deque[tuple[str, int]] = deque(maxlen=REMEMBERED_COMMITS)
+
+    @property
+    def layer_range(self) -> tuple[int, int]:
+        return self.shard.layer_range
+
+    @property
+    def is_first(self) -> bool:
+        return self.shard.with_embedding
+
+    @property
+    def is_last(self) -> bool:
+        return self.shard.with_head
+
+    # --- async entry point (what the transport calls) ------------------------------------------
+    async def handle(self, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
+        await self.gate.wait()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.handle_sync, op, meta, tensors)
+
+    def handle_sync(self, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
+        driver, step = _str(meta, "driver"), _int(meta, "step")
+        with self.lock:
+            self.seen_drivers.add(driver)
+            if op == OP_FORWARD:
+                return self._forward(driver, step, _int(meta, "mb"), tensors)
+            if op == OP_BACKWARD:
+                return self._backward(driver, step, _int(meta, "mb"), tensors)
+            if op == OP_COMMIT:
+                return self._commit(driver, step, _int(meta, "microbatches"),
+                                    float(meta.get("loss", float("nan")))), []
+            if op == OP_FINISH:
+                self.finished_drivers.add(driver)
+                return {"status": "ok"}, []
+        raise StageRequestError(f"unknown stage operation {op!r}")
+
+    # --- operations ----------------------------------------------------------------------------
+    def _input(self, tensors: Tensors, n: int = 0) -> torch.Tensor:
+        if len(tensors) <= n:
+            raise StageRequestError(f"expected at least {n + 1} tensor(s), got {len(tensors)}")
+        x = tensors[n]
+        if self.is_first:
+            if x.dtype != torch.long or x.dim() != 2:
+                raise StageRequestError("the first stage takes token ids [B, T] (int64)")
+            return x
+        if not x.is_floating_point() or x.dim() != 3 or x.shape[-1] != self.shard.architecture.hidden:
+            raise StageRequestError(f"stage {self.layer_range} takes hidden states [B, T, "
+                                    f"{self.shard.architecture.hidden}], got {tuple(x.shape)}")
+        return x.detach().float().requires_grad_()
+
+    def _forward(self, driver: str, step: int, mb: int, tensors: Tensors) -> tuple[Meta, Tensors]:
+        x = self._input(tensors)
+        self.shard.train()
+        if self.is_last:
+            targets = tensors[1] if len(tensors) > 1 else None
+            if targets is None or targets.dtype != torch.long or targets.shape != x.shape[:2]:
+                raise StageRequestError("the head stage needs targets [B, T] (int64) with the input")
+            loss = lm_loss(self.shard(x), targets)
+            x_leaf = x if x.requires_grad else None
+            grad_in = self._accumulate(driver, step, mb, loss, None, x_leaf, _count_targets(targets))
+            return {"loss": float(loss.detach()), "tokens": _count_targets(targets)}, grad_in
+        out = self.shard(x)
+        self._graphs[(driver, step, mb)] = (x if x.requires_grad else None, out)
+        while len(self._graphs) > MAX_CACHED_GRAPHS:
+            self._graphs.popitem(last=False)
+        return {}, [out.detach()]
+
+    def _backward(self, driver: str, step: int, mb: int, tensors: Tensors) -> tuple[Meta, Tensors]:
+        if not tensors:
+            raise StageRequestError("backward needs the gradient of this stage's output")
+        grad_out = tensors[0].float()
+        graph = self._graphs.pop((driver, step, mb), None)
+        if graph is None:
+            if len(tensors) < 2:  # we never ran this forward (took over mid-step): ask for input
+                return {"status": "need_input"}, []
+            x = self._input(tensors, 1)
+            self.shard.train()
+            graph = (x if x.requires_grad else None, self.shard(x))
+        x_leaf, out = graph
+        if out.shape != grad_out.shape:
+            raise StageRequestError(f"gradient shape {tuple(grad_out.shape)} != output {tuple(out.shape)}")
+        grad_in = self._accumulate(driver, step, mb, out, grad_out, x_leaf, 0)
+        return {"status": "ok"}, grad_in
+
+    def _accumulate(self, driver: str, step: int, mb: int, out: torch.Tensor,
+                    grad_out: torch.Tensor | None, x_leaf: torch.Tensor | None, tokens: int) -> Tensors:
+        """Backward once; add the parameter gradients unless this micro-batch is already in."""
+        acc = self._acc.setdefault((driver, step), _Accumulator())
+        fresh = mb not in acc.microbatches and (driver, step) not in self._committed
+        inputs = ([x_leaf] if x_leaf is not None else []) + (self.params if fresh else [])
+        if not inputs:
+            return []
+        grads = torch.autograd.grad(out, inputs, grad_outputs=grad_out, allow_unused=True)
+        grad_in = [grads[0].detach()] if x_leaf is not None else []
+        if fresh:
+            param_grads = grads[1:] if x_leaf is not None else grads
+            param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, param_grads, strict=True)]
+            acc.grads = param_grads if acc.grads is None else [a + g for a, g in zip(acc.grads, param_grads, strict=True)]
+            acc.microbatches.add(mb)
+            acc.tokens += tokens
+        return grad_in
+
+    def _commit(self, driver: str, step: int, microbatches: int, loss: float) -> Meta:
+        if (driver, step) in self._committed:
+            return {"status": "already", "inner_step": self.inner_step}
+        acc = self._acc.get((driver, step), _Accumulator())
+        missing = sorted(set(range(microbatches)) - acc.microbatches)
+        if missing:
+            return {"status": "missing", "missing": missing}
+        before = self.weights_hash()
+        for p, g in zip(self.params, acc.grads or [], strict=False):
+            p.grad = g / microbatches
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.inner_step, self.config)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.inner_step += 1
+        self.tokens_trained += acc.tokens
+        self._committed.append((driver, step))
+        self._drop_driver_state(driver, up_to_step=step)
+        info = CommitInfo(driver, step, microbatches, acc.tokens, loss, self.inner_step, before,
+                          self.weights_hash())
+        if self.on_commit is not None:
+            self.on_commit(info)
+        return {"status": "ok", "inner_step": self.inner_step}
+
+    def _drop_driver_state(self, driver: str, up_to_step: int) -> None:
+        for key in [k for k in self._acc if k[0] == driver and k[1] <= up_to_step]:
+            del self._acc[key]
+        for key in [k for k in self._graphs if k[0] == driver and k[1] <= up_to_step]:
+            del self._graphs[key]
+
+    # --- weights -------------------------------------------------------------------------------
+    def weights_hash(self) -> str:
+        return state_hash(self.shard.state_dict())
+
+    def layer_hashes(self) -> dict[str, str]:
+        """SHA-256 per global layer (plus "embedding" / "head"), for cross-node agreement checks."""
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for name, tensor in self.shard.state_dict().items():
+            parts = name.split(".")
+            key = parts[1] if parts[0] == "blocks" else parts[0]
+            groups.setdefault(key, {})[name] = tensor
+        return {key: state_hash(state) for key, state in sorted(groups.items())}
+
+    def state_for_transfer(self) -> dict[str, torch.Tensor]:
+        with self.lock:
+            return {k: v.detach().clone() for k, v in self.shard.state_dict().items()}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.shard.state_dict()
+        if set(state) != set(own):
+            raise StageRequestError(f"weights for {self.layer_range} have keys {sorted(set(state) ^ set(own))[:4]} "
+                                    "that do not match this stage")
+        for name, tensor in state.items():
+            if tensor.shape != own[name].shape:
+                raise StageRequestError(f"{name}: shape {tuple(tensor.shape)} != {tuple(own[name].shape)}")
+        with self.lock, torch.no_grad():
+            for name, tensor in state.items():
+                own[name].copy_(tensor)
+
+
+def _count_targets(targets: torch.Tensor) -> int:
+    from app.node.model.shard import PAD_ID
+
+    return int((targets != PAD_ID).sum())
+
+
+def _int(meta: Meta, key: str) -> int:
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StageRequestError(f"stage request field {key!r} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _str(meta: Meta, key: str) -> str:
+    value = meta.get(key)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise StageRequestError(f"stage request field {key!r} must be a short non-empty string")
+    return value

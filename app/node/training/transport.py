@@ -1,0 +1,185 @@
+"""The transport interface training speaks, and an in-process implementation of it.
+
+Training never opens a socket (DESIGN.md §1): it asks a :class:`StageTransport` to run an
+operation on "whoever holds the stage starting at layer L", asks a :class:`CohortTransport` to
+swap pseudo-gradients with the other holders of its layer range, and a :class:`WeightsSource`
+for a live replica's weights. ``app/node/runtime`` implements these over the P2P node's router;
+:class:`LocalTransport` implements them in one process for tests and single-process baselines.
+
+Failover happens *below* this interface: a call names a preferred peer (the quorum's member for
+that stage) and the transport falls back to another live holder when that peer is gone. The
+reply says who actually served it, so the pipeline can notice the route changed and make the new
+holder catch up on the micro-batches it missed (pipeline.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+Meta = dict[str, Any]
+Tensors = list[torch.Tensor]
+
+# Stage operations (the "op" of a stage call). Forward and backward carry activations; commit and
+# finish carry only metadata and are sent as small forward-kind messages below this interface.
+OP_FORWARD = "forward"
+OP_BACKWARD = "backward"
+OP_COMMIT = "commit"
+OP_FINISH = "finish"
+STAGE_OPS = frozenset({OP_FORWARD, OP_BACKWARD, OP_COMMIT, OP_FINISH})
+
+
+class TransportError(Exception):
+    """Base of the errors a transport raises to training."""
+
+
+class StageUnavailable(TransportError):
+    """No live holder of the stage answered; ``peer`` is the one that failed (if known)."""
+
+    def __init__(self, message: str, peer: str | None = None) -> None:
+        super().__init__(message)
+        self.peer = peer
+
+
+class StageRefused(TransportError):
+    """A holder answered but refused the request (bad input, wrong stage); not worth retrying."""
+
+
+@dataclass(frozen=True)
+class StageReply:
+    peer: str
+    meta: Meta
+    tensors: Tensors
+
+
+@dataclass(frozen=True)
+class CohortPayload:
+    """One member's pseudo-gradient for a sync round, as it travels between holders."""
+
+    node_id: str
+    round: int
+    batches: int
+    age_s: float
+    tensors: Mapping[str, torch.Tensor]
+
+
+class StageTransport(Protocol):
+    def holders(self, layer_start: int) -> list[str]:
+        """Live peers that hold the stage starting at ``layer_start`` (may be empty)."""
+
+    async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
+                   prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
+        """Run ``op`` on ``prefer`` if it is alive, else on another holder not in ``exclude``.
+
+        Raises StageUnavailable when no holder answered, StageRefused when one refused."""
+
+
+class CohortTransport(Protocol):
+    async def exchange(self, layer_range: tuple[int, int], round_: int, payload: CohortPayload,
+                       timeout_s: float) -> list[CohortPayload]:
+        """Send our payload to every other holder of ``layer_range`` and return theirs for the
+        same round (whatever arrived within ``timeout_s``; ours is not included)."""
+
+
+class WeightsSource(Protocol):
+    async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
+                    ) -> dict[str, torch.Tensor]:
+        """The current state dict of a live holder of exactly ``layer_range``."""
+
+
+StageHandler = Callable[[str, Meta, Tensors], Awaitable[tuple[Meta, Tensors]]]
+SyncHandler = Callable[[CohortPayload], Awaitable[None]]
+WeightsHandler = Callable[[tuple[int, int]], Awaitable[dict[str, torch.Tensor]]]
+
+
+@dataclass
+class _LocalPeer:
+    stage_start: int
+    layer_range: tuple[int, int]
+    stage: StageHandler
+    sync: SyncHandler | None = None
+    weights: WeightsHandler | None = None
+    alive: bool = True
+
+
+@dataclass
+class LocalTransport:
+    """Every peer in one process: handlers are called directly, a killed peer stops answering.
+
+    ``calls`` counts operations per peer so tests can see where work went; ``delay_s`` adds a
+    fixed latency per stage call to imitate a network (and let 1F1B overlap show).
+    """
+
+    delay_s: float = 0.0
+    peers: dict[str, _LocalPeer] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    failovers: int = 0
+    _mailboxes: dict[tuple[str, int], dict[str, CohortPayload]] = field(default_factory=dict)
+
+    def add_peer(self, peer_id: str, layer_range: tuple[int, int], stage: StageHandler, *,
+                 sync: SyncHandler | None = None, weights: WeightsHandler | None = None) -> None:
+        self.peers[peer_id] = _LocalPeer(layer_range[0], layer_range, stage, sync, weights)
+
+    def kill(self, peer_id: str) -> None:
+        self.peers[peer_id].alive = False
+
+    def holders(self, layer_start: int) -> list[str]:
+        return sorted(p for p, rec in self.peers.items() if rec.alive and rec.stage_start == layer_start)
+
+    async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
+                   prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
+        candidates = [p for p in self.holders(layer_start) if p not in exclude]
+        if prefer is not None and prefer not in candidates and prefer in self.peers:
+            self.failovers += 1  # the preferred peer is dead or excluded: a replica takes over
+        if prefer in candidates:
+            candidates.remove(prefer)
+            candidates.insert(0, prefer)
+        if not candidates:
+            raise StageUnavailable(f"no live holder of the stage at layer {layer_start}", prefer)
+        peer = candidates[0]
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        self.calls[peer] = self.calls.get(peer, 0) + 1
+        out_meta, out_tensors = await self.peers[peer].stage(op, dict(meta), list(tensors))
+        if not self.peers[peer].alive:  # killed while computing: the answer never arrives
+            raise StageUnavailable(f"{peer} died during {op}", peer)
+        return StageReply(peer, out_meta, out_tensors)
+
+    def cohort(self, peer_id: str) -> LocalCohort:
+        return LocalCohort(self, peer_id)
+
+
+@dataclass
+class LocalCohort:
+    """The CohortTransport of one peer of a LocalTransport (mailboxes keyed by round)."""
+
+    net: LocalTransport
+    me: str
+
+    async def exchange(self, layer_range: tuple[int, int], round_: int, payload: CohortPayload,
+                       timeout_s: float) -> list[CohortPayload]:
+        others = [p for p, rec in self.net.peers.items()
+                  if p != self.me and rec.alive and rec.layer_range == tuple(layer_range)]
+        for peer in others:
+            self.net._mailboxes.setdefault((peer, round_), {})[self.me] = payload
+        box = self.net._mailboxes.setdefault((self.me, round_), {})
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(p not in box for p in others) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return [box[p] for p in sorted(box) if p in others]
+
+    async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
+                    ) -> dict[str, torch.Tensor]:
+        for peer, rec in sorted(self.net.peers.items()):
+            if peer != self.me and peer not in exclude and rec.alive and rec.weights is not None \
+                    and rec.layer_range == tuple(layer_range):
+                return await rec.weights(tuple(layer_range))
+        raise StageUnavailable(f"no live holder of layers {layer_range} to download from")
+
+
+def tensors_nbytes(tensors: Sequence[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,85 @@
+"""The pipeline schedule: shards through a LocalTransport behave like the whole model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from training_helpers import ARCH, build_pipeline, patterned_batch, random_batch, tiny_config
+
+from app.node.model.shard import lm_loss
+from app.node.training.stage import build_shard
+
+
+def test_pipeline_of_shards_gives_same_loss_and_update_as_whole_model() -> None:
+    # Clipping is per stage (each holder sees only its own gradients), so compare unclipped.
+    config = tiny_config(grad_clip=1e9)
+    driver, _net, stages = build_pipeline([(0, 1), (1, 3), (3, 4)], config)
+    whole_stage = build_pipeline([(0, 4)], config)[0]
+    batch = random_batch(config, 1)
+    whole = build_shard(ARCH, (0, 4), with_embedding=True, with_head=True, seed=0)
+    expected = lm_loss(whole(batch[:, :-1]), batch[:, 1:]).item()
+
+    piped = asyncio.run(driver.train_step(0, batch))
+    solo = asyncio.run(whole_stage.train_step(0, batch))
+
+    assert abs(piped.loss - expected) < 1e-4
+    assert abs(solo.loss - expected) < 1e-4
+    # After one identical AdamW step, every layer equals the single-process model's layer.
+    solo_state = whole_stage.local.shard.state_dict()
+    for stage in stages.values():
+        for name, tensor in stage.shard.state_dict().items():
+            assert torch.allclose(tensor, solo_state[name], atol=1e-5), name
+
+
+def test_pipeline_training_lowers_loss() -> None:
+    config = tiny_config()
+    driver, _net, _stages = build_pipeline([(0, 2), (2, 4)], config)
+
+    async def train() -> list[float]:
+        return [(await driver.train_step(s, patterned_batch(config, s))).loss for s in range(25)]
+
+    losses = asyncio.run(train())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_failover_completes_step_after_stage_holder_is_killed() -> None:
+    config = tiny_config(micro_batches=4)
+    driver, net, stages = build_pipeline([(0, 2), (2, 4)], config, replicas=2)
+
+    async def train() -> list[int]:
+        await driver.train_step(0, patterned_batch(config, 0))
+        first = driver.routes[2]
+        assert first is not None
+        net.kill(first)
+        result = await driver.train_step(1, patterned_batch(config, 1))
+        assert driver.routes[2] != first
+        return [result.step, stages[first].inner_step, stages[driver.routes[2]].inner_step]
+
+    step, dead_steps, replica_steps = asyncio.run(train())
+    assert step == 1
+    assert dead_steps == 1  # the killed holder applied only step 0
+    assert replica_steps == 1  # the replica applied step 1 exactly once
+    assert stages["driver"].inner_step == 2
+
+
+def test_replica_taking_over_mid_step_replays_only_missing_microbatches() -> None:
+    config = tiny_config(micro_batches=4)
+    driver, net, stages = build_pipeline([(0, 2), (2, 4)], config, replicas=2)
+    original_call = net.call
+    calls = {"n": 0}
+
+    async def killing_call(start, op, meta, tensors, **kw):  # noqa: ANN001, ANN202
+        reply = await original_call(start, op, meta, tensors, **kw)
+        calls["n"] += 1
+        if calls["n"] == 3:  # after two micro-batches went through the first holder
+            net.kill(reply.peer)
+        return reply
+
+    net.call = killing_call  # type: ignore[method-assign]
+    result = asyncio.run(driver.train_step(0, patterned_batch(config, 0)))
+    survivor = stages[driver.routes[2]]
+    assert survivor.inner_step == 1
+    assert stages["driver"].inner_step == 1
+    assert result.replays >= 1
+    assert result.tokens == config.batch_size * config.seq_len
