@@ -1,0 +1,156 @@
+"""Outgoing calls: a channel per peer, deadlines on every call, typed errors, relayed delivery.
+
+A peer is dialled at its address; a hidden node (no address) is reached through its relay with
+``Relay.Forward`` naming it as target, each message passed through as serialised bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.errors import P2PError, PeerRejected, PeerUnavailable, RequestTimeout, error_from_status
+from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, Method, Shape, pb2
+from app.node.p2p.records import PeerRecord
+from app.node.p2p.stats import TrafficStats
+
+_RELAY_FORWARD = "/neuroshard.v1.Relay/Forward"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a call goes: ``dial`` is the address to connect to; ``target`` is set when ``dial``
+    is a relay passing the call to the hidden node with that id."""
+
+    dial: str
+    target: bytes = b""
+
+    @classmethod
+    def of(cls, peer: PeerRecord | str | Route) -> Route:
+        if isinstance(peer, Route):
+            return peer
+        if isinstance(peer, str):
+            return cls(peer)
+        if peer.address:
+            return cls(peer.address)
+        if peer.relay:
+            return cls(peer.relay, peer.node_id)
+        raise PeerUnavailable("peer record has neither an address nor a relay")
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+class PeerClient:
+    def __init__(self, config: P2PConfig, stats: TrafficStats) -> None:
+        self.config = config
+        self.stats = stats
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=[
+                ("grpc.max_send_message_length", self.config.max_message_bytes),
+                ("grpc.max_receive_message_length", self.config.max_message_bytes),
+                ("grpc.enable_retries", 0),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ])
+            self._channels[address] = channel
+        return channel
+
+    async def forget(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close(grace=None)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                await channel.close(grace=None)
+
+    async def unary(self, peer: PeerRecord | str | Route, path: str, request: Any, timeout: float) -> Any:
+        async for response in self.stream(peer, path, [request], timeout):
+            return response
+        raise PeerRejected(f"{path} returned no response")
+
+    async def stream(self, peer: PeerRecord | str | Route, path: str,
+                     requests: Iterable[Any] | AsyncIterable[Any], timeout: float) -> AsyncIterator[Any]:
+        """Responses of one call, any shape; every gRPC failure becomes a typed P2PError."""
+        route = Route.of(peer)
+        method = METHODS[path]
+        try:
+            if route.target:
+                source = self._relayed(route, method, requests, timeout)
+            else:
+                source = self._direct(route.dial, method, requests, timeout)
+            async for response in source:
+                self.stats.add_received(method.traffic, response.ByteSize())
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details(), route.dial) from None
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RequestTimeout(f"{route.dial} did not answer within {timeout:.2f} s") from None
+        except P2PError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise PeerUnavailable(f"{route.dial}: {exc}") from None
+
+    async def _counted(self, method: Method, requests: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+        async for request in _aiter(requests):
+            self.stats.add_sent(method.traffic, request.ByteSize())
+            yield request
+
+    async def _direct(self, address: str, method: Method, requests: Iterable[Any] | AsyncIterable[Any],
+                      timeout: float) -> AsyncIterator[Any]:
+        channel = self.channel(address)
+        ser, de = method.request.SerializeToString, method.response.FromString
+        if method.shape is Shape.BIDI:
+            call = channel.stream_stream(method.path, request_serializer=ser, response_deserializer=de)(
+                self._counted(method, requests), timeout=timeout)
+            async for response in call:
+                yield response
+            return
+        request = await anext(self._counted(method, requests))
+        if method.shape is Shape.UNARY:
+            yield await channel.unary_unary(method.path, request_serializer=ser, response_deserializer=de)(
+                request, timeout=timeout)
+            return
+        call = channel.unary_stream(method.path, request_serializer=ser, response_deserializer=de)(
+            request, timeout=timeout)
+        async for response in call:
+            yield response
+
+    async def _relayed(self, route: Route, method: Method, requests: Iterable[Any] | AsyncIterable[Any],
+                       timeout: float) -> AsyncIterator[Any]:
+        async def frames() -> AsyncIterator[Any]:
+            yield pb2.RelayFrame(protocol_version=PROTOCOL_VERSION, target=route.target, method=method.path)
+            async for request in self._counted(method, requests):
+                yield pb2.RelayFrame(message=request.SerializeToString())
+            yield pb2.RelayFrame(end=True)
+
+        relay = METHODS[_RELAY_FORWARD]
+        call = self.channel(route.dial).stream_stream(
+            relay.path, request_serializer=relay.request.SerializeToString,
+            response_deserializer=relay.response.FromString)(frames(), timeout=timeout)
+        async for frame in call:
+            if frame.end:
+                break
+            try:
+                yield method.response.FromString(frame.message)
+            except Exception:  # protobuf DecodeError: a broken relay or target
+                raise PeerRejected("relay passed back a malformed message", grpc.StatusCode.DATA_LOSS) from None

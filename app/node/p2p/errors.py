@@ -1,0 +1,74 @@
+"""Typed errors of the P2P layer.
+
+Client side, every failed call surfaces as a :class:`P2PError` subclass the caller can act on;
+server side, handlers raise :class:`RpcRefusal` (or :class:`StageRejected`) which the edge turns
+into a gRPC status code, so a bad request is answered with a reason and never crashes the node.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class P2PError(Exception):
+    """Base of every error the P2P layer raises to its callers."""
+
+
+class PeerUnavailable(P2PError):
+    """The peer could not be reached (connection refused, reset, or no live holder at all)."""
+
+
+class RequestTimeout(P2PError):
+    """The peer did not answer within the call's deadline."""
+
+
+class PeerRejected(P2PError):
+    """The peer answered but refused the request; ``code`` is the gRPC status it sent."""
+
+    def __init__(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.ABORTED) -> None:
+        super().__init__(f"{reason} ({code.name})")
+        self.reason = reason
+        self.code = code
+
+
+class ProtocolMismatch(P2PError):
+    """The peer speaks an incompatible protocol version: one of the two nodes must update."""
+
+
+class NoHolders(PeerUnavailable):
+    """No live, un-banned peer holds the requested layer (the router has nobody to ask)."""
+
+
+class RpcRefusal(Exception):
+    """Raised inside a server handler: the request is refused with ``code`` and ``reason``."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class MalformedMessage(RpcRefusal):
+    """A peer message that does not parse into a valid record or tensor stream."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+
+class StageRejected(RpcRefusal):
+    """Raised by a training handler to refuse a stage, sync or download request with a reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(grpc.StatusCode.ABORTED, reason)
+
+
+def error_from_status(code: grpc.StatusCode, details: str | None, peer: str) -> P2PError:
+    """Map a gRPC status seen by a client to the typed error callers handle."""
+    text = details or code.name
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return RequestTimeout(f"{peer} did not answer in time")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+        return PeerUnavailable(f"{peer} is unavailable: {text}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return ProtocolMismatch(f"{peer}: {text}")
+    return PeerRejected(f"{peer} refused the request: {text}", code)

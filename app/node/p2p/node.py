@@ -1,0 +1,233 @@
+"""P2PNode: one node's network presence (seed 002: P2P manager, DHT protocol, swarm router).
+
+It binds one gRPC port for every service, joins through trackers (register, dial-back, peers),
+bootstraps the Kademlia DHT, announces its layers, and serves the handlers that training
+registers. With ``listen=False`` (or when the tracker cannot dial it back) it serves through a
+relay tunnel instead. It knows bytes, tensors, peers and signatures; never training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import torch
+
+from app.node.p2p import services
+from app.node.p2p.auth import ReplayGuard
+from app.node.p2p.client import PeerClient, Route
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.dht import KademliaNode
+from app.node.p2p.dht_service import PING, DhtService, GrpcDhtTransport, raw_record
+from app.node.p2p.errors import P2PError
+from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
+from app.node.p2p.ratelimit import PeerGuard
+from app.node.p2p.records import PeerRecord, parse_peer_record, sign_peer_record
+from app.node.p2p.registry import LayerRegistry
+from app.node.p2p.relay import RelayService, TunnelClient
+from app.node.p2p.router import FailoverEvent, SwarmRouter
+from app.node.p2p.server import Dispatcher
+from app.node.p2p.stats import TrafficStats
+from app.node.p2p.tensor_rpc import call_tensors
+from app.node.p2p.tracker_client import TrackerClient
+from app.wallet.keys import PrivateKey
+
+log = logging.getLogger(__name__)
+StageHandler = Callable[[str, dict[str, Any], dict[str, torch.Tensor]],
+                        Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]
+_RTT_SMOOTHING = 0.3
+"""EWMA weight of a new round-trip sample: reacts within a few calls, ignores one-off spikes."""
+
+
+class P2PNode:
+    def __init__(self, key: PrivateKey, *, host: str = "127.0.0.1", port: int = 0,
+                 trackers: list[str] | None = None, listen: bool = True, config: P2PConfig | None = None,
+                 on_failover: Callable[[FailoverEvent], None] | None = None) -> None:
+        self.key = key
+        self.host, self.port, self.listen = host, port, listen
+        self.trackers = list(trackers or [])
+        self.config = config or P2PConfig()
+        self.stats = TrafficStats()
+        self.guard = PeerGuard(self.config)
+        self.replay = ReplayGuard(self.config.auth_window_s)
+        self.dispatcher = Dispatcher(self.config, self.guard, self.stats)
+        self.client = PeerClient(self.config, self.stats)
+        self.latency: dict[bytes, float] = {}
+        self.relay_address = ""
+        self.offer: dict[str, Any] = {"tier": "", "capacity": 0.0, "load": 0.0}
+        self._record: PeerRecord | None = None
+        self._server: grpc.aio.Server | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        transport = GrpcDhtTransport(key, self.client, self.config, self.record, self._on_rtt)
+        self.dht = KademliaNode(key, transport, self.config)
+        self.registry = LayerRegistry(self.dht, key, self.config, self._where, self.latency.get)
+        self.router = SwarmRouter(self, self.config, on_failover)
+        self.tunnel = TunnelClient(key, self.client, self.dispatcher, self._record_via)
+        self.tracker_client = TrackerClient(self)
+        self.handlers = services.Handlers()
+        DhtService(self.dht, self.record, self.replay, self._on_rtt).install(self.dispatcher)
+        services.install(self.dispatcher, self.handlers, self.replay, self.config)
+        if listen:
+            RelayService(self.replay).install(self.dispatcher)
+
+    # ------------------------------------------------------------------ identity and address
+    @property
+    def node_id(self) -> bytes:
+        return self.key.node_id
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound; empty for a node that does not listen."""
+        return f"{self.host}:{self.port}" if self.listen and self._server is not None else ""
+
+    def _where(self) -> tuple[str, str]:
+        return self.address, self.relay_address
+
+    def record(self) -> PeerRecord | None:
+        """Our signed peer record, re-signed when address, relay or offer changed; None while the
+        node can be reached neither directly nor through a relay."""
+        want = (self.address, self.relay_address, self.offer["tier"], self.offer["capacity"], self.offer["load"])
+        if not want[0] and not want[1]:
+            return None
+        rec = self._record
+        if rec is None or (rec.address, rec.relay, rec.tier, rec.capacity, rec.load) != want:
+            self._record = sign_peer_record(self.key, want[0], want[1], want[2], want[3], want[4])
+        return self._record
+
+    def _record_via(self, relay: str) -> PeerRecord:
+        return sign_peer_record(self.key, self.address, relay, self.offer["tier"], self.offer["capacity"],
+                                self.offer["load"])
+
+    def set_offer(self, tier: str = "", capacity: float = 0.0, load: float = 0.0) -> None:
+        """What the node advertises in its peer record (tier, capacity, current load)."""
+        self.offer = {"tier": tier, "capacity": float(capacity), "load": float(load)}
+
+    def _on_rtt(self, node_id: bytes, rtt_ms: float) -> None:
+        old = self.latency.get(node_id)
+        self.latency[node_id] = rtt_ms if old is None else old + _RTT_SMOOTHING * (rtt_ms - old)
+
+    def peers(self) -> list[PeerRecord]:
+        """Peers in our routing table (answered recently), with tier and measured latency."""
+        return [r.with_latency(self.latency.get(n)) for n, r in self.dht.table.contacts()]
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.listen:
+            self._server = self.dispatcher.build_server()
+            try:
+                self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+            except RuntimeError as exc:
+                raise OSError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
+            await self._server.start()
+        self.dht.start()
+        if self.trackers:
+            await self.tracker_client.join()
+        self._loops.append(asyncio.ensure_future(self._heartbeat_loop()))
+
+    async def stop(self) -> None:
+        """Stop serving and calling; quick (well under a second) and safe to call twice."""
+        loops, self._loops = self._loops, []
+        for task in loops:
+            task.cancel()
+        for task in loops:
+            with contextlib.suppress(BaseException):
+                await task
+        await self.tunnel.close()
+        await self.dht.stop()
+        if self._server is not None:
+            await self._server.stop(grace=0.1)
+            self._server = None
+        await self.client.close()
+
+    async def kill(self) -> None:
+        """Stop abruptly, as a crash would (benchmarks and tests of failover)."""
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+        await self.stop()
+
+    async def bootstrap(self, addresses: list[str]) -> int:
+        """Join the DHT through known node addresses (no tracker needed); returns the table size."""
+        records = []
+        for address in addresses:
+            try:
+                records.append(await self.ping(address))
+            except P2PError as exc:
+                log.info("bootstrap peer %s unreachable: %s", address, exc)
+        return await self.dht.bootstrap(records)
+
+    async def ping(self, peer: PeerRecord | str) -> PeerRecord:
+        """The peer's signed record; for a str address, whoever answers there."""
+        start = time.monotonic()
+        answer = await self.client.unary(peer, PING, pb2.PingRequest(
+            protocol_version=PROTOCOL_VERSION, sender=raw_record(self.record())), self.config.dht_rpc_timeout_s)
+        record = parse_peer_record(answer.record)
+        self._on_rtt(record.node_id, (time.monotonic() - start) * 1000.0)
+        self.dht.observe(record)
+        return record
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            with contextlib.suppress(Exception):
+                if self.trackers:
+                    await self.tracker_client.heartbeat()
+                if not self.listen and self.relay_address and not self.tunnel.alive:
+                    await self.tracker_client.find_relay(self.peers())
+                await self.registry.refresh()
+
+    # ------------------------------------------------------------------ handler registration
+    def set_stage_handler(self, fn: StageHandler) -> None:
+        self.handlers.stage = fn
+
+    def set_sync_handler(self, fn: Callable[[dict[str, Any], dict[str, torch.Tensor]],
+                                            Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]) -> None:
+        self.handlers.sync = fn
+
+    def set_weights_handler(self, fn: Callable[[dict[str, Any]], Awaitable[dict[str, torch.Tensor]]]) -> None:
+        self.handlers.weights = fn
+
+    def set_gossip_handler(self, topic: str, fn: Callable[[bytes, list[bytes]], Awaitable[list[bytes]]]) -> None:
+        self.handlers.gossip[topic] = fn
+
+    def set_data_handler(self, fn: Callable[[str], Awaitable[bytes | None]]) -> None:
+        self.handlers.data = fn
+
+    # ------------------------------------------------------------------ client calls
+    async def call_stage(self, peer: PeerRecord | str, kind: str, meta: dict[str, Any],
+                         tensors: dict[str, torch.Tensor], timeout: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Run a forward/backward stage on ``peer``; raises a typed P2PError on failure."""
+        return await self.call_stage_hedged(peer, kind, meta, tensors, timeout, None)
+
+    async def call_stage_hedged(self, peer: PeerRecord | str, kind: str, meta: dict[str, Any],
+                                tensors: dict[str, torch.Tensor], timeout: float,
+                                on_silence: Callable[[], None] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        if kind not in ("forward", "backward"):
+            raise ValueError(f"stage kind must be 'forward' or 'backward', not {kind!r}")
+        path = services.FORWARD if kind == "forward" else services.BACKWARD
+        return await call_tensors(self.client, self.key, peer, path, kind, meta, tensors, timeout, self.config,
+                                  on_silence)
+
+    async def call_sync(self, peer: PeerRecord | str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                        timeout: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return await call_tensors(self.client, self.key, peer, services.EXCHANGE, "sync", meta, tensors, timeout,
+                                  self.config)
+
+    async def fetch_weights(self, peer: PeerRecord | str, meta: dict[str, Any], timeout: float) -> dict[str, torch.Tensor]:
+        _, tensors = await call_tensors(self.client, self.key, peer, services.WEIGHTS, "weights", meta, {},
+                                        timeout, self.config)
+        return tensors
+
+    async def gossip(self, peer: PeerRecord | str, topic: str, payloads: list[bytes], timeout: float) -> list[bytes]:
+        return await services.call_gossip(self.client, self.key, Route.of(peer), topic, payloads, timeout)
+
+    async def fetch_data(self, peer: PeerRecord | str, shard_id: str, timeout: float) -> bytes | None:
+        return await services.call_data(self.client, Route.of(peer), shard_id, timeout, self.config)
+
+    async def who_holds(self, layer: int) -> list[PeerRecord]:
+        return await self.registry.who_holds(layer)

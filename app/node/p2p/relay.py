@@ -1,0 +1,228 @@
+"""Relaying for nodes nobody can dial (NAT, ``--no-listen``).
+
+The hidden node keeps one outbound ``Relay.Tunnel`` stream open to a reachable peer, opened with a
+signed frame carrying its peer record (advertising that relay). Callers send ``Relay.Forward`` to
+the relay naming the hidden node; the relay gives the call an id and passes each serialised
+message down the tunnel, and the answers back up. The hidden node runs the very same handlers as
+for a direct call (server.Dispatcher), so nothing behaves differently behind a relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
+from app.node.p2p.client import PeerClient
+from app.node.p2p.errors import RpcRefusal
+from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, RELAYABLE, is_compatible, pb2
+from app.node.p2p.records import PeerRecord, parse_peer_record
+from app.node.p2p.server import CallInfo, Dispatcher
+from app.wallet.keys import PrivateKey
+
+log = logging.getLogger(__name__)
+TUNNEL_PATH = "/neuroshard.v1.Relay/Tunnel"
+FORWARD_PATH = "/neuroshard.v1.Relay/Forward"
+MAX_TUNNELS = 256
+"""A relay serves at most this many hidden nodes: each holds a stream and buffers in memory."""
+_END = object()
+
+
+class _Tunnel:
+    def __init__(self) -> None:
+        self.down: asyncio.Queue[Any] = asyncio.Queue()
+        self.calls: dict[int, asyncio.Queue[Any]] = {}
+
+
+class RelayService:
+    """The relay side: accepts tunnels and forwards calls into them."""
+
+    def __init__(self, guard: ReplayGuard) -> None:
+        self.guard = guard
+        self.tunnels: dict[bytes, _Tunnel] = {}
+        self._ids = itertools.count(1)
+
+    def install(self, dispatcher: Dispatcher) -> None:
+        dispatcher.register(TUNNEL_PATH, self.tunnel)
+        dispatcher.register(FORWARD_PATH, self.forward)
+
+    async def tunnel(self, frames: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
+        first = await anext(frames, None)
+        if first is None or not is_compatible(first.protocol_version):
+            raise RpcRefusal(grpc.StatusCode.FAILED_PRECONDITION, "incompatible protocol version")
+        verified = verify_message(TUNNEL_PATH, first, self.guard)
+        record = parse_peer_record(first.record)
+        if record.public_key != verified.public_key:
+            raise RpcRefusal(grpc.StatusCode.PERMISSION_DENIED, "tunnel record is not signed by the caller")
+        if len(self.tunnels) >= MAX_TUNNELS and record.node_id not in self.tunnels:
+            raise RpcRefusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "this relay serves no more hidden nodes")
+        tunnel = self.tunnels[record.node_id] = _Tunnel()
+        reader = asyncio.ensure_future(self._read_up(frames, tunnel))
+        try:
+            yield pb2.RelayFrame(protocol_version=PROTOCOL_VERSION)  # accepted
+            while True:
+                frame = await tunnel.down.get()
+                if frame is _END:
+                    return
+                yield frame
+        finally:
+            reader.cancel()
+            if self.tunnels.get(record.node_id) is tunnel:
+                del self.tunnels[record.node_id]
+            for queue in tunnel.calls.values():
+                queue.put_nowait(pb2.RelayFrame(end=True, code=grpc.StatusCode.UNAVAILABLE.value[0],
+                                                details="hidden node disconnected from its relay"))
+
+    async def _read_up(self, frames: AsyncIterator[Any], tunnel: _Tunnel) -> None:
+        try:
+            async for frame in frames:
+                queue = tunnel.calls.get(frame.call_id)
+                if queue is not None:
+                    queue.put_nowait(frame)
+        finally:
+            tunnel.down.put_nowait(_END)
+
+    async def forward(self, frames: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
+        first = await anext(frames, None)
+        if first is None or not is_compatible(first.protocol_version):
+            raise RpcRefusal(grpc.StatusCode.FAILED_PRECONDITION, "incompatible protocol version")
+        if first.method not in RELAYABLE:
+            raise RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT, "method cannot be relayed")
+        tunnel = self.tunnels.get(first.target)
+        if tunnel is None:
+            raise RpcRefusal(grpc.StatusCode.UNAVAILABLE, "target is not connected to this relay")
+        call_id = next(self._ids)
+        replies: asyncio.Queue[Any] = asyncio.Queue()
+        tunnel.calls[call_id] = replies
+        tunnel.down.put_nowait(pb2.RelayFrame(call_id=call_id, method=first.method))
+        pump = asyncio.ensure_future(self._pump(frames, tunnel, call_id))
+        try:
+            while True:
+                frame = await replies.get()
+                if frame.end:
+                    if frame.code:
+                        raise RpcRefusal(grpc.StatusCode(_code(frame.code)), frame.details[:500])
+                    yield pb2.RelayFrame(end=True)
+                    return
+                yield pb2.RelayFrame(message=frame.message)
+        finally:
+            pump.cancel()
+            tunnel.calls.pop(call_id, None)
+
+    @staticmethod
+    async def _pump(frames: AsyncIterator[Any], tunnel: _Tunnel, call_id: int) -> None:
+        async for frame in frames:
+            if frame.end:
+                break
+            tunnel.down.put_nowait(pb2.RelayFrame(call_id=call_id, message=frame.message))
+        tunnel.down.put_nowait(pb2.RelayFrame(call_id=call_id, end=True))
+
+
+def _code(value: int) -> tuple[int, str]:
+    for status in grpc.StatusCode:
+        if status.value[0] == value:
+            return status.value
+    return grpc.StatusCode.UNKNOWN.value
+
+
+class TunnelClient:
+    """The hidden node's side: holds the tunnel open and serves calls arriving through it."""
+
+    def __init__(self, key: PrivateKey, client: PeerClient, dispatcher: Dispatcher,
+                 record_for: Callable[[str], PeerRecord]) -> None:
+        self.key = key
+        self.client = client
+        self.dispatcher = dispatcher
+        self.record_for = record_for
+        self.relay: str = ""
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._calls: dict[int, asyncio.Queue[Any]] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+
+    async def open(self, relay: str, timeout: float) -> None:
+        """Open the tunnel to ``relay``; returns once the relay accepted it."""
+        await self.close()
+        self.relay = relay
+        self.connected = asyncio.Event()
+        self._task = asyncio.ensure_future(self._run(relay))
+        waiter = asyncio.ensure_future(self.connected.wait())
+        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            await self.close()
+            raise ConnectionError(f"relay {relay} did not accept the tunnel")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._workers) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done() and self.connected.is_set()
+
+    async def _run(self, relay: str) -> None:
+        up: asyncio.Queue[Any] = asyncio.Queue()
+        first = pb2.RelayFrame(protocol_version=PROTOCOL_VERSION, record=self.record_for(relay).raw)
+        sign_message(self.key, TUNNEL_PATH, first)
+
+        async def outgoing() -> AsyncIterator[Any]:
+            yield first
+            while True:
+                yield await up.get()
+
+        try:
+            async for frame in self.client.stream(relay, TUNNEL_PATH, outgoing(), timeout=365 * 86400.0):
+                if not self.connected.is_set():
+                    self.connected.set()
+                    continue
+                self._on_down(frame, up)
+        finally:
+            for queue in self._calls.values():
+                queue.put_nowait(None)
+            self._calls.clear()
+
+    def _on_down(self, frame: Any, up: asyncio.Queue[Any]) -> None:
+        queue = self._calls.get(frame.call_id)
+        if queue is None:
+            if frame.method not in METHODS or frame.end:
+                return
+            queue = self._calls[frame.call_id] = asyncio.Queue()
+            worker = asyncio.ensure_future(self._serve(frame.call_id, frame.method, queue, up))
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+            return
+        queue.put_nowait(None if frame.end else frame.message)
+
+    async def _serve(self, call_id: int, path: str, queue: asyncio.Queue[Any], up: asyncio.Queue[Any]) -> None:
+        request_type = METHODS[path].request
+
+        async def requests() -> AsyncIterator[Any]:
+            while (raw := await queue.get()) is not None:
+                try:
+                    yield request_type.FromString(raw)
+                except Exception:  # protobuf DecodeError
+                    raise RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed request") from None
+
+        peer = f"relay:{self.relay}"
+        code, details = 0, ""
+        try:
+            async for response in self.dispatcher.dispatch(path, requests(), peer):
+                up.put_nowait(pb2.RelayFrame(call_id=call_id, message=response.SerializeToString()))
+        except Exception as exc:  # becomes a status frame, as a direct call would get
+            refusal = self.dispatcher.refusal(exc, peer, path)
+            code, details = refusal.code.value[0], refusal.reason
+        finally:
+            self._calls.pop(call_id, None)
+        up.put_nowait(pb2.RelayFrame(call_id=call_id, end=True, code=code, details=details))

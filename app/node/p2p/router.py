@@ -1,0 +1,159 @@
+"""Swarm router: run a pipeline stage on a live holder, failing over to replicas (seed 002).
+
+For a stage it picks a holder of the layer at random, weighted by capacity over measured latency,
+so fast well-provisioned nodes get more work without starving the rest. If that peer errors, or
+stays silent for ``failover_timeout_s`` (200 ms by default, DESIGN.md §4; servers send keepalives
+every 50 ms while they work), it sends the same micro-batch to another replica: a hedged retry in
+which the first good answer wins, so no work is lost. A peer that failed is banned with capped
+exponential backoff (Petals: 1 s doubling to 60 s); a success clears its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import torch
+
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.errors import NoHolders, P2PError, PeerRejected, ProtocolMismatch
+from app.node.p2p.records import PeerRecord
+
+DEFAULT_LATENCY_MS = 50.0
+"""Latency assumed for a holder never measured: near a LAN peer, so new nodes get tried."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    peer: PeerRecord
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FailoverEvent:
+    layer_start: int
+    failed_peer: bytes
+    reason: str
+
+
+class StageCaller(Protocol):
+    async def who_holds(self, layer: int) -> list[PeerRecord]: ...
+
+    def call_stage_hedged(self, peer: PeerRecord, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                          timeout: float, on_silence: Callable[[], None]
+                          ) -> Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]: ...
+
+
+@dataclass
+class _Ban:
+    until: float = 0.0
+    backoff: float = 0.0
+
+
+class SwarmRouter:
+    def __init__(self, caller: StageCaller, config: P2PConfig,
+                 on_failover: Callable[[FailoverEvent], None] | None = None) -> None:
+        self.caller = caller
+        self.config = config
+        self.on_failover = on_failover
+        self.failovers = 0
+        self._bans: dict[bytes, _Ban] = {}
+
+    # ------------------------------------------------------------------ bans
+    def is_banned(self, node_id: bytes, now: float | None = None) -> bool:
+        ban = self._bans.get(node_id)
+        return ban is not None and ban.until > (time.monotonic() if now is None else now)
+
+    def ban(self, node_id: bytes) -> float:
+        """Ban after a failure: 1 s, then doubling per consecutive failure, capped at 60 s."""
+        ban = self._bans.setdefault(node_id, _Ban())
+        ban.backoff = min(self.config.ban_max_s, ban.backoff * 2 if ban.backoff else self.config.ban_initial_s)
+        ban.until = time.monotonic() + ban.backoff
+        return ban.backoff
+
+    def clear(self, node_id: bytes) -> None:
+        self._bans.pop(node_id, None)
+
+    # ------------------------------------------------------------------ choice
+    @staticmethod
+    def weight(record: PeerRecord) -> float:
+        latency = record.latency_ms if record.latency_ms is not None else DEFAULT_LATENCY_MS
+        return max(record.capacity, 1e-3) / (latency + 5.0)
+
+    def order(self, holders: list[PeerRecord], rng: random.Random | None = None) -> list[PeerRecord]:
+        """Weighted random order without replacement (Efraimidis-Spirakis keys u^(1/w))."""
+        rng = rng or random
+        return sorted(holders, key=lambda r: rng.random() ** (1.0 / self.weight(r)), reverse=True)
+
+    # ------------------------------------------------------------------ running a stage
+    async def run_stage(self, layer_start: int, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                        *, exclude: set[bytes] | frozenset[bytes] = frozenset(),
+                        timeout: float | None = None) -> StageResult:
+        holders = [r for r in await self.caller.who_holds(layer_start)
+                   if r.node_id not in exclude and not self.is_banned(r.node_id)]
+        if not holders:
+            raise NoHolders(f"no live, un-banned peer holds layer {layer_start}; "
+                            "wait for holders to join or for bans to expire")
+        queue = self.order(holders)[: self.config.max_stage_attempts]
+        timeout = self.config.stage_timeout_s if timeout is None else timeout
+        running: dict[asyncio.Future[Any], PeerRecord] = {}
+        wake = asyncio.Event()
+
+        def launch() -> None:
+            record = queue.pop(0)
+            wake.clear()
+            running[asyncio.ensure_future(self.caller.call_stage_hedged(
+                record, kind, meta, tensors, timeout, lambda r=record: self._silent(r, layer_start, wake)))] = record
+
+        launch()
+        errors: list[P2PError] = []
+        try:
+            while running:
+                waker = asyncio.ensure_future(wake.wait())
+                done, _ = await asyncio.wait({*running, waker}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if wake.is_set() and queue:
+                    launch()  # hedge: the silent peer keeps its chance, a replica starts now
+                wake.clear()
+                for task in done - {waker}:
+                    record = running.pop(task)
+                    try:
+                        out_meta, out_tensors = task.result()
+                    except P2PError as exc:
+                        errors.append(exc)
+                        self._failed(record, layer_start, exc)
+                        if queue:
+                            launch()
+                        continue
+                    self.clear(record.node_id)
+                    return StageResult(record, out_meta, out_tensors)
+        finally:
+            for task in running:
+                task.cancel()
+            for task in running:
+                with contextlib.suppress(BaseException):
+                    await task
+        if errors and all(isinstance(e, PeerRejected | ProtocolMismatch) for e in errors):
+            raise errors[-1]
+        raise NoHolders(f"every holder of layer {layer_start} tried failed; last error: {errors[-1] if errors else None}")
+
+    def _silent(self, record: PeerRecord, layer_start: int, wake: asyncio.Event) -> None:
+        self._count(FailoverEvent(layer_start, record.node_id, "silent"))
+        wake.set()
+
+    def _failed(self, record: PeerRecord, layer_start: int, exc: P2PError) -> None:
+        if not isinstance(exc, PeerRejected) or exc.code == grpc.StatusCode.DATA_LOSS:
+            self.ban(record.node_id)  # a deliberate refusal is an answer, not a fault
+        self._count(FailoverEvent(layer_start, record.node_id, str(exc)[:200]))
+
+    def _count(self, event: FailoverEvent) -> None:
+        self.failovers += 1
+        if self.on_failover is not None:
+            self.on_failover(event)

@@ -1,0 +1,157 @@
+"""The gRPC edge of a node: one server, every service, uniform handlers and refusals.
+
+Handlers are written once in a transport-neutral shape, ``handler(requests, info) -> responses``
+(async iterators of protobuf messages), and served two ways: directly by gRPC (the adapters
+below) and through a relay tunnel (relay.py). The adapters apply the per-peer budget, turn a
+:class:`RpcRefusal` into its status code with the reason, lower the score of peers that send
+garbage or bad signatures, and turn any unexpected exception into INTERNAL: a request can fail,
+the node does not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.errors import RpcRefusal
+from app.node.p2p.protocol import METHODS, Method, Shape, pb2_grpc
+from app.node.p2p.ratelimit import PeerGuard
+from app.node.p2p.records import InvalidRecord
+from app.node.p2p.stats import TrafficStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """Who is calling: ``peer`` is the transport address (or ``relay:<id>`` through a tunnel)."""
+
+    method: Method
+    peer: str
+
+
+Handler = Callable[[AsyncIterator[Any], CallInfo], AsyncIterator[Any]]
+
+
+def unary(fn: Callable[[Any, CallInfo], Awaitable[Any]]) -> Handler:
+    """Wrap ``async fn(request, info) -> response`` into the uniform stream shape."""
+
+    async def handler(requests: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
+        request = await anext(requests, None)
+        if request is None:
+            raise RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT, "empty request")
+        yield await fn(request, info)
+
+    return handler
+
+
+def peer_key(peer: str) -> str:
+    """Budget key: the IP for remote peers; IP and port on loopback, where every node shares an IP."""
+    host, _, _ = peer.rpartition(":")
+    if host.endswith(("127.0.0.1", "[::1]", "localhost")) or not host:
+        return peer
+    return host
+
+
+async def _once(message: Any) -> AsyncIterator[Any]:
+    yield message
+
+
+class Dispatcher:
+    """Holds the handlers of one node and serves them over gRPC or a tunnel."""
+
+    def __init__(self, config: P2PConfig, guard: PeerGuard, stats: TrafficStats) -> None:
+        self.config = config
+        self.guard = guard
+        self.stats = stats
+        self.handlers: dict[str, Handler] = {}
+
+    def register(self, path: str, handler: Handler) -> None:
+        if path not in METHODS:
+            raise ValueError(f"unknown method {path}")
+        self.handlers[path] = handler
+
+    async def dispatch(self, path: str, requests: AsyncIterator[Any], peer: str) -> AsyncIterator[Any]:
+        """Run one call; raises RpcRefusal for anything the caller should be told."""
+        method = METHODS.get(path)
+        handler = self.handlers.get(path)
+        if method is None or handler is None:
+            raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"{path} is not served by this node")
+        self.guard.admit(peer_key(peer))
+        kind = method.traffic
+
+        async def counted() -> AsyncIterator[Any]:
+            async for message in requests:
+                self.stats.add_received(kind, message.ByteSize())
+                yield message
+
+        async for response in handler(counted(), CallInfo(method, peer)):
+            self.stats.add_sent(kind, response.ByteSize())
+            yield response
+
+    def refusal(self, exc: BaseException, peer: str, path: str) -> RpcRefusal:
+        """Classify a failed call, adjust the peer's score, and return what to answer."""
+        if isinstance(exc, InvalidRecord):
+            exc = RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not isinstance(exc, RpcRefusal):
+            log.warning("handler %s failed for %s: %r", path, peer, exc)
+            return RpcRefusal(grpc.StatusCode.INTERNAL, "internal error while handling the request")
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            self.guard.penalise(peer_key(peer), self.config.score_bad_signature)
+        elif exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+            self.guard.penalise(peer_key(peer), self.config.score_malformed)
+        return exc
+
+    # ------------------------------------------------------------------ gRPC adapters
+    def _adapter(self, path: str) -> Callable[..., Any]:
+        shape = METHODS[path].shape
+
+        async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            peer = context.peer() or "unknown"
+            try:
+                async for response in self.dispatch(path, requests, peer):
+                    yield response
+            except Exception as exc:  # every failure becomes a status, never a crash
+                refusal = self.refusal(exc, peer, path)
+                await context.abort(refusal.code, refusal.reason)
+
+        if shape is Shape.UNARY:
+            async def unary_adapter(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async for response in run(_once(request), context):
+                    return response
+                await context.abort(grpc.StatusCode.INTERNAL, "handler returned nothing")
+
+            return unary_adapter
+        if shape is Shape.RESPONSE_STREAM:
+            async def stream_adapter(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for response in run(_once(request), context):
+                    yield response
+
+            return stream_adapter
+
+        async def bidi_adapter(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in run(request_iterator.__aiter__(), context):
+                yield response
+
+        return bidi_adapter
+
+    def build_server(self) -> grpc.aio.Server:
+        options = [
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        services: dict[str, dict[str, Any]] = {}
+        for path, method in METHODS.items():
+            services.setdefault(method.service, {})[method.name] = self._adapter(path)
+        for service, adapters in services.items():
+            if any(f"/neuroshard.v1.{service}/{name}" in self.handlers for name in adapters):
+                getattr(pb2_grpc, f"add_{service}Servicer_to_server")(SimpleNamespace(**adapters), server)
+        return server

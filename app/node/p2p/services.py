@@ -1,0 +1,124 @@
+"""The handlers training registers (stage, sync, weights, gossip, data) and their client calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import torch
+
+from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
+from app.node.p2p.client import PeerClient, Route
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.dht_service import check_version
+from app.node.p2p.errors import MalformedMessage, PeerRejected, RpcRefusal
+from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
+from app.node.p2p.server import CallInfo, Dispatcher, unary
+from app.node.p2p.tensor_rpc import tensor_handler
+
+FORWARD, BACKWARD = "/neuroshard.v1.Pipeline/Forward", "/neuroshard.v1.Pipeline/Backward"
+EXCHANGE, WEIGHTS = "/neuroshard.v1.Sync/Exchange", "/neuroshard.v1.Sync/Weights"
+GOSSIP, SHARD = "/neuroshard.v1.Ledger/Gossip", "/neuroshard.v1.Data/Shard"
+MAX_TOPIC = 64
+MAX_SHARD_ID = 256
+MAX_SHARD_BYTES = 1 << 30
+"""A genesis shard is tens of MiB; a GiB cap stops a peer from streaming without end."""
+
+
+@dataclass
+class Handlers:
+    """Callbacks registered by training and economics; None means "not served yet"."""
+
+    stage: Callable[..., Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]] | None = None
+    sync: Callable[..., Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]] | None = None
+    weights: Callable[[dict[str, Any]], Awaitable[dict[str, torch.Tensor]]] | None = None
+    gossip: dict[str, Callable[[bytes, list[bytes]], Awaitable[list[bytes]]]] = field(default_factory=dict)
+    data: Callable[[str], Awaitable[bytes | None]] | None = None
+
+
+def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, config: P2PConfig) -> None:
+    def stage() -> Any:
+        return handlers.stage
+
+    def sync() -> Any:
+        if handlers.sync is None:
+            return None
+        fn = handlers.sync
+        return lambda kind, meta, tensors: fn(meta, tensors)
+
+    def weights() -> Any:
+        if handlers.weights is None:
+            return None
+        fn = handlers.weights
+
+        async def run(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+            return {}, await fn(meta)
+
+        return run
+
+    dispatcher.register(FORWARD, tensor_handler(FORWARD, stage, replay, config, frozenset({"forward"})))
+    dispatcher.register(BACKWARD, tensor_handler(BACKWARD, stage, replay, config, frozenset({"backward"})))
+    dispatcher.register(EXCHANGE, tensor_handler(EXCHANGE, sync, replay, config, frozenset({"sync"})))
+    dispatcher.register(WEIGHTS, tensor_handler(WEIGHTS, weights, replay, config, frozenset({"weights"})))
+    dispatcher.register(GOSSIP, unary(_gossip_handler(handlers, replay, config)))
+    dispatcher.register(SHARD, _shard_handler(handlers, config))
+
+
+def _gossip_handler(handlers: Handlers, replay: ReplayGuard, config: P2PConfig) -> Callable[..., Any]:
+    async def gossip(request: Any, info: CallInfo) -> Any:
+        check_version(request)
+        verified = verify_message(GOSSIP, request, replay)
+        if len(request.payloads) > config.max_gossip_payloads or \
+                sum(len(p) for p in request.payloads) > config.max_gossip_bytes:
+            raise RpcRefusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "gossip batch too large; send fewer records")
+        fn = handlers.gossip.get(request.topic[:MAX_TOPIC])
+        if fn is None:
+            raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"no gossip topic {request.topic[:MAX_TOPIC]!r} here")
+        answer = await fn(verified.node_id, list(request.payloads))
+        return pb2.GossipResponse(protocol_version=PROTOCOL_VERSION, payloads=answer)
+
+    return gossip
+
+
+def _shard_handler(handlers: Handlers, config: P2PConfig) -> Callable[..., AsyncIterator[Any]]:
+    async def shard(requests: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
+        request = await anext(requests, None)
+        if request is None:
+            raise MalformedMessage("empty request")
+        check_version(request)
+        if not request.shard_id or len(request.shard_id) > MAX_SHARD_ID:
+            raise MalformedMessage("shard id is empty or too long")
+        if handlers.data is None:
+            raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, "this node serves no data shards")
+        data = await handlers.data(request.shard_id)
+        if data is None:
+            yield pb2.ShardChunk(found=False)
+            return
+        view = memoryview(data)
+        for offset in range(0, max(len(view), 1), config.chunk_bytes):
+            yield pb2.ShardChunk(found=True, data=bytes(view[offset:offset + config.chunk_bytes]))
+
+    return shard
+
+
+async def call_gossip(client: PeerClient, key: Any, route: Route, topic: str, payloads: list[bytes],
+                      timeout: float) -> list[bytes]:
+    request = pb2.GossipRequest(protocol_version=PROTOCOL_VERSION, topic=topic, payloads=payloads)
+    sign_message(key, GOSSIP, request)
+    return list((await client.unary(route, GOSSIP, request, timeout)).payloads)
+
+
+async def call_data(client: PeerClient, route: Route, shard_id: str, timeout: float, config: P2PConfig) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    request = pb2.ShardRequest(protocol_version=PROTOCOL_VERSION, shard_id=shard_id)
+    async for chunk in client.stream(route, SHARD, [request], timeout):
+        if not chunk.found:
+            return None
+        size += len(chunk.data)
+        if size > MAX_SHARD_BYTES:
+            raise PeerRejected("data shard exceeds the size limit", grpc.StatusCode.RESOURCE_EXHAUSTED)
+        parts.append(chunk.data)
+    return b"".join(parts)

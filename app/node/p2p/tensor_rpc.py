@@ -1,0 +1,170 @@
+"""Tensor-carrying calls (pipeline stages, pseudo-gradient sync, weights download).
+
+Request: a signed :class:`StreamHeader` (kind, JSON meta, tensor specs, payload digest) then the
+~1 MiB data chunks. While it receives and computes, the server sends a ``keepalive`` chunk every
+``stage_keepalive_s``, so a caller can tell a slow stage from a dead or hung one: a gap longer
+than its failover timeout means silence (the swarm router then asks a replica). The answer is an
+unsigned header plus data chunks on the same stream: the caller chose whom it dialled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+import torch
+
+from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
+from app.node.p2p.client import PeerClient, Route
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.errors import MalformedMessage, PeerRejected, RequestTimeout, RpcRefusal
+from app.node.p2p.protocol import is_compatible, pb2
+from app.node.p2p.records import PeerRecord
+from app.node.p2p.server import CallInfo, Handler
+from app.node.p2p.tensor_codec import Limits, StreamReader, build_header, data_chunks
+from app.wallet.keys import PrivateKey
+
+TensorHandler = Callable[[str, dict[str, Any], dict[str, torch.Tensor]],
+                         Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]
+_OFFLOAD_BYTES = 1 << 20
+"""Encoding (copy + SHA-256) of more than 1 MiB runs in a thread so the loop keeps answering."""
+
+
+def limits_of(config: P2PConfig) -> Limits:
+    return Limits(config.max_tensor_elements, config.max_stream_bytes, config.max_meta_bytes)
+
+
+async def _encode(kind: str, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> tuple[Any, list]:
+    if sum(t.numel() * t.element_size() for t in tensors.values()) > _OFFLOAD_BYTES:
+        return await asyncio.to_thread(build_header, kind, meta, tensors)
+    return build_header(kind, meta, tensors)
+
+
+async def _beating(work: Awaitable[Any], interval: float) -> AsyncIterator[Any]:
+    """Yield keepalive chunks until ``work`` finishes, then yield its result wrapped in a tuple."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval)
+            if done:
+                yield (task.result(),)
+                return
+            yield pb2.TensorChunk(keepalive=True)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], replay: ReplayGuard,
+                   config: P2PConfig, allowed_kinds: frozenset[str]) -> Handler:
+    """Server side of one tensor method; ``get_handler`` returns the training callback (or None)."""
+    limits = limits_of(config)
+
+    async def handler(requests: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise MalformedMessage("a tensor stream must start with its header")
+        header = first.header
+        if not is_compatible(header.protocol_version):
+            raise RpcRefusal(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"protocol version {header.protocol_version} is not supported; update NeuroShard")
+        verify_message(path, header, replay)
+        if header.kind not in allowed_kinds:
+            raise MalformedMessage(f"kind {header.kind[:32]!r} is not valid for {path}")
+        callback = get_handler()
+        if callback is None:
+            raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"this node does not serve {path} yet")
+        reader = StreamReader(header, limits)
+        yield pb2.TensorChunk(keepalive=True)  # accepted: the caller's silence clock restarts
+
+        async def receive() -> dict[str, torch.Tensor]:
+            async for chunk in requests:
+                reader.add(chunk)
+            return reader.finish()
+
+        tensors: dict[str, torch.Tensor] = {}
+        async for item in _beating(receive(), config.stage_keepalive_s):
+            if isinstance(item, tuple):
+                tensors = item[0]
+            else:
+                yield item
+        result: tuple[dict[str, Any], dict[str, torch.Tensor]] = ({}, {})
+        async for item in _beating(callback(header.kind, reader.meta, tensors), config.stage_keepalive_s):
+            if isinstance(item, tuple):
+                result = item[0]
+            else:
+                yield item
+        out_meta, out_tensors = result
+        out_header, buffers = await _encode("result", out_meta, out_tensors)
+        yield pb2.TensorChunk(header=out_header)
+        for chunk in data_chunks(buffers, config.chunk_bytes):
+            yield chunk
+
+    return handler
+
+
+async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | str | Route, path: str, kind: str,
+                       meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], timeout: float,
+                       config: P2PConfig, on_silence: Callable[[], None] | None = None,
+                       ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Send a signed tensor stream and read the answer. ``on_silence`` is called (once) when no
+    chunk arrived for ``config.failover_timeout_s``; the call itself keeps waiting until
+    ``timeout`` so a hedging caller can take whichever answer comes first."""
+    header, buffers = await _encode(kind, meta, tensors)
+    sign_message(key, path, header)
+
+    def requests() -> Any:
+        yield pb2.TensorChunk(header=header)
+        yield from data_chunks(buffers, config.chunk_bytes)
+
+    stream = client.stream(peer, path, requests(), timeout)
+    reader: StreamReader | None = None
+    deadline = time.monotonic() + timeout
+    silent_reported = on_silence is None
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(stream, None))
+            wait = deadline - time.monotonic()
+            if not silent_reported:
+                wait = min(wait, config.failover_timeout_s)
+            done, _ = await asyncio.wait({pending}, timeout=max(wait, 0.001))
+            if not done:  # keep the same pending read: cancelling it would end the stream
+                if time.monotonic() >= deadline:
+                    raise RequestTimeout(f"stage call did not finish within {timeout:.1f} s")
+                silent_reported = True
+                on_silence()  # type: ignore[misc]
+                continue
+            chunk, pending = pending.result(), None
+            if chunk is None:
+                break
+            part = chunk.WhichOneof("part")
+            if part == "keepalive":
+                continue
+            if reader is None:
+                if part != "header":
+                    raise PeerRejected("peer answered without a header", grpc.StatusCode.DATA_LOSS)
+                reader = StreamReader(chunk.header, limits_of(config))
+            else:
+                reader.add(chunk)
+    except MalformedMessage as exc:
+        raise PeerRejected(f"peer sent a malformed answer: {exc.reason}", grpc.StatusCode.DATA_LOSS) from None
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        await stream.aclose()
+    if reader is None:
+        raise PeerRejected("peer closed the stream without an answer", grpc.StatusCode.DATA_LOSS)
+    try:
+        return reader.meta, reader.finish()
+    except MalformedMessage as exc:
+        raise PeerRejected(f"peer sent a malformed answer: {exc.reason}", grpc.StatusCode.DATA_LOSS) from None

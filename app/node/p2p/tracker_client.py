@@ -1,0 +1,100 @@
+"""A node's side of the trackers: register (dial-back), heartbeats, and finding a relay.
+
+Every tracker given is used: the node registers with each and merges their peer lists, so one
+tracker being down changes nothing. When none can dial the node back (or it does not listen),
+it opens a tunnel to a reachable peer and registers again advertising that relay (NAT).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from app.node.p2p.auth import sign_message
+from app.node.p2p.errors import P2PError, PeerUnavailable
+from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
+from app.node.p2p.records import InvalidRecord, PeerRecord, parse_peer_record
+from app.node.p2p.tracker import HEARTBEAT, PEERS, REGISTER
+
+if TYPE_CHECKING:
+    from app.node.p2p.node import P2PNode
+
+log = logging.getLogger(__name__)
+
+
+def _parse(raws: list[bytes]) -> list[PeerRecord]:
+    out = []
+    for raw in raws:
+        try:
+            out.append(parse_peer_record(raw))
+        except InvalidRecord:
+            continue
+    return out
+
+
+class TrackerClient:
+    def __init__(self, node: P2PNode) -> None:
+        self.node = node
+        self.reachable = False
+
+    async def register(self, tracker: str) -> list[PeerRecord]:
+        record = self.node.record()
+        if record is None:
+            raise PeerUnavailable("this node has neither an address nor a relay to register")
+        request = pb2.RegisterRequest(protocol_version=PROTOCOL_VERSION, record=record.raw)
+        sign_message(self.node.key, REGISTER, request)
+        answer = await self.node.client.unary(tracker, REGISTER, request, self.node.config.rpc_timeout_s)
+        self.reachable = self.reachable or answer.reachable
+        return _parse(list(answer.peers))
+
+    async def peers(self, tracker: str) -> list[PeerRecord]:
+        request = pb2.PeersRequest(protocol_version=PROTOCOL_VERSION)
+        answer = await self.node.client.unary(tracker, PEERS, request, self.node.config.rpc_timeout_s)
+        return _parse(list(answer.peers))
+
+    async def join(self) -> list[PeerRecord]:
+        """Register everywhere (via a relay when needed) and bootstrap the DHT from the answers."""
+        found: dict[bytes, PeerRecord] = {}
+        for tracker in self.node.trackers:
+            try:
+                got = await (self.register(tracker) if self.node.listen else self.peers(tracker))
+            except P2PError as exc:
+                log.warning("tracker %s unavailable: %s", tracker, exc)
+                continue
+            found.update((r.node_id, r) for r in got if r.node_id != self.node.node_id)
+        peers = list(found.values())
+        if peers and not self.reachable:
+            await self.find_relay(peers)
+            for tracker in self.node.trackers:
+                try:
+                    await self.register(tracker)
+                except P2PError as exc:
+                    log.warning("tracker %s refused the relayed registration: %s", tracker, exc)
+        await self.node.dht.bootstrap(peers)
+        return peers
+
+    async def find_relay(self, peers: list[PeerRecord]) -> str:
+        """Open a tunnel to the first reachable peer that accepts one; returns its address."""
+        for peer in peers:
+            if not peer.address or peer.node_id == self.node.node_id:
+                continue
+            try:
+                await self.node.tunnel.open(peer.address, self.node.config.rpc_timeout_s)
+            except (ConnectionError, P2PError) as exc:
+                log.info("peer %s cannot relay for us: %s", peer.address, exc)
+                continue
+            self.node.relay_address = peer.address
+            return peer.address
+        raise PeerUnavailable("no reachable peer accepted to relay for this node; "
+                              "open the node's port in your router or enable UPnP")
+
+    async def heartbeat(self) -> None:
+        for tracker in self.node.trackers:
+            request = pb2.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, node_id=self.node.node_id)
+            sign_message(self.node.key, HEARTBEAT, request)
+            try:
+                answer = await self.node.client.unary(tracker, HEARTBEAT, request, self.node.config.rpc_timeout_s)
+                if not answer.known:
+                    await self.register(tracker)
+            except P2PError as exc:
+                log.info("tracker %s heartbeat failed: %s", tracker, exc)
