@@ -78,6 +78,9 @@ class Ledger:
         self._slots: dict[tuple, str] = {}
         self._max_seq: dict[str, int] = defaultdict(int)  # address -> highest stored sequence number
         self._state: LedgerState | None = None
+        # The balance snapshot on disk is rewritten only after this process stored new records, so
+        # `verify` still sees (and reports) a snapshot edited behind the ledger's back.
+        self._snapshot_dirty = False
         self._load()
 
     # --- gossip surface ---------------------------------------------------------------------
@@ -185,7 +188,7 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
-            if self._state is None and self._records:
+            if self._snapshot_dirty:
                 self._current()
             self._db.close()
 
@@ -233,6 +236,7 @@ class Ledger:
             self._rebuild_indexes()
             raise
         self._state = None
+        self._snapshot_dirty = True
 
     def _load(self) -> None:
         for (raw,) in self._db.execute("SELECT raw FROM records ORDER BY cursor"):
@@ -242,6 +246,8 @@ class Ledger:
                 raise LedgerError(f"stored record is damaged ({exc.reason}); run `ledger verify`") from exc
             self._records[record.record_id] = record
         self._rebuild_indexes()
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'snapshot_records'").fetchone()
+        self._snapshot_dirty = (int(row[0]) if row else 0) != len(self._records)  # e.g. a crash mid-way
 
     def _rebuild_indexes(self) -> None:
         self._slots.clear()
@@ -259,7 +265,9 @@ class Ledger:
     def _current(self) -> LedgerState:
         if self._state is None:
             self._state = replay.compute_state(self._records.values(), self.config)
+        if self._snapshot_dirty:
             self._write_snapshot(self._state)
+            self._snapshot_dirty = False
         return self._state
 
     def _write_snapshot(self, state: LedgerState) -> None:
@@ -269,3 +277,4 @@ class Ledger:
             self._db.execute("DELETE FROM balances")
             self._db.executemany("INSERT INTO balances VALUES (?,?,?,?,?,?,?,?)", rows)
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('state_hash', ?)", (state.state_hash(),))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot_records', ?)", (str(len(self._records)),))
