@@ -188,7 +188,8 @@ class PipelineDriver:
 
     # --- commit --------------------------------------------------------------------------------
     async def _commit_all(self, step: int, mbs: list[_MicroBatch], loss: float) -> None:
-        meta = {"driver": self.driver_id, "step": step, "microbatches": len(mbs), "loss": loss}
+        meta = {"driver": self.driver_id, "step": step, "microbatches": len(mbs), "loss": loss,
+                "tokens": sum(mb.tokens for mb in mbs)}
         for start in self.stage_starts:
             await self._commit_remote(step, start, meta, mbs)
         out, _ = await self.local.handle(OP_COMMIT, meta, [])

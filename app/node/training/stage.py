@@ -20,7 +20,7 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -113,6 +113,7 @@ class StageWorker:
         self.tokens_trained = 0
         self.executor = executor
         self.on_commit = on_commit
+        self.after_commit: Callable[[], Awaitable[None]] | None = None
         self.lock = threading.Lock()
         self.gate = asyncio.Event()  # cleared while DiLoCo rewrites the weights
         self.gate.set()
@@ -138,7 +139,10 @@ class StageWorker:
     async def handle(self, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
         await self.gate.wait()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.handle_sync, op, meta, tensors)
+        out = await loop.run_in_executor(self.executor, self.handle_sync, op, meta, tensors)
+        if op == OP_COMMIT and out[0].get("status") == "ok" and self.after_commit is not None:
+            await self.after_commit()  # DiLoCo: the step that makes a round due waits for it
+        return out
 
     def handle_sync(self, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
         driver, step = _str(meta, "driver"), _int(meta, "step")
@@ -149,8 +153,8 @@ class StageWorker:
             if op == OP_BACKWARD:
                 return self._backward(driver, step, _int(meta, "mb"), tensors)
             if op == OP_COMMIT:
-                return self._commit(driver, step, _int(meta, "microbatches"),
-                                    float(meta.get("loss", float("nan")))), []
+                return self._commit(driver, step, _int(meta, "microbatches"), _loss(meta),
+                                    int(meta.get("tokens", 0) or 0)), []
             if op == OP_FINISH:
                 self.finished_drivers.add(driver)
                 return {"status": "ok"}, []
@@ -222,7 +226,7 @@ class StageWorker:
             acc.tokens += tokens
         return grad_in
 
-    def _commit(self, driver: str, step: int, microbatches: int, loss: float) -> Meta:
+    def _commit(self, driver: str, step: int, microbatches: int, loss: float, tokens: int) -> Meta:
         if (driver, step) in self._committed:
             return {"status": "already", "inner_step": self.inner_step}
         acc = self._acc.get((driver, step), _Accumulator())
@@ -238,10 +242,11 @@ class StageWorker:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.inner_step += 1
-        self.tokens_trained += acc.tokens
+        tokens = acc.tokens or max(0, tokens)  # only the head counts targets; others trust the driver
+        self.tokens_trained += tokens
         self._committed.append((driver, step))
         self._drop_driver_state(driver, up_to_step=step)
-        info = CommitInfo(driver, step, microbatches, acc.tokens, loss, self.inner_step, before,
+        info = CommitInfo(driver, step, microbatches, tokens, loss, self.inner_step, before,
                           self.weights_hash())
         if self.on_commit is not None:
             self.on_commit(info)
@@ -287,6 +292,11 @@ def _count_targets(targets: torch.Tensor) -> int:
     from app.node.model.shard import PAD_ID
 
     return int((targets != PAD_ID).sum())
+
+
+def _loss(meta: Meta) -> float:
+    value = meta.get("loss", float("nan"))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def _int(meta: Meta, key: str) -> int:

@@ -1,0 +1,138 @@
+"""Checkpoint and resume of one node's training: layers, AdamW, DiLoCo state and counters.
+
+One safetensors file per node (``<data_dir>/checkpoints/stage.safetensors``) written through
+app/node/model/checkpoint.py (temp file, fsync, rename; the previous file kept as ``.prev``).
+Tensors are namespaced ``model.*``, ``optim.<i>.*`` (by parameter position, the order the
+shard's parameters are created in, identical on every build) and ``diloco.*``; counters and the
+data loader position go in the JSON ``extra`` metadata. A killed node restarted with the same data
+dir resumes from its last committed step: nothing committed before the checkpoint is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.node.model.architecture import ModelArchitecture
+from app.node.model.checkpoint import CheckpointError, load_with_fallback, save_checkpoint
+from app.node.training.stage import StageWorker
+from app.node.training.sync import StageSync
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FILE = "stage.safetensors"
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+class ResumeError(CheckpointError):
+    """A checkpoint exists but does not fit this node's stage; the message says what differs."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What a checkpoint says about where the node was (read before building the stage)."""
+
+    layer_range: tuple[int, int]
+    with_embedding: bool
+    with_head: bool
+    arch: ModelArchitecture
+    driver_step: int
+    counters: dict[str, Any]
+    path: Path
+
+
+def checkpoint_path(data_dir: Path | str) -> Path:
+    return Path(data_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+
+def save_training_state(data_dir: Path | str, stage: StageWorker, sync: StageSync | None, *,
+                        driver_step: int, loader_state: dict[str, Any] | None = None,
+                        node_id: str = "") -> Path:
+    path = checkpoint_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with stage.lock:
+        state = {f"model.{k}": v.detach().clone() for k, v in stage.shard.state_dict().items()}
+        state.update(_optimizer_tensors(stage))
+        if sync is not None:
+            state.update({f"diloco.{k}": v for k, v in sync.replica.flat_state().items()})
+        counters = {
+            "layer_range": list(stage.layer_range), "with_embedding": stage.is_first,
+            "with_head": stage.is_last, "inner_step": stage.inner_step,
+            "tokens_trained": stage.tokens_trained, "driver_step": driver_step,
+            "diloco_inner": sync.replica.inner_steps_done if sync else 0,
+            "diloco_outer": sync.replica.outer_steps_done if sync else 0,
+            "rounds": sync.rounds if sync else 0, "loader": loader_state or {}, "node_id": node_id,
+        }
+    save_checkpoint(path, state, stage.shard.architecture, extra={"training": json.dumps(counters)})
+    return path
+
+
+def read_resume_point(data_dir: Path | str) -> ResumePoint | None:
+    """The checkpoint's stage and counters, or None when there is no checkpoint yet."""
+    path = checkpoint_path(data_dir)
+    if not path.exists():
+        return None
+    checkpoint, used = load_with_fallback(path)
+    counters = _counters(checkpoint.extra, used)
+    first, last = counters["layer_range"]
+    return ResumePoint((first, last), bool(counters["with_embedding"]), bool(counters["with_head"]),
+                       checkpoint.arch, int(counters["driver_step"]), counters, used)
+
+
+def restore_training_state(point: ResumePoint, stage: StageWorker, sync: StageSync | None) -> None:
+    """Load weights, AdamW moments and DiLoCo state into a freshly built stage."""
+    checkpoint, _ = load_with_fallback(point.path, expected_arch=stage.shard.architecture)
+    if tuple(point.layer_range) != tuple(stage.layer_range):
+        raise ResumeError(f"checkpoint holds layers {point.layer_range}, this stage {stage.layer_range}")
+    model = {k[len("model."):]: v for k, v in checkpoint.state.items() if k.startswith("model.")}
+    stage.load_weights(model)
+    _load_optimizer(stage, checkpoint.state)
+    stage.inner_step = int(point.counters["inner_step"])
+    stage.tokens_trained = int(point.counters["tokens_trained"])
+    if sync is not None:
+        diloco = {k[len("diloco."):]: v for k, v in checkpoint.state.items() if k.startswith("diloco.")}
+        if diloco:
+            sync.replica.load_flat_state(diloco, int(point.counters["diloco_inner"]),
+                                         int(point.counters["diloco_outer"]))
+        sync.rounds = int(point.counters["rounds"])
+
+
+def _optimizer_tensors(stage: StageWorker) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for i, p in enumerate(stage.params):
+        st = stage.optimizer.state.get(p)
+        if not st:
+            continue
+        for key in _ADAM_KEYS:
+            out[f"optim.{i}.{key}"] = st[key].detach().clone()
+        out[f"optim.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).clone()
+    return out
+
+
+def _load_optimizer(stage: StageWorker, state: dict[str, torch.Tensor]) -> None:
+    for i, p in enumerate(stage.params):
+        if f"optim.{i}.step" not in state:
+            continue
+        moments = {}
+        for key in _ADAM_KEYS:
+            t = state.get(f"optim.{i}.{key}")
+            if t is None or t.shape != p.shape:
+                raise ResumeError(f"optimizer state {i}.{key} is missing or has the wrong shape")
+            moments[key] = t.clone()
+        stage.optimizer.state[p] = {"step": state[f"optim.{i}.step"].reshape(()).clone(), **moments}
+
+
+def _counters(extra: dict[str, str], path: Path) -> dict[str, Any]:
+    try:
+        counters = json.loads(extra.get("training", ""))
+        first, last = counters["layer_range"]
+        if not all(isinstance(v, int) and v >= 0 for v in (first, last, counters["driver_step"],
+                                                            counters["inner_step"])):
+            raise ValueError("negative or non-integer counters")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ResumeError(f"checkpoint {path} has no usable training counters ({exc}); "
+                          "delete it to start this node fresh") from exc
+    return counters

@@ -1,0 +1,126 @@
+"""StageSync: the DiLoCo outer step between the holders of one layer range.
+
+Every ``inner_steps`` committed steps the stage closes its gate (no new forward enters), takes the
+pseudo-gradient ``anchor − current`` (diloco.py), compresses it (compression.py, with error
+feedback for bf16/int8), swaps it with the cohort through the CohortTransport, and applies the
+robust aggregate (aggregation.py: trimmed mean weighted by sqrt(batches) × freshness) as an outer
+Nesterov step. Every member aggregates the same *decoded* payloads in node-id order, its own
+included, so holders that saw the same round end with bit-identical weights.
+
+The sync runs inside the commit that made it due, so the driver whose step triggered it waits
+for it: DiLoCo is synchronous per round, and a stage never trains on half-updated weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.node.training.aggregation import AggregationError, Contribution, aggregate
+from app.node.training.compression import (
+    ErrorFeedback,
+    decode_pseudo_gradient,
+    encode_pseudo_gradient,
+    encoded_nbytes,
+)
+from app.node.training.config import TrainingConfig
+from app.node.training.diloco import DiLoCoConfig, DiLoCoReplica
+from app.node.training.stage import StageWorker
+from app.node.training.transport import CohortPayload, CohortTransport
+
+log = logging.getLogger("neuroshard.training.sync")
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    round: int
+    members: tuple[str, ...]
+    rejected: tuple[tuple[str, str], ...]
+    bytes_sent: int
+    seconds: float
+
+
+@dataclass
+class StageSync:
+    node_id: str
+    stage: StageWorker
+    cohort: CohortTransport | None
+    config: TrainingConfig
+    on_report: Callable[[SyncReport], None] | None = None
+    on_start: Callable[[], None] | None = None
+    replica: DiLoCoReplica = field(init=False)
+    feedback: ErrorFeedback | None = field(init=False)
+    rounds: int = 0
+    bytes_sent: int = 0
+    reports: list[SyncReport] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.replica = DiLoCoReplica(self.stage.shard, DiLoCoConfig(
+            inner_steps=self.config.inner_steps, outer_lr=self.config.outer_lr,
+            outer_momentum=self.config.outer_momentum, nesterov=True))
+        self.feedback = None if self.scheme == "fp32" else ErrorFeedback()
+
+    @property
+    def scheme(self) -> str:
+        return {"none": "fp32"}.get(self.config.compression, self.config.compression)
+
+    def note_commit(self) -> None:
+        self.replica.record_inner_step()
+
+    @property
+    def due(self) -> bool:
+        return self.replica.should_sync()
+
+    async def sync(self) -> SyncReport:
+        """One outer round; always reopens the stage's gate, even when the exchange failed."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if self.on_start is not None:
+            self.on_start()
+        self.stage.gate.clear()
+        try:
+            encoded = await loop.run_in_executor(self.stage.executor, self._encode)
+            mine = CohortPayload(self.node_id, self.rounds, self.replica.inner_steps_done, 0.0, encoded)
+            others: list[CohortPayload] = []
+            if self.cohort is not None:
+                others = await self.cohort.exchange(self.stage.layer_range, self.rounds, mine,
+                                                    self.config.sync_timeout_s)
+            sent = encoded_nbytes(encoded) * len(others)
+            result = await loop.run_in_executor(self.stage.executor, self._apply, [mine, *others])
+        finally:
+            self.stage.gate.set()
+        report = SyncReport(self.rounds, tuple(result[0]), tuple(result[1]), sent, loop.time() - began)
+        self.rounds += 1
+        self.bytes_sent += sent
+        self.reports.append(report)
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    def _encode(self) -> dict:
+        with self.stage.lock:
+            return encode_pseudo_gradient(self.replica.pseudo_gradient(), self.scheme, self.feedback)
+
+    def _apply(self, payloads: list[CohortPayload]) -> tuple[list[str], list[tuple[str, str]]]:
+        shapes = {name: tuple(t.shape) for name, t in self.replica.anchor.items()}
+        contributions, rejected = [], []
+        for payload in sorted(payloads, key=lambda p: p.node_id):
+            try:
+                tensors = decode_pseudo_gradient(payload.tensors, self.scheme, shapes)
+            except ValueError as exc:
+                rejected.append((payload.node_id, f"undecodable pseudo-gradient: {exc}"))
+                continue
+            contributions.append(Contribution(payload.node_id, tensors, max(1, payload.batches), payload.age_s))
+        with self.stage.lock:
+            try:
+                result = aggregate(contributions, expected=None)
+            except AggregationError as exc:  # nothing usable: keep training from the current weights
+                log.warning("outer step skipped: %s", exc)
+                self.replica.reset_anchor()
+                return [], rejected
+            self.replica.apply_outer(result.tensors)
+        if result.rejected:
+            log.warning("rejected pseudo-gradients: %s", result.rejected)
+        return result.accepted, rejected + list(result.rejected)

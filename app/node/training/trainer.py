@@ -1,0 +1,171 @@
+"""NodeTrainer: one node's training job, whatever its role.
+
+A *driver* (it holds the embedding) pulls batches, runs steps through its PipelineDriver and
+retries a stalled step with the same batch until it commits, so a step is neither dropped nor
+counted twice. A *worker* or *validator* only serves stage calls; its steps are the commits it
+applies. Either way every applied step is reported as a :class:`StepInfo` to the subscribers
+(events, the economy service building Proof-of-Neural-Work), the DiLoCo round runs when due,
+and the node checkpoints every ``checkpoint_every`` steps and when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.node.training.checkpointing import save_training_state
+from app.node.training.config import TrainingConfig
+from app.node.training.pipeline import PipelineDriver, PipelineStalled
+from app.node.training.stage import CommitInfo, StageWorker
+from app.node.training.sync import StageSync
+
+log = logging.getLogger("neuroshard.training")
+
+BatchSource = Callable[[], torch.Tensor]  # -> [B, T+1] token ids
+Proceed = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One applied step on this node: what the economy needs to build a proof of work."""
+
+    step: int
+    loss: float
+    tokens: int
+    batches: int  # micro-batches in the step
+    layers: tuple[int, int]
+    role: str
+    hash_before: str
+    hash_after: str
+    tokens_per_s: float
+    inner_step: int
+    inner_steps_per_sync: int
+    driver: str
+
+
+def roles_of(stage: StageWorker) -> tuple[str, ...]:
+    roles = []
+    if stage.is_first:
+        roles.append("driver")
+    if not stage.is_first and not stage.is_last:
+        roles.append("worker")
+    if stage.is_last:
+        roles.append("validator")
+    return tuple(roles)
+
+
+@dataclass
+class NodeTrainer:
+    node_id: str
+    stage: StageWorker
+    config: TrainingConfig
+    sync: StageSync | None = None
+    driver: PipelineDriver | None = None
+    batches: BatchSource | None = None
+    proceed: Proceed | None = None
+    data_dir: Path | None = None
+    loader_state: Callable[[], dict[str, Any]] | None = None
+    on_activity: Callable[[str], None] = lambda _text: None
+    driver_step: int = 0
+    steps_this_session: int = 0
+    tokens_total: int = 0
+    listeners: list[Callable[[StepInfo], None]] = field(default_factory=list)
+    _last_commit_at: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.stage.on_commit = self._on_commit
+        if self.sync is not None:
+            self.stage.after_commit = self._after_commit
+
+    @property
+    def role(self) -> str:
+        return "+".join(roles_of(self.stage))
+
+    def subscribe(self, listener: Callable[[StepInfo], None]) -> None:
+        """``listener(StepInfo)`` after every applied step (called on an executor thread)."""
+        self.listeners.append(listener)
+
+    # --- the job --------------------------------------------------------------------------------
+    async def run(self, max_steps: int | None) -> int:
+        """Train (driver) or serve (others) until ``max_steps`` steps or a stop; returns steps."""
+        if self.driver is not None:
+            await self._drive(max_steps)
+            await self.driver.finish()
+        else:
+            await self._serve(max_steps)
+        self.checkpoint()
+        return self.steps_this_session
+
+    async def _drive(self, max_steps: int | None) -> None:
+        assert self.driver is not None and self.batches is not None
+        batch: torch.Tensor | None = None
+        while max_steps is None or self.steps_this_session < max_steps:
+            if self.proceed is not None and not await self.proceed():
+                return
+            batch = batch if batch is not None else self.batches()
+            total = "" if max_steps is None else f" of {max_steps}"
+            self.on_activity(f"training step {self.steps_this_session + 1}{total}")
+            try:
+                await self.driver.train_step(self.driver_step, batch)
+            except PipelineStalled as exc:
+                self.on_activity(f"waiting for a stage holder ({exc})")
+                await asyncio.sleep(1.0)
+                continue  # same step number, same batch: stages deduplicate what they already hold
+            self.driver_step += 1
+            batch = None
+            if self.driver_step % self.config.checkpoint_every == 0:
+                await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.checkpoint)
+
+    async def _serve(self, max_steps: int | None) -> None:
+        """Serve until every driver we served said it finished (or, alone, until a stop)."""
+        while True:
+            if self.proceed is not None and not await self.proceed():
+                return
+            served = self.stage.seen_drivers
+            if served and served <= self.stage.finished_drivers:
+                return
+            if max_steps == 0:
+                return
+            await asyncio.sleep(0.1)
+
+    def checkpoint(self) -> Path | None:
+        if self.data_dir is None:
+            return None
+        state = self.loader_state() if self.loader_state is not None else None
+        return save_training_state(self.data_dir, self.stage, self.sync, driver_step=self.driver_step,
+                                   loader_state=state, node_id=self.node_id)
+
+    # --- per-step bookkeeping -------------------------------------------------------------------
+    def _on_commit(self, info: CommitInfo) -> None:
+        now = time.perf_counter()
+        elapsed, self._last_commit_at = now - self._last_commit_at, now
+        self.steps_this_session += 1 if self.driver is None or info.driver == self.driver.driver_id else 0
+        self.tokens_total += info.tokens
+        step = StepInfo(
+            step=info.step if self.driver is not None else self.stage.inner_step, loss=info.loss,
+            tokens=info.tokens, batches=info.microbatches, layers=self.stage.layer_range, role=self.role,
+            hash_before=info.hash_before, hash_after=info.hash_after,
+            tokens_per_s=info.tokens / elapsed if elapsed > 0 else 0.0, inner_step=self._inner_in_round(),
+            inner_steps_per_sync=self.config.inner_steps, driver=info.driver)
+        for listener in list(self.listeners):
+            try:
+                listener(step)
+            except Exception:  # a broken subscriber must not stop training
+                log.exception("step listener failed")
+
+    def _inner_in_round(self) -> int:
+        return (self.sync.replica.inner_steps_done + 1) if self.sync is not None else 0
+
+    async def _after_commit(self) -> None:
+        assert self.sync is not None
+        self.sync.note_commit()
+        if self.sync.due:
+            self.on_activity("averaging")
+            await self.sync.sync()

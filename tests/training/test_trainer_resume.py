@@ -1,0 +1,76 @@
+"""NodeTrainer: steps are reported once, DiLoCo rounds run, and a restarted node resumes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from training_helpers import build_pipeline, make_stage, patterned_batch, tiny_config
+
+from app.node.training.checkpointing import read_resume_point, restore_training_state
+from app.node.training.pipeline import PipelineDriver
+from app.node.training.sync import StageSync
+from app.node.training.trainer import NodeTrainer, StepInfo
+
+
+def _solo_trainer(tmp_path: Path, **changes: object) -> NodeTrainer:
+    config = tiny_config(checkpoint_every=3, **changes)
+    stage = make_stage((0, 4), config)
+    driver = PipelineDriver("solo", stage, [], None, micro_batches=config.micro_batches)
+    counter = iter(range(10_000))
+    return NodeTrainer("solo", stage, config, sync=StageSync("solo", stage, None, config), driver=driver,
+                       batches=lambda: patterned_batch(config, next(counter)), data_dir=tmp_path)
+
+
+def test_solo_trainer_reports_each_step_once_and_runs_outer_rounds(tmp_path: Path) -> None:
+    trainer = _solo_trainer(tmp_path)
+    seen: list[StepInfo] = []
+    trainer.subscribe(seen.append)
+    asyncio.run(trainer.run(max_steps=10))
+    assert [s.step for s in seen] == list(range(10))
+    assert trainer.sync is not None and trainer.sync.rounds == 2  # inner_steps=5
+    assert seen[-1].loss < seen[0].loss
+    assert all(s.role == "driver+validator" and s.hash_before != s.hash_after for s in seen)
+
+
+def test_restarted_node_resumes_weights_optimizer_and_counters(tmp_path: Path) -> None:
+    first = _solo_trainer(tmp_path)
+    asyncio.run(first.run(max_steps=7))
+    expected_hash = first.stage.weights_hash()
+
+    point = read_resume_point(tmp_path)
+    assert point is not None and point.driver_step == 7 and point.layer_range == (0, 4)
+    second = _solo_trainer(tmp_path)
+    assert second.sync is not None
+    restore_training_state(point, second.stage, second.sync)
+    second.driver_step = point.driver_step
+    assert second.stage.weights_hash() == expected_hash
+    assert second.stage.inner_step == 7 and second.sync.replica.inner_steps_done == 2
+    assert second.sync.rounds == 1
+    seen: list[StepInfo] = []
+    second.subscribe(seen.append)
+    asyncio.run(second.run(max_steps=3))
+    assert [s.step for s in seen] == [7, 8, 9]
+
+
+def test_two_replicas_agree_bit_for_bit_after_an_outer_round(tmp_path: Path) -> None:
+    config = tiny_config(inner_steps=3, compression="int8")
+    pipes = [build_pipeline([(0, 4)], config)[0] for _ in range(2)]
+    from app.node.training.transport import LocalTransport
+
+    net = LocalTransport()
+    trainers = []
+    for n, pipe in enumerate(pipes):
+        name = f"r{n}"
+        net.add_peer(name, (0, 4), pipe.local.handle)
+        sync = StageSync(name, pipe.local, net.cohort(name), config)
+        counter = iter(range(n * 1000, n * 1000 + 100))
+        trainers.append(NodeTrainer(name, pipe.local, config, sync=sync, driver=pipe,
+                                    batches=lambda c=counter: patterned_batch(config, next(c))))
+
+    async def both() -> None:
+        await asyncio.gather(*(t.run(max_steps=3) for t in trainers))
+
+    asyncio.run(both())
+    assert trainers[0].stage.weights_hash() == trainers[1].stage.weights_hash()
+    assert all(t.sync is not None and t.sync.reports[0].members == ("r0", "r1") for t in trainers)
