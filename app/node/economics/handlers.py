@@ -120,6 +120,8 @@ def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:
         raise Refused("challenge window of this proof has closed")
     if record.author == proof.record.author:
         raise Refused("a node cannot judge its own proof")
+    if _author(record) in proof.fails or _author(record) in proof.passes:
+        raise Refused("this verifier already judged the proof")
     checker = state.account(_author(record))
     if checker.staked < config.min_verifier_stake:
         raise Refused(f"verifiers need at least {config.min_verifier_stake} micro-NEURO staked")

@@ -5,8 +5,7 @@ the *set* of records (never on arrival order or the local clock), so two nodes t
 same records reach the same balances and the same ``state_hash``. How:
 
 1. Conflicts first. Each record claims slots: a spending record claims (account, seq); a proof
-   claims (node, epoch, kind) and (node, nonce); a challenge (checker, proof); a vote (voter,
-   proposal). Two different records on one slot are a double spend (or equivocation): *both* are
+   claims (node, epoch, kind) and (node, nonce). Two different records on one slot are a double spend (or equivocation): *both* are
    refused and the author is flagged, whichever arrived first, so the outcome cannot depend on
    which half of the network saw which record first.
 2. Canonical order: records are applied sorted by (timestamp, record id). A spending record whose
@@ -124,12 +123,10 @@ def slots(record: Record) -> list[tuple]:
     """The uniqueness claims of a record; two different records on one slot conflict."""
     author = record.author
     if record.kind in SEQUENCED_KINDS:
-        claims: list[tuple] = [("seq", author, record.seq)]
-        if record.kind == "challenge":
-            claims.append(("challenge", author, record.body["proof_id"]))
-        elif record.kind == "vote":
-            claims.append(("vote", author, record.body["proposal_id"]))
-        return claims
+        # A second vote or verdict on the same proposal/proof is not a slot conflict: the first in
+        # canonical order counts and the later one is refused by the state rules, so a vote sent
+        # too early and then again in the window does not get an honest account flagged.
+        return [("seq", author, record.seq)]
     if record.kind == "proof":
         return [("proof", author, record.body["epoch"], record.body["proof_kind"]),
                 ("nonce", author, record.body["nonce"])]
