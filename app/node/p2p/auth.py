@@ -39,9 +39,9 @@ def signing_bytes(method: str, timestamp_ms: int, nonce: bytes, body_digest: byt
     return DOMAIN + method.encode() + b"\x00" + timestamp_ms.to_bytes(8, "big") + nonce + body_digest
 
 
-def sign_message(key: PrivateKey, method: str, message: object) -> None:
+def sign_message(key: PrivateKey, method: str, message: object, timestamp: float | None = None) -> None:
     """Fill ``message.auth`` in place: the signature covers everything else in the message."""
-    ts = int(time.time() * 1000)
+    ts = int((time.time() if timestamp is None else timestamp) * 1000)
     nonce = secrets.token_bytes(NONCE_SIZE)
     sig = key.sign(signing_bytes(method, ts, nonce, _body_digest(message)))
     message.auth.CopyFrom(pb2.Auth(public_key=key.public_key.data, timestamp_ms=ts, nonce=nonce, signature=sig))

@@ -1,0 +1,55 @@
+"""Shared set-up for P2P tests: real nodes on 127.0.0.1 sockets, one asyncio loop per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+import torch
+
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.node import P2PNode
+from app.node.p2p.tracker import Tracker
+from app.wallet.keys import PrivateKey
+
+T = TypeVar("T")
+
+FAST = P2PConfig(
+    heartbeat_interval_s=0.25, heartbeat_timeout_s=1.5, dht_rpc_timeout_s=1.0, rpc_timeout_s=2.0,
+    republish_interval_s=30.0, refresh_interval_s=30.0,
+)
+"""Short heartbeats and timeouts so liveness tests finish in seconds; k and alpha stay 20 and 3."""
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+@contextlib.asynccontextmanager
+async def swarm(n: int, config: P2PConfig = FAST, tracker: bool = True) -> AsyncIterator[tuple[Tracker | None, list[P2PNode]]]:
+    """A tracker and ``n`` nodes joined through it; everything stopped on exit."""
+    tr = Tracker(0, config=config) if tracker else None
+    nodes: list[P2PNode] = []
+    try:
+        if tr is not None:
+            await tr.start()
+        trackers = [tr.address] if tr is not None else []
+        for _ in range(n):
+            node = P2PNode(PrivateKey.generate(), trackers=trackers, config=config)
+            await node.start()
+            nodes.append(node)
+        yield tr, nodes
+    finally:
+        await asyncio.gather(*(node.stop() for node in nodes), return_exceptions=True)
+        if tr is not None:
+            await tr.stop()
+
+
+async def double(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """A stage handler: doubles ``x`` and echoes the micro-batch id."""
+    return {"microbatch": meta.get("microbatch"), "kind": kind}, {"y": tensors["x"] * 2}

@@ -1,0 +1,138 @@
+"""Layer registry liveness and swarm-router failover with real nodes on loopback."""
+
+import asyncio
+import time
+
+import grpc
+import pytest
+import torch
+
+from app.node.p2p.errors import NoHolders, PeerRejected, StageRejected
+from app.node.p2p.records import LayerAnnouncement
+
+from .helpers import FAST, double, run, swarm
+
+
+async def _holders(nodes, start: int, end: int, capacity: float = 1.0):
+    for node in nodes:
+        node.set_stage_handler(double)
+        await node.registry.announce(LayerAnnouncement(start, end, "T3", capacity))
+
+
+def test_registry_lists_holders_with_their_layer_range():
+    async def scenario():
+        async with swarm(6) as (_, nodes):
+            await _holders(nodes[:2], 0, 4)
+            await _holders(nodes[2:3], 4, 8)
+            first = {r.node_id for r in await nodes[5].registry.who_holds(2)}
+            assert first == {nodes[0].node_id, nodes[1].node_id}
+            second = await nodes[5].registry.who_holds(4)
+            assert [(r.node_id, r.layer_start, r.layer_end, r.tier) for r in second] == \
+                [(nodes[2].node_id, 4, 8, "T3")]
+            assert sorted((await nodes[4].registry.holders_map()).keys()) == list(range(8))
+
+    run(scenario())
+
+
+def test_registry_reflects_a_killed_node_within_the_heartbeat_timeout():
+    async def scenario():
+        async with swarm(6) as (_, nodes):
+            await _holders(nodes[:2], 0, 2)
+            assert len(await nodes[4].registry.who_holds(0)) == 2
+            await nodes[0].kill()
+            killed_at = time.monotonic()
+            while {r.node_id for r in await nodes[4].registry.who_holds(0)} != {nodes[1].node_id}:
+                assert time.monotonic() - killed_at < FAST.heartbeat_timeout_s + 1.0
+                await asyncio.sleep(0.1)
+            # the survivor keeps refreshing: still listed well after its first TTL ran out
+            await asyncio.sleep(FAST.heartbeat_timeout_s)
+            assert [r.node_id for r in await nodes[4].registry.who_holds(1)] == [nodes[1].node_id]
+
+    run(scenario())
+
+
+def test_failover_completes_microbatch_after_kill():
+    async def scenario():
+        async with swarm(4) as (_, nodes):
+            victim, replica, caller = nodes[0], nodes[1], nodes[3]
+            await _holders([victim, replica], 0, 2)
+            started = asyncio.Event()
+
+            async def slow(kind, meta, tensors):
+                started.set()
+                await asyncio.sleep(30)
+                return {}, {}
+
+            victim.set_stage_handler(slow)
+            caller.router.order = lambda holders, rng=None: sorted(holders, key=lambda r: r.node_id != victim.node_id)
+
+            async def kill_when_busy():
+                await started.wait()
+                await victim.kill()
+                return time.monotonic()
+
+            killer = asyncio.ensure_future(kill_when_busy())
+            result = await caller.router.run_stage(0, "forward", {"microbatch": 17}, {"x": torch.arange(4.0)})
+            done_at = time.monotonic()
+            assert result.peer.node_id == replica.node_id
+            assert result.meta == {"microbatch": 17, "kind": "forward"}
+            assert torch.equal(result.tensors["y"], torch.arange(4.0) * 2)
+            assert caller.router.failovers >= 1
+            assert done_at - await killer < 1.0
+            assert caller.router.is_banned(victim.node_id)
+
+    run(scenario())
+
+
+def test_silent_peer_is_hedged_and_first_good_answer_wins():
+    async def scenario():
+        async with swarm(3) as (_, nodes):
+            hung, replica, caller = nodes
+            await _holders([hung, replica], 0, 1)
+            events = []
+            caller.router.on_failover = events.append
+            caller.router.order = lambda holders, rng=None: sorted(holders, key=lambda r: r.node_id != hung.node_id)
+            # `hung` reads the request, then goes quiet: no keepalive, no answer, no error
+            original = hung.dispatcher.handlers["/neuroshard.v1.Pipeline/Forward"]
+
+            async def mute(requests, info):
+                async for _ in requests:
+                    pass
+                await asyncio.sleep(30)
+                yield  # pragma: no cover
+
+            hung.dispatcher.handlers["/neuroshard.v1.Pipeline/Forward"] = mute
+            start = time.monotonic()
+            result = await caller.router.run_stage(0, "forward", {"microbatch": 1}, {"x": torch.ones(2)})
+            assert result.peer.node_id == replica.node_id
+            assert time.monotonic() - start < FAST.failover_timeout_s + 0.8
+            assert [e.reason for e in events] == ["silent"]
+            hung.dispatcher.handlers["/neuroshard.v1.Pipeline/Forward"] = original
+
+    run(scenario())
+
+
+def test_rejection_reaches_the_caller_as_a_typed_error():
+    async def scenario():
+        async with swarm(2) as (_, (server, caller)):
+            async def refuse(kind, meta, tensors):
+                raise StageRejected("micro-batch from an old step")
+
+            server.set_stage_handler(refuse)
+            await server.registry.announce(LayerAnnouncement(0, 1, "T3", 1.0))
+            with pytest.raises(PeerRejected, match="old step") as err:
+                await caller.router.run_stage(0, "forward", {}, {"x": torch.ones(1)})
+            assert err.value.code == grpc.StatusCode.ABORTED
+            with pytest.raises(NoHolders):
+                await caller.router.run_stage(5, "forward", {}, {"x": torch.ones(1)})
+
+    run(scenario())
+
+
+def test_ban_backoff_doubles_and_is_capped():
+    from app.node.p2p.router import SwarmRouter
+
+    router = SwarmRouter(caller=None, config=FAST)  # type: ignore[arg-type]
+    assert [router.ban(b"p") for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    router.clear(b"p")
+    assert not router.is_banned(b"p") and router.ban(b"p") == 1
