@@ -9,7 +9,8 @@ class WalletError(Exception):
 
 class WrongPassword(WalletError):
     def __init__(self) -> None:
-        super().__init__("wrong password: the keystore could not be decrypted (nothing was changed)")
+        super().__init__("wrong password: the keystore could not be decrypted (nothing was changed); if the "
+                         "password is certainly right, the file is damaged: restore a backup")
 
 
 class KeystoreCorrupted(WalletError):
