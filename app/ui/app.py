@@ -1,0 +1,132 @@
+"""The desktop app: window first, wizard on first run, then the engine; tray; clean quit.
+
+``run_gui`` is what ``main.py`` calls. The window shows before torch is imported (the engine
+imports it on its own thread), so the app appears in well under a second.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication
+
+from app.node.config import NodeConfig
+from app.node.events import ErrorOccurred
+from app.node.runtime_api import RuntimeFactory
+from app.ui.bridge import EngineBridge
+from app.ui.controller import NodeController
+from app.ui.icons import app_icon
+from app.ui.main_window import MainWindow
+from app.ui.theme import apply_theme
+from app.ui.tray import NodeTray
+from app.ui.ui_settings import UiSettings
+from app.ui.wizard.wizard import FirstRunWizard
+from app.wallet.errors import WalletError
+from app.wallet.keystore import Keystore
+
+
+def needs_wizard(data_dir: Path, keystore_factory: Callable[[Path], Keystore] = Keystore) -> bool:
+    """First run = no wallet in the data dir. A damaged wallet is not a first run: the window
+    opens and says so, rather than offering to create a second key over it."""
+    try:
+        return not keystore_factory(data_dir).has_key()
+    except WalletError:
+        return False
+
+
+class GuiApp:
+    """Everything the running app holds; built without entering the event loop (tests use it)."""
+
+    def __init__(self, config: NodeConfig, runtime_factory: RuntimeFactory | None = None,
+                 keystore_factory: Callable[[Path], Keystore] = Keystore) -> None:
+        self.qapp = QApplication.instance() or QApplication(sys.argv[:1])
+        self.qapp.setApplicationName("NeuroShard")
+        self.qapp.setWindowIcon(app_icon())
+        self.qapp.setQuitOnLastWindowClosed(False)  # the tray keeps the node running
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.ui = UiSettings(config.data_dir)
+        apply_theme(self.qapp, self.ui.theme)
+        QGuiApplication.styleHints().colorSchemeChanged.connect(self._follow_system_theme)
+        self.bridge = EngineBridge()
+        self.controller = NodeController(self.bridge, config, runtime_factory)
+        self.window = MainWindow(self.bridge, config, self.ui, keystore_factory)
+        self.tray = NodeTray(self.bridge)
+        self.tray.notify_rewards = self.ui.notify_rewards
+        self.keystore_factory = keystore_factory
+        self.wizard: FirstRunWizard | None = None
+        self.quitting = False
+        self._connect()
+
+    def _connect(self) -> None:
+        self.tray.open_requested.connect(self.show_window)
+        self.tray.quit_requested.connect(self.quit)
+        self.window.quit_requested.connect(self.quit)
+        self.window.settings.saved.connect(self._on_settings_saved)
+        self.window.settings.theme_changed.connect(lambda theme: apply_theme(self.qapp, theme))
+        self.qapp.aboutToQuit.connect(self._shutdown)
+
+    def launch(self) -> None:
+        """Show the window, then the wizard (first run) or the engine."""
+        self.window.show()
+        self.tray.show()
+        self.window.tray_available = self.tray.available()
+        if needs_wizard(self.config.data_dir, self.keystore_factory):
+            self.wizard = FirstRunWizard(self.config, self.keystore_factory, self.window)
+            self.wizard.accepted.connect(self._wizard_done)
+            self.wizard.rejected.connect(self.quit)
+            self.wizard.open()
+        else:
+            QTimer.singleShot(0, self.controller.start)
+
+    def _wizard_done(self) -> None:
+        wizard, self.wizard = self.wizard, None
+        if wizard is not None and wizard.saved_config is not None:
+            self.config = wizard.saved_config
+            self.controller.config = self.config
+            self.window.settings.config = self.config
+            self.window.settings.load()
+        self.controller.start()
+
+    def _on_settings_saved(self, config: NodeConfig) -> None:
+        self.config = config
+        self.controller.config = config  # used at the next (re)start of the node
+        self.tray.notify_rewards = self.ui.notify_rewards
+
+    def _follow_system_theme(self) -> None:
+        if self.ui.theme == "system":
+            apply_theme(self.qapp, "system")
+
+    def show_window(self) -> None:
+        self.window.showNormal()
+        self.window.raise_()
+        self.window.activateWindow()
+
+    def quit(self) -> None:
+        if self.quitting:
+            return
+        self.quitting = True
+        self.window.save_state()
+        self._shutdown()
+        self.qapp.quit()
+
+    def _shutdown(self) -> None:
+        if self.wizard is not None:
+            self.wizard.hardware.probe.cancel()
+        if not self.controller.stop():
+            self.bridge.inject(ErrorOccurred(message="the node did not stop in time; it was left to exit"))
+        self.tray.icon.hide()
+
+
+def run_gui(config: NodeConfig, argv: list[str] | None = None) -> int:
+    """Create the app, show the window, run the event loop; stops the engine cleanly on quit."""
+    if QApplication.instance() is None:
+        QApplication(argv if argv is not None else sys.argv[:1])
+    gui = GuiApp(config)
+    gui.launch()
+    gui.qapp.exec()
+    return 0

@@ -1,0 +1,61 @@
+"""Vocabulary merges in a volunteer's words: ``"th" + "e" -> "the"``, with example words.
+
+Merges arrive as strings (the ledger's form) or token ids (resolved through the genesis
+tokenizer, imported lazily: it loads the ``tokenizers`` library, not torch). Whitespace is made
+visible because a merge of " " and "the" differs from "the" alone.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+# A few sentences of plain English to find example words for a merge when the node sends none.
+SAMPLE_TEXT = (
+    "the quick brown fox jumps over the lazy dog while the other animals are watching. "
+    "there is nothing in the world that learning cannot change; information wants to be shared. "
+    "volunteers train one shared language model together, and everyone earns for the work they prove. "
+    "tokens become words, words become sentences, and sentences become stories worth reading."
+)
+
+
+@cache
+def _genesis_tokenizer() -> Any:
+    from app.node.tokenizer import NeuroTokenizer
+
+    return NeuroTokenizer.genesis()
+
+
+def piece_text(piece: Any) -> str:
+    """A merge side as text: strings as they are, token ids through the genesis tokenizer."""
+    if isinstance(piece, bool):
+        raise ValueError(f"{piece!r} is not a token")
+    if isinstance(piece, int):
+        return _genesis_tokenizer().token_bytes(piece).decode("utf-8", errors="replace")
+    if isinstance(piece, bytes):
+        return piece.decode("utf-8", errors="replace")
+    return str(piece)
+
+
+def visible(text: str) -> str:
+    return text.replace(" ", "␠").replace("\n", "↵").replace("\t", "⇥")
+
+
+def describe_merge(left: Any, right: Any) -> str:
+    a, b = piece_text(left), piece_text(right)
+    return f'"{visible(a)}" + "{visible(b)}" → "{visible(a + b)}"'
+
+
+def example_words(left: Any, right: Any, limit: int = 3, text: str = SAMPLE_TEXT) -> list[str]:
+    """Words of ``text`` that contain the merged string (what the merge would make one token)."""
+    joined = (piece_text(left) + piece_text(right)).strip()
+    if not joined:
+        return []
+    found: list[str] = []
+    for word in re.findall(r"[\w']+", text):
+        if joined in word and word not in found:
+            found.append(word)
+            if len(found) == limit:
+                break
+    return found

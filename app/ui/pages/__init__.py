@@ -1,0 +1,1 @@
+"""One module per page of the main window; each page takes the EngineBridge and nothing else."""

@@ -1,0 +1,116 @@
+"""Contribute: the five ways to help as toggles, with what each needs and earns (seed 001).
+
+A mode the machine cannot do is greyed with the node's reason ("needs 100 NEURO staked"); a
+toggle posts SetModes to the engine and shows the node's answer, reverting if it refuses.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QCheckBox, QGroupBox, QLabel, QVBoxLayout, QWidget
+
+from app.node.events import ModesChanged, SetModes
+from app.node.modes import DESCRIPTIONS, MODES
+from app.ui.bridge import EngineBridge
+
+# What each mode needs and earns, in a volunteer's words. Rates are the defaults of DESIGN.md §4.
+NEEDS = {
+    "pipeline": "Needs: speed tier T1–T4 and memory for at least one layer; a steady connection.",
+    "async": "Needs: memory for a whole model snapshot; works on slow machines and bad connections.",
+    "data": "Needs: 10 GB of free disk and some upload bandwidth.",
+    "verify": "Needs: 100 NEURO staked (a false challenge costs stake).",
+    "inference": "Needs: speed tier T1–T3 and pipeline mode.",
+}
+EARNS = {
+    "pipeline": "Earns: 0.0005 NEURO per batch per layer held, more as driver or validator.",
+    "async": "Earns: 0.0003 NEURO per batch per layer, paid when the update is accepted.",
+    "data": "Earns: 0.00001 NEURO per sample served.",
+    "verify": "Earns: the validator bonus and half of a caught cheater's slashed stake.",
+    "inference": "Earns: about 0.0001 NEURO per generated token, scaled by demand and speed.",
+}
+
+
+class ModeRow(QGroupBox):
+    def __init__(self, mode: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.mode = mode
+        self.toggle = QCheckBox(mode.capitalize())
+        self.toggle.setStyleSheet("QCheckBox { font-weight: 600; font-size: 12pt; }")
+        self.reason = QLabel()
+        self.reason.setProperty("role", "hint")
+        self.reason.setStyleSheet("color: #b05a00;")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.toggle)
+        for text in (DESCRIPTIONS[mode], NEEDS[mode], EARNS[mode]):
+            label = QLabel(text)
+            label.setWordWrap(True)
+            layout.addWidget(label)
+        layout.addWidget(self.reason)
+        self.reason.hide()
+
+    def set_available(self, reason: str | None) -> None:
+        self.toggle.setEnabled(reason is None)
+        self.reason.setVisible(reason is not None)
+        self.reason.setText(f"Unavailable: {reason}" if reason else "")
+
+
+class ContributePage(QWidget):
+    title = "Contribute"
+
+    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.rows = {mode: ModeRow(mode) for mode in MODES}
+        self.status = QLabel("The node proposes modes once it has measured this computer.")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        intro = QLabel("Choose how this computer helps. Every mode earns NEURO for proven work.")
+        intro.setProperty("role", "subtitle")
+        layout.addWidget(intro)
+        for row in self.rows.values():
+            row.toggle.toggled.connect(self._on_toggled)
+            layout.addWidget(row)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self._active: tuple[str, ...] = ()
+        self._updating = False
+        bridge.modes.connect(self.on_modes)
+        latest = bridge.latest("modes")
+        if latest is not None:
+            self.on_modes(latest)
+
+    def on_modes(self, event: ModesChanged) -> None:
+        reasons = dict(event.unavailable)
+        self._active = tuple(event.active)
+        self._updating = True
+        try:
+            for mode, row in self.rows.items():
+                row.set_available(reasons.get(mode))
+                row.toggle.setChecked(mode in event.active)
+        finally:
+            self._updating = False
+        self.status.setText("Active: " + (", ".join(event.active) or "none — this computer is idle"))
+
+    def selected(self) -> tuple[str, ...]:
+        return tuple(m for m, row in self.rows.items() if row.toggle.isChecked())
+
+    def _on_toggled(self, _checked: bool) -> None:
+        if self._updating:
+            return
+        wanted = self.selected()
+        self.status.setText("Asking the node to switch modes…")
+
+        def done(result: object) -> None:
+            active = tuple(result) if isinstance(result, (list, tuple)) else wanted
+            self._active = active
+            self.status.setText("Active: " + (", ".join(active) or "none — this computer is idle"))
+
+        def failed(message: str) -> None:
+            self._updating = True
+            try:
+                for mode, row in self.rows.items():
+                    row.toggle.setChecked(mode in self._active)
+            finally:
+                self._updating = False
+            self.status.setText(f"The node refused: {message}")
+
+        self.bridge.request(SetModes(modes=wanted), done, failed)

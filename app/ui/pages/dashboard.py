@@ -1,0 +1,179 @@
+"""Dashboard: is my machine helping, what is it doing, what did it earn today; pause/resume."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from app.node.events import (
+    ActivityChanged,
+    HardwareMeasured,
+    LayersAssigned,
+    NodeState,
+    Pause,
+    ProofAccepted,
+    Query,
+    QuorumChanged,
+    Resume,
+    StatusChanged,
+    StepDone,
+)
+from app.node.hardware import TIER_MEANING, SpeedTier
+from app.ui.bridge import EngineBridge
+from app.ui.format import format_bytes, format_neuro
+from app.ui.records import BadAnswer, read_earnings
+from app.ui.widgets.live_chart import LiveChart
+from app.ui.widgets.state_badge import StateBadge
+
+EARNINGS_REFRESH_MS = 30_000  # the ledger validates proofs per 60 s epoch; twice per epoch is enough
+PAUSABLE = (NodeState.JOINING, NodeState.TRAINING)
+
+
+def today_key() -> str:
+    return dt.date.today().isoformat()
+
+
+class DashboardPage(QWidget):
+    title = "Dashboard"
+
+    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.badge = StateBadge()
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setProperty("role", "primary")
+        self.pause_button.setMinimumHeight(56)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.activity_label = QLabel("Waiting for the node to start")
+        self.device_label, self.tier_label = QLabel("—"), QLabel("—")
+        self.tier_label.setWordWrap(True)
+        self.layers_label, self.role_label, self.quorum_label = QLabel("—"), QLabel("—"), QLabel("—")
+        self.earned_label = QLabel(format_neuro(0))
+        self.earned_label.setProperty("role", "big")
+        self.loss_chart = LiveChart("Loss", "loss")
+        self.speed_chart = LiveChart("Speed", "tokens/s")
+        self._paused = False
+        self._earned_base_units = 0
+        self._earned_live_units = 0
+        self._build()
+        self._connect()
+        self._timer = QTimer(self)
+        self._timer.setInterval(EARNINGS_REFRESH_MS)
+        self._timer.timeout.connect(self.refresh_earnings)
+        self._timer.start()
+
+    def _build(self) -> None:
+        top = QHBoxLayout()
+        top.addWidget(self.badge, 1)
+        top.addWidget(self.pause_button)
+        facts = QGroupBox("This computer")
+        grid = QGridLayout(facts)
+        rows = [("Device", self.device_label), ("Speed tier", self.tier_label), ("Layers held", self.layers_label),
+                ("Role", self.role_label), ("Quorum", self.quorum_label), ("Earned today", self.earned_label)]
+        for row, (name, widget) in enumerate(rows):
+            grid.addWidget(QLabel(name), row, 0)
+            grid.addWidget(widget, row, 1)
+        charts = QHBoxLayout()
+        charts.addWidget(self.loss_chart)
+        charts.addWidget(self.speed_chart)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.activity_label)
+        layout.addWidget(facts)
+        layout.addLayout(charts, 1)
+
+    def _connect(self) -> None:
+        b = self.bridge
+        b.status.connect(self.on_status)
+        b.hardware.connect(self.on_hardware)
+        b.layers.connect(self.on_layers)
+        b.quorum.connect(self.on_quorum)
+        b.step.connect(self.on_step)
+        b.activity.connect(self.on_activity)
+        b.proof.connect(self.on_proof)
+        b.attached.connect(self.refresh_earnings)
+        for kind, slot in (("status", self.on_status), ("hardware", self.on_hardware), ("layers", self.on_layers),
+                           ("quorum", self.on_quorum), ("activity", self.on_activity)):
+            latest = b.latest(kind)
+            if latest is not None:
+                slot(latest)
+
+    # --- events -------------------------------------------------------------------------------
+
+    def on_status(self, event: StatusChanged) -> None:
+        self.badge.set_state(event.state, event.detail)
+        if event.state == NodeState.PAUSED:
+            self._paused = True
+        elif event.state in (NodeState.TRAINING, NodeState.STOPPED, NodeState.ERROR):
+            self._paused = False
+        self._update_button(event.state)
+
+    def _update_button(self, state: NodeState) -> None:
+        self.pause_button.setText("Resume" if self._paused else "Pause")
+        self.pause_button.setEnabled(self._paused or state in PAUSABLE)
+
+    def on_hardware(self, event: HardwareMeasured) -> None:
+        self.device_label.setText(f"{event.device_name} ({event.device}, {format_bytes(event.memory_bytes)})")
+        meaning = TIER_MEANING.get(SpeedTier(event.tier), "") if event.tier in SpeedTier.__members__ else ""
+        self.tier_label.setText(f"{event.tier} — {event.ms_per_layer:.0f} ms per reference layer; {meaning}")
+
+    def on_layers(self, event: LayersAssigned) -> None:
+        count = event.last_layer - event.first_layer
+        self.layers_label.setText(
+            f"{count} of {event.total_layers} (layers {event.first_layer}–{event.last_layer - 1}), "
+            f"model v{event.architecture_version}, {event.parameters / 1e6:.1f} M parameters"
+        )
+        self.role_label.setText(", ".join(event.roles) or "—")
+
+    def on_quorum(self, event: QuorumChanged) -> None:
+        members = len(event.members)
+        speed = f", {event.speed_class}" if event.speed_class else ""
+        self.quorum_label.setText(f"{event.quorum_id[:12]} — {event.state}, {members} member(s){speed}")
+
+    def on_step(self, event: StepDone) -> None:
+        self.loss_chart.add_point(event.step, event.loss)
+        self.speed_chart.add_point(event.step, event.tokens_per_s)
+
+    def on_activity(self, event: ActivityChanged) -> None:
+        self.activity_label.setText(f"Now: {event.activity}")
+
+    def on_proof(self, event: ProofAccepted) -> None:
+        if dt.date.fromtimestamp(event.timestamp).isoformat() == today_key():
+            self._earned_live_units += event.reward_units
+            self._show_earned()
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def toggle_pause(self) -> None:
+        want_pause = not self._paused
+        self.pause_button.setEnabled(False)
+
+        def done(_result: object) -> None:
+            self._paused = want_pause
+            self._update_button(self.bridge.state)
+
+        def failed(message: str) -> None:
+            self._update_button(self.bridge.state)
+            self.bridge.command_failed.emit(f"Could not {'pause' if want_pause else 'resume'}: {message}")
+
+        self.bridge.request(Pause() if want_pause else Resume(), done, failed)
+
+    def refresh_earnings(self) -> None:
+        if self.bridge.engine is None:
+            return
+
+        def done(answer: object) -> None:
+            try:
+                rows = read_earnings(answer)
+            except BadAnswer:
+                return  # the wallet page reports unreadable answers; the dashboard keeps live sums
+            self._earned_base_units = sum(r.units for r in rows if r.day == today_key())
+            self._earned_live_units = 0
+            self._show_earned()
+
+        self.bridge.request(Query("earnings"), done, lambda _message: None)
+
+    def _show_earned(self) -> None:
+        self.earned_label.setText(format_neuro(self._earned_base_units + self._earned_live_units))

@@ -1,0 +1,163 @@
+"""Network: reachability (direct or relayed) with a re-test, peers, layer coverage, the model's
+architecture and the network's phase (seed 001: genesis, micro, small, ...), and what the node
+is doing now."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.node.events import ActivityChanged, LayersAssigned, NetworkChanged, PeerJoined, PeerLeft, Query
+from app.ui.bridge import EngineBridge
+from app.ui.format import short_id
+from app.ui.records import BadAnswer, PeerInfo, read_peers
+from app.ui.widgets.coverage_bar import MIN_REPLICAS, CoverageBar
+
+PEER_COLUMNS = ("Node", "Address", "Tier", "Layers", "Latency")
+PHASE_WORDS = {
+    "genesis": "genesis (1 node: training alone on the bundled data)",
+    "micro": "micro (2–4 nodes)",
+    "small": "small (5–19 nodes)",
+    "medium": "medium (20–99 nodes)",
+    "growing": "growing (100–499 nodes)",
+    "large": "large (500+ nodes)",
+}
+
+
+class NetworkPage(QWidget):
+    title = "Network"
+
+    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.peers: dict[str, PeerInfo] = {}
+        self.reach_label = QLabel("Not tested yet")
+        self.retest_button = QPushButton("Re-test reachability")
+        self.phase_label, self.arch_label = QLabel("—"), QLabel("—")
+        self.activity_label = QLabel("—")
+        self.coverage = CoverageBar()
+        self.coverage_label = QLabel()
+        self.table = QTableWidget(0, len(PEER_COLUMNS))
+        self.table.setHorizontalHeaderLabels(PEER_COLUMNS)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.message = QLabel()
+        self._build()
+        self._connect()
+
+    def _build(self) -> None:
+        facts = QGroupBox("This node in the network")
+        grid = QGridLayout(facts)
+        reach = QHBoxLayout()
+        reach.addWidget(self.reach_label, 1)
+        reach.addWidget(self.retest_button)
+        grid.addWidget(QLabel("Reachability"), 0, 0)
+        grid.addLayout(reach, 0, 1)
+        for row, (name, label) in enumerate((("Network phase", self.phase_label), ("Model", self.arch_label),
+                                             ("Doing now", self.activity_label)), start=1):
+            grid.addWidget(QLabel(name), row, 0)
+            grid.addWidget(label, row, 1)
+        coverage = QGroupBox(f"Layer coverage (replicas per layer; {MIN_REPLICAS}+ is safe)")
+        cov_layout = QVBoxLayout(coverage)
+        cov_layout.addWidget(self.coverage)
+        cov_layout.addWidget(self.coverage_label)
+        peers = QGroupBox("Peers")
+        QVBoxLayout(peers).addWidget(self.table)
+        layout = QVBoxLayout(self)
+        layout.addWidget(facts)
+        layout.addWidget(coverage)
+        layout.addWidget(peers, 1)
+        layout.addWidget(self.message)
+
+    def _connect(self) -> None:
+        b = self.bridge
+        self.retest_button.clicked.connect(self.retest)
+        b.network.connect(self.on_network)
+        b.layers.connect(self.on_layers)
+        b.activity.connect(self.on_activity)
+        b.peer_joined.connect(self.on_peer_joined)
+        b.peer_left.connect(self.on_peer_left)
+        b.attached.connect(self.refresh_peers)
+        for kind, slot in (("network", self.on_network), ("layers", self.on_layers), ("activity", self.on_activity)):
+            latest = b.latest(kind)
+            if latest is not None:
+                slot(latest)
+
+    def on_network(self, event: NetworkChanged) -> None:
+        self.show_reachability(event.reachable, event.relay)
+        self.phase_label.setText(PHASE_WORDS.get(event.phase, event.phase) + f"; {event.peers} peer(s)")
+        self.coverage.set_replicas(event.replicas_per_layer)
+        thin = sum(1 for r in event.replicas_per_layer if r < MIN_REPLICAS)
+        self.coverage_label.setText(
+            f"{len(event.replicas_per_layer)} layers; {thin} below {MIN_REPLICAS} replicas"
+            if event.replicas_per_layer else "")
+
+    def show_reachability(self, reachable: bool, relay: str) -> None:
+        if reachable:
+            self.reach_label.setText("Reachable directly: peers connect to this computer")
+        elif relay:
+            self.reach_label.setText(f"Behind NAT: reachable through relay {relay}")
+        else:
+            self.reach_label.setText("Not reachable from outside: only outgoing connections work")
+
+    def on_layers(self, event: LayersAssigned) -> None:
+        self.arch_label.setText(f"version {event.architecture_version}: {event.total_layers} layers × "
+                                f"{event.hidden} hidden, {event.parameters / 1e6:.1f} M parameters")
+
+    def on_activity(self, event: ActivityChanged) -> None:
+        self.activity_label.setText(event.activity)
+
+    def on_peer_joined(self, event: PeerJoined) -> None:
+        self.peers[event.node_id] = PeerInfo(event.node_id, event.address, event.tier, event.layers, event.latency_ms)
+        self._fill()
+
+    def on_peer_left(self, event: PeerLeft) -> None:
+        self.peers.pop(event.node_id, None)
+        self._fill()
+
+    def refresh_peers(self) -> None:
+        def done(answer: object) -> None:
+            try:
+                self.peers = {p.node_id: p for p in read_peers(answer)}
+            except BadAnswer as exc:
+                self.message.setText(f"The node sent a peer list the app cannot read ({exc}).")
+                return
+            self._fill()
+
+        self.bridge.request(Query("peers"), done, lambda m: self.message.setText(f"Peers unavailable: {m}"))
+
+    def _fill(self) -> None:
+        peers = sorted(self.peers.values(), key=lambda p: p.node_id)
+        self.table.setRowCount(len(peers))
+        for row, p in enumerate(peers):
+            layers = f"{p.layers[0]}–{p.layers[1] - 1}" if p.layers[1] > p.layers[0] else "—"
+            cells = (short_id(p.node_id, 16), p.address, p.tier or "?", layers, f"{p.latency_ms:.0f} ms")
+            for column, text in enumerate(cells):
+                self.table.setItem(row, column, QTableWidgetItem(text))
+
+    def retest(self) -> None:
+        self.retest_button.setEnabled(False)
+        self.reach_label.setText("Testing…")
+
+        def done(answer: object) -> None:
+            self.retest_button.setEnabled(True)
+            if isinstance(answer, dict) and isinstance(answer.get("reachable"), bool):
+                relay = answer.get("relay")
+                self.show_reachability(answer["reachable"], relay if isinstance(relay, str) else "")
+
+        def failed(message: str) -> None:
+            self.retest_button.setEnabled(True)
+            self.reach_label.setText(f"Test failed: {message}")
+
+        self.bridge.request(Query("reachability"), done, failed)

@@ -1,0 +1,192 @@
+"""Settings: node settings persisted to config.toml (shared with the headless node), window
+settings to ui.ini, resource limits, and the stop controls ("finish the step, then stop" is not
+pause: it checkpoints and ends the node)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtCore import QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.node.config import ConfigError, NodeConfig, parse_host_port, save_config
+from app.node.events import FinishStepThenStop, Remeasure
+from app.ui import autostart
+from app.ui.bridge import EngineBridge
+from app.ui.ui_settings import THEMES, UiSettings
+from app.ui.widgets.limits_form import LimitsForm
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsPage(QWidget):
+    title = "Settings"
+    saved = Signal(object)  # the new NodeConfig
+    theme_changed = Signal(str)
+
+    def __init__(self, bridge: EngineBridge, config: NodeConfig, ui: UiSettings,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge, self.config, self.ui = bridge, config, ui
+        self.data_dir_label = QLabel(str(config.data_dir))
+        self.port = QSpinBox()
+        self.port.setRange(1, 65535)
+        self.trackers = QPlainTextEdit()
+        self.trackers.setPlaceholderText("one HOST:PORT per line; empty = start or join a local genesis network")
+        self.trackers.setMaximumHeight(70)
+        self.theme = QComboBox()
+        self.theme.addItems(THEMES)
+        self.log_level = QComboBox()
+        self.log_level.addItems(LOG_LEVELS)
+        self.start_at_login = QCheckBox("Start NeuroShard when I log in")
+        self.close_to_tray = QCheckBox("Closing the window keeps the node running in the tray")
+        self.notify = QCheckBox("Notify me about rewards")
+        self.lock_minutes = QSpinBox()
+        self.lock_minutes.setRange(1, 240)
+        self.lock_minutes.setSuffix(" min")
+        self.limits = LimitsForm(config.limits)
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.save_button = QPushButton("Save settings")
+        self.finish_button = QPushButton("Finish the current step, then stop")
+        self.remeasure_button = QPushButton("Measure this computer again")
+        self._build()
+        self.load()
+
+    def _build(self) -> None:
+        general = QGroupBox("General")
+        form = QFormLayout(general)
+        open_dir = QPushButton("Open")
+        open_dir.clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.config.data_dir))))
+        row = QHBoxLayout()
+        row.addWidget(self.data_dir_label, 1)
+        row.addWidget(open_dir)
+        form.addRow("Data folder", row)
+        form.addRow(QLabel("To use another data folder, start the app with --data-dir FOLDER."))
+        form.addRow("Port", self.port)
+        form.addRow("Trackers", self.trackers)
+        form.addRow("Theme", self.theme)
+        form.addRow("Log level", self.log_level)
+        form.addRow(self.start_at_login)
+        form.addRow(self.close_to_tray)
+        form.addRow(self.notify)
+        form.addRow("Lock the wallet after", self.lock_minutes)
+        limits = QGroupBox("What the node may use")
+        QVBoxLayout(limits).addWidget(self.limits)
+        stop = QGroupBox("Stopping")
+        stop_layout = QHBoxLayout(stop)
+        stop_layout.addWidget(self.finish_button)
+        stop_layout.addWidget(self.remeasure_button)
+        inner = QWidget()
+        inner_layout = QVBoxLayout(inner)
+        for widget in (general, limits, stop):
+            inner_layout.addWidget(widget)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        layout = QVBoxLayout(self)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self.message)
+        layout.addWidget(self.save_button)
+        self.save_button.clicked.connect(self.save)
+        self.finish_button.clicked.connect(self.finish_then_stop)
+        self.remeasure_button.clicked.connect(self.remeasure)
+
+    def load(self) -> None:
+        c = self.config
+        self.port.setValue(c.port or 1)
+        self.trackers.setPlainText("\n".join(c.trackers))
+        self.theme.setCurrentText(self.ui.theme)
+        self.log_level.setCurrentText(c.log_level.upper() if c.log_level.upper() in LOG_LEVELS else "INFO")
+        self.start_at_login.setChecked(self.ui.start_at_login)
+        self.close_to_tray.setChecked(self.ui.close_to_tray)
+        self.notify.setChecked(self.ui.notify_rewards)
+        self.lock_minutes.setValue(self.ui.wallet_lock_minutes)
+        self.limits.set_limits(c.limits)
+
+    def say(self, text: str, error: bool = False) -> None:
+        self.message.setStyleSheet("color: #d0342c;" if error else "")
+        self.message.setText(text)
+
+    def edited_config(self) -> NodeConfig:
+        """The config the form describes; ConfigError names the field that is wrong."""
+        trackers = tuple(t.strip() for t in self.trackers.toPlainText().split() if t.strip())
+        for tracker in trackers:
+            parse_host_port(tracker)
+        config = dataclasses.replace(self.config, port=self.port.value(), trackers=trackers,
+                                     log_level=self.log_level.currentText(), limits=self.limits.limits())
+        config.validate()
+        return config
+
+    def save(self) -> bool:
+        """Validate and persist; on a bad value or a full disk, say so and keep the old settings."""
+        try:
+            config = self.edited_config()
+            save_config(config)
+        except ConfigError as exc:
+            self.say(f"Not saved: {exc}", True)
+            return False
+        except OSError as exc:
+            self.say(f"Not saved: cannot write {self.config.config_path} ({exc.strerror or exc}). "
+                     "Free some disk space and try again; the previous settings are unchanged.", True)
+            return False
+        try:
+            if self.start_at_login.isChecked() != autostart.is_enabled():
+                autostart.set_enabled(self.start_at_login.isChecked())
+        except autostart.AutostartError as exc:
+            self.say(f"Settings saved, but {exc}", True)
+            self._save_ui()
+            self.config = config
+            self.saved.emit(config)
+            return True
+        self._save_ui()
+        self.config = config
+        self.saved.emit(config)
+        self.say("Saved. Limits apply at once where the node supports it; port and trackers at the next start.")
+        return True
+
+    def _save_ui(self) -> None:
+        theme_changed = self.theme.currentText() != self.ui.theme
+        self.ui.theme = self.theme.currentText()
+        self.ui.start_at_login = self.start_at_login.isChecked()
+        self.ui.close_to_tray = self.close_to_tray.isChecked()
+        self.ui.notify_rewards = self.notify.isChecked()
+        self.ui.wallet_lock_minutes = self.lock_minutes.value()
+        self.ui.sync()
+        if theme_changed:
+            self.theme_changed.emit(self.ui.theme)
+
+    def finish_then_stop(self) -> None:
+        self.finish_button.setEnabled(False)
+        self.bridge.request(FinishStepThenStop(),
+                            lambda _r: self.say("The node finishes its current step, saves, and stops."),
+                            lambda m: (self.finish_button.setEnabled(True), self.say(f"Could not stop: {m}", True)))
+
+    def remeasure(self) -> None:
+        self.remeasure_button.setEnabled(False)
+        self.say("Measuring… (a few seconds; the node keeps running)")
+
+        def done(report: object) -> None:
+            self.remeasure_button.setEnabled(True)
+            tier = report.get("tier") if isinstance(report, dict) else None
+            self.say(f"Measured again: tier {tier}." if tier else "Measured again.")
+
+        def failed(message: str) -> None:
+            self.remeasure_button.setEnabled(True)
+            self.say(f"Measurement failed: {message}", True)
+
+        self.bridge.request(Remeasure(), done, failed)

@@ -1,0 +1,128 @@
+"""System tray: an icon showing the node's state, a menu to pause, resume, snooze, open and quit,
+and notifications for rewards, upgrades and errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+from app.node.events import (
+    ErrorOccurred,
+    NodeState,
+    Pause,
+    ProofAccepted,
+    Resume,
+    StatusChanged,
+    UpgradeAvailable,
+)
+from app.ui.bridge import EngineBridge
+from app.ui.format import STATE_WORDS, format_neuro
+from app.ui.icons import state_icon
+
+# Rewards arrive per proof (many per hour); one summary per half hour tells the volunteer the node
+# earns without turning the notification area into a ticker.
+REWARD_NOTIFY_INTERVAL_S = 1800.0
+
+
+def snooze_until(choice: str, now: float | None = None) -> float:
+    """Epoch seconds a snooze ends: ``"1h"``, ``"4h"`` or ``"tomorrow"`` (next local midnight,
+    so the node works overnight when the computer is usually free)."""
+    now = time.time() if now is None else now
+    if choice == "1h":
+        return now + 3600
+    if choice == "4h":
+        return now + 4 * 3600
+    if choice == "tomorrow":
+        today = dt.datetime.fromtimestamp(now).date()
+        return dt.datetime.combine(today + dt.timedelta(days=1), dt.time()).timestamp()
+    raise ValueError(f"unknown snooze '{choice}'")
+
+
+class NodeTray(QObject):
+    open_requested = Signal()
+    quit_requested = Signal()
+
+    def __init__(self, bridge: EngineBridge, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.notify_rewards = True
+        self.notifications: list[tuple[str, str]] = []  # (title, text), newest last
+        self._reward_units = 0
+        self._last_reward_note = 0.0
+        self.icon = QSystemTrayIcon(state_icon(NodeState.STOPPED))
+        self.menu = QMenu()
+        self.status_action = self.menu.addAction("Stopped")
+        self.status_action.setEnabled(False)
+        self.menu.addSeparator()
+        self.open_action = self._add("Open NeuroShard", self.open_requested.emit)
+        self.pause_action = self._add("Pause", lambda: self.bridge.request(Pause()))
+        self.resume_action = self._add("Resume", lambda: self.bridge.request(Resume()))
+        snooze = self.menu.addMenu("Snooze")
+        self.snooze_actions = {
+            choice: self._add(label, lambda c=choice: self.snooze(c), snooze)
+            for choice, label in (("1h", "For 1 hour"), ("4h", "For 4 hours"), ("tomorrow", "Until tomorrow"))
+        }
+        self.menu.addSeparator()
+        self.quit_action = self._add("Quit (stops the node)", self.quit_requested.emit)
+        self.icon.setContextMenu(self.menu)
+        self.icon.activated.connect(self._on_activated)
+        bridge.status.connect(self.on_status)
+        bridge.proof.connect(self.on_proof)
+        bridge.upgrade.connect(self.on_upgrade)
+        bridge.error.connect(self.on_error)
+        self.on_status(StatusChanged(state=bridge.state))
+
+    def _add(self, text: str, slot: object, menu: QMenu | None = None) -> QAction:
+        action = (menu or self.menu).addAction(text)
+        action.triggered.connect(slot)
+        return action
+
+    def show(self) -> None:
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self.icon.show()
+
+    def available(self) -> bool:
+        return QSystemTrayIcon.isSystemTrayAvailable()
+
+    def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (QSystemTrayIcon.ActivationReason.Trigger, QSystemTrayIcon.ActivationReason.DoubleClick):
+            self.open_requested.emit()
+
+    def snooze(self, choice: str) -> None:
+        until = snooze_until(choice)
+        self.bridge.request(Pause(until=until))
+        self.notify("Snoozed", f"Paused until {dt.datetime.fromtimestamp(until).strftime('%a %H:%M')}.")
+
+    def on_status(self, event: StatusChanged) -> None:
+        words = STATE_WORDS[event.state]
+        self.icon.setIcon(state_icon(event.state))
+        self.icon.setToolTip(f"NeuroShard — {words}")
+        self.status_action.setText(words)
+        self.pause_action.setEnabled(event.state in (NodeState.TRAINING, NodeState.JOINING))
+        self.resume_action.setEnabled(event.state == NodeState.PAUSED)
+
+    def on_proof(self, event: ProofAccepted) -> None:
+        self._reward_units += event.reward_units
+        now = time.monotonic()
+        if self.notify_rewards and now - self._last_reward_note >= REWARD_NOTIFY_INTERVAL_S:
+            self.notify("Rewards earned", f"Your computer earned {format_neuro(self._reward_units)} "
+                        "for proven work.")
+            self._reward_units = 0
+            self._last_reward_note = now
+
+    def on_upgrade(self, event: UpgradeAvailable) -> None:
+        self.notify("Model upgrade available", f"Version {event.candidate_version} is ready to review.")
+
+    def on_error(self, event: ErrorOccurred) -> None:
+        self.notify("NeuroShard problem", event.message, QSystemTrayIcon.MessageIcon.Critical)
+
+    def notify(self, title: str, text: str,
+               icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Information) -> None:
+        self.notifications.append((title, text))
+        del self.notifications[:-50]
+        if self.icon.isVisible() and QSystemTrayIcon.supportsMessages():
+            self.icon.showMessage(title, text, icon, 8000)

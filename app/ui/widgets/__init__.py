@@ -1,0 +1,1 @@
+"""Reusable widgets: state badge, live chart, coverage bar, message bar, banners, dialogs."""

@@ -1,0 +1,66 @@
+"""A rolling line chart (QtCharts) that redraws at most a few times per second.
+
+Training can report many steps per second; redrawing the chart for each would cost the GUI
+thread more than the 50 ms budget, so points are buffered and drawn by a 250 ms timer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from PySide6.QtCharts import QChart, QChartView, QLineSeries, QValueAxis
+from PySide6.QtCore import QPointF, Qt, QTimer
+from PySide6.QtGui import QPainter
+from PySide6.QtWidgets import QWidget
+
+REDRAW_MS = 250
+MAX_POINTS = 600  # ten minutes at one step per second: enough trend without a heavy series
+
+
+class LiveChart(QChartView):
+    def __init__(self, title: str, y_label: str, parent: QWidget | None = None) -> None:
+        chart = QChart()
+        chart.setTitle(title)
+        chart.legend().hide()
+        chart.setMargins(chart.margins() * 0)
+        super().__init__(chart, parent)
+        self.setRenderHint(QPainter.RenderHint.Antialiasing)
+        self.setMinimumHeight(180)
+        self.series = QLineSeries()
+        chart.addSeries(self.series)
+        self._x_axis, self._y_axis = QValueAxis(), QValueAxis()
+        self._x_axis.setTitleText("step")
+        self._x_axis.setLabelFormat("%d")
+        self._y_axis.setTitleText(y_label)
+        chart.addAxis(self._x_axis, Qt.AlignmentFlag.AlignBottom)
+        chart.addAxis(self._y_axis, Qt.AlignmentFlag.AlignLeft)
+        self.series.attachAxis(self._x_axis)
+        self.series.attachAxis(self._y_axis)
+        self._points: deque[tuple[float, float]] = deque(maxlen=MAX_POINTS)
+        self._dirty = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self.redraw)
+        self._timer.start()
+
+    def add_point(self, x: float, y: float) -> None:
+        if y != y:  # NaN (a diverged step) would break the axis range; skip it
+            return
+        self._points.append((float(x), float(y)))
+        self._dirty = True
+
+    def point_count(self) -> int:
+        return len(self._points)
+
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        points = [QPointF(x, y) for x, y in self._points]
+        self.series.replace(points)
+        xs = [p[0] for p in self._points]
+        ys = [p[1] for p in self._points]
+        self._x_axis.setRange(min(xs), max(max(xs), min(xs) + 1))
+        low, high = min(ys), max(ys)
+        pad = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
+        self._y_axis.setRange(low - pad, high + pad)

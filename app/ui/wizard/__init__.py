@@ -1,0 +1,1 @@
+"""First-run wizard: welcome, wallet, recovery phrase, hardware check, modes, limits, join."""
