@@ -47,8 +47,11 @@ _RTT_SMOOTHING = 0.3
 class P2PNode:
     def __init__(self, key: PrivateKey, *, host: str = "127.0.0.1", port: int = 0,
                  trackers: list[str] | None = None, listen: bool = True, config: P2PConfig | None = None,
-                 on_failover: Callable[[FailoverEvent], None] | None = None) -> None:
+                 on_failover: Callable[[FailoverEvent], None] | None = None, advertise: str = "") -> None:
+        """``advertise`` is the host:port others should dial when it differs from the bound one
+        (a public address in front of NAT port forwarding); the tracker checks it by dialling."""
         self.key = key
+        self.advertise = advertise
         self.host, self.port, self.listen = host, port, listen
         self.trackers = list(trackers or [])
         self.config = config or P2PConfig()
@@ -82,16 +85,21 @@ class P2PNode:
 
     @property
     def address(self) -> str:
-        """``host:port`` actually bound; empty for a node that does not listen."""
-        return f"{self.host}:{self.port}" if self.listen and self._server is not None else ""
+        """``host:port`` others dial (the bound port unless ``advertise`` says otherwise); empty for a
+        node that does not listen."""
+        if not self.listen or self._server is None:
+            return ""
+        return self.advertise or f"{self.host}:{self.port}"
 
     def _where(self) -> tuple[str, str]:
+        if self.relay_address and not self.tracker_client.reachable:
+            return "", self.relay_address  # our address is not dialable: only the relay is
         return self.address, self.relay_address
 
     def record(self) -> PeerRecord | None:
         """Our signed peer record, re-signed when address, relay or offer changed; None while the
         node can be reached neither directly nor through a relay."""
-        want = (self.address, self.relay_address, self.offer["tier"], self.offer["capacity"], self.offer["load"])
+        want = (*self._where(), self.offer["tier"], self.offer["capacity"], self.offer["load"])
         if not want[0] and not want[1]:
             return None
         rec = self._record
@@ -100,7 +108,7 @@ class P2PNode:
         return self._record
 
     def _record_via(self, relay: str) -> PeerRecord:
-        return sign_peer_record(self.key, self.address, relay, self.offer["tier"], self.offer["capacity"],
+        return sign_peer_record(self.key, "", relay, self.offer["tier"], self.offer["capacity"],
                                 self.offer["load"])
 
     def set_offer(self, tier: str = "", capacity: float = 0.0, load: float = 0.0) -> None:

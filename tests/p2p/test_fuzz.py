@@ -1,0 +1,113 @@
+"""Garbage, oversized and malformed messages are refused with a status; the node keeps serving."""
+
+import random
+
+import grpc
+import pytest
+import torch
+
+from app.node.p2p.auth import sign_message
+from app.node.p2p.config import MIB
+from app.node.p2p.errors import PeerRejected
+from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, Shape, pb2
+from app.node.p2p.tensor_codec import build_header
+
+from .helpers import double, run, swarm
+
+_FAILURES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
+             grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
+             grpc.StatusCode.ABORTED}
+
+
+async def _raw_call(channel: grpc.aio.Channel, path: str, payloads: list[bytes]) -> grpc.StatusCode:
+    """Send undecoded bytes to ``path``; returns the final status code."""
+    shape = METHODS[path].shape
+    try:
+        if shape is Shape.UNARY:
+            await channel.unary_unary(path)(payloads[0], timeout=3)
+        elif shape is Shape.RESPONSE_STREAM:
+            async for _ in channel.unary_stream(path)(payloads[0], timeout=3):
+                pass
+        else:
+            async for _ in channel.stream_stream(path)(iter(payloads), timeout=3):
+                pass
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_random_bytes_to_every_rpc_are_refused_without_crashing_the_node():
+    async def scenario():
+        async with swarm(2, tracker=False) as (_, (target, other)):
+            target.set_stage_handler(double)
+            rng = random.Random(1234)
+            async with grpc.aio.insecure_channel(target.address) as channel:
+                for path in METHODS:
+                    for _ in range(25):
+                        payloads = [rng.randbytes(rng.randint(0, 300)) for _ in range(rng.randint(1, 4))]
+                        code = await _raw_call(channel, path, payloads)
+                        # random bytes occasionally decode as a harmless valid message (e.g. empty Ping)
+                        assert code in _FAILURES or code == grpc.StatusCode.OK, (path, code)
+            assert (await other.ping(target.address)).node_id == target.node_id
+            meta, tensors = await other.call_stage(target.address, "forward", {"microbatch": 1},
+                                                   {"x": torch.ones(2)}, timeout=3)
+            assert torch.equal(tensors["y"], torch.full((2,), 2.0))
+
+    run(scenario(), timeout=120)
+
+
+def test_oversized_message_is_refused_with_resource_exhausted():
+    async def scenario():
+        async with swarm(2, tracker=False) as (_, (target, other)):
+            target.set_gossip_handler("ledger", lambda sender, payloads: _never())
+            request = pb2.GossipRequest(protocol_version=PROTOCOL_VERSION, topic="ledger",
+                                        payloads=[b"\0" * (9 * MIB)])
+            async with grpc.aio.insecure_channel(
+                    target.address, options=[("grpc.max_send_message_length", 64 * MIB)]) as channel:
+                code = await _raw_call(channel, "/neuroshard.v1.Ledger/Gossip", [request.SerializeToString()])
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (await other.ping(target.address)).node_id == target.node_id
+
+    run(scenario())
+
+
+async def _never() -> list[bytes]:
+    raise AssertionError("an oversized gossip must never reach the handler")
+
+
+def test_tensor_header_declaring_a_huge_tensor_is_refused_before_allocation():
+    async def scenario():
+        async with swarm(2, tracker=False) as (_, (target, other)):
+            target.set_stage_handler(double)
+            header, _ = build_header("forward", {}, {"x": torch.ones(1)})
+            del header.tensors[:]
+            header.tensors.add(name="x", dtype="float32", shape=[1 << 31, 1 << 31])
+            header.total_bytes = 1 << 63
+            sign_message(other.key, "/neuroshard.v1.Pipeline/Forward", header)
+            with pytest.raises(PeerRejected) as err:
+                async for _ in other.client.stream(target.address, "/neuroshard.v1.Pipeline/Forward",
+                                                   [pb2.TensorChunk(header=header)], 3):
+                    pass
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+    run(scenario())
+
+
+def test_peer_that_keeps_sending_garbage_is_dropped():
+    async def scenario():
+        async with swarm(2, tracker=False) as (_, (target, other)):
+            bad = pb2.FindNodeRequest(protocol_version=PROTOCOL_VERSION, target=b"short")
+            codes = []
+            for _ in range(12):
+                try:
+                    await other.client.unary(target.address, "/neuroshard.v1.Dht/FindNode", bad, 2)
+                except PeerRejected as exc:
+                    codes.append(exc.code)
+            assert codes[0] == grpc.StatusCode.INVALID_ARGUMENT
+            assert codes[-1] == grpc.StatusCode.PERMISSION_DENIED  # dropped: refused outright now
+            good = pb2.PingRequest(protocol_version=PROTOCOL_VERSION)
+            with pytest.raises(PeerRejected):
+                await other.client.unary(target.address, "/neuroshard.v1.Dht/Ping", good, 2)
+
+    run(scenario())
