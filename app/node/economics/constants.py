@@ -163,7 +163,12 @@ class EconomicsConfig:
             raise ConfigError(f"unknown economics settings: {sorted(unknown)}")
         values = dict(values)
         if "tier_min_ms" in values:
-            values["tier_min_ms"] = {int(k): float(v) for k, v in values["tier_min_ms"].items()}
+            values["tier_min_ms"] = {**_default_tier_min_ms(),
+                                     **{int(k): float(v) for k, v in values["tier_min_ms"].items()}}
+        if "rewards" in values:  # a TOML file may change one rate and keep the others
+            values["rewards"] = {**_default_rewards(), **values["rewards"]}
+        if "role_bonus" in values:
+            values["role_bonus"] = {**_default_role_bonus(), **values["role_bonus"]}
         for name in ("demand_range", "speed_range", "reputation_range"):
             if name in values:
                 values[name] = tuple(values[name])
