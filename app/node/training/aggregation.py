@@ -123,15 +123,17 @@ def trim_count(n: int, trim_fraction: float) -> int:
 
 
 def _combine(stacked: torch.Tensor, w: torch.Tensor, method: str, trim_fraction: float) -> torch.Tensor:
+    """Combine [n, ...] values with weights [n]; the result depends only on the SET of
+    (value, weight) pairs, not their order: contributions are pre-ordered by weight and each
+    coordinate is sorted stably by value, so ties are broken the same way on every node and
+    sums run in the same order (holders of a layer range end with bit-identical weights)."""
     n = stacked.shape[0]
-    shape = (n,) + (1,) * (stacked.dim() - 1)
-    if method == "mean":
-        return (stacked * w.view(shape)).sum(0) / w.sum()
+    by_weight = torch.sort(w, stable=True).indices
+    stacked, w = stacked[by_weight], w[by_weight]
+    values, order = stacked.sort(dim=0, stable=True)
     if method == "median":
-        values = stacked.sort(dim=0).values  # torch.quantile refuses tensors over 16M elements
         return (values[(n - 1) // 2] + values[n // 2]) / 2
-    k = trim_count(n, trim_fraction)
-    values, order = stacked.sort(dim=0)
+    k = trim_count(n, trim_fraction) if method == "trimmed_mean" else 0
     kept_w = w[order]  # weights follow their values through the per-coordinate sort
     kept_w[:k] = 0.0
     kept_w[n - k:] = 0.0
