@@ -1,0 +1,64 @@
+"""GUI test fixtures: offscreen Qt, a data dir with a real (cached) hardware measurement, a real
+NodeEngine driving the devnet runtime, and the whole app built without entering its event loop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from app.node.config import NodeConfig  # noqa: E402
+from tests.ui.devnet_runtime import PASSWORD, DevnetOptions, DevnetRuntime, fast_keystore  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def measured_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real hardware measurement per session, cached like the engine caches it."""
+    from app.node import hardware
+
+    path = tmp_path_factory.mktemp("hardware")
+    hardware.measure_or_cached(path, "cpu")
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, measured_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    shutil.copy(measured_dir / "hardware.json", path / "hardware.json")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # start-at-login writes stay in tmp
+    return path
+
+
+@pytest.fixture
+def config(data_dir: Path) -> NodeConfig:
+    return NodeConfig(data_dir=data_dir, device="cpu", listen=False, devnet=True, training={"model": "tiny"})
+
+
+@pytest.fixture
+def wallet_dir(data_dir: Path) -> Path:
+    """A data dir that already holds a wallet (not a first run)."""
+    fast_keystore(data_dir).create(PASSWORD)
+    return data_dir
+
+
+def devnet_factory(options: DevnetOptions | None = None):  # noqa: ANN201 (a RuntimeFactory)
+    return lambda ctx: DevnetRuntime(ctx, options)
+
+
+@pytest.fixture
+def gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN001 (pytest-qt fixture)
+    """The whole app on a real engine, started and training."""
+    from app.ui.app import GuiApp
+
+    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    qtbot.addWidget(app.window)
+    app.launch()
+    yield app
+    app.controller.stop()
+    app.window.session.lock()
