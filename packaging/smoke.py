@@ -1,0 +1,115 @@
+"""Smoke tests of a frozen bundle: ``--self-test``, then a short solo headless run.
+
+Each runs the frozen executable the way a volunteer's machine would (no Python, no repo on the
+path, a fresh data dir outside the bundle) and fails with the tail of its output. The bundle's
+file list is compared before and after: the app must write nothing into its install folder, or
+an upgrade would lose (or clobber) a wallet, ledger or checkpoint kept there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SELF_TEST_TIMEOUT_S = 300  # the frozen self-test ran in 2.4 s (PLATFORM.md); unpacking a onefile adds more
+HEADLESS_TIMEOUT_S = 600  # hardware benchmark, solo genesis start and two training steps on 2 slow cores
+HEADLESS_STEPS = 2
+_TAIL_CHARS = 4000
+
+
+class SmokeTestFailed(Exception):
+    """The frozen app did not pass a smoke test; the message holds its output's tail."""
+
+
+@dataclass
+class SmokeReport:
+    self_test: dict[str, Any] = field(default_factory=dict)
+    self_test_seconds: float = 0.0
+    headless_seconds: float = 0.0
+    headless_tail: str = ""
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"QT_QPA_PLATFORM": "offscreen", "NEUROSHARD_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
+    # A frozen app must not lean on the build venv's modules.
+    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(key, None)
+    return env
+
+
+def _run(command: list[str], env: dict[str, str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
+                              cwd=tempfile.gettempdir(), check=False)
+    except subprocess.TimeoutExpired as exc:
+        output = (exc.stdout or "") + (exc.stderr or "")
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
+        raise SmokeTestFailed(f"{what} did not finish in {timeout:.0f} s:\n{output[-_TAIL_CHARS:]}") from exc
+
+
+def parse_self_test(stdout: str) -> dict[str, Any]:
+    """The last line of stdout that parses as a JSON object (Qt or torch may log lines before it)."""
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                found = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(found, dict):
+                return found
+    raise SmokeTestFailed(f"--self-test printed no JSON object:\n{stdout[-_TAIL_CHARS:]}")
+
+
+def check_self_test(executable: Path, data_dir: Path) -> tuple[dict[str, Any], float]:
+    started = time.perf_counter()
+    done = _run([str(executable), "--self-test"], _env(data_dir), SELF_TEST_TIMEOUT_S, "--self-test")
+    seconds = time.perf_counter() - started
+    result = parse_self_test(done.stdout) if done.stdout.strip() else {}
+    failed = [f"{name}: {value}" for name, value in result.get("checks", {}).items() if value != "ok"]
+    failed += [f"{name}: {value}" for name, value in result.get("versions", {}).items()
+               if str(value).startswith("MISSING")]
+    if done.returncode != 0 or not result.get("ok") or failed:
+        raise SmokeTestFailed(f"--self-test failed (exit {done.returncode}): {'; '.join(failed) or 'see output'}\n"
+                              f"{(done.stdout + done.stderr)[-_TAIL_CHARS:]}")
+    if result.get("frozen") is not True:
+        raise SmokeTestFailed(f"{executable} reported frozen={result.get('frozen')}: it is not the PyInstaller bundle")
+    return result, seconds
+
+
+def check_headless(executable: Path, data_dir: Path, steps: int = HEADLESS_STEPS) -> tuple[str, float]:
+    command = [str(executable), "--headless", "--max-steps", str(steps), "--data-dir", str(data_dir), "--port", "0"]
+    started = time.perf_counter()
+    done = _run(command, _env(data_dir), HEADLESS_TIMEOUT_S, "--headless --max-steps")
+    seconds = time.perf_counter() - started
+    tail = (done.stdout + done.stderr)[-_TAIL_CHARS:]
+    if done.returncode != 0:
+        raise SmokeTestFailed(f"headless run of {steps} steps failed (exit {done.returncode}):\n{tail}")
+    return tail, seconds
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def run_smoke_tests(executable: Path, bundle_dir: Path) -> SmokeReport:
+    """Both smoke tests against ``executable``; raises SmokeTestFailed on the first failure."""
+    if not executable.is_file():
+        raise SmokeTestFailed(f"{executable} does not exist: the build produced no executable there")
+    before = _snapshot(bundle_dir)
+    report = SmokeReport()
+    with tempfile.TemporaryDirectory(prefix="neuroshard-smoke-") as tmp:
+        report.self_test, report.self_test_seconds = check_self_test(executable, Path(tmp) / "selftest-data")
+        report.headless_tail, report.headless_seconds = check_headless(executable, Path(tmp) / "node-data")
+    changed = sorted(set(_snapshot(bundle_dir).items()) ^ set(before.items()))
+    if changed:
+        names = sorted({name for name, _ in changed})[:10]
+        raise SmokeTestFailed(f"the app wrote into its install folder {bundle_dir}: {names}")
+    return report
