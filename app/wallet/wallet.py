@@ -81,10 +81,10 @@ class Wallet:
             raise InsufficientFunds("cannot unstake more than is staked")
         return self._submit("unstake", {"amount": amount})
 
-    def propose_merges(self, title: str, merges: list[tuple[str, str]]) -> SubmitResult:
-        """A vocabulary proposal (locks the proposal stake until the vote ends)."""
+    def propose_merges(self, title: str, merges: list[tuple[bytes, bytes]]) -> SubmitResult:
+        """A vocabulary proposal of byte-level merges (locks the proposal stake until the vote ends)."""
         self._require_available(self.ledger.config.proposal_stake)
-        return self._submit("proposal", {"title": title, "merges": [list(m) for m in merges]})
+        return self._submit("proposal", {"title": title, "merges": [[a.hex(), b.hex()] for a, b in merges]})
 
     def vote(self, proposal_id: str, approve: bool) -> SubmitResult:
         return self._submit("vote", {"proposal_id": proposal_id, "approve": approve})

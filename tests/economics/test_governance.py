@@ -7,11 +7,11 @@ from app.node.economics.governance import Phase, Proposal, VoteRefused
 from .helpers import ALICE, BOB, CAROL, DAVE, T0, Devnet, submit_all
 
 CFG = EconomicsConfig.devnet()
-MERGES = [["t", "h"], ["th", "e"]]
+MERGES = [[b"t".hex(), b"h".hex()], [b"th".hex(), b"e".hex()]]
 
 
 def _proposal(created=0) -> Proposal:
-    return Proposal(proposal_id="p", author="a", title="th", merges=[("t", "h")], created_ms=created)
+    return Proposal(proposal_id="p", author="a", title="th", merges=[(b"t", b"h")], created_ms=created)
 
 
 def test_votes_are_refused_outside_the_voting_window_and_twice():
@@ -84,7 +84,7 @@ def test_vocabulary_proposal_end_to_end_on_a_devnet_timescale(ledger):
     assert (state.approve_weight, state.reject_weight) == (neuro(200), neuro(100))
     assert ledger.balance(ALICE.address).available == neuro(300)  # stake returned: quorum reached
     due = ledger.merges_due(applied=set())
-    assert due == [(proposal.record_id, [("t", "h"), ("th", "e")])]
+    assert due == [(proposal.record_id, [(b"t", b"h"), (b"th", b"e")])]
     assert ledger.merges_due(applied={proposal.record_id}) == []
 
 
@@ -120,3 +120,29 @@ def test_proposal_without_quorum_burns_its_stake(ledger):
     assert ledger.proposals()[0].phase is Phase.NO_QUORUM
     assert ledger.balance(ALICE.address).available == neuro(200)
     assert ledger.totals()["burned"] == burned_before + cfg.proposal_stake
+
+
+def test_implemented_proposal_grows_the_real_tokenizer_identically_on_every_node(ledger, tmp_path):
+    from app.node.economics.ledger import Ledger
+    from app.node.tokenizer import NeuroTokenizer
+
+    net, first = ledger
+    cfg = net.config
+    proposal = net.signed(ALICE, "proposal", {"title": "th, the", "merges": MERGES}, T0 + 10)
+    opens = T0 + 10 + cfg.discussion_ms
+    votes = [net.signed(k, "vote", {"proposal_id": proposal.record_id, "approve": True}, opens + i)
+             for i, k in enumerate((BOB, CAROL), start=1)]
+    clock = net.transfer(BOB, CAROL, 1, opens + cfg.voting_ms + cfg.implementation_ms)
+    submit_all(first, [proposal, *votes, clock])
+    second = Ledger(tmp_path / "second", cfg)
+    second.submit_many([raw for raw in first.records_since(0)[0]], clock.timestamp_ms)
+    vocabularies = []
+    for node in (first, second):
+        tokenizer = NeuroTokenizer.genesis()
+        for _proposal_id, merges in node.merges_due(applied=set()):
+            tokenizer = tokenizer.apply_merges(merges)
+        vocabularies.append((tokenizer.vocab_size, tokenizer.content_hash, len(tokenizer.encode("the"))))
+    second.close()
+    assert vocabularies[0] == vocabularies[1]
+    assert vocabularies[0][0] == NeuroTokenizer.genesis().vocab_size + 2
+    assert vocabularies[0][2] == 1  # "the" is one token after the two merges

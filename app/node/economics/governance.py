@@ -46,7 +46,7 @@ class Proposal:
     proposal_id: str
     author: str
     title: str
-    merges: list[tuple[str, str]]
+    merges: list[tuple[bytes, bytes]]  # token bytes, as NeuroTokenizer.apply_merges takes them
     created_ms: int
     votes: dict[str, bool] = field(default_factory=dict)
     phase: Phase = Phase.DISCUSSION
@@ -120,7 +120,7 @@ def advance(proposal: Proposal, now_ms: int, config: EconomicsConfig,
     return proposal.phase
 
 
-def merges_due(proposals: Iterable[Proposal], applied: set[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+def merges_due(proposals: Iterable[Proposal], applied: set[str]) -> list[tuple[str, list[tuple[bytes, bytes]]]]:
     """Implemented proposals whose merges this node has not applied yet, in implementation order.
 
     The tokenizer calls ``apply_merges`` with each list and records the proposal id in

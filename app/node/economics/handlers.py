@@ -148,7 +148,7 @@ def _proposal(state: LedgerState, record: Record, at_ms: int) -> None:
     account.locked += config.proposal_stake
     proposal = governance.Proposal(
         proposal_id=record.record_id, author=_author(record), title=record.body["title"],
-        merges=[(a, b) for a, b in record.body["merges"]], created_ms=at_ms)
+        merges=[(bytes.fromhex(a), bytes.fromhex(b)) for a, b in record.body["merges"]], created_ms=at_ms)
     state.proposals[proposal.proposal_id] = proposal
     for due in (proposal.voting_opens(config), proposal.voting_closes(config),
                 proposal.implementation_at(config)):

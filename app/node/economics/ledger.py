@@ -171,7 +171,7 @@ class Ledger:
         with self._lock:
             return sorted(self._current().proposals.values(), key=lambda p: (p.created_ms, p.proposal_id))
 
-    def merges_due(self, applied: set[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    def merges_due(self, applied: set[str]) -> list[tuple[str, list[tuple[bytes, bytes]]]]:
         """Implemented vocabulary proposals not yet in ``applied`` (see ``governance.merges_due``)."""
         return merges_due(self.proposals(), applied)
 

@@ -93,13 +93,24 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _token_hex(value: Any) -> bool:
+    if not isinstance(value, str) or not 2 <= len(value) <= 128 or len(value) % 2 or value != value.lower():
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _merges(value: Any) -> list[list[str]]:
+    """Byte-level BPE merges, as the tokenizer's ``apply_merges`` takes them: pairs of token
+    bytes, each written as lowercase hex (1..64 bytes), since tokens need not be valid UTF-8."""
     if not isinstance(value, list) or not 1 <= len(value) <= 256:
         raise InvalidRecord("merges must be a list of 1..256 pairs")
     for pair in value:
-        if not (isinstance(pair, list) and len(pair) == 2
-                and all(isinstance(t, str) and 0 < len(t) <= 64 for t in pair)):
-            raise InvalidRecord("each merge is a pair of non-empty tokens of at most 64 characters")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_token_hex(t) for t in pair)):
+            raise InvalidRecord("each merge is a pair of tokens, each 1..64 bytes as lowercase hex")
     return value
 
 
