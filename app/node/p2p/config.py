@@ -44,6 +44,7 @@ class P2PConfig:
     stage_keepalive_s: float = 0.05  # server "still computing" beat, well under the failover
     stage_timeout_s: float = 300.0
     max_stage_attempts: int = 4
+    holders_cache_s: float = 1.0  # how long the router reuses a who_holds answer
     ban_initial_s: float = 1.0
     ban_max_s: float = 60.0
     # --- abuse control: a token bucket per peer and a score that drops on garbage

@@ -65,6 +65,18 @@ class SwarmRouter:
         self.on_failover = on_failover
         self.failovers = 0
         self._bans: dict[bytes, _Ban] = {}
+        self._holders: dict[int, tuple[float, list[PeerRecord]]] = {}
+
+    async def holders(self, layer: int) -> list[PeerRecord]:
+        """Holders of ``layer`` from the registry, cached for ``holders_cache_s``: a DHT lookup per
+        micro-batch would add its latency to every stage; dead holders are caught by bans."""
+        now = time.monotonic()
+        cached = self._holders.get(layer)
+        if cached is not None and now - cached[0] < self.config.holders_cache_s:
+            return cached[1]
+        found = await self.caller.who_holds(layer)
+        self._holders[layer] = (now, found)
+        return found
 
     # ------------------------------------------------------------------ bans
     def is_banned(self, node_id: bytes, now: float | None = None) -> bool:
@@ -96,7 +108,7 @@ class SwarmRouter:
     async def run_stage(self, layer_start: int, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                         *, exclude: set[bytes] | frozenset[bytes] = frozenset(),
                         timeout: float | None = None) -> StageResult:
-        holders = [r for r in await self.caller.who_holds(layer_start)
+        holders = [r for r in await self.holders(layer_start)
                    if r.node_id not in exclude and not self.is_banned(r.node_id)]
         if not holders:
             raise NoHolders(f"no live, un-banned peer holds layer {layer_start}; "

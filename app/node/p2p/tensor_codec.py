@@ -143,10 +143,6 @@ def parse_meta(text: str, max_bytes: int) -> dict[str, Any]:
 
 def assemble(header: Any, sizes: list[int], payload: bytearray) -> dict[str, torch.Tensor]:
     """Tensors from a complete, digest-checked payload (zero-copy views over ``payload``)."""
-    if len(payload) != header.total_bytes:
-        raise MalformedMessage(f"stream carried {len(payload)} bytes, header declared {header.total_bytes}")
-    if hashlib.sha256(payload).digest() != header.payload_sha256:
-        raise MalformedMessage("payload digest does not match the header")
     out, offset = {}, 0
     for spec, size in zip(header.tensors, sizes, strict=True):
         dtype = DTYPES[spec.dtype]
@@ -160,13 +156,18 @@ def assemble(header: Any, sizes: list[int], payload: bytearray) -> dict[str, tor
 
 
 class StreamReader:
-    """Collects ``data`` chunks of one stream into a preallocated buffer, refusing overruns."""
+    """Collects the ``data`` chunks of one stream, hashing as they arrive, refusing overruns.
+
+    Chunks are kept as received and joined once at the end: no zero-filled buffer of the
+    declared size is allocated up front, so a header that lies about its size costs nothing.
+    """
 
     def __init__(self, header: Any, limits: Limits) -> None:
         self.header = header
         self.meta, self.sizes = check_header(header, limits)
-        self._buf = bytearray(header.total_bytes)
+        self._parts: list[bytes] = []
         self._filled = 0
+        self._digest = hashlib.sha256()
 
     def add(self, chunk: Any) -> None:
         kind = chunk.WhichOneof("part")
@@ -174,16 +175,20 @@ class StreamReader:
             return
         if kind != "data":
             raise MalformedMessage(f"expected a data chunk, got {kind}")
-        end = self._filled + len(chunk.data)
-        if end > len(self._buf):
+        self._filled += len(chunk.data)
+        if self._filled > self.header.total_bytes:
             raise MalformedMessage("stream carries more bytes than its header declared")
-        self._buf[self._filled:end] = chunk.data
-        self._filled = end
+        self._parts.append(chunk.data)
+        self._digest.update(chunk.data)
 
     def finish(self) -> dict[str, torch.Tensor]:
-        if self._filled != len(self._buf):
-            raise MalformedMessage(f"stream ended after {self._filled} of {len(self._buf)} bytes")
-        return assemble(self.header, self.sizes, self._buf)
+        if self._filled != self.header.total_bytes:
+            raise MalformedMessage(f"stream ended after {self._filled} of {self.header.total_bytes} bytes")
+        if self._digest.digest() != self.header.payload_sha256:
+            raise MalformedMessage("payload digest does not match the header")
+        payload = bytearray().join(self._parts)  # one copy into a writable buffer torch can view
+        self._parts = []
+        return assemble(self.header, self.sizes, payload)
 
 
 async def read_stream(chunks: AsyncIterable[Any], limits: Limits | None = None
