@@ -232,7 +232,7 @@ def _greedy_merges(words: Counter[tuple[int, ...]], k: int, token_bytes: list[by
     while len(chosen) < k:
         pairs: Counter[tuple[int, int]] = Counter()
         for word, count in words.items():
-            for pair in zip(word, word[1:]):
+            for pair in zip(word, word[1:], strict=False):
                 pairs[pair] += count
         candidates = [(n, p) for p, n in pairs.items()
                       if n >= 2 and token_bytes[p[0]] + token_bytes[p[1]] not in ids]
