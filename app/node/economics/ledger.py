@@ -78,6 +78,7 @@ class Ledger:
         self._slots: dict[tuple, str] = {}
         self._max_seq: dict[str, int] = defaultdict(int)  # address -> highest stored sequence number
         self._state: LedgerState | None = None
+        self._unapplied: list[Record] = []  # stored since the state was last brought up to date
         # The balance snapshot on disk is rewritten only after this process stored new records, so
         # `verify` still sees (and reports) a snapshot edited behind the ledger's back.
         self._snapshot_dirty = False
@@ -235,7 +236,7 @@ class Ledger:
                 self._records.pop(record.record_id, None)
             self._rebuild_indexes()
             raise
-        self._state = None
+        self._unapplied.extend(records)
         self._snapshot_dirty = True
 
     def _load(self) -> None:
@@ -263,8 +264,9 @@ class Ledger:
             self._max_seq[address] = max(self._max_seq[address], record.seq)
 
     def _current(self) -> LedgerState:
-        if self._state is None:
+        if self._state is None or (self._unapplied and not replay.extend(self._state, self._unapplied)):
             self._state = replay.compute_state(self._records.values(), self.config)
+        self._unapplied.clear()
         if self._snapshot_dirty:
             self._write_snapshot(self._state)
             self._snapshot_dirty = False

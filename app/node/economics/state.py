@@ -86,6 +86,12 @@ class LedgerState:
     minted: int = 0
     clock_ms: int = 0
     genesis_done: bool = False
+    # bookkeeping of the replay itself, kept so new records can be appended without a full replay
+    slot_owner: dict[tuple, str] = field(default_factory=dict)
+    conflicting: set[str] = field(default_factory=set)
+    flagged_since: dict[bytes, int] = field(default_factory=dict)
+    waiting: dict[tuple[bytes, int], Record] = field(default_factory=dict)
+    last_key: tuple[int, str] = (-1, "")
     _events: list[tuple[int, int, str, str]] = field(default_factory=list)
     _scheduled: set[tuple[str, str]] = field(default_factory=set)
 
@@ -135,10 +141,12 @@ def slots(record: Record) -> list[tuple]:
     return []
 
 
-def find_conflicts(records: Iterable[Record]) -> tuple[set[str], dict[bytes, int]]:
-    """Ids of records that share a slot with a different record, and each offender's first
-    conflict time (from then on the author is flagged)."""
-    owners: dict[tuple, str] = {}
+def find_conflicts(records: Iterable[Record], owners: dict[tuple, str] | None = None
+                   ) -> tuple[set[str], dict[bytes, int]]:
+    """Ids of records that share a slot with a different record (in ``records`` or already in
+    ``owners``, which is updated), and each offender's first conflict time: from then on the
+    author is flagged."""
+    owners = {} if owners is None else owners
     by_id: dict[str, Record] = {}
     conflicting: set[str] = set()
     for record in records:
@@ -148,7 +156,7 @@ def find_conflicts(records: Iterable[Record]) -> tuple[set[str], dict[bytes, int
             if other != record.record_id:
                 conflicting.update((other, record.record_id))
     flagged_since: dict[bytes, int] = {}
-    for rid in conflicting:
+    for rid in conflicting & by_id.keys():
         rec = by_id[rid]
         flagged_since[rec.author] = min(flagged_since.get(rec.author, rec.timestamp_ms), rec.timestamp_ms)
     return conflicting, flagged_since
