@@ -17,7 +17,7 @@ from app.wallet.keys import PrivateKey
 T = TypeVar("T")
 
 FAST = P2PConfig(
-    heartbeat_interval_s=0.25, heartbeat_timeout_s=1.5, dht_rpc_timeout_s=1.0, rpc_timeout_s=2.0,
+    heartbeat_interval_s=0.5, heartbeat_timeout_s=3.0, dht_rpc_timeout_s=2.0, rpc_timeout_s=3.0,
     republish_interval_s=30.0, refresh_interval_s=30.0,
 )
 """Short heartbeats and timeouts so liveness tests finish in seconds; k and alpha stay 20 and 3."""
