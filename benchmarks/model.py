@@ -262,6 +262,9 @@ def gpu_section(args: argparse.Namespace) -> dict:
         r["mfu_reference"] = r["tokens_per_s_reference"] * fpt / H100_BF16_PEAK_FLOPS
         out[name] = r
         torch.cuda.empty_cache()
+        if name == "125M":
+            out["memory_125M"] = memory_report(arch, batch, device, low_rank=128)
+            torch.cuda.empty_cache()
     return out
 
 

@@ -69,8 +69,10 @@ class NeuroTokenizer:
         self._token_bytes: list[bytes] = [bytes([b]) for b in range(256)] + [b""] * len(SPECIAL_TOKENS)
         self._ids: dict[bytes, int] = {bytes([b]): b for b in range(256)}
         self._merges: list[tuple[bytes, bytes]] = []
-        for left, right in merges:
-            self._add_merge(left, right)
+        for pair in merges:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TokenizerError(f"a merge is a pair (left, right) of bytes, got {pair!r}")
+            self._add_merge(pair[0], pair[1])
         self._tokenizer = self._build()
 
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.growth import (
@@ -159,3 +161,35 @@ def test_activation_utilisation_counts_used_channels() -> None:
     h[..., 5:] = 0
     assert activation_utilisation(h) == 0.5
     assert activation_utilisation(torch.zeros(1, 2, 4)) == 0.0
+
+
+def test_grow_depth_in_the_middle_stage_of_a_pipeline_keeps_its_output() -> None:
+    model = _trained_model(ModelArchitecture.tiny(), steps=2)
+    stage = ModelShard(model.architecture, 1, 3, with_embedding=False, with_head=False)
+    stage.load_state_dict(model.state_dict(), strict=False)
+    stage.eval()
+    grown = grow_depth(stage, 2, position=2).eval()
+    assert grown.layer_range == (1, 5)
+    x = torch.randn(2, 10, 64)
+    with torch.no_grad():
+        assert torch.allclose(grown(x), stage(x), atol=1e-5)
+    with pytest.raises(GrowthError, match="outside this shard"):
+        grow_depth(stage, 1, position=0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(extra_heads=st.integers(1, 3), extra_ffn=st.sampled_from([0, 64, 256]), depth=st.integers(1, 3),
+       seed=st.integers(0, 1000))
+def test_any_width_then_depth_growth_preserves_logits(extra_heads: int, extra_ffn: int, depth: int,
+                                                        seed: int) -> None:
+    torch.manual_seed(seed)
+    arch = ModelArchitecture.tiny()
+    model = ModelShard.full(arch)
+    with torch.no_grad():  # move norms off 1.0 so the RMSNorm correction is really exercised
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    before = _logits(model, IDS)
+    heads = arch.heads + 2 * extra_heads  # query group size is 2 in the tiny preset
+    grown = grow_depth(grow_width(model, heads * arch.head_dim, arch.ffn + extra_ffn, heads), depth)
+    assert torch.allclose(_logits(grown, IDS), before, atol=1e-4)

@@ -142,3 +142,30 @@ def test_low_rank_model_trains_and_has_fewer_embedding_params() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_lm_loss_ignores_pad_targets() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(2, 6, 266)
+    targets = torch.randint(0, 256, (2, 6))
+    padded = targets.clone()
+    padded[1, 3:] = PAD_ID
+    keep = padded != PAD_ID
+    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    assert torch.allclose(lm_loss(logits, padded), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_autocast_pipeline_matches_whole_model_loosely() -> None:
+    from app.node.model.runtime import autocast
+
+    torch.manual_seed(0)
+    arch = ModelArchitecture.tiny()
+    whole = ModelShard.full(arch).cuda()
+    stages = [s.cuda() for s in _split(whole, [(0, 2), (2, 4)])]
+    ids = torch.randint(0, 256, (2, 32), device="cuda")
+    with autocast("cuda"):
+        loss = lm_loss(whole(ids[:, :-1]), ids[:, 1:])
+        pipe = lm_loss(stages[1](stages[0](ids[:, :-1])), ids[:, 1:])
+    assert torch.isfinite(loss) and abs(loss.item() - pipe.item()) < 1e-2
