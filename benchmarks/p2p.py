@@ -42,7 +42,7 @@ from app.node.p2p.tracker import Tracker  # noqa: E402
 from app.wallet.keys import PrivateKey  # noqa: E402
 
 BENCH = P2PConfig(heartbeat_interval_s=0.5, heartbeat_timeout_s=3.0, dht_rpc_timeout_s=1.0,
-                  republish_interval_s=600.0, refresh_interval_s=600.0, max_message_bytes=8 * MIB)
+                  republish_interval_s=600.0, refresh_interval_s=600.0, use_upnp=False)
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 FAST = P2PConfig(
     heartbeat_interval_s=0.5, heartbeat_timeout_s=3.0, dht_rpc_timeout_s=2.0, rpc_timeout_s=3.0,
-    republish_interval_s=30.0, refresh_interval_s=30.0,
+    republish_interval_s=30.0, refresh_interval_s=30.0, use_upnp=False,
 )
 """Short heartbeats and timeouts so liveness tests finish in seconds; k and alpha stay 20 and 3."""
 

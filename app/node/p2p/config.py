@@ -54,6 +54,7 @@ class P2PConfig:
     score_bad_signature: float = -5.0
     score_malformed: float = -2.0
     drop_duration_s: float = 300.0
-    # --- NAT: try a UPnP mapping before falling back to a relay
-    use_upnp: bool = False
+    # --- NAT: a node the tracker cannot dial back tries a UPnP mapping, then a relay (seed 002)
+    use_upnp: bool = True
     upnp_timeout_s: float = 2.0
+    upnp_ssdp: str = "239.255.255.250:1900"  # SSDP multicast group; tests point it at a local gateway

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import torch
 
-from app.node.p2p import services
+from app.node.p2p import services, upnp
 from app.node.p2p.auth import ReplayGuard
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
@@ -64,6 +64,7 @@ class P2PNode:
         self.relay_address = ""
         self.offer: dict[str, Any] = {"tier": "", "capacity": 0.0, "load": 0.0}
         self._record: PeerRecord | None = None
+        self.upnp_mapping: upnp.Mapping | None = None
         self._server: grpc.aio.Server | None = None
         self._loops: list[asyncio.Task[None]] = []
         transport = GrpcDhtTransport(key, self.client, self.config, self.record, self._on_rtt)
@@ -147,6 +148,10 @@ class P2PNode:
                 await task
         await self.tunnel.close()
         await self.dht.stop()
+        if self.upnp_mapping is not None:
+            with contextlib.suppress(OSError):
+                await upnp.unmap_port(self.upnp_mapping, self.config.upnp_timeout_s)
+            self.upnp_mapping = None
         if self._server is not None:
             await self._server.stop(grace=0.1)
             self._server = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from app.node.p2p import upnp
 from app.node.p2p.auth import sign_message
 from app.node.p2p.errors import P2PError, PeerUnavailable
 from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
@@ -55,14 +56,18 @@ class TrackerClient:
     async def join(self) -> list[PeerRecord]:
         """Register everywhere (via a relay when needed) and bootstrap the DHT from the answers."""
         found: dict[bytes, PeerRecord] = {}
+        answered = False
         for tracker in self.node.trackers:
             try:
                 got = await (self.register(tracker) if self.node.listen else self.peers(tracker))
             except P2PError as exc:
                 log.warning("tracker %s unavailable: %s", tracker, exc)
                 continue
+            answered = True
             found.update((r.node_id, r) for r in got if r.node_id != self.node.node_id)
         peers = list(found.values())
+        if self.node.listen and answered and not self.reachable and self.node.config.use_upnp:
+            await self.try_upnp()
         if peers and not self.reachable:
             await self.find_relay(peers)
             for tracker in self.node.trackers:
@@ -72,6 +77,24 @@ class TrackerClient:
                     log.warning("tracker %s refused the relayed registration: %s", tracker, exc)
         await self.node.dht.bootstrap(peers)
         return peers
+
+    async def try_upnp(self) -> bool:
+        """Ask the gateway to forward our port, then let the trackers dial the public address."""
+        try:
+            mapping = await upnp.map_port(self.node.port, self.node.config.upnp_timeout_s, self.node.config.upnp_ssdp)
+        except upnp.UpnpUnavailable as exc:
+            log.info("UPnP unavailable (%s); falling back to a relay", exc)
+            return False
+        self.node.upnp_mapping = mapping
+        self.node.advertise = mapping.address
+        for tracker in self.node.trackers:
+            try:
+                await self.register(tracker)
+            except P2PError as exc:
+                log.warning("tracker %s unavailable: %s", tracker, exc)
+        if not self.reachable:
+            log.info("UPnP mapped %s but the tracker cannot dial it", mapping.address)
+        return self.reachable
 
     async def find_relay(self, peers: list[PeerRecord]) -> str:
         """Open a tunnel to the first reachable peer that accepts one; returns its address."""
