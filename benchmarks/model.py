@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu-seq", type=int, default=1024)
     p.add_argument("--gpu-vocab", type=int, default=32000)
     p.add_argument("--no-gpu", action="store_true")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory-saver comparison")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -294,9 +295,10 @@ def main(argv: list[str] | None = None) -> None:
                     "cpu": {"config": {"hidden": arch.hidden, "layers": arch.layers, "vocab": arch.vocab,
                                        "batch": args.batch, "seq": args.seq, "stages": 4},
                             **throughput(arch, batch, cpu, args, parts=4)}}
-    mem_arch = arch.with_changes(vocab=args.memory_vocab)
-    mem_batch = torch.randint(0, mem_arch.vocab, (args.batch, args.seq + 1))
-    result["memory_cpu"] = memory_report(mem_arch, mem_batch, cpu, args.low_rank)
+    if not args.no_memory:
+        mem_arch = arch.with_changes(vocab=args.memory_vocab)
+        mem_batch = torch.randint(0, mem_arch.vocab, (args.batch, args.seq + 1))
+        result["memory_cpu"] = memory_report(mem_arch, mem_batch, cpu, args.low_rank)
     if torch.cuda.is_available() and not args.no_gpu:
         result["gpu"] = gpu_section(args)
     result["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -120,3 +120,14 @@ def test_arch_command_prints_json_without_importing_torch() -> None:
     body, torch_loaded = out.rsplit("\n", 2)[0], out.strip().splitlines()[-1]
     assert json.loads(body)["architecture"]["hidden"] == 1536
     assert torch_loaded == "False"
+
+
+def test_every_scaled_architecture_is_reachable_from_genesis_by_growth() -> None:
+    """Width growth keeps head size and query-group size; the scaler never changes either."""
+    archs = [ModelArchitecture.genesis()] + [calculate_optimal_architecture(n * 8 * GIB, nodes=n)
+                                             for n in (1, 10, 50, 100, 1000, 10000)]
+    for small, big in zip(archs, archs[1:], strict=False):
+        assert big.head_dim == small.head_dim
+        assert big.heads // big.kv_heads == small.heads // small.kv_heads
+        assert (big.hidden, big.ffn, big.layers) >= (small.hidden, small.ffn, small.layers)
+        assert big.ffn >= small.ffn and big.layers >= small.layers

@@ -41,6 +41,11 @@ ANCHOR_LAYERS = 11
 WIDTH_EXPONENT = 0.375  # 0.6 / 1.6
 DEPTH_EXPONENT = 0.25  # 0.4 / 1.6
 FFN_MULTIPLE = 256
+HEAD_DIM = 64
+"""Kept at 64 at every scale (GPT-2/GPT-3 small sizes use 64): rotary frequencies depend on the
+head size, so a model can only be widened without changing its function while the head size
+stays fixed; width grows by adding heads, and every architecture the scaler picks is reachable
+from genesis by growth (DESIGN.md §3: keep what was learned)."""
 GQA_GROUP = 4
 """Query heads per key/value head at scale (LLaMA-2 70B uses 8; 4 keeps small models sane)."""
 
@@ -187,18 +192,17 @@ def calculate_optimal_architecture(total_memory_bytes: int, *, nodes: int = 1,
     """The architecture that fits the network's memory (DESIGN.md §3, see the module docstring).
 
     ``scale = P / P_anchor`` where ``P_anchor`` is the budget of 1 node with 2 GB, so the anchor
-    lands exactly on 11 × 512. Hidden is rounded to a multiple of the head size (64 below 2048,
-    128 above, as GPT-3 and LLaMA do), FFN to SwiGLU's 8/3 × hidden rounded up to 256.
+    lands exactly on 11 × 512. Hidden is rounded to whole heads of HEAD_DIM (a multiple of
+    GQA_GROUP heads from 8 heads up), FFN to SwiGLU's 8/3 × hidden rounded up to 256.
     """
     scale = parameter_budget(total_memory_bytes, nodes) / parameter_budget(ANCHOR_MEMORY_BYTES, 1)
     raw_hidden = ANCHOR_HIDDEN * scale**WIDTH_EXPONENT
-    head_dim = 64 if raw_hidden < 2048 else 128
-    heads = _round_heads(raw_hidden / head_dim)
-    hidden = heads * head_dim
+    heads = _round_heads(raw_hidden / HEAD_DIM)
+    hidden = heads * HEAD_DIM
     layers = max(2, round(ANCHOR_LAYERS * scale**DEPTH_EXPONENT))
     ffn = FFN_MULTIPLE * math.ceil(8 * hidden / 3 / FFN_MULTIPLE)
     return ModelArchitecture(hidden=hidden, layers=layers, heads=heads, kv_heads=_kv_heads(heads),
-                             head_dim=head_dim, ffn=ffn, vocab=vocab, max_seq=max_seq,
+                             head_dim=HEAD_DIM, ffn=ffn, vocab=vocab, max_seq=max_seq,
                              version=version, tie_embeddings=tie_embeddings)
 
 
