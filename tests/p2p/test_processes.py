@@ -86,3 +86,28 @@ def test_failover_to_replica_after_stage_process_is_killed_mid_stream():
             await tracker.stop()
 
     run(scenario(), timeout=90)
+
+
+def test_nodes_register_again_with_a_restarted_tracker():
+    async def scenario():
+        first = Tracker(0, config=FAST)
+        await first.start()
+        port = first.port
+        nodes = [P2PNode(PrivateKey.generate(), trackers=[first.address], config=FAST) for _ in range(3)]
+        for node in nodes:
+            await node.start()
+        await first.stop()
+        again = Tracker(port, config=FAST)  # same address, empty memory
+        await again.start()
+        try:
+            for _ in range(30):
+                if len(again.entries) == 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert set(again.entries) == {n.node_id for n in nodes}
+        finally:
+            for node in nodes:
+                await node.stop()
+            await again.stop()
+
+    run(scenario())

@@ -1,5 +1,6 @@
 """A node that does not listen (``--no-listen``) is reached through its relay."""
 
+import asyncio
 import os
 
 import torch
@@ -52,5 +53,26 @@ def test_unreachable_listener_falls_back_to_a_relay():
                 assert (await nodes[0].ping(record)).node_id == node.node_id
             finally:
                 await node.stop()
+
+    run(scenario())
+
+
+def test_hidden_node_moves_to_another_relay_when_its_relay_dies():
+    async def scenario():
+        async with swarm(4) as (tracker, nodes):
+            hidden = P2PNode(PrivateKey.generate(), trackers=[tracker.address], listen=False, config=FAST)
+            await hidden.start()
+            try:
+                first = hidden.relay_address
+                await next(n for n in nodes if n.address == first).kill()
+                for _ in range(40):
+                    if hidden.relay_address != first and hidden.tunnel.alive:
+                        break
+                    await asyncio.sleep(0.1)
+                assert hidden.relay_address not in ("", first)
+                caller = next(n for n in nodes if n.address not in (first, hidden.relay_address))
+                assert (await caller.ping(hidden.record())).node_id == hidden.node_id
+            finally:
+                await hidden.stop()
 
     run(scenario())

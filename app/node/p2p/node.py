@@ -190,8 +190,8 @@ class P2PNode:
             with contextlib.suppress(Exception):
                 if self.trackers:
                     await self.tracker_client.heartbeat()
-                if not self.listen and self.relay_address and not self.tunnel.alive:
-                    await self.tracker_client.find_relay(self.peers())
+                if self.relay_address and not self.tunnel.alive:
+                    await self.tracker_client.replace_relay(self.peers())
                 await self.registry.refresh()
 
     # ------------------------------------------------------------------ handler registration

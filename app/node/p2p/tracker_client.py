@@ -111,6 +111,17 @@ class TrackerClient:
         raise PeerUnavailable("no reachable peer accepted to relay for this node; "
                               "open the node's port in your router or enable UPnP")
 
+    async def replace_relay(self, peers: list[PeerRecord]) -> str:
+        """Our relay went away: tunnel through another reachable peer and tell the trackers."""
+        dead = self.node.relay_address
+        relay = await self.find_relay([p for p in peers if p.address != dead])
+        for tracker in self.node.trackers:
+            try:
+                await self.register(tracker)
+            except P2PError as exc:
+                log.info("tracker %s unavailable: %s", tracker, exc)
+        return relay
+
     async def heartbeat(self) -> None:
         for tracker in self.node.trackers:
             request = pb2.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, node_id=self.node.node_id)
