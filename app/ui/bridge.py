@@ -52,6 +52,7 @@ class EngineBridge(QObject):
     error = Signal(object)
     finished = Signal(object)
     attached = Signal()
+    ready = Signal()  # the node's runtime answers queries now (first training/paused after attach)
     command_failed = Signal(str)  # a request without its own error handler failed
 
     _incoming = Signal(object)
@@ -61,6 +62,7 @@ class EngineBridge(QObject):
         self._engine: EngineLike | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._latest: dict[str, Event] = {}
+        self._ready = False
         self._incoming.connect(self._dispatch, Qt.ConnectionType.QueuedConnection)
 
     # --- engine -------------------------------------------------------------------------------
@@ -73,6 +75,7 @@ class EngineBridge(QObject):
         """Listen to ``engine`` (from the GUI thread); replays its latest state first."""
         self.detach()
         self._engine = engine
+        self._ready = False
         for kind in REPLAYED_KINDS:
             latest = engine.latest(kind)
             if latest is not None:
@@ -100,6 +103,13 @@ class EngineBridge(QObject):
         signal = _SIGNAL_FOR_KIND.get(event.kind)
         if signal is not None:
             getattr(self, signal).emit(event)
+        if isinstance(event, StatusChanged) and event.state in _RUNNING and not self._ready and self._engine:
+            self._ready = True
+            self.ready.emit()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready
 
     def inject(self, event: Event) -> None:
         """Deliver an event that did not come from the engine (the app's own, e.g. disk errors)."""
@@ -130,6 +140,7 @@ class EngineBridge(QObject):
         return watch(future, on_result, report)
 
 
+_RUNNING = (NodeState.TRAINING, NodeState.PAUSED)
 _SIGNAL_FOR_KIND = {
     "status": "status", "hardware": "hardware", "modes": "modes", "layers": "layers", "step": "step",
     "activity": "activity", "peer_joined": "peer_joined", "peer_left": "peer_left", "network": "network",

@@ -1,8 +1,9 @@
 """Vocabulary merges in a volunteer's words: ``"th" + "e" -> "the"``, with example words.
 
-Merges arrive as strings (the ledger's form) or token ids (resolved through the genesis
-tokenizer, imported lazily: it loads the ``tokenizers`` library, not torch). Whitespace is made
-visible because a merge of " " and "the" differs from "the" alone.
+The ledger stores each side of a merge as its token bytes in lowercase hex (tokens need not be
+valid UTF-8; app/node/economics/records.py), so strings here are hex; token ids (ints) resolve
+through the genesis tokenizer, imported lazily (it loads ``tokenizers``, not torch). Whitespace
+is made visible because a merge of " " and "the" differs from "the" alone.
 """
 
 from __future__ import annotations
@@ -35,7 +36,17 @@ def piece_text(piece: Any) -> str:
         return _genesis_tokenizer().token_bytes(piece).decode("utf-8", errors="replace")
     if isinstance(piece, bytes):
         return piece.decode("utf-8", errors="replace")
+    if isinstance(piece, str):
+        try:
+            return bytes.fromhex(piece).decode("utf-8", errors="replace")
+        except ValueError:
+            return piece  # not the ledger's hex form: show it as the node wrote it
     return str(piece)
+
+
+def to_token_bytes(text: str) -> bytes:
+    """A merge side typed by the volunteer as token bytes (what ``Wallet.propose_merges`` takes)."""
+    return text.encode("utf-8")
 
 
 def visible(text: str) -> str:

@@ -10,7 +10,7 @@ table model. Expected shapes (the economy service's side of the contract):
               "status": str, "id": str}, ...]
 - earnings: [{"day": "YYYY-MM-DD", "kind": str, "units": int}, ...]
 - proposals: [{"id": str, "phase": str, "phase_ends_at": float, "yes_weight": int, "no_weight": int,
-               "quorum_weight": int, "staked_supply": int, "merges": [[a, b], ...], "proposer": str,
+               "quorum_weight": int, "staked_supply": int, "merges": [[bytes, bytes] | [hex, hex] | [id, id], ...], "proposer": str,
                "stake_units": int, "examples": [str, ...], "title": str}, ...]
 - peers:    [{"node_id": str, "address": str, "tier": str, "layers": [first, last], "latency_ms": float}]
 """

@@ -62,8 +62,8 @@ class DevnetOptions:
     step_pause_s: float = 0.03  # devnet pacing: ~30 steps/s keeps events flowing without hogging CPU
     stake_units: int = neuro(200)
     proposals: list[tuple[str, list[tuple[str, str]], int]] = field(default_factory=lambda: [
-        ("Common English pairs", [("t", "h"), ("th", "e"), (" ", "the")], 0),
-        ("Closed vote", [("i", "n"), ("in", "g")], -200_000),  # created 200 s ago: voting is over
+        ("Common English pairs", [("74", "68"), ("7468", "65"), ("20", "746865")], 0),  # t+h, th+e, " "+the
+        ("Closed vote", [("69", "6e"), ("696e", "67")], -200_000),  # i+n, in+g  # created 200 s ago: voting is over
     ])
 
 
@@ -83,10 +83,10 @@ class DevnetEconomy:
                                 {"allocations": sorted([[me, neuro(1000)], [PROPOSER_KEY.address, neuro(1000)]])})
         self.ledger.submit(genesis.to_bytes(), now)
         seq = 1
-        for title, merges, offset_ms in options.proposals:
+        for title, merges, offset_ms in sorted(options.proposals, key=lambda p: p[2]):  # seqs in time order
             record = Record.create(PROPOSER_KEY, "proposal", cfg.network_id, now + offset_ms,
                                    {"title": title, "merges": [list(m) for m in merges]}, seq=seq)
-            self.ledger.submit(record.to_bytes(), now)
+            self.ledger.submit(record.to_bytes(), now + offset_ms)  # as if it arrived then
             seq += 1
         self.wallet.unlock(PASSWORD)
         self.wallet.stake(options.stake_units)
@@ -117,8 +117,11 @@ class DevnetEconomy:
         opens, closes = p.voting_opens(self.config), p.voting_closes(self.config)
         now = time.time() * 1000
         ends = opens if now < opens else closes if now < closes else p.implementation_at(self.config)
+        stakes = {voter: self.ledger.balance(voter).staked for voter in p.votes}
+        yes = p.approve_weight or sum(stakes[v] for v, approve in p.votes.items() if approve)
+        no = p.reject_weight or sum(stakes[v] for v, approve in p.votes.items() if not approve)
         return {"id": p.proposal_id, "phase": self.phase(p), "phase_ends_at": ends / 1000,
-                "yes_weight": p.approve_weight, "no_weight": p.reject_weight,
+                "yes_weight": yes, "no_weight": no,
                 "staked_supply": max(p.total_staked, self.ledger.balance(self.wallet.address).staked),
                 "merges": [list(m) for m in p.merges], "proposer": p.author, "title": p.title}
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import time
 
 from app.node.events import NodeState
-
-
-def wait_training(qtbot, gui) -> None:  # noqa: ANN001
-    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.TRAINING, timeout=30_000)
+from tests.ui.helpers import wait_training
 
 
 def test_dashboard_shows_state_tier_layers_and_live_loss(qtbot, gui) -> None:  # noqa: ANN001

@@ -93,7 +93,7 @@ class DashboardPage(QWidget):
         b.step.connect(self.on_step)
         b.activity.connect(self.on_activity)
         b.proof.connect(self.on_proof)
-        b.attached.connect(self.refresh_earnings)
+        b.ready.connect(self.refresh_earnings)
         for kind, slot in (("status", self.on_status), ("hardware", self.on_hardware), ("layers", self.on_layers),
                            ("quorum", self.on_quorum), ("activity", self.on_activity)):
             latest = b.latest(kind)

@@ -26,7 +26,7 @@ from app.node.economics.constants import EconomicsConfig
 from app.node.events import ProposalChanged, Query, WalletCommand
 from app.ui.bridge import EngineBridge
 from app.ui.format import countdown
-from app.ui.merges_text import describe_merge, example_words
+from app.ui.merges_text import describe_merge, example_words, to_token_bytes
 from app.ui.records import BadAnswer, ProposalInfo, read_proposals
 from app.ui.wallet_session import WalletSession
 from app.ui.widgets.proposal_dialog import ProposalDialog
@@ -110,7 +110,7 @@ class GovernancePage(QWidget):
         self.propose_button.clicked.connect(self.open_propose)
         self.bridge.proposal.connect(self.on_proposal)
         self.bridge.balance.connect(lambda e: setattr(self, "available_units", e.available_units))
-        self.bridge.attached.connect(self.refresh)
+        self.bridge.ready.connect(self.refresh)
 
     def say(self, text: str, error: bool = False) -> None:
         self.message.setStyleSheet("color: #d0342c;" if error else "")
@@ -212,7 +212,8 @@ class GovernancePage(QWidget):
         return dialog
 
     def submit_proposal(self, title: str, merges: list[tuple[str, str]], password: str) -> None:
-        args = (("title", title), ("merges", tuple(merges)), ("password", password))
+        pairs = tuple((to_token_bytes(left), to_token_bytes(right)) for left, right in merges)
+        args = (("title", title), ("merges", pairs), ("password", password))
         self.bridge.request(WalletCommand("propose", args),
                             lambda _r: self._after("Proposal submitted; discussion starts now."),
                             lambda m: self.say(f"Proposal not submitted: {m}", True))

@@ -88,7 +88,7 @@ class NetworkPage(QWidget):
         b.activity.connect(self.on_activity)
         b.peer_joined.connect(self.on_peer_joined)
         b.peer_left.connect(self.on_peer_left)
-        b.attached.connect(self.refresh_peers)
+        b.ready.connect(self.refresh_peers)
         for kind, slot in (("network", self.on_network), ("layers", self.on_layers), ("activity", self.on_activity)):
             latest = b.latest(kind)
             if latest is not None:

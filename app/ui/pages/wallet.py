@@ -116,7 +116,7 @@ class WalletPage(QWidget):
         self.bridge.balance.connect(self.on_balance)
         self.bridge.proof.connect(self.on_proof)
         self.bridge.status.connect(self.on_status)
-        self.bridge.attached.connect(self.refresh)
+        self.bridge.ready.connect(self.refresh)
         latest = self.bridge.latest("balance")
         if latest is not None:
             self.on_balance(latest)

@@ -1,0 +1,91 @@
+"""Governance page on the real ledger: readable merges, tallies, signed votes, refusals, proposals."""
+
+from __future__ import annotations
+
+from app.ui.merges_text import describe_merge, example_words
+from app.ui.widgets.proposal_dialog import parse_merges
+from tests.ui.devnet_runtime import PASSWORD
+from tests.ui.helpers import runtime, wait_training
+
+
+def open_governance(qtbot, gui):  # noqa: ANN001, ANN201
+    wait_training(qtbot, gui)
+    page = gui.window.governance
+    qtbot.waitUntil(lambda: len(page.proposals) == 2, timeout=5_000)
+    return page
+
+
+def select(page, title: str) -> None:  # noqa: ANN001
+    index = [p.title for p in page.proposals].index(title)
+    page.table.selectRow(index)
+
+
+def test_proposals_show_phase_countdown_and_readable_merges(qtbot, gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, gui)
+    qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
+    page.refresh()
+    qtbot.waitUntil(lambda: "voting" in [p.phase for p in page.proposals], timeout=5_000)
+    select(page, "Common English pairs")
+    row = page.table.currentRow()
+    assert page.table.item(row, 1).text() == "voting"
+    assert page.table.item(row, 2).text().endswith((" min", " s")) or " min " in page.table.item(row, 2).text()
+    items = [page.merges_list.item(i).text() for i in range(page.merges_list.count())]
+    assert items[0].startswith('"t" + "h" → "th"')
+    assert items[2].startswith('"␠" + "the" → "␠the"')
+    assert page.yes_button.isEnabled()
+    select(page, "Closed vote")
+    assert not page.yes_button.isEnabled()
+
+
+def test_vote_with_password_reaches_the_ledger(qtbot, gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, gui)
+    qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
+    page.refresh()
+    qtbot.waitUntil(lambda: any(p.phase == "voting" for p in page.proposals), timeout=5_000)
+    select(page, "Common English pairs")
+    proposal_id = page.selected().proposal_id
+    page.vote(True)
+    page.active_dialog.password.setText(PASSWORD)
+    assert page.active_dialog.try_accept()
+    qtbot.waitUntil(lambda: "recorded" in page.message.text(), timeout=5_000)
+    ledger_proposal = {p.proposal_id: p for p in runtime(gui).economy.ledger.proposals()}[proposal_id]
+    assert ledger_proposal.votes == {page.session.bridge.latest("balance").address: True}
+    qtbot.waitUntil(lambda: page.selected() is not None and page.selected().yes_weight > 0, timeout=5_000)
+    assert page.approval_bar.value() == 100
+
+
+def test_vote_outside_the_window_shows_the_ledgers_reason(qtbot, gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, gui)
+    select(page, "Closed vote")
+    assert not page.yes_button.isEnabled()  # the window knows; the ledger is asked anyway below
+    page.submit_vote(page.selected().proposal_id, True, PASSWORD)
+    qtbot.waitUntil(lambda: "Vote not recorded" in page.message.text(), timeout=5_000)
+    assert gui.window.isVisible()
+
+
+def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, gui)
+    dialog = page.open_propose()
+    assert any("100 NEURO" in label.text() for label in dialog.findChildren(type(dialog.error)))
+    dialog.title_edit.setText("More merges")
+    dialog.merges_edit.setPlainText("a n\nan d")
+    dialog.password.setText(PASSWORD)
+    assert dialog.try_accept()
+    qtbot.waitUntil(lambda: "submitted" in page.message.text() or "not" in page.message.text(), timeout=5_000)
+    assert "submitted" in page.message.text(), page.message.text()
+    qtbot.waitUntil(lambda: len(page.proposals) == 3, timeout=5_000)
+    select(page, "More merges")
+    assert page.merges_list.item(1).text().startswith('"an" + "d" → "and"')
+
+
+def test_merge_text_helpers_parse_and_describe() -> None:
+    assert parse_merges("th e\n␠ the\n") == [("th", "e"), (" ", "the")]
+    assert describe_merge(116, 104) == '"t" + "h" → "th"'
+    assert describe_merge("7468", "65") == '"th" + "e" → "the"'
+    assert "the" in example_words("th", "e")
+    for bad in ("", "a b c"):
+        try:
+            parse_merges(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} should be refused")
