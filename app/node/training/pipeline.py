@@ -34,6 +34,7 @@ from app.node.training.transport import (
     OP_FINISH,
     OP_FORWARD,
     Meta,
+    StageRefused,
     StageTransport,
     StageUnavailable,
     Tensors,
@@ -115,12 +116,16 @@ class PipelineDriver:
                           {s: p for s, p in self.routes.items() if p is not None})
 
     async def finish(self) -> None:
-        """Tell the stages this driver is done, so workers know when the run is over."""
+        """Tell every holder of every later stage that this driver is done, so workers (which may
+        serve several drivers, or none) know when the run is over."""
+        assert self.transport is not None or not self.stage_starts
+        meta = {"driver": self.driver_id, "step": 0}
         for start in self.stage_starts:
-            try:
-                await self._call(start, OP_FINISH, {"driver": self.driver_id, "step": 0}, [])
-            except StageUnavailable:
-                continue
+            for peer in self.transport.holders(start) if self.transport else []:
+                try:
+                    await self.transport.call(start, OP_FINISH, meta, [], prefer=peer)
+                except (StageUnavailable, StageRefused):
+                    continue
 
     # --- micro-batches -------------------------------------------------------------------------
     async def _run_with_retries(self, step: int, mb: _MicroBatch) -> None:

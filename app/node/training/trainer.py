@@ -73,10 +73,15 @@ class NodeTrainer:
     data_dir: Path | None = None
     loader_state: Callable[[], dict[str, Any]] | None = None
     on_activity: Callable[[str], None] = lambda _text: None
+    live_drivers: Callable[[], Awaitable[set[str]]] | None = None
+    """Drivers currently announced (a worker is done when all of them said finish); default:
+    the drivers this stage has served."""
+    after_step: Callable[[], Awaitable[None]] | None = None
     driver_step: int = 0
     steps_this_session: int = 0
     tokens_total: int = 0
     listeners: list[Callable[[StepInfo], None]] = field(default_factory=list)
+    checkpointed_at: int = -1  # stage.inner_step at the last save
     _last_commit_at: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -120,6 +125,8 @@ class NodeTrainer:
                 continue  # same step number, same batch: stages deduplicate what they already hold
             self.driver_step += 1
             batch = None
+            if self.after_step is not None:
+                await self.after_step()
             if self.driver_step % self.config.checkpoint_every == 0:
                 await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.checkpoint)
 
@@ -128,16 +135,20 @@ class NodeTrainer:
         while True:
             if self.proceed is not None and not await self.proceed():
                 return
-            served = self.stage.seen_drivers
-            if served and served <= self.stage.finished_drivers:
-                return
+            finished, seen = self.stage.finished_drivers, self.stage.seen_drivers
+            drivers = await self.live_drivers() if self.live_drivers is not None else seen
+            if seen and drivers <= finished:
+                return  # every driver still alive said it finished (or none is left)
             if max_steps == 0:
                 return
             await asyncio.sleep(0.1)
 
     def checkpoint(self) -> Path | None:
-        if self.data_dir is None:
+        """Save now unless nothing was applied since the last save (saves are big: weights,
+        AdamW moments and the DiLoCo anchor and momentum)."""
+        if self.data_dir is None or self.stage.inner_step == self.checkpointed_at:
             return None
+        self.checkpointed_at = self.stage.inner_step
         state = self.loader_state() if self.loader_state is not None else None
         return save_training_state(self.data_dir, self.stage, self.sync, driver_step=self.driver_step,
                                    loader_state=state, node_id=self.node_id)

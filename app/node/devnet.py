@@ -1,0 +1,327 @@
+"""``python main.py devnet --nodes N --steps S``: a tracker and N node processes on loopback.
+
+Each node gets its own data dir with a ``config.toml`` holding the devnet's short timescales
+(tiny model, DiLoCo every few steps, heartbeats in seconds); the code path is the production one.
+The devnet reads the nodes' JSON event lines, draws a progress bar on a terminal (stderr),
+enforces an overall timeout, always kills its children, and prints one JSON summary line built
+from each node's ``run_summary.json``. ``run_devnet`` is the same as a Python API (tests and
+benchmarks/training.py call it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+MAIN = Path(__file__).resolve().parents[2] / "main.py"
+TINY_LAYERS = 4  # ModelArchitecture.tiny().layers; kept here so importing the devnet stays light
+
+
+class DevnetError(RuntimeError):
+    """The devnet could not start or did not finish; the message says what to look at."""
+
+
+def devnet_training(nodes: int, steps: int, inner_steps: int | None = None) -> dict[str, Any]:
+    """The ``[training]`` section every devnet node gets: seconds instead of hours (DESIGN.md §4)."""
+    return {
+        "model": "tiny", "batch_size": 8, "micro_batches": 4, "seq_len": 64, "lr": 3e-3,
+        "warmup_steps": 5, "decay_steps": max(100, steps), "grad_clip": 1.0,
+        "inner_steps": inner_steps or max(1, min(20, steps // 2)), "sync_timeout_s": 20.0,
+        "checkpoint_every": 5, "quorum_session_s": 60.0, "expected_nodes": nodes, "join_wait_s": 3.0,
+        "linger_s": 3.0, "max_layers_per_node": 0 if nodes == 1 else math.ceil(TINY_LAYERS / 2),
+    }
+
+
+DEVNET_P2P = {"heartbeat_interval_s": 1.0, "heartbeat_timeout_s": 6.0, "rpc_timeout_s": 5.0}
+"""Holders that stop heart-beating drop out of the registry within 6 s instead of 120 s."""
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[str]
+    data_dir: Path | None = None
+    step: int = 0
+    roles: tuple[str, ...] = ()
+    finished: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pump(proc: _Proc, lines: queue.Queue[tuple[str, str]], copy: Path) -> None:
+    assert proc.popen.stdout is not None
+    with copy.open("w") as out:
+        for line in proc.popen.stdout:
+            out.write(line)
+            out.flush()
+            lines.put((proc.name, line))
+
+
+def _spawn(name: str, argv: list[str], log_path: Path, lines: queue.Queue[tuple[str, str]]) -> _Proc:
+    """Start ``main.py argv``: stdout (JSON events) is read and copied to <name>.events, stderr
+    goes to <name>.log."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "QT_QPA_PLATFORM": "offscreen"}
+    with log_path.open("w") as stderr:
+        popen = subprocess.Popen([sys.executable, str(MAIN), *argv], stdout=subprocess.PIPE, stderr=stderr,
+                                 text=True, env=env, start_new_session=True)
+    proc = _Proc(name, popen)
+    threading.Thread(target=_pump, args=(proc, lines, log_path.with_suffix(".events")), daemon=True).start()
+    return proc
+
+
+def _write_node_config(data_dir: Path, training: dict[str, Any], tracker: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = {"node": {"host": "127.0.0.1", "port": 0, "trackers": [tracker]},
+              "training": training, "p2p": DEVNET_P2P}
+    (data_dir / "config.toml").write_bytes(tomli_w.dumps(config).encode())
+
+
+def _seed_hardware_cache(dirs: list[Path]) -> None:
+    """Measure once and give every node the result: N simultaneous benchmarks on a small machine
+    would each measure the others' load."""
+    from app.node import hardware
+
+    report = hardware.measure("cpu")
+    for d in dirs:
+        hardware.save_cache(d, report)
+
+
+@dataclass
+class Devnet:
+    nodes: int
+    steps: int
+    workdir: Path
+    base_port: int = 0
+    inner_steps: int | None = None
+    timeout_s: float = 600.0
+    progress: bool = False
+    json_events: bool = False
+    kill: tuple[int, int] | None = None  # (node index, driver step at which to SIGKILL it)
+    training_overrides: dict[str, Any] = field(default_factory=dict)
+    procs: list[_Proc] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    lines: queue.Queue[tuple[str, str]] = field(default_factory=queue.Queue)
+
+    def run(self) -> dict[str, Any]:
+        began = time.time()
+        try:
+            tracker = self._start_tracker()
+            self._start_nodes(tracker)
+            self._watch(began)
+        finally:
+            self._stop_all()
+        return self._summary(time.time() - began)
+
+    def _start_tracker(self) -> str:
+        port = self.base_port or _free_port()
+        log = self.workdir / "tracker.log"
+        proc = _spawn("tracker", ["tracker", "--host", "127.0.0.1", "--port", str(port),
+                                  "--heartbeat-timeout", str(DEVNET_P2P["heartbeat_timeout_s"])], log, self.lines)
+        self.procs.append(proc)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                name, line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if proc.popen.poll() is not None:
+                    raise DevnetError(f"the tracker exited at start; see {log}") from None
+                continue
+            if "listening" in line:
+                return f"127.0.0.1:{port}"
+        raise DevnetError(f"the tracker did not start within 30 s; see {log}")
+
+    def _start_nodes(self, tracker: str) -> None:
+        training = {**devnet_training(self.nodes, self.steps, self.inner_steps), **self.training_overrides}
+        dirs = [self.workdir / f"node{i}" for i in range(self.nodes)]
+        for d in dirs:
+            _write_node_config(d, training, tracker)
+        _seed_hardware_cache(dirs)
+        for i, d in enumerate(dirs):
+            argv = ["--headless", "--json-events", "--data-dir", str(d), "--max-steps", str(self.steps)]
+            proc = _spawn(f"node{i}", argv, self.workdir / f"node{i}.log", self.lines)
+            proc.data_dir = d
+            self.procs.append(proc)
+
+    def _nodes(self) -> list[_Proc]:
+        return [p for p in self.procs if p.name != "tracker"]
+
+    def _watch(self, began: float) -> None:
+        while True:
+            nodes = self._nodes()
+            if all(p.popen.poll() is not None for p in nodes):
+                return
+            if time.time() - began > self.timeout_s:
+                raise DevnetError(f"devnet did not finish within {self.timeout_s:.0f} s; logs in {self.workdir}")
+            try:
+                name, line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._on_line(name, line)
+
+    def _on_line(self, name: str, line: str) -> None:
+        if self.json_events:
+            sys.stdout.write(json.dumps({"node": name, "line": line.strip()}) + "\n")
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            return
+        proc = next(p for p in self.procs if p.name == name)
+        kind = event.get("event")
+        if kind == "layers":
+            proc.roles = tuple(event.get("roles", ()))
+        elif kind == "step" and "driver" in proc.roles:
+            proc.step = max(proc.step, int(event.get("step", 0)))
+            self._maybe_kill()
+            self._draw()
+        elif kind == "error":
+            proc.errors.append(str(event.get("message", ""))[:300])
+
+    def _maybe_kill(self) -> None:
+        if self.kill is None:
+            return
+        index, at_step = self.kill
+        victim = self._nodes()[index]
+        if max(p.step for p in self._nodes()) >= at_step and victim.popen.poll() is None:
+            os.killpg(victim.popen.pid, signal.SIGKILL)
+            self.killed.append(victim.name)
+            self.kill = None
+
+    def _draw(self) -> None:
+        if not self.progress:
+            return
+        drivers = [p for p in self._nodes() if "driver" in p.roles]
+        done = sum(min(p.step, self.steps) for p in drivers)
+        total = max(1, self.steps * len(drivers))
+        filled = int(30 * done / total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} driver steps")
+        sys.stderr.flush()
+
+    def _stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                    proc.popen.wait(timeout=10)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    with_kill(proc)
+        if self.progress:
+            sys.stderr.write("\n")
+
+    def _summary(self, elapsed: float) -> dict[str, Any]:
+        return summarize([p.data_dir for p in self._nodes() if p.data_dir is not None], self.steps,
+                         elapsed, killed=self.killed,
+                         exit_codes={p.name: p.popen.returncode for p in self._nodes()},
+                         errors={p.name: p.errors for p in self._nodes() if p.errors})
+
+
+def with_kill(proc: _Proc) -> None:
+    try:
+        os.killpg(proc.popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.popen.wait(timeout=5)
+
+
+def summarize(dirs: list[Path], steps: int, elapsed: float, *, killed: list[str],
+              exit_codes: dict[str, int | None], errors: dict[str, list[str]]) -> dict[str, Any]:
+    """One summary from the nodes' run_summary.json files (a killed node may have none)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        path = d / "run_summary.json"
+        if path.exists():
+            nodes[d.name] = json.loads(path.read_text())
+    drivers = [n for n in nodes.values() if "driver" in n.get("roles", [])]
+    bytes_sent: dict[str, int] = {"activations": 0, "pseudo_gradients": 0, "other": 0}
+    for n in nodes.values():
+        for kind, count in n.get("bytes_sent", {}).items():
+            bytes_sent[kind if kind in bytes_sent else "other"] += int(count)
+    holders: dict[str, set[str]] = {}
+    for n in nodes.values():
+        for layer, digest in n.get("layer_hashes", {}).items():
+            holders.setdefault(layer, set()).add(digest)
+    agree = {layer: len(digests) == 1 for layer, digests in sorted(holders.items())}
+    return {
+        "nodes": len(dirs), "steps": steps, "elapsed_s": round(elapsed, 1),
+        "quorums": [n["quorum"] for n in drivers if n.get("quorum")],
+        "layer_assignment": {name: {"layers": n.get("layer_range"), "roles": n.get("roles")}
+                             for name, n in sorted(nodes.items())},
+        "driver_steps": {name: n.get("steps") for name, n in sorted(nodes.items()) if n in drivers},
+        "loss_start": _mean([n.get("loss_first") for n in drivers]),
+        "loss_end": _mean([n.get("loss_last") for n in drivers]),
+        "tokens": sum(int(n.get("tokens", 0)) for n in drivers),
+        "bytes_sent": bytes_sent,
+        "failovers": sum(int(n.get("failovers", 0)) for n in drivers),
+        "router_failovers": sum(int(n.get("router_failovers", 0)) for n in nodes.values()),
+        "replays": sum(int(n.get("replays", 0)) for n in drivers),
+        "weights_agree": agree, "all_weights_agree": all(agree.values()) if agree else False,
+        "killed": killed, "exit_codes": exit_codes, "errors": errors,
+    }
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return round(sum(numbers) / len(numbers), 4) if numbers else None
+
+
+def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: bool = False,
+               base_port: int = 0, inner_steps: int | None = None, timeout_s: float = 600.0,
+               progress: bool = False, json_events: bool = False, kill: tuple[int, int] | None = None,
+               training_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a devnet to the end and return its summary (see ``summarize``)."""
+    if nodes < 1 or steps < 1:
+        raise DevnetError("a devnet needs at least 1 node and 1 step")
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="neuroshard-devnet-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        net = Devnet(nodes, steps, root, base_port, inner_steps, timeout_s, progress, json_events, kill,
+                     dict(training_overrides or {}))
+        summary = net.run()
+        summary["workdir"] = str(root) if keep else None
+        return summary
+    finally:
+        if not keep and workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=3, help="node processes to start (default 3)")
+    parser.add_argument("--steps", type=int, default=30, help="training steps per driver (default 30)")
+    parser.add_argument("--inner-steps", type=int, help="DiLoCo H for the devnet (default steps/2, at most 20)")
+    parser.add_argument("--json-events", action="store_true", help="also print every node event as JSON")
+    parser.add_argument("--base-port", type=int, default=0, help="tracker port (default: a free one)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = run_devnet(args.nodes, args.steps, keep=args.keep, base_port=args.base_port,
+                             inner_steps=args.inner_steps, timeout_s=args.timeout,
+                             progress=sys.stderr.isatty(), json_events=args.json_events)
+    except DevnetError as exc:
+        print(f"devnet: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, separators=(",", ":")))
+    ok = all(code == 0 for name, code in summary["exit_codes"].items() if name not in summary["killed"])
+    return 0 if ok and summary["loss_end"] is not None else 1

@@ -1,0 +1,116 @@
+"""NetworkService: the node's P2P presence as the runtime sees it.
+
+Starts the P2P node, joins through the trackers (or reports that none answered, which makes the
+runtime start a solo genesis network), advertises what the node offers (tier, whole layers that
+fit), and watches the peer set so the UI gets PeerJoined / PeerLeft / NetworkChanged events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.errors import P2PError
+from app.node.p2p.node import P2PNode
+from app.node.p2p.records import PeerRecord
+from app.wallet.keys import PrivateKey
+
+log = logging.getLogger("neuroshard.runtime.network")
+
+PEER_WATCH_INTERVAL_S = 1.0
+
+
+class NetworkConfigError(ValueError):
+    """A ``[p2p]`` setting is unknown or invalid; the message names it."""
+
+
+def p2p_config_from(raw: dict[str, Any]) -> P2PConfig:
+    known = {f.name for f in dataclasses.fields(P2PConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise NetworkConfigError(f"unknown [p2p] setting(s): {', '.join(unknown)}")
+    try:
+        return P2PConfig(**raw)
+    except TypeError as exc:
+        raise NetworkConfigError(f"bad [p2p] setting: {exc}") from exc
+
+
+class NetworkService:
+    def __init__(self, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
+                 p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "") -> None:
+        self.node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
+                            config=p2p_config_from(p2p), advertise=advertise)
+        self.emit = emit
+        self.trackers = trackers
+        self.known: dict[bytes, PeerRecord] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self.phase = "genesis"
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id.hex()
+
+    @property
+    def solo(self) -> bool:
+        """No tracker answered (or none configured): this node is the whole network."""
+        return not self.trackers or not self.node.tracker_client.reachable
+
+    async def start(self, tier: str, layers_fit: int) -> None:
+        self.node.set_offer(tier=tier, capacity=float(layers_fit))
+        await self.node.start()
+        self._watch = asyncio.ensure_future(self._watch_peers())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch
+        await self.node.stop()
+
+    async def peers(self) -> list[PeerRecord]:
+        """Every node we know of (tracker lists merged with the DHT's table), ourselves excluded."""
+        found: dict[bytes, PeerRecord] = {r.node_id: r for r in self.node.peers()}
+        for tracker in self.trackers:
+            try:
+                listed = await self.node.tracker_client.peers(tracker)
+            except P2PError:
+                continue
+            for record in listed:
+                if record.node_id not in found and record.node_id != self.node.node_id:
+                    self.node.dht.observe(record)  # a node that joined before us learns of later ones
+                found[record.node_id] = record
+        found.pop(self.node.node_id, None)
+        return list(found.values())
+
+    async def _watch_peers(self) -> None:
+        while True:
+            try:
+                current = {r.node_id: r for r in await self.peers()}
+            except Exception:  # never let the watcher die: it only feeds the UI
+                log.exception("peer watch failed")
+                current = dict(self.known)
+            for node_id in current.keys() - self.known.keys():
+                r = current[node_id]
+                self.emit(PeerJoined(node_id=node_id.hex(), address=r.dial, tier=r.tier,
+                                     layers=(r.layer_start, r.layer_end), latency_ms=r.latency_ms or 0.0))
+            for node_id in self.known.keys() - current.keys():
+                self.emit(PeerLeft(node_id=node_id.hex()))
+            if current.keys() != self.known.keys():
+                self.emit(NetworkChanged(reachable=not self.solo, relay=self.node.relay_address,
+                                         peers=len(current), phase=phase_for(len(current) + 1)))
+            self.known = current
+            await asyncio.sleep(PEER_WATCH_INTERVAL_S)
+
+
+def phase_for(nodes: int) -> str:
+    """Scale phases of seed 001 (DESIGN.md §4)."""
+    for limit, name in ((1, "genesis"), (4, "micro"), (19, "small"), (99, "medium"), (499, "growing")):
+        if nodes <= limit:
+            return name
+    return "large"

@@ -1,0 +1,201 @@
+"""The training transport interface implemented on the P2P node (the only place both meet).
+
+Stage calls go through the P2P node's swarm router: first restricted to the preferred peer (the
+quorum's member, so one step's micro-batches stay on one holder), then, if that peer is gone,
+to any other holder of exactly the same stage. The router bans the failed peer with capped
+backoff and counts the failover. Commit and finish are small "forward"-kind messages whose meta
+carries ``op``. Pseudo-gradients travel on the Sync/Exchange method into a mailbox per round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import torch
+
+from app.node.p2p.errors import NoHolders, P2PError, PeerRejected, StageRejected
+from app.node.p2p.node import P2PNode
+from app.node.p2p.records import PeerRecord
+from app.node.training.transport import (
+    OP_BACKWARD,
+    STAGE_OPS,
+    CohortPayload,
+    Meta,
+    StageHandler,
+    StageRefused,
+    StageReply,
+    StageUnavailable,
+    Tensors,
+)
+
+log = logging.getLogger("neuroshard.runtime.transport")
+
+MAX_MAILBOX_ROUNDS = 8
+"""Rounds of pseudo-gradients kept per node; a peer more than this far ahead is refused."""
+
+
+def peer_id(record: PeerRecord) -> str:
+    return record.node_id.hex()
+
+
+MAX_EXACT_FLOAT_ID = 1 << 24
+"""float32 holds every integer below 2^24 exactly: ample for token ids (vocabularies of 10^5)."""
+
+
+def to_wire(tensors: Tensors) -> dict[str, torch.Tensor]:
+    """Tensors as the codec's ``t0, t1, ...``; token ids (int64, which the wire codec does not
+    carry) travel as float32 under ``i<n>`` and are restored exactly by ``from_wire``."""
+    out = {}
+    for i, t in enumerate(tensors):
+        if t.dtype == torch.long:
+            out[f"i{i}"] = t.detach().to(torch.float32).contiguous()
+        else:
+            out[f"t{i}"] = t.detach().contiguous()
+    return out
+
+
+def from_wire(tensors: dict[str, torch.Tensor]) -> Tensors:
+    out: Tensors = []
+    for i in range(len(tensors)):
+        if f"t{i}" in tensors:
+            out.append(tensors[f"t{i}"])
+        elif f"i{i}" in tensors:
+            ids = tensors[f"i{i}"]
+            if not ids.is_floating_point() or not bool(((ids >= 0) & (ids < MAX_EXACT_FLOAT_ID)
+                                                        & (ids == ids.round())).all()):
+                raise StageRejected(f"tensor i{i} must hold non-negative integer token ids")
+            out.append(ids.to(torch.long))
+        else:
+            raise StageRejected("tensor names must be t0/i0, t1/i1, ... without gaps")
+    return out
+
+
+class P2PStageTransport:
+    def __init__(self, node: P2PNode, timeout_s: float | None = None) -> None:
+        self.node = node
+        self.timeout_s = timeout_s
+        self._holders: dict[int, list[PeerRecord]] = {}
+
+    def holders(self, layer_start: int) -> list[str]:
+        return [peer_id(r) for r in self._holders.get(layer_start, [])]
+
+    async def refresh(self, layer_start: int) -> list[PeerRecord]:
+        records = [r for r in await self.node.who_holds(layer_start) if r.layer_start == layer_start]
+        self._holders[layer_start] = records
+        return records
+
+    async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
+                   prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
+        records = await self.refresh(layer_start)
+        kind = "backward" if op == OP_BACKWARD else "forward"
+        wire_meta = {**meta, "op": op}
+        tries: list[set[bytes]] = []
+        others = {r.node_id for r in records if peer_id(r) != prefer}
+        if prefer is not None and any(peer_id(r) == prefer for r in records):
+            tries.append(others | {r.node_id for r in records if peer_id(r) in exclude})
+        tries.append({r.node_id for r in records if peer_id(r) in exclude or peer_id(r) == prefer})
+        last: Exception | None = None
+        for excluded in tries:
+            if len(excluded) >= len(records):
+                continue
+            try:
+                result = await self.node.router.run_stage(layer_start, kind, wire_meta, to_wire(tensors),
+                                                          exclude=excluded, timeout=self.timeout_s)
+            except PeerRejected as exc:
+                raise StageRefused(str(exc)) from exc
+            except (NoHolders, P2PError) as exc:
+                last = exc
+                continue
+            return StageReply(peer_id(result.peer), result.meta, from_wire(result.tensors))
+        raise StageUnavailable(f"no holder of the stage at layer {layer_start} answered: {last}", prefer)
+
+
+def stage_server(handler: StageHandler) -> Any:
+    """Wrap a training StageHandler as the P2P node's stage handler (op from meta, typed refusals)."""
+
+    async def serve(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta = dict(meta)
+        op = meta.pop("op", kind)
+        if op not in STAGE_OPS:
+            raise StageRejected(f"unknown stage operation {str(op)[:32]!r}")
+        try:
+            out_meta, out = await handler(op, meta, from_wire(tensors))
+        except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+            raise StageRejected(f"stage refused the request: {str(exc)[:300]}") from exc
+        return out_meta, to_wire(out)
+
+    return serve
+
+
+class P2PCohort:
+    """Pseudo-gradient exchange with the other holders of a layer range, via per-round mailboxes."""
+
+    def __init__(self, node: P2PNode) -> None:
+        self.node = node
+        self.me = node.node_id.hex()
+        self._boxes: dict[tuple[tuple[int, int], int], dict[str, CohortPayload]] = {}
+        self._arrived = asyncio.Event()
+
+    async def handle(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Sync handler: a peer delivers its payload for a round (strictly parsed)."""
+        try:
+            layer_range = (int(meta["range"][0]), int(meta["range"][1]))
+            round_, batches = int(meta["round"]), int(meta["batches"])
+            sender, age = str(meta["node"]), float(meta.get("age_s", 0.0))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise StageRejected(f"malformed sync message: {exc}") from exc
+        if round_ < 0 or batches < 0 or not 0 <= age < 1e9 or len(sender) > 128:
+            raise StageRejected("sync message fields out of range")
+        rounds = sorted({r for (rng, r) in self._boxes if rng == layer_range})
+        if len(rounds) >= MAX_MAILBOX_ROUNDS and round_ not in rounds:
+            self._boxes.pop((layer_range, rounds[0]), None)
+        self._boxes.setdefault((layer_range, round_), {})[sender] = CohortPayload(
+            sender, round_, batches, age, dict(tensors))
+        self._arrived.set()
+        return {"status": "ok"}, {}
+
+    async def exchange(self, layer_range: tuple[int, int], round_: int, payload: CohortPayload,
+                       timeout_s: float) -> list[CohortPayload]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        records = [r for r in await self.node.who_holds(layer_range[0])
+                   if (r.layer_start, r.layer_end) == tuple(layer_range) and peer_id(r) != self.me]
+        meta = {"range": list(layer_range), "round": round_, "batches": payload.batches,
+                "node": self.me, "age_s": payload.age_s}
+        results = await asyncio.gather(*(self.node.call_sync(r, meta, dict(payload.tensors), timeout_s)
+                                         for r in records), return_exceptions=True)
+        waiting = {peer_id(r) for r, res in zip(records, results, strict=True) if not isinstance(res, Exception)}
+        box = self._boxes.setdefault((tuple(layer_range), round_), {})
+        while not waiting <= set(box) and loop.time() < deadline:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=max(0.01, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                break
+        got = [box[p] for p in sorted(box) if p != self.me]
+        self._boxes.pop((tuple(layer_range), round_), None)
+        return got
+
+
+class P2PWeights:
+    """Download a layer range's current weights from a live holder."""
+
+    def __init__(self, node: P2PNode, timeout_s: float = 60.0) -> None:
+        self.node = node
+        self.timeout_s = timeout_s
+
+    async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
+                    ) -> dict[str, torch.Tensor]:
+        records = [r for r in await self.node.who_holds(layer_range[0])
+                   if (r.layer_start, r.layer_end) == tuple(layer_range) and peer_id(r) not in exclude
+                   and r.node_id != self.node.node_id]
+        for record in records:
+            try:
+                return await self.node.fetch_weights(record, {"range": list(layer_range)}, self.timeout_s)
+            except P2PError as exc:
+                log.info("weights download from %s failed: %s", peer_id(record)[:12], exc)
+        raise StageUnavailable(f"no live holder of layers {layer_range} to download from")

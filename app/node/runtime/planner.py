@@ -1,0 +1,89 @@
+"""Where this node fits: its layer assignment, decided from what the network shows.
+
+* No tracker answered: a solo genesis network, the whole model on this node.
+* Stages are already announced in the DHT: join the least-replicated stage that fits
+  (DynamicLayerPool.join), downloading its weights from a live holder.
+* Nothing announced yet (nodes starting together, e.g. a devnet): wait until the expected number
+  of nodes is visible (or the join window ends), then every node runs the same deterministic
+  ``DynamicLayerPool.plan`` over the same offers and takes its own row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from app.node.model.architecture import ModelArchitecture
+from app.node.p2p.records import PeerRecord
+from app.node.runtime.network import NetworkService
+from app.node.training.config import TrainingConfig
+from app.node.training.layer_pool import Assignment, DynamicLayerPool, NodeOffer, UpgradeNotice
+
+log = logging.getLogger("neuroshard.runtime.planner")
+
+EXPECTED_NODES_TIMEOUT_FACTOR = 10
+"""A devnet waits up to ``join_wait_s`` × this for all its nodes before planning with fewer."""
+
+
+def offer_of(record: PeerRecord) -> NodeOffer:
+    return NodeOffer(record.node_id.hex(), int(record.capacity), tier=record.tier or "T3")
+
+
+class Planner:
+    def __init__(self, net: NetworkService, arch: ModelArchitecture, config: TrainingConfig,
+                 on_activity: Callable[[str], None]) -> None:
+        self.net, self.arch, self.config = net, arch, config
+        self.on_activity = on_activity
+        self.pool = DynamicLayerPool(arch, max_layers_per_node=config.max_layers_per_node)
+        self.upgrade: UpgradeNotice | None = None
+
+    async def assign(self, me: NodeOffer) -> Assignment:
+        if self.net.solo:
+            return self.pool.plan([me])[0]
+        peers = await self._wait_for_peers()
+        existing = await self._announced_stages()
+        if existing is not None:
+            bounds, holders = existing
+            self.pool.bounds = bounds
+            self.pool.holders = holders
+            self.pool.offers = {o.node_id: o for o in map(offer_of, peers)}
+            self.pool.joins = self.pool.last_recalc_nodes = len(peers)
+            joined = self.pool.join(me)
+            if joined is not None:
+                self.upgrade = self.pool.check_upgrade()
+                return joined
+            log.warning("no announced stage fits this node; planning afresh")
+        offers = [me, *map(offer_of, peers)]
+        plan = self.pool.plan(offers)
+        mine = [a for a in plan if a.node_id == me.node_id]
+        if not mine:
+            raise RuntimeError("this node fits no stage of the model; allow more memory for it")
+        return mine[0]
+
+    async def _wait_for_peers(self) -> list[PeerRecord]:
+        loop = asyncio.get_running_loop()
+        expected = self.config.expected_nodes
+        wait = self.config.join_wait_s * (EXPECTED_NODES_TIMEOUT_FACTOR if expected else 1)
+        deadline = loop.time() + wait
+        peers = await self.net.peers()
+        while loop.time() < deadline:
+            if expected and len(peers) + 1 >= expected:
+                break
+            self.on_activity(f"waiting for peers ({len(peers) + 1} of {expected or '?'} nodes)")
+            await asyncio.sleep(0.3)
+            peers = await self.net.peers()
+        return sorted(peers, key=lambda r: r.node_id)
+
+    async def _announced_stages(self) -> tuple[list[tuple[int, int]], dict[int, list[str]]] | None:
+        """Stages announced in the DHT, if they tile the model exactly; else None."""
+        ranges: dict[tuple[int, int], list[str]] = {}
+        for layer in range(self.arch.layers):
+            for record in await self.net.node.who_holds(layer):
+                if record.layer_start == layer:
+                    ranges.setdefault((record.layer_start, record.layer_end), []).append(record.node_id.hex())
+        bounds = sorted(ranges)
+        if not bounds or bounds[0][0] != 0 or bounds[-1][1] != self.arch.layers or any(
+                b[0] != a[1] for a, b in zip(bounds, bounds[1:], strict=False)):
+            return None
+        return bounds, {i: sorted(set(ranges[b])) for i, b in enumerate(bounds)}
