@@ -104,27 +104,62 @@ def data_files(root: Path = ROOT) -> list[tuple[str, str]]:
     return pairs
 
 
-def is_pruned(dest: str, variant: str = "cpu") -> bool:
-    """True for a collected file (path inside the bundle) that the frozen app never needs.
+# Binaries in torch/bin and torch/lib that only torch's own C++ test suite runs (~47 MB), and
+# protoc, which torch ships for its build. torch/bin/torch_shm_manager stays: `import torch`
+# fails frozen without it (PLATFORM.md).
+_TORCH_TEST_LIBS = frozenset({"jitbackend_test", "torchbind_test", "backend_with_compiler", "aoti_custom_ops"})
+# Qt's GTK platform theme drags GTK, cairo and pango into the bundle (PLATFORM.md); it is pruned
+# and so are the libraries only it needed, which dependency analysis collected before pruning.
+_GTK_STACK_PREFIXES = ("libgtk-3", "libgdk-3", "libatk-", "libcairo", "libgdk_pixbuf", "libpango",
+                       "libthai", "libdatrie", "libfribidi", "libpixman", "libepoxy")
+# The virtual-keyboard input plugin is for touch kiosks; it alone pulls in QtQuick and QtQml
+# (~17 MB). They stay when the app itself imports PySide6.QtQml or QtQuick.
+_QML_MARKERS = ("qt6quick", "qt6qml", "qt6virtualkeyboard", "qtvirtualkeyboardplugin",
+                "qtquick.framework", "qtqml", "qtvirtualkeyboard")
 
-    Measured on the first build (PLATFORM.md): torch's C++ headers and CMake files and Qt's GTK
-    platform theme (which drags GTK, cairo and pango along) are dead weight. The CPU variant
-    also refuses CUDA runtime libraries, in case the build venv holds a CUDA torch by mistake
-    (build.py checks that too, with a clearer message). ``torch/bin/torch_shm_manager`` is kept:
-    without it ``import torch`` fails frozen.
+
+def _stem(name: str) -> str:
+    stem = name.split(".")[0]
+    return stem[3:] if stem.startswith("lib") else stem
+
+
+def is_pruned(dest: str, variant: str = "cpu", *, keep_qml: bool = False) -> bool:
+    """True for a collected file (its path inside the bundle) that the frozen app never needs.
+
+    The CPU variant also refuses CUDA runtime libraries, in case the build venv holds a CUDA
+    torch by mistake (build.py checks that too, with a clearer message).
     """
     parts = PurePosixPath(dest.replace("\\", "/")).parts
-    name = parts[-1] if parts else ""
-    if parts[:2] == ("torch", "bin"):
+    if not parts:
         return False
-    if parts[:1] == ("torch",) and (
+    name, lowered = parts[-1], dest.replace("\\", "/").lower()
+    if parts[:2] == ("torch", "bin"):
+        stem = name.split(".")[0]
+        return stem.startswith(("test_", "protoc")) or stem.endswith("Test") or name.endswith((".pt", ".ptl"))
+    if parts[0] == "torch" and (
         parts[1:2] in (("include",), ("share",), ("test",))
         or name.endswith((".h", ".hpp", ".cuh", ".cmake", ".lib"))
+        or _stem(name) in _TORCH_TEST_LIBS
     ):
         return True
-    if "platformthemes" in parts and "gtk" in name.lower():
+    if ("platformthemes" in parts and "gtk" in name.lower()) or name.startswith(_GTK_STACK_PREFIXES):
         return True
-    return variant == "cpu" and (parts[:1] == ("nvidia",) or name.startswith(("libcudnn", "libcublas", "libnccl")))
+    if not keep_qml and any(marker in lowered for marker in _QML_MARKERS):
+        return True
+    return variant == "cpu" and (parts[0] == "nvidia" or name.startswith(("libcudnn", "libcublas", "libnccl")))
+
+
+def uses_qml(dests: Iterable[str]) -> bool:
+    """Whether the app's own imports brought in PySide6.QtQml or QtQuick (then Qml stays)."""
+    return any(PurePosixPath(d.replace("\\", "/")).parts[:1] == ("PySide6",)
+               and PurePosixPath(d.replace("\\", "/")).name.startswith(("QtQml", "QtQuick"))
+               for d in dests)
+
+
+def prune(entries: list[tuple[str, ...]], variant: str) -> list[tuple[str, ...]]:
+    """PyInstaller TOC entries (destination first) minus what :func:`is_pruned` refuses."""
+    keep_qml = uses_qml(entry[0] for entry in entries)
+    return [entry for entry in entries if not is_pruned(entry[0], variant, keep_qml=keep_qml)]
 
 
 def artifact_stem(version: str, platform_tag: str, machine: str, variant: str) -> str:

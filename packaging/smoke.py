@@ -20,6 +20,7 @@ from typing import Any
 SELF_TEST_TIMEOUT_S = 300  # the frozen self-test ran in 2.4 s (PLATFORM.md); unpacking a onefile adds more
 HEADLESS_TIMEOUT_S = 600  # hardware benchmark, solo genesis start and two training steps on 2 slow cores
 HEADLESS_STEPS = 2
+SUMMARY_FILE = "run_summary.json"  # app/node/runtime/node_runtime.py writes it into the data dir
 _TAIL_CHARS = 4000
 
 
@@ -92,7 +93,23 @@ def check_headless(executable: Path, data_dir: Path, steps: int = HEADLESS_STEPS
     tail = (done.stdout + done.stderr)[-_TAIL_CHARS:]
     if done.returncode != 0:
         raise SmokeTestFailed(f"headless run of {steps} steps failed (exit {done.returncode}):\n{tail}")
+    trained = _summary_steps(data_dir / SUMMARY_FILE)
+    if trained < steps:
+        raise SmokeTestFailed(f"headless run exited 0 but {SUMMARY_FILE} records {trained} training steps, "
+                              f"expected {steps}:\n{tail}")
     return tail, seconds
+
+
+def _summary_steps(path: Path) -> int:
+    """Steps the node says it trained, from the summary the runtime writes (devnet reads it too)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SmokeTestFailed(f"the headless run left no readable {path}: {exc}") from exc
+    steps = summary.get("steps") if isinstance(summary, dict) else None
+    if not isinstance(steps, int):
+        raise SmokeTestFailed(f"{path} has no integer 'steps': {str(summary)[:300]}")
+    return steps
 
 
 def _snapshot(folder: Path) -> dict[str, int]:

@@ -52,6 +52,18 @@ def test_data_files_without_resources_folder_is_an_error(layout, tmp_path: Path)
     "torch/lib/c10.lib",
     "PySide6/Qt/plugins/platformthemes/libqgtk3.so",
     "nvidia/cudnn/lib/libcudnn.so.9",
+    "torch/bin/test_api",
+    "torch/bin/TCPStoreTest",
+    "torch/bin/protoc-3.13.0.0",
+    "torch/lib/libtorchbind_test.so",
+    r"torch\lib\jitbackend_test.dll",
+    "libcairo.so.2",
+    "libpangocairo-1.0.so.0",
+    "PySide6/Qt/plugins/platforminputcontexts/libqtvirtualkeyboardplugin.so",
+    "libQt6Quick.so.6",
+    "PySide6/Qt/lib/libQt6QmlModels.so.6",
+    "PySide6/Qt/lib/QtQuick.framework/Versions/A/QtQuick",
+    r"PySide6\Qt6VirtualKeyboard.dll",
 ])
 def test_dead_weight_is_pruned_from_the_cpu_bundle(layout, dest: str) -> None:
     assert layout.is_pruned(dest, "cpu")
@@ -66,9 +78,21 @@ def test_dead_weight_is_pruned_from_the_cpu_bundle(layout, dest: str) -> None:
     "PySide6/Qt/plugins/platformthemes/libqxdgdesktopportal.so",
     "resources/icons/neuroshard.svg",
     "app/node/p2p/neuroshard.proto",
+    "libQt6Charts.so.6",
+    "libQt6Widgets.so.6",
+    "libfontconfig.so.1",
+    "libjpeg.so.62",
+    "PySide6/Qt/plugins/platforminputcontexts/libcomposeplatforminputcontextplugin.so",
 ])
 def test_runtime_files_are_kept(layout, dest: str) -> None:
     assert not layout.is_pruned(dest, "cpu")
+
+
+def test_qml_stays_when_the_app_imports_qtquick(layout) -> None:
+    toc = [("PySide6/Qt/lib/libQt6Quick.so.6", "src", "BINARY"), ("PySide6/QtWidgets.abi3.so", "src", "EXTENSION")]
+    assert layout.prune(toc, "cpu") == toc[1:]
+    with_quick = [*toc, ("PySide6/QtQuick.abi3.so", "src", "EXTENSION")]
+    assert layout.prune(with_quick, "cpu") == with_quick
 
 
 def test_cuda_variant_keeps_cuda_runtime_libraries(layout) -> None:
@@ -124,4 +148,4 @@ def test_spec_is_valid_python_and_reads_the_layout_module() -> None:
     tree = ast.parse(source)
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert "bundle_layout" in imported
-    assert "layout.is_pruned" in source and "layout.data_files" in source
+    assert "layout.prune(a.binaries" in source and "layout.data_files(ROOT)" in source
