@@ -84,9 +84,14 @@ class PeerClient:
                 await channel.close(grace=None)
 
     async def unary(self, peer: PeerRecord | str | Route, path: str, request: Any, timeout: float) -> Any:
-        async for response in self.stream(peer, path, [request], timeout):
-            return response
-        raise PeerRejected(f"{path} returned no response")
+        responses = self.stream(peer, path, [request], timeout)
+        try:
+            response = await anext(responses, None)
+        finally:
+            await responses.aclose()
+        if response is None:
+            raise PeerRejected(f"{path} returned no response")
+        return response
 
     async def stream(self, peer: PeerRecord | str | Route, path: str,
                      requests: Iterable[Any] | AsyncIterable[Any], timeout: float) -> AsyncIterator[Any]:

@@ -124,6 +124,53 @@ class LookupResult(Generic[C]):
 Query = Callable[[bytes, C], Awaitable[Answer[C]]]
 
 
+class _Lookup(Generic[C]):
+    """State of one iterative lookup: contacts seen, their depth, who answered or failed."""
+
+    def __init__(self, target: bytes, own_id: bytes, initial: Sequence[tuple[bytes, C]], k: int) -> None:
+        self.t = int.from_bytes(target, "big")
+        self.own_id, self.k = own_id, k
+        self.depth: dict[bytes, int] = {}
+        self.contacts: dict[bytes, C] = {}
+        self.queried: set[bytes] = set()
+        self.answered: set[bytes] = set()
+        self.failed: list[bytes] = []
+        self.result: LookupResult[C] = LookupResult(closest=[])
+        self.holders = 0
+        for node_id, c in initial:
+            if node_id != own_id:
+                self.depth[node_id], self.contacts[node_id] = 1, c
+
+    def ranked(self, only_answered: bool = False) -> list[bytes]:
+        pool = (n for n in self.contacts if n in self.answered) if only_answered else iter(self.contacts)
+        return sorted(pool, key=lambda n: int.from_bytes(n, "big") ^ self.t)[: self.k]
+
+    def take(self, node_id: bytes, outcome: asyncio.Task[Answer[C]]) -> None:
+        try:
+            answer = outcome.result()
+        except Exception:  # any failure of a peer just removes it from this lookup
+            self.failed.append(node_id)
+            self.contacts.pop(node_id, None)
+            return
+        self.answered.add(node_id)
+        if answer.values:
+            if not self.result.values:
+                self.result.hops = self.depth[node_id]
+            self.result.values.extend(answer.values)
+            self.holders += 1
+        for new_id, c in answer.contacts:
+            if new_id != self.own_id and new_id not in self.contacts and new_id not in self.failed:
+                self.depth[new_id], self.contacts[new_id] = self.depth[node_id] + 1, c
+
+    def finish(self) -> LookupResult[C]:
+        live = self.ranked(only_answered=True)
+        self.result.closest = [(n, self.contacts[n]) for n in live]
+        if not self.result.values and live:
+            self.result.hops = self.depth[live[0]]
+        self.result.queried, self.result.failed = len(self.queried), self.failed
+        return self.result
+
+
 async def iterative_lookup(target: bytes, own_id: bytes, initial: Sequence[tuple[bytes, C]], query: Query,
                            *, k: int = 20, alpha: int = 3, want_values: int = 0) -> LookupResult[C]:
     """Kademlia node/value lookup with ``alpha`` queries in flight.
@@ -133,55 +180,23 @@ async def iterative_lookup(target: bytes, own_id: bytes, initial: Sequence[tuple
     led to the closest contact (or the first value holder): contacts from our own table are one
     hop away, a contact learned from a node at depth d is at depth d + 1.
     """
-    t = int.from_bytes(target, "big")
-    depth: dict[bytes, int] = {}
-    contacts: dict[bytes, C] = {}
-    for node_id, c in initial:
-        if node_id != own_id:
-            depth[node_id], contacts[node_id] = 1, c
-    queried: set[bytes] = set()
-    failed: list[bytes] = []
-    answered: set[bytes] = set()
+    state: _Lookup[C] = _Lookup(target, own_id, initial, k)
     inflight: dict[asyncio.Task[Answer[C]], bytes] = {}
-    result: LookupResult[C] = LookupResult(closest=[])
-    holders = 0
     try:
         while True:
-            ranked = sorted(contacts, key=lambda n: int.from_bytes(n, "big") ^ t)[:k]
-            pending = [n for n in ranked if n not in queried]
-            if (want_values and holders >= want_values) or (not pending and not inflight):
+            pending = [n for n in state.ranked() if n not in state.queried]
+            if (want_values and state.holders >= want_values) or (not pending and not inflight):
                 break
-            while pending and len(inflight) < alpha:
-                node_id = pending.pop(0)
-                queried.add(node_id)
-                inflight[asyncio.ensure_future(query(node_id, contacts[node_id]))] = node_id
+            for node_id in pending[: max(0, alpha - len(inflight))]:
+                state.queried.add(node_id)
+                inflight[asyncio.ensure_future(query(node_id, state.contacts[node_id]))] = node_id
             done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                node_id = inflight.pop(task)
-                try:
-                    answer = task.result()
-                except Exception:  # any failure of a peer just removes it from this lookup
-                    failed.append(node_id)
-                    contacts.pop(node_id, None)
-                    continue
-                answered.add(node_id)
-                if answer.values:
-                    if not result.values:
-                        result.hops = depth[node_id]
-                    result.values.extend(answer.values)
-                    holders += 1
-                for new_id, c in answer.contacts:
-                    if new_id != own_id and new_id not in contacts and new_id not in failed:
-                        depth[new_id], contacts[new_id] = depth[node_id] + 1, c
+                state.take(inflight.pop(task), task)
     finally:
         for task in inflight:
             task.cancel()
         for task in inflight:
             with contextlib.suppress(BaseException):
                 await task
-    live = sorted((n for n in contacts if n in answered), key=lambda n: int.from_bytes(n, "big") ^ t)[:k]
-    result.closest = [(n, contacts[n]) for n in live]
-    if not result.values and live:
-        result.hops = depth[live[0]]
-    result.queried, result.failed = len(queried), failed
-    return result
+    return state.finish()

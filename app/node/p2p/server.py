@@ -123,9 +123,14 @@ class Dispatcher:
 
         if shape is Shape.UNARY:
             async def unary_adapter(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async for response in run(_once(request), context):
-                    return response
-                await context.abort(grpc.StatusCode.INTERNAL, "handler returned nothing")
+                responses = run(_once(request), context)
+                try:
+                    response = await anext(responses, None)
+                finally:
+                    await responses.aclose()
+                if response is None:
+                    await context.abort(grpc.StatusCode.INTERNAL, "handler returned nothing")
+                return response
 
             return unary_adapter
         if shape is Shape.RESPONSE_STREAM:

@@ -109,6 +109,44 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
     return handler
 
 
+async def _read_answer(stream: AsyncIterator[Any], config: P2PConfig, deadline: float, timeout: float,
+                       on_silence: Callable[[], None] | None) -> StreamReader | None:
+    """Read keepalives, then the answer's header and chunks; report a silence once."""
+    reader: StreamReader | None = None
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(stream, None))
+            wait = deadline - time.monotonic()
+            if on_silence is not None:
+                wait = min(wait, config.failover_timeout_s)
+            done, _ = await asyncio.wait({pending}, timeout=max(wait, 0.001))
+            if not done:  # keep the same pending read: cancelling it would end the stream
+                if time.monotonic() >= deadline:
+                    raise RequestTimeout(f"stage call did not finish within {timeout:.1f} s")
+                on_silence, report = None, on_silence
+                report()  # type: ignore[misc]
+                continue
+            chunk, pending = pending.result(), None
+            if chunk is None:
+                return reader
+            part = chunk.WhichOneof("part")
+            if part == "keepalive":
+                continue
+            if reader is None:
+                if part != "header":
+                    raise PeerRejected("peer answered without a header", grpc.StatusCode.DATA_LOSS)
+                reader = StreamReader(chunk.header, limits_of(config))
+            else:
+                reader.add(chunk)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+
+
 async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | str | Route, path: str, kind: str,
                        meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], timeout: float,
                        config: P2PConfig, on_silence: Callable[[], None] | None = None,
@@ -124,43 +162,11 @@ async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | s
         yield from data_chunks(buffers, config.chunk_bytes)
 
     stream = client.stream(peer, path, requests(), timeout)
-    reader: StreamReader | None = None
-    deadline = time.monotonic() + timeout
-    silent_reported = on_silence is None
-    pending: asyncio.Future[Any] | None = None
     try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(stream, None))
-            wait = deadline - time.monotonic()
-            if not silent_reported:
-                wait = min(wait, config.failover_timeout_s)
-            done, _ = await asyncio.wait({pending}, timeout=max(wait, 0.001))
-            if not done:  # keep the same pending read: cancelling it would end the stream
-                if time.monotonic() >= deadline:
-                    raise RequestTimeout(f"stage call did not finish within {timeout:.1f} s")
-                silent_reported = True
-                on_silence()  # type: ignore[misc]
-                continue
-            chunk, pending = pending.result(), None
-            if chunk is None:
-                break
-            part = chunk.WhichOneof("part")
-            if part == "keepalive":
-                continue
-            if reader is None:
-                if part != "header":
-                    raise PeerRejected("peer answered without a header", grpc.StatusCode.DATA_LOSS)
-                reader = StreamReader(chunk.header, limits_of(config))
-            else:
-                reader.add(chunk)
+        reader = await _read_answer(stream, config, time.monotonic() + timeout, timeout, on_silence)
     except MalformedMessage as exc:
         raise PeerRejected(f"peer sent a malformed answer: {exc.reason}", grpc.StatusCode.DATA_LOSS) from None
     finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
         await stream.aclose()
     if reader is None:
         raise PeerRejected("peer closed the stream without an answer", grpc.StatusCode.DATA_LOSS)
