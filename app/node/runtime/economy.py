@@ -1,0 +1,267 @@
+"""EconomyService: the node's ledger, its Proof-of-Neural-Work, gossip and the wallet commands.
+
+Work flows in from the trainer (``on_work`` with each applied step); at the end of every PoNW
+epoch the node signs one uptime proof and, when it trained, one training proof carrying the
+weight hashes before and after, and submits them to its own ledger. Rewards follow from accepted
+proofs inside the ledger after the challenge window (``app/node/economics``), never from here.
+
+Ledger records spread by push-pull gossip on the P2P layer's ``ledger`` topic: each round the
+node sends a random peer the records it has not sent that peer yet, together with the cursor of
+that peer's records it has already seen; the peer stores what it lacks and answers with its own
+records after that cursor. Because balances are a pure function of the record set, nodes that
+have exchanged everything agree on ``state_hash``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.node.config import NodeConfig
+from app.node.economics import rewards
+from app.node.economics.constants import EconomicsConfig
+from app.node.economics.ledger import Ledger
+from app.node.economics.ponw import WorkFigures, make_proof
+from app.node.events import BalanceChanged, Event, ProofAccepted, ProposalChanged, Query, WalletCommand
+from app.node.runtime import wallet_api
+from app.wallet.keys import PrivateKey
+from app.wallet.keystore import Keystore
+from app.wallet.wallet import Wallet
+
+log = logging.getLogger("neuroshard.economy")
+GOSSIP_TOPIC = "ledger"
+GOSSIP_BATCH = 500
+GOSSIP_TIMEOUT_S = 5.0
+GossipSend = Callable[[Any, list[bytes]], Awaitable[list[bytes]]]
+
+
+DEVNET_LAYER_COST = 1e-3
+"""A devnet trains the tiny model, whose layer costs about a thousandth of the reference layer
+the tiers are measured on; PoNW's physical rate bound (batches per epoch per tier) is scaled by
+the same factor there, or every honest devnet proof would be refused as impossibly fast."""
+
+
+def economics_config(settings: dict[str, Any]) -> EconomicsConfig:
+    """``[economics]`` settings; ``preset = "devnet"`` starts from the seconds-long devnet timings."""
+    values = dict(settings)
+    if values.pop("preset", None) == "devnet":
+        defaults = EconomicsConfig().tier_min_ms
+        values.setdefault("tier_min_ms", {t: ms * DEVNET_LAYER_COST for t, ms in defaults.items()})
+        return EconomicsConfig.devnet(**values)
+    return EconomicsConfig.from_dict(values)
+
+
+@dataclass
+class _EpochWork:
+    batches: int = 0
+    tokens: int = 0
+    layers: int = 0
+    role: str = "none"
+    hash_before: str = ""
+    hash_after: str = ""
+    steps: list[int] = field(default_factory=list)
+
+
+def _hash32(text: str) -> bytes:
+    """Weight hashes arrive as hex of any length; proofs carry exactly 32 bytes."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = text.encode()
+    return raw if len(raw) == 32 else hashlib.sha256(raw).digest()
+
+
+def _role_for_proof(role: str) -> str:
+    # Proof records name one role; a solo node holding embedding and head is the driver.
+    for candidate in ("driver", "validator", "worker"):
+        if candidate in role:
+            return candidate
+    return "none"
+
+
+class EconomyService:
+    def __init__(self, key: PrivateKey, config: NodeConfig, emit: Callable[[Event], None], tier: str,
+                 keystore: Keystore | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.key = key
+        self.config = economics_config(config.economics)
+        self.ledger = Ledger(config.data_dir, self.config, clock=clock)
+        self.session = wallet_api.WalletSession(Wallet(keystore or Keystore(config.data_dir), self.ledger, clock))
+        self._emit = emit
+        self._tier = int(tier.lstrip("T")) if tier[1:].isdigit() else 5
+        self._clock = clock
+        self._work = _EpochWork()
+        self._work_lock = threading.Lock()
+        self._started_ms = int(clock() * 1000)
+        self._last_epoch = self._epoch_of(self._started_ms) - 1
+        self._sent_cursor: dict[str, int] = {}  # peer id -> our cursor already pushed to it
+        self._seen_cursor: dict[str, int] = {}  # peer id -> their cursor we already pulled
+        self._last_balance: tuple[int, int, int] | None = None
+        self._proposal_phases: dict[str, str] = {}
+        self.proofs_submitted = 0
+
+    # --- work in --------------------------------------------------------------------------------
+
+    def on_work(self, step: Any) -> None:
+        """Called after every applied step (any thread) with the trainer's StepInfo."""
+        first, last = step.layers
+        with self._work_lock:
+            work = self._work
+            if not work.hash_before:
+                work.hash_before = step.hash_before
+            work.hash_after = step.hash_after
+            work.batches += int(step.batches)
+            work.tokens += int(step.tokens)
+            work.layers = max(work.layers, last - first)
+            work.role = _role_for_proof(step.role)
+            work.steps.append(int(step.step))
+
+    def _take_work(self) -> _EpochWork:
+        with self._work_lock:
+            work, self._work = self._work, _EpochWork()
+            return work
+
+    # --- epochs ---------------------------------------------------------------------------------
+
+    def _epoch_of(self, now_ms: int) -> int:
+        return now_ms // self.config.epoch_ms
+
+    def close_epoch(self) -> list[str]:
+        """Sign and submit the proofs for the epoch that just ended; returns the accepted kinds."""
+        now_ms = int(self._clock() * 1000)
+        epoch = self._epoch_of(now_ms) - 1
+        if epoch <= self._last_epoch:
+            return []
+        self._last_epoch = epoch
+        work = self._take_work()
+        proofs = [("uptime", WorkFigures(uptime_ms=self.config.epoch_ms, tier=self._tier), b"", b"")]
+        if work.batches and work.hash_before != work.hash_after:
+            figures = WorkFigures(batches=work.batches, tokens=work.tokens, layers=max(1, work.layers),
+                                  role=work.role, tier=self._tier)
+            proofs.append(("training", figures, _hash32(work.hash_before), _hash32(work.hash_after)))
+        accepted = []
+        staked = self.ledger.balance(self.key.address).staked
+        for kind, figures, before, after in proofs:
+            record = make_proof(self.key, self.config, epoch=epoch, kind=kind, work=figures,
+                                timestamp_ms=now_ms, model_before=before, model_after=after)
+            result = self.ledger.submit(record.to_bytes(), now_ms)
+            if result.accepted:
+                accepted.append(kind)
+                self.proofs_submitted += 1
+                self._emit(ProofAccepted(proof_kind=kind, epoch=epoch,
+                                         reward_units=rewards.proof_reward(record.body, staked, self.config)))
+            else:
+                log.warning("own %s proof for epoch %d refused: %s", kind, epoch, result.reason)
+        return accepted
+
+    def publish_state(self) -> None:
+        """Emit BalanceChanged / ProposalChanged when they changed since the last call."""
+        balance = self.ledger.balance(self.key.address)
+        current = (balance.available, balance.staked, balance.pending)
+        if current != self._last_balance:
+            self._last_balance = current
+            self._emit(BalanceChanged(address=self.key.address, available_units=current[0],
+                                      staked_units=current[1], pending_units=current[2]))
+        for row in wallet_api.proposal_rows(self.ledger, int(self._clock() * 1000)):
+            if self._proposal_phases.get(row["id"]) != row["phase"]:
+                self._proposal_phases[row["id"]] = row["phase"]
+                self._emit(ProposalChanged(proposal_id=row["id"], phase=row["phase"], yes_weight=row["yes_weight"],
+                                           no_weight=row["no_weight"], phase_ends_at=row["phase_ends_at"]))
+
+    async def run(self, should_continue: Callable[[float], Awaitable[bool]],
+                  peers: Callable[[], Sequence[Any]], send: GossipSend | None) -> None:
+        """Epoch and gossip loop until ``should_continue(seconds)`` (a stoppable sleep) says stop."""
+        loop = asyncio.get_running_loop()
+        interval = min(self.config.epoch_ms / 1000, 5.0)
+        while await should_continue(interval):
+            await loop.run_in_executor(None, self.close_epoch)
+            if send is not None:
+                candidates = list(peers())
+                if candidates:
+                    await self.gossip_round(random.choice(candidates), send)
+            await loop.run_in_executor(None, self.publish_state)
+
+    # --- gossip ---------------------------------------------------------------------------------
+
+    async def gossip_round(self, peer: Any, send: GossipSend) -> int:
+        """Push what ``peer`` has not had from us, pull what we have not had from it; returns new records."""
+        peer_id = getattr(peer, "node_id", str(peer))
+        peer_id = peer_id.hex() if isinstance(peer_id, bytes) else str(peer_id)
+        loop = asyncio.get_running_loop()
+        records, our_cursor = await loop.run_in_executor(
+            None, self.ledger.records_since, self._sent_cursor.get(peer_id, 0), GOSSIP_BATCH)
+        header = json.dumps({"v": 1, "cursor": self._seen_cursor.get(peer_id, 0)}).encode()
+        try:
+            reply = await send(peer, [header, *records])
+        except Exception as exc:  # peers come and go; the next round picks another
+            log.debug("ledger gossip with %s failed: %s", peer_id[:12], exc)
+            return 0
+        self._sent_cursor[peer_id] = our_cursor
+        cursor, incoming = _parse_batch(reply)
+        if cursor is None:
+            return 0
+        self._seen_cursor[peer_id] = cursor
+        results = await loop.run_in_executor(None, self.ledger.submit_many, incoming)
+        return sum(r.accepted for r in results)
+
+    async def on_gossip(self, sender_id: bytes, payloads: list[bytes]) -> list[bytes]:
+        """Server side of ``gossip_round``: store what came, answer with records after their cursor."""
+        cursor, incoming = _parse_batch(payloads)
+        if cursor is None:
+            return []
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.ledger.submit_many, incoming)
+        records, next_cursor = await loop.run_in_executor(None, self.ledger.records_since, cursor, GOSSIP_BATCH)
+        return [json.dumps({"v": 1, "cursor": next_cursor}).encode(), *records]
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def query(self, what: str) -> Any:
+        address = self.session.wallet.address
+        if what == "wallet":
+            return wallet_api.wallet_summary(self.session.wallet, self.session.unlocked)
+        if what == "history":
+            return wallet_api.history_rows(self.ledger, address)
+        if what == "earnings":
+            return wallet_api.earning_rows(self.ledger, address)
+        if what == "proposals":
+            return wallet_api.proposal_rows(self.ledger, int(self._clock() * 1000))
+        if what == "ledger":
+            return {"state_hash": self.ledger.state_hash(), **self.ledger.totals()}
+        raise ValueError(f"unknown query '{what}'")
+
+    def handles(self, command: Any) -> bool:
+        return isinstance(command, WalletCommand) or (
+            isinstance(command, Query) and command.what in ("wallet", "history", "earnings", "proposals", "ledger"))
+
+    def handle(self, command: Any) -> Any:
+        """Blocking (SQLite, scrypt): call it from the executor."""
+        if isinstance(command, Query):
+            return self.query(command.what)
+        result = self.session.command(command.action, dict(command.args))
+        self.publish_state()
+        return result
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def _parse_batch(payloads: list[bytes]) -> tuple[int | None, list[bytes]]:
+    """A gossip batch: a JSON header with a cursor, then raw records. Anything else is dropped."""
+    if not payloads:
+        return None, []
+    try:
+        header = json.loads(payloads[0])
+        cursor = header["cursor"]
+    except (ValueError, KeyError, TypeError):
+        return None, []
+    if header.get("v") != 1 or not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
+        return None, []
+    return cursor, list(payloads[1:])
