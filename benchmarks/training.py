@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -68,10 +69,10 @@ class Setup:
     init: dict[str, torch.Tensor]
     held_out: list[tuple[torch.Tensor, torch.Tensor]]
 
-    def loaders(self) -> list[BatchLoader]:
+    def loaders(self, seed: int = 1) -> list[BatchLoader]:
         """Replica i reads share (i, R+1); share R is held out for scoring."""
         return [BatchLoader(self.store, self.store.manifest, batch_size=self.batch_size, seq_len=self.seq_len,
-                            seed=1, share=(i, self.replicas + 1)) for i in range(self.replicas)]
+                            seed=seed, share=(i, self.replicas + 1)) for i in range(self.replicas)]
 
     def model(self) -> ModelShard:
         m = ModelShard.full(self.arch)
@@ -82,14 +83,23 @@ class Setup:
         return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=0.0)
 
 
-def make_setup(data_dir: Path, replicas: int, batch_size: int, seq_len: int, lr: float) -> Setup:
+def make_setup(data_dir: Path, replicas: int, batch_size: int, seq_len: int, lr: float,
+               warmup_steps: int) -> Setup:
+    """The shared start. With ``warmup_steps`` every run starts from a model pre-trained by data
+    parallel on a different data order, as the DiLoCo paper starts from a pre-trained checkpoint
+    (its runs begin after 24k synchronous steps): local steps from a random init diverge most."""
     torch.manual_seed(0)
     arch = ModelArchitecture.tiny()
     store = open_bundled_store(data_dir)
     held = BatchLoader(store, store.manifest, batch_size=16, seq_len=seq_len, seed=7,
                        share=(replicas, replicas + 1))
     init = {k: v.clone() for k, v in ModelShard.full(arch).state_dict().items()}
-    return Setup(arch, store, replicas, batch_size, seq_len, lr, init, [held.next_batch() for _ in range(4)])
+    setup = Setup(arch, store, replicas, batch_size, seq_len, lr, init, [held.next_batch() for _ in range(4)])
+    if warmup_steps > 0:
+        model = setup.model()
+        _train_dp(setup, model, warmup_steps, seed=2)
+        setup.init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return setup
 
 
 def eval_loss(setup: Setup, model: torch.nn.Module) -> float:
@@ -108,13 +118,17 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: tuple[
     opt.step()
 
 
-def run_dp(setup: Setup, steps: int) -> dict[str, Any]:
-    model, loaders = setup.model(), setup.loaders()
-    opt = setup.optimizer(model)
-    began = time.perf_counter()
+def _train_dp(setup: Setup, model: torch.nn.Module, steps: int, seed: int = 1) -> None:
+    loaders, opt = setup.loaders(seed), setup.optimizer(model)
     for _ in range(steps):
         batches = [lo.next_batch() for lo in loaders]
         train_step(model, opt, (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])))
+
+
+def run_dp(setup: Setup, steps: int) -> dict[str, Any]:
+    model = setup.model()
+    began = time.perf_counter()
+    _train_dp(setup, model, steps)
     tokens = steps * setup.replicas * setup.batch_size * setup.seq_len
     sent = steps * setup.replicas * param_count(model) * 4
     return {"final_loss": eval_loss(setup, model), "tokens": tokens, "bytes_sent": sent,
@@ -193,18 +207,81 @@ def robustness(setup: Setup, steps: int, inner: int) -> dict[str, Any]:
 
 
 def pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """A 4-stage devnet (4 node processes, one layer each, on loopback) against the same model
+    and batch trained in this process. Throughput is the driver's steady state: tokens between
+    its step events after ``PIPELINE_WARM_STEPS`` steps over the time between them, so process
+    start-up, joining and the first (slow) steps count for neither side."""
     try:
-        from app.node import devnet  # training-B's module; optional until it lands
+        from app.node.devnet import DevnetError, devnet_training, run_devnet
     except ImportError as exc:
         return {"skipped": f"app.node.devnet is not available ({exc})"}
-    bench = getattr(devnet, "benchmark_pipeline", None)
-    if bench is None:
-        return {"skipped": "app.node.devnet has no benchmark_pipeline(stages, steps) entry point yet"}
-    return bench(stages=4, steps=args.pipeline_steps)
+    steps = max(args.pipeline_steps, PIPELINE_WARM_STEPS + 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            summary = run_devnet(4, steps, workdir=Path(tmp), keep=True, inner_steps=10 * steps,
+                                 timeout_s=args.pipeline_timeout, training_overrides={"max_layers_per_node": 1})
+        except DevnetError as exc:
+            return {"skipped": f"the devnet failed: {exc}"}
+        drivers = [name for name, n in summary["layer_assignment"].items() if "driver" in (n.get("roles") or [])]
+        if not drivers:
+            return {"skipped": "the devnet elected no driver", "summary_errors": summary.get("errors")}
+        devnet_tps = _steady_tokens_per_s(Path(tmp) / f"{drivers[0]}.events")
+    training = devnet_training(4, steps)
+    local_tps = _one_process_tokens_per_s(training["batch_size"], training["seq_len"], training["lr"], steps)
+    stages = sorted({tuple(n["layers"]) for n in summary["layer_assignment"].values() if n.get("layers")})
+    return {"nodes": 4, "stages": len(stages), "steps": steps, "batch": [training["batch_size"], training["seq_len"]],
+            "micro_batches": training["micro_batches"], "devnet_tokens_per_s": round(devnet_tps, 1),
+            "one_process_tokens_per_s": round(local_tps, 1), "efficiency": round(devnet_tps / local_tps, 4),
+            "loss_start": summary["loss_start"], "loss_end": summary["loss_end"],
+            "all_weights_agree": summary["all_weights_agree"], "bytes_sent": summary["bytes_sent"],
+            "cores": os.cpu_count()}
+
+
+PIPELINE_WARM_STEPS = 3
+"""Driver steps left out of the steady-state rate (first steps build caches and connections)."""
+
+
+def _steady_tokens_per_s(events: Path) -> float:
+    steps = []
+    for line in events.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("event") == "step":
+            steps.append((float(e["timestamp"]), int(e["tokens_total"])))
+    if len(steps) <= PIPELINE_WARM_STEPS + 1:
+        raise RuntimeError(f"the driver logged only {len(steps)} steps in {events}")
+    (t0, n0), (t1, n1) = steps[PIPELINE_WARM_STEPS], steps[-1]
+    return (n1 - n0) / (t1 - t0)
+
+
+def _one_process_tokens_per_s(batch_size: int, seq_len: int, lr: float, steps: int) -> float:
+    model = ModelShard.full(ModelArchitecture.tiny())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    x = torch.randint(0, 256, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(0))
+    for _ in range(PIPELINE_WARM_STEPS):
+        train_step(model, opt, (x[:, :-1], x[:, 1:]))
+    began = time.perf_counter()
+    for _ in range(steps - PIPELINE_WARM_STEPS):
+        train_step(model, opt, (x[:, :-1], x[:, 1:]))
+    return (steps - PIPELINE_WARM_STEPS) * batch_size * seq_len / (time.perf_counter() - began)
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def one_process_parts(args: argparse.Namespace, skip: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = make_setup(Path(tmp), args.replicas, args.batch_size, args.seq_len, args.lr, args.warmup_steps)
+        out["params"] = param_count(setup.model())
+        if "diloco" not in skip:
+            out["diloco_vs_dp"] = diloco_vs_dp(setup, args.steps, args.inner_steps, args.schemes.split(","))
+        if "robustness" not in skip:
+            out["robustness"] = robustness(setup, args.robust_steps, args.robust_inner_steps)
+    return out
 
 
 def main() -> int:
@@ -216,9 +293,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300, help="steps of the DiLoCo/DP comparison")
     p.add_argument("--inner-steps", type=int, default=100, help="DiLoCo H of the comparison")
     p.add_argument("--schemes", default="fp32,int8", help="pseudo-gradient encodings to train with")
+    p.add_argument("--warmup-steps", type=int, default=200, help="data-parallel pre-training shared by all runs")
     p.add_argument("--robust-steps", type=int, default=60)
     p.add_argument("--robust-inner-steps", type=int, default=20)
     p.add_argument("--pipeline-steps", type=int, default=20)
+    p.add_argument("--pipeline-timeout", type=float, default=300.0, help="seconds before the devnet is stopped")
     p.add_argument("--skip", default="", help="comma list of parts to skip: diloco,robustness,pipeline")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--full", action="store_true", help="1000 steps, every scheme, longer robustness runs")
@@ -228,14 +307,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
     began = time.perf_counter()
-    result: dict[str, Any] = {"benchmark": "training", "model": "tiny", "threads": args.threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        setup = make_setup(Path(tmp), args.replicas, args.batch_size, args.seq_len, args.lr)
-        result["params"] = param_count(setup.model())
-        if "diloco" not in skip:
-            result["diloco_vs_dp"] = diloco_vs_dp(setup, args.steps, args.inner_steps, args.schemes.split(","))
-        if "robustness" not in skip:
-            result["robustness"] = robustness(setup, args.robust_steps, args.robust_inner_steps)
+    result: dict[str, Any] = {"benchmark": "training", "model": "tiny", "threads": args.threads,
+                              "warmup_steps": args.warmup_steps}
+    if not {"diloco", "robustness"} <= skip:
+        result.update(one_process_parts(args, skip))
     if "pipeline" not in skip:
         result["pipeline"] = pipeline(args)
     result["seconds"] = round(time.perf_counter() - began, 1)
