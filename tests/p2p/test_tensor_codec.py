@@ -73,3 +73,10 @@ def test_meta_must_be_a_json_object():
     chunks[0].header.meta_json = "[1, 2]"
     with pytest.raises(MalformedMessage, match="object"):
         decode_tensors(chunks)
+
+
+def test_mixed_dtypes_after_an_odd_sized_int8_tensor_decode_correctly():
+    tensors = {"mask": torch.ones(3, dtype=torch.int8), "h": torch.randn(5, 2).to(torch.bfloat16),
+               "g": torch.randn(7), "half": torch.randn(3).half()}
+    out = decode_tensors(encode_tensors(tensors, chunk_bytes=5))
+    assert all(torch.equal(out[k], tensors[k]) for k in tensors)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,12 @@ from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError, PeerRejected, PeerUnavailable, RequestTimeout, error_from_status
 from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, Method, Shape, pb2
 from app.node.p2p.records import PeerRecord
-from app.node.p2p.stats import TrafficStats
+from app.node.p2p.stats import TrafficStats, wire_size
 
 _RELAY_FORWARD = "/neuroshard.v1.Relay/Forward"
+MAX_CHANNELS = 256
+"""Open channels kept per node (one TCP connection each); the least recently used is closed
+beyond this, so a long-lived node in a big swarm does not run out of file descriptors."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,14 @@ class PeerClient:
     def __init__(self, config: P2PConfig, stats: TrafficStats) -> None:
         self.config = config
         self.stats = stats
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
-        if channel is None:
+        if channel is not None:
+            self._channels.move_to_end(address)
+        else:
             channel = grpc.aio.insecure_channel(address, options=[
                 ("grpc.max_send_message_length", self.config.max_message_bytes),
                 ("grpc.max_receive_message_length", self.config.max_message_bytes),
@@ -70,6 +77,11 @@ class PeerClient:
                 ("grpc.max_reconnect_backoff_ms", 1000),
             ])
             self._channels[address] = channel
+            if len(self._channels) > MAX_CHANNELS:
+                _, oldest = self._channels.popitem(last=False)
+                task = asyncio.ensure_future(oldest.close(grace=1.0))  # lets its calls in flight end
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
         return channel
 
     async def forget(self, address: str) -> None:
@@ -78,7 +90,7 @@ class PeerClient:
             await channel.close(grace=None)
 
     async def close(self) -> None:
-        channels, self._channels = list(self._channels.values()), {}
+        channels, self._channels = list(self._channels.values()), OrderedDict()
         for channel in channels:
             with contextlib.suppress(Exception):
                 await channel.close(grace=None)
@@ -104,7 +116,7 @@ class PeerClient:
             else:
                 source = self._direct(route.dial, method, requests, timeout)
             async for response in source:
-                self.stats.add_received(method.traffic, response.ByteSize())
+                self.stats.add_received(method.traffic, wire_size(response))
                 yield response
         except grpc.aio.AioRpcError as exc:
             raise error_from_status(exc.code(), exc.details(), route.dial) from None
@@ -117,7 +129,7 @@ class PeerClient:
 
     async def _counted(self, method: Method, requests: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
         async for request in _aiter(requests):
-            self.stats.add_sent(method.traffic, request.ByteSize())
+            self.stats.add_sent(method.traffic, wire_size(request))
             yield request
 
     async def _direct(self, address: str, method: Method, requests: Iterable[Any] | AsyncIterable[Any],

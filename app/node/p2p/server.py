@@ -23,7 +23,7 @@ from app.node.p2p.errors import RpcRefusal
 from app.node.p2p.protocol import METHODS, Method, Shape, pb2_grpc
 from app.node.p2p.ratelimit import PeerGuard
 from app.node.p2p.records import InvalidRecord
-from app.node.p2p.stats import TrafficStats
+from app.node.p2p.stats import TrafficStats, wire_size
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ class Dispatcher:
 
         async def counted() -> AsyncIterator[Any]:
             async for message in requests:
-                self.stats.add_received(kind, message.ByteSize())
+                self.stats.add_received(kind, wire_size(message))
                 yield message
 
         async for response in handler(counted(), CallInfo(method, peer)):
-            self.stats.add_sent(kind, response.ByteSize())
+            self.stats.add_sent(kind, wire_size(response))
             yield response
 
     def refusal(self, exc: BaseException, peer: str, path: str) -> RpcRefusal:

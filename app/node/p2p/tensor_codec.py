@@ -17,6 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from app.node.p2p.config import MIB
@@ -141,31 +142,37 @@ def parse_meta(text: str, max_bytes: int) -> dict[str, Any]:
     return meta
 
 
-def assemble(header: Any, sizes: list[int], payload: bytearray) -> dict[str, torch.Tensor]:
-    """Tensors from a complete, digest-checked payload (zero-copy views over ``payload``)."""
+def _view(flat: np.ndarray, offset: int, size: int, spec: Any) -> torch.Tensor:
+    dtype = DTYPES[spec.dtype]
+    if size == 0:
+        return torch.empty(tuple(spec.shape), dtype=dtype)
+    part = flat[offset:offset + size]
+    if offset % dtype.itemsize:
+        part = part.copy()  # misaligned for this dtype (after an odd-sized int8 tensor): realign
+    return torch.from_numpy(part).view(dtype).reshape(tuple(spec.shape))
+
+
+def assemble(header: Any, sizes: list[int], payload: np.ndarray) -> dict[str, torch.Tensor]:
+    """Tensors over a complete, digest-checked uint8 payload (zero-copy where aligned)."""
     out, offset = {}, 0
     for spec, size in zip(header.tensors, sizes, strict=True):
-        dtype = DTYPES[spec.dtype]
-        if size:
-            flat = torch.frombuffer(payload, dtype=dtype, count=size // dtype.itemsize, offset=offset)
-        else:
-            flat = torch.empty(0, dtype=dtype)
-        out[spec.name] = flat.reshape(tuple(spec.shape))
+        out[spec.name] = _view(payload, offset, size, spec)
         offset += size
     return out
 
 
 class StreamReader:
-    """Collects the ``data`` chunks of one stream, hashing as they arrive, refusing overruns.
+    """Copies the ``data`` chunks of one stream into place as they arrive, hashing them too.
 
-    Chunks are kept as received and joined once at the end: no zero-filled buffer of the
-    declared size is allocated up front, so a header that lies about its size costs nothing.
+    The buffer is allocated uninitialised (numpy.empty): pages are only touched when bytes
+    arrive, so a header that lies about its size costs address space, not memory, and the copy
+    is spread over the transfer instead of one burst at the end.
     """
 
     def __init__(self, header: Any, limits: Limits) -> None:
         self.header = header
         self.meta, self.sizes = check_header(header, limits)
-        self._parts: list[bytes] = []
+        self._buf = np.empty(header.total_bytes, dtype=np.uint8)
         self._filled = 0
         self._digest = hashlib.sha256()
 
@@ -175,20 +182,20 @@ class StreamReader:
             return
         if kind != "data":
             raise MalformedMessage(f"expected a data chunk, got {kind}")
-        self._filled += len(chunk.data)
-        if self._filled > self.header.total_bytes:
+        data = chunk.data  # one access: upb hands out a fresh bytes object each time
+        end = self._filled + len(data)
+        if end > len(self._buf):
             raise MalformedMessage("stream carries more bytes than its header declared")
-        self._parts.append(chunk.data)
-        self._digest.update(chunk.data)
+        self._buf[self._filled:end] = np.frombuffer(data, dtype=np.uint8)
+        self._digest.update(data)
+        self._filled = end
 
     def finish(self) -> dict[str, torch.Tensor]:
-        if self._filled != self.header.total_bytes:
-            raise MalformedMessage(f"stream ended after {self._filled} of {self.header.total_bytes} bytes")
+        if self._filled != len(self._buf):
+            raise MalformedMessage(f"stream ended after {self._filled} of {len(self._buf)} bytes")
         if self._digest.digest() != self.header.payload_sha256:
             raise MalformedMessage("payload digest does not match the header")
-        payload = bytearray().join(self._parts)  # one copy into a writable buffer torch can view
-        self._parts = []
-        return assemble(self.header, self.sizes, payload)
+        return assemble(self.header, self.sizes, self._buf)
 
 
 async def read_stream(chunks: AsyncIterable[Any], limits: Limits | None = None
