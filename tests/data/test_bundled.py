@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from app.node.data.builder import read_public_key
 from app.node.data.bundled import load_bundled_manifest, open_bundled_store
 from app.node.data.loader import BatchLoader
@@ -47,3 +49,15 @@ def test_build_cli_reports_missing_input(tmp_path):
     done = subprocess.run([sys.executable, "-m", "app.node.data.build", "--input", str(tmp_path / "nope.txt"),
                            "--out", str(tmp_path / "c")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "not found" in done.stderr
+
+
+def test_a_private_corpus_opens_only_with_its_own_key(corpus, tmp_path, genesis_key):
+    from app.node.data.bundled import open_corpus_store
+    from app.node.data.manifest import ManifestError
+    from app.wallet.keys import PrivateKey
+
+    out, manifest = corpus
+    store = open_corpus_store(tmp_path / "node", out, genesis_key.public_key.data.hex())
+    assert store.missing() == [] and store.manifest.shards == manifest.shards
+    with pytest.raises(ManifestError):
+        open_corpus_store(tmp_path / "other", out, PrivateKey.generate().public_key.data.hex())

@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "build_genesis": "builder", "read_public_key": "builder",
     "bundled_genesis_dir": "bundled", "load_bundled_manifest": "bundled", "open_bundled_store": "bundled",
+    "open_corpus_store": "bundled",
     "BatchLoader": "loader", "MissingShards": "loader", "share_shards": "loader",
     "BadShard": "manifest", "DataError": "manifest", "GenesisManifest": "manifest",
     "ManifestError": "manifest", "ShardInfo": "manifest",

@@ -39,7 +39,15 @@ def load_bundled_manifest() -> GenesisManifest:
 
 def open_bundled_store(data_dir: Path | str) -> ShardStore:
     """A ShardStore under ``data_dir/genesis`` seeded with every verified bundled shard."""
-    manifest = load_bundled_manifest()
+    return open_corpus_store(data_dir, bundled_genesis_dir(), bundled_public_key())
+
+
+def open_corpus_store(data_dir: Path | str, corpus_dir: Path | str, public_key: str | bytes) -> ShardStore:
+    """A ShardStore under ``data_dir/genesis/<name>`` for the corpus in ``corpus_dir`` (built by
+    ``python -m app.node.data.build``), its manifest checked against ``public_key``, seeded with
+    every shard found there that verifies. A private devnet passes its own folder and key; a node
+    that only has the manifest (and the key) fetches the shards from data nodes later."""
+    manifest = GenesisManifest.load(Path(corpus_dir) / MANIFEST_NAME, public_key)
     store = ShardStore(Path(data_dir) / "genesis" / manifest.name, manifest)
-    store.install_from(bundled_genesis_dir())
+    store.install_from(corpus_dir)
     return store
