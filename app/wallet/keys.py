@@ -35,6 +35,17 @@ class KeyError_(ValueError):
     """Raised for malformed key material (named to avoid shadowing the builtin KeyError)."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _on_curve(public_key: bytes) -> bool:
+    """Point decompression costs a modular square root (~3 ms in pure Python); a ledger parses many
+    records by few authors, so the answer is cached per key."""
+    try:
+        ecdsa.VerifyingKey.from_string(public_key, curve=_CURVE)
+    except (ecdsa.MalformedPointError, ValueError):
+        return False
+    return True
+
+
 def _node_id(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()
 
@@ -48,10 +59,8 @@ class PublicKey:
     def __post_init__(self) -> None:
         if len(self.data) != PUBLIC_KEY_SIZE or self.data[0] not in (2, 3):
             raise KeyError_("public key must be 33 bytes, compressed SEC1")
-        try:
-            ecdsa.VerifyingKey.from_string(self.data, curve=_CURVE)
-        except (ecdsa.MalformedPointError, ValueError) as exc:
-            raise KeyError_("public key is not a point on secp256k1") from exc
+        if not _on_curve(bytes(self.data)):
+            raise KeyError_("public key is not a point on secp256k1")
 
     @property
     def node_id(self) -> bytes:

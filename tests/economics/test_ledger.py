@@ -150,3 +150,19 @@ def test_verify_detects_a_balance_edited_behind_the_ledgers_back(net, funded, tm
     assert reopened.balance(BOB.address).available == neuro(5)  # recomputed, never read from the table
     report = reopened.verify()
     assert not report.ok and report.balance_mismatches == [BOB.address]
+
+
+def test_forged_signature_is_rejected_unless_the_genuine_record_is_already_held(net, funded):
+    import json
+
+    from app.node.economics.records import canonical_json
+
+    genuine = net.transfer(ALICE, BOB, neuro(1), T0 + 1)
+    doc = json.loads(genuine.to_bytes())
+    doc["sig"] = "11" * 64
+    forged = canonical_json(doc)
+    rejected = funded.submit(forged, T0 + 1)
+    assert rejected.status == "rejected" and "signature" in rejected.reason
+    assert funded.submit(genuine.to_bytes(), T0 + 1).accepted
+    assert funded.submit(forged, T0 + 1).status == "duplicate"  # same content: nothing new to store
+    assert funded.balance(BOB.address).available == neuro(1)

@@ -209,9 +209,14 @@ class Record:
         record = cls(kind=data["kind"], network=data["net"], author=bytes.fromhex(data["author"]),
                      timestamp_ms=data["ts"], seq=data["seq"], body=data["body"],
                      signature=bytes.fromhex(data["sig"]))
-        if check_signature and not record.verify_signature():
-            raise InvalidRecord("signature does not verify for the author's key")
+        if check_signature:
+            record.check_signature()
         return record
+
+    def check_signature(self) -> None:
+        """Raises ``InvalidRecord`` unless the signature verifies (low-S) for the author's key."""
+        if not self.verify_signature():
+            raise InvalidRecord("signature does not verify for the author's key")
 
 
 def _reject_constant(name: str) -> Any:
