@@ -136,3 +136,16 @@ def test_ban_backoff_doubles_and_is_capped():
     assert [router.ban(b"p") for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     router.clear(b"p")
     assert not router.is_banned(b"p") and router.ban(b"p") == 1
+
+
+def test_router_sends_a_stage_only_to_holders_starting_at_that_layer():
+    async def scenario():
+        async with swarm(3) as (_, (wide, exact, caller)):
+            await _holders([wide], 0, 4)
+            await _holders([exact], 2, 4)
+            assert {r.node_id for r in await caller.registry.who_holds(2)} == {wide.node_id, exact.node_id}
+            for microbatch in range(4):
+                result = await caller.router.run_stage(2, "forward", {"microbatch": microbatch}, {"x": torch.ones(1)})
+                assert result.peer.node_id == exact.node_id
+
+    run(scenario())

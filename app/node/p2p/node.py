@@ -185,14 +185,21 @@ class P2PNode:
         return record
 
     async def _heartbeat_loop(self) -> None:
+        """Tracker heartbeats, relay upkeep and layer announcements; one failing step never
+        stops the others (a tracker being down must not let our announcements expire)."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
-            with contextlib.suppress(Exception):
-                if self.trackers:
-                    await self.tracker_client.heartbeat()
-                if self.relay_address and not self.tunnel.alive:
-                    await self.tracker_client.replace_relay(self.peers())
-                await self.registry.refresh()
+            steps: list[Callable[[], Awaitable[object]]] = []
+            if self.relay_address and not self.tunnel.alive:
+                steps.append(lambda: self.tracker_client.replace_relay(self.peers()))
+            if self.trackers:
+                steps.append(self.tracker_client.heartbeat)
+            steps.append(self.registry.refresh)
+            for step in steps:
+                try:
+                    await step()
+                except Exception as exc:  # logged and retried next beat
+                    log.info("heartbeat step failed: %s", exc)
 
     # ------------------------------------------------------------------ handler registration
     def set_stage_handler(self, fn: StageHandler) -> None:

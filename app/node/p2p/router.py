@@ -108,8 +108,9 @@ class SwarmRouter:
     async def run_stage(self, layer_start: int, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                         *, exclude: set[bytes] | frozenset[bytes] = frozenset(),
                         timeout: float | None = None) -> StageResult:
-        holders = [r for r in await self.holders(layer_start)
-                   if r.node_id not in exclude and not self.is_banned(r.node_id)]
+        # a stage is named by its first layer: a holder of [0, 4) is not the stage that starts at 2
+        holders = [r for r in await self.holders(layer_start) if r.layer_start == layer_start
+                   and r.node_id not in exclude and not self.is_banned(r.node_id)]
         if not holders:
             raise NoHolders(f"no live, un-banned peer holds layer {layer_start}; "
                             "wait for holders to join or for bans to expire")
