@@ -118,6 +118,21 @@ class Ledger:
         next_cursor = rows[-1][0] if rows else cursor
         return [bytes(raw) for _, raw in rows], next_cursor
 
+    def record_ids_since(self, cursor: int, limit: int = 500) -> tuple[list[str], int]:
+        """Like ``records_since`` but only the ids: an inventory a peer filters with ``have``."""
+        limit = max(1, min(limit, MAX_PAGE))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT cursor, record_id FROM records WHERE cursor > ? ORDER BY cursor LIMIT ?",
+                (cursor, limit)).fetchall()
+        return [rid for _, rid in rows], (rows[-1][0] if rows else cursor)
+
+    def get_records(self, record_ids: Iterable[str]) -> list[bytes]:
+        """The stored bytes of the requested ids that this ledger holds (unknown ids are skipped)."""
+        wanted = list(dict.fromkeys(record_ids))[:MAX_PAGE]
+        with self._lock:
+            return [self._records[rid].to_bytes() for rid in wanted if rid in self._records]
+
     def state_hash(self) -> str:
         with self._lock:
             return self._current().state_hash()
