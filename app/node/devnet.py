@@ -42,7 +42,7 @@ def devnet_training(nodes: int, steps: int, inner_steps: int | None = None) -> d
     return {
         "model": "tiny", "batch_size": 8, "micro_batches": 4, "seq_len": 64, "lr": 3e-3,
         "warmup_steps": 5, "decay_steps": max(100, steps), "grad_clip": 1.0,
-        "inner_steps": inner_steps or max(1, min(20, steps // 2)), "sync_timeout_s": 20.0,
+        "inner_steps": inner_steps or max(1, min(20, steps // 2)), "sync_timeout_s": 10.0,
         "checkpoint_every": 5, "quorum_session_s": 60.0, "expected_nodes": nodes, "join_wait_s": 3.0,
         "linger_s": 3.0, "max_layers_per_node": 0 if nodes == 1 else math.ceil(TINY_LAYERS / 2),
     }
@@ -117,7 +117,7 @@ class Devnet:
     timeout_s: float = 600.0
     progress: bool = False
     json_events: bool = False
-    kill: tuple[int, int] | None = None  # (node index, driver step at which to SIGKILL it)
+    kill: tuple[str, int] | None = None  # (role, driver step): SIGKILL the first node with that role
     training_overrides: dict[str, Any] = field(default_factory=dict)
     procs: list[_Proc] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
@@ -200,9 +200,9 @@ class Devnet:
     def _maybe_kill(self) -> None:
         if self.kill is None:
             return
-        index, at_step = self.kill
-        victim = self._nodes()[index]
-        if max(p.step for p in self._nodes()) >= at_step and victim.popen.poll() is None:
+        role, at_step = self.kill
+        victim = next((p for p in self._nodes() if role in p.roles), None)
+        if victim is not None and max(p.step for p in self._nodes()) >= at_step and victim.popen.poll() is None:
             os.killpg(victim.popen.pid, signal.SIGKILL)
             self.killed.append(victim.name)
             self.kill = None
@@ -286,7 +286,7 @@ def _mean(values: list[Any]) -> float | None:
 
 def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: bool = False,
                base_port: int = 0, inner_steps: int | None = None, timeout_s: float = 600.0,
-               progress: bool = False, json_events: bool = False, kill: tuple[int, int] | None = None,
+               progress: bool = False, json_events: bool = False, kill: tuple[str, int] | None = None,
                training_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
@@ -312,13 +312,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-port", type=int, default=0, help="tracker port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
+    parser.add_argument("--kill", metavar="ROLE:STEP", help="SIGKILL the first node with ROLE (driver, "
+                        "worker, validator) once a driver reached STEP, to watch failover")
+
+
+def _parse_kill(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    role, _, step = text.partition(":")
+    if role not in ("driver", "worker", "validator") or not step.isdigit():
+        raise DevnetError(f"--kill must be ROLE:STEP with ROLE driver, worker or validator, got {text!r}")
+    return role, int(step)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         summary = run_devnet(args.nodes, args.steps, keep=args.keep, base_port=args.base_port,
                              inner_steps=args.inner_steps, timeout_s=args.timeout,
-                             progress=sys.stderr.isatty(), json_events=args.json_events)
+                             progress=sys.stderr.isatty(), json_events=args.json_events,
+                             kill=_parse_kill(args.kill))
     except DevnetError as exc:
         print(f"devnet: error: {exc}", file=sys.stderr)
         return 1

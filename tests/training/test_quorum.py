@@ -19,6 +19,13 @@ def test_quorum_members_share_the_drivers_speed_class() -> None:
     assert fast.state == QuorumState.TRAINING
 
 
+def test_drivers_spread_over_the_replicas_of_each_stage() -> None:
+    holders = {0: ["a", "b", "c", "d"], 1: ["x", "y"]}
+    tiers = dict.fromkeys(["a", "b", "c", "d", "x", "y"], "T2")
+    chosen = [form_quorum(d, holders, tiers, now=0.0, session_s=60) for d in holders[0]]
+    assert [q.members[1] for q in chosen if q] == ["x", "y", "x", "y"]
+
+
 def test_quorum_cannot_form_without_a_holder_for_every_stage() -> None:
     assert form_quorum("d1", {0: ["d1"], 1: []}, TIERS, now=0.0, session_s=60) is None
 

@@ -132,9 +132,12 @@ class NodeRuntime:
         resume = self._resume_point()
         me = NodeOffer(node_id, layers_fit, memory, hw.tier.value)
         planner = Planner(self.net, self.arch, self.training, self.activity)
+        log.info("network up as %s; planning layers", node_id[:12])
         self.assignment = _assignment_from(resume, node_id) if resume else await planner.assign(me)
+        log.info("assigned layers %s; building the stage", self.assignment.layer_range)
         await self._build_stage(self.assignment, resume)
         await self._announce(hw.tier.value, layers_fit)
+        log.info("layers announced")
         self._emit_layers()
         if planner.upgrade is not None:
             u = planner.upgrade

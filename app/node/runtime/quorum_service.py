@@ -36,7 +36,8 @@ class QuorumService:
         self.quorum: Quorum | None = None
 
     async def _holders(self) -> tuple[dict[int, list[str]], dict[str, str]]:
-        stages: dict[int, list[str]] = {0: [self.driver.driver_id]}
+        drivers = [r.node_id.hex() for r in await self.net.node.who_holds(0) if r.layer_start == 0]
+        stages: dict[int, list[str]] = {0: sorted(set(drivers) | {self.driver.driver_id})}
         tiers: dict[str, str] = {self.driver.driver_id: self.net.node.offer.get("tier") or "T3"}
         for index, start in enumerate(self.driver.stage_starts, start=1):
             records = [r for r in await self.net.node.who_holds(start) if r.layer_start == start]

@@ -123,19 +123,22 @@ class Quorum:
 
 
 def form_quorum(driver: str, stage_holders: Mapping[int, Sequence[str]], tiers: Mapping[str, str], *,
-                now: float, session_s: float, load: Mapping[str, int] | None = None) -> Quorum | None:
-    """The quorum ``driver`` leads: for each later stage the least-loaded holder of its speed class
-    (any class when none matches). None when some stage has no holder at all."""
+                now: float, session_s: float) -> Quorum | None:
+    """The quorum ``driver`` leads: for each later stage a holder of its speed class (any class
+    when none matches). Drivers decide independently, so each takes the holder at its own rank
+    among the stage-0 holders: k drivers over k replicas get disjoint pipelines with no
+    coordination, and every replica serves about the same number of drivers (which also keeps
+    the replicas' DiLoCo rounds in step). None when some stage has no holder at all."""
     speed = speed_class(tiers.get(driver, "T3"))
-    load = dict(load or {})
+    drivers = sorted(set(stage_holders.get(0, [])) | {driver})
+    rank = drivers.index(driver)
     members = {0: driver}
     for stage in sorted(s for s in stage_holders if s != 0):
-        holders = [h for h in stage_holders[stage] if h != driver]
+        holders = sorted(h for h in stage_holders[stage] if h != driver)
         if not holders:
             return None
         same = [h for h in holders if speed_class(tiers.get(h, "T3")) == speed] or holders
-        members[stage] = min(same, key=lambda h: (load.get(h, 0), h))
-        load[members[stage]] = load.get(members[stage], 0) + 1
+        members[stage] = same[rank % len(same)]
     digest = hashlib.sha256(f"{driver}|{now}".encode()).hexdigest()[:16]
     quorum = Quorum(f"q-{digest}", members, speed, session_s, now)
     quorum.start(now)

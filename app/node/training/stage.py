@@ -29,6 +29,7 @@ import torch
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.shard import ModelShard, lm_loss
 from app.node.training.config import TrainingConfig
+from app.node.training.inner_optim import InnerAdamW
 from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, Meta, Tensors
 
 MAX_CACHED_GRAPHS = 64
@@ -107,8 +108,7 @@ class StageWorker:
         self.shard = shard
         self.config = config
         self.params = [p for p in shard.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
-                                           betas=(0.9, 0.95))
+        self.optimizer = InnerAdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.inner_step = 0  # optimizer steps applied here, over all drivers
         self.tokens_trained = 0
         self.executor = executor
@@ -236,11 +236,10 @@ class StageWorker:
         before = self.weights_hash()
         for p, g in zip(self.params, acc.grads or [], strict=False):
             p.grad = g / microbatches
-        torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.inner_step, self.config)
+        _clip_grad_norm(self.params, self.config.grad_clip)
+        self.optimizer.lr = lr_at(self.inner_step, self.config)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         self.inner_step += 1
         tokens = acc.tokens or max(0, tokens)  # only the head counts targets; others trust the driver
         self.tokens_trained += tokens
@@ -286,6 +285,20 @@ class StageWorker:
         with self.lock, torch.no_grad():
             for name, tensor in state.items():
                 own[name].copy_(tensor)
+
+
+@torch.no_grad()
+def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale gradients so their global L2 norm is at most ``max_norm`` (as torch's
+    clip_grad_norm_, which would import torch._dynamo: ~8 s at first use, see inner_optim.py)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = float(torch.sqrt(sum((g.float().pow(2).sum() for g in grads), torch.zeros(()))))
+    if total > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (total + 1e-6))
+    return total
 
 
 def _count_targets(targets: torch.Tensor) -> int:
