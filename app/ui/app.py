@@ -19,6 +19,7 @@ from app.node.events import ErrorOccurred
 from app.node.runtime_api import RuntimeFactory
 from app.ui.bridge import EngineBridge
 from app.ui.controller import NodeController
+from app.ui.gc_tuning import freeze_when_ready
 from app.ui.icons import app_icon
 from app.ui.main_window import MainWindow
 from app.ui.theme import apply_theme
@@ -53,6 +54,7 @@ class GuiApp:
         apply_theme(self.qapp, self.ui.theme)
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._follow_system_theme)
         self.bridge = EngineBridge()
+        freeze_when_ready(self.bridge)
         self.controller = NodeController(self.bridge, config, runtime_factory)
         self.window = MainWindow(self.bridge, config, self.ui, keystore_factory)
         self.tray = NodeTray(self.bridge)

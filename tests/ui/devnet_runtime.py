@@ -10,6 +10,7 @@ NodeEngine.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,9 @@ class DevnetRuntime:
     def _build_model(self) -> None:
         import torch
 
+        # ResourceLimits.cpu_threads: None means all but one core, which leaves the GUI thread a core
+        # (with every core busy, the OS deschedules the window for 100+ ms at a time).
+        torch.set_num_threads(self.ctx.config.limits.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
         torch.manual_seed(0)
         self._torch = torch
         self._model = torch.nn.Sequential(torch.nn.Embedding(256, 64), torch.nn.Linear(64, 128), torch.nn.GELU(),

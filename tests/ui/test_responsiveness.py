@@ -1,0 +1,52 @@
+"""The GUI thread is never blocked longer than 50 ms while the node trains (issue 7).
+
+A 5 ms QTimer samples the event loop; each gap between two ticks is how long the loop could not
+run, and the GUI thread's own CPU time within the gap (``time.thread_time``) is how long it was
+busy with work of its own. The window is switched through every page meanwhile, so page
+updates count too.
+
+The busy time must stay under 50 ms always. The wall-clock gap must too, on a machine the test
+has to itself; when other processes oversubscribe the cores (load average above the core count,
+as on a shared development box), the OS deschedules the thread no matter what the app does, so
+only the 95th percentile of wall gaps is held to 50 ms then.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from PySide6.QtCore import QTimer
+
+from tests.ui.helpers import wait_training
+
+BUDGET_MS = 50.0
+SAMPLE_S = 4.0
+
+
+def test_gui_thread_never_blocks_more_than_50ms_while_training(qtbot, gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, gui)
+    qtbot.waitUntil(lambda: gui.window.dashboard.loss_chart.point_count() > 3, timeout=10_000)
+    ticks: list[tuple[float, float]] = []
+    steps: list[int] = []
+    gui.bridge.step.connect(lambda e: steps.append(e.step))
+    sampler = QTimer()
+    sampler.setInterval(5)
+    sampler.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time())))
+    pages = QTimer()
+    pages.setInterval(300)
+    pages.timeout.connect(lambda: gui.window.show_page((gui.window.stack.currentIndex() + 1) % len(gui.window.pages)))
+    sampler.start()
+    pages.start()
+    qtbot.wait(int(SAMPLE_S * 1000))
+    sampler.stop()
+    pages.stop()
+    wall = sorted((b[0] - a[0]) * 1000 for a, b in zip(ticks, ticks[1:], strict=False))
+    busy = sorted((b[1] - a[1]) * 1000 for a, b in zip(ticks, ticks[1:], strict=False))
+    summary = f"wall worst {wall[-1]:.1f} ms, p95 {wall[int(len(wall) * 0.95)]:.1f} ms; busy worst {busy[-1]:.1f} ms"
+    print(summary)
+    assert len(steps) > 20, "the node should have trained during the sample"
+    assert busy[-1] < BUDGET_MS, summary
+    oversubscribed = os.getloadavg()[0] > (os.cpu_count() or 1)
+    worst_allowed = wall[int(len(wall) * 0.95)] if oversubscribed else wall[-1]
+    assert worst_allowed < BUDGET_MS, summary
