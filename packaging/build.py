@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bundle_layout as layout  # noqa: E402
+import icon_maker  # noqa: E402
 import installers  # noqa: E402
 import smoke  # noqa: E402
 
@@ -56,10 +57,8 @@ def check_torch_variant(variant: str) -> str:
     return version
 
 
-def prepare_inputs(work_dir: Path, info: layout.ProjectInfo) -> Any:
+def prepare_inputs(work_dir: Path, info: layout.ProjectInfo) -> icon_maker.IconSet:
     """Generated protobuf modules, icons and the Windows version file, all before PyInstaller."""
-    import icon_maker
-
     done = subprocess.run([sys.executable, "-m", "app.node.p2p.build_proto"], cwd=layout.ROOT,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -95,7 +94,7 @@ def check_bundle(bundle: Path) -> None:
         raise BuildError(f"grpc_tools was bundled ({leaked[:3]}); check EXCLUDED_MODULES in bundle_layout.py")
 
 
-def make_installers(args: argparse.Namespace, bundle: Path, icons: Any, info: layout.ProjectInfo,
+def make_installers(args: argparse.Namespace, bundle: Path, icons: icon_maker.IconSet, info: layout.ProjectInfo,
                     stem: str) -> list[Path]:
     if sys.platform == "win32":
         return [installers.windows_installer(bundle, icons.ico, args.dist, stem, info)]
