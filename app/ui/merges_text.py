@@ -50,7 +50,8 @@ def to_token_bytes(text: str) -> bytes:
 
 
 def visible(text: str) -> str:
-    return text.replace(" ", "␠").replace("\n", "↵").replace("\t", "⇥")
+    # "▁" (U+2581) marks a space, as SentencePiece does; common fonts have it, unlike "␠".
+    return text.replace(" ", "▁").replace("\n", "↵").replace("\t", "→")
 
 
 def describe_merge(left: Any, right: Any) -> str:

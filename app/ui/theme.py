@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QStyleFactory
 
 STYLES_DIR = Path(__file__).resolve().parents[2] / "resources" / "styles"
 
@@ -46,8 +46,12 @@ def _dark_palette() -> QPalette:
 def apply_theme(app: QApplication, choice: str) -> str:
     """Apply the theme to the whole app; returns the resolved ``"light"`` or ``"dark"``."""
     resolved = resolve_theme(choice)
-    app.setStyle("Fusion")
-    app.setPalette(_dark_palette() if resolved == "dark" else app.style().standardPalette())
+    # Set the style once: replacing it while widgets carry their own style sheets crashed Qt
+    # (seen with PySide6 6.12 when switching theme with the wizard open); palettes switch safely.
+    if app.property("neuroshard_style_set") is not True:
+        app.setStyle("Fusion")
+        app.setProperty("neuroshard_style_set", True)
+    app.setPalette(_dark_palette() if resolved == "dark" else QStyleFactory.create("Fusion").standardPalette())
     sheet = STYLES_DIR / f"{resolved}.qss"
     app.setStyleSheet(sheet.read_text(encoding="utf-8") if sheet.exists() else "")
     app.setProperty("neuroshard_theme", resolved)

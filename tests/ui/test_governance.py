@@ -31,7 +31,7 @@ def test_proposals_show_phase_countdown_and_readable_merges(qtbot, gui) -> None:
     assert page.table.item(row, 2).text().endswith((" min", " s")) or " min " in page.table.item(row, 2).text()
     items = [page.merges_list.item(i).text() for i in range(page.merges_list.count())]
     assert items[0].startswith('"t" + "h" → "th"')
-    assert items[2].startswith('"␠" + "the" → "␠the"')
+    assert items[2].startswith('"▁" + "the" → "▁the"')
     assert page.yes_button.isEnabled()
     select(page, "Closed vote")
     assert not page.yes_button.isEnabled()
@@ -79,7 +79,7 @@ def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, gui) -> None:  # 
 
 
 def test_merge_text_helpers_parse_and_describe() -> None:
-    assert parse_merges("th e\n␠ the\n") == [("th", "e"), (" ", "the")]
+    assert parse_merges("th e\n▁ the\n") == [("th", "e"), (" ", "the")]
     assert describe_merge(116, 104) == '"t" + "h" → "th"'
     assert describe_merge("7468", "65") == '"th" + "e" → "the"'
     assert "the" in example_words("th", "e")

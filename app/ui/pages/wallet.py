@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -78,7 +79,7 @@ class WalletPage(QWidget):
         grid = QGridLayout(balances)
         for row, (name, label) in enumerate((("Address", self.address_label), ("Available", self.available_label),
                                              ("Staked", self.staked_label), ("Pending", self.pending_label),
-                                             ("Validated today", self.validated_label))):
+                                             ("Validated", self.validated_label))):
             grid.addWidget(QLabel(name), row, 0)
             grid.addWidget(label, row, 1)
         explained = QLabel(BALANCE_EXPLAINED)
@@ -94,16 +95,18 @@ class WalletPage(QWidget):
                        self.lock_button):
             actions.addWidget(button)
         actions.addStretch(1)
-        history_box = QGroupBox("History")
+        history_box = QWidget()
         history_layout = QVBoxLayout(history_box)
         history_layout.addWidget(self.history)
         history_layout.addWidget(self.export_button)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.chart, "Earnings")
+        self.tabs.addTab(history_box, "History")
         layout = QVBoxLayout(self)
         layout.addWidget(balances)
         layout.addLayout(actions)
         layout.addWidget(self.message)
-        layout.addWidget(self.chart, 1)
-        layout.addWidget(history_box, 1)
+        layout.addWidget(self.tabs, 1)
 
     def _connect(self) -> None:
         self.send_button.clicked.connect(self.open_send)

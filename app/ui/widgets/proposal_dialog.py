@@ -13,7 +13,7 @@ MAX_MERGES = 256  # one proposal stays reviewable; larger vocabularies grow over
 
 
 def parse_merges(text: str) -> list[tuple[str, str]]:
-    """One merge per line, the two sides separated by whitespace; ``␠`` stands for a space."""
+    """One merge per line, the two sides separated by whitespace; ``▁`` (or ``␠``) stands for a space."""
     merges = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -21,7 +21,7 @@ def parse_merges(text: str) -> list[tuple[str, str]]:
         parts = line.split()
         if len(parts) != 2:
             raise ValueError(f"line {number}: write the two parts separated by a space, e.g. 'th e'")
-        merges.append((parts[0].replace("␠", " "), parts[1].replace("␠", " ")))
+        merges.append(tuple(part.replace("▁", " ").replace("␠", " ") for part in parts))
     if not merges:
         raise ValueError("add at least one merge")
     if len(merges) > MAX_MERGES:
@@ -35,7 +35,7 @@ class ProposalDialog(_ValidatingDialog):
         self.available_units = available_units
         self.title_edit = QLineEdit()
         self.merges_edit = QPlainTextEdit()
-        self.merges_edit.setPlaceholderText("th e\n␠ the\nin g")
+        self.merges_edit.setPlaceholderText("th e\n▁ the\nin g")
         self.password = _password_field()
         self.form.addRow("Title", self.title_edit)
         self.form.addRow("Merges (one pair per line)", self.merges_edit)

@@ -1,0 +1,121 @@
+"""Render every page and every wizard step offscreen to PNG files, from a demo engine state.
+
+    python -m app.ui.screenshots --out DIR [--theme light|dark] [--size 1100x760]
+
+Anyone can review the UI this way without running a network. No torch, no sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+WIZARD_STEPS = ("welcome", "wallet", "phrase", "confirm", "hardware", "modes", "limits", "join")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"'{text}' is not WIDTHxHEIGHT, e.g. 1100x760")
+    return int(width), int(height)
+
+
+def _settle(app: object, rounds: int = 5) -> None:
+    for _ in range(rounds):
+        app.processEvents()  # type: ignore[attr-defined]
+
+
+def render_pages(out: Path, data_dir: Path, size: tuple[int, int]) -> list[Path]:
+    from PySide6.QtWidgets import QApplication
+
+    from app.node.config import NodeConfig
+    from app.ui.bridge import EngineBridge
+    from app.ui.demo import DemoEngine
+    from app.ui.main_window import MainWindow
+    from app.ui.ui_settings import UiSettings
+
+    app = QApplication.instance()
+    config = NodeConfig(data_dir=data_dir, trackers=("tracker.neuroshard.net:7450",))
+    bridge = EngineBridge()
+    window = MainWindow(bridge, config, UiSettings(data_dir))
+    window.resize(*size)
+    engine = DemoEngine()
+    bridge.attach(engine)
+    engine.play()
+    _settle(app)
+    bridge.ready.emit()
+    _settle(app)
+    for chart in (window.dashboard.loss_chart, window.dashboard.speed_chart):
+        chart.redraw()
+    window.governance.table.selectRow(0)
+    window.show()
+    written = []
+    for index, page in enumerate(window.pages):
+        window.show_page(index)
+        _settle(app)
+        path = out / f"page-{index + 1:02d}-{page.title.lower()}.png"
+        window.grab().save(str(path))
+        written.append(path)
+    window.hide()
+    return written
+
+
+def render_wizard(out: Path, data_dir: Path) -> list[Path]:
+    """Each step as the first page of a fresh wizard (QWizard has no public "go to page")."""
+    from PySide6.QtWidgets import QApplication
+
+    from app.node.config import NodeConfig
+    from app.node.events import HardwareMeasured
+    from app.ui.wizard.state import PageId
+    from app.ui.wizard.wizard import FirstRunWizard
+    from app.wallet import phrase
+
+    app = QApplication.instance()
+    written = []
+    for step, page_id in zip(WIZARD_STEPS, PageId, strict=True):
+        wizard = FirstRunWizard(NodeConfig(data_dir=data_dir / "wizard"))
+        state = wizard.state
+        state.phrase = phrase.encode(bytes(range(1, 33)))  # a fixed demo secret, never a real key
+        state.address = "ns1" + "5f3a" * 12
+        state.created = True
+        state.modes = ("pipeline", "data", "inference")
+        state.hardware = HardwareMeasured(device="cuda", device_name="NVIDIA GeForce RTX 3060",
+                                          memory_bytes=12 * 2**30, ms_per_layer=14.2, tier="T2")
+        wizard.setStartId(page_id)
+        wizard.restart()
+        wizard.show()
+        _settle(app)
+        path = out / f"wizard-{page_id + 1}-{step}.png"
+        wizard.grab().save(str(path))
+        written.append(path)
+        wizard.hide()
+        wizard.deleteLater()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.ui.screenshots", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    parser.add_argument("--theme", choices=("light", "dark"), default="light")
+    parser.add_argument("--size", type=_parse_size, default=(1100, 760), help="window size, e.g. 1100x760")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.theme import apply_theme
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    apply_theme(app, args.theme)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="neuroshard-shots-") as tmp:
+        written = render_pages(args.out, Path(tmp), args.size) + render_wizard(args.out, Path(tmp))
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
