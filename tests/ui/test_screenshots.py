@@ -16,6 +16,6 @@ def test_screenshot_script_renders_every_page_and_wizard_step(qtbot, tmp_path) -
                                                         "network", "settings", "logs"]
     assert len(steps) == len(screenshots.WIZARD_STEPS)
     image = QImage(str(tmp_path / pages[0]))
-    assert (image.width(), image.height()) == (900, 640)
+    assert image.width() == 900 and image.height() >= 640  # the window may not shrink below its minimum
     colours = {image.pixel(x, y) for x in range(0, 900, 37) for y in range(0, 640, 29)}
     assert len(colours) > 5, "the page rendered blank"
