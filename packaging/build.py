@@ -6,9 +6,9 @@
 
 Steps: check the venv's torch matches the variant; compile the protobuf modules; render icons
 and the Windows version resource; run PyInstaller on neuroshard.spec; check grpc_tools stayed
-out; run the frozen app's ``--self-test`` and a solo ``--headless --max-steps 2``; make the
-installer. Any failure exits 1 with the reason. A JSON report (sizes, seconds, artefacts) is
-printed last and written to ``dist/build-report.json``.
+out; run the frozen app's ``--self-test``, a solo ``--headless --max-steps 2`` and the window
+offscreen for a few seconds; make the installer. Any failure exits 1 with the reason. A JSON
+report (sizes, seconds, artefacts) is printed last and written to ``dist/build-report.json``.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     smoke_report = smoke.run_smoke_tests(executable, bundle if bundle.is_dir() else bundle.parent)
     report["self_test_seconds"] = round(smoke_report.self_test_seconds, 1)
     report["headless_seconds"] = round(smoke_report.headless_seconds, 1)
+    report["gui_seconds"] = round(smoke_report.gui_seconds, 1)
     report["tier"] = smoke_report.self_test.get("tier")
     report["smoke_ok"] = True
     if not args.smoke_only and not args.onefile and not args.no_installer:

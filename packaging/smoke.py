@@ -1,4 +1,4 @@
-"""Smoke tests of a frozen bundle: ``--self-test``, then a short solo headless run.
+"""Smoke tests of a frozen bundle: ``--self-test``, a short solo headless run, the window.
 
 Each runs the frozen executable the way a volunteer's machine would (no Python, no repo on the
 path, a fresh data dir outside the bundle) and fails with the tail of its output. The bundle's
@@ -20,6 +20,9 @@ from typing import Any
 SELF_TEST_TIMEOUT_S = 300  # the frozen self-test ran in 2.4 s (PLATFORM.md); unpacking a onefile adds more
 HEADLESS_TIMEOUT_S = 600  # hardware benchmark, solo genesis start and two training steps on 2 slow cores
 HEADLESS_STEPS = 2
+# The window is judged by staying up: a missing Qt module or plugin ends it within seconds of
+# launch, and the window shows before torch is imported (PLATFORM.md), so 20 s is plenty.
+GUI_SECONDS = 20
 SUMMARY_FILE = "run_summary.json"  # app/node/runtime/node_runtime.py writes it into the data dir
 _TAIL_CHARS = 4000
 
@@ -33,6 +36,7 @@ class SmokeReport:
     self_test: dict[str, Any] = field(default_factory=dict)
     self_test_seconds: float = 0.0
     headless_seconds: float = 0.0
+    gui_seconds: float = 0.0
     headless_tail: str = ""
 
 
@@ -112,12 +116,34 @@ def _summary_steps(path: Path) -> int:
     return steps
 
 
+def check_gui(executable: Path, data_dir: Path, seconds: float | None = None) -> float:
+    """Start the window offscreen; it must still be running after ``seconds``, then it is stopped."""
+    seconds = GUI_SECONDS if seconds is None else seconds
+    command = [str(executable), "--data-dir", str(data_dir), "--port", "0"]
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(command, env=_env(data_dir), stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=tempfile.gettempdir())
+        try:
+            code = process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            return seconds
+        log.seek(0)
+        raise SmokeTestFailed(f"the window quit by itself after less than {seconds:.0f} s (exit {code}):\n"
+                              f"{log.read()[-_TAIL_CHARS:]}")
+
+
 def _snapshot(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
 def run_smoke_tests(executable: Path, bundle_dir: Path) -> SmokeReport:
-    """Both smoke tests against ``executable``; raises SmokeTestFailed on the first failure."""
+    """Every smoke test against ``executable``; raises SmokeTestFailed on the first failure."""
     if not executable.is_file():
         raise SmokeTestFailed(f"{executable} does not exist: the build produced no executable there")
     before = _snapshot(bundle_dir)
@@ -125,6 +151,7 @@ def run_smoke_tests(executable: Path, bundle_dir: Path) -> SmokeReport:
     with tempfile.TemporaryDirectory(prefix="neuroshard-smoke-") as tmp:
         report.self_test, report.self_test_seconds = check_self_test(executable, Path(tmp) / "selftest-data")
         report.headless_tail, report.headless_seconds = check_headless(executable, Path(tmp) / "node-data")
+        report.gui_seconds = check_gui(executable, Path(tmp) / "gui-data")
     changed = sorted(set(_snapshot(bundle_dir).items()) ^ set(before.items()))
     if changed:
         names = sorted({name for name, _ in changed})[:10]

@@ -25,9 +25,14 @@ def _fake_app(folder: Path, body: str) -> Path:
 TRAIN_TWO_STEPS = 'data.mkdir(parents=True); (data / "run_summary.json").write_text(json.dumps({"steps": 2}))'
 
 
-def _app_printing(folder: Path, self_test: dict, headless: str = TRAIN_TWO_STEPS) -> Path:
+STAY_UP = "import time; time.sleep(60)"
+
+
+def _app_printing(folder: Path, self_test: dict, headless: str = TRAIN_TWO_STEPS, gui: str = STAY_UP) -> Path:
     return _fake_app(folder, f"""
-if sys.argv[1] == "--self-test":
+if "--headless" not in sys.argv and "--self-test" not in sys.argv:
+    {gui}
+elif sys.argv[1] == "--self-test":
     print("qt.qpa: some log line")
     print(json.dumps({self_test!r}))
     sys.exit(0 if {self_test!r}.get("ok") else 1)
@@ -41,11 +46,16 @@ else:
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the fake app is a shebang script")
 
 
-def test_passing_app_reports_both_runs(smoke, tmp_path: Path) -> None:
+@pytest.fixture(autouse=True)
+def _short_window_check(smoke, monkeypatch) -> None:
+    monkeypatch.setattr(smoke, "GUI_SECONDS", 2)
+
+
+def test_passing_app_reports_every_run(smoke, tmp_path: Path) -> None:
     app = _app_printing(tmp_path / "bundle", GOOD_SELF_TEST)
     report = smoke.run_smoke_tests(app, tmp_path / "bundle")
     assert report.self_test["tier"] == "T4"
-    assert report.self_test_seconds > 0 and report.headless_seconds > 0
+    assert report.self_test_seconds > 0 and report.headless_seconds > 0 and report.gui_seconds == 2
 
 
 def test_failed_check_fails_with_its_name(smoke, tmp_path: Path) -> None:
@@ -84,6 +94,12 @@ def test_app_writing_into_its_install_folder_fails(smoke, tmp_path: Path) -> Non
                         headless=TRAIN_TWO_STEPS + '; Path(sys.argv[0]).with_name("ledger.sqlite").write_text("x")')
     with pytest.raises(smoke.SmokeTestFailed, match="ledger.sqlite"):
         smoke.run_smoke_tests(app, bundle)
+
+
+def test_window_that_quits_at_start_fails(smoke, tmp_path: Path) -> None:
+    app = _app_printing(tmp_path / "bundle", GOOD_SELF_TEST, gui='print("No module named PySide6.QtCharts"); sys.exit(1)')
+    with pytest.raises(smoke.SmokeTestFailed, match="QtCharts"):
+        smoke.run_smoke_tests(app, tmp_path / "bundle")
 
 
 def test_missing_executable_says_so(smoke, tmp_path: Path) -> None:
