@@ -188,7 +188,9 @@ def main() -> None:
     parser.add_argument("--fanout", type=int, default=2)
     args = parser.parse_args()
     genesis = keys.PrivateKey(hashlib.sha256(b"bench-genesis").digest())
-    config = EconomicsConfig.devnet(genesis_public_key=genesis.public_key.data.hex(), max_proofs_per_hour=10**6)
+    # production challenge window (600 s): the whole burst arrives while its proofs are still checkable
+    config = EconomicsConfig.devnet(genesis_public_key=genesis.public_key.data.hex(), max_proofs_per_hour=10**6,
+                                    challenge_window_ms=600_000)
     result = {"benchmark": "ledger", "signature": bench_signatures(args.signatures)}
     result["ingestion"] = bench_ingestion(args.proofs, config)
     result["convergence"] = bench_convergence(args.records, args.nodes, args.fanout, config, genesis)

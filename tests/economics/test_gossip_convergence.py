@@ -32,7 +32,7 @@ def _pool():
     epoch = NET.epoch_of(t)
     records += [NET.proof(BOB, epoch + i, offset_ms=20) for i in range(3)]
     records += [NET.proof(DAVE, epoch + 1, kind="uptime", uptime_ms=900, offset_ms=30)]
-    records += [NET.transfer(ALICE, CAROL, 7, T0 + 20_000)]  # moves the clock past settlement
+    records += [NET.transfer(ALICE, CAROL, 7, T0 + 9_000)]  # moves the clock past settlement
     return records
 
 

@@ -112,3 +112,12 @@ def test_epoch_emission_is_capped_and_scaled_pro_rata(tmp_path):
     paid_bob = ledger.balance(BOB.address).available
     assert paid_alice + paid_bob <= epoch_cap(2, cfg) == 1414
     assert paid_bob == pytest.approx(3 * paid_alice, rel=0.01)
+
+
+def test_proof_arriving_after_its_challenge_window_is_refused_at_the_door(net, ledger):
+    epoch = net.epoch_of(T0) + 1
+    proof = net.proof(BOB, epoch)  # stamped inside its epoch, published much later
+    closes = (epoch + 1) * net.config.epoch_ms + net.config.challenge_window_ms
+    late = ledger.submit(proof.to_bytes(), closes + net.config.max_clock_skew_ms + 1)
+    assert late.status == "rejected" and "can no longer be checked" in late.reason
+    assert ledger.submit(proof.to_bytes(), closes - 1).accepted

@@ -71,19 +71,30 @@ def max_batches(tier: int, layers: int, config: EconomicsConfig) -> int:
 
 
 def check_timing(record: Record, config: EconomicsConfig, now_ms: int | None) -> None:
-    """Refuses future epochs and proofs stamped outside their epoch's submission window.
+    """Refuses future epochs, proofs stamped outside their epoch's window, and late arrivals.
 
-    ``now_ms`` is the local clock at the door (gossip); ``None`` when re-checking stored records,
+    ``now_ms`` is the local clock at the door (gossip); ``None`` when replaying stored records,
     where only the record's own timestamps are compared (deterministic on every node).
+
+    Late arrivals: a proof's timestamp is chosen by its author, so a proof for an old epoch could
+    be stamped inside its window and published after the window closed, when no verifier can
+    challenge it any more. The door therefore refuses a proof that reaches this node after its
+    window closed (plus the clock-skew allowance). This is the one rule that reads the local
+    clock: a proof that reaches some nodes in time and others only after a partition longer than
+    the window would be held by the first group only, a divergence accepted as the price of not
+    paying for work nobody could check.
     """
     epoch = record.body["epoch"]
     start = epoch * config.epoch_ms
+    closes = start + config.epoch_ms + config.challenge_window_ms
     if now_ms is not None and start > now_ms + config.max_clock_skew_ms:
         raise ProofRejected(f"epoch {epoch} is in the future")
+    if now_ms is not None and now_ms > closes + config.max_clock_skew_ms:
+        raise ProofRejected("proof arrived after its challenge window closed; it can no longer be checked")
     if record.timestamp_ms < start:
         raise ProofRejected("proof stamped before its epoch began")
-    if record.timestamp_ms > start + config.epoch_ms + config.challenge_window_ms:
-        raise ProofRejected("proof submitted after its epoch's challenge window closed")
+    if record.timestamp_ms >= closes:
+        raise ProofRejected("proof stamped after its epoch's challenge window closed")
 
 
 def check_work(body: dict, config: EconomicsConfig) -> None:
