@@ -124,8 +124,8 @@ class PeerClient:
             raise RequestTimeout(f"{route.dial} did not answer within {timeout:.2f} s") from None
         except P2PError:
             raise
-        except (OSError, ValueError) as exc:
-            raise PeerUnavailable(f"{route.dial}: {exc}") from None
+        except Exception as exc:  # grpc's own errors outside AioRpcError (a call torn down mid-write)
+            raise PeerUnavailable(f"{route.dial}: call failed: {exc!r}") from None
 
     async def _counted(self, method: Method, requests: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
         async for request in _aiter(requests):

@@ -35,6 +35,7 @@ class P2PConfig:
     republish_interval_s: float = 1200.0
     refresh_interval_s: float = 600.0
     max_values_per_key: int = 256
+    contact_fresh_s: float = 60.0  # a full bucket's oldest contact that answered this recently is not pinged
     max_stored_keys: int = 100_000
     # --- tracker and layer registry heartbeats (DESIGN.md: 30 s heartbeats, offline after 120 s)
     heartbeat_interval_s: float = 30.0

@@ -88,6 +88,8 @@ class KademliaNode:
         self.table: RoutingTable[PeerRecord] = RoutingTable(self.node_id, config.k)
         self.values = ValueStore(config.max_stored_keys, config.max_values_per_key, max(config.value_ttl_s, 86400))
         self._published: dict[bytes, tuple[bytes, float]] = {}
+        self._seen: dict[bytes, float] = {}  # node id -> monotonic time it last answered us
+        self._pinging: set[bytes] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self.on_lookup = on_lookup
@@ -124,18 +126,31 @@ class KademliaNode:
         if known is not None and known.timestamp > record.timestamp:
             record = known  # an old copy of the record circulating: keep the newer one
         oldest = self.table.add(record.node_id, record)
-        if oldest is not None and len(self._tasks) < 64:
-            self._spawn(self._ping_or_evict(oldest))
+        if oldest is None or oldest in self._pinging or len(self._pinging) >= 64:
+            return
+        if time.monotonic() - self._seen.get(oldest, -1e9) < self.config.contact_fresh_s:
+            return  # it answered recently: alive, keep it (the newcomer waits in the replacements)
+        self._pinging.add(oldest)
+        self._spawn(self._ping_or_evict(oldest))
+
+    def _alive(self, node_id: bytes) -> None:
+        self.table.touch(node_id)
+        self._seen[node_id] = time.monotonic()
+
+    def _dead(self, node_id: bytes) -> None:
+        self.table.remove(node_id)
+        self._seen.pop(node_id, None)
 
     async def _ping_or_evict(self, node_id: bytes) -> None:
-        contact = self.table.get(node_id)
-        if contact is None:
-            return
         try:
-            await self.transport.ping(contact)
-            self.table.touch(node_id)
+            contact = self.table.get(node_id)
+            if contact is not None:
+                await self.transport.ping(contact)
+                self._alive(node_id)
         except Exception:  # unreachable: evict, the newest replacement takes its place
-            self.table.remove(node_id)
+            self._dead(node_id)
+        finally:
+            self._pinging.discard(node_id)
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -147,9 +162,9 @@ class KademliaNode:
         try:
             found = await self.transport.find_node(contact, target)
         except Exception:
-            self.table.remove(node_id)
+            self._dead(node_id)
             raise
-        self.table.touch(node_id)
+        self._alive(node_id)
         for record in found:
             self.observe(record)
         return Answer([(r.node_id, r) for r in found])
@@ -158,9 +173,9 @@ class KademliaNode:
         try:
             values, found = await self.transport.find_value(contact, key)
         except Exception:
-            self.table.remove(node_id)
+            self._dead(node_id)
             raise
-        self.table.touch(node_id)
+        self._alive(node_id)
         for record in found:
             self.observe(record)
         return Answer([(r.node_id, r) for r in found], [v for v in values if v.key == key])

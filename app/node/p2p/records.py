@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -133,7 +134,26 @@ def sign_peer_record(key: PrivateKey, address: str, relay: str = "", tier: str =
     return parse_peer_record(_seal(key, KIND_PEER, payload))
 
 
+_PARSED: OrderedDict[bytes, PeerRecord] = OrderedDict()
+_PARSED_MAX = 16_384
+
+
 def parse_peer_record(raw: bytes) -> PeerRecord:
+    """Parse and verify; memoised by the exact bytes, since every DHT answer repeats records
+    already seen (parsing is a pure function of the bytes, so the memo is exact)."""
+    raw = bytes(raw)
+    hit = _PARSED.get(raw)
+    if hit is not None:
+        _PARSED.move_to_end(raw)
+        return hit
+    record = _parse_peer_record(raw)
+    _PARSED[raw] = record
+    if len(_PARSED) > _PARSED_MAX:
+        _PARSED.popitem(last=False)
+    return record
+
+
+def _parse_peer_record(raw: bytes) -> PeerRecord:
     pub, payload = _open(raw, KIND_PEER)
     obj = _json(payload)
     address, relay = _address(obj, "addr"), _address(obj, "relay")
