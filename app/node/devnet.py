@@ -90,9 +90,9 @@ def _spawn(name: str, argv: list[str], log_path: Path, lines: queue.Queue[tuple[
     return proc
 
 
-def _write_node_config(data_dir: Path, training: dict[str, Any], tracker: str) -> None:
+def _write_node_config(data_dir: Path, training: dict[str, Any], tracker: str, modes: list[str]) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
-    config = {"node": {"host": "127.0.0.1", "port": 0, "trackers": [tracker]},
+    config = {"node": {"host": "127.0.0.1", "port": 0, "trackers": [tracker], "modes": modes},
               "training": training, "p2p": DEVNET_P2P}
     (data_dir / "config.toml").write_bytes(tomli_w.dumps(config).encode())
 
@@ -118,6 +118,7 @@ class Devnet:
     progress: bool = False
     json_events: bool = False
     kill: tuple[str, int] | None = None  # (role, driver step): SIGKILL the first node with that role
+    async_nodes: int = 0  # the last N nodes run async mode (T5-style) instead of the pipeline
     training_overrides: dict[str, Any] = field(default_factory=dict)
     procs: list[_Proc] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
@@ -152,10 +153,14 @@ class Devnet:
         raise DevnetError(f"the tracker did not start within 30 s; see {log}")
 
     def _start_nodes(self, tracker: str) -> None:
-        training = {**devnet_training(self.nodes, self.steps, self.inner_steps), **self.training_overrides}
+        pipeline_nodes = self.nodes - self.async_nodes
+        training = {**devnet_training(pipeline_nodes, self.steps, self.inner_steps), **self.training_overrides}
         dirs = [self.workdir / f"node{i}" for i in range(self.nodes)]
-        for d in dirs:
-            _write_node_config(d, training, tracker)
+        for i, d in enumerate(dirs):
+            # Modes are explicit: a loaded laptop may measure T5, which would otherwise send every
+            # devnet node to async mode and leave no pipeline to train.
+            modes = ["async", "data"] if i >= self.nodes - self.async_nodes else ["pipeline", "data"]
+            _write_node_config(d, training, tracker, modes)
         _seed_hardware_cache(dirs)
         for i, d in enumerate(dirs):
             argv = ["--headless", "--json-events", "--data-dir", str(d), "--max-steps", str(self.steps)]
@@ -287,15 +292,16 @@ def _mean(values: list[Any]) -> float | None:
 def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: bool = False,
                base_port: int = 0, inner_steps: int | None = None, timeout_s: float = 600.0,
                progress: bool = False, json_events: bool = False, kill: tuple[str, int] | None = None,
-               training_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               training_overrides: dict[str, Any] | None = None, async_nodes: int = 0) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
         raise DevnetError("a devnet needs at least 1 node and 1 step")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="neuroshard-devnet-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        net = Devnet(nodes, steps, root, base_port, inner_steps, timeout_s, progress, json_events, kill,
-                     dict(training_overrides or {}))
+        net = Devnet(nodes, steps, root, base_port=base_port, inner_steps=inner_steps, timeout_s=timeout_s,
+                     progress=progress, json_events=json_events, kill=kill, async_nodes=async_nodes,
+                     training_overrides=dict(training_overrides or {}))
         summary = net.run()
         summary["workdir"] = str(root) if keep else None
         return summary

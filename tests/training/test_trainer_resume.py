@@ -74,3 +74,28 @@ def test_two_replicas_agree_bit_for_bit_after_an_outer_round(tmp_path: Path) -> 
     asyncio.run(both())
     assert trainers[0].stage.weights_hash() == trainers[1].stage.weights_hash()
     assert all(t.sync is not None and t.sync.reports[0].members == ("r0", "r1") for t in trainers)
+
+
+def test_outer_round_folds_in_async_contributions_and_rejects_poisoned_ones() -> None:
+    import torch
+
+    from app.node.training.transport import CohortPayload, LocalTransport
+
+    config = tiny_config(inner_steps=2)
+    pipe = build_pipeline([(0, 4)], config)[0]
+    net = LocalTransport()
+    net.add_peer("me", (0, 4), pipe.local.handle)
+    sync = StageSync("me", pipe.local, net.cohort("me"), config)
+    names = sync.replica.names
+    honest = {n: torch.zeros_like(t) for n, t in sync.replica.anchor.items()}
+    poisoned = {n: torch.full_like(t, float("nan")) for n, t in sync.replica.anchor.items()}
+    net.async_inbox[(0, 4)] = [CohortPayload("t5-honest", 0, 4, 30.0, honest),
+                               CohortPayload("t5-bad", 0, 4, 30.0, poisoned)]
+    trainer = NodeTrainer("me", pipe.local, config, sync=sync, driver=pipe,
+                          batches=lambda: patterned_batch(config, 0))
+    asyncio.run(trainer.run(max_steps=2))
+    (report,) = sync.reports
+    assert set(report.members) == {"me", "t5-honest"}
+    assert [who for who, _ in report.rejected] == ["t5-bad"]
+    assert all(torch.isfinite(p).all() for p in pipe.local.shard.parameters()) and names
+    assert net.async_inbox == {}  # consumed by the round

@@ -34,6 +34,7 @@ from app.node.events import (
 from app.node.hardware import layers_that_fit, memory_budget_bytes
 from app.node.model.checkpoint import CheckpointError
 from app.node.p2p.records import LayerAnnouncement
+from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
 from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import P2PCohort, P2PStageTransport, P2PWeights, stage_server
@@ -69,6 +70,7 @@ class NodeRuntime:
         self.driver: PipelineDriver | None = None
         self.quorums: QuorumService | None = None
         self.assignment: Assignment | None = None
+        self.async_service: AsyncService | None = None
         self.modes: tuple[str, ...] = ctx.config.modes or ("pipeline", "data")
         self.work_log: deque[StepInfo] = deque(maxlen=WORK_LOG_SIZE)
         self._work_listeners: list[Callable[[StepInfo], None]] = []
@@ -92,6 +94,11 @@ class NodeRuntime:
         max_steps = self.config.max_steps
         if max_steps == 0:
             self.activity("started; --max-steps 0 so stopping")
+            return 0
+        if self.async_service is not None:
+            self.ctx.set_state(NodeState.TRAINING, "async")
+            self.steps_done = await self.async_service.run(max_steps)
+            self.write_summary()
             return 0
         assert self.trainer is not None
         self.ctx.set_state(NodeState.TRAINING, "+".join(self.assignment.roles if self.assignment else ()))
@@ -124,11 +131,15 @@ class NodeRuntime:
         memory = memory_budget_bytes(hw.device, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
         layers_fit = layers_that_fit(memory, self.arch.train_bytes_per_layer())
         self.activity("joining the network")
-        await self.net.start(hw.tier.value, layers_fit)
+        wants_async = self._wants_async()  # async nodes offer no layers, so planners skip them
+        await self.net.start(hw.tier.value, 0 if wants_async else layers_fit)
         node_id = self.net.node_id
         self.data = DataService(self.config.data_dir, node_id, seed=self.config.seed)
         await self.data.open()
         self.net.node.set_data_handler(self.data.serve)
+        if not self.net.solo and wants_async:
+            self._start_async(memory)
+            return
         resume = self._resume_point()
         me = NodeOffer(node_id, layers_fit, memory, hw.tier.value)
         planner = Planner(self.net, self.arch, self.training, self.activity)
@@ -145,6 +156,23 @@ class NodeRuntime:
                                            current_parameters=u.current.param_count(),
                                            candidate_parameters=u.candidate.param_count()))
         await self._build_trainer(resume)
+
+    def _wants_async(self) -> bool:
+        """Async mode when the volunteer chose it over pipeline, or, left to the policy, on a T5
+        machine (too slow for a live pipeline, modes.py). A lone node always trains the model."""
+        if self.config.modes is not None:
+            return "async" in self.config.modes and "pipeline" not in self.config.modes
+        return self.ctx.hardware.tier.value == "T5"
+
+    def _start_async(self, memory: int) -> None:
+        assert self.net is not None and self.data is not None
+        self.async_service = AsyncService(
+            self.net, self.arch, self.training, self.data, emit=self.ctx.emit, activity=self.activity,
+            proceed=self.ctx.control.proceed, stop_requested=lambda: self.ctx.control.stop_requested,
+            memory_budget_bytes=memory)
+        self.ctx.emit(LayersAssigned(first_layer=0, last_layer=self.arch.layers, roles=("async",),
+                                     architecture_version=self.arch.version, total_layers=self.arch.layers,
+                                     hidden=self.arch.hidden, parameters=self.arch.param_count()))
 
     def _resume_point(self) -> ResumePoint | None:
         try:
@@ -291,6 +319,8 @@ class NodeRuntime:
         raise ValueError(f"unknown query {what!r}; ask for status, peers or layers")
 
     def summary(self) -> dict[str, Any]:
+        if self.async_service is not None:
+            return self._async_summary()
         stats = self.net.node.stats.snapshot() if self.net else {}
         router = self.net.node.router.failovers if self.net else 0
         return {
@@ -309,6 +339,15 @@ class NodeRuntime:
             "quorum": self.quorums.record() if self.quorums else None,
             "solo": self.net.solo if self.net else True, "activity": self._activity,
         }
+
+    def _async_summary(self) -> dict[str, Any]:
+        a = self.async_service
+        assert a is not None and self.net is not None
+        return {"node_id": self.net.node_id, "roles": ["async"], "layer_range": [], "steps": a.rounds,
+                "loss_first": a.losses[0] if a.losses else None, "loss_last": a.losses[-1] if a.losses else None,
+                "tokens": a.tokens_total, "bytes_sent": self.net.node.stats.snapshot().get("sent", {}),
+                "failovers": 0, "router_failovers": 0, "replays": 0, "sync_rounds": 0, "layer_hashes": {},
+                "quorum": None, "solo": False, "activity": self._activity}
 
     def write_summary(self) -> None:
         with contextlib.suppress(OSError):

@@ -32,6 +32,9 @@ from app.node.training.transport import (
 
 log = logging.getLogger("neuroshard.runtime.transport")
 
+MAX_ASYNC_PER_RANGE = 64
+"""Async contributions held per layer range between two syncs (one per sender)."""
+
 MAX_MAILBOX_ROUNDS = 8
 """Rounds of pseudo-gradients kept per node; a peer more than this far ahead is refused."""
 
@@ -138,6 +141,12 @@ class P2PCohort:
         self.me = node.node_id.hex()
         self._boxes: dict[tuple[tuple[int, int], int], dict[str, CohortPayload]] = {}
         self._arrived = asyncio.Event()
+        self._async: dict[tuple[int, int], dict[str, CohortPayload]] = {}
+
+    def take_async(self, layer_range: tuple[int, int]) -> list[CohortPayload]:
+        """Async contributions received for ``layer_range`` since the last call (one per sender)."""
+        inbox = self._async.pop(tuple(layer_range), {})
+        return [inbox[k] for k in sorted(inbox)]
 
     async def handle(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -150,11 +159,17 @@ class P2PCohort:
             raise StageRejected(f"malformed sync message: {exc}") from exc
         if round_ < 0 or batches < 0 or not 0 <= age < 1e9 or len(sender) > 128:
             raise StageRejected("sync message fields out of range")
+        payload = CohortPayload(sender, round_, batches, age, dict(tensors))
+        if meta.get("async") is True:  # an async (T5) node's snapshot work: folded in at the next round
+            inbox = self._async.setdefault(layer_range, {})
+            if len(inbox) >= MAX_ASYNC_PER_RANGE and sender not in inbox:
+                raise StageRejected("too many async contributions waiting; retry after the next sync")
+            inbox[sender] = payload
+            return {"status": "ok"}, {}
         rounds = sorted({r for (rng, r) in self._boxes if rng == layer_range})
         if len(rounds) >= MAX_MAILBOX_ROUNDS and round_ not in rounds:
             self._boxes.pop((layer_range, rounds[0]), None)
-        self._boxes.setdefault((layer_range, round_), {})[sender] = CohortPayload(
-            sender, round_, batches, age, dict(tensors))
+        self._boxes.setdefault((layer_range, round_), {})[sender] = payload
         self._arrived.set()
         return {"status": "ok"}, {}
 

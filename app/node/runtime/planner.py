@@ -66,14 +66,18 @@ class Planner:
         expected = self.config.expected_nodes
         wait = self.config.join_wait_s * (EXPECTED_NODES_TIMEOUT_FACTOR if expected else 1)
         deadline = loop.time() + wait
-        peers = await self.net.peers()
+        peers = await self._pipeline_peers()
         while loop.time() < deadline:
             if expected and len(peers) + 1 >= expected:
                 break
             self.on_activity(f"waiting for peers ({len(peers) + 1} of {expected or '?'} nodes)")
             await asyncio.sleep(0.3)
-            peers = await self.net.peers()
+            peers = await self._pipeline_peers()
         return sorted(peers, key=lambda r: r.node_id)
+
+    async def _pipeline_peers(self) -> list[PeerRecord]:
+        """Peers that offer layers (async-mode nodes advertise a capacity of 0)."""
+        return [r for r in await self.net.peers() if r.capacity >= 1]
 
     async def _announced_stages(self) -> tuple[list[tuple[int, int]], dict[int, list[str]]] | None:
         """Stages announced in the DHT, if they tile the model exactly; else None."""

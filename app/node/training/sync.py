@@ -87,7 +87,8 @@ class StageSync:
             if self.cohort is not None:
                 others = await self.cohort.exchange(self.stage.layer_range, self.rounds, mine,
                                                     self.config.sync_timeout_s)
-            sent = encoded_nbytes(encoded) * len(others)
+                others += self.cohort.take_async(self.stage.layer_range)
+            sent = encoded_nbytes(encoded) * sum(1 for p in others if p.round == self.rounds)
             result = await loop.run_in_executor(self.stage.executor, self._apply, [mine, *others])
         finally:
             self.stage.gate.set()
@@ -123,4 +124,6 @@ class StageSync:
             self.replica.apply_outer(result.tensors)
         if result.rejected:
             log.warning("rejected pseudo-gradients: %s", result.rejected)
+        log.info("outer round %d on layers %s: %d contributions accepted", self.rounds, self.stage.layer_range,
+                 len(result.accepted))
         return result.accepted, rejected + list(result.rejected)

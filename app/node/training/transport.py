@@ -84,6 +84,9 @@ class CohortTransport(Protocol):
         """Send our payload to every other holder of ``layer_range`` and return theirs for the
         same round (whatever arrived within ``timeout_s``; ours is not included)."""
 
+    def take_async(self, layer_range: tuple[int, int]) -> list[CohortPayload]:
+        """Contributions async (T5) nodes sent for ``layer_range`` since the last call."""
+
 
 class WeightsSource(Protocol):
     async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
@@ -119,6 +122,7 @@ class LocalTransport:
     calls: dict[str, int] = field(default_factory=dict)
     failovers: int = 0
     _mailboxes: dict[tuple[str, int], dict[str, CohortPayload]] = field(default_factory=dict)
+    async_inbox: dict[tuple[int, int], list[CohortPayload]] = field(default_factory=dict)
 
     def add_peer(self, peer_id: str, layer_range: tuple[int, int], stage: StageHandler, *,
                  sync: SyncHandler | None = None, weights: WeightsHandler | None = None) -> None:
@@ -171,6 +175,9 @@ class LocalCohort:
         while any(p not in box for p in others) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         return [box[p] for p in sorted(box) if p in others]
+
+    def take_async(self, layer_range: tuple[int, int]) -> list[CohortPayload]:
+        return self.net.async_inbox.pop(tuple(layer_range), [])
 
     async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
                     ) -> dict[str, torch.Tensor]:
