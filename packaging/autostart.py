@@ -252,6 +252,10 @@ def backend(platform: str = sys.platform) -> AutostartBackend:
 
 def launch_command() -> tuple[str, list[str]]:
     """What start-at-login should run: the installed app, or this interpreter and main.py from source."""
+    if os.environ.get("APPIMAGE"):
+        # Inside an AppImage sys.executable lies in a mount point that changes every run; the
+        # AppImage runtime names the image file itself in $APPIMAGE.
+        return os.environ["APPIMAGE"], []
     if getattr(sys, "frozen", False):
         executable = Path(sys.executable)
         if sys.platform == "win32" and executable.stem.endswith("-cli"):

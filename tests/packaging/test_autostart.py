@@ -129,3 +129,12 @@ def test_launch_command_from_source_runs_main_py(autostart) -> None:
     executable, args = autostart.launch_command()
     assert executable == sys.executable
     assert len(args) == 1 and Path(args[0]).name == "main.py" and Path(args[0]).is_file()
+
+
+def test_launch_command_names_the_appimage_not_its_mount_point(autostart, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", "/tmp/.mount_NeuroXYZ/usr/lib/NeuroShard/neuroshard")
+    monkeypatch.setenv("APPIMAGE", "/home/v/Apps/NeuroShard.AppImage")
+    assert autostart.launch_command() == ("/home/v/Apps/NeuroShard.AppImage", [])
+    monkeypatch.delenv("APPIMAGE")
+    assert autostart.launch_command() == ("/tmp/.mount_NeuroXYZ/usr/lib/NeuroShard/neuroshard", [])
