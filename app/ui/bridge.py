@@ -11,11 +11,13 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 
 from app.node.events import Command, Event, NodeState, StatusChanged
 from app.ui.tasks import ErrorCallback, Handle, ResultCallback, watch
 
+# Generous: a ledger query answers in milliseconds, a hardware re-measure in ~10 s on a slow CPU.
+REQUEST_TIMEOUT_S = 30.0
 # Replayed to a new bridge from ``engine.latest``, so a window attached late is up to date.
 REPLAYED_KINDS = ("status", "hardware", "modes", "layers", "step", "activity", "network", "quorum",
                   "balance", "upgrade", "migration")
@@ -122,11 +124,13 @@ class EngineBridge(QObject):
         command: Command,
         on_result: ResultCallback | None = None,
         on_error: ErrorCallback | None = None,
+        timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> Handle | None:
         """Post ``command``; callbacks run on the GUI thread. Never blocks.
 
         Without ``on_error`` a failure is announced through ``command_failed`` (the main window's
-        message bar), so no failure passes silently.
+        message bar), so no failure passes silently. A request still unanswered after
+        ``timeout_s`` (an engine that stopped before running it) is reported and dropped.
         """
         report = on_error or self.command_failed.emit
         if self._engine is None:
@@ -137,7 +141,15 @@ class EngineBridge(QObject):
         except Exception as exc:  # engine stopped or crashed: say so, keep the app running
             report(str(exc) or exc.__class__.__name__)
             return None
-        return watch(future, on_result, report)
+        handle = watch(future, on_result, report)
+
+        def expire() -> None:
+            if not handle.done():
+                handle.cancel()
+                report("the node did not answer in time; it may be busy or stopped")
+
+        QTimer.singleShot(int(timeout_s * 1000), self, expire)
+        return handle
 
 
 _RUNNING = (NodeState.TRAINING, NodeState.PAUSED)

@@ -4,6 +4,7 @@ and notifications for rewards, upgrades and errors."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 
 from PySide6.QtCore import QObject, Signal
@@ -63,7 +64,7 @@ class NodeTray(QObject):
         self.resume_action = self._add("Resume", lambda: self.bridge.request(Resume()))
         snooze = self.menu.addMenu("Snooze")
         self.snooze_actions = {
-            choice: self._add(label, lambda c=choice: self.snooze(c), snooze)
+            choice: self._add(label, functools.partial(self.snooze, choice), snooze)
             for choice, label in (("1h", "For 1 hour"), ("4h", "For 4 hours"), ("tomorrow", "Until tomorrow"))
         }
         self.menu.addSeparator()
@@ -92,7 +93,7 @@ class NodeTray(QObject):
         if reason in (QSystemTrayIcon.ActivationReason.Trigger, QSystemTrayIcon.ActivationReason.DoubleClick):
             self.open_requested.emit()
 
-    def snooze(self, choice: str) -> None:
+    def snooze(self, choice: str, _checked: bool = False) -> None:
         until = snooze_until(choice)
         self.bridge.request(Pause(until=until))
         self.notify("Snoozed", f"Paused until {dt.datetime.fromtimestamp(until).strftime('%a %H:%M')}.")

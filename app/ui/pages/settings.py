@@ -189,4 +189,4 @@ class SettingsPage(QWidget):
             self.remeasure_button.setEnabled(True)
             self.say(f"Measurement failed: {message}", True)
 
-        self.bridge.request(Remeasure(), done, failed)
+        self.bridge.request(Remeasure(), done, failed, timeout_s=120.0)
