@@ -34,3 +34,13 @@ def test_validator_killed_mid_run_steps_complete_on_its_replica() -> None:
     assert summary["tokens"] == 2 * 12 * TOKENS_PER_STEP
     assert summary["failovers"] + summary["router_failovers"] > 0
     assert summary["loss_end"] < summary["loss_start"]
+
+
+@pytest.mark.slow
+def test_async_node_trains_snapshots_beside_the_pipeline() -> None:
+    summary = run_devnet(4, 12, async_nodes=1, inner_steps=4, timeout_s=300)
+    assert all(code == 0 for code in summary["exit_codes"].values()), summary["errors"]
+    roles = {name: tuple(n["roles"]) for name, n in summary["layer_assignment"].items()}
+    assert ("async",) in roles.values()
+    assert all(steps == 12 for steps in summary["driver_steps"].values())
+    assert summary["loss_end"] < summary["loss_start"]

@@ -29,6 +29,9 @@ from app.node.training.sync import StageSync
 log = logging.getLogger("neuroshard.training")
 
 BatchSource = Callable[[], torch.Tensor]  # -> [B, T+1] token ids
+
+WORKER_POLL_S = 0.5
+"""How often a serving node checks whether its drivers are done (a DHT lookup each time)."""
 Proceed = Callable[[], Awaitable[bool]]
 
 
@@ -141,7 +144,7 @@ class NodeTrainer:
                 return  # every driver still alive said it finished (or none is left)
             if max_steps == 0:
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(WORKER_POLL_S)
 
     def checkpoint(self) -> Path | None:
         """Save now unless nothing was applied since the last save (saves are big: weights,
@@ -160,7 +163,7 @@ class NodeTrainer:
         self.steps_this_session += 1 if self.driver is None or info.driver == self.driver.driver_id else 0
         self.tokens_total += info.tokens
         step = StepInfo(
-            step=info.step if self.driver is not None else self.stage.inner_step, loss=info.loss,
+            step=info.step if self.driver is not None else self.stage.inner_step - 1, loss=info.loss,
             tokens=info.tokens, batches=info.microbatches, layers=self.stage.layer_range, role=self.role,
             hash_before=info.hash_before, hash_after=info.hash_after,
             tokens_per_s=info.tokens / elapsed if elapsed > 0 else 0.0, inner_step=self._inner_in_round(),
