@@ -76,3 +76,18 @@ def test_hidden_node_moves_to_another_relay_when_its_relay_dies():
                 await hidden.stop()
 
     run(scenario())
+
+
+def test_node_bound_to_all_interfaces_advertises_the_address_the_tracker_saw():
+    async def scenario():
+        async with swarm(1) as (tracker, (peer,)):
+            node = P2PNode(PrivateKey.generate(), host="0.0.0.0", trackers=[tracker.address], config=FAST)
+            await node.start()
+            try:
+                assert node.record().address == f"127.0.0.1:{node.port}"
+                assert node.tracker_client.reachable
+                assert (await peer.ping(node.record())).node_id == node.node_id
+            finally:
+                await node.stop()
+
+    run(scenario())

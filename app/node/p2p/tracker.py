@@ -43,6 +43,15 @@ class _Entry:
     reachable: bool
 
 
+def observed_host(peer: str) -> str:
+    """The IP in a gRPC peer string (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``); '' if none."""
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return ""
+    host = rest.rpartition(":")[0]
+    return host if scheme == "ipv4" else host.strip("[]").join("[]")
+
+
 class Tracker:
     def __init__(self, port: int = 0, host: str = "127.0.0.1", config: P2PConfig | None = None) -> None:
         self.host, self.port = host, port
@@ -105,7 +114,8 @@ class Tracker:
             self.entries[record.node_id] = _Entry(record, time.monotonic(), reachable)
         return pb2.RegisterResponse(protocol_version=PROTOCOL_VERSION, reachable=reachable,
                                     peers=self._sample(exclude=record.node_id),
-                                    heartbeat_interval_s=self.config.heartbeat_interval_s)
+                                    heartbeat_interval_s=self.config.heartbeat_interval_s,
+                                    observed_host=observed_host(info.peer))
 
     def _sample(self, exclude: bytes = b"", limit: int = MAX_PEERS_ANSWER) -> list[bytes]:
         horizon = time.monotonic() - self.config.heartbeat_timeout_s

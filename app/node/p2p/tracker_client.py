@@ -37,6 +37,7 @@ class TrackerClient:
     def __init__(self, node: P2PNode) -> None:
         self.node = node
         self.reachable = False
+        self.observed_host = ""
 
     async def register(self, tracker: str) -> list[PeerRecord]:
         record = self.node.record()
@@ -46,6 +47,7 @@ class TrackerClient:
         sign_message(self.node.key, REGISTER, request)
         answer = await self.node.client.unary(tracker, REGISTER, request, self.node.config.rpc_timeout_s)
         self.reachable = self.reachable or answer.reachable
+        self.observed_host = answer.observed_host[:64] or self.observed_host
         return _parse(list(answer.peers))
 
     async def peers(self, tracker: str) -> list[PeerRecord]:
@@ -66,6 +68,8 @@ class TrackerClient:
             answered = True
             found.update((r.node_id, r) for r in got if r.node_id != self.node.node_id)
         peers = list(found.values())
+        if self.node.listen and answered:
+            await self._try_observed_address()
         if self.node.listen and answered and not self.reachable and self.node.config.use_upnp:
             await self.try_upnp()
         if peers and not self.reachable:
@@ -77,6 +81,22 @@ class TrackerClient:
                     log.warning("tracker %s refused the relayed registration: %s", tracker, exc)
         await self.node.dht.bootstrap(peers)
         return peers
+
+    async def _try_observed_address(self) -> bool:
+        """A node bound to every interface (0.0.0.0) does not know its public address: try the
+        one the tracker saw us come from (a public server, or NAT with the port forwarded)."""
+        if self.node.advertise or self.node.host not in ("0.0.0.0", "::", "") or not self.observed_host:
+            return False
+        self.node.advertise = f"{self.observed_host}:{self.node.port}"
+        self.reachable = False  # "0.0.0.0" dialled back means nothing: the tracker may share our host
+        for tracker in self.node.trackers:
+            try:
+                await self.register(tracker)
+            except P2PError as exc:
+                log.info("tracker %s unavailable: %s", tracker, exc)
+        if not self.reachable:
+            self.node.advertise = ""
+        return self.reachable
 
     async def try_upnp(self) -> bool:
         """Ask the gateway to forward our port, then let the trackers dial the public address."""
