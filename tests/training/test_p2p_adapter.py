@@ -1,0 +1,46 @@
+"""The runtime's adapter between training and the P2P node: wire format and strict parsing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from app.node.p2p.errors import StageRejected
+from app.node.runtime.p2p_transport import from_wire, stage_server, to_wire
+
+
+def test_token_ids_cross_the_wire_exactly_as_float32_and_come_back_as_int64() -> None:
+    ids = torch.tensor([[0, 265, 1 << 20]], dtype=torch.long)
+    hidden = torch.randn(1, 3, 8)
+    wire = to_wire([hidden, ids])
+    assert set(wire) == {"t0", "i1"} and wire["i1"].dtype == torch.float32
+    back = from_wire(wire)
+    assert torch.equal(back[0], hidden) and back[1].dtype == torch.long and torch.equal(back[1], ids)
+
+
+@pytest.mark.parametrize("bad", [
+    {"t1": torch.zeros(1)},  # gap: no t0
+    {"i0": torch.tensor([0.5])},  # not an integer
+    {"i0": torch.tensor([-1.0])},  # negative id
+    {"i0": torch.tensor([float(1 << 25)])},  # beyond exact float32 integers
+])
+def test_malformed_wire_tensors_are_refused_with_a_reason(bad: dict[str, torch.Tensor]) -> None:
+    with pytest.raises(StageRejected):
+        from_wire(bad)
+
+
+def test_stage_server_turns_training_errors_into_refusals_and_checks_the_op() -> None:
+    async def handler(op: str, meta: dict, tensors: list) -> tuple[dict, list]:
+        if op == "backward":
+            raise ValueError("gradient shape mismatch")
+        return {"op_seen": op}, tensors
+
+    serve = stage_server(handler)
+    meta, out = asyncio.run(serve("forward", {"op": "commit"}, {}))
+    assert meta == {"op_seen": "commit"} and out == {}
+    with pytest.raises(StageRejected, match="gradient shape"):
+        asyncio.run(serve("backward", {}, {}))
+    with pytest.raises(StageRejected, match="unknown stage operation"):
+        asyncio.run(serve("forward", {"op": "format-disk"}, {}))
