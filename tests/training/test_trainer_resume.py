@@ -99,3 +99,18 @@ def test_outer_round_folds_in_async_contributions_and_rejects_poisoned_ones() ->
     assert [who for who, _ in report.rejected] == ["t5-bad"]
     assert all(torch.isfinite(p).all() for p in pipe.local.shard.parameters()) and names
     assert net.async_inbox == {}  # consumed by the round
+
+
+def test_serving_stage_checkpoints_every_n_commits(tmp_path: Path) -> None:
+    config = tiny_config(checkpoint_every=2)
+    driver, _net, stages = build_pipeline([(0, 2), (2, 4)], config)
+    worker = NodeTrainer("w", stages["s2r0"], config, data_dir=tmp_path)
+
+    async def train() -> None:
+        for step in range(3):
+            await driver.train_step(step, patterned_batch(config, step))
+
+    asyncio.run(train())
+    point = read_resume_point(tmp_path)
+    assert worker.checkpointed_at == 2 and point is not None
+    assert point.layer_range == (2, 4) and point.counters["inner_step"] == 2

@@ -89,8 +89,7 @@ class NodeTrainer:
 
     def __post_init__(self) -> None:
         self.stage.on_commit = self._on_commit
-        if self.sync is not None:
-            self.stage.after_commit = self._after_commit
+        self.stage.after_commit = self._after_commit
 
     @property
     def role(self) -> str:
@@ -178,8 +177,12 @@ class NodeTrainer:
         return (self.sync.replica.inner_steps_done + 1) if self.sync is not None else 0
 
     async def _after_commit(self) -> None:
-        assert self.sync is not None
-        self.sync.note_commit()
-        if self.sync.due:
-            self.on_activity("averaging")
-            await self.sync.sync()
+        """After each applied step: DiLoCo when a round is due; a serving node also checkpoints
+        here (a driver does it in its loop, with its data position)."""
+        if self.sync is not None:
+            self.sync.note_commit()
+            if self.sync.due:
+                self.on_activity("averaging")
+                await self.sync.sync()
+        if self.driver is None and self.stage.inner_step % self.config.checkpoint_every == 0:
+            await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.checkpoint)
