@@ -2,7 +2,9 @@
 
 1. Activation transfer: a 1, 8 and 32 MiB tensor sent as a forward stage call to a node in
    another process (1 MiB chunks, signed header), against a plain TCP socket copy of the same
-   bytes to the same process, measured in this run (``ratio`` = P2P MB/s / TCP MB/s).
+   bytes to the same process, measured in this run (``ratio`` = P2P MB/s / TCP MB/s); also
+   against a bare grpc.aio stream of the same bytes (``ratio_to_bare_grpc``: what our codec,
+   signature and keepalives cost on top of gRPC itself).
 2. DHT: N real nodes (default 200) in this process, each on its own loopback gRPC port, joined
    through a tracker; lookup hops (median, p99) against ceil(log2 N), lookup latency, success
    rate; then 20 % of the nodes are killed at random and the lookups are repeated.
@@ -33,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import grpc  # noqa: E402
 import torch  # noqa: E402
 
 from app.node.p2p.config import MIB, P2PConfig  # noqa: E402
@@ -75,6 +78,26 @@ def _tcp_sink() -> int:
     return server.getsockname()[1]
 
 
+async def _bare_grpc_sink() -> int:
+    """A bare grpc.aio stream endpoint (raw 1 MiB byte chunks, no codec, no signature): separates
+    what gRPC itself costs from what our layer adds."""
+    async def sink(chunks, context):
+        async for _ in chunks:
+            pass
+        yield b"k"
+
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * MIB)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "bench.Sink", {"Put": grpc.stream_stream_rpc_method_handler(sink)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    _KEEP.append(server)
+    return port
+
+
+_KEEP: list[object] = []
+
+
 async def _serve_sink() -> None:
     node = P2PNode(PrivateKey.generate(), config=BENCH)
 
@@ -83,7 +106,7 @@ async def _serve_sink() -> None:
 
     node.set_stage_handler(stage)
     await node.start()
-    print(json.dumps({"node": node.address, "tcp": _tcp_sink()}), flush=True)
+    print(json.dumps({"node": node.address, "tcp": _tcp_sink(), "grpc": await _bare_grpc_sink()}), flush=True)
     await asyncio.Event().wait()
 
 
@@ -119,30 +142,44 @@ def _tcp_copy(port: int, payload: bytes) -> float:
         return time.perf_counter() - start
 
 
+async def _bare_grpc_copy(channel: grpc.aio.Channel, payload: bytes) -> float:
+    chunks = [payload[i:i + MIB] for i in range(0, len(payload), MIB)]
+    start = time.perf_counter()
+    async for _ in channel.stream_stream("/bench.Sink/Put")(iter(chunks), timeout=60):
+        pass
+    return time.perf_counter() - start
+
+
 async def throughput(sizes_mib: list[int], reps: int) -> list[dict[str, float]]:
     child = _spawn("--serve-sink")
     try:
         ports = json.loads(await asyncio.to_thread(child.stdout.readline))
         sender = P2PNode(PrivateKey.generate(), config=BENCH)
         await sender.start()
+        bare = grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}",
+                                         options=[("grpc.max_send_message_length", 8 * MIB)])
         rows = []
         for mib in sizes_mib:
             tensor = torch.randn(mib * MIB // 2).to(torch.bfloat16)  # activations travel as bf16
             payload = tensor.view(torch.uint8).numpy().tobytes()
-            grpc_times, tcp_times = [], []
-            for rep in range(reps + 1):
+            times: dict[str, list[float]] = {"p2p": [], "tcp": [], "grpc": []}
+            for rep in range(reps + 1):  # interleaved, so load changes hit all three alike
                 start = time.perf_counter()
                 meta, _ = await sender.call_stage(ports["node"], "forward", {}, {"h": tensor}, timeout=60)
                 elapsed = time.perf_counter() - start
                 assert meta["elements"] == tensor.numel()
                 tcp = await asyncio.to_thread(_tcp_copy, ports["tcp"], payload)
+                plain = await _bare_grpc_copy(bare, payload)
                 if rep:  # the first round warms up channels and allocators
-                    grpc_times.append(elapsed)
-                    tcp_times.append(tcp)
-            p2p = mib / statistics.median(grpc_times)
-            base = mib / statistics.median(tcp_times)
-            rows.append({"mib": mib, "p2p_mib_per_s": round(p2p, 1), "tcp_mib_per_s": round(base, 1),
-                         "ratio": round(p2p / base, 3), "p2p_ms_median": round(statistics.median(grpc_times) * 1e3, 2)})
+                    for name, value in (("p2p", elapsed), ("tcp", tcp), ("grpc", plain)):
+                        times[name].append(value)
+            rate = {name: mib / statistics.median(values) for name, values in times.items()}
+            rows.append({"mib": mib, "p2p_mib_per_s": round(rate["p2p"], 1), "tcp_mib_per_s": round(rate["tcp"], 1),
+                         "ratio": round(rate["p2p"] / rate["tcp"], 3),
+                         "bare_grpc_mib_per_s": round(rate["grpc"], 1),
+                         "ratio_to_bare_grpc": round(rate["p2p"] / rate["grpc"], 3),
+                         "p2p_ms_median": round(statistics.median(times["p2p"]) * 1e3, 2)})
+        await bare.close()
         await sender.stop()
         return rows
     finally:
