@@ -80,3 +80,18 @@ def test_mixed_dtypes_after_an_odd_sized_int8_tensor_decode_correctly():
                "g": torch.randn(7), "half": torch.randn(3).half()}
     out = decode_tensors(encode_tensors(tensors, chunk_bytes=5))
     assert all(torch.equal(out[k], tensors[k]) for k in tensors)
+
+
+def test_pre_encoded_data_chunk_is_wire_identical_to_protobuf():
+    from app.node.p2p.wire import encode_data, parser
+
+    for size in (0, 1, 127, 128, 300, 1 << 20):
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        raw = encode_data(memoryview(payload))
+        assert raw == pb2.TensorChunk(data=payload).SerializeToString()
+        parsed = parser(pb2.TensorChunk)(raw)
+        assert parsed.WhichOneof("part") == "data" and bytes(parsed.data) == payload
+    # a header or a message with extra fields never takes the fast path
+    header = pb2.TensorChunk(header=pb2.StreamHeader(kind="forward")).SerializeToString()
+    assert parser(pb2.TensorChunk)(header).WhichOneof("part") == "header"
+    assert parser(pb2.TensorChunk)(encode_data(b"ab") + b"\x18\x01").WhichOneof("part") == "keepalive"

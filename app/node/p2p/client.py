@@ -19,7 +19,8 @@ from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError, PeerRejected, PeerUnavailable, RequestTimeout, error_from_status
 from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, Method, Shape, pb2
 from app.node.p2p.records import PeerRecord
-from app.node.p2p.stats import TrafficStats, wire_size
+from app.node.p2p.stats import TrafficStats
+from app.node.p2p.wire import counting, parser, serialize
 
 _RELAY_FORWARD = "/neuroshard.v1.Relay/Forward"
 MAX_CHANNELS = 256
@@ -116,7 +117,6 @@ class PeerClient:
             else:
                 source = self._direct(route.dial, method, requests, timeout)
             async for response in source:
-                self.stats.add_received(method.traffic, wire_size(response))
                 yield response
         except grpc.aio.AioRpcError as exc:
             raise error_from_status(exc.code(), exc.details(), route.dial) from None
@@ -127,22 +127,17 @@ class PeerClient:
         except Exception as exc:  # grpc's own errors outside AioRpcError (a call torn down mid-write)
             raise PeerUnavailable(f"{route.dial}: call failed: {exc!r}") from None
 
-    async def _counted(self, method: Method, requests: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-        async for request in _aiter(requests):
-            self.stats.add_sent(method.traffic, wire_size(request))
-            yield request
-
     async def _direct(self, address: str, method: Method, requests: Iterable[Any] | AsyncIterable[Any],
                       timeout: float) -> AsyncIterator[Any]:
         channel = self.channel(address)
-        ser, de = method.request.SerializeToString, method.response.FromString
+        ser, de = counting(method, self.stats, server=False)
         if method.shape is Shape.BIDI:
             call = channel.stream_stream(method.path, request_serializer=ser, response_deserializer=de)(
-                self._counted(method, requests), timeout=timeout)
+                _aiter(requests), timeout=timeout)
             async for response in call:
                 yield response
             return
-        request = await anext(self._counted(method, requests))
+        request = await anext(_aiter(requests))
         if method.shape is Shape.UNARY:
             yield await channel.unary_unary(method.path, request_serializer=ser, response_deserializer=de)(
                 request, timeout=timeout)
@@ -154,10 +149,14 @@ class PeerClient:
 
     async def _relayed(self, route: Route, method: Method, requests: Iterable[Any] | AsyncIterable[Any],
                        timeout: float) -> AsyncIterator[Any]:
+        kind, parse = method.traffic, parser(method.response)
+
         async def frames() -> AsyncIterator[Any]:
             yield pb2.RelayFrame(protocol_version=PROTOCOL_VERSION, target=route.target, method=method.path)
-            async for request in self._counted(method, requests):
-                yield pb2.RelayFrame(message=request.SerializeToString())
+            async for request in _aiter(requests):
+                raw = serialize(request)
+                self.stats.add_sent(kind, len(raw))
+                yield pb2.RelayFrame(message=raw)
             yield pb2.RelayFrame(end=True)
 
         relay = METHODS[_RELAY_FORWARD]
@@ -167,7 +166,9 @@ class PeerClient:
         async for frame in call:
             if frame.end:
                 break
+            raw = frame.message
+            self.stats.add_received(kind, len(raw))
             try:
-                yield method.response.FromString(frame.message)
+                yield parse(raw)
             except Exception:  # protobuf DecodeError: a broken relay or target
                 raise PeerRejected("relay passed back a malformed message", grpc.StatusCode.DATA_LOSS) from None

@@ -24,6 +24,7 @@ from app.node.p2p.errors import RpcRefusal
 from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, RELAYABLE, is_compatible, pb2
 from app.node.p2p.records import PeerRecord, parse_peer_record
 from app.node.p2p.server import CallInfo, Dispatcher
+from app.node.p2p.wire import parser, serialize
 from app.wallet.keys import PrivateKey
 
 log = logging.getLogger(__name__)
@@ -206,12 +207,14 @@ class TunnelClient:
         queue.put_nowait(None if frame.end else frame.message)
 
     async def _serve(self, call_id: int, path: str, queue: asyncio.Queue[Any], up: asyncio.Queue[Any]) -> None:
-        request_type = METHODS[path].request
+        method = METHODS[path]
+        parse, stats = parser(method.request), self.dispatcher.stats
 
         async def requests() -> AsyncIterator[Any]:
             while (raw := await queue.get()) is not None:
+                stats.add_received(method.traffic, len(raw))
                 try:
-                    yield request_type.FromString(raw)
+                    yield parse(raw)
                 except Exception:  # protobuf DecodeError
                     raise RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed request") from None
 
@@ -219,7 +222,9 @@ class TunnelClient:
         code, details = 0, ""
         try:
             async for response in self.dispatcher.dispatch(path, requests(), peer):
-                up.put_nowait(pb2.RelayFrame(call_id=call_id, message=response.SerializeToString()))
+                raw = serialize(response)
+                stats.add_sent(method.traffic, len(raw))
+                up.put_nowait(pb2.RelayFrame(call_id=call_id, message=raw))
         except Exception as exc:  # becomes a status frame, as a direct call would get
             refusal = self.dispatcher.refusal(exc, peer, path)
             code, details = refusal.code.value[0], refusal.reason

@@ -13,17 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
 
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import RpcRefusal
-from app.node.p2p.protocol import METHODS, Method, Shape, pb2_grpc
+from app.node.p2p.protocol import METHODS, Method, Shape
 from app.node.p2p.ratelimit import PeerGuard
 from app.node.p2p.records import InvalidRecord
-from app.node.p2p.stats import TrafficStats, wire_size
+from app.node.p2p.stats import TrafficStats
+from app.node.p2p.wire import counting
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,7 @@ class Dispatcher:
         if method is None or handler is None:
             raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"{path} is not served by this node")
         self.guard.admit(peer_key(peer))
-        kind = method.traffic
-
-        async def counted() -> AsyncIterator[Any]:
-            async for message in requests:
-                self.stats.add_received(kind, wire_size(message))
-                yield message
-
-        async for response in handler(counted(), CallInfo(method, peer)):
-            self.stats.add_sent(kind, wire_size(response))
+        async for response in handler(requests, CallInfo(method, peer)):
             yield response
 
     def refusal(self, exc: BaseException, peer: str, path: str) -> RpcRefusal:
@@ -147,16 +139,30 @@ class Dispatcher:
         return bidi_adapter
 
     def build_server(self) -> grpc.aio.Server:
+        """A grpc.aio server for every registered method. Methods are registered by path with
+        our codecs (wire.py: byte counting, copy-free data chunks); the messages are the
+        generated ones, so the wire format is exactly the .proto's."""
         options = [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=options)
-        services: dict[str, dict[str, Any]] = {}
-        for path, method in METHODS.items():
-            services.setdefault(method.service, {})[method.name] = self._adapter(path)
-        for service, adapters in services.items():
-            if any(f"/neuroshard.v1.{service}/{name}" in self.handlers for name in adapters):
-                getattr(pb2_grpc, f"add_{service}Servicer_to_server")(SimpleNamespace(**adapters), server)
+        services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for path in self.handlers:
+            method = METHODS[path]
+            serializer, deserializer = counting(method, self.stats, server=True)
+            factory = _HANDLER_FACTORIES[method.shape]
+            services.setdefault(method.service, {})[method.name] = factory(
+                self._adapter(path), request_deserializer=deserializer, response_serializer=serializer)
+        server.add_generic_rpc_handlers([
+            grpc.method_handlers_generic_handler(f"neuroshard.v1.{service}", handlers)
+            for service, handlers in services.items()])
         return server
+
+
+_HANDLER_FACTORIES = {
+    Shape.UNARY: grpc.unary_unary_rpc_method_handler,
+    Shape.RESPONSE_STREAM: grpc.unary_stream_rpc_method_handler,
+    Shape.BIDI: grpc.stream_stream_rpc_method_handler,
+}

@@ -4,19 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
-
-
-def wire_size(message: Any) -> int:
-    """Bytes a message takes on the wire, near enough for accounting. For the 1 MiB payload
-    messages it is the payload length: upb's ByteSize walks the whole message (about 1 ms per
-    MiB here), which would cost more than the transfer itself."""
-    for name in ("data", "message"):
-        payload = getattr(message, name, None)
-        if isinstance(payload, bytes) and payload:
-            return len(payload) + 8
-    return message.ByteSize()
-
 
 KINDS = ("activations", "pseudo_gradients", "weights", "ledger", "data", "dht")
 

@@ -23,6 +23,7 @@ import torch
 from app.node.p2p.config import MIB
 from app.node.p2p.errors import MalformedMessage
 from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
+from app.node.p2p.wire import encode_data, parser
 
 DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
@@ -73,8 +74,9 @@ def build_header(kind: str, meta: Mapping[str, Any], tensors: Mapping[str, torch
     return header, buffers
 
 
-def data_chunks(buffers: list[memoryview], chunk_bytes: int = MIB) -> Iterator[Any]:
-    """Cut the concatenated buffers into ``chunk_bytes`` messages (the last may be shorter)."""
+def data_chunks(buffers: list[memoryview], chunk_bytes: int = MIB) -> Iterator[bytes]:
+    """Serialised data chunks of ``chunk_bytes`` (the last may be shorter) over the concatenated
+    buffers; each is a wire-ready ``TensorChunk(data=...)`` (wire.py: one copy per chunk)."""
     pending: list[memoryview] = []
     size = 0
     for buf in buffers:
@@ -85,18 +87,20 @@ def data_chunks(buffers: list[memoryview], chunk_bytes: int = MIB) -> Iterator[A
             size += take
             offset += take
             if size == chunk_bytes:
-                yield pb2.TensorChunk(data=b"".join(pending))
+                yield encode_data(pending[0] if len(pending) == 1 else b"".join(pending))
                 pending, size = [], 0
     if pending:
-        yield pb2.TensorChunk(data=b"".join(pending))
+        yield encode_data(pending[0] if len(pending) == 1 else b"".join(pending))
 
 
 def encode_tensors(tensors: Mapping[str, torch.Tensor], *, kind: str = "result",
                    meta: Mapping[str, Any] | None = None, chunk_bytes: int = MIB) -> Iterator[Any]:
-    """The header message, then the data chunks (an unsigned stream: responses, tests)."""
+    """The header message, then the data chunks, as messages (an unsigned stream, for tests
+    and tools; the network path sends the pre-encoded chunks of :func:`data_chunks`)."""
     header, buffers = build_header(kind, meta or {}, tensors)
     yield pb2.TensorChunk(header=header)
-    yield from data_chunks(buffers, chunk_bytes)
+    for raw in data_chunks(buffers, chunk_bytes):
+        yield parser(pb2.TensorChunk)(raw)
 
 
 def _check_spec(spec: Any, limits: Limits) -> int:
@@ -182,7 +186,7 @@ class StreamReader:
             return
         if kind != "data":
             raise MalformedMessage(f"expected a data chunk, got {kind}")
-        data = chunk.data  # one access: upb hands out a fresh bytes object each time
+        data = chunk.data  # one access: upb copies the payload out on every access
         end = self._filled + len(data)
         if end > len(self._buf):
             raise MalformedMessage("stream carries more bytes than its header declared")
