@@ -88,3 +88,18 @@ def test_lookup_routes_around_failing_nodes():
     result = asyncio.run(iterative_lookup(target, start, tables[start].nearest(target, k), query, k=k, alpha=3))
     assert result.closest[0][0] == target
     assert not any(n_ in dead for n_, _ in result.closest)
+
+
+def test_value_store_refuses_values_beyond_its_byte_budget_and_frees_them_at_expiry():
+    from app.node.p2p.dht import ValueStore
+    from app.node.p2p.records import sign_value
+    from app.wallet.keys import PrivateKey
+
+    store = ValueStore(max_keys=100, max_per_key=10, max_ttl_s=3600, max_bytes=3000)
+    key = PrivateKey.generate()
+    values = [sign_value(key, os.urandom(32), b"x" * 1000, ttl=60) for _ in range(3)]
+    assert store.put(values[0]) and store.put(values[1])
+    assert not store.put(values[2])  # would pass 3000 bytes
+    store.expire(now=values[0].expires + 1)
+    assert store.bytes == 0 and len(store) == 0
+    assert store.put(values[2], now=values[2].timestamp)

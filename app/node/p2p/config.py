@@ -37,6 +37,7 @@ class P2PConfig:
     max_values_per_key: int = 256
     contact_fresh_s: float = 60.0  # a full bucket's oldest contact that answered this recently is not pinged
     max_stored_keys: int = 100_000
+    max_store_bytes: int = 64 * MIB  # all values held for others together
     # --- tracker and layer registry heartbeats (DESIGN.md: 30 s heartbeats, offline after 120 s)
     heartbeat_interval_s: float = 30.0
     heartbeat_timeout_s: float = 120.0

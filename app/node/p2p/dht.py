@@ -34,11 +34,14 @@ class DhtTransport(Protocol):
 
 
 class ValueStore:
-    """Values held for the network, bounded in keys and in publishers per key."""
+    """Values held for the network, bounded in keys, publishers per key and total bytes: a peer
+    storing garbage can fill the budget, not the node's memory."""
 
-    def __init__(self, max_keys: int, max_per_key: int, max_ttl_s: float) -> None:
+    def __init__(self, max_keys: int, max_per_key: int, max_ttl_s: float, max_bytes: int = 64 << 20) -> None:
         self._data: dict[bytes, dict[bytes, SignedValue]] = {}
         self.max_keys, self.max_per_key, self.max_ttl_s = max_keys, max_per_key, max_ttl_s
+        self.max_bytes = max_bytes
+        self.bytes = 0
 
     def put(self, value: SignedValue, now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -56,7 +59,11 @@ class ValueStore:
             return old.raw == value.raw
         if old is None and len(slot) >= self.max_per_key:
             return False
+        grown = len(value.raw) - (len(old.raw) if old is not None else 0)
+        if self.bytes + grown > self.max_bytes:
+            return False
         slot[value.publisher] = value
+        self.bytes += grown
         return True
 
     def get(self, key: bytes, now: float | None = None) -> list[SignedValue]:
@@ -67,6 +74,7 @@ class ValueStore:
         now = time.time() if now is None else now
         for key in list(self._data):
             slot = {p: v for p, v in self._data[key].items() if v.expires > now}
+            self.bytes -= sum(len(v.raw) for v in self._data[key].values()) - sum(len(v.raw) for v in slot.values())
             if slot:
                 self._data[key] = slot
             else:
@@ -86,7 +94,8 @@ class KademliaNode:
         self.config = config
         self.transport = transport
         self.table: RoutingTable[PeerRecord] = RoutingTable(self.node_id, config.k)
-        self.values = ValueStore(config.max_stored_keys, config.max_values_per_key, max(config.value_ttl_s, 86400))
+        self.values = ValueStore(config.max_stored_keys, config.max_values_per_key,
+                                 max(config.value_ttl_s, 86400), config.max_store_bytes)
         self._published: dict[bytes, tuple[bytes, float]] = {}
         self._seen: dict[bytes, float] = {}  # node id -> monotonic time it last answered us
         self._pinging: set[bytes] = set()
