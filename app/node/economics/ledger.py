@@ -194,7 +194,8 @@ class Ledger:
     def totals(self) -> dict[str, int]:
         with self._lock:
             state = self._current()
-            return {"minted": state.minted, "burned": state.burned, "records": len(self._records)}
+            return {"minted": state.minted, "burned": state.burned, "records": len(self._records),
+                    "staked": state.total_staked()}
 
     def verify(self) -> VerifyReport:
         """Re-checks every stored signature and recomputes every balance from scratch."""
