@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QTimer
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
@@ -25,6 +24,7 @@ from app.ui.main_window import MainWindow
 from app.ui.theme import apply_theme
 from app.ui.tray import NodeTray
 from app.ui.ui_settings import UiSettings
+from app.ui.unlock import StartupUnlock
 from app.ui.wizard.wizard import FirstRunWizard
 from app.wallet.errors import WalletError
 from app.wallet.keystore import Keystore
@@ -61,6 +61,7 @@ class GuiApp:
         self.tray.notify_rewards = self.ui.notify_rewards
         self.keystore_factory = keystore_factory
         self.wizard: FirstRunWizard | None = None
+        self.unlock: StartupUnlock | None = None
         self.quitting = False
         self._connect()
 
@@ -75,6 +76,7 @@ class GuiApp:
     def launch(self) -> None:
         """Show the window, then the wizard (first run) or the engine."""
         self.window.show()
+        self.window.warm_up()
         self.tray.show()
         self.window.tray_available = self.tray.available()
         if needs_wizard(self.config.data_dir, self.keystore_factory):
@@ -83,7 +85,21 @@ class GuiApp:
             self.wizard.rejected.connect(self.quit)
             self.wizard.open()
         else:
-            QTimer.singleShot(0, self.controller.start)
+            self.unlock_and_start()
+
+    def unlock_and_start(self) -> None:
+        """Unlock the wallet (asking only if needed), then start the node."""
+        self.unlock = StartupUnlock(self.config, self.keystore_factory, self.window)
+        self.unlock.unlocked.connect(self._start_node)
+        self.unlock.cancelled.connect(self._unlock_cancelled)
+        self.unlock.begin()
+
+    def _start_node(self) -> None:
+        if self.controller.engine is None and not self.quitting:
+            self.controller.start()
+
+    def _unlock_cancelled(self, message: str) -> None:
+        self.window.message_bar.show_message(message, "warning", "Unlock and start", self.unlock_and_start)
 
     def _wizard_done(self) -> None:
         wizard, self.wizard = self.wizard, None
@@ -122,6 +138,15 @@ class GuiApp:
         if not self.controller.stop():
             self.bridge.inject(ErrorOccurred(message="the node did not stop in time; it was left to exit"))
         self.tray.icon.hide()
+
+
+    def dispose(self) -> None:
+        """Stop the node and free the window and tray (their timers stop with them)."""
+        self._shutdown()
+        self.window.session.lock()
+        self.tray.menu.deleteLater()
+        self.tray.icon.deleteLater()
+        self.window.deleteLater()
 
 
 def run_gui(config: NodeConfig, argv: list[str] | None = None) -> int:

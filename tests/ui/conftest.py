@@ -12,6 +12,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from app.node import identity  # noqa: E402
 from app.node.config import NodeConfig  # noqa: E402
 from tests.ui.devnet_runtime import PASSWORD, DevnetOptions, DevnetRuntime, fast_keystore  # noqa: E402
 
@@ -41,10 +42,21 @@ def config(data_dir: Path) -> NodeConfig:
 
 
 @pytest.fixture
-def wallet_dir(data_dir: Path) -> Path:
-    """A data dir that already holds a wallet (not a first run)."""
+def wallet_dir(data_dir: Path) -> Iterator[Path]:
+    """A data dir that already holds a wallet (not a first run), its password handed to the node
+    as the app's unlock dialog does."""
     fast_keystore(data_dir).create(PASSWORD)
-    return data_dir
+    identity.provide_password(data_dir, PASSWORD)
+    yield data_dir
+    identity.forget_password(data_dir)
+
+
+@pytest.fixture
+def locked_wallet_dir(data_dir: Path) -> Iterator[Path]:
+    """A wallet whose password nobody has given yet: the app must ask."""
+    fast_keystore(data_dir).create(PASSWORD)
+    yield data_dir
+    identity.forget_password(data_dir)
 
 
 def devnet_factory(options: DevnetOptions | None = None):  # noqa: ANN201 (a RuntimeFactory)
@@ -60,5 +72,4 @@ def gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN00
     qtbot.addWidget(app.window)
     app.launch()
     yield app
-    app.controller.stop()
-    app.window.session.lock()
+    app.dispose()

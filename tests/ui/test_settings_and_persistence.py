@@ -49,6 +49,7 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     assert again.window.stack.currentIndex() == 4
     assert again.window.settings.port.value() == 7555
     assert again.window.settings.limits.memory.value() == 30
+    again.dispose()
 
 
 def test_bad_values_and_a_full_disk_are_reported_and_change_nothing(qtbot, gui, monkeypatch) -> None:  # noqa: ANN001

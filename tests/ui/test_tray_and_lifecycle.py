@@ -69,7 +69,7 @@ def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, w
     qtbot.waitUntil(lambda: "Could not pause" in app.window.message_bar.text(), timeout=5_000)
     app.window.show_page(2)
     assert app.window.isVisible()
-    app.controller.stop()
+    app.dispose()
 
 
 def test_quit_stops_the_engine_cleanly(qtbot, config, wallet_dir) -> None:  # noqa: ANN001
@@ -83,3 +83,4 @@ def test_quit_stops_the_engine_cleanly(qtbot, config, wallet_dir) -> None:  # no
     assert engine.wait(timeout=10) and engine.exit_code == 0
     assert time.monotonic() - started < 10
     assert app.controller.engine is None and engine.state == NodeState.STOPPED
+    app.dispose()

@@ -77,7 +77,7 @@ def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> No
     qtbot.waitUntil(lambda: app.bridge.state == NodeState.TRAINING, timeout=30_000)
     assert fast_keystore(config.data_dir.parent / "restored").restore_backup(backup, PASSWORD).address == \
         wizard.state.address
-    app.controller.stop()
+    app.dispose()
 
 
 def test_cancelling_the_wizard_quits_without_starting_the_node(qtbot, config) -> None:  # noqa: ANN001
@@ -87,3 +87,4 @@ def test_cancelling_the_wizard_quits_without_starting_the_node(qtbot, config) ->
     app.wizard.reject()
     assert app.quitting and app.controller.engine is None
     assert not config.config_path.exists()
+    app.dispose()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QWidget, QWizard
 
+from app.node import identity
 from app.node.config import ConfigError, NodeConfig, save_config
 from app.ui.icons import app_pixmap
 from app.ui.wizard.setup_pages import HardwarePage, JoinPage, LimitsPage, ModesPage, WelcomePage
@@ -58,6 +59,8 @@ class FirstRunWizard(QWizard):
                                     "and press Join again.")
             return False
         self.saved_config = config
+        if self.state.password:  # the node unlocks the new wallet with it (in memory only)
+            identity.provide_password(config.data_dir, self.state.password)
         self.state.forget_secrets()
         return True
 

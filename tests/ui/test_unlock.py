@@ -1,0 +1,41 @@
+"""Starting with a password-protected wallet: the app asks, refuses a wrong password, then starts."""
+
+from __future__ import annotations
+
+from app.node.events import NodeState
+from app.ui.app import GuiApp
+from tests.ui.conftest import devnet_factory
+from tests.ui.devnet_runtime import PASSWORD, fast_keystore
+
+
+def test_wallet_password_is_asked_before_the_node_starts(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
+    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    qtbot.addWidget(app.window)
+    app.launch()
+    qtbot.waitUntil(lambda: app.unlock.dialog is not None and app.unlock.dialog.isVisible(), timeout=10_000)
+    assert app.controller.engine is None
+    first = app.unlock.dialog
+    first.password.setText("not it")
+    assert first.try_accept()
+    qtbot.waitUntil(lambda: app.unlock.dialog is not first, timeout=10_000)
+    assert "Wrong password" in app.unlock.dialog.error.text() and app.controller.engine is None
+    app.unlock.dialog.password.setText(PASSWORD)
+    assert app.unlock.dialog.try_accept()
+    qtbot.waitUntil(lambda: app.bridge.state == NodeState.TRAINING, timeout=30_000)
+    app.dispose()
+
+
+def test_cancelling_the_unlock_keeps_the_window_and_offers_to_retry(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
+    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    qtbot.addWidget(app.window)
+    app.launch()
+    qtbot.waitUntil(lambda: app.unlock.dialog is not None and app.unlock.dialog.isVisible(), timeout=10_000)
+    app.unlock.dialog.reject()
+    bar = app.window.message_bar
+    assert "wallet is locked" in bar.text() and bar.action.isVisibleTo(bar)
+    bar.action.click()
+    qtbot.waitUntil(lambda: app.unlock.dialog is not None and app.unlock.dialog.isVisible(), timeout=10_000)
+    app.unlock.dialog.password.setText(PASSWORD)
+    app.unlock.dialog.try_accept()
+    qtbot.waitUntil(lambda: app.bridge.state == NodeState.TRAINING, timeout=30_000)
+    app.dispose()
