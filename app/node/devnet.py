@@ -44,7 +44,7 @@ def devnet_training(nodes: int, steps: int, inner_steps: int | None = None) -> d
         "warmup_steps": 5, "decay_steps": max(100, steps), "grad_clip": 1.0,
         "inner_steps": inner_steps or max(1, min(20, steps // 2)), "sync_timeout_s": 10.0,
         "checkpoint_every": 5, "quorum_session_s": 60.0, "expected_nodes": nodes, "join_wait_s": 3.0,
-        "linger_s": 3.0, "max_layers_per_node": 0 if nodes == 1 else math.ceil(TINY_LAYERS / 2),
+        "linger_s": 3.0, "heal_interval_s": 2.0, "max_layers_per_node": 0 if nodes == 1 else math.ceil(TINY_LAYERS / 2),
     }
 
 

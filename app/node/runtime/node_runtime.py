@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from app.node.config import atomic_write_bytes
 from app.node.events import (
     ActivityChanged,
@@ -33,11 +35,19 @@ from app.node.events import (
 )
 from app.node.hardware import layers_that_fit, memory_budget_bytes
 from app.node.model.checkpoint import CheckpointError
+from app.node.p2p.errors import StageRejected
 from app.node.p2p.records import LayerAnnouncement
 from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
+from app.node.runtime.heal_service import HealService
 from app.node.runtime.network import NetworkService
-from app.node.runtime.p2p_transport import P2PCohort, P2PStageTransport, P2PWeights, stage_server
+from app.node.runtime.p2p_transport import (
+    SYNC_POSITION,
+    P2PCohort,
+    P2PStageTransport,
+    P2PWeights,
+    stage_server,
+)
 from app.node.runtime.planner import Planner
 from app.node.runtime.quorum_service import QuorumService
 from app.node.runtime_api import RuntimeContext
@@ -48,10 +58,14 @@ from app.node.training.pipeline import PipelineDriver
 from app.node.training.stage import StageWorker, build_shard
 from app.node.training.sync import StageSync
 from app.node.training.trainer import NodeTrainer, StepInfo
+from app.node.training.transport import StageUnavailable
 
 log = logging.getLogger("neuroshard.runtime")
 
 SUMMARY_FILE = "run_summary.json"
+FOLLOW_DELAY_S = 2.0
+"""An idle replica waits this long after a peer's payload before copying the peer's weights, so the
+peer has applied the round's outer step (its own wait is bounded by sync_timeout_s)."""
 WORK_LOG_SIZE = 1000
 
 
@@ -71,6 +85,11 @@ class NodeRuntime:
         self.quorums: QuorumService | None = None
         self.assignment: Assignment | None = None
         self.async_service: AsyncService | None = None
+        self.cohort: P2PCohort | None = None
+        self.heal: HealService | None = None
+        self._offer: tuple[str, int] = ("", 0)
+        self._drove: PipelineDriver | None = None  # kept after a move, for the run's figures
+        self._following: asyncio.Future[None] | None = None
         self.modes: tuple[str, ...] = ctx.config.modes or ("pipeline", "data")
         self.work_log: deque[StepInfo] = deque(maxlen=WORK_LOG_SIZE)
         self._work_listeners: list[Callable[[StepInfo], None]] = []
@@ -107,6 +126,8 @@ class NodeRuntime:
             self.steps_done = await self.trainer.run(max_steps)
         finally:
             pause_watch.cancel()
+            if self.heal is not None:
+                await self.heal.stop()
         self.activity("finished; staying a moment for peers")
         await self.ctx.control.sleep(self.training.linger_s)
         self.write_summary()
@@ -114,6 +135,8 @@ class NodeRuntime:
 
     async def shutdown(self) -> None:
         """Leave the network first (fast), then save what run() did not (only when cancelled)."""
+        if self.heal is not None:
+            await self.heal.stop()
         if self.net is not None:
             await self.net.stop()
         if self.trainer is not None:
@@ -147,7 +170,8 @@ class NodeRuntime:
         self.assignment = _assignment_from(resume, node_id) if resume else await planner.assign(me)
         log.info("assigned layers %s; building the stage", self.assignment.layer_range)
         await self._build_stage(self.assignment, resume)
-        await self._announce(hw.tier.value, layers_fit)
+        self._offer = (hw.tier.value, layers_fit)
+        await self._announce(*self._offer)
         log.info("layers announced")
         self._emit_layers()
         if planner.upgrade is not None:
@@ -190,28 +214,89 @@ class NodeRuntime:
         shard = build_shard(self.arch, a.layer_range, with_embedding=a.with_embedding, with_head=a.with_head,
                             seed=self.training.init_seed)
         self.stage = StageWorker(shard, self.training, executor=self.ctx.executor)
-        cohort = P2PCohort(self.net.node)
-        self.sync = StageSync(self.net.node_id, self.stage, cohort, self.training,
-                              on_start=lambda: self.activity("averaging"))
+        self.cohort = P2PCohort(self.net.node, holds=lambda: self.stage.layer_range if self.stage else (0, 0),
+                                position=self._sync_position, on_idle_payload=self._on_idle_payload)
+        self.sync = self._new_sync(self.stage)
         if resume is not None:
             self.activity("resuming from checkpoint")
             restore_training_state(resume, self.stage, self.sync)
         elif a.download_from is not None:
-            self.activity("downloading layers")
-            state = await P2PWeights(self.net.node).fetch(a.layer_range)
-            self.stage.load_weights(state)
-            self.sync.replica.reset_anchor()
+            await self._download_into(self.stage, self.sync, a.layer_range)
         self.net.node.set_stage_handler(stage_server(self.stage.handle))
-        self.net.node.set_sync_handler(cohort.handle)
+        self.net.node.set_sync_handler(self.cohort.handle)
         self.net.node.set_weights_handler(self._serve_weights)
 
-    async def _serve_weights(self, meta: dict[str, Any]) -> dict[str, Any]:
-        assert self.stage is not None
-        if list(meta.get("range", [])) != list(self.stage.layer_range):
-            from app.node.p2p.errors import StageRejected
+    def _sync_position(self) -> tuple[int, int]:
+        return (self.sync.rounds, self.sync.replica.inner_steps_done) if self.sync else (0, 0)
 
-            raise StageRejected(f"this node holds layers {self.stage.layer_range}, not {meta.get('range')}")
-        return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, self.stage.state_for_transfer)
+    def _on_idle_payload(self, sender: str, layer_range: tuple[int, int]) -> None:
+        """A replica synced while no driver routed to us: adopt its weights after its round, so an
+        idle replica stays a usable failover target instead of keeping stale weights."""
+        if self._following is None or self._following.done():
+            self._following = asyncio.ensure_future(self._follow(sender, layer_range))
+
+    async def _follow(self, sender: str, layer_range: tuple[int, int]) -> None:
+        await asyncio.sleep(FOLLOW_DELAY_S)
+        stage, sync = self.stage, self.sync
+        if stage is None or sync is None or stage.layer_range != layer_range or sync.replica.inner_steps_done:
+            return
+        try:
+            weights = P2PWeights(self.net.node) if self.net else None
+            state = await weights.fetch(layer_range, prefer=sender) if weights else None
+        except StageUnavailable:
+            return
+        if state is None or sync.replica.inner_steps_done:
+            return
+        stage.load_weights(state)
+        sync.replica.reset_anchor()
+        if weights is not None and weights.last_position is not None:
+            sync.rounds = weights.last_position[0]
+        self.activity("idle replica: took the latest weights from a peer")
+
+    def _new_sync(self, stage: StageWorker) -> StageSync:
+        assert self.net is not None and self.cohort is not None
+        return StageSync(self.net.node_id, stage, self.cohort, self.training,
+                         on_start=lambda: self.activity("averaging"))
+
+    async def _download_into(self, stage: StageWorker, sync: StageSync, layer_range: tuple[int, int]) -> None:
+        """Weights and DiLoCo position of a live replica, so this node syncs in step with it."""
+        assert self.net is not None
+        self.activity("downloading layers")
+        weights = P2PWeights(self.net.node)
+        stage.load_weights(await weights.fetch(layer_range))
+        sync.replica.reset_anchor()
+        if weights.last_position is not None:
+            sync.rounds, sync.replica.inner_steps_done = weights.last_position
+
+    async def _move(self, a: Assignment) -> None:
+        """The pool moved this node to another stage (healing): finish, download, swap, announce."""
+        assert self.net is not None and self.trainer is not None
+        self.activity(f"moving to layers {a.layer_range[0]}-{a.layer_range[1] - 1}")
+        if self.trainer.driver is not None:
+            self.trainer.stop_driving = True
+            await self.trainer.drive_ended.wait()
+        shard = build_shard(self.arch, a.layer_range, with_embedding=a.with_embedding, with_head=a.with_head,
+                            seed=self.training.init_seed)
+        stage = StageWorker(shard, self.training, executor=self.ctx.executor)
+        sync = self._new_sync(stage)
+        if a.download_from is not None:
+            await self._download_into(stage, sync, a.layer_range)
+        self.stage, self.sync, self.driver, self.quorums = stage, sync, None, None
+        self.net.node.set_stage_handler(stage_server(stage.handle))
+        self.trainer.replace_stage(stage, sync)
+        self.trainer.live_drivers = self._live_drivers
+        self.assignment = a
+        await self._announce(*self._offer)
+        self._emit_layers()
+
+    async def _serve_weights(self, meta: dict[str, Any]) -> dict[str, Any]:
+        stage, sync = self.stage, self.sync
+        assert stage is not None and sync is not None
+        if list(meta.get("range", [])) != list(stage.layer_range):
+            raise StageRejected(f"this node holds layers {stage.layer_range}, not {meta.get('range')}")
+        state = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, stage.state_for_transfer)
+        state[SYNC_POSITION] = torch.tensor([sync.rounds, sync.replica.inner_steps_done], dtype=torch.float32)
+        return state
 
     async def _announce(self, tier: str, layers_fit: int) -> None:
         assert self.net is not None and self.stage is not None
@@ -236,6 +321,7 @@ class NodeRuntime:
             self.driver = PipelineDriver(self.net.node_id, self.stage, starts, transport if starts else None,
                                          micro_batches=t.micro_batches, max_attempts=t.max_microbatch_attempts,
                                          proceed=self.ctx.control.proceed)
+            self._drove = self.driver
             self.data.open_loader(t.batch_size, min(t.seq_len, self.arch.max_seq))
             if resume is not None:
                 self.data.restore_loader(resume.counters.get("loader") or {})
@@ -251,6 +337,10 @@ class NodeRuntime:
             self.trainer.driver_step = resume.driver_step
             self.trainer.checkpointed_at = self.stage.inner_step
         self.trainer.subscribe(self._on_step)
+        if not self.net.solo:
+            self.heal = HealService(self.net, self.arch, t, self._move,
+                                    current=lambda: self.stage.layer_range if self.stage else (0, 0))
+            self.heal.start()
 
     async def _stage_starts(self) -> list[int]:
         """First layers of the later stages, from the announcements (the plan's bounds)."""
@@ -332,11 +422,12 @@ class NodeRuntime:
             "loss_first": self._losses[0] if self._losses else None,
             "loss_last": self._losses[-1] if self._losses else None,
             "tokens": self.trainer.tokens_total if self.trainer else 0,
-            "bytes_sent": stats.get("sent", {}), "failovers": (self.driver.failovers if self.driver else 0),
-            "router_failovers": router, "replays": self.driver.replays if self.driver else 0,
+            "bytes_sent": stats.get("sent", {}), "failovers": self._drove.failovers if self._drove else 0,
+            "router_failovers": router, "replays": self._drove.replays if self._drove else 0,
             "sync_rounds": self.sync.rounds if self.sync else 0,
             "layer_hashes": self.stage.layer_hashes() if self.stage else {},
             "quorum": self.quorums.record() if self.quorums else None,
+            "moves": self.heal.moves if self.heal else 0,
             "solo": self.net.solo if self.net else True, "activity": self._activity,
         }
 

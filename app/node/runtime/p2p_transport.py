@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -136,8 +137,13 @@ def stage_server(handler: StageHandler) -> Any:
 class P2PCohort:
     """Pseudo-gradient exchange with the other holders of a layer range, via per-round mailboxes."""
 
-    def __init__(self, node: P2PNode) -> None:
+    def __init__(self, node: P2PNode, holds: Callable[[], tuple[int, int]] | None = None,
+                 position: Callable[[], tuple[int, int]] | None = None,
+                 on_idle_payload: Callable[[str, tuple[int, int]], None] | None = None) -> None:
         self.node = node
+        self.holds = holds  # the range this node serves now; payloads for others are refused
+        self.position = position  # (DiLoCo round, inner steps done in it) of our stage
+        self.on_idle_payload = on_idle_payload  # a replica trained while we were idle
         self.me = node.node_id.hex()
         self._boxes: dict[tuple[tuple[int, int], int], dict[str, CohortPayload]] = {}
         self._arrived = asyncio.Event()
@@ -159,6 +165,8 @@ class P2PCohort:
             raise StageRejected(f"malformed sync message: {exc}") from exc
         if round_ < 0 or batches < 0 or not 0 <= age < 1e9 or len(sender) > 128:
             raise StageRejected("sync message fields out of range")
+        if self.holds is not None and tuple(self.holds()) != layer_range:
+            raise StageRejected(f"this node does not hold layers {layer_range} (any more)")
         payload = CohortPayload(sender, round_, batches, age, dict(tensors))
         if meta.get("async") is True:  # an async (T5) node's snapshot work: folded in at the next round
             inbox = self._async.setdefault(layer_range, {})
@@ -166,12 +174,18 @@ class P2PCohort:
                 raise StageRejected("too many async contributions waiting; retry after the next sync")
             inbox[sender] = payload
             return {"status": "ok"}, {}
+        my_round, my_inner = self.position() if self.position is not None else (round_, 1)
+        reply = {"status": "ok", "round": my_round, "inner": my_inner}
+        if round_ < my_round:
+            return {**reply, "status": "stale"}, {}  # we closed that round already
+        if my_inner == 0 and self.on_idle_payload is not None:
+            self.on_idle_payload(sender, layer_range)
         rounds = sorted({r for (rng, r) in self._boxes if rng == layer_range})
         if len(rounds) >= MAX_MAILBOX_ROUNDS and round_ not in rounds:
             self._boxes.pop((layer_range, rounds[0]), None)
         self._boxes.setdefault((layer_range, round_), {})[sender] = payload
         self._arrived.set()
-        return {"status": "ok"}, {}
+        return reply, {}
 
     async def exchange(self, layer_range: tuple[int, int], round_: int, payload: CohortPayload,
                        timeout_s: float) -> list[CohortPayload]:
@@ -183,7 +197,10 @@ class P2PCohort:
                 "node": self.me, "age_s": payload.age_s}
         results = await asyncio.gather(*(self.node.call_sync(r, meta, dict(payload.tensors), timeout_s)
                                          for r in records), return_exceptions=True)
-        waiting = {peer_id(r) for r, res in zip(records, results, strict=True) if not isinstance(res, Exception)}
+        # Wait only for peers in this round that trained in it: an idle replica (no driver routes
+        # to it) or one already past this round would never send, and waiting costs every driver.
+        waiting = {peer_id(r) for r, res in zip(records, results, strict=True)
+                   if not isinstance(res, BaseException) and _will_send(res[0], round_)}
         box = self._boxes.setdefault((tuple(layer_range), round_), {})
         while not waiting <= set(box) and loop.time() < deadline:
             self._arrived.clear()
@@ -196,21 +213,41 @@ class P2PCohort:
         return got
 
 
+def _will_send(reply: dict[str, Any], round_: int) -> bool:
+    try:
+        return int(reply.get("round", -1)) == round_ and int(reply.get("inner", 0)) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+SYNC_POSITION = "__sync_position__"
+"""Extra float32 tensor in a weights answer: [DiLoCo round, inner steps into it], so a new holder
+joins its cohort's rounds in step."""
+
+
 class P2PWeights:
-    """Download a layer range's current weights from a live holder."""
+    """Download a layer range's current weights (and DiLoCo position) from a live holder."""
 
     def __init__(self, node: P2PNode, timeout_s: float = 60.0) -> None:
         self.node = node
         self.timeout_s = timeout_s
+        self.last_position: tuple[int, int] | None = None
 
-    async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
-                    ) -> dict[str, torch.Tensor]:
+    async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset(),
+                    prefer: str | None = None) -> dict[str, torch.Tensor]:
         records = [r for r in await self.node.who_holds(layer_range[0])
                    if (r.layer_start, r.layer_end) == tuple(layer_range) and peer_id(r) not in exclude
                    and r.node_id != self.node.node_id]
+        records.sort(key=lambda r: peer_id(r) != prefer)
         for record in records:
             try:
-                return await self.node.fetch_weights(record, {"range": list(layer_range)}, self.timeout_s)
+                state = await self.node.fetch_weights(record, {"range": list(layer_range)}, self.timeout_s)
             except P2PError as exc:
                 log.info("weights download from %s failed: %s", peer_id(record)[:12], exc)
+                continue
+            position = state.pop(SYNC_POSITION, None)
+            if position is not None and position.numel() == 2 and bool(torch.isfinite(position).all()):
+                rounds, inner = (int(v) for v in position.tolist())
+                self.last_position = (max(0, rounds), max(0, inner))
+            return state
         raise StageUnavailable(f"no live holder of layers {layer_range} to download from")

@@ -80,14 +80,19 @@ class Planner:
         return [r for r in await self.net.peers() if r.capacity >= 1]
 
     async def _announced_stages(self) -> tuple[list[tuple[int, int]], dict[int, list[str]]] | None:
-        """Stages announced in the DHT, if they tile the model exactly; else None."""
-        ranges: dict[tuple[int, int], list[str]] = {}
-        for layer in range(self.arch.layers):
-            for record in await self.net.node.who_holds(layer):
-                if record.layer_start == layer:
-                    ranges.setdefault((record.layer_start, record.layer_end), []).append(record.node_id.hex())
-        bounds = sorted(ranges)
-        if not bounds or bounds[0][0] != 0 or bounds[-1][1] != self.arch.layers or any(
-                b[0] != a[1] for a, b in zip(bounds, bounds[1:], strict=False)):
-            return None
-        return bounds, {i: sorted(set(ranges[b])) for i, b in enumerate(bounds)}
+        return await announced_stages(self.net, self.arch)
+
+
+async def announced_stages(net: NetworkService, arch: ModelArchitecture
+                           ) -> tuple[list[tuple[int, int]], dict[int, list[str]]] | None:
+    """Stages announced in the DHT with their live holders, if they tile the model exactly."""
+    ranges: dict[tuple[int, int], list[str]] = {}
+    for layer in range(arch.layers):
+        for record in await net.node.who_holds(layer):
+            if record.layer_start == layer:
+                ranges.setdefault((record.layer_start, record.layer_end), []).append(record.node_id.hex())
+    bounds = sorted(ranges)
+    if not bounds or bounds[0][0] != 0 or bounds[-1][1] != arch.layers or any(
+            b[0] != a[1] for a, b in zip(bounds, bounds[1:], strict=False)):
+        return None
+    return bounds, {i: sorted(set(ranges[b])) for i, b in enumerate(bounds)}

@@ -49,6 +49,9 @@ class TrainingConfig:
     linger_s: float = 2.0
     """After its last step a node keeps serving this long so peers can finish theirs."""
     max_microbatch_attempts: int = 4
+    heal_interval_s: float = 30.0
+    """How often a node checks that every stage still has MIN_REPLICAS live holders (the original
+    implementation's 30 s heartbeat; a holder counts as gone when its announcement expires)."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> TrainingConfig:

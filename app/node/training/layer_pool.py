@@ -169,8 +169,15 @@ class DynamicLayerPool:
         for holders in self.holders.values():
             if node_id in holders:
                 holders.remove(node_id)
+        return self.heal()
+
+    def heal(self) -> list[Assignment]:
+        """Move spare holders (from stages above MIN_REPLICAS) onto stages below their target.
+
+        Deterministic in the pool's content, so every node that sees the same holders computes the
+        same moves and only the named node acts. Each move names a live replica to download from."""
         moves = []
-        for stage in sorted(self.holders, key=lambda s: len(self.holders[s])):
+        for stage in sorted(self.holders, key=lambda s: (len(self.holders[s]), s)):
             while len(self.holders[stage]) < self._target_replicas():
                 donor = self._spare_holder(stage)
                 if donor is None:
@@ -189,8 +196,8 @@ class DynamicLayerPool:
         for stage in sorted(self.holders, key=lambda s: -len(self.holders[s])):
             if stage == needy or len(self.holders[stage]) <= self.min_replicas:
                 continue
-            for node in reversed(self.holders[stage]):
-                if self._fits(self.offers[node], needy):
+            for node in sorted(self.holders[stage], reverse=True):
+                if node in self.offers and self._fits(self.offers[node], needy):
                     return node
         return None
 

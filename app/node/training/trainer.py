@@ -85,6 +85,8 @@ class NodeTrainer:
     tokens_total: int = 0
     listeners: list[Callable[[StepInfo], None]] = field(default_factory=list)
     checkpointed_at: int = -1  # stage.inner_step at the last save
+    stop_driving: bool = False  # set when the pool moves this driver to another stage (healing)
+    drive_ended: asyncio.Event = field(default_factory=asyncio.Event)
     _last_commit_at: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -105,6 +107,10 @@ class NodeTrainer:
         if self.driver is not None:
             await self._drive(max_steps)
             await self.driver.finish()
+            self.drive_ended.set()
+            if self.stop_driving:  # moved to a later stage: serve there until the drivers finish
+                await self._wait_for_stage_change()
+                await self._serve(None)
         else:
             await self._serve(max_steps)
         self.checkpoint()
@@ -114,7 +120,7 @@ class NodeTrainer:
         assert self.driver is not None and self.batches is not None
         batch: torch.Tensor | None = None
         while max_steps is None or self.steps_this_session < max_steps:
-            if self.proceed is not None and not await self.proceed():
+            if self.stop_driving or (self.proceed is not None and not await self.proceed()):
                 return
             batch = batch if batch is not None else self.batches()
             total = "" if max_steps is None else f" of {max_steps}"
@@ -144,6 +150,17 @@ class NodeTrainer:
             if max_steps == 0:
                 return
             await asyncio.sleep(WORKER_POLL_S)
+
+    def replace_stage(self, stage: StageWorker, sync: StageSync | None) -> None:
+        """Serve another stage from now on (the pool moved this node); a driver stops driving."""
+        self.stage, self.sync, self.driver, self.batches = stage, sync, None, None
+        self.stage.on_commit = self._on_commit
+        self.stage.after_commit = self._after_commit
+        self.checkpointed_at = -1
+
+    async def _wait_for_stage_change(self) -> None:
+        while self.driver is not None:
+            await asyncio.sleep(0.1)
 
     def checkpoint(self) -> Path | None:
         """Save now unless nothing was applied since the last save (saves are big: weights,

@@ -1,0 +1,77 @@
+"""HealService: a spare holder moves onto a stage that lost a replica, and only that node moves."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from app.node.model.architecture import ModelArchitecture
+from app.node.p2p.records import PeerRecord
+from app.node.runtime.heal_service import HealService
+from app.node.training.config import TrainingConfig
+from app.node.training.layer_pool import Assignment
+
+ARCH = ModelArchitecture.tiny()
+
+
+def _record(name: str, layers: tuple[int, int]) -> PeerRecord:
+    # node_id is sha256(public_key): the tests name nodes by public key and look ids up below
+    return PeerRecord(public_key=name.encode(), address="127.0.0.1:1", capacity=100.0,
+                      layer_start=layers[0], layer_end=layers[1])
+
+
+@dataclass
+class _FakeP2P:
+    """The DHT view a node has: who announced which layers (the network is not under test)."""
+
+    announced: list[PeerRecord]
+    me: PeerRecord
+
+    async def who_holds(self, layer: int) -> list[PeerRecord]:
+        return [r for r in self.announced if r.layer_start <= layer < r.layer_end]
+
+    def record(self) -> PeerRecord:
+        return self.me
+
+
+@dataclass
+class _FakeNet:
+    node: _FakeP2P
+    node_id: str
+    others: list[PeerRecord] = field(default_factory=list)
+
+    async def peers(self) -> list[PeerRecord]:
+        return self.others
+
+
+def _service(me: PeerRecord, announced: list[PeerRecord], moved: list[Assignment]) -> HealService:
+    net = _FakeNet(_FakeP2P(announced, me), me.node_id.hex(), [r for r in announced if r != me])
+    config = TrainingConfig.from_dict({"model": "tiny", "max_layers_per_node": 2})
+
+    async def move(a: Assignment) -> None:
+        moved.append(a)
+
+    return HealService(net, ARCH, config, move, current=lambda: (me.layer_start, me.layer_end))  # type: ignore[arg-type]
+
+
+def test_spare_driver_moves_to_the_stage_that_lost_a_replica_and_others_stay() -> None:
+    drivers = [_record(n, (0, 2)) for n in ("d1", "d2", "d3")]
+    survivor = _record("v1", (2, 4))  # its twin stopped heart-beating and dropped out of the DHT
+    announced = [*drivers, survivor]
+    results = {}
+    for node in announced:
+        moved: list[Assignment] = []
+        asyncio.run(_service(node, announced, moved).check())
+        results[node.public_key.decode()] = moved
+    movers = {name: m for name, m in results.items() if m}
+    assert len(movers) == 1  # every node computed the same plan; exactly one acts
+    (move,) = next(iter(movers.values()))
+    assert move.layer_range == (2, 4) and move.with_head
+    assert move.download_from == survivor.node_id.hex()
+
+
+def test_no_move_while_every_stage_has_its_replicas() -> None:
+    announced = [_record(n, (0, 2)) for n in ("d1", "d2")] + [_record(n, (2, 4)) for n in ("v1", "v2")]
+    moved: list[Assignment] = []
+    asyncio.run(_service(announced[0], announced, moved).check())
+    assert moved == []
