@@ -135,7 +135,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     report["bundle"] = str(bundle)
     report["bundle_bytes"] = folder_size(bundle)
     _log(f"smoke-testing {executable}")
-    smoke_report = smoke.run_smoke_tests(executable, bundle if bundle.is_dir() else bundle.parent)
+    from app.cli import SUBCOMMANDS  # the build venv has the app installed (pip install -e .)
+
+    smoke_report = smoke.run_smoke_tests(executable, bundle if bundle.is_dir() else bundle.parent,
+                                         subcommands=sorted(SUBCOMMANDS))
     report["self_test_seconds"] = round(smoke_report.self_test_seconds, 1)
     report["headless_seconds"] = round(smoke_report.headless_seconds, 1)
     report["gui_seconds"] = round(smoke_report.gui_seconds, 1)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,21 @@ def check_gui(executable: Path, data_dir: Path, seconds: float | None = None) ->
                               f"{log.read()[-_TAIL_CHARS:]}")
 
 
+def check_subcommands(executable: Path, data_dir: Path, names: Iterable[str]) -> None:
+    """``<exe> NAME --help`` for each sub-command: cli.py imports their modules by name at run
+    time, which PyInstaller's analysis cannot see, so this proves the hidden imports landed."""
+    for name in names:
+        done = _run([str(executable), name, "--help"], _env(data_dir), SELF_TEST_TIMEOUT_S, f"{name} --help")
+        if done.returncode != 0 or f"usage: neuroshard {name}" not in done.stdout:
+            raise SmokeTestFailed(f"sub-command {name!r} does not start frozen (exit {done.returncode}):\n"
+                                  f"{(done.stdout + done.stderr)[-_TAIL_CHARS:]}")
+
+
 def _snapshot(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
-def run_smoke_tests(executable: Path, bundle_dir: Path) -> SmokeReport:
+def run_smoke_tests(executable: Path, bundle_dir: Path, subcommands: Iterable[str] = ()) -> SmokeReport:
     """Every smoke test against ``executable``; raises SmokeTestFailed on the first failure."""
     if not executable.is_file():
         raise SmokeTestFailed(f"{executable} does not exist: the build produced no executable there")
@@ -152,6 +163,7 @@ def run_smoke_tests(executable: Path, bundle_dir: Path) -> SmokeReport:
         report.self_test, report.self_test_seconds = check_self_test(executable, Path(tmp) / "selftest-data")
         report.headless_tail, report.headless_seconds = check_headless(executable, Path(tmp) / "node-data")
         report.gui_seconds = check_gui(executable, Path(tmp) / "gui-data")
+        check_subcommands(executable, Path(tmp) / "cli-data", subcommands)
     changed = sorted(set(_snapshot(bundle_dir).items()) ^ set(before.items()))
     if changed:
         names = sorted({name for name, _ in changed})[:10]

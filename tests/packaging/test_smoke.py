@@ -28,9 +28,15 @@ TRAIN_TWO_STEPS = 'data.mkdir(parents=True); (data / "run_summary.json").write_t
 STAY_UP = "import time; time.sleep(60)"
 
 
-def _app_printing(folder: Path, self_test: dict, headless: str = TRAIN_TWO_STEPS, gui: str = STAY_UP) -> Path:
+KNOWN_SUBCOMMANDS = 'print("usage: neuroshard " + sys.argv[1]) if sys.argv[1] == "arch" else sys.exit(2)'
+
+
+def _app_printing(folder: Path, self_test: dict, headless: str = TRAIN_TWO_STEPS, gui: str = STAY_UP,
+                  cli: str = KNOWN_SUBCOMMANDS) -> Path:
     return _fake_app(folder, f"""
-if "--headless" not in sys.argv and "--self-test" not in sys.argv:
+if "--help" in sys.argv:
+    {cli}
+elif "--headless" not in sys.argv and "--self-test" not in sys.argv:
     {gui}
 elif sys.argv[1] == "--self-test":
     print("qt.qpa: some log line")
@@ -100,6 +106,13 @@ def test_window_that_quits_at_start_fails(smoke, tmp_path: Path) -> None:
     app = _app_printing(tmp_path / "bundle", GOOD_SELF_TEST, gui='print("No module named PySide6.QtCharts"); sys.exit(1)')
     with pytest.raises(smoke.SmokeTestFailed, match="QtCharts"):
         smoke.run_smoke_tests(app, tmp_path / "bundle")
+
+
+def test_subcommand_missing_from_the_bundle_fails(smoke, tmp_path: Path) -> None:
+    app = _app_printing(tmp_path / "bundle", GOOD_SELF_TEST)
+    assert smoke.run_smoke_tests(app, tmp_path / "bundle", subcommands=["arch"]).self_test["ok"]
+    with pytest.raises(smoke.SmokeTestFailed, match="sub-command 'devnet'"):
+        smoke.run_smoke_tests(app, tmp_path / "bundle", subcommands=["arch", "devnet"])
 
 
 def test_missing_executable_says_so(smoke, tmp_path: Path) -> None:
