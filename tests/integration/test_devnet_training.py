@@ -41,6 +41,6 @@ def test_async_node_trains_snapshots_beside_the_pipeline() -> None:
     summary = run_devnet(4, 12, async_nodes=1, inner_steps=4, timeout_s=300)
     assert all(code == 0 for code in summary["exit_codes"].values()), summary["errors"]
     roles = {name: tuple(n["roles"]) for name, n in summary["layer_assignment"].items()}
-    assert ("async",) in roles.values()
-    assert all(steps == 12 for steps in summary["driver_steps"].values())
+    assert ("async",) in roles.values(), summary
+    assert all(steps == 12 for steps in summary["driver_steps"].values()), summary
     assert summary["loss_end"] < summary["loss_start"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,9 @@ from app.node.training.transport import (
 )
 
 log = logging.getLogger("neuroshard.runtime.transport")
+
+HOLDERS_TTL_S = 2.0
+"""How long a stage's holder list is reused; holders that die are caught by the failed call."""
 
 MAX_ASYNC_PER_RANGE = 64
 """Async contributions held per layer range between two syncs (one per sender)."""
@@ -80,19 +84,33 @@ class P2PStageTransport:
     def __init__(self, node: P2PNode, timeout_s: float | None = None) -> None:
         self.node = node
         self.timeout_s = timeout_s
-        self._holders: dict[int, list[PeerRecord]] = {}
+        self._holders: dict[int, tuple[float, list[PeerRecord]]] = {}
 
     def holders(self, layer_start: int) -> list[str]:
-        return [peer_id(r) for r in self._holders.get(layer_start, [])]
+        return [peer_id(r) for r in self._holders.get(layer_start, (0.0, []))[1]]
 
-    async def refresh(self, layer_start: int) -> list[PeerRecord]:
+    async def refresh(self, layer_start: int, *, force: bool = False) -> list[PeerRecord]:
+        """Holders of the stage, from the DHT at most every HOLDERS_TTL_S (a lookup per call
+        would cost more than a tiny stage's compute); ``force`` after a failure."""
+        now = time.monotonic()
+        cached = self._holders.get(layer_start)
+        if cached is not None and not force and now - cached[0] < HOLDERS_TTL_S and cached[1]:
+            return cached[1]
         records = [r for r in await self.node.who_holds(layer_start) if r.layer_start == layer_start]
-        self._holders[layer_start] = records
+        self._holders[layer_start] = (now, records)
         return records
 
     async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
                    prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
-        records = await self.refresh(layer_start)
+        try:
+            return await self._call(await self.refresh(layer_start), layer_start, op, meta, tensors,
+                                    prefer=prefer, exclude=exclude)
+        except StageUnavailable:  # the cached holder list may be stale: look again once
+            return await self._call(await self.refresh(layer_start, force=True), layer_start, op, meta,
+                                    tensors, prefer=prefer, exclude=exclude)
+
+    async def _call(self, records: list[PeerRecord], layer_start: int, op: str, meta: Meta, tensors: Tensors,
+                    *, prefer: str | None, exclude: frozenset[str]) -> StageReply:
         kind = "backward" if op == OP_BACKWARD else "forward"
         wire_meta = {**meta, "op": op}
         tries: list[set[bytes]] = []

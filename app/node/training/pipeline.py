@@ -195,8 +195,7 @@ class PipelineDriver:
     async def _commit_all(self, step: int, mbs: list[_MicroBatch], loss: float) -> None:
         meta = {"driver": self.driver_id, "step": step, "microbatches": len(mbs), "loss": loss,
                 "tokens": sum(mb.tokens for mb in mbs)}
-        for start in self.stage_starts:
-            await self._commit_remote(step, start, meta, mbs)
+        await asyncio.gather(*(self._commit_remote(step, start, meta, mbs) for start in self.stage_starts))
         out, _ = await self.local.handle(OP_COMMIT, meta, [])
         if out["status"] == "missing":  # cannot happen unless the local stage lost state
             raise PipelineStalled(f"local stage misses micro-batches {out['missing']} of step {step}")
