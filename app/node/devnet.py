@@ -60,6 +60,7 @@ class _Proc:
     step: int = 0
     roles: tuple[str, ...] = ()
     finished: bool = False
+    served: int = 0  # steps applied on a non-driver stage (it is in some driver's pipeline)
     errors: list[str] = field(default_factory=list)
 
 
@@ -199,6 +200,8 @@ class Devnet:
             proc.step = max(proc.step, int(event.get("step", 0)))
             self._maybe_kill()
             self._draw()
+        elif kind == "step":
+            proc.served += 1
         elif kind == "error":
             proc.errors.append(str(event.get("message", ""))[:300])
 
@@ -206,7 +209,9 @@ class Devnet:
         if self.kill is None:
             return
         role, at_step = self.kill
-        victim = next((p for p in self._nodes() if role in p.roles), None)
+        # A holder that is serving (in a pipeline) rather than an idle replica: its loss is felt.
+        candidates = sorted((p for p in self._nodes() if role in p.roles), key=lambda p: -p.served)
+        victim = candidates[0] if candidates else None
         if victim is not None and max(p.step for p in self._nodes()) >= at_step and victim.popen.poll() is None:
             os.killpg(victim.popen.pid, signal.SIGKILL)
             self.killed.append(victim.name)
