@@ -39,6 +39,10 @@ class _FakeNet:
     node: _FakeP2P
     node_id: str
     others: list[PeerRecord] = field(default_factory=list)
+    replicas: tuple[int, ...] = ()
+
+    def set_replicas(self, replicas: tuple[int, ...]) -> None:
+        self.replicas = replicas
 
     async def peers(self) -> list[PeerRecord]:
         return self.others
@@ -73,5 +77,7 @@ def test_spare_driver_moves_to_the_stage_that_lost_a_replica_and_others_stay() -
 def test_no_move_while_every_stage_has_its_replicas() -> None:
     announced = [_record(n, (0, 2)) for n in ("d1", "d2")] + [_record(n, (2, 4)) for n in ("v1", "v2")]
     moved: list[Assignment] = []
-    asyncio.run(_service(announced[0], announced, moved).check())
+    service = _service(announced[0], announced, moved)
+    asyncio.run(service.check())
     assert moved == []
+    assert service.net.replicas == (2, 2, 2, 2)  # reported per layer for the UI

@@ -58,6 +58,7 @@ class HealService:
         if stages is None:
             return None
         bounds, holders = stages
+        self.net.set_replicas(tuple(len(holders[i]) for i, (a, b) in enumerate(bounds) for _ in range(a, b)))
         me = self.net.node_id
         if self.current() not in bounds or me not in holders[bounds.index(self.current())]:
             return None  # our own announcement is not visible yet: decide nothing

@@ -50,7 +50,16 @@ class NetworkService:
         self.trackers = trackers
         self.known: dict[bytes, PeerRecord] = {}
         self._watch: asyncio.Task[None] | None = None
-        self.phase = "genesis"
+        self.replicas: tuple[int, ...] = ()  # live holders of each layer, as the last heal check saw
+
+    def set_replicas(self, replicas: tuple[int, ...]) -> None:
+        if replicas != self.replicas:
+            self.replicas = replicas
+            self._emit_network(len(self.known))
+
+    def _emit_network(self, peers: int) -> None:
+        self.emit(NetworkChanged(reachable=not self.solo, relay=self.node.relay_address, peers=peers,
+                                 phase=phase_for(peers + 1), replicas_per_layer=self.replicas))
 
     @property
     def node_id(self) -> str:
@@ -101,10 +110,10 @@ class NetworkService:
                                      layers=(r.layer_start, r.layer_end), latency_ms=r.latency_ms or 0.0))
             for node_id in self.known.keys() - current.keys():
                 self.emit(PeerLeft(node_id=node_id.hex()))
-            if current.keys() != self.known.keys():
-                self.emit(NetworkChanged(reachable=not self.solo, relay=self.node.relay_address,
-                                         peers=len(current), phase=phase_for(len(current) + 1)))
+            changed = current.keys() != self.known.keys()
             self.known = current
+            if changed:
+                self._emit_network(len(current))
             await asyncio.sleep(PEER_WATCH_INTERVAL_S)
 
 
