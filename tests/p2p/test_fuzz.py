@@ -111,3 +111,60 @@ def test_peer_that_keeps_sending_garbage_is_dropped():
                 await other.client.unary(target.address, "/neuroshard.v1.Dht/Ping", good, 2)
 
     run(scenario())
+
+
+def _random_message(message_type, rng: random.Random, depth: int = 0):
+    """A message of ``message_type`` with random values in every field (nested up to depth 2)."""
+    message = message_type()
+    for field in message_type.DESCRIPTOR.fields:
+        if field.name == "protocol_version":
+            setattr(message, field.name, rng.choice([PROTOCOL_VERSION, PROTOCOL_VERSION, 0, 99]))
+            continue
+        repeated = field.is_repeated
+        count = rng.randint(0, 3) if repeated else 1
+        for _ in range(count):
+            if field.type == field.TYPE_MESSAGE:
+                if depth >= 2:
+                    break
+                value = _random_message(getattr(pb2, field.message_type.name), rng, depth + 1)
+                (getattr(message, field.name).add().CopyFrom(value) if repeated
+                 else getattr(message, field.name).CopyFrom(value))
+                continue
+            if field.type == field.TYPE_BYTES:
+                value = rng.randbytes(rng.choice([0, 1, 16, 32, 33, 64, 200]))
+            elif field.type == field.TYPE_STRING:
+                value = rng.choice(["", "forward", "ledger", "{}", '{"a": 1}', "x" * 300, "🙂"])
+            elif field.type == field.TYPE_BOOL:
+                value = rng.random() < 0.5
+            elif field.type == field.TYPE_DOUBLE:
+                value = rng.uniform(-1e9, 1e9)
+            else:
+                value = rng.choice([0, 1, 7, 2**31, 2**63 - 1]) if field.type in (
+                    field.TYPE_UINT64, field.TYPE_INT64) else rng.choice([0, 1, 7, 2**31])
+            if repeated:
+                getattr(message, field.name).append(value)
+            else:
+                setattr(message, field.name, value)
+            if field.containing_oneof is not None:
+                break
+    return message
+
+
+def test_structured_garbage_in_valid_messages_is_refused_without_crashing_the_node():
+    async def scenario():
+        async with swarm(2, tracker=False) as (_, (target, other)):
+            target.set_stage_handler(double)
+            target.set_gossip_handler("ledger", lambda sender, payloads: _never())
+            rng = random.Random(99)
+            async with grpc.aio.insecure_channel(target.address) as channel:
+                for path, method in METHODS.items():
+                    for _ in range(15):
+                        messages = [_random_message(method.request, rng).SerializeToString()
+                                    for _ in range(rng.randint(1, 3))]
+                        code = await _raw_call(channel, path, messages)
+                        assert code in _FAILURES or code == grpc.StatusCode.OK, (path, code)
+            assert (await other.ping(target.address)).node_id == target.node_id
+            meta, _ = await other.call_stage(target.address, "forward", {"microbatch": 5}, {"x": torch.ones(2)}, 3)
+            assert meta["microbatch"] == 5
+
+    run(scenario(), timeout=120)

@@ -63,6 +63,13 @@ async def _once(message: Any) -> AsyncIterator[Any]:
     yield message
 
 
+async def _lazy(request_iterator: Any) -> AsyncIterator[Any]:
+    """Iterate grpc's request stream only if the handler asks: calling ``__aiter__`` up front
+    creates a receiver coroutine that is never awaited when a call is refused early."""
+    async for message in request_iterator:
+        yield message
+
+
 class Dispatcher:
     """Holds the handlers of one node and serves them over gRPC or a tunnel."""
 
@@ -133,7 +140,7 @@ class Dispatcher:
             return stream_adapter
 
         async def bidi_adapter(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for response in run(request_iterator.__aiter__(), context):
+            async for response in run(_lazy(request_iterator), context):
                 yield response
 
         return bidi_adapter
