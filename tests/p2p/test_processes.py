@@ -111,3 +111,22 @@ def test_nodes_register_again_with_a_restarted_tracker():
             await again.stop()
 
     run(scenario())
+
+
+def test_join_succeeds_when_one_of_several_trackers_is_down():
+    async def scenario():
+        live = Tracker(0, config=FAST)
+        await live.start()
+        down = f"127.0.0.1:{_free_port()}"  # nothing listens there
+        nodes = [P2PNode(PrivateKey.generate(), trackers=[down, live.address], config=FAST) for _ in range(3)]
+        try:
+            for node in nodes:
+                await node.start()
+            assert all(node.tracker_client.reachable for node in nodes)
+            assert len(live.entries) == 3 and all(len(node.dht.table) == 2 for node in nodes)
+        finally:
+            for node in nodes:
+                await node.stop()
+            await live.stop()
+
+    run(scenario())
