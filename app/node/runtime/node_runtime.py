@@ -220,6 +220,8 @@ class NodeRuntime:
         if resume is not None:
             self.activity("resuming from checkpoint")
             restore_training_state(resume, self.stage, self.sync)
+            if not self.net.solo:
+                await self._catch_up(a.layer_range)
         elif a.download_from is not None:
             await self._download_into(self.stage, self.sync, a.layer_range)
         self.net.node.set_stage_handler(stage_server(self.stage.handle))
@@ -267,6 +269,15 @@ class NodeRuntime:
         sync.replica.reset_anchor()
         if weights.last_position is not None:
             sync.rounds, sync.replica.inner_steps_done = weights.last_position
+
+    async def _catch_up(self, layer_range: tuple[int, int]) -> None:
+        """Rejoining after a restart: the replicas kept training while we were down, so take their
+        weights and DiLoCo round (our checkpoint keeps the optimizer state and counters)."""
+        assert self.stage is not None and self.sync is not None
+        try:
+            await self._download_into(self.stage, self.sync, layer_range)
+        except StageUnavailable:
+            log.info("no live replica of %s: continuing from our own checkpoint", layer_range)
 
     async def _move(self, a: Assignment) -> None:
         """The pool moved this node to another stage (healing): finish, download, swap, announce."""
