@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from PySide6.QtCore import QCoreApplication, QEvent
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
@@ -147,6 +148,7 @@ class GuiApp:
         self.tray.menu.deleteLater()
         self.tray.icon.deleteLater()
         self.window.deleteLater()
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 def run_gui(config: NodeConfig, argv: list[str] | None = None) -> int:

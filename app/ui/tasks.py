@@ -48,11 +48,20 @@ class _Watcher(QObject):
         try:
             result = future.result(timeout=0)
         except BaseException as exc:  # every failure becomes a message, never a crash of the app
-            if self._on_error is not None:
-                self._on_error(describe_exception(exc))
+            _call_if_alive(self._on_error, describe_exception(exc))
             return
-        if self._on_result is not None:
-            self._on_result(result)
+        _call_if_alive(self._on_result, result)
+
+
+def _call_if_alive(callback: Callable[[Any], None] | None, value: Any) -> None:
+    """Run a callback whose widgets may have been closed meanwhile (the answer came too late)."""
+    if callback is None:
+        return
+    try:
+        callback(value)
+    except RuntimeError as exc:
+        if "already deleted" not in str(exc):  # shiboken's words for a destroyed Qt object
+            raise
 
 
 class Handle:

@@ -1,5 +1,11 @@
-"""GUI test fixtures: offscreen Qt, a data dir with a real (cached) hardware measurement, a real
-NodeEngine driving the devnet runtime, and the whole app built without entering its event loop."""
+"""GUI test fixtures: offscreen Qt, a data dir with a real (cached) hardware measurement, and the
+whole app built without entering its event loop, on a real NodeEngine.
+
+``gui`` runs the node's real runtime (app/node/runtime: solo genesis network, tiny model, gRPC on
+an ephemeral loopback port). ``ledger_gui`` runs tests/ui/devnet_runtime.py, which funds the
+wallet at genesis and seeds proposals on the real ledger: the real runtime does not answer wallet
+queries yet, and a fresh node has nothing to send, stake or vote with.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +44,9 @@ def data_dir(tmp_path: Path, measured_dir: Path, monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture
 def config(data_dir: Path) -> NodeConfig:
-    return NodeConfig(data_dir=data_dir, device="cpu", listen=False, devnet=True, training={"model": "tiny"})
+    # port 0: the OS picks a free loopback port, so parallel test runs never collide.
+    return NodeConfig(data_dir=data_dir, device="cpu", host="127.0.0.1", port=0, devnet=True,
+                      training={"model": "tiny"}, economics={"preset": "devnet"})
 
 
 @pytest.fixture
@@ -63,13 +71,22 @@ def devnet_factory(options: DevnetOptions | None = None):  # noqa: ANN201 (a Run
     return lambda ctx: DevnetRuntime(ctx, options)
 
 
-@pytest.fixture
-def gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN001 (pytest-qt fixture)
-    """The whole app on a real engine, started and training."""
+def _launched(qtbot, config: NodeConfig, runtime_factory) -> Iterator:  # noqa: ANN001
     from app.ui.app import GuiApp
 
-    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
-    qtbot.addWidget(app.window)
+    app = GuiApp(config, runtime_factory=runtime_factory, keystore_factory=fast_keystore)
     app.launch()
     yield app
     app.dispose()
+
+
+@pytest.fixture
+def gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN001 (pytest-qt fixture)
+    """The whole app on the real engine and the node's real runtime."""
+    yield from _launched(qtbot, config, None)
+
+
+@pytest.fixture
+def ledger_gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN001 (pytest-qt fixture)
+    """The whole app on the real engine with the devnet runtime (funded wallet, seeded proposals)."""
+    yield from _launched(qtbot, config, devnet_factory())

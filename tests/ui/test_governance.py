@@ -8,9 +8,9 @@ from tests.ui.devnet_runtime import PASSWORD
 from tests.ui.helpers import runtime, wait_training
 
 
-def open_governance(qtbot, gui):  # noqa: ANN001, ANN201
-    wait_training(qtbot, gui)
-    page = gui.window.governance
+def open_governance(qtbot, ledger_gui):  # noqa: ANN001, ANN201
+    wait_training(qtbot, ledger_gui)
+    page = ledger_gui.window.governance
     qtbot.waitUntil(lambda: len(page.proposals) == 2, timeout=5_000)
     return page
 
@@ -20,8 +20,8 @@ def select(page, title: str) -> None:  # noqa: ANN001
     page.table.selectRow(index)
 
 
-def test_proposals_show_phase_countdown_and_readable_merges(qtbot, gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, gui)
+def test_proposals_show_phase_countdown_and_readable_merges(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, ledger_gui)
     qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
     page.refresh()
     qtbot.waitUntil(lambda: "voting" in [p.phase for p in page.proposals], timeout=5_000)
@@ -37,8 +37,8 @@ def test_proposals_show_phase_countdown_and_readable_merges(qtbot, gui) -> None:
     assert not page.yes_button.isEnabled()
 
 
-def test_vote_with_password_reaches_the_ledger(qtbot, gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, gui)
+def test_vote_with_password_reaches_the_ledger(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, ledger_gui)
     qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
     page.refresh()
     qtbot.waitUntil(lambda: any(p.phase == "voting" for p in page.proposals), timeout=5_000)
@@ -48,23 +48,23 @@ def test_vote_with_password_reaches_the_ledger(qtbot, gui) -> None:  # noqa: ANN
     page.active_dialog.password.setText(PASSWORD)
     assert page.active_dialog.try_accept()
     qtbot.waitUntil(lambda: "recorded" in page.message.text(), timeout=5_000)
-    ledger_proposal = {p.proposal_id: p for p in runtime(gui).economy.ledger.proposals()}[proposal_id]
+    ledger_proposal = {p.proposal_id: p for p in runtime(ledger_gui).economy.ledger.proposals()}[proposal_id]
     assert ledger_proposal.votes == {page.session.bridge.latest("balance").address: True}
     qtbot.waitUntil(lambda: page.selected() is not None and page.selected().yes_weight > 0, timeout=5_000)
     assert page.approval_bar.value() == 100
 
 
-def test_vote_outside_the_window_shows_the_ledgers_reason(qtbot, gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, gui)
+def test_vote_outside_the_window_shows_the_ledgers_reason(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, ledger_gui)
     select(page, "Closed vote")
     assert not page.yes_button.isEnabled()  # the window knows; the ledger is asked anyway below
     page.submit_vote(page.selected().proposal_id, True, PASSWORD)
     qtbot.waitUntil(lambda: "Vote not recorded" in page.message.text(), timeout=5_000)
-    assert gui.window.isVisible()
+    assert ledger_gui.window.isVisible()
 
 
-def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, gui)
+def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, ledger_gui)
     dialog = page.open_propose()
     assert any("100 NEURO" in label.text() for label in dialog.findChildren(type(dialog.error)))
     dialog.title_edit.setText("More merges")

@@ -42,7 +42,6 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     assert limits.pause_when_running == ("blender", "steam") and limits.gpu_ids == (0, 1)
     assert limits.schedule == ((5, 9, 17),)
     again = GuiApp(reloaded, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
-    qtbot.addWidget(again.window)
     assert again.ui.theme == "dark" and not again.ui.close_to_tray and again.ui.wallet_lock_minutes == 3
     assert again.qapp.property("neuroshard_theme") == "dark"
     assert again.window.geometry() == saved_geometry

@@ -58,7 +58,6 @@ class CrashingRuntime(DevnetRuntime):
 def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, wallet_dir) -> None:  # noqa: ANN001
     config.max_steps = 5
     app = GuiApp(config, runtime_factory=CrashingRuntime, keystore_factory=fast_keystore)
-    qtbot.addWidget(app.window)
     app.launch()
     qtbot.waitUntil(lambda: app.window.message_bar.isVisible(), timeout=30_000)
     assert "simulated device fault" in app.window.message_bar.text()
@@ -74,7 +73,6 @@ def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, w
 
 def test_quit_stops_the_engine_cleanly(qtbot, config, wallet_dir) -> None:  # noqa: ANN001
     app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
-    qtbot.addWidget(app.window)
     app.launch()
     qtbot.waitUntil(lambda: app.bridge.state == NodeState.TRAINING, timeout=30_000)
     engine = app.controller.engine

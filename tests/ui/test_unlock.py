@@ -10,7 +10,6 @@ from tests.ui.devnet_runtime import PASSWORD, fast_keystore
 
 def test_wallet_password_is_asked_before_the_node_starts(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
     app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
-    qtbot.addWidget(app.window)
     app.launch()
     qtbot.waitUntil(lambda: app.unlock.dialog is not None and app.unlock.dialog.isVisible(), timeout=10_000)
     assert app.controller.engine is None
@@ -27,7 +26,6 @@ def test_wallet_password_is_asked_before_the_node_starts(qtbot, config, locked_w
 
 def test_cancelling_the_unlock_keeps_the_window_and_offers_to_retry(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
     app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
-    qtbot.addWidget(app.window)
     app.launch()
     qtbot.waitUntil(lambda: app.unlock.dialog is not None and app.unlock.dialog.isVisible(), timeout=10_000)
     app.unlock.dialog.reject()

@@ -13,23 +13,23 @@ from tests.ui.helpers import runtime, wait_training
 RECIPIENT = PrivateKey((777).to_bytes(32, "big")).address
 
 
-def open_wallet(qtbot, gui):  # noqa: ANN001, ANN201
-    wait_training(qtbot, gui)
-    page = gui.window.wallet
+def open_wallet(qtbot, ledger_gui):  # noqa: ANN001, ANN201
+    wait_training(qtbot, ledger_gui)
+    page = ledger_gui.window.wallet
     qtbot.waitUntil(lambda: page.available_units == neuro(800), timeout=5_000)
     return page
 
 
-def test_balances_show_available_staked_and_an_explanation(qtbot, gui) -> None:  # noqa: ANN001
-    page = open_wallet(qtbot, gui)
+def test_balances_show_available_staked_and_an_explanation(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_wallet(qtbot, ledger_gui)
     assert page.available_label.text() == "800.0000 NEURO"
     assert page.staked_label.text() == "200.0000 NEURO"
     assert page.address_label.text().startswith("ns1")
     qtbot.waitUntil(lambda: page.history.table.rowCount() >= 2, timeout=5_000)
 
 
-def test_send_refuses_bad_address_and_amount_then_wrong_password_is_reported(qtbot, gui) -> None:  # noqa: ANN001
-    page = open_wallet(qtbot, gui)
+def test_send_refuses_bad_address_and_amount_then_wrong_password_is_reported(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_wallet(qtbot, ledger_gui)
     dialog = page.open_send()
     dialog.address.setText("ns1deadbeef")
     dialog.amount.setText("5")
@@ -46,11 +46,11 @@ def test_send_refuses_bad_address_and_amount_then_wrong_password_is_reported(qtb
     assert dialog.try_accept()
     qtbot.waitUntil(lambda: "Not sent" in page.message.text(), timeout=5_000)
     assert "password" in page.message.text().lower()
-    assert runtime(gui).economy.ledger.balance(RECIPIENT).available == 0
+    assert runtime(ledger_gui).economy.ledger.balance(RECIPIENT).available == 0
 
 
-def test_send_with_password_moves_value_on_the_ledger(qtbot, gui) -> None:  # noqa: ANN001
-    page = open_wallet(qtbot, gui)
+def test_send_with_password_moves_value_on_the_ledger(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_wallet(qtbot, ledger_gui)
     dialog = page.open_send()
     dialog.address.setText(RECIPIENT)
     dialog.amount.setText("12.5")
@@ -58,12 +58,12 @@ def test_send_with_password_moves_value_on_the_ledger(qtbot, gui) -> None:  # no
     assert "12.5000" in dialog.total_label.text()
     assert dialog.try_accept()
     qtbot.waitUntil(lambda: page.message.text().startswith("Sent"), timeout=5_000)
-    assert runtime(gui).economy.ledger.balance(RECIPIENT).available == neuro(12.5)
+    assert runtime(ledger_gui).economy.ledger.balance(RECIPIENT).available == neuro(12.5)
     qtbot.waitUntil(lambda: page.available_units < neuro(800) - neuro(12.5) + 1, timeout=5_000)
 
 
-def test_stake_then_history_exports_to_csv(qtbot, gui, tmp_path) -> None:  # noqa: ANN001
-    page = open_wallet(qtbot, gui)
+def test_stake_then_history_exports_to_csv(qtbot, ledger_gui, tmp_path) -> None:  # noqa: ANN001
+    page = open_wallet(qtbot, ledger_gui)
     dialog = page.open_stake("stake")
     dialog.amount.setText("900")
     dialog.password.setText(PASSWORD)
@@ -82,8 +82,8 @@ def test_stake_then_history_exports_to_csv(qtbot, gui, tmp_path) -> None:  # noq
     assert "Could not write" in page.message.text()
 
 
-def test_backup_export_writes_a_file_that_restores_the_same_key(qtbot, gui, tmp_path) -> None:  # noqa: ANN001
-    page = open_wallet(qtbot, gui)
+def test_backup_export_writes_a_file_that_restores_the_same_key(qtbot, ledger_gui, tmp_path) -> None:  # noqa: ANN001
+    page = open_wallet(qtbot, ledger_gui)
     target = tmp_path / "wallet.backup"
     page.export_backup(target, "wrong password!")
     qtbot.waitUntil(lambda: "not written" in page.message.text(), timeout=10_000)

@@ -21,7 +21,6 @@ def next_page(qtbot, wizard, expected: PageId, timeout: int = 20_000) -> None:  
 def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> None:  # noqa: ANN001
     assert needs_wizard(config.data_dir, fast_keystore)
     app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
-    qtbot.addWidget(app.window)
     app.launch()
     wizard = app.wizard
     assert wizard is not None and app.controller.engine is None  # nothing runs before Join
@@ -82,7 +81,6 @@ def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> No
 
 def test_cancelling_the_wizard_quits_without_starting_the_node(qtbot, config) -> None:  # noqa: ANN001
     app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
-    qtbot.addWidget(app.window)
     app.launch()
     app.wizard.reject()
     assert app.quitting and app.controller.engine is None

@@ -42,6 +42,7 @@ class NetworkPage(QWidget):
         super().__init__(parent)
         self.bridge = bridge
         self.peers: dict[str, PeerInfo] = {}
+        self.peers_loaded = False  # the node's own list answered at least once
         self.reach_label = QLabel("Not tested yet")
         self.retest_button = QPushButton("Re-test reachability")
         self.phase_label, self.arch_label = QLabel("—"), QLabel("—")
@@ -133,6 +134,7 @@ class NetworkPage(QWidget):
             except BadAnswer as exc:
                 self.message.setText(f"The node sent a peer list the app cannot read ({exc}).")
                 return
+            self.peers_loaded = True
             self._fill()
 
         self.bridge.request(Query("peers"), done, lambda m: self.message.setText(f"Peers unavailable: {m}"))
