@@ -1,0 +1,62 @@
+"""Auto-lock, finish-then-stop, upgrade banner, reward notifications and start at login."""
+
+from __future__ import annotations
+
+import os
+
+from app.node.events import NodeState, ProofAccepted, UpgradeAvailable
+from app.ui import autostart
+from tests.ui.devnet_runtime import PASSWORD
+from tests.ui.helpers import runtime, wait_training
+
+
+def test_wallet_session_locks_itself_after_inactivity(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, ledger_gui)
+    session = ledger_gui.window.session
+    session.set_lock_minutes(0.02)  # 1.2 s instead of minutes
+    errors: list[str] = []
+    session.unlock(PASSWORD, errors.append)
+    qtbot.waitUntil(lambda: session.unlocked, timeout=10_000)
+    assert runtime(ledger_gui).economy.session_unlocked
+    assert ledger_gui.window.wallet.lock_button.text() == "Lock"
+    qtbot.waitUntil(lambda: not session.unlocked, timeout=5_000)
+    qtbot.waitUntil(lambda: not runtime(ledger_gui).economy.session_unlocked, timeout=5_000)
+    assert ledger_gui.window.wallet.lock_button.text() == "Unlock" and not errors
+    session.unlock("wrong password", errors.append)
+    qtbot.waitUntil(lambda: bool(errors), timeout=10_000)
+    assert not session.unlocked
+
+
+def test_finish_the_step_then_stop_ends_the_node(qtbot, gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, gui)
+    gui.window.settings.finish_button.click()
+    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.STOPPED, timeout=20_000)
+    assert "finishes its current step" in gui.window.settings.message.text()
+    assert gui.controller.engine.wait(timeout=10)
+
+
+def test_upgrade_banner_and_reward_notifications(qtbot, gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, gui)
+    engine = gui.controller.engine
+    engine.emit(UpgradeAvailable(current_version=1, candidate_version=2, current_parameters=10_000_000,
+                                 candidate_parameters=20_000_000))
+    qtbot.waitUntil(lambda: gui.window.upgrade_banner.isVisible(), timeout=2_000)
+    assert "version 2" in gui.window.upgrade_banner.label.text()
+    assert gui.tray.notifications[-1][0] == "Model upgrade available"
+    before = len(gui.tray.notifications)
+    for epoch in range(3):
+        engine.emit(ProofAccepted(proof_kind="training", epoch=epoch, reward_units=500_000))
+    qtbot.waitUntil(lambda: len(gui.tray.notifications) > before, timeout=2_000)
+    qtbot.wait(200)
+    rewards = [n for n in gui.tray.notifications[before:] if n[0] == "Rewards earned"]
+    assert len(rewards) == 1 and "0.5000 NEURO" in rewards[0][1]  # one summary, not one per proof
+
+
+def test_start_at_login_writes_and_removes_the_autostart_entry(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setattr("sys.platform", "linux")
+    autostart.set_enabled(True)
+    entry = tmp_path / "autostart" / "neuroshard-node.desktop"
+    assert autostart.is_enabled() and "Exec=" in entry.read_text() and os.path.exists(entry)
+    autostart.set_enabled(False)
+    assert not autostart.is_enabled()
