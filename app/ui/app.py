@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QApplication
 from app.node.config import NodeConfig
 from app.node.events import ErrorOccurred
 from app.node.runtime_api import RuntimeFactory
+from app.ui.activity_guard import ActivityGuard
 from app.ui.bridge import EngineBridge
 from app.ui.controller import NodeController
 from app.ui.gc_tuning import freeze_when_ready
@@ -59,6 +60,8 @@ class GuiApp:
         self.controller = NodeController(self.bridge, config, runtime_factory)
         self.window = MainWindow(self.bridge, config, self.ui, keystore_factory)
         self.tray = NodeTray(self.bridge)
+        self.guard = ActivityGuard(self.bridge, config.limits, parent=self.window)
+        self.guard.changed.connect(self.window.dashboard.set_hold_reason)
         self.tray.notify_rewards = self.ui.notify_rewards
         self.keystore_factory = keystore_factory
         self.wizard: FirstRunWizard | None = None
@@ -114,6 +117,7 @@ class GuiApp:
     def _on_settings_saved(self, config: NodeConfig) -> None:
         self.config = config
         self.controller.config = config  # used at the next (re)start of the node
+        self.guard.set_limits(config.limits)
         self.tray.notify_rewards = self.ui.notify_rewards
 
     def _follow_system_theme(self) -> None:

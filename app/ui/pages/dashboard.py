@@ -47,6 +47,9 @@ class DashboardPage(QWidget):
         self.pause_button.setMinimumHeight(56)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.activity_label = QLabel("Waiting for the node to start")
+        self.hold_label = QLabel()
+        self.hold_label.setStyleSheet("color: #b05a00;")
+        self.hold_label.hide()
         self.device_label, self.tier_label = QLabel("—"), QLabel("—")
         self.tier_label.setWordWrap(True)
         self.layers_label, self.role_label, self.quorum_label = QLabel("—"), QLabel("—"), QLabel("—")
@@ -81,6 +84,7 @@ class DashboardPage(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.activity_label)
+        layout.addWidget(self.hold_label)
         layout.addWidget(facts)
         layout.addLayout(charts, 1)
 
@@ -135,6 +139,11 @@ class DashboardPage(QWidget):
     def on_step(self, event: StepDone) -> None:
         self.loss_chart.add_point(event.step, event.loss)
         self.speed_chart.add_point(event.step, event.tokens_per_s)
+
+    def set_hold_reason(self, reason: str) -> None:
+        """The volunteer's own rules hold the node (idle-only, schedule, battery, programs)."""
+        self.hold_label.setText(f"Paused by your settings: {reason}" if reason else "")
+        self.hold_label.setVisible(bool(reason))
 
     def on_activity(self, event: ActivityChanged) -> None:
         self.activity_label.setText(f"Now: {event.activity}")
