@@ -89,3 +89,20 @@ def test_merge_text_helpers_parse_and_describe() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} should be refused")
+
+
+def test_vote_in_an_unlocked_session_needs_no_password(qtbot, ledger_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, ledger_gui)
+    errors: list[str] = []
+    page.session.unlock(PASSWORD, errors.append)
+    qtbot.waitUntil(lambda: page.session.unlocked, timeout=10_000)
+    qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
+    page.refresh()
+    qtbot.waitUntil(lambda: "voting" in [p.phase for p in page.proposals], timeout=5_000)
+    select(page, "Common English pairs")
+    page.active_dialog = None
+    page.vote(False)
+    assert page.active_dialog is None  # signed by the unlocked session, no prompt
+    qtbot.waitUntil(lambda: "no vote was recorded" in page.message.text(), timeout=5_000)
+    proposal = {p.title: p for p in runtime(ledger_gui).economy.ledger.proposals()}["Common English pairs"]
+    assert list(proposal.votes.values()) == [False] and not errors

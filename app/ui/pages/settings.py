@@ -144,20 +144,22 @@ class SettingsPage(QWidget):
             self.say(f"Not saved: cannot write {self.config.config_path} ({exc.strerror or exc}). "
                      "Free some disk space and try again; the previous settings are unchanged.", True)
             return False
+        warning = self._apply_autostart()
+        self._save_ui()
+        self.config = config
+        self.saved.emit(config)
+        self.say(warning or "Saved. Limits apply at once where the node supports it; port and trackers "
+                 "at the next start.", error=bool(warning))
+        return True
+
+    def _apply_autostart(self) -> str:
+        """Create or remove the login entry; returns a warning when the OS refused."""
         try:
             if self.start_at_login.isChecked() != autostart.is_enabled():
                 autostart.set_enabled(self.start_at_login.isChecked())
         except autostart.AutostartError as exc:
-            self.say(f"Settings saved, but {exc}", True)
-            self._save_ui()
-            self.config = config
-            self.saved.emit(config)
-            return True
-        self._save_ui()
-        self.config = config
-        self.saved.emit(config)
-        self.say("Saved. Limits apply at once where the node supports it; port and trackers at the next start.")
-        return True
+            return f"Settings saved, but {exc}"
+        return ""
 
     def _save_ui(self) -> None:
         theme_changed = self.theme.currentText() != self.ui.theme
