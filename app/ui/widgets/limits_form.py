@@ -107,6 +107,11 @@ class LimitsForm(QWidget):
         self.programs = QLineEdit()
         self.programs.setPlaceholderText("e.g. blender, steam (comma separated)")
         self.schedule = ScheduleEditor()
+        self._lay_out(compact)
+        self.only_idle.toggled.connect(self.idle_minutes.setEnabled)
+        self.set_limits(limits)
+
+    def _lay_out(self, compact: bool) -> None:
         form = QFormLayout()
         form.addRow("CPU threads", self.cpu_threads)
         form.addRow("GPU share", self.gpu_share)
@@ -125,8 +130,6 @@ class LimitsForm(QWidget):
         layout.addLayout(form)
         if not compact:
             layout.addWidget(self.schedule)
-        self.only_idle.toggled.connect(self.idle_minutes.setEnabled)
-        self.set_limits(limits)
 
     def set_limits(self, limits: ResourceLimits) -> None:
         self._base = limits

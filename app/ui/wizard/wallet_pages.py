@@ -65,6 +65,11 @@ class WalletSetupPage(QWizardPage):
         self.error.setStyleSheet("color: #d0342c;")
         self.existing = QLabel()
         self.existing.setWordWrap(True)
+        self._lay_out(browse)
+        self._done = False
+        self._update_fields()
+
+    def _lay_out(self, browse: QPushButton) -> None:
         form = QFormLayout()
         form.addRow("Password", self.password)
         form.addRow("Repeat password", self.confirm)
@@ -80,8 +85,6 @@ class WalletSetupPage(QWizardPage):
         layout.addLayout(form)
         layout.addWidget(self.busy)
         layout.addWidget(self.error)
-        self._done = False
-        self._update_fields()
 
     def initializePage(self) -> None:  # noqa: N802 (Qt override)
         try:
