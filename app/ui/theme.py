@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCharts import QChart, QChartView
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication, QStyleFactory
@@ -55,4 +56,15 @@ def apply_theme(app: QApplication, choice: str) -> str:
     sheet = STYLES_DIR / f"{resolved}.qss"
     app.setStyleSheet(sheet.read_text(encoding="utf-8") if sheet.exists() else "")
     app.setProperty("neuroshard_theme", resolved)
+    for widget in app.allWidgets():
+        if isinstance(widget, QChartView):
+            style_chart(widget.chart())
     return resolved
+
+
+def style_chart(chart: QChart) -> None:
+    """Charts draw their own background: match the app's light or dark theme."""
+    app = QApplication.instance()
+    dark = app is not None and app.property("neuroshard_theme") == "dark"
+    chart.setTheme(QChart.ChartTheme.ChartThemeDark if dark else QChart.ChartTheme.ChartThemeLight)
+    chart.setBackgroundRoundness(0)

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QWidget
 
 from app.node.modes import UNITS_PER_NEURO
 from app.ui.records import EarningRow
+from app.ui.theme import style_chart
 
 DAYS_SHOWN = 14
 
@@ -21,6 +22,7 @@ class EarningsChart(QChartView):
         self.setRenderHint(QPainter.RenderHint.Antialiasing)
         self.setMinimumHeight(200)
         self.chart().setTitle("Earnings per day, by kind of work (NEURO)")
+        style_chart(self.chart())
         self.kinds: tuple[str, ...] = ()
         self.days: tuple[str, ...] = ()
 

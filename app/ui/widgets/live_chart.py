@@ -13,6 +13,8 @@ from PySide6.QtCore import QPointF, Qt, QTimer
 from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import QWidget
 
+from app.ui.theme import style_chart
+
 REDRAW_MS = 250
 MAX_POINTS = 600  # ten minutes at one step per second: enough trend without a heavy series
 
@@ -32,6 +34,7 @@ class LiveChart(QChartView):
         self._x_axis.setTitleText("step")
         self._x_axis.setLabelFormat("%d")
         self._y_axis.setTitleText(y_label)
+        style_chart(chart)  # before adding axes: a theme change resets their colours
         chart.addAxis(self._x_axis, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(self._y_axis, Qt.AlignmentFlag.AlignLeft)
         self.series.attachAxis(self._x_axis)
