@@ -61,6 +61,7 @@ class _Proc:
     roles: tuple[str, ...] = ()
     finished: bool = False
     served: int = 0  # steps applied on a non-driver stage (it is in some driver's pipeline)
+    argv: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -86,7 +87,7 @@ def _spawn(name: str, argv: list[str], log_path: Path, lines: queue.Queue[tuple[
     with log_path.open("w") as stderr:
         popen = subprocess.Popen([sys.executable, str(MAIN), *argv], stdout=subprocess.PIPE, stderr=stderr,
                                  text=True, env=env, start_new_session=True)
-    proc = _Proc(name, popen)
+    proc = _Proc(name, popen, argv=list(argv))
     threading.Thread(target=_pump, args=(proc, lines, log_path.with_suffix(".events")), daemon=True).start()
     return proc
 
@@ -120,6 +121,8 @@ class Devnet:
     json_events: bool = False
     kill: tuple[str, int] | None = None  # (role, driver step): SIGKILL the first node with that role
     async_nodes: int = 0  # the last N nodes run async mode (T5-style) instead of the pipeline
+    restart: bool = False  # start the killed node again on its data dir (it resumes and rejoins)
+    restarted: list[str] = field(default_factory=list)
     training_overrides: dict[str, Any] = field(default_factory=dict)
     procs: list[_Proc] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
@@ -216,6 +219,13 @@ class Devnet:
             os.killpg(victim.popen.pid, signal.SIGKILL)
             self.killed.append(victim.name)
             self.kill = None
+            if self.restart:
+                victim.popen.wait(timeout=10)
+                again = _spawn(f"{victim.name}-restarted", victim.argv,
+                               self.workdir / f"{victim.name}-restarted.log", self.lines)
+                again.data_dir = victim.data_dir
+                self.procs.append(again)
+                self.restarted.append(again.name)
 
     def _draw(self) -> None:
         if not self.progress:
@@ -239,7 +249,8 @@ class Devnet:
             sys.stderr.write("\n")
 
     def _summary(self, elapsed: float) -> dict[str, Any]:
-        return summarize([p.data_dir for p in self._nodes() if p.data_dir is not None], self.steps,
+        dirs = list(dict.fromkeys(p.data_dir for p in self._nodes() if p.data_dir is not None))
+        return summarize(dirs, self.steps,
                          elapsed, killed=self.killed,
                          exit_codes={p.name: p.popen.returncode for p in self._nodes()},
                          errors={p.name: p.errors for p in self._nodes() if p.errors})
@@ -274,8 +285,8 @@ def summarize(dirs: list[Path], steps: int, elapsed: float, *, killed: list[str]
     return {
         "nodes": len(dirs), "steps": steps, "elapsed_s": round(elapsed, 1),
         "quorums": [n["quorum"] for n in drivers if n.get("quorum")],
-        "layer_assignment": {name: {"layers": n.get("layer_range"), "roles": n.get("roles")}
-                             for name, n in sorted(nodes.items())},
+        "layer_assignment": {name: {"layers": n.get("layer_range"), "roles": n.get("roles"),
+                                    "inner_steps": n.get("inner_steps")} for name, n in sorted(nodes.items())},
         "driver_steps": {name: n.get("steps") for name, n in sorted(nodes.items()) if n in drivers},
         "loss_start": _mean([n.get("loss_first") for n in drivers]),
         "loss_end": _mean([n.get("loss_last") for n in drivers]),
@@ -297,7 +308,8 @@ def _mean(values: list[Any]) -> float | None:
 def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: bool = False,
                base_port: int = 0, inner_steps: int | None = None, timeout_s: float = 600.0,
                progress: bool = False, json_events: bool = False, kill: tuple[str, int] | None = None,
-               training_overrides: dict[str, Any] | None = None, async_nodes: int = 0) -> dict[str, Any]:
+               training_overrides: dict[str, Any] | None = None, async_nodes: int = 0,
+               restart: bool = False) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
         raise DevnetError("a devnet needs at least 1 node and 1 step")
@@ -306,8 +318,10 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
     try:
         net = Devnet(nodes, steps, root, base_port=base_port, inner_steps=inner_steps, timeout_s=timeout_s,
                      progress=progress, json_events=json_events, kill=kill, async_nodes=async_nodes,
+                     restart=restart,
                      training_overrides=dict(training_overrides or {}))
         summary = net.run()
+        summary["restarted"] = net.restarted
         summary["workdir"] = str(root) if keep else None
         return summary
     finally:

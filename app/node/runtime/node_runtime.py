@@ -124,6 +124,9 @@ class NodeRuntime:
         pause_watch = asyncio.ensure_future(self._watch_pause())
         try:
             self.steps_done = await self.trainer.run(max_steps)
+            if self.stage is not None and _idle(self.stage) and self.net is not None and not self.net.solo:
+                # an idle replica ends on the weights its cohort ended on (the drivers are done)
+                await self._follow(None, self.stage.layer_range, delay_s=0.0)
         finally:
             pause_watch.cancel()
             if self.heal is not None:
@@ -234,20 +237,20 @@ class NodeRuntime:
     def _on_idle_payload(self, sender: str, layer_range: tuple[int, int]) -> None:
         """A replica synced while no driver routed to us: adopt its weights after its round, so an
         idle replica stays a usable failover target instead of keeping stale weights."""
-        if self._following is None or self._following.done():
+        if self.stage is not None and _idle(self.stage) and (self._following is None or self._following.done()):
             self._following = asyncio.ensure_future(self._follow(sender, layer_range))
 
-    async def _follow(self, sender: str, layer_range: tuple[int, int]) -> None:
-        await asyncio.sleep(FOLLOW_DELAY_S)
+    async def _follow(self, sender: str | None, layer_range: tuple[int, int], delay_s: float = FOLLOW_DELAY_S) -> None:
+        await asyncio.sleep(delay_s)
         stage, sync = self.stage, self.sync
-        if stage is None or sync is None or stage.layer_range != layer_range or sync.replica.inner_steps_done:
+        if stage is None or sync is None or stage.layer_range != layer_range or not _idle(stage):
             return
         try:
             weights = P2PWeights(self.net.node) if self.net else None
             state = await weights.fetch(layer_range, prefer=sender) if weights else None
         except StageUnavailable:
             return
-        if state is None or sync.replica.inner_steps_done:
+        if state is None or not _idle(stage):
             return
         stage.load_weights(state)
         sync.replica.reset_anchor()
@@ -454,6 +457,12 @@ class NodeRuntime:
     def write_summary(self) -> None:
         with contextlib.suppress(OSError):
             atomic_write_bytes(self.config.data_dir / SUMMARY_FILE, json.dumps(self.summary()).encode())
+
+
+def _idle(stage: StageWorker) -> bool:
+    """No driver has routed to this stage in this session (a spare replica): replacing its weights
+    cannot break a forward graph in flight."""
+    return not stage.seen_drivers and not stage.is_first
 
 
 def _assignment_from(point: ResumePoint, node_id: str) -> Assignment:

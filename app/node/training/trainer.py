@@ -140,6 +140,7 @@ class NodeTrainer:
 
     async def _serve(self, max_steps: int | None) -> None:
         """Serve until every driver we served said it finished (or, alone, until a stop)."""
+        ever_live = False
         while True:
             if self.proceed is not None and not await self.proceed():
                 return
@@ -147,6 +148,9 @@ class NodeTrainer:
             drivers = await self.live_drivers() if self.live_drivers is not None else seen
             if seen and drivers <= finished:
                 return  # every driver still alive said it finished (or none is left)
+            ever_live = ever_live or bool(drivers)
+            if max_steps is not None and ever_live and not drivers:
+                return  # a bounded run whose drivers all left without ever routing to us
             if max_steps == 0:
                 return
             await asyncio.sleep(WORKER_POLL_S)
