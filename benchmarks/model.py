@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=15, help="timed steps per variant (interleaved)")
+    p.add_argument("--rounds", type=int, default=10, help="timed steps per variant (interleaved)")
     p.add_argument("--memory-vocab", type=int, default=16384,
                    help="vocabulary for the memory comparison (low rank matters once it has grown)")
     p.add_argument("--low-rank", type=int, default=64)
