@@ -260,8 +260,20 @@ class NodeRuntime:
 
     def _new_sync(self, stage: StageWorker) -> StageSync:
         assert self.net is not None and self.cohort is not None
-        return StageSync(self.net.node_id, stage, self.cohort, self.training,
+        sync = StageSync(self.net.node_id, stage, self.cohort, self.training,
                          on_start=lambda: self.activity("averaging"))
+
+        async def catch_up(peer: str) -> bool:
+            got = await P2PWeights(self.net.node).fetch_diloco(stage.layer_range, peer) if self.net else None
+            if got is None:
+                return False
+            anchor, momentum, rounds = got
+            await asyncio.get_running_loop().run_in_executor(self.ctx.executor, sync.adopt, anchor, momentum, rounds)
+            log.info("late for a DiLoCo round: took %s's anchor (round %d)", peer[:12], rounds)
+            return True
+
+        sync.catch_up = catch_up
+        return sync
 
     async def _download_into(self, stage: StageWorker, sync: StageSync, layer_range: tuple[int, int]) -> None:
         """Weights and DiLoCo position of a live replica, so this node syncs in step with it."""
@@ -308,7 +320,10 @@ class NodeRuntime:
         assert stage is not None and sync is not None
         if list(meta.get("range", [])) != list(stage.layer_range):
             raise StageRejected(f"this node holds layers {stage.layer_range}, not {meta.get('range')}")
-        state = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, stage.state_for_transfer)
+        if meta.get("diloco") is True:  # a late cohort member rejoining our anchor
+            state = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, sync.replica.flat_state)
+        else:
+            state = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, stage.state_for_transfer)
         state[SYNC_POSITION] = torch.tensor([sync.rounds, sync.replica.inner_steps_done], dtype=torch.float32)
         return state
 

@@ -166,6 +166,10 @@ class P2PCohort:
         self._boxes: dict[tuple[tuple[int, int], int], dict[str, CohortPayload]] = {}
         self._arrived = asyncio.Event()
         self._async: dict[tuple[int, int], dict[str, CohortPayload]] = {}
+        self._ahead: dict[tuple[int, int], list[str]] = {}
+
+    def ahead_of_us(self, layer_range: tuple[int, int]) -> list[str]:
+        return self._ahead.pop(tuple(layer_range), [])
 
     def take_async(self, layer_range: tuple[int, int]) -> list[CohortPayload]:
         """Async contributions received for ``layer_range`` since the last call (one per sender)."""
@@ -219,6 +223,8 @@ class P2PCohort:
         # to it) or one already past this round would never send, and waiting costs every driver.
         waiting = {peer_id(r) for r, res in zip(records, results, strict=True)
                    if not isinstance(res, BaseException) and _will_send(res[0], round_)}
+        self._ahead[tuple(layer_range)] = [peer_id(r) for r, res in zip(records, results, strict=True)
+                                           if not isinstance(res, BaseException) and res[0].get("status") == "stale"]
         box = self._boxes.setdefault((tuple(layer_range), round_), {})
         while not waiting <= set(box) and loop.time() < deadline:
             self._arrived.clear()
@@ -250,6 +256,26 @@ class P2PWeights:
         self.node = node
         self.timeout_s = timeout_s
         self.last_position: tuple[int, int] | None = None
+
+    async def fetch_diloco(self, layer_range: tuple[int, int], peer: str
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int] | None:
+        """``peer``'s DiLoCo anchor, outer momentum and round (to rejoin its cohort), or None."""
+        for record in await self.node.who_holds(layer_range[0]):
+            if peer_id(record) != peer or (record.layer_start, record.layer_end) != tuple(layer_range):
+                continue
+            try:
+                flat = await self.node.fetch_weights(record, {"range": list(layer_range), "diloco": True},
+                                                     self.timeout_s)
+            except P2PError as exc:
+                log.info("DiLoCo state download from %s failed: %s", peer[:12], exc)
+                return None
+            position = flat.pop(SYNC_POSITION, None)
+            anchor = {k[len("anchor."):]: v for k, v in flat.items() if k.startswith("anchor.")}
+            momentum = {k[len("momentum."):]: v for k, v in flat.items() if k.startswith("momentum.")}
+            if position is None or position.numel() != 2 or not anchor or len(anchor) != len(momentum):
+                return None
+            return anchor, momentum, max(0, int(position[0].item()))
+        return None
 
     async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset(),
                     prefer: str | None = None) -> dict[str, torch.Tensor]:

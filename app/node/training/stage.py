@@ -258,6 +258,11 @@ class StageWorker:
             del self._graphs[key]
 
     # --- weights -------------------------------------------------------------------------------
+    def drop_graphs(self) -> None:
+        """Forget cached forward graphs (call with ``lock`` held, after replacing weights): a later
+        backward then asks for the input and recomputes on the new weights."""
+        self._graphs.clear()
+
     def weights_hash(self) -> str:
         return state_hash(self.shard.state_dict())
 
@@ -285,6 +290,7 @@ class StageWorker:
         with self.lock, torch.no_grad():
             for name, tensor in state.items():
                 own[name].copy_(tensor)
+            self.drop_graphs()
 
 
 @torch.no_grad()

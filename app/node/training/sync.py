@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import torch
 
 from app.node.training.aggregation import AggregationError, Contribution, aggregate
 from app.node.training.compression import (
@@ -50,6 +52,9 @@ class StageSync:
     config: TrainingConfig
     on_report: Callable[[SyncReport], None] | None = None
     on_start: Callable[[], None] | None = None
+    catch_up: Callable[[str], Awaitable[bool]] | None = None
+    """Called with a peer that closed the round without us: copy its DiLoCo state so the cohort
+    shares one anchor again (a late member otherwise stays on its own anchor for good)."""
     replica: DiLoCoReplica = field(init=False)
     feedback: ErrorFeedback | None = field(init=False)
     rounds: int = 0
@@ -90,15 +95,31 @@ class StageSync:
                 others += self.cohort.take_async(self.stage.layer_range)
             sent = encoded_nbytes(encoded) * sum(1 for p in others if p.round == self.rounds)
             result = await loop.run_in_executor(self.stage.executor, self._apply, [mine, *others])
+            report = SyncReport(self.rounds, tuple(result[0]), tuple(result[1]), sent, loop.time() - began)
+            self.rounds += 1
+            if self.cohort is not None and self.catch_up is not None:  # still behind the closed gate
+                for peer in self.cohort.ahead_of_us(self.stage.layer_range):
+                    if await self.catch_up(peer):
+                        break
         finally:
             self.stage.gate.set()
-        report = SyncReport(self.rounds, tuple(result[0]), tuple(result[1]), sent, loop.time() - began)
-        self.rounds += 1
         self.bytes_sent += sent
         self.reports.append(report)
         if self.on_report is not None:
             self.on_report(report)
         return report
+
+    def adopt(self, anchor: dict, momentum: dict, rounds: int) -> None:
+        """Take a peer's post-round DiLoCo state: its anchor becomes our weights and anchor."""
+        with self.stage.lock:
+            self.replica.load_state_dict({"anchor": anchor, "momentum": momentum, "inner_steps_done": 0,
+                                          "outer_steps_done": self.replica.outer_steps_done})
+            self.stage.drop_graphs()  # forward graphs built on the old weights are void
+            params = dict(self.stage.shard.named_parameters())
+            with torch.no_grad():
+                for name, tensor in self.replica.anchor.items():
+                    params[name].copy_(tensor.to(params[name].dtype))
+        self.rounds = rounds
 
     def _encode(self) -> dict:
         with self.stage.lock:

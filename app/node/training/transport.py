@@ -87,6 +87,9 @@ class CohortTransport(Protocol):
     def take_async(self, layer_range: tuple[int, int]) -> list[CohortPayload]:
         """Contributions async (T5) nodes sent for ``layer_range`` since the last call."""
 
+    def ahead_of_us(self, layer_range: tuple[int, int]) -> list[str]:
+        """Peers that had already closed the last exchanged round without us (we were late)."""
+
 
 class WeightsSource(Protocol):
     async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
@@ -178,6 +181,9 @@ class LocalCohort:
 
     def take_async(self, layer_range: tuple[int, int]) -> list[CohortPayload]:
         return self.net.async_inbox.pop(tuple(layer_range), [])
+
+    def ahead_of_us(self, layer_range: tuple[int, int]) -> list[str]:
+        return []
 
     async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset()
                     ) -> dict[str, torch.Tensor]:
