@@ -18,6 +18,12 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+# One QApplication for the whole session, made at collection: a test elsewhere that creates a bare
+# QGuiApplication first (app/selftest.py's offscreen grab) would leave no way to make widgets.
+_QAPP = QApplication.instance() or QApplication(["neuroshard-tests"])
+
 from app.node import identity  # noqa: E402
 from app.node.config import NodeConfig  # noqa: E402
 from tests.ui.devnet_runtime import PASSWORD, DevnetOptions, DevnetRuntime, fast_keystore  # noqa: E402
