@@ -73,6 +73,7 @@ class GuiApp:
         self.tray.open_requested.connect(self.show_window)
         self.tray.quit_requested.connect(self.quit)
         self.window.quit_requested.connect(self.quit)
+        self.window.restart_requested.connect(lambda: self.controller.restart())
         self.window.settings.saved.connect(self._on_settings_saved)
         self.window.settings.theme_changed.connect(lambda theme: apply_theme(self.qapp, theme))
         self.qapp.aboutToQuit.connect(self._shutdown)

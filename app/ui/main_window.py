@@ -30,6 +30,7 @@ from app.wallet.keystore import Keystore
 class MainWindow(QMainWindow):
     quit_requested = Signal()
     hidden_to_tray = Signal()
+    restart_requested = Signal()
 
     def __init__(self, bridge: EngineBridge, config: NodeConfig, ui: UiSettings,
                  keystore_factory: Callable[[Path], Keystore] = Keystore) -> None:
@@ -102,9 +103,11 @@ class MainWindow(QMainWindow):
         return [page.title for page in self.pages]
 
     def on_error(self, event: ErrorOccurred) -> None:
-        prefix = "The node stopped: " if event.fatal else ""
-        hint = " Open Logs for details, or restart the app." if event.fatal else ""
-        self.message_bar.show_message(prefix + event.message + hint, "error")
+        if not event.fatal:
+            self.message_bar.show_message(event.message, "error")
+            return
+        self.message_bar.show_message(f"The node stopped: {event.message}. Logs has the details.", "error",
+                                      "Restart the node", self.restart_requested.emit)
 
     def on_status(self, event: StatusChanged) -> None:
         if event.state == NodeState.ERROR and event.detail and not self.message_bar.isVisible():

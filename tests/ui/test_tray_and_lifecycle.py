@@ -61,6 +61,8 @@ def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, w
     app.launch()
     qtbot.waitUntil(lambda: app.window.message_bar.isVisible(), timeout=30_000)
     assert "simulated device fault" in app.window.message_bar.text()
+    bar = app.window.message_bar
+    assert bar.action.isVisibleTo(bar) and bar.action.text() == "Restart the node"
     assert app.window.dashboard.badge.state in (NodeState.ERROR, NodeState.STOPPED)
     assert app.tray.notifications and app.tray.notifications[-1][0] == "NeuroShard problem"
     qtbot.waitUntil(lambda: app.controller.engine.wait(timeout=0), timeout=10_000)  # its thread ended
@@ -68,6 +70,11 @@ def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, w
     qtbot.waitUntil(lambda: "Could not pause" in app.window.message_bar.text(), timeout=5_000)
     app.window.show_page(2)
     assert app.window.isVisible()
+    crashed = app.controller.engine
+    app.window.restart_requested.emit()  # what the bar's "Restart the node" button sends
+    qtbot.waitUntil(lambda: app.controller.engine not in (None, crashed), timeout=10_000)
+    qtbot.waitUntil(lambda: app.bridge.latest("step") is not None and app.bridge.state != NodeState.STOPPED,
+                    timeout=30_000)
     app.dispose()
 
 
