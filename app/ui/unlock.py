@@ -41,6 +41,9 @@ class StartupUnlock(QObject):
                        lambda _key: self.unlocked.emit(), self._ask)
 
     def _ask(self, reason: str = "") -> None:
+        if reason and "password" not in reason.lower():  # damaged wallet, keyring gone: a password won't help
+            self.cancelled.emit(f"The node cannot start: {reason}")
+            return
         dialog = PasswordDialog(
             "Unlock your wallet",
             "The node signs its proofs of work with your wallet key. Type your wallet password to start "

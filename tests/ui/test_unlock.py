@@ -37,3 +37,14 @@ def test_cancelling_the_unlock_keeps_the_window_and_offers_to_retry(qtbot, confi
     app.unlock.dialog.try_accept()
     qtbot.waitUntil(lambda: app.bridge.state == NodeState.TRAINING, timeout=30_000)
     app.dispose()
+
+
+def test_a_damaged_wallet_is_reported_instead_of_asking_for_a_password(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
+    (locked_wallet_dir / "wallet.json").write_text("{ not json")
+    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    app.launch()
+    assert app.wizard is None  # a damaged wallet is not a first run: no second key over it
+    bar = app.window.message_bar
+    qtbot.waitUntil(lambda: "cannot start" in bar.text(), timeout=10_000)
+    assert "damaged" in bar.text() and app.unlock.dialog is None and app.controller.engine is None
+    app.dispose()
