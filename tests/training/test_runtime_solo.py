@@ -82,6 +82,8 @@ def test_solo_node_trains_pauses_resumes_and_reports_work(tmp_path: Path) -> Non
     assert len(rec.of(StepDone)) == held  # paused: no step in 1.5 s
     status = engine.call(Query("status"))
     assert status["layer_range"] == [0, 4] and status["solo"] is True
+    ledger = engine.call(Query("ledger"))  # answered by the economy service the runtime wires in
+    assert "state_hash" in ledger
     engine.call(Resume())
     assert engine.wait(timeout=90) and engine.exit_code == 0
     steps = rec.of(StepDone)

@@ -39,6 +39,7 @@ from app.node.p2p.errors import StageRejected
 from app.node.p2p.records import LayerAnnouncement
 from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
+from app.node.runtime.economy_link import EconomyLink
 from app.node.runtime.heal_service import HealService
 from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import (
@@ -87,6 +88,7 @@ class NodeRuntime:
         self.async_service: AsyncService | None = None
         self.cohort: P2PCohort | None = None
         self.heal: HealService | None = None
+        self.economy: EconomyLink | None = None
         self._offer: tuple[str, int] = ("", 0)
         self._drove: PipelineDriver | None = None  # kept after a move, for the run's figures
         self._following: asyncio.Future[None] | None = None
@@ -140,6 +142,8 @@ class NodeRuntime:
         """Leave the network first (fast), then save what run() did not (only when cancelled)."""
         if self.heal is not None:
             await self.heal.stop()
+        if self.economy is not None:
+            await self.economy.stop()
         if self.net is not None:
             await self.net.stop()
         if self.trainer is not None:
@@ -153,6 +157,7 @@ class NodeRuntime:
         key = await loop.run_in_executor(None, _load_key, self.config)
         self.net = NetworkService(key, host=self.config.host, port=self.config.port, trackers=self.config.trackers,
                                   listen=self.config.listen, p2p=dict(self.config.p2p), emit=self.ctx.emit)
+        self.economy = EconomyLink(self.ctx, self.net, key, self.subscribe_work)
         hw = self.ctx.hardware
         memory = memory_budget_bytes(hw.device, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
         layers_fit = layers_that_fit(memory, self.arch.train_bytes_per_layer())
@@ -160,6 +165,7 @@ class NodeRuntime:
         wants_async = self._wants_async()  # async nodes offer no layers, so planners skip them
         await self.net.start(hw.tier.value, 0 if wants_async else layers_fit)
         node_id = self.net.node_id
+        self.economy.start()
         self.data = DataService(self.config.data_dir, node_id, seed=self.config.seed)
         await self.data.open()
         self.net.node.set_data_handler(self.data.serve)
@@ -422,6 +428,8 @@ class NodeRuntime:
             self.modes = tuple(command.modes)
             self.ctx.emit(ModesChanged(active=self.modes, proposed=self.modes))
             return self.modes
+        if self.economy is not None and self.economy.handles(command):
+            return await self.economy.handle(command)
         if isinstance(command, Query):
             return await self._query(command.what)
         raise ValueError(f"this node does not handle the command {command.name!r}")
