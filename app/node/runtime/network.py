@@ -123,3 +123,13 @@ def phase_for(nodes: int) -> str:
         if nodes <= limit:
             return name
     return "large"
+
+
+def load_identity(config: Any) -> PrivateKey:
+    """The node's identity (app/node/identity.py); an ephemeral key until that module exists."""
+    try:
+        from app.node.identity import load_node_key
+    except ModuleNotFoundError:
+        log.warning("app.node.identity is missing: using an ephemeral node key for this run")
+        return PrivateKey.generate()
+    return load_node_key(config)

@@ -41,7 +41,7 @@ from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
 from app.node.runtime.economy_link import EconomyLink
 from app.node.runtime.heal_service import HealService
-from app.node.runtime.network import NetworkService
+from app.node.runtime.network import NetworkService, load_identity
 from app.node.runtime.p2p_transport import (
     SYNC_POSITION,
     P2PCohort,
@@ -154,7 +154,7 @@ class NodeRuntime:
     # --- start-up ------------------------------------------------------------------------------
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        key = await loop.run_in_executor(None, _load_key, self.config)
+        key = await loop.run_in_executor(None, load_identity, self.config)
         self.net = NetworkService(key, host=self.config.host, port=self.config.port, trackers=self.config.trackers,
                                   listen=self.config.listen, p2p=dict(self.config.p2p), emit=self.ctx.emit)
         self.economy = EconomyLink(self.ctx, self.net, key, self.subscribe_work)
@@ -490,15 +490,3 @@ def _idle(stage: StageWorker) -> bool:
 
 def _assignment_from(point: ResumePoint, node_id: str) -> Assignment:
     return Assignment(node_id, -1, point.layer_range, point.with_embedding, point.with_head)
-
-
-def _load_key(config: Any) -> Any:
-    """The node's identity (app/node/identity.py); an ephemeral key until that module exists."""
-    try:
-        from app.node.identity import load_node_key
-    except ModuleNotFoundError:
-        from app.wallet.keys import PrivateKey
-
-        log.warning("app.node.identity is missing: using an ephemeral node key for this run")
-        return PrivateKey.generate()
-    return load_node_key(config)
