@@ -84,9 +84,11 @@ def _check_grpc() -> str:
 def _check_qt() -> str:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtCore import Qt
-    from PySide6.QtGui import QColor, QGuiApplication, QImage, QPainter
+    from PySide6.QtGui import QColor, QImage, QPainter
+    from PySide6.QtWidgets import QApplication
 
-    app = QGuiApplication.instance() or QGuiApplication([sys.argv[0]])
+    # QApplication, not QGuiApplication: widgets made later in the same process need it.
+    app = QApplication.instance() or QApplication([sys.argv[0]])
     image = QImage(32, 32, QImage.Format.Format_ARGB32)
     image.fill(Qt.GlobalColor.white)
     painter = QPainter(image)

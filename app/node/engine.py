@@ -72,6 +72,7 @@ class NodeEngine:
         self._done = threading.Event()
         self._log_detach: Callable[[], None] | None = None
         self._events_detach: Callable[[], None] = lambda: None
+        self._posted: set[concurrent.futures.Future[Any]] = set()
 
     # --- observation ------------------------------------------------------------------------
 
@@ -159,7 +160,11 @@ class NodeEngine:
         self._assert_not_loop_thread()
         if self._loop is None or self._loop.is_closed():
             raise EngineError("the engine is not running")
-        return asyncio.run_coroutine_threadsafe(self._dispatch(command), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._dispatch(command), self._loop)
+        with self._lock:
+            self._posted.add(future)
+        future.add_done_callback(self._posted.discard)
+        return future
 
     def call(self, command: Command, timeout: float = 10.0) -> Any:
         """``post`` and wait for the result."""
@@ -197,6 +202,11 @@ class NodeEngine:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            # A command posted while the loop was closing never ran: fail it instead of hanging its caller.
+            with self._lock:
+                stranded, self._posted = list(self._posted), set()
+            for future in stranded:
+                future.cancel()
             if self._log_detach is not None:
                 self._log_detach()
             self._done.set()
