@@ -33,7 +33,8 @@ def layout() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def autostart() -> ModuleType:
-    return load("autostart")
+    # Start-at-login is used by the app at run time, so it lives in app/node (Qt-free).
+    return importlib.import_module("app.node.autostart")
 
 
 @pytest.fixture(scope="session")

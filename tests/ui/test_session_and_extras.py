@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from app.node import autostart
 from app.node.events import NodeState, ProofAccepted, UpgradeAvailable
-from app.ui import autostart
 from tests.ui.devnet_runtime import PASSWORD
 from tests.ui.helpers import runtime, wait_training
 
@@ -56,7 +56,7 @@ def test_start_at_login_writes_and_removes_the_autostart_entry(tmp_path, monkeyp
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setattr("sys.platform", "linux")
     autostart.set_enabled(True)
-    entry = tmp_path / "autostart" / "neuroshard-node.desktop"
+    entry = tmp_path / "autostart" / autostart.DESKTOP_FILE
     assert autostart.is_enabled() and "Exec=" in entry.read_text() and os.path.exists(entry)
     autostart.set_enabled(False)
     assert not autostart.is_enabled()

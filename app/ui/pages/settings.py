@@ -23,9 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.node import autostart
 from app.node.config import ConfigError, NodeConfig, parse_host_port, save_config
 from app.node.events import FinishStepThenStop, Remeasure
-from app.ui import autostart
 from app.ui.bridge import EngineBridge
 from app.ui.ui_settings import THEMES, UiSettings
 from app.ui.widgets.limits_form import LimitsForm

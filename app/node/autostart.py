@@ -12,7 +12,7 @@
   Manager's "Disable" is recorded under ``...\\Explorer\\StartupApproved\\Run`` (odd first byte),
   which :func:`is_enabled` honours too.
 
-Self-contained and free of Qt, so it can move under app/ as is. Everything is per user: no
+Qt-free (the settings page and the installers use it). Everything is per user: no
 administrator rights, and the entry points at the installed executable, never into the data dir.
 """
 
@@ -280,3 +280,11 @@ def disable() -> None:
 
 def is_enabled() -> bool:
     return backend().is_enabled()
+
+
+def set_enabled(enabled: bool) -> None:
+    """The settings page's switch: register the app as it runs now, or remove the entry."""
+    if enabled:
+        enable(*launch_command())
+    else:
+        disable()
