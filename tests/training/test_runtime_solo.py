@@ -12,7 +12,17 @@ import torch
 from app.node import hardware
 from app.node.config import NodeConfig
 from app.node.engine import NodeEngine
-from app.node.events import Event, LayersAssigned, NodeState, Pause, Query, Resume, StatusChanged, StepDone
+from app.node.events import (
+    Event,
+    LayersAssigned,
+    ModesChanged,
+    NodeState,
+    Pause,
+    Query,
+    Resume,
+    StatusChanged,
+    StepDone,
+)
 from app.node.runtime import create_runtime
 from app.node.runtime_api import RuntimeContext
 from app.node.training.trainer import StepInfo
@@ -66,6 +76,9 @@ def test_max_steps_zero_starts_everything_then_stops_cleanly(tmp_path: Path) -> 
     (layers,) = rec.of(LayersAssigned)
     assert (layers.first_layer, layers.last_layer) == (0, 4) and layers.roles == ("driver", "validator")
     assert not rec.of(StepDone)
+    (modes,) = rec.of(ModesChanged)  # the policy of modes.py, fed with this node's measurements
+    assert modes.active[0] == "pipeline" and "verify" not in modes.active
+    assert dict(modes.unavailable)["verify"] == "needs 100 NEURO staked"
 
 
 def test_solo_node_trains_pauses_resumes_and_reports_work(tmp_path: Path) -> None:

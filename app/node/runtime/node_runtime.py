@@ -26,7 +26,6 @@ from app.node.events import (
     ActivityChanged,
     Command,
     LayersAssigned,
-    ModesChanged,
     NodeState,
     Query,
     SetModes,
@@ -41,6 +40,7 @@ from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
 from app.node.runtime.economy_link import EconomyLink
 from app.node.runtime.heal_service import HealService
+from app.node.runtime.mode_service import ModeService, free_disk_bytes
 from app.node.runtime.network import NetworkService, load_identity
 from app.node.runtime.p2p_transport import (
     SYNC_POSITION,
@@ -52,6 +52,7 @@ from app.node.runtime.p2p_transport import (
 from app.node.runtime.planner import Planner
 from app.node.runtime.quorum_service import QuorumService
 from app.node.runtime_api import RuntimeContext
+from app.node.training.async_mode import snapshot_fits
 from app.node.training.checkpointing import ResumePoint, read_resume_point, restore_training_state
 from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment, NodeOffer
@@ -93,6 +94,7 @@ class NodeRuntime:
         self._drove: PipelineDriver | None = None  # kept after a move, for the run's figures
         self._following: asyncio.Future[None] | None = None
         self.modes: tuple[str, ...] = ctx.config.modes or ("pipeline", "data")
+        self.mode_service: ModeService | None = None
         self.work_log: deque[StepInfo] = deque(maxlen=WORK_LOG_SIZE)
         self._work_listeners: list[Callable[[StepInfo], None]] = []
         self._losses: list[float] = []
@@ -161,6 +163,11 @@ class NodeRuntime:
         hw = self.ctx.hardware
         memory = memory_budget_bytes(hw.device, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
         layers_fit = layers_that_fit(memory, self.arch.train_bytes_per_layer())
+        self.mode_service = ModeService(
+            tier=hw.tier.value, layers_fit=layers_fit, fits_full_model=snapshot_fits(self.arch, memory),
+            data_dir_free=lambda: free_disk_bytes(str(self.config.data_dir)), staked_units=self._staked_units,
+            emit=self.ctx.emit)
+        self.modes = self.mode_service.start(self.config.modes)
         self.activity("joining the network")
         wants_async = self._wants_async()  # async nodes offer no layers, so planners skip them
         await self.net.start(hw.tier.value, 0 if wants_async else layers_fit)
@@ -193,9 +200,11 @@ class NodeRuntime:
     def _wants_async(self) -> bool:
         """Async mode when the volunteer chose it over pipeline, or, left to the policy, on a T5
         machine (too slow for a live pipeline, modes.py). A lone node always trains the model."""
-        if self.config.modes is not None:
-            return "async" in self.config.modes and "pipeline" not in self.config.modes
-        return self.ctx.hardware.tier.value == "T5"
+        return "async" in self.modes and "pipeline" not in self.modes
+
+    def _staked_units(self) -> int:
+        service = self.economy.service if self.economy is not None else None
+        return service.ledger.balance(service.key.address).staked if service is not None else 0
 
     def _start_async(self, memory: int) -> None:
         assert self.net is not None and self.data is not None
@@ -425,8 +434,11 @@ class NodeRuntime:
     # --- commands ------------------------------------------------------------------------------
     async def handle(self, command: Command) -> Any:
         if isinstance(command, SetModes):
-            self.modes = tuple(command.modes)
-            self.ctx.emit(ModesChanged(active=self.modes, proposed=self.modes))
+            if self.mode_service is None:
+                raise ValueError("the node is still starting; try again in a moment")
+            # Switching between pipeline and async takes effect at the next start (layers move then).
+            self.modes = await asyncio.get_running_loop().run_in_executor(None, self.mode_service.set,
+                                                                          tuple(command.modes))
             return self.modes
         if self.economy is not None and self.economy.handles(command):
             return await self.economy.handle(command)
@@ -443,7 +455,11 @@ class NodeRuntime:
                      "layers": [r.layer_start, r.layer_end], "latency_ms": r.latency_ms} for r in peers]
         if what == "layers":
             return self.stage.layer_hashes() if self.stage else {}
-        raise ValueError(f"unknown query {what!r}; ask for status, peers or layers")
+        if what == "reachability":
+            node = self.net.node if self.net else None
+            reachable = bool(node and not self.net.solo and node.tracker_client.reachable)
+            return {"reachable": reachable, "relay": node.relay_address if node else ""}
+        raise ValueError(f"unknown query {what!r}; ask for status, peers, layers or reachability")
 
     def summary(self) -> dict[str, Any]:
         if self.async_service is not None:
