@@ -95,7 +95,7 @@ def _spawn(name: str, argv: list[str], log_path: Path, lines: queue.Queue[tuple[
 def _write_node_config(data_dir: Path, training: dict[str, Any], tracker: str, modes: list[str]) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = {"node": {"host": "127.0.0.1", "port": 0, "trackers": [tracker], "modes": modes},
-              "training": training, "p2p": DEVNET_P2P}
+              "training": training, "p2p": DEVNET_P2P, "economics": {"preset": "devnet"}}
     (data_dir / "config.toml").write_bytes(tomli_w.dumps(config).encode())
 
 

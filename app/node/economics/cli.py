@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomllib
 
-from app.node.economics.constants import ConfigError, EconomicsConfig, format_neuro
+from app.node.economics.constants import ConfigError, EconomicsConfig, format_neuro, from_settings
 from app.node.economics.ledger import Ledger, LedgerError
 from app.wallet.errors import WalletError
 from app.wallet.keys import is_valid_address
@@ -50,9 +50,7 @@ def load_config(data_dir: Path, devnet: bool = False) -> EconomicsConfig:
     if path.exists():
         with path.open("rb") as handle:
             section = tomllib.load(handle).get("economics", {})
-    base = EconomicsConfig.devnet() if devnet else EconomicsConfig()
-    values = {**vars(base), **section}
-    return EconomicsConfig.from_dict(values)
+    return from_settings(section, devnet=devnet)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -190,3 +190,23 @@ def _positive(config: EconomicsConfig, *names: str) -> None:
     for name in names:
         if getattr(config, name) <= 0:
             raise ConfigError(f"economics.{name} must be positive")
+
+
+DEVNET_LAYER_COST = 1e-3
+"""A devnet trains the tiny model, whose layer costs about a thousandth of the reference layer
+the tiers are measured on; PoNW's physical rate bound (batches per epoch per tier) is scaled by
+the same factor there, or every honest devnet proof would be refused as impossibly fast."""
+
+
+def from_settings(settings: dict[str, Any], *, devnet: bool = False) -> EconomicsConfig:
+    """The ``[economics]`` section of config.toml. ``preset = "devnet"`` (or ``devnet=True``)
+    starts from the seconds-long devnet timings; other keys override single values."""
+    values = dict(settings)
+    preset = values.pop("preset", "devnet" if devnet else "main")
+    if preset == "main":
+        return EconomicsConfig.from_dict(values)
+    if preset != "devnet":
+        raise ConfigError(f"economics.preset must be 'main' or 'devnet', not {preset!r}")
+    base = vars(EconomicsConfig.devnet())
+    base["tier_min_ms"] = {tier: ms * DEVNET_LAYER_COST for tier, ms in base["tier_min_ms"].items()}
+    return EconomicsConfig.from_dict({**base, **values})

@@ -27,7 +27,7 @@ from typing import Any
 
 from app.node.config import NodeConfig
 from app.node.economics import rewards
-from app.node.economics.constants import EconomicsConfig
+from app.node.economics.constants import from_settings
 from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
 from app.node.events import BalanceChanged, Event, ProofAccepted, ProposalChanged, Query, WalletCommand
@@ -41,22 +41,6 @@ GOSSIP_TOPIC = "ledger"
 GOSSIP_BATCH = 500
 GOSSIP_TIMEOUT_S = 5.0
 GossipSend = Callable[[Any, list[bytes]], Awaitable[list[bytes]]]
-
-
-DEVNET_LAYER_COST = 1e-3
-"""A devnet trains the tiny model, whose layer costs about a thousandth of the reference layer
-the tiers are measured on; PoNW's physical rate bound (batches per epoch per tier) is scaled by
-the same factor there, or every honest devnet proof would be refused as impossibly fast."""
-
-
-def economics_config(settings: dict[str, Any]) -> EconomicsConfig:
-    """``[economics]`` settings; ``preset = "devnet"`` starts from the seconds-long devnet timings."""
-    values = dict(settings)
-    if values.pop("preset", None) == "devnet":
-        defaults = EconomicsConfig().tier_min_ms
-        values.setdefault("tier_min_ms", {t: ms * DEVNET_LAYER_COST for t, ms in defaults.items()})
-        return EconomicsConfig.devnet(**values)
-    return EconomicsConfig.from_dict(values)
 
 
 @dataclass
@@ -91,7 +75,7 @@ class EconomyService:
     def __init__(self, key: PrivateKey, config: NodeConfig, emit: Callable[[Event], None], tier: str,
                  keystore: Keystore | None = None, clock: Callable[[], float] = time.time) -> None:
         self.key = key
-        self.config = economics_config(config.economics)
+        self.config = from_settings(config.economics)
         self.ledger = Ledger(config.data_dir, self.config, clock=clock)
         self.session = wallet_api.WalletSession(Wallet(keystore or Keystore(config.data_dir), self.ledger, clock))
         self._emit = emit
