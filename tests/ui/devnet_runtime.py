@@ -1,10 +1,11 @@
 """A small devnet runtime for the GUI tests, following app/node/runtime_api.py.
 
 It trains a real (tiny) torch model on the engine's executor, honours pause/stop through
-RunControl, and keeps value on the real ledger (app/node/economics) with the real wallet, so a
-vote clicked in the window lands in the ledger and a wrong password comes back as the wallet's
-own error. It stands in for app/node/runtime until that lands; the engine around it is the real
-NodeEngine.
+RunControl, and answers every wallet query and command with the node's own EconomyService over a
+ledger funded at genesis, so a vote clicked in the window lands in the ledger and a wrong
+password comes back as the wallet's own error. What it replaces of the real runtime is only the
+training network (a new node has no funds to send, stake or vote with); the engine around it is
+the real NodeEngine, and the other GUI tests run the real runtime.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.node.economics.constants import EconomicsConfig, neuro
-from app.node.economics.ledger import Ledger
+from app.node.config import NodeConfig
+from app.node.economics.constants import neuro
 from app.node.economics.records import Record
 from app.node.events import (
     ActivityChanged,
@@ -36,10 +37,10 @@ from app.node.events import (
 )
 from app.node.hardware import SpeedTier
 from app.node.modes import NodeCapabilities, apply_toggles, propose_modes
+from app.node.runtime.economy import EconomyService
 from app.node.runtime_api import RuntimeContext
 from app.wallet.keys import PrivateKey
 from app.wallet.keystore import Keystore
-from app.wallet.wallet import Wallet
 
 PASSWORD = "correct horse battery"
 GENESIS_KEY = PrivateKey((4242).to_bytes(32, "big"))
@@ -50,12 +51,6 @@ TEXT = b"volunteers train one shared language model together and earn for the wo
 def fast_keystore(data_dir: Path) -> Keystore:
     """The file keystore with a cheap scrypt (2**14): tests must not touch the OS keyring."""
     return Keystore(data_dir, use_keyring=False, scrypt_n=2**14)
-
-
-def devnet_economics() -> EconomicsConfig:
-    # Discussion ends at once and voting stays open long enough for a test to click through.
-    return EconomicsConfig.devnet(genesis_public_key=GENESIS_KEY.public_key.data.hex(),
-                                  discussion_ms=300, voting_ms=120_000)
 
 
 @dataclass
@@ -69,12 +64,22 @@ class DevnetOptions:
 
 
 class DevnetEconomy:
-    def __init__(self, data_dir: Path, options: DevnetOptions) -> None:
-        self.config = devnet_economics()
-        self.ledger = Ledger(data_dir, self.config)
-        self.wallet = Wallet(fast_keystore(data_dir), self.ledger)
-        self.session_unlocked = False
+    """The node's real EconomyService on a ledger funded at genesis, with two seeded proposals."""
+
+    def __init__(self, data_dir: Path, options: DevnetOptions, emit: Any = lambda event: None) -> None:
+        keystore = fast_keystore(data_dir)
+        economics = {"preset": "devnet", "genesis_public_key": GENESIS_KEY.public_key.data.hex(),
+                     "discussion_ms": 300, "voting_ms": 120_000}
+        self.service = EconomyService(keystore.unlock(PASSWORD), NodeConfig(data_dir=data_dir, economics=economics),
+                                      emit, "T2", keystore=keystore)
+        self.config = self.service.config
+        self.ledger = self.service.ledger
+        self.wallet = self.service.session.wallet
         self._bootstrap(options)
+
+    @property
+    def session_unlocked(self) -> bool:
+        return self.service.session.unlocked
 
     def _bootstrap(self, options: DevnetOptions) -> None:
         now = int(time.time() * 1000)
@@ -99,72 +104,10 @@ class DevnetEconomy:
                               pending_units=b.pending)
 
     def query(self, what: str) -> Any:
-        if what == "wallet":
-            b = self.wallet.balance()
-            return {"address": self.wallet.address, "available_units": b.available, "staked_units": b.staked,
-                    "pending_units": b.pending, "unlocked": self.session_unlocked}
-        if what == "history":
-            return [{"time": e.timestamp_ms / 1000, "kind": e.kind, "amount_units": e.amount, "fee_units": 0,
-                     "counterparty": "", "status": "applied", "id": e.record_id} for e in self.wallet.history()]
-        if what == "earnings":
-            rows = self.ledger.history(self.wallet.address, limit=10_000, kinds=("reward",))
-            return [{"day": time.strftime("%Y-%m-%d", time.gmtime(e.timestamp_ms / 1000)), "kind": e.detail,
-                     "units": e.amount} for e in rows]
-        if what == "proposals":
-            return [self._proposal(p) for p in self.ledger.proposals()]
-        raise ValueError(f"unknown query '{what}'")
-
-    def _proposal(self, p: Any) -> dict[str, Any]:
-        opens, closes = p.voting_opens(self.config), p.voting_closes(self.config)
-        now = time.time() * 1000
-        ends = opens if now < opens else closes if now < closes else p.implementation_at(self.config)
-        stakes = {voter: self.ledger.balance(voter).staked for voter in p.votes}
-        yes = p.approve_weight or sum(stakes[v] for v, approve in p.votes.items() if approve)
-        no = p.reject_weight or sum(stakes[v] for v, approve in p.votes.items() if not approve)
-        return {"id": p.proposal_id, "phase": self.phase(p), "phase_ends_at": ends / 1000,
-                "yes_weight": yes, "no_weight": no,
-                "staked_supply": max(p.total_staked, self.ledger.balance(self.wallet.address).staked),
-                "merges": [list(m) for m in p.merges], "proposer": p.author, "title": p.title}
-
-    def phase(self, p: Any) -> str:
-        now = time.time() * 1000
-        if now < p.voting_opens(self.config):
-            return "discussion"
-        if now < p.voting_closes(self.config):
-            return "voting"
-        return p.phase.value if p.phase.value != "voting" else "closed"
+        return self.service.query(what)
 
     def wallet_command(self, action: str, args: dict[str, Any]) -> Any:
-        password = args.get("password")
-        if action == "unlock":
-            self.wallet.unlock(password)
-            self.session_unlocked = True
-            return True
-        if action == "lock":
-            self.session_unlocked = False
-            self.wallet.lock()
-            return True
-        if not self.session_unlocked or password is not None:
-            self.wallet.unlock(password)
-        try:
-            result = self._act(action, args)
-        finally:
-            if not self.session_unlocked:
-                self.wallet.lock()
-        return result.record_id
-
-    def _act(self, action: str, args: dict[str, Any]) -> Any:
-        if action == "send":
-            return self.wallet.send(args["to"], args["amount_units"], args.get("fee_units"))
-        if action == "stake":
-            return self.wallet.stake(args["amount_units"])
-        if action == "unstake":
-            return self.wallet.unstake(args["amount_units"])
-        if action == "vote":
-            return self.wallet.vote(args["proposal_id"], bool(args["approve"]))
-        if action == "propose":
-            return self.wallet.propose_merges(args["title"], [tuple(m) for m in args["merges"]])
-        raise ValueError(f"unknown wallet action '{action}'")
+        return self.service.session.command(action, args)
 
 
 class DevnetRuntime:

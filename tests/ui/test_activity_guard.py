@@ -40,9 +40,9 @@ def test_idle_only_pauses_while_the_volunteer_types_and_resumes_when_idle(qtbot,
     idle = {"s": 10.0}
     guard.conditions = lambda limits: conditions(idle_s=idle["s"])
     guard.set_limits(dataclasses.replace(gui.config.limits, only_when_idle=True, idle_minutes=1))
-    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.PAUSED, timeout=3_000)
+    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.PAUSED, timeout=10_000)  # guard logic, not latency (test_dashboard pins pause within 1 s)
     assert "using the computer" in gui.window.dashboard.hold_label.text()
     idle["s"] = 120.0
     guard.check()
-    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.TRAINING, timeout=3_000)
+    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.TRAINING, timeout=10_000)  # guard logic, not latency (test_dashboard pins pause within 1 s)
     assert not gui.window.dashboard.hold_label.isVisibleTo(gui.window.dashboard)
