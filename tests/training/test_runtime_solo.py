@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -105,3 +106,14 @@ def test_solo_node_trains_pauses_resumes_and_reports_work(tmp_path: Path) -> Non
     assert all(w.role == "driver+validator" and w.hash_before != w.hash_after for w in rec.work)
     assert all(w.tokens == 4 * 32 and w.layers == (0, 4) for w in rec.work)
     assert (tmp_path / "checkpoints" / "stage.safetensors").exists()
+
+
+def test_solo_node_that_accepts_no_connections_still_trains(tmp_path: Path) -> None:
+    """--no-listen without a tracker: nobody can dial it, so it announces nothing and trains alone."""
+    rec = _Recorder()
+    config = dataclasses.replace(_config(tmp_path, 2), listen=False)
+    engine = NodeEngine(config, runtime_factory=rec.factory)
+    engine.subscribe(rec)
+    engine.start()
+    assert engine.wait(timeout=90) and engine.exit_code == 0
+    assert [s.step for s in rec.of(StepDone)] == [1, 2]

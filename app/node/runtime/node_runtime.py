@@ -344,6 +344,11 @@ class NodeRuntime:
 
     async def _announce(self, tier: str, layers_fit: int) -> None:
         assert self.net is not None and self.stage is not None
+        if not self.net.node.address and not self.net.node.relay_address:
+            # --no-listen with no relay yet (a solo genesis node has no peer to relay through):
+            # nobody could dial the holder we would announce, so there is nothing to announce.
+            log.info("not announcing layers: this node accepts no connections and has no relay")
+            return
         first, last = self.stage.layer_range
         ttl = self.net.node.config.heartbeat_timeout_s
         await self.net.node.registry.announce(LayerAnnouncement(first, last, tier=tier,
