@@ -337,6 +337,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-port", type=int, default=0, help="tracker port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
+    parser.add_argument("--corpus", type=Path, metavar="DIR",
+                        help="train on your own text: a folder made by 'python -m app.node.data.build'")
     parser.add_argument("--kill", metavar="ROLE:STEP", help="SIGKILL the first node with ROLE (driver, "
                         "worker, validator) once a driver reached STEP, to watch failover")
 
@@ -350,12 +352,21 @@ def _parse_kill(text: str | None) -> tuple[str, int] | None:
     return role, int(step)
 
 
+def _corpus_overrides(corpus: Path | None) -> dict[str, Any]:
+    if corpus is None:
+        return {}
+    if not (corpus / "manifest.json").is_file():
+        raise DevnetError(f"{corpus} holds no manifest.json; build it with "
+                          "'python -m app.node.data.build --input FILES --out DIR'")
+    return {"corpus_dir": str(corpus.resolve())}
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         summary = run_devnet(args.nodes, args.steps, keep=args.keep, base_port=args.base_port,
                              inner_steps=args.inner_steps, timeout_s=args.timeout,
                              progress=sys.stderr.isatty(), json_events=args.json_events,
-                             kill=_parse_kill(args.kill))
+                             kill=_parse_kill(args.kill), training_overrides=_corpus_overrides(args.corpus))
     except DevnetError as exc:
         print(f"devnet: error: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from app.node.data.bundled import open_bundled_store
+from app.node.data.builder import PUBLIC_KEY_NAME
+from app.node.data.bundled import open_bundled_store, open_corpus_store
 from app.node.data.loader import BatchLoader
 from app.node.data.manifest import DataError
 from app.node.data.store import ShardStore
@@ -34,9 +35,20 @@ def seed_for(node_id: str, base: int = 0) -> int:
     return (int(hashlib.sha256(node_id.encode()).hexdigest()[:12], 16) + base) % (1 << 62)
 
 
+def _key_beside(corpus_dir: Path) -> str:
+    """The public key the build wrote next to the shards."""
+    try:
+        return (corpus_dir / PUBLIC_KEY_NAME).read_text().strip()
+    except OSError as exc:
+        raise DataError(f"set training.genesis_public_key: no key beside the corpus in {corpus_dir} "
+                        f"({exc.strerror})") from None
+
+
 class DataService:
-    def __init__(self, data_dir: Path, node_id: str, *, seed: int | None = None) -> None:
+    def __init__(self, data_dir: Path, node_id: str, *, seed: int | None = None, corpus_dir: str = "",
+                 genesis_public_key: str = "") -> None:
         self.data_dir = data_dir
+        self.corpus_dir, self.genesis_public_key = corpus_dir, genesis_public_key
         self.node_id = node_id
         self.seed = seed_for(node_id, seed or 0)
         self.store: ShardStore | None = None
@@ -45,7 +57,12 @@ class DataService:
 
     async def open(self) -> ShardStore:
         loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(None, open_bundled_store, self.data_dir)
+        if self.corpus_dir:
+            public_key = self.genesis_public_key or _key_beside(Path(self.corpus_dir))
+            self.store = await loop.run_in_executor(None, open_corpus_store, self.data_dir, self.corpus_dir,
+                                                    public_key)
+        else:
+            self.store = await loop.run_in_executor(None, open_bundled_store, self.data_dir)
         return self.store
 
     async def fetch_missing_from(self, node: P2PNode, peers: list[PeerRecord]) -> int:

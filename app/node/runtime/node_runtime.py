@@ -173,7 +173,9 @@ class NodeRuntime:
         await self.net.start(hw.tier.value, 0 if wants_async else layers_fit)
         node_id = self.net.node_id
         self.economy.start()
-        self.data = DataService(self.config.data_dir, node_id, seed=self.config.seed)
+        self.data = DataService(self.config.data_dir, node_id, seed=self.config.seed,
+                                corpus_dir=self.training.corpus_dir,
+                                genesis_public_key=self.training.genesis_public_key)
         await self.data.open()
         self.net.node.set_data_handler(self.data.serve)
         if not self.net.solo and wants_async:

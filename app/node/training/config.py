@@ -49,6 +49,10 @@ class TrainingConfig:
     linger_s: float = 2.0
     """After its last step a node keeps serving this long so peers can finish theirs."""
     max_microbatch_attempts: int = 4
+    corpus_dir: str = ""
+    """A private corpus built by ``python -m app.node.data.build`` instead of the bundled sample;
+    ``genesis_public_key`` (hex, printed by the build and saved beside it) must sign its manifest."""
+    genesis_public_key: str = ""
     heal_interval_s: float = 30.0
     """How often a node checks that every stage still has MIN_REPLICAS live holders (the original
     implementation's 30 s heartbeat; a holder counts as gone when its announcement expires)."""
