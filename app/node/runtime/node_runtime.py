@@ -323,7 +323,13 @@ class NodeRuntime:
         stage = StageWorker(shard, self.training, executor=self.ctx.executor)
         sync = self._new_sync(stage)
         if a.download_from is not None:
-            await self._download_into(stage, sync, a.layer_range)
+            try:
+                await self._download_into(stage, sync, a.layer_range)
+            except StageUnavailable:
+                # The holder the pool named died too (its announcement outlives it by up to a TTL)
+                # and no other replica answers: the stage's trained weights are gone, so serve it
+                # from its genesis weights rather than leave the pipeline without the stage.
+                log.warning("no live replica of layers %s: serving them from their genesis weights", a.layer_range)
         self.stage, self.sync, self.driver, self.quorums = stage, sync, None, None
         self.net.node.set_stage_handler(stage_server(stage.handle))
         self.trainer.replace_stage(stage, sync)
