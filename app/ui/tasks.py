@@ -60,7 +60,8 @@ def _call_if_alive(callback: Callable[[Any], None] | None, value: Any) -> None:
     try:
         callback(value)
     except RuntimeError as exc:
-        if "already deleted" not in str(exc):  # shiboken's words for a destroyed Qt object
+        # shiboken's words for a destroyed Qt object, and Qt's for a signal whose owner is gone
+        if "already deleted" not in str(exc) and "Signal source has been deleted" not in str(exc):
             raise
 
 
