@@ -15,13 +15,16 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
+from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.records import InvalidRecord, PeerRecord, SignedValue, parse_value, sign_value
 from app.node.p2p.routing import Answer, LookupResult, RoutingTable, iterative_lookup
 from app.wallet.keys import PrivateKey
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +113,7 @@ class KademliaNode:
 
     async def stop(self) -> None:
         tasks = [t for t in (self._maintenance, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(tasks)
 
     async def bootstrap(self, records: list[PeerRecord]) -> int:
         """Join through ``records`` (from a tracker or a cache): a lookup of our own id fills the
@@ -167,27 +166,28 @@ class KademliaNode:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ lookups
-    async def _query_nodes(self, node_id: bytes, contact: PeerRecord, target: bytes) -> Answer[PeerRecord]:
+    async def _ask(self, node_id: bytes, call: Awaitable[T]) -> T:
+        """Await one query to a contact, marking it dead on failure and alive on an answer."""
         try:
-            found = await self.transport.find_node(contact, target)
+            answer = await call
         except Exception:
             self._dead(node_id)
             raise
         self._alive(node_id)
+        return answer
+
+    def _observe_all(self, found: list[PeerRecord]) -> list[tuple[bytes, PeerRecord]]:
         for record in found:
             self.observe(record)
-        return Answer([(r.node_id, r) for r in found])
+        return [(r.node_id, r) for r in found]
+
+    async def _query_nodes(self, node_id: bytes, contact: PeerRecord, target: bytes) -> Answer[PeerRecord]:
+        found = await self._ask(node_id, self.transport.find_node(contact, target))
+        return Answer(self._observe_all(found))
 
     async def _query_values(self, node_id: bytes, contact: PeerRecord, key: bytes) -> Answer[PeerRecord]:
-        try:
-            values, found = await self.transport.find_value(contact, key)
-        except Exception:
-            self._dead(node_id)
-            raise
-        self._alive(node_id)
-        for record in found:
-            self.observe(record)
-        return Answer([(r.node_id, r) for r in found], [v for v in values if v.key == key])
+        values, found = await self._ask(node_id, self.transport.find_value(contact, key))
+        return Answer(self._observe_all(found), [v for v in values if v.key == key])
 
     def _finish(self, result: LookupResult[PeerRecord]) -> LookupResult[PeerRecord]:
         self.last_lookup = result

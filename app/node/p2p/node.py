@@ -19,6 +19,7 @@ import grpc
 import torch
 
 from app.node.p2p import services, upnp
+from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
@@ -141,11 +142,7 @@ class P2PNode:
     async def stop(self) -> None:
         """Stop serving and calling; quick (well under a second) and safe to call twice."""
         loops, self._loops = self._loops, []
-        for task in loops:
-            task.cancel()
-        for task in loops:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(loops)
         await self.tunnel.close()
         await self.dht.stop()
         if self.upnp_mapping is not None:

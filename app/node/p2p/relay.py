@@ -10,7 +10,6 @@ for a direct call (server.Dispatcher), so nothing behaves differently behind a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
 from app.node.p2p.client import PeerClient
 from app.node.p2p.errors import RpcRefusal
@@ -163,11 +163,7 @@ class TunnelClient:
     async def close(self) -> None:
         tasks = [t for t in (self._task, *self._workers) if t is not None]
         self._task = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(tasks)
 
     @property
     def alive(self) -> bool:

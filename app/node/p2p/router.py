@@ -11,7 +11,6 @@ exponential backoff (Petals: 1 s doubling to 60 s); a success clears its record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import grpc
 import torch
 
+from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import NoHolders, P2PError, PeerRejected, ProtocolMismatch
 from app.node.p2p.records import PeerRecord
@@ -148,11 +148,7 @@ class SwarmRouter:
                     self.clear(record.node_id)
                     return StageResult(record, out_meta, out_tensors)
         finally:
-            for task in running:
-                task.cancel()
-            for task in running:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(running)
         if errors and all(isinstance(e, PeerRejected | ProtocolMismatch) for e in errors):
             raise errors[-1]
         raise NoHolders(f"every holder of layer {layer_start} tried failed; last error: {errors[-1] if errors else None}")

@@ -8,11 +8,12 @@ real network gets. Contacts are any objects, keyed by their 32-byte (256-bit) no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from app.node.p2p.aio import cancel_and_wait
 
 C = TypeVar("C")
 ID_BITS = 256
@@ -194,9 +195,5 @@ async def iterative_lookup(target: bytes, own_id: bytes, initial: Sequence[tuple
             for task in done:
                 state.take(inflight.pop(task), task)
     finally:
-        for task in inflight:
-            task.cancel()
-        for task in inflight:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(inflight)
     return state.finish()
