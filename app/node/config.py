@@ -39,6 +39,30 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("NEUROSHARD_DATA_DIR") or user_data_dir(APP_NAME, appauthor=False))
 
 
+@dataclass(frozen=True, kw_only=True)
+class UsageCaps:
+    """How hard the node may work right now. ResourceLimits holds two sets: one for when the
+    computer is idle (no keyboard or mouse input for ``idle_minutes``) and one for when the
+    volunteer is using it, as BOINC and Folding@home offer; the app switches between them."""
+
+    cpu_threads: int | None = None  # None: all but one core
+    cpu_share: float = 1.0  # fraction of wall-clock time the node may compute (duty cycle)
+    gpu_share: float = 1.0  # the same for the GPU
+    upload_bytes_per_s: int | None = None  # None: unlimited
+    download_bytes_per_s: int | None = None
+
+    def validate(self, label: str = "limits") -> None:
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError(f"{label}: cpu_threads must be at least 1")
+        for name in ("cpu_share", "gpu_share"):
+            if not 0.05 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{label}: {name} must be between 0.05 and 1")
+        for name in ("upload_bytes_per_s", "download_bytes_per_s"):
+            value = getattr(self, name)
+            if value is not None and value < 64 * 1024:
+                raise ConfigError(f"{label}: {name} must be at least 65536 (64 KiB/s) or unset")
+
+
 @dataclass(kw_only=True)
 class ResourceLimits:
     """What the volunteer allows; the engine throttles or pauses to honour it."""
@@ -48,6 +72,7 @@ class ResourceLimits:
     cpu_threads: int | None = None  # None: all but one core
     gpu_ids: tuple[int, ...] = ()  # empty: all visible GPUs
     gpu_share: float = 1.0
+    cpu_share: float = 1.0
     disk_bytes: int = 20 * 2**30
     upload_bytes_per_s: int | None = None
     download_bytes_per_s: int | None = None
@@ -57,14 +82,28 @@ class ResourceLimits:
     pause_when_running: tuple[str, ...] = ()  # process names
     pause_when_fullscreen: bool = False
     schedule: tuple[tuple[int, int, int], ...] = ()  # (weekday 0=Mon, start_hour, end_hour); empty = always
+    # The fields cpu_threads .. download_bytes_per_s above are the caps while the computer is idle
+    # (and on a headless server, which has no "in use"); these apply while the volunteer is at it.
+    # None: the same caps either way. Ignored when only_when_idle (in use means paused then).
+    in_use: UsageCaps | None = None
+
+    def caps(self, in_use: bool = False) -> UsageCaps:
+        """The caps in force: the idle set, or the in-use set while the volunteer uses the computer."""
+        if in_use and self.in_use is not None:
+            return self.in_use
+        return UsageCaps(cpu_threads=self.cpu_threads, cpu_share=self.cpu_share, gpu_share=self.gpu_share,
+                         upload_bytes_per_s=self.upload_bytes_per_s, download_bytes_per_s=self.download_bytes_per_s)
 
     def validate(self) -> None:
         if not 0.05 <= self.memory_fraction <= 0.95:
             raise ConfigError("memory_fraction must be between 0.05 and 0.95")
-        if not 0.0 < self.gpu_share <= 1.0:
-            raise ConfigError("gpu_share must be in (0, 1]")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ConfigError("cpu_threads must be at least 1")
+        self.caps(in_use=False).validate("limits")
+        if self.in_use is not None:
+            self.in_use.validate("limits.in_use")
+        if self.disk_bytes < 2**30:
+            raise ConfigError("disk_bytes must be at least 1 GiB (1073741824)")
+        if not 1 <= self.idle_minutes <= 24 * 60:
+            raise ConfigError("idle_minutes must be between 1 and 1440")
         for day, start, end in self.schedule:
             if not (0 <= day <= 6 and 0 <= start < end <= 24):
                 raise ConfigError(f"schedule entry {(day, start, end)} is not (weekday 0-6, start < end <= 24)")
@@ -155,6 +194,15 @@ def apply_file_settings(config: NodeConfig, settings: dict[str, Any]) -> NodeCon
             limits_raw[key] = tuple(limits_raw[key])
     if "schedule" in limits_raw:
         limits_raw["schedule"] = tuple(tuple(entry) for entry in limits_raw["schedule"])
+    if "in_use" in limits_raw:
+        in_use = limits_raw["in_use"]
+        cap_fields = {f.name for f in dataclasses.fields(UsageCaps)}
+        if not isinstance(in_use, dict) or set(in_use) - cap_fields:
+            raise ConfigError(f"[limits.in_use] takes only {', '.join(sorted(cap_fields))}")
+        try:
+            limits_raw["in_use"] = UsageCaps(**in_use)
+        except TypeError as exc:
+            raise ConfigError(f"bad value in [limits.in_use]: {exc}") from exc
     try:
         limits = dataclasses.replace(config.limits, **limits_raw)
         return dataclasses.replace(
@@ -172,8 +220,10 @@ def to_toml_dict(config: NodeConfig) -> dict[str, Any]:
     node = {k: list(v) if isinstance(v, tuple) else v for k, v in node.items()}
     limits = {
         k: ([list(e) if isinstance(e, tuple) else e for e in v] if isinstance(v, tuple) else v)
-        for k, v in dataclasses.asdict(config.limits).items() if v is not None
+        for k, v in dataclasses.asdict(config.limits).items() if v is not None and k != "in_use"
     }
+    if config.limits.in_use is not None:  # a [limits.in_use] table; unset caps are left out
+        limits["in_use"] = {k: v for k, v in dataclasses.asdict(config.limits.in_use).items() if v is not None}
     out: dict[str, Any] = {"node": node, "limits": limits}
     for section in ("training", "economics", "p2p"):
         if getattr(config, section):

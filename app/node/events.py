@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
+from app.node.config import UsageCaps
+
 
 class NodeState(str, enum.Enum):
     """The node's lifecycle. Changed only through ``NodeEngine._set_state``."""
@@ -275,6 +277,15 @@ class FinishStepThenStop(Command):
 class SetModes(Command):
     name: ClassVar[str] = "set_modes"
     modes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SetUsageCaps(Command):
+    """Apply these caps now (the app sends the in-use set when the volunteer touches the computer
+    and the idle set when they leave); they last until the next SetUsageCaps or a restart."""
+
+    name: ClassVar[str] = "set_usage_caps"
+    caps: UsageCaps
 
 
 @dataclass(frozen=True)
