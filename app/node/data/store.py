@@ -4,11 +4,14 @@ Shards arrive from data nodes (untrusted) or from the bundled sample; ``put`` re
 SHA-256, size or token range does not match, and ``get`` re-checks what is on disk, so a file
 corrupted since (bad disk, a user's editor) is deleted and fetched again instead of trained on.
 Writes go to a temporary file, are fsynced and renamed, so a crash never leaves half a shard.
+Under a running node the data dir has a disk cap (app/node/disk.py): a shard that would take it
+past ``limits.disk_bytes`` is refused with DiskCapExceeded before anything is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from app.node.data.manifest import BadShard, GenesisManifest, ShardInfo, is_valid_shard_id
+from app.node.disk import DiskCapExceeded, budget_for
+
+log = logging.getLogger("neuroshard.data.store")
 
 
 def check_shard_bytes(info: ShardInfo, data: bytes, vocab: int) -> None:
@@ -78,10 +84,18 @@ class ShardStore:
         return np.frombuffer(self.get(shard_id), dtype="<u2").astype(np.uint16)
 
     def put(self, shard_id: str, data: bytes) -> None:
-        """Store a shard after checking it against the manifest; BadShard if it does not match."""
+        """Store a shard after checking it against the manifest; BadShard if it does not match,
+        DiskCapExceeded (nothing written) if it would take the data dir past its cap."""
         info = self.manifest.shard(shard_id)
         check_shard_bytes(info, data, self.manifest.vocab)
-        atomic_write(self._path(shard_id), bytes(data))
+        path = self._path(shard_id)
+        budget = budget_for(self.root)
+        if budget is None:
+            atomic_write(path, bytes(data))
+            return
+        # The temporary copy and the file it replaces exist together for a moment: the peak counts.
+        with budget.reserve(len(data), what=f"data shard {shard_id}"):
+            atomic_write(path, bytes(data))
 
     def serve(self, shard_id: object) -> bytes | None:
         """For a data node's gRPC handler: the verified bytes, or None for anything we cannot
@@ -106,6 +120,11 @@ class ShardStore:
                 self.put(info.shard_id, path.read_bytes())
             except BadShard:
                 continue
+            except DiskCapExceeded:
+                # Already reported; the shards installed so far train, the rest would not fit either.
+                log.warning("stopped installing shards from %s at the disk cap (%d installed)", source_dir,
+                            len(installed))
+                break
             installed.append(info.shard_id)
         return installed
 

@@ -6,25 +6,35 @@ Tensors are namespaced ``model.*``, ``optim.<i>.*`` (by parameter position, the 
 shard's parameters are created in, identical on every build) and ``diloco.*``; counters and the
 data loader position go in the JSON ``extra`` metadata. A killed node restarted with the same data
 dir resumes from its last committed step: nothing committed before the checkpoint is lost.
+
+Under a running node the data dir has a disk cap (app/node/disk.py). A checkpoint that would
+take it past the cap first evicts the ``.prev`` copy (the last good checkpoint stays); if it still
+does not fit, this save is skipped with a warning (training goes on from the last checkpoint
+kept) rather than failing the node or leaving half a file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.node.disk import DiskCapExceeded, budget_for
 from app.node.model.architecture import ModelArchitecture
-from app.node.model.checkpoint import CheckpointError, load_with_fallback, save_checkpoint
+from app.node.model.checkpoint import CheckpointError, load_with_fallback, previous_path, save_checkpoint
 from app.node.training.stage import StageWorker
 from app.node.training.sync import StageSync
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "stage.safetensors"
 _ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+_METADATA_ALLOWANCE = 1 << 20
+"""Bytes reserved beyond the tensors for the safetensors header and JSON metadata."""
+log = logging.getLogger("neuroshard.training.checkpoint")
 
 
 class ResumeError(CheckpointError):
@@ -50,7 +60,8 @@ def checkpoint_path(data_dir: Path | str) -> Path:
 
 def save_training_state(data_dir: Path | str, stage: StageWorker, sync: StageSync | None, *,
                         driver_step: int, loader_state: dict[str, Any] | None = None,
-                        node_id: str = "") -> Path:
+                        node_id: str = "") -> Path | None:
+    """Write the checkpoint; None when the disk cap left no room for it (reported, nothing written)."""
     path = checkpoint_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with stage.lock:
@@ -66,7 +77,20 @@ def save_training_state(data_dir: Path | str, stage: StageWorker, sync: StageSyn
             "diloco_outer": sync.replica.outer_steps_done if sync else 0,
             "rounds": sync.rounds if sync else 0, "loader": loader_state or {}, "node_id": node_id,
         }
-    save_checkpoint(path, state, stage.shard.architecture, extra={"training": json.dumps(counters)})
+    budget = budget_for(path.parent)
+    if budget is None:
+        save_checkpoint(path, state, stage.shard.architecture, extra={"training": json.dumps(counters)})
+        return path
+    need = sum(t.numel() * t.element_size() for t in state.values()) + _METADATA_ALLOWANCE
+    prev = previous_path(path)
+    if not budget.room(need) and prev.exists():
+        prev.unlink(missing_ok=True)  # the fallback copy goes first; the newest good checkpoint stays
+        log.info("disk cap: removed the older checkpoint copy %s to make room", prev.name)
+    try:
+        with budget.reserve(need, what="the training checkpoint"):
+            save_checkpoint(path, state, stage.shard.architecture, extra={"training": json.dumps(counters)})
+    except DiskCapExceeded:
+        return None  # reported by the budget; the last checkpoint on disk is still whole
     return path
 
 
