@@ -3,7 +3,8 @@
 BOINC and Folding@home define "idle" by input, not by CPU load (a video call is busy but the
 user is present). Windows: ``GetLastInputInfo``; macOS: the HID system's ``HIDIdleTime``; Linux
 X11: the XScreenSaver extension (``libXss``). Where none answers (Wayland without a portal, a
-headless box) ``None`` is returned and the caller treats the machine as in use, the safe side.
+headless box) ``None`` is returned and the caller treats the machine as in use, the safe side:
+with only_when_idle the node then stays paused, otherwise the in-use caps apply (activity_guard).
 """
 
 from __future__ import annotations
@@ -64,12 +65,16 @@ def _x11() -> float | None:
         root = xlib.XDefaultRootWindow(display)
         xss.XScreenSaverAllocInfo.restype = ctypes.POINTER(_XScreenSaverInfo)
         info = xss.XScreenSaverAllocInfo()
-        xss.XScreenSaverQueryInfo.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.POINTER(_XScreenSaverInfo)]
-        if not xss.XScreenSaverQueryInfo(display, root, info):
+        if not info:
             return None
-        idle_ms = info.contents.idle
-        xlib.XFree(info)
-        return idle_ms / 1000.0
+        xss.XScreenSaverQueryInfo.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.POINTER(_XScreenSaverInfo)]
+        xlib.XFree.argtypes = [ctypes.c_void_p]
+        try:  # the query runs every check (it also picks the caps now): free the info every time
+            if not xss.XScreenSaverQueryInfo(display, root, info):
+                return None
+            return info.contents.idle / 1000.0
+        finally:
+            xlib.XFree(info)
     finally:
         xlib.XCloseDisplay.argtypes = [ctypes.c_void_p]
         xlib.XCloseDisplay(display)

@@ -163,3 +163,18 @@ def test_no_display_is_unknown_not_an_error(monkeypatch: pytest.MonkeyPatch) -> 
     assert fullscreen.fullscreen_app_running() is None
     assert fullscreen.fullscreen_app_running(":4242") is None  # no server there
     assert fullscreen.support().available is False
+
+
+@needs_xvfb
+def test_input_idleness_is_read_from_the_same_x_server(display: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """idle.py (which picks the in-use or idle caps) answers on a real server: nobody typed on a
+    fresh Xvfb, so the idle time is a number, not None (MIT-SCREEN-SAVER is built into Xvfb)."""
+    from app.ui.idle import idle_seconds
+
+    if not ctypes.util.find_library("Xss"):
+        pytest.skip("libXss is not installed")
+    monkeypatch.setenv("DISPLAY", display)
+    first = idle_seconds()
+    assert first is not None and first >= 0
+    monkeypatch.setenv("DISPLAY", ":4242")  # no server: unknown, not an error
+    assert idle_seconds() is None
