@@ -1,10 +1,12 @@
 """GUI test fixtures: offscreen Qt, a data dir with a real (cached) hardware measurement, and the
-whole app built without entering its event loop, on a real NodeEngine.
+whole app built without entering its event loop, on a real NodeEngine running the node's real
+runtime (app/node/runtime: solo genesis network, tiny model, gRPC on an ephemeral loopback port).
 
-``gui`` runs the node's real runtime (app/node/runtime: solo genesis network, tiny model, gRPC on
-an ephemeral loopback port). ``ledger_gui`` runs tests/ui/devnet_runtime.py, which funds the
-wallet at genesis and seeds proposals on the real ledger: the real runtime does not answer wallet
-queries yet, and a fresh node has nothing to send, stake or vote with.
+Every wallet the fixtures create is funded at genesis (tests/ui/funded_ledger.py: signed records
+in the node's own ledger, written before the node starts), so the wallet and governance pages have
+coins to send, stake and vote with. ``gui`` is a fresh app per test; ``ledger_gui`` is one app
+shared by a whole test module (a node takes seconds to start on a 2-core machine), for tests that
+only add records, so its tests compare before and after rather than expect exact balances.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _QAPP = QApplication.instance() or QApplication(["neuroshard-tests"])
 
 from app.node import identity  # noqa: E402
 from app.node.config import NodeConfig  # noqa: E402
-from tests.ui.devnet_runtime import PASSWORD, DevnetOptions, DevnetRuntime, fast_keystore  # noqa: E402
+from tests.ui.funded_ledger import PASSWORD, devnet_economics, fast_keystore, fund_at_genesis  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,28 +41,41 @@ def measured_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, measured_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "data"
+def new_data_dir(root: Path, measured_dir: Path) -> Path:
+    path = root / "data"
     path.mkdir()
     shutil.copy(measured_dir / "hardware.json", path / "hardware.json")
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # start-at-login writes stay in tmp
     return path
+
+
+def node_config(data_dir: Path) -> NodeConfig:
+    # port 0: the OS picks a free loopback port, so parallel test runs never collide.
+    return NodeConfig(data_dir=data_dir, device="cpu", host="127.0.0.1", port=0, devnet=True,
+                      training={"model": "tiny"}, economics=devnet_economics())
+
+
+def funded_wallet(data_dir: Path) -> None:
+    """A wallet (not a first run) funded at genesis, its password handed to the node as the app's
+    unlock dialog does."""
+    fast_keystore(data_dir).create(PASSWORD)
+    fund_at_genesis(data_dir, devnet_economics())
+    identity.provide_password(data_dir, PASSWORD)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, measured_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # start-at-login, location.ini stay in tmp
+    return new_data_dir(tmp_path, measured_dir)
 
 
 @pytest.fixture
 def config(data_dir: Path) -> NodeConfig:
-    # port 0: the OS picks a free loopback port, so parallel test runs never collide.
-    return NodeConfig(data_dir=data_dir, device="cpu", host="127.0.0.1", port=0, devnet=True,
-                      training={"model": "tiny"}, economics={"preset": "devnet"})
+    return node_config(data_dir)
 
 
 @pytest.fixture
 def wallet_dir(data_dir: Path) -> Iterator[Path]:
-    """A data dir that already holds a wallet (not a first run), its password handed to the node
-    as the app's unlock dialog does."""
-    fast_keystore(data_dir).create(PASSWORD)
-    identity.provide_password(data_dir, PASSWORD)
+    funded_wallet(data_dir)
     yield data_dir
     identity.forget_password(data_dir)
 
@@ -73,14 +88,10 @@ def locked_wallet_dir(data_dir: Path) -> Iterator[Path]:
     identity.forget_password(data_dir)
 
 
-def devnet_factory(options: DevnetOptions | None = None):  # noqa: ANN201 (a RuntimeFactory)
-    return lambda ctx: DevnetRuntime(ctx, options)
-
-
-def _launched(qtbot, config: NodeConfig, runtime_factory) -> Iterator:  # noqa: ANN001
+def launched(config: NodeConfig) -> Iterator:  # noqa: ANN201
     from app.ui.app import GuiApp
 
-    app = GuiApp(config, runtime_factory=runtime_factory, keystore_factory=fast_keystore)
+    app = GuiApp(config, keystore_factory=fast_keystore)
     app.launch()
     yield app
     app.dispose()
@@ -88,11 +99,19 @@ def _launched(qtbot, config: NodeConfig, runtime_factory) -> Iterator:  # noqa: 
 
 @pytest.fixture
 def gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN001 (pytest-qt fixture)
-    """The whole app on the real engine and the node's real runtime."""
-    yield from _launched(qtbot, config, None)
+    """The whole app on the real engine and runtime, a fresh node for this test."""
+    yield from launched(config)
 
 
-@pytest.fixture
-def ledger_gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN001 (pytest-qt fixture)
-    """The whole app on the real engine with the devnet runtime (funded wallet, seeded proposals)."""
-    yield from _launched(qtbot, config, devnet_factory())
+@pytest.fixture(scope="module")
+def ledger_gui(tmp_path_factory: pytest.TempPathFactory, measured_dir: Path) -> Iterator:
+    """The whole app on the real engine and runtime, one node for the whole test module."""
+    root = tmp_path_factory.mktemp("shared")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(root / "xdg"))
+        data_dir = new_data_dir(root, measured_dir)
+        funded_wallet(data_dir)
+        try:
+            yield from launched(node_config(data_dir))
+        finally:
+            identity.forget_password(data_dir)

@@ -34,4 +34,4 @@ def test_unavailable_mode_is_greyed_with_reason_and_a_refusal_reverts(qtbot, led
     row.toggle.setChecked(True)
     qtbot.waitUntil(lambda: "refused" in page.status.text(), timeout=5_000)
     assert not row.toggle.isChecked()
-    assert mode not in runtime(ledger_gui).active_modes
+    assert mode not in runtime(ledger_gui).modes

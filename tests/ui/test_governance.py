@@ -1,17 +1,19 @@
-"""Governance page on the real ledger: readable merges, tallies, signed votes, refusals, proposals."""
+"""Governance page on the node's real ledger (funded at genesis, proposals seeded there): readable
+merges, tallies, signed votes, refusals, proposals. The tests share one node (module fixture); an
+account votes once per proposal, so each voting test votes on its own proposal."""
 
 from __future__ import annotations
 
 from app.ui.merges_text import describe_merge, example_words
 from app.ui.widgets.proposal_dialog import parse_merges
-from tests.ui.devnet_runtime import PASSWORD
-from tests.ui.helpers import runtime, wait_training
+from tests.ui.funded_ledger import CLOSED_PROPOSAL, OPEN_PROPOSAL, PASSWORD, PROPOSALS, SECOND_PROPOSAL
+from tests.ui.helpers import economy, wait_training
 
 
 def open_governance(qtbot, ledger_gui):  # noqa: ANN001, ANN201
     wait_training(qtbot, ledger_gui)
     page = ledger_gui.window.governance
-    qtbot.waitUntil(lambda: len(page.proposals) == 2, timeout=5_000)
+    qtbot.waitUntil(lambda: len(page.proposals) >= len(PROPOSALS), timeout=10_000)
     return page
 
 
@@ -25,7 +27,7 @@ def test_proposals_show_phase_countdown_and_readable_merges(qtbot, ledger_gui) -
     qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
     page.refresh()
     qtbot.waitUntil(lambda: "voting" in [p.phase for p in page.proposals], timeout=5_000)
-    select(page, "Common English pairs")
+    select(page, OPEN_PROPOSAL)
     row = page.table.currentRow()
     assert page.table.item(row, 1).text() == "voting"
     assert page.table.item(row, 2).text().endswith((" min", " s")) or " min " in page.table.item(row, 2).text()
@@ -33,7 +35,7 @@ def test_proposals_show_phase_countdown_and_readable_merges(qtbot, ledger_gui) -
     assert items[0].startswith('"t" + "h" → "th"')
     assert items[2].startswith('"▁" + "the" → "▁the"')
     assert page.yes_button.isEnabled()
-    select(page, "Closed vote")
+    select(page, CLOSED_PROPOSAL)
     assert not page.yes_button.isEnabled()
 
 
@@ -42,13 +44,13 @@ def test_vote_with_password_reaches_the_ledger(qtbot, ledger_gui) -> None:  # no
     qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
     page.refresh()
     qtbot.waitUntil(lambda: any(p.phase == "voting" for p in page.proposals), timeout=5_000)
-    select(page, "Common English pairs")
+    select(page, OPEN_PROPOSAL)
     proposal_id = page.selected().proposal_id
     page.vote(True)
     page.active_dialog.password.setText(PASSWORD)
     assert page.active_dialog.try_accept()
     qtbot.waitUntil(lambda: "recorded" in page.message.text(), timeout=5_000)
-    ledger_proposal = {p.proposal_id: p for p in runtime(ledger_gui).economy.ledger.proposals()}[proposal_id]
+    ledger_proposal = {p.proposal_id: p for p in economy(ledger_gui).ledger.proposals()}[proposal_id]  # the node's own
     assert ledger_proposal.votes == {page.session.bridge.latest("balance").address: True}
     qtbot.waitUntil(lambda: page.selected() is not None and page.selected().yes_weight > 0, timeout=5_000)
     assert page.approval_bar.value() == 100
@@ -56,7 +58,7 @@ def test_vote_with_password_reaches_the_ledger(qtbot, ledger_gui) -> None:  # no
 
 def test_vote_outside_the_window_shows_the_ledgers_reason(qtbot, ledger_gui) -> None:  # noqa: ANN001
     page = open_governance(qtbot, ledger_gui)
-    select(page, "Closed vote")
+    select(page, CLOSED_PROPOSAL)
     assert not page.yes_button.isEnabled()  # the window knows; the ledger is asked anyway below
     page.submit_vote(page.selected().proposal_id, True, PASSWORD)
     qtbot.waitUntil(lambda: "Vote not recorded" in page.message.text(), timeout=5_000)
@@ -65,6 +67,8 @@ def test_vote_outside_the_window_shows_the_ledgers_reason(qtbot, ledger_gui) -> 
 
 def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, ledger_gui) -> None:  # noqa: ANN001
     page = open_governance(qtbot, ledger_gui)
+    before = len(page.proposals)
+    page.message.clear()  # the shared page may still show an earlier test's answer
     dialog = page.open_propose()
     assert any("100 NEURO" in label.text() for label in dialog.findChildren(type(dialog.error)))
     dialog.title_edit.setText("More merges")
@@ -73,7 +77,7 @@ def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, ledger_gui) -> No
     assert dialog.try_accept()
     qtbot.waitUntil(lambda: "submitted" in page.message.text() or "not" in page.message.text(), timeout=5_000)
     assert "submitted" in page.message.text(), page.message.text()
-    qtbot.waitUntil(lambda: len(page.proposals) == 3, timeout=5_000)
+    qtbot.waitUntil(lambda: len(page.proposals) == before + 1, timeout=5_000)
     select(page, "More merges")
     assert page.merges_list.item(1).text().startswith('"an" + "d" → "and"')
 
@@ -99,10 +103,10 @@ def test_vote_in_an_unlocked_session_needs_no_password(qtbot, ledger_gui) -> Non
     qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
     page.refresh()
     qtbot.waitUntil(lambda: "voting" in [p.phase for p in page.proposals], timeout=5_000)
-    select(page, "Common English pairs")
+    select(page, SECOND_PROPOSAL)
     page.active_dialog = None
     page.vote(False)
     assert page.active_dialog is None  # signed by the unlocked session, no prompt
     qtbot.waitUntil(lambda: "no vote was recorded" in page.message.text(), timeout=5_000)
-    proposal = {p.title: p for p in runtime(ledger_gui).economy.ledger.proposals()}["Common English pairs"]
+    proposal = {p.title: p for p in economy(ledger_gui).ledger.proposals()}[SECOND_PROPOSAL]
     assert list(proposal.votes.values()) == [False] and not errors

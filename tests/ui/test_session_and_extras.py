@@ -6,8 +6,8 @@ import os
 
 from app.node import autostart
 from app.node.events import NodeState, ProofAccepted, UpgradeAvailable
-from tests.ui.devnet_runtime import PASSWORD
-from tests.ui.helpers import runtime, wait_training
+from tests.ui.funded_ledger import PASSWORD
+from tests.ui.helpers import economy, wait_training
 
 
 def test_wallet_session_locks_itself_after_inactivity(qtbot, ledger_gui) -> None:  # noqa: ANN001
@@ -17,10 +17,10 @@ def test_wallet_session_locks_itself_after_inactivity(qtbot, ledger_gui) -> None
     errors: list[str] = []
     session.unlock(PASSWORD, errors.append)
     qtbot.waitUntil(lambda: session.unlocked, timeout=10_000)
-    assert runtime(ledger_gui).economy.session_unlocked
+    assert economy(ledger_gui).session.unlocked
     assert ledger_gui.window.wallet.lock_button.text() == "Lock"
     qtbot.waitUntil(lambda: not session.unlocked, timeout=5_000)
-    qtbot.waitUntil(lambda: not runtime(ledger_gui).economy.session_unlocked, timeout=5_000)
+    qtbot.waitUntil(lambda: not economy(ledger_gui).session.unlocked, timeout=5_000)
     assert ledger_gui.window.wallet.lock_button.text() == "Unlock" and not errors
     session.unlock("wrong password", errors.append)
     qtbot.waitUntil(lambda: bool(errors), timeout=10_000)

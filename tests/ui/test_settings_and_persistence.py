@@ -7,8 +7,7 @@ import errno
 
 from app.node.config import apply_file_settings, load_config_file
 from app.ui.app import GuiApp
-from tests.ui.conftest import devnet_factory
-from tests.ui.devnet_runtime import fast_keystore
+from tests.ui.funded_ledger import fast_keystore
 from tests.ui.helpers import wait_training
 
 
@@ -41,7 +40,7 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     assert limits.memory_fraction == 0.3 and limits.only_when_idle and limits.idle_minutes == 12
     assert limits.pause_when_running == ("blender", "steam") and limits.gpu_ids == (0, 1)
     assert limits.schedule == ((5, 9, 17),)
-    again = GuiApp(reloaded, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    again = GuiApp(reloaded, keystore_factory=fast_keystore)
     assert again.ui.theme == "dark" and not again.ui.close_to_tray and again.ui.wallet_lock_minutes == 3
     assert again.qapp.property("neuroshard_theme") == "dark"
     assert again.window.geometry() == saved_geometry

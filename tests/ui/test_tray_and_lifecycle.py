@@ -8,10 +8,10 @@ import time
 import pytest
 
 from app.node.events import NodeState
+from app.node.runtime.node_runtime import NodeRuntime
 from app.ui.app import GuiApp
 from app.ui.tray import snooze_until
-from tests.ui.conftest import devnet_factory
-from tests.ui.devnet_runtime import DevnetRuntime, fast_keystore
+from tests.ui.funded_ledger import fast_keystore
 from tests.ui.helpers import wait_training
 
 
@@ -49,7 +49,9 @@ def test_closing_the_window_keeps_the_node_running_in_the_tray(qtbot, gui) -> No
     assert gui.window.isVisible()
 
 
-class CrashingRuntime(DevnetRuntime):
+class CrashingRuntime(NodeRuntime):
+    """The real runtime, failing after its last step as a device fault would."""
+
     async def run(self) -> int:
         await super().run()
         raise RuntimeError("simulated device fault")
@@ -79,7 +81,7 @@ def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, w
 
 
 def test_quit_stops_the_engine_cleanly(qtbot, config, wallet_dir) -> None:  # noqa: ANN001
-    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    app = GuiApp(config, keystore_factory=fast_keystore)
     app.launch()
     qtbot.waitUntil(lambda: app.bridge.state == NodeState.TRAINING, timeout=30_000)
     engine = app.controller.engine

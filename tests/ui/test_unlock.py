@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from app.node.events import NodeState
 from app.ui.app import GuiApp
-from tests.ui.conftest import devnet_factory
-from tests.ui.devnet_runtime import PASSWORD, fast_keystore
+from tests.ui.funded_ledger import PASSWORD, fast_keystore
 
 
 def test_wallet_password_is_asked_before_the_node_starts(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
-    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    app = GuiApp(config, keystore_factory=fast_keystore)
     app.launch()
     qtbot.waitUntil(lambda: app.unlock.dialog is not None and app.unlock.dialog.isVisible(), timeout=10_000)
     assert app.controller.engine is None
@@ -25,7 +24,7 @@ def test_wallet_password_is_asked_before_the_node_starts(qtbot, config, locked_w
 
 
 def test_cancelling_the_unlock_keeps_the_window_and_offers_to_retry(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
-    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    app = GuiApp(config, keystore_factory=fast_keystore)
     app.launch()
     qtbot.waitUntil(lambda: app.unlock.dialog is not None and app.unlock.dialog.isVisible(), timeout=10_000)
     app.unlock.dialog.reject()
@@ -41,7 +40,7 @@ def test_cancelling_the_unlock_keeps_the_window_and_offers_to_retry(qtbot, confi
 
 def test_a_damaged_wallet_is_reported_instead_of_asking_for_a_password(qtbot, config, locked_wallet_dir) -> None:  # noqa: ANN001
     (locked_wallet_dir / "wallet.json").write_text("{ not json")
-    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    app = GuiApp(config, keystore_factory=fast_keystore)
     app.launch()
     assert app.wizard is None  # a damaged wallet is not a first run: no second key over it
     bar = app.window.message_bar

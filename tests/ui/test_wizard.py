@@ -9,8 +9,7 @@ from app.node.config import apply_file_settings, load_config_file
 from app.node.events import NodeState
 from app.ui.app import GuiApp, needs_wizard
 from app.ui.wizard.state import PageId
-from tests.ui.conftest import devnet_factory
-from tests.ui.devnet_runtime import PASSWORD, fast_keystore
+from tests.ui.funded_ledger import PASSWORD, fast_keystore
 
 
 def next_page(qtbot, wizard, expected: PageId, timeout: int = 20_000) -> None:  # noqa: ANN001
@@ -20,7 +19,7 @@ def next_page(qtbot, wizard, expected: PageId, timeout: int = 20_000) -> None:  
 
 def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> None:  # noqa: ANN001
     assert needs_wizard(config.data_dir, fast_keystore)
-    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    app = GuiApp(config, keystore_factory=fast_keystore)
     app.launch()
     wizard = app.wizard
     assert wizard is not None and app.controller.engine is None  # nothing runs before Join
@@ -80,7 +79,7 @@ def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> No
 
 
 def test_cancelling_the_wizard_quits_without_starting_the_node(qtbot, config) -> None:  # noqa: ANN001
-    app = GuiApp(config, runtime_factory=devnet_factory(), keystore_factory=fast_keystore)
+    app = GuiApp(config, keystore_factory=fast_keystore)
     app.launch()
     app.wizard.reject()
     assert app.quitting and app.controller.engine is None
