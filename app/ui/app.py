@@ -6,6 +6,9 @@ imports it on its own thread), so the app appears in well under a second.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,22 +17,33 @@ from PySide6.QtCore import QCoreApplication, QEvent
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
-from app.node.config import NodeConfig
+from app.node.config import (
+    APP_NAME,
+    CONFIG_FILE,
+    ConfigError,
+    NodeConfig,
+    apply_file_settings,
+    ensure_data_dir,
+    load_config_file,
+)
 from app.node.events import ErrorOccurred
 from app.node.runtime_api import RuntimeFactory
 from app.ui.activity_guard import ActivityGuard
 from app.ui.bridge import EngineBridge
 from app.ui.controller import NodeController
+from app.ui.data_dir_move import DataDirMove
 from app.ui.gc_tuning import freeze_when_ready
 from app.ui.icons import app_icon
 from app.ui.main_window import MainWindow
 from app.ui.theme import apply_theme
 from app.ui.tray import NodeTray
-from app.ui.ui_settings import UiSettings
+from app.ui.ui_settings import UiSettings, remember_data_dir, remembered_data_dir
 from app.ui.unlock import StartupUnlock
 from app.ui.wizard.wizard import FirstRunWizard
 from app.wallet.errors import WalletError
 from app.wallet.keystore import Keystore
+
+log = logging.getLogger("neuroshard.ui")
 
 
 def needs_wizard(data_dir: Path, keystore_factory: Callable[[Path], Keystore] = Keystore) -> bool:
@@ -39,6 +53,38 @@ def needs_wizard(data_dir: Path, keystore_factory: Callable[[Path], Keystore] = 
         return not keystore_factory(data_dir).has_key()
     except WalletError:
         return False
+
+
+def with_data_dir(config: NodeConfig, data_dir: Path) -> NodeConfig:
+    """``config`` moved to ``data_dir``, with the settings saved there (ConfigError if unusable)."""
+    moved = apply_file_settings(dataclasses.replace(config, data_dir=data_dir),
+                                load_config_file(data_dir / CONFIG_FILE))
+    moved.validate()
+    return moved
+
+
+def start_config(config: NodeConfig) -> NodeConfig:
+    """The data dir to start in: ``--data-dir`` and ``NEUROSHARD_DATA_DIR`` win; otherwise the
+    folder the volunteer moved the data to in Settings (ui_settings.remembered_data_dir).
+
+    The command line has already read config.toml from the platform's default folder; a moved
+    node reads its settings from the new folder instead. If the remembered folder is gone (an
+    unplugged disk), the node starts in the default folder and the log says why.
+    """
+    from platformdirs import user_data_dir
+
+    remembered = remembered_data_dir()
+    default = Path(user_data_dir(APP_NAME, appauthor=False))
+    chosen_elsewhere = os.environ.get("NEUROSHARD_DATA_DIR") or config.data_dir.resolve() != default.resolve()
+    if remembered is None or chosen_elsewhere or remembered.resolve() == config.data_dir.resolve():
+        return config
+    try:
+        ensure_data_dir(remembered)
+        return with_data_dir(config, remembered)
+    except ConfigError as exc:
+        log.warning("cannot use the data folder chosen in Settings (%s): %s; using %s", remembered, exc,
+                    config.data_dir)
+        return config
 
 
 class GuiApp:
@@ -62,6 +108,7 @@ class GuiApp:
         self.tray = NodeTray(self.bridge)
         self.guard = ActivityGuard(self.bridge, config.limits, parent=self.window)
         self.guard.changed.connect(self.window.dashboard.set_hold_reason)
+        self.mover = DataDirMove(self.controller, self.window)
         self.tray.notify_rewards = self.ui.notify_rewards
         self.keystore_factory = keystore_factory
         self.wizard: FirstRunWizard | None = None
@@ -76,6 +123,13 @@ class GuiApp:
         self.window.restart_requested.connect(lambda: self.controller.restart())
         self.window.settings.saved.connect(self._on_settings_saved)
         self.window.settings.theme_changed.connect(lambda theme: apply_theme(self.qapp, theme))
+        settings = self.window.settings
+        settings.move_requested.connect(self.move_data_dir)
+        settings.cancel_move_requested.connect(self.mover.cancel)
+        self.mover.progress.connect(settings.show_move_progress)
+        self.mover.stage.connect(settings.say)
+        self.mover.moved.connect(self._data_dir_moved)
+        self.mover.failed.connect(self._data_dir_move_failed)
         self.qapp.aboutToQuit.connect(self._shutdown)
 
     def launch(self) -> None:
@@ -121,6 +175,55 @@ class GuiApp:
         self.guard.set_limits(config.limits)
         self.tray.notify_rewards = self.ui.notify_rewards
 
+    # --- moving the data dir (Settings > Data folder > Change…) ----------------------------------
+    def move_data_dir(self, target: Path, use_existing: bool = False) -> bool:
+        """Stop the node, copy (or adopt) ``target``, restart there; see app/ui/data_dir_move.py."""
+        if use_existing:
+            try:
+                with_data_dir(self.config, target)  # refuse a broken config.toml before stopping anything
+            except ConfigError as exc:
+                self._data_dir_move_failed(f"{target} holds settings this app cannot use ({exc})", restart=False)
+                return False
+        self.window.save_state()  # ui.ini is flushed, so the copy carries the window's settings
+        if not self.mover.begin(self.config.data_dir, target, use_existing):
+            return False
+        self.window.settings.set_moving(True)
+        return True
+
+    def _data_dir_moved(self, new_dir: Path) -> None:
+        old = self.config.data_dir
+        try:
+            config = with_data_dir(self.config, new_dir)
+        except ConfigError as exc:
+            try:
+                remember_data_dir(old)
+            except OSError:
+                log.warning("could not record %s as the data folder again", old)
+            self._data_dir_move_failed(f"{new_dir} holds settings this app cannot use ({exc})")
+            return
+        self.config = config
+        self.ui = UiSettings(new_dir)
+        self.controller.config = config
+        self.window.ui = self.ui
+        self.window.settings.set_data_dir(config, self.ui)
+        self.window.wallet.data_dir = new_dir
+        self.window.logs.config = config
+        self.guard.set_limits(config.limits)
+        self.window.settings.set_moving(False)
+        text = (f"The node now keeps its data in {new_dir}. The old folder {old} is no longer used; "
+                "you can delete it once you have checked that the wallet and the node work.")
+        self.window.settings.say(text)
+        self.window.message_bar.show_message(text, "info")
+        self.unlock_and_start()  # a password-protected wallet is unlocked again in its new folder
+
+    def _data_dir_move_failed(self, message: str, restart: bool = True) -> None:
+        self.window.settings.set_moving(False)
+        text = f"The data folder was not changed: {message}. The node keeps using {self.config.data_dir}."
+        self.window.settings.say(text, True)
+        self.window.message_bar.show_message(text, "error")
+        if restart:
+            self.unlock_and_start()
+
     def _follow_system_theme(self) -> None:
         if self.ui.theme == "system":
             apply_theme(self.qapp, "system")
@@ -139,6 +242,7 @@ class GuiApp:
         self.qapp.quit()
 
     def _shutdown(self) -> None:
+        self.mover.cancel()
         if self.wizard is not None:
             self.wizard.hardware.probe.cancel()
         if not self.controller.stop():
@@ -160,7 +264,7 @@ def run_gui(config: NodeConfig, argv: list[str] | None = None) -> int:
     """Create the app, show the window, run the event loop; stops the engine cleanly on quit."""
     if QApplication.instance() is None:
         QApplication(argv if argv is not None else sys.argv[:1])
-    gui = GuiApp(config)
+    gui = GuiApp(start_config(config))
     gui.launch()
     gui.qapp.exec()
     return 0

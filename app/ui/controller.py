@@ -8,6 +8,7 @@ waits on the GUI thread, when there is nothing left to draw.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal
 
@@ -60,6 +61,15 @@ class NodeController(QObject):
             return
         run_background(lambda: old.stop(STOP_TIMEOUT_S), lambda _ok: self.start(),
                        lambda message: self.start_failed.emit(message))
+
+    def stop_in_background(self, on_stopped: Callable[[bool], None]) -> None:
+        """Stop the engine off the GUI thread, then ``on_stopped(ended_in_time)`` on it."""
+        engine, self.engine = self.engine, None
+        self.bridge.detach()
+        if engine is None:
+            on_stopped(True)
+            return
+        run_background(lambda: engine.stop(STOP_TIMEOUT_S), on_stopped, lambda _message: on_stopped(False))
 
     def stop(self) -> bool:
         """Stop and wait (used when quitting); True if the engine ended in time."""

@@ -3,17 +3,54 @@
 Node settings live in ``config.toml`` (app/node/config.py) so the headless node shares them; these
 live in a QSettings INI file next to it, in the data dir, so one data dir is one whole profile
 (and tests stay hermetic: nothing is written to the user's real settings).
+
+The one setting that cannot live in the data dir is where the data dir is: after the volunteer
+moves it from Settings, ``location.ini`` in the per-user config folder names the new folder, and
+the app reads it at start when neither ``--data-dir`` nor ``NEUROSHARD_DATA_DIR`` chose one.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+from platformdirs import user_config_dir
 from PySide6.QtCore import QByteArray, QSettings
 
+from app.node.config import APP_NAME
+
 UI_SETTINGS_FILE = "ui.ini"
+LOCATION_FILE = "location.ini"
 THEMES = ("system", "light", "dark")
+
+
+def location_file() -> Path:
+    """Outside every data dir (deleting the old one must not forget the new one): on macOS and
+    Windows the platform's config folder is the default data dir itself, so use another."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Preferences" / APP_NAME / LOCATION_FILE
+    return Path(user_config_dir(APP_NAME, appauthor=False, roaming=True)) / LOCATION_FILE
+
+
+def remembered_data_dir() -> Path | None:
+    """The data dir chosen in Settings, or None when the volunteer never moved it."""
+    path = location_file()
+    if not path.is_file():
+        return None
+    value = QSettings(str(path), QSettings.Format.IniFormat).value("data/dir")
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def remember_data_dir(data_dir: Path) -> None:
+    """Record the data dir for the next start; OSError when the file cannot be written."""
+    path = location_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = QSettings(str(path), QSettings.Format.IniFormat)
+    settings.setValue("data/dir", str(data_dir))
+    settings.sync()
+    if settings.status() != QSettings.Status.NoError:
+        raise OSError(f"cannot write {path}")
 
 
 class UiSettings:

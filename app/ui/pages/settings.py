@@ -1,21 +1,26 @@
 """Settings: node settings persisted to config.toml (shared with the headless node), window
-settings to ui.ini, resource limits, and the stop controls ("finish the step, then stop" is not
-pause: it checkpoints and ends the node)."""
+settings to ui.ini, resource limits, the data folder (moved with "Change…", see
+app/ui/data_dir_move.py) and the stop controls ("finish the step, then stop" is not pause: it
+checkpoints and ends the node)."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from PySide6.QtCore import QUrl, Signal
+from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -27,6 +32,7 @@ from app.node import autostart
 from app.node.config import ConfigError, NodeConfig, parse_host_port, save_config
 from app.node.events import FinishStepThenStop, Remeasure
 from app.ui.bridge import EngineBridge
+from app.ui.data_dir_copy import MoveError, check_target
 from app.ui.ui_settings import THEMES, UiSettings
 from app.ui.widgets.limits_form import LimitsForm
 
@@ -37,12 +43,22 @@ class SettingsPage(QWidget):
     title = "Settings"
     saved = Signal(object)  # the new NodeConfig
     theme_changed = Signal(str)
+    move_requested = Signal(object, bool)  # target folder (Path), use its existing data as is
+    cancel_move_requested = Signal()
 
     def __init__(self, bridge: EngineBridge, config: NodeConfig, ui: UiSettings,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge, self.config, self.ui = bridge, config, ui
         self.data_dir_label = QLabel(str(config.data_dir))
+        self.data_dir_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.change_dir_button = QPushButton("Change…")
+        self.move_progress = QProgressBar()
+        self.move_progress.setRange(0, 100)
+        self.move_progress.hide()
+        self.cancel_move_button = QPushButton("Cancel the move")
+        self.cancel_move_button.hide()
+        self.existing_prompt: QMessageBox | None = None
         self.port = QSpinBox()
         self.port.setRange(1, 65535)
         self.trackers = QPlainTextEdit()
@@ -75,8 +91,16 @@ class SettingsPage(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.data_dir_label, 1)
         row.addWidget(open_dir)
+        row.addWidget(self.change_dir_button)
         form.addRow("Data folder", row)
-        form.addRow(QLabel("To use another data folder, start the app with --data-dir FOLDER."))
+        note = QLabel("Wallet, ledger, checkpoints and settings live here. Change… copies them to another "
+                      "folder (the node stops while it copies) and keeps the old folder until you delete it.")
+        note.setWordWrap(True)
+        form.addRow(note)
+        move_row = QHBoxLayout()
+        move_row.addWidget(self.move_progress, 1)
+        move_row.addWidget(self.cancel_move_button)
+        form.addRow(move_row)
         form.addRow("Port", self.port)
         form.addRow("Trackers", self.trackers)
         form.addRow("Theme", self.theme)
@@ -105,6 +129,8 @@ class SettingsPage(QWidget):
         self.save_button.clicked.connect(self.save)
         self.finish_button.clicked.connect(self.finish_then_stop)
         self.remeasure_button.clicked.connect(self.remeasure)
+        self.change_dir_button.clicked.connect(self.choose_data_dir)
+        self.cancel_move_button.clicked.connect(self.cancel_move_requested.emit)
 
     def load(self) -> None:
         c = self.config
@@ -171,6 +197,57 @@ class SettingsPage(QWidget):
         self.ui.sync()
         if theme_changed:
             self.theme_changed.emit(self.ui.theme)
+
+    # --- the data folder ------------------------------------------------------------------------
+    def choose_data_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder for the node's data",
+                                                  str(self.config.data_dir.parent))
+        if folder:
+            self.change_data_dir(Path(folder))
+
+    def change_data_dir(self, target: Path) -> bool:
+        """Check ``target`` and ask the app to move there; False (with the reason shown) if refused.
+
+        A folder that already holds a node's data is offered as is: copying over it would mix two
+        wallets and ledgers, so the volunteer either uses it or picks another folder.
+        """
+        try:
+            checked = check_target(self.config.data_dir, target)
+        except MoveError as exc:
+            self.say(f"The data folder was not changed: {exc}.", True)
+            return False
+        if not checked.existing:
+            self.move_requested.emit(checked.path, False)
+            return True
+        box = QMessageBox(QMessageBox.Icon.Question, "Use the data already there?",
+                          f"{checked.path} already holds a NeuroShard node's data (wallet, ledger or settings). "
+                          "Use it as is? Nothing is copied, and the current folder stays as it is.",
+                          QMessageBox.StandardButton.Cancel, self)
+        use = box.addButton("Use it as is", QMessageBox.ButtonRole.AcceptRole)
+        use.clicked.connect(lambda: self.move_requested.emit(checked.path, True))
+        box.rejected.connect(lambda: self.say("The data folder was not changed."))
+        self.existing_prompt = box
+        box.open()
+        return True
+
+    def set_moving(self, moving: bool) -> None:
+        """While a move runs nothing else may change the settings or the folder."""
+        self.change_dir_button.setEnabled(not moving)
+        self.save_button.setEnabled(not moving)
+        self.finish_button.setEnabled(not moving)
+        self.move_progress.setVisible(moving)
+        self.cancel_move_button.setVisible(moving)
+        if moving:
+            self.move_progress.setValue(0)
+
+    def show_move_progress(self, done: int, total: int) -> None:
+        self.move_progress.setValue(100 if total == 0 else done * 100 // total)
+
+    def set_data_dir(self, config: NodeConfig, ui: UiSettings) -> None:
+        """The app moved to another data folder: show it and read its settings from there."""
+        self.config, self.ui = config, ui
+        self.data_dir_label.setText(str(config.data_dir))
+        self.load()
 
     def finish_then_stop(self) -> None:
         self.finish_button.setEnabled(False)
