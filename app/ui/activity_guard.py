@@ -139,6 +139,7 @@ class ActivityGuard(QObject):
         self.caps: UsageCaps | None = None  # what the engine was last told (None: nothing yet)
         self.caps_text = ""
         self._caps_error = ""  # the last SetUsageCaps failure, logged once
+        self._asked = self._applied = 0  # check numbers: a reading older than the one acted on is dropped
         self._timer = QTimer(self)
         self._timer.setInterval(CHECK_MS)
         self._timer.timeout.connect(self.check)
@@ -154,17 +155,21 @@ class ActivityGuard(QObject):
         if self.bridge.engine is None:
             return
         limits = self.limits
-        run_background(lambda: (limits, decide(limits, self.conditions(limits))), self._apply,
+        self._asked += 1
+        number = self._asked
+        # Two checks can overlap (the timer and a settings save); the older answer must not undo the newer.
+        run_background(lambda: (number, limits, decide(limits, self.conditions(limits))), self._apply,
                        lambda message: log.warning("could not read the activity conditions: %s", message))
 
     def _forget_caps(self) -> None:
         """A new engine starts from its config's caps: tell it ours again once it answers."""
         self.caps = None
 
-    def _apply(self, outcome: tuple[ResourceLimits, Verdict]) -> None:
-        if self.bridge.engine is None:
+    def _apply(self, outcome: tuple[int, ResourceLimits, Verdict]) -> None:
+        number, limits, verdict = outcome
+        if self.bridge.engine is None or number < self._applied:
             return
-        limits, verdict = outcome
+        self._applied = number
         self._send_caps(limits, verdict)
         reason = verdict.reason
         if reason and not self.holding and self.bridge.state in (NodeState.TRAINING, NodeState.JOINING):

@@ -2,8 +2,9 @@
 
 BOINC and Folding@home define "idle" by input, not by CPU load (a video call is busy but the
 user is present). Windows: ``GetLastInputInfo``; macOS: the HID system's ``HIDIdleTime``; Linux
-X11: the XScreenSaver extension (``libXss``). Where none answers (Wayland without a portal, a
-headless box) ``None`` is returned and the caller treats the machine as in use, the safe side:
+X11: the XScreenSaver extension (``libXss``); Linux Wayland: GNOME's compositor over D-Bus, since
+XWayland's own counter only sees input to X11 windows and would call a volunteer typing in a
+Wayland app idle. Where none answers (another Wayland compositor, a headless box) ``None`` is returned and the caller treats the machine as in use, the safe side:
 with only_when_idle the node then stays paused, otherwise the in-use caps apply (activity_guard).
 """
 
@@ -11,9 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import re
 import subprocess
 import sys
+
+_MUTTER_IDLE = ["gdbus", "call", "--session", "--dest", "org.gnome.Mutter.IdleMonitor",
+                "--object-path", "/org/gnome/Mutter/IdleMonitor/Core",
+                "--method", "org.gnome.Mutter.IdleMonitor.GetIdletime"]
 
 
 def idle_seconds() -> float | None:
@@ -22,6 +28,8 @@ def idle_seconds() -> float | None:
             return _windows()
         if sys.platform == "darwin":
             return _macos()
+        if os.environ.get("WAYLAND_DISPLAY"):
+            return _wayland()
         return _x11()
     except (OSError, ValueError, AttributeError, subprocess.SubprocessError):
         return None
@@ -43,6 +51,17 @@ def _macos() -> float | None:  # pragma: no cover - macOS only
     out = subprocess.run(["ioreg", "-c", "IOHIDSystem"], capture_output=True, text=True, timeout=2).stdout
     match = re.search(r'"HIDIdleTime" = (\d+)', out)
     return int(match.group(1)) / 1e9 if match else None
+
+
+def _wayland() -> float | None:
+    result = subprocess.run(_MUTTER_IDLE, capture_output=True, text=True, timeout=2)
+    return mutter_idle_seconds(result.stdout) if result.returncode == 0 else None
+
+
+def mutter_idle_seconds(reply: str) -> float | None:
+    """``gdbus``'s text for GetIdletime, "(uint64 12345,)" in milliseconds, as seconds."""
+    match = re.fullmatch(r"\(uint64 (\d+),\)", reply.strip())
+    return int(match.group(1)) / 1000.0 if match else None
 
 
 class _XScreenSaverInfo(ctypes.Structure):

@@ -144,6 +144,11 @@ def test_presence_flips_send_the_in_use_and_idle_caps_once_each(qtbot, gui, monk
     assert caps_sent(sent) == [IN_USE, limits.caps(in_use=False)]
     assert texts[-1] == "Idle: 100 % CPU"
     assert gui.bridge.state == NodeState.TRAINING  # caps switch; only only_when_idle pauses
+    # Two overlapping checks answering out of order: the older reading must not undo the newer.
+    newer, older = decide(limits, conditions(idle_s=5.0)), decide(limits, conditions(idle_s=600.0))
+    guard._apply((guard._asked + 2, limits, newer))
+    guard._apply((guard._asked + 1, limits, older))
+    assert caps_sent(sent)[-1] == IN_USE and guard.caps == IN_USE
 
 
 def test_a_full_screen_app_pauses_the_node_and_leaving_it_resumes(qtbot, gui) -> None:  # noqa: ANN001

@@ -178,3 +178,15 @@ def test_input_idleness_is_read_from_the_same_x_server(display: str, monkeypatch
     assert first is not None and first >= 0
     monkeypatch.setenv("DISPLAY", ":4242")  # no server: unknown, not an error
     assert idle_seconds() is None
+
+
+def test_wayland_idleness_comes_from_the_compositor_not_xwayland(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under Wayland, XWayland's counter would miss typing in Wayland apps; GNOME's answer is read,
+    and anything else is unknown (the guard then treats the volunteer as present)."""
+    from app.ui import idle
+
+    assert idle.mutter_idle_seconds("(uint64 12345,)\n") == 12.345
+    assert idle.mutter_idle_seconds("Error: GDBus.Error:org.freedesktop.DBus.Error.ServiceUnknown") is None
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    monkeypatch.setattr(idle, "_MUTTER_IDLE", ["gdbus-that-is-not-installed-here"])
+    assert idle.idle_seconds() is None
