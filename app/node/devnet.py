@@ -59,6 +59,7 @@ class _Proc:
     data_dir: Path | None = None
     step: int = 0
     roles: tuple[str, ...] = ()
+    layers: tuple[int, int] = (0, 0)
     finished: bool = False
     served: int = 0  # steps applied on a non-driver stage (it is in some driver's pipeline)
     argv: list[str] = field(default_factory=list)
@@ -199,6 +200,7 @@ class Devnet:
         kind = event.get("event")
         if kind == "layers":
             proc.roles = tuple(event.get("roles", ()))
+            proc.layers = (int(event.get("first_layer", 0)), int(event.get("last_layer", 0)))
         elif kind == "step" and "driver" in proc.roles:
             proc.step = max(proc.step, int(event.get("step", 0)))
             self._maybe_kill()
@@ -212,8 +214,14 @@ class Devnet:
         if self.kill is None:
             return
         role, at_step = self.kill
-        # A holder that is serving (in a pipeline) rather than an idle replica: its loss is felt.
-        candidates = sorted((p for p in self._nodes() if role in p.roles), key=lambda p: -p.served)
+        # A holder whose stage has another live holder (so the run can fail over to it), and of
+        # those one that is serving (in a pipeline) rather than an idle replica: its loss is felt.
+        live = [p for p in self._nodes() if p.popen.poll() is None]
+
+        def replicated(p: _Proc) -> bool:
+            return any(q is not p and q.layers == p.layers for q in live)
+
+        candidates = sorted((p for p in live if role in p.roles), key=lambda p: (not replicated(p), -p.served))
         victim = candidates[0] if candidates else None
         if victim is not None and max(p.step for p in self._nodes()) >= at_step and victim.popen.poll() is None:
             os.killpg(victim.popen.pid, signal.SIGKILL)
@@ -340,7 +348,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, metavar="DIR",
                         help="train on your own text: a folder made by 'python -m app.node.data.build'")
     parser.add_argument("--kill", metavar="ROLE:STEP", help="SIGKILL the first node with ROLE (driver, "
-                        "worker, validator) once a driver reached STEP, to watch failover")
+                        "worker, validator), preferring one whose stage has a replica, once a driver reached STEP, "
+                        "to watch failover")
 
 
 def _parse_kill(text: str | None) -> tuple[str, int] | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from app.node.model.architecture import ModelArchitecture
+from app.node.p2p.config import P2PConfig
 from app.node.p2p.records import PeerRecord
 from app.node.runtime.heal_service import HealService
 from app.node.training.config import TrainingConfig
@@ -14,10 +16,10 @@ from app.node.training.layer_pool import Assignment
 ARCH = ModelArchitecture.tiny()
 
 
-def _record(name: str, layers: tuple[int, int]) -> PeerRecord:
+def _record(name: str, layers: tuple[int, int], age_s: float = 0.0) -> PeerRecord:
     # node_id is sha256(public_key): the tests name nodes by public key and look ids up below
     return PeerRecord(public_key=name.encode(), address="127.0.0.1:1", capacity=100.0,
-                      layer_start=layers[0], layer_end=layers[1])
+                      layer_start=layers[0], layer_end=layers[1], timestamp=time.time() - age_s)
 
 
 @dataclass
@@ -26,6 +28,7 @@ class _FakeP2P:
 
     announced: list[PeerRecord]
     me: PeerRecord
+    config: P2PConfig = field(default_factory=P2PConfig)
 
     async def who_holds(self, layer: int) -> list[PeerRecord]:
         return [r for r in self.announced if r.layer_start <= layer < r.layer_end]
@@ -81,3 +84,34 @@ def test_no_move_while_every_stage_has_its_replicas() -> None:
     asyncio.run(service.check())
     assert moved == []
     assert service.net.replicas == (2, 2, 2, 2)  # reported per layer for the UI
+
+
+def _check_all(nodes: list[PeerRecord], announced: list[PeerRecord]) -> dict[str, list[Assignment]]:
+    results = {}
+    for node in nodes:
+        moved: list[Assignment] = []
+        asyncio.run(_service(node, announced, moved).check())
+        results[node.public_key.decode()] = moved
+    return {name: m for name, m in results.items() if m}
+
+
+def test_a_node_that_moved_counts_on_its_new_stage_only_and_is_not_moved_again() -> None:
+    # "mover" healed onto (2, 4); its old (0, 2) announcement lives on in the DHT until its TTL
+    drivers = [_record(n, (0, 2)) for n in ("d1", "d2", "d3")]
+    old = _record("mover", (0, 2), age_s=5.0)
+    new = _record("mover", (2, 4))
+    announced = [*drivers, old, new]
+    movers = _check_all([*drivers, new], announced)
+    assert "mover" not in movers  # never moved onto the stage it already serves
+    assert len(movers) == 1  # stage (2, 4) has one holder of the two wanted: one driver moves
+    (move,) = next(iter(movers.values()))
+    assert move.layer_range == (2, 4) and move.download_from == new.node_id.hex()
+
+
+def test_a_holder_that_stopped_heart_beating_is_not_the_download_source() -> None:
+    # the lone validator died: its announcement outlives it by up to a TTL, unrefreshed
+    drivers = [_record(n, (0, 2)) for n in ("d1", "d2", "d3")]
+    dead = _record("v0", (2, 4), age_s=4 * P2PConfig().heartbeat_interval_s)
+    movers = _check_all(drivers, [*drivers, dead])
+    (move,) = next(iter(movers.values()))
+    assert move.layer_range == (2, 4) and move.download_from is None  # genesis weights, no dead source

@@ -7,6 +7,11 @@ the same moves and only the node a move names acts: it finishes its current step
 ``finish`` to its stages first), downloads the stage's weights and DiLoCo position from a live
 replica, swaps its stage, and announces the new range. A stage nobody holds any more restarts
 from the genesis weights of its layers (the trained ones are gone with their holders).
+
+The view is each holder's newest announcement (a node that moved is not also counted on its old
+stage), a move onto the stage this node already serves is never made, and the download source is
+a holder whose announcement is still being refreshed (heart-beating), not one that merely has
+not expired yet.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from app.node.model.architecture import ModelArchitecture
+from app.node.p2p.records import PeerRecord
 from app.node.runtime.network import NetworkService
-from app.node.runtime.planner import announced_stages, offer_of
+from app.node.runtime.p2p_transport import heartbeat_fresh, peer_id
+from app.node.runtime.planner import announced_holders, offer_of, tile
 from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment, DynamicLayerPool
 
@@ -54,7 +62,8 @@ class HealService:
 
     async def check(self) -> Assignment | None:
         """One look at the holders; performs and returns this node's move, if it has one."""
-        stages = await announced_stages(self.net, self.arch)
+        ranges = await announced_holders(self.net, self.arch)
+        stages = tile(ranges, self.arch)
         if stages is None:
             return None
         bounds, holders = stages
@@ -70,10 +79,21 @@ class HealService:
         # Healing moves holders onto later stages only: a node moved onto stage 0 would have to
         # become a driver with its own data stream, which a restart does more simply.
         mine = [m for m in pool.heal() if m.node_id == me and m.stage > 0]
-        if not mine:
-            return None
-        log.info("healing: moving to layers %s (download from %s)", mine[0].layer_range,
-                 (mine[0].download_from or "nobody")[:12])
+        if not mine or mine[0].layer_range == self.current():
+            return None  # nothing to do, or the stage we already serve (a move is never repeated)
+        move = replace(mine[0], download_from=self._source(ranges.get(mine[0].layer_range, []), mine[0]))
+        log.info("healing: moving to layers %s (download from %s)", move.layer_range,
+                 (move.download_from or "nobody: genesis weights")[:12])
         self.moves += 1
-        await self.move(mine[0])
-        return mine[0]
+        await self.move(move)
+        return move
+
+    def _source(self, records: list[PeerRecord], move: Assignment) -> str | None:
+        """A holder of the target stage that is still heart-beating (the pool's choice if it is).
+
+        A holder that died stays announced for up to one TTL; downloading from it would fail (or
+        hang until the download times out on a real network) while a live replica may exist."""
+        interval = self.net.node.config.heartbeat_interval_s
+        live = [peer_id(r) for r in records
+                if peer_id(r) != self.net.node_id and heartbeat_fresh(r, interval)]
+        return move.download_from if move.download_from in live else (live[0] if live else None)

@@ -93,6 +93,8 @@ class NodeRuntime:
         self._offer: tuple[str, int] = ("", 0)
         self._drove: PipelineDriver | None = None  # kept after a move, for the run's figures
         self._following: asyncio.Future[None] | None = None
+        self._move_lock = asyncio.Lock()
+        self._swapping = False  # between replacing the stage and announcing it (see _busy)
         self.modes: tuple[str, ...] = ctx.config.modes or ("pipeline", "data")
         self.mode_service: ModeService | None = None
         self.work_log: deque[StepInfo] = deque(maxlen=WORK_LOG_SIZE)
@@ -243,8 +245,8 @@ class NodeRuntime:
             if not self.net.solo:
                 await self._catch_up(a.layer_range)
         elif a.download_from is not None:
-            await self._download_into(self.stage, self.sync, a.layer_range)
-        self.net.node.set_stage_handler(stage_server(self.stage.handle))
+            await self._download_into(self.stage, self.sync, a.layer_range, prefer=a.download_from)
+        self._serve_stage(self.stage)
         self.net.node.set_sync_handler(self.cohort.handle)
         self.net.node.set_weights_handler(self._serve_weights)
 
@@ -292,12 +294,13 @@ class NodeRuntime:
         sync.catch_up = catch_up
         return sync
 
-    async def _download_into(self, stage: StageWorker, sync: StageSync, layer_range: tuple[int, int]) -> None:
+    async def _download_into(self, stage: StageWorker, sync: StageSync, layer_range: tuple[int, int],
+                             prefer: str | None = None) -> None:
         """Weights and DiLoCo position of a live replica, so this node syncs in step with it."""
         assert self.net is not None
         self.activity("downloading layers")
         weights = P2PWeights(self.net.node)
-        stage.load_weights(await weights.fetch(layer_range))
+        stage.load_weights(await weights.fetch(layer_range, prefer=prefer))
         sync.replica.reset_anchor()
         if weights.last_position is not None:
             sync.rounds, sync.replica.inner_steps_done = weights.last_position
@@ -311,8 +314,33 @@ class NodeRuntime:
         except StageUnavailable:
             log.info("no live replica of %s: continuing from our own checkpoint", layer_range)
 
+    def _serve_stage(self, stage: StageWorker) -> None:
+        assert self.net is not None
+        self.net.node.set_stage_handler(stage_server(stage.handle, busy=self._busy,
+                                                     first_layer=lambda: stage.layer_range[0]))
+
+    def _busy(self) -> str | None:
+        """Why this node serves no stage work right now: a volunteer's pause must stop the machine
+        computing (the caller fails over to a replica or waits), as must a stage swap in progress."""
+        if self.ctx.control.paused and not self.ctx.control.stop_requested:
+            return "this node is paused by its volunteer"
+        if self._swapping:
+            return "this node is switching stages"
+        return None
+
     async def _move(self, a: Assignment) -> None:
-        """The pool moved this node to another stage (healing): finish, download, swap, announce."""
+        """The pool moved this node to another stage (healing): finish, download, swap, announce.
+
+        Idempotent: a move onto the stage this node already serves changes nothing (rebuilding it
+        would throw its trained weights away for genesis ones)."""
+        assert self.net is not None and self.trainer is not None
+        async with self._move_lock:
+            if self.stage is not None and _serves(self.stage, a):
+                log.info("already serving layers %s: nothing to move", a.layer_range)
+                return
+            await self._move_to(a)
+
+    async def _move_to(self, a: Assignment) -> None:
         assert self.net is not None and self.trainer is not None
         self.activity(f"moving to layers {a.layer_range[0]}-{a.layer_range[1] - 1}")
         if self.trainer.driver is not None:
@@ -324,18 +352,24 @@ class NodeRuntime:
         sync = self._new_sync(stage)
         if a.download_from is not None:
             try:
-                await self._download_into(stage, sync, a.layer_range)
+                await self._download_into(stage, sync, a.layer_range, prefer=a.download_from)
             except StageUnavailable:
-                # The holder the pool named died too (its announcement outlives it by up to a TTL)
-                # and no other replica answers: the stage's trained weights are gone, so serve it
-                # from its genesis weights rather than leave the pipeline without the stage.
+                # The holder the pool named died too and no other live replica answers: the
+                # stage's trained weights are gone, so serve it from its genesis weights rather
+                # than leave the pipeline without the stage.
                 log.warning("no live replica of layers %s: serving them from their genesis weights", a.layer_range)
-        self.stage, self.sync, self.driver, self.quorums = stage, sync, None, None
-        self.net.node.set_stage_handler(stage_server(stage.handle))
-        self.trainer.replace_stage(stage, sync)
-        self.trainer.live_drivers = self._live_drivers
-        self.assignment = a
-        await self._announce(*self._offer)
+        # The old stage served until now (a download takes a while); from here to the
+        # announcement calls are refused as retryable, then the new stage answers.
+        self._swapping = True
+        try:
+            self.stage, self.sync, self.driver, self.quorums = stage, sync, None, None
+            self._serve_stage(stage)
+            self.trainer.replace_stage(stage, sync)
+            self.trainer.live_drivers = self._live_drivers
+            self.assignment = a
+            await self._announce(*self._offer)
+        finally:
+            self._swapping = False
         self._emit_layers()
 
     async def _serve_weights(self, meta: dict[str, Any]) -> dict[str, Any]:
@@ -515,6 +549,11 @@ def _idle(stage: StageWorker) -> bool:
     """No driver has routed to this stage in this session (a spare replica): replacing its weights
     cannot break a forward graph in flight."""
     return not stage.seen_drivers and not stage.is_first
+
+
+def _serves(stage: StageWorker, a: Assignment) -> bool:
+    return (stage.layer_range == tuple(a.layer_range) and stage.is_first == a.with_embedding
+            and stage.is_last == a.with_head)
 
 
 def _assignment_from(point: ResumePoint, node_id: str) -> Assignment:

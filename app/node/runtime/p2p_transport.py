@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import torch
 
-from app.node.p2p.errors import NoHolders, P2PError, PeerRejected, StageRejected
+from app.node.p2p.errors import NoHolders, P2PError, PeerRejected, RpcRefusal, StageRejected
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import PeerRecord
 from app.node.training.transport import (
@@ -30,6 +31,7 @@ from app.node.training.transport import (
     StageReply,
     StageUnavailable,
     Tensors,
+    TransportError,
 )
 
 log = logging.getLogger("neuroshard.runtime.transport")
@@ -44,8 +46,32 @@ MAX_MAILBOX_ROUNDS = 8
 """Rounds of pseudo-gradients kept per node; a peer more than this far ahead is refused."""
 
 
+HEARTBEATS_MISSED = 3.0
+"""A holder whose announcement was not refreshed for this many heartbeat intervals has stopped
+heart-beating (it is still listed until its TTL, the heartbeat timeout, runs out)."""
+
+STAGE_LAYER = "layer"
+"""Meta key naming the stage (its first layer) a call is for, so a node that changed stages
+answers a retryable refusal instead of running the input through the wrong layers."""
+
+
 def peer_id(record: PeerRecord) -> str:
     return record.node_id.hex()
+
+
+def heartbeat_fresh(record: PeerRecord, heartbeat_interval_s: float, now: float | None = None) -> bool:
+    """The holder refreshed its announcement within the last few heartbeats (it is alive)."""
+    now = time.time() if now is None else now
+    return now - record.timestamp <= HEARTBEATS_MISSED * heartbeat_interval_s
+
+
+class StageBusy(RpcRefusal):
+    """A holder that cannot serve stage work right now (paused by its volunteer, or swapping its
+    stage): answered as UNAVAILABLE, which the caller's router treats as a failed peer, so it
+    fails over to a replica or, with none, the driver retries the step later."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, reason)
 
 
 MAX_EXACT_FLOAT_ID = 1 << 24
@@ -112,7 +138,7 @@ class P2PStageTransport:
     async def _call(self, records: list[PeerRecord], layer_start: int, op: str, meta: Meta, tensors: Tensors,
                     *, prefer: str | None, exclude: frozenset[str]) -> StageReply:
         kind = "backward" if op == OP_BACKWARD else "forward"
-        wire_meta = {**meta, "op": op}
+        wire_meta = {**meta, "op": op, STAGE_LAYER: layer_start}
         tries: list[set[bytes]] = []
         others = {r.node_id for r in records if peer_id(r) != prefer}
         if prefer is not None and any(peer_id(r) == prefer for r in records):
@@ -134,17 +160,32 @@ class P2PStageTransport:
         raise StageUnavailable(f"no holder of the stage at layer {layer_start} answered: {last}", prefer)
 
 
-def stage_server(handler: StageHandler) -> Any:
-    """Wrap a training StageHandler as the P2P node's stage handler (op from meta, typed refusals)."""
+def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None = None,
+                 first_layer: Callable[[], int] | None = None) -> Any:
+    """Wrap a training StageHandler as the P2P node's stage handler (op from meta, typed refusals).
+
+    ``busy()`` returns why this node serves no stage work right now (or None); such a request is
+    refused with the retryable :class:`StageBusy`, as is one for a stage this node no longer
+    serves (``first_layer()`` is the stage it serves now)."""
 
     async def serve(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = dict(meta)
         op = meta.pop("op", kind)
+        wanted = meta.pop(STAGE_LAYER, None)
         if op not in STAGE_OPS:
             raise StageRejected(f"unknown stage operation {str(op)[:32]!r}")
+        reason = busy() if busy is not None else None
+        if reason is not None:
+            raise StageBusy(reason)
+        if wanted is not None and first_layer is not None and wanted != first_layer():
+            raise StageBusy(f"this node now serves the stage at layer {first_layer()}, not {str(wanted)[:16]}")
         try:
             out_meta, out = await handler(op, meta, from_wire(tensors))
+        except TransportError as exc:
+            # The step was handled but what follows a commit (the DiLoCo round) could not reach
+            # a peer: a retried commit is answered "already", so the caller may simply retry.
+            raise StageBusy(f"stage could not finish the request: {str(exc)[:300]}") from exc
         except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
             raise StageRejected(f"stage refused the request: {str(exc)[:300]}") from exc
         return out_meta, to_wire(out)
@@ -279,9 +320,10 @@ class P2PWeights:
 
     async def fetch(self, layer_range: tuple[int, int], *, exclude: frozenset[str] = frozenset(),
                     prefer: str | None = None) -> dict[str, torch.Tensor]:
+        interval = self.node.config.heartbeat_interval_s
         records = [r for r in await self.node.who_holds(layer_range[0])
                    if (r.layer_start, r.layer_end) == tuple(layer_range) and peer_id(r) not in exclude
-                   and r.node_id != self.node.node_id]
+                   and r.node_id != self.node.node_id and heartbeat_fresh(r, interval)]
         records.sort(key=lambda r: peer_id(r) != prefer)
         for record in records:
             try:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from app.node.model.architecture import ModelArchitecture
 from app.node.p2p.records import PeerRecord
 from app.node.runtime.network import NetworkService
 from app.node.training.config import TrainingConfig
-from app.node.training.layer_pool import Assignment, DynamicLayerPool, NodeOffer, UpgradeNotice
+from app.node.training.layer_pool import Assignment, DynamicLayerPool, NodeOffer, PoolError, UpgradeNotice
 
 log = logging.getLogger("neuroshard.runtime.planner")
 
@@ -45,6 +46,9 @@ class Planner:
         existing = await self._announced_stages()
         if existing is not None:
             bounds, holders = existing
+            planned = _row_of_shared_plan(self.arch, self.config, me, peers, bounds, holders)
+            if planned is not None:
+                return planned
             self.pool.bounds = bounds
             self.pool.holders = holders
             self.pool.offers = {o.node_id: o for o in map(offer_of, peers)}
@@ -83,16 +87,65 @@ class Planner:
         return await announced_stages(self.net, self.arch)
 
 
+def _row_of_shared_plan(arch: ModelArchitecture, config: TrainingConfig, me: NodeOffer, peers: list[PeerRecord],
+                        bounds: list[tuple[int, int]], holders: dict[int, list[str]]) -> Assignment | None:
+    """Our row of the deterministic plan, if every announced holder sits where that plan put it.
+
+    Nodes that start together plan independently; the slower ones already see the faster ones'
+    announcements. Joining then would send every late node to the least-replicated stage at that
+    instant (the same one for all of them: three drivers and one lone validator out of four
+    nodes), while the faster nodes followed the plan. When the announcements agree with the plan,
+    the plan is what this start-up is following, so take our row of it.
+    """
+    pool = DynamicLayerPool(arch, max_layers_per_node=config.max_layers_per_node)
+    try:
+        plan = pool.plan([me, *map(offer_of, peers)])
+    except PoolError:
+        return None
+    if pool.bounds != bounds:
+        return None
+    stage_of = {a.node_id: a.stage for a in plan}
+    if any(stage_of.get(node) != stage for stage, ids in holders.items() for node in ids):
+        return None
+    mine = [a for a in plan if a.node_id == me.node_id]
+    if not mine:
+        return None
+    source = next((n for n in holders.get(mine[0].stage, []) if n != me.node_id), None)
+    return replace(mine[0], download_from=source)
+
+
+async def announced_holders(net: NetworkService, arch: ModelArchitecture) -> dict[tuple[int, int], list[PeerRecord]]:
+    """Each live holder's current layer range, from its newest announcement.
+
+    A node that moved to another stage (healing) still has its old announcement in the DHT until
+    that one's TTL runs out; counting both would list it on two stages, and a heal computed from
+    such a view would move it onto the stage it already holds. Only the newest one is its range.
+    """
+    newest: dict[bytes, PeerRecord] = {}
+    for layer in range(arch.layers):
+        for record in await net.node.who_holds(layer):
+            if record.layer_start != layer:
+                continue
+            old = newest.get(record.node_id)
+            if old is None or old.timestamp < record.timestamp:
+                newest[record.node_id] = record
+    ranges: dict[tuple[int, int], list[PeerRecord]] = {}
+    for record in sorted(newest.values(), key=lambda r: r.node_id):
+        ranges.setdefault((record.layer_start, record.layer_end), []).append(record)
+    return ranges
+
+
 async def announced_stages(net: NetworkService, arch: ModelArchitecture
                            ) -> tuple[list[tuple[int, int]], dict[int, list[str]]] | None:
     """Stages announced in the DHT with their live holders, if they tile the model exactly."""
-    ranges: dict[tuple[int, int], list[str]] = {}
-    for layer in range(arch.layers):
-        for record in await net.node.who_holds(layer):
-            if record.layer_start == layer:
-                ranges.setdefault((record.layer_start, record.layer_end), []).append(record.node_id.hex())
+    return tile(await announced_holders(net, arch), arch)
+
+
+def tile(ranges: dict[tuple[int, int], list[PeerRecord]], arch: ModelArchitecture
+         ) -> tuple[list[tuple[int, int]], dict[int, list[str]]] | None:
+    """(bounds, holder ids per stage) when the announced ranges tile the model exactly, else None."""
     bounds = sorted(ranges)
     if not bounds or bounds[0][0] != 0 or bounds[-1][1] != arch.layers or any(
             b[0] != a[1] for a, b in zip(bounds, bounds[1:], strict=False)):
         return None
-    return bounds, {i: sorted(set(ranges[b])) for i, b in enumerate(bounds)}
+    return bounds, {i: sorted({r.node_id.hex() for r in ranges[b]}) for i, b in enumerate(bounds)}

@@ -110,7 +110,9 @@ class NodeTrainer:
             self.drive_ended.set()
             if self.stop_driving:  # moved to a later stage: serve there until the drivers finish
                 await self._wait_for_stage_change()
-                await self._serve(None)
+                # A bounded run also ends when every driver left (even if none routed to the new
+                # stage, which is then never told "finish"); an unbounded one serves on.
+                await self._serve(None if max_steps is None else max(1, max_steps))
         else:
             await self._serve(max_steps)
         self.checkpoint()
@@ -178,6 +180,12 @@ class NodeTrainer:
 
     # --- per-step bookkeeping -------------------------------------------------------------------
     def _on_commit(self, info: CommitInfo) -> None:
+        # Called with the stage's lock held, right after the optimizer changed the weights in
+        # place. A stage serving several drivers (after a failover two drivers share one holder)
+        # may hold forward graphs of another driver's micro-batches in flight; their backward on
+        # the changed weights would fail autograd's version check. Dropping them makes that
+        # backward ask for its input and recompute on the current weights (stage.py).
+        self.stage.drop_graphs()
         now = time.perf_counter()
         elapsed, self._last_commit_at = now - self._last_commit_at, now
         self.steps_this_session += 1 if self.driver is None or info.driver == self.driver.driver_id else 0
