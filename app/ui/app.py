@@ -120,7 +120,7 @@ class GuiApp:
         self.tray.open_requested.connect(self.show_window)
         self.tray.quit_requested.connect(self.quit)
         self.window.quit_requested.connect(self.quit)
-        self.window.restart_requested.connect(lambda: self.controller.restart())
+        self.window.restart_requested.connect(self._restart_node)
         self.window.settings.saved.connect(self._on_settings_saved)
         self.window.settings.theme_changed.connect(lambda theme: apply_theme(self.qapp, theme))
         settings = self.window.settings
@@ -154,8 +154,15 @@ class GuiApp:
         self.unlock.begin()
 
     def _start_node(self) -> None:
-        if self.controller.engine is None and not self.quitting:
+        if self.controller.engine is None and not self.quitting and not self.mover.running:
             self.controller.start()
+
+    def _restart_node(self) -> None:
+        if self.mover.running:  # a node started now would write into the folder being copied
+            self.window.message_bar.show_message("The data folder is being moved; the node restarts when "
+                                                 "that is done.", "warning")
+            return
+        self.controller.restart()
 
     def _unlock_cancelled(self, message: str) -> None:
         self.window.message_bar.show_message(message, "warning", "Unlock and start", self.unlock_and_start)

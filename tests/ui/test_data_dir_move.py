@@ -218,9 +218,10 @@ def test_failed_moves_keep_the_old_folder_in_use_and_say_why(qtbot, gui, tmp_pat
 
 def test_a_folder_with_another_nodes_data_is_offered_as_is(qtbot, gui, tmp_path: Path) -> None:  # noqa: ANN001
     wait_training(qtbot, gui)
+    old = gui.config.data_dir
     other = tmp_path / "other-node"
     other.mkdir()
-    fast_keystore(other).create(PASSWORD)
+    other_address = fast_keystore(other).create(PASSWORD).address
     page = gui.window.settings
     engine = gui.controller.engine
     assert page.change_data_dir(other)
@@ -229,3 +230,17 @@ def test_a_folder_with_another_nodes_data_is_offered_as_is(qtbot, gui, tmp_path:
     page.existing_prompt.reject()
     assert gui.controller.engine is engine and "not changed" in page.message.text()
     assert not (other / "ledger.sqlite").exists()  # nothing was copied over it
+
+    assert page.change_data_dir(other)
+    qtbot.waitUntil(lambda: page.existing_prompt.isVisible(), timeout=5_000)
+    use = next(b for b in page.existing_prompt.buttons() if b.text() == "Use it as is")
+    use.click()
+    try:
+        unlock_again(qtbot, gui)
+        wait_restarted(qtbot, gui, engine)
+        assert gui.controller.engine.config.data_dir == other and remembered_data_dir() == other
+        assert economy(gui).session.wallet.address == other_address  # that folder's own wallet, as it was
+        assert economy(gui).ledger.totals()["staked"] == 0  # its own ledger: none of the old one's records
+        assert (old / "ledger.sqlite").is_file()  # and the old folder is left as it was
+    finally:
+        identity.forget_password(other)
