@@ -116,6 +116,19 @@ class NeuroTokenizer:
         return list(self._merges)
 
     @property
+    def merge_ids(self) -> list[tuple[int, int]]:
+        """Each merge as the ids of its two parts; merge ``k`` makes id ``FIRST_MERGE + k``.
+
+        This is all a token stream needs to follow a vocabulary change: replacing the pairs in
+        this order (within pre-tokens, see ``pretoken_starts``) gives the ids ``encode`` gives."""
+        return [(self._ids[left], self._ids[right]) for left, right in self._merges]
+
+    @property
+    def version(self) -> str:
+        """Short tag naming this vocabulary: its size and the start of its content hash."""
+        return f"{self.vocab_size}-{self.content_hash[:16]}"
+
+    @property
     def pad_id(self) -> int:
         return self.special_id("<pad>")
 
@@ -220,6 +233,11 @@ class NeuroTokenizer:
         if tok.content_hash != data.get("content_hash"):
             raise TokenizerError(f"{path}: merges do not match the recorded content hash")
         return tok
+
+
+def pretoken_starts(raw: bytes) -> list[int]:
+    """Byte offsets where the pre-tokens of ``raw`` begin: BPE never merges across them."""
+    return [m.start() for m in _PRETOKEN.finditer(raw)]
 
 
 def _pieces(text: str | bytes) -> list[str]:

@@ -18,7 +18,14 @@ Function preservation, for each kind of growth:
   ``w' · x / sqrt(mean' + eps') = w · x / sqrt(mean + eps)`` exactly. New heads and FFN
   channels read the stream through fresh random weights but write through zero columns.
   Heads keep their key/value group, so old query heads still read their own key/value head.
-* vocabulary: embedding and head gain rows; old tokens' logits are untouched.
+* vocabulary: embedding and head gain rows; old tokens' logits are untouched (a logit is one
+  head row times the hidden state, so new rows change no other logit; only the softmax shares
+  some mass with the new tokens). ``grow_vocab_in_place`` does this for a running stage: it
+  replaces the tensors *inside* the existing Parameter objects, so an optimiser or DiLoCo
+  replica that tracks parameters by object keeps tracking them (their per-row state must be
+  padded by the caller: app/node/training/vocab_growth.py). It keeps the architecture version:
+  a vocabulary is named by its tokenizer hash, which stage requests carry, while the version
+  counts the size upgrades the planner negotiates.
 """
 
 from __future__ import annotations
@@ -185,6 +192,36 @@ def grow_vocab(model: ModelShard, new_tokens: int,
         if model.head is not None and new.head is not None and not arch.tie_embeddings:
             _extend_rows(new.head.out.weight, model.head.out.weight, sources, False)
     return new
+
+
+def grow_vocab_in_place(model: ModelShard, sources: Sequence[Sequence[int]]) -> list[torch.nn.Parameter]:
+    """Add ``len(sources)`` tokens to ``model``'s embedding and/or head, keeping its Parameter
+    objects; new rows are the mean of their sources' rows (see ``grow_vocab``). Returns the
+    parameters that gained rows (none for a shard without embedding and head)."""
+    arch = model.architecture
+    count = len(sources)
+    if count < 1:
+        raise GrowthError("can only add a positive number of tokens")
+    _check_sources(sources, count, arch.vocab)
+    grown: list[torch.nn.Parameter] = []
+    with torch.no_grad():
+        if model.embedding is not None:
+            grown.append(_grow_parameter_rows(model.embedding.table.weight, sources))
+            model.embedding.table.num_embeddings = arch.vocab + count
+        if model.head is not None:
+            if not arch.tie_embeddings:
+                grown.append(_grow_parameter_rows(model.head.out.weight, sources))
+            model.head.out.out_features = arch.vocab + count
+    model._arch = arch.with_changes(vocab=arch.vocab + count)  # same package: the shard's own record
+    return grown
+
+
+def _grow_parameter_rows(param: torch.nn.Parameter, sources: Sequence[Sequence[int]]) -> torch.nn.Parameter:
+    old = param.data
+    new = old.new_empty((old.shape[0] + len(sources), *old.shape[1:]))
+    _extend_rows(new, old, sources, random_default=False)
+    param.data = new
+    return param
 
 
 def _check_sources(sources: Sequence[Sequence[int]], count: int, vocab: int) -> None:

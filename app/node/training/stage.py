@@ -9,6 +9,13 @@ of it is present; otherwise it answers which are missing (a replica that took ov
 the driver replays exactly those. Forward graphs are cached; when a backward arrives for a graph
 this stage never built (it took over after the forward), it asks for the input and recomputes.
 
+Vocabulary: a stage with the embedding or the head knows the vocabulary it computes for
+(``vocab``, a tag such as ``"266-…"``). A request that carries another tag under ``"vocab"`` is
+answered ``{"status": "vocab_mismatch", "vocab": <ours>}`` without computing: token ids of one
+vocabulary fed to the embedding or scored by the head of another would be garbage, and the
+answer lets the caller retry once one side has caught up (app/node/training/vocab_growth.py).
+Requests without the tag (the driver's calls into its own local stage) are not checked.
+
 Compute runs in an executor thread under one lock; the asyncio side only waits, so the node keeps
 answering heartbeats while a layer computes (DESIGN.md §2).
 """
@@ -37,6 +44,9 @@ MAX_CACHED_GRAPHS = 64
 ample, and the bound keeps a driver that vanished from leaking memory."""
 
 REMEMBERED_COMMITS = 1024
+
+VOCAB_KEY = "vocab"
+VOCAB_MISMATCH = "vocab_mismatch"
 
 
 class StageRequestError(ValueError):
@@ -122,6 +132,8 @@ class StageWorker:
         self._graphs: OrderedDict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor]] = OrderedDict()
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._committed: deque[tuple[str, int]] = deque(maxlen=REMEMBERED_COMMITS)
+        self.vocab = ""  # tag of the vocabulary the embedding/head are for; "" = not checked
+        self.on_vocab_mismatch: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def layer_range(self) -> tuple[int, int]:
@@ -140,6 +152,8 @@ class StageWorker:
         await self.gate.wait()
         loop = asyncio.get_running_loop()
         out = await loop.run_in_executor(self.executor, self.handle_sync, op, meta, tensors)
+        if out[0].get("status") == VOCAB_MISMATCH and self.on_vocab_mismatch is not None:
+            await self.on_vocab_mismatch(str(meta.get(VOCAB_KEY)))  # catch up if our ledger agrees
         if op == OP_COMMIT and out[0].get("status") == "ok" and self.after_commit is not None:
             await self.after_commit()  # DiLoCo: the step that makes a round due waits for it
         return out
@@ -148,6 +162,12 @@ class StageWorker:
         driver, step = _str(meta, "driver"), _int(meta, "step")
         with self.lock:
             self.seen_drivers.add(driver)
+            theirs = meta.get(VOCAB_KEY)
+            if theirs is not None and theirs != self.vocab and self.vocab and op != OP_FINISH \
+                    and (self.is_first or self.is_last):
+                return {"status": VOCAB_MISMATCH, VOCAB_KEY: self.vocab,
+                        "error": f"stage {self.layer_range} computes for vocabulary {self.vocab}, the request "
+                                 f"is for {str(theirs)[:40]}; retry once the vocabularies agree"}, []
             if op == OP_FORWARD:
                 return self._forward(driver, step, _int(meta, "mb"), tensors)
             if op == OP_BACKWARD:
@@ -261,6 +281,12 @@ class StageWorker:
     def drop_graphs(self) -> None:
         """Forget cached forward graphs (call with ``lock`` held, after replacing weights): a later
         backward then asks for the input and recomputes on the new weights."""
+        self._graphs.clear()
+
+    def discard_pending(self) -> None:
+        """Forget accumulated gradients and forward graphs of unfinished steps (call with ``lock``
+        held, after the parameters changed shape): their drivers replay what commit reports missing."""
+        self._acc.clear()
         self._graphs.clear()
 
     def weights_hash(self) -> str:

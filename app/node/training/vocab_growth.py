@@ -1,0 +1,116 @@
+"""Growing a running stage's vocabulary, and tagging stage calls with the caller's vocabulary.
+
+``grow_stage_vocab`` switches one StageWorker (and its StageSync) to a vocabulary with more
+tokens, between steps:
+
+* the embedding and head gain one row per new token, in place (app/node/model/growth.py
+  ``grow_vocab_in_place``): a new token starts as the mean of its merge's two parts in both
+  matrices, so it means roughly what its parts meant, and no existing token's logit changes;
+* the inner AdamW moments of those parameters gain zero rows (a new row starts with no
+  history, as a fresh parameter would; the shared step counter keeps its bias correction);
+* the DiLoCo anchor gains the new rows *as they are now* and the outer momentum gains zero
+  rows, so the new rows' pseudo-gradient starts at zero and the rest of the round is unchanged;
+  the compression residuals gain zero rows;
+* forward graphs and gradients accumulated for unfinished steps are dropped (their shapes are
+  void); commit reports those micro-batches missing and the driver replays them.
+
+Every replica of a layer range that grows at the same round boundary from the same state ends
+with identical shapes and values, so the next outer step averages as before.
+
+``VocabTaggedTransport`` wraps the StageTransport a driver uses: every call carries the driver's
+vocabulary tag, and a ``vocab_mismatch`` answer (stage.py) becomes :class:`VocabMismatch`, a
+``StageUnavailable`` without a peer, which the pipeline already retries with back-off and
+without forgetting the route; before raising, the wrapper hands the other side's tag to
+``on_mismatch`` so this node can catch up if its own ledger agrees (runtime/vocab_service.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import torch
+
+from app.node.model.growth import grow_vocab_in_place
+from app.node.training.stage import VOCAB_KEY, VOCAB_MISMATCH, StageWorker
+from app.node.training.sync import StageSync
+from app.node.training.transport import Meta, StageReply, StageTransport, StageUnavailable, Tensors
+
+
+class VocabMismatch(StageUnavailable):
+    """The stage computes for another vocabulary; retry after one side caught up."""
+
+    def __init__(self, message: str, theirs: str) -> None:
+        super().__init__(message, None)
+        self.theirs = theirs
+
+
+def grow_stage_vocab(stage: StageWorker, sync: StageSync | None, sources: Sequence[tuple[int, int]],
+                     version: str) -> None:
+    """Add ``len(sources)`` tokens (``sources[k]`` = the ids merge ``k`` joins) and tag the stage
+    with ``version``. Call between steps, on the thread that owns the stage's event loop, with no
+    DiLoCo round in progress (the gate open); it takes the stage's lock."""
+    with stage.lock:
+        if sources and (stage.is_first or stage.is_last):
+            old_rows = {id(p): p.shape[0] for p in stage.params}
+            grown = grow_vocab_in_place(stage.shard, [list(s) for s in sources])
+            _pad_optimizer(stage, grown, old_rows)
+            if sync is not None:
+                _pad_diloco(stage, sync, grown, old_rows)
+            stage.discard_pending()
+        stage.vocab = version
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+
+
+def _pad_optimizer(stage: StageWorker, grown: list[torch.nn.Parameter], old_rows: dict[int, int]) -> None:
+    for p in grown:
+        state = stage.optimizer.state.get(p)
+        if state is None:
+            continue
+        for key in ("exp_avg", "exp_avg_sq"):
+            if state[key].shape[0] == old_rows[id(p)]:
+                state[key] = _pad_rows(state[key], p.shape[0])
+
+
+def _pad_diloco(stage: StageWorker, sync: StageSync, grown: list[torch.nn.Parameter],
+                old_rows: dict[int, int]) -> None:
+    names = {name: p for name, p in stage.shard.named_parameters() if any(p is g for g in grown)}
+    old = sync.replica.state_dict()
+    for name, p in names.items():
+        rows = old_rows[id(p)]
+        live_new = p.detach()[rows:].to(torch.float32)
+        old["anchor"][name] = torch.cat([old["anchor"][name], live_new])
+        old["momentum"][name] = _pad_rows(old["momentum"][name], p.shape[0])
+        if sync.feedback is not None and name in sync.feedback.residual:
+            sync.feedback.residual[name] = _pad_rows(sync.feedback.residual[name], p.shape[0])
+    replica = type(sync.replica)(stage.shard, sync.replica.config)
+    replica.load_state_dict(old)
+    sync.replica = replica
+
+
+class VocabTaggedTransport:
+    """A StageTransport whose calls carry this node's vocabulary tag (module docstring)."""
+
+    def __init__(self, inner: StageTransport, version: Callable[[], str],
+                 on_mismatch: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.inner = inner
+        self.version = version
+        self.on_mismatch = on_mismatch
+
+    def holders(self, layer_start: int) -> list[str]:
+        return self.inner.holders(layer_start)
+
+    async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
+                   prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
+        mine = self.version()
+        reply = await self.inner.call(layer_start, op, {**meta, VOCAB_KEY: mine}, tensors,
+                                      prefer=prefer, exclude=exclude)
+        if reply.meta.get("status") != VOCAB_MISMATCH:
+            return reply
+        theirs = str(reply.meta.get(VOCAB_KEY, ""))
+        if self.on_mismatch is not None:
+            await self.on_mismatch(theirs)
+        raise VocabMismatch(f"the stage at layer {layer_start} ({reply.peer[:12]}) computes for vocabulary "
+                            f"{theirs[:40]}, this driver for {mine}; retrying once they agree", theirs)
