@@ -1,0 +1,261 @@
+"""VocabService: merges that passed a governance vote reach the running node's model and data.
+
+DESIGN.md §3: the vocabulary starts at 266 tokens and grows by merges that pass a vote. The
+ledger (economics/governance.py) says which proposals are implemented; this service decides
+*when* this node's tokenizer, its data loader's token stream and its stage's embedding/head
+switch to them, and keeps the switch consistent across the pipeline and across replicas.
+
+**When: at a DiLoCo round boundary, computed alone from the node's own ledger.** Right after a
+stage's outer step (``StageSync.on_report``) the service reads the ledger and activates every
+implemented proposal it has not activated yet, in implementation order; proposals are taken
+only while every proposal created before them is final (implemented, rejected or without
+quorum), so two nodes never apply the same proposals in different orders because one of them
+had not heard of an earlier vote yet. Why a round boundary:
+
+* replicas of a layer range close each round together (the outer step is a synchronous
+  exchange), and just after it their weights, anchor and momentum are identical, so replicas
+  that grow there from the same ledger grow identically and the next round averages tensors of
+  the same shapes (vocab_growth.py grows the AdamW and DiLoCo state with zero rows);
+* a driver (embedding) and the head replica of its quorum commit the same steps, so their round
+  boundaries fall on the same driver step: the driver commits the head first and its own stage
+  last, both rounds close inside that step's commit, and the next batch is drawn after it — from
+  a loader that already yields the new ids (``set_tokenizer`` runs in the same callback);
+* the moment needs no clock: ledgers that hold the same records agree on what is implemented
+  (phases follow record timestamps, not wall time), and gossip makes them agree within seconds
+  while a round lasts minutes or hours.
+
+**Guard and catch-up.** Where the rule above still disagrees (a ledger behind by a record, a
+head that serves several drivers, a node that joined mid-round) nothing computes on mixed
+vocabularies: every stage call from a driver carries its vocabulary tag, and a stage with the
+embedding or the head refuses a call with another tag (``vocab_mismatch``, stage.py), which the
+driver retries with back-off (``VocabMismatch``, vocab_growth.py). Both ends then *catch up*
+instead of waiting for a boundary that may never come (a head whose only driver is refused
+commits nothing, so its round never closes): the side whose tag is older hears the newer tag —
+the driver from the refusal, the stage from the request — and switches at once to it if, and
+only if, its own ledger has that vocabulary in its activation chain. A tag no ledger here
+vouches for is never adopted, so a peer cannot push merges nobody voted for. A catch-up
+happens between steps but may fall mid-round: the grown stage's replicas then differ in shape
+for that one round, their pseudo-gradients are refused as undecodable (sync.py) and each keeps
+its own; from the next boundary on they agree again.
+
+**Bad proposals.** Two approved proposals may name the same merge; applying the later one then
+fails (``TokenizerError``). Every node skips such a proposal as a whole, at the same place in
+the order, and remembers that it did, so vocabularies still agree.
+
+**Restarts.** The activated proposals (and the skipped ones) are kept in ``vocabulary.json``
+in the data dir, written atomically at each activation. A checkpoint written before the last
+activation has the previous vocabulary size; ``rewind_to`` returns to that prefix of the
+history, and the next round boundary activates the rest again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.node.config import atomic_write_bytes
+from app.node.data.loader import BatchLoader
+from app.node.economics.governance import Phase, Proposal
+from app.node.model.architecture import ModelArchitecture
+from app.node.tokenizer import NeuroTokenizer, TokenizerError
+from app.node.training.stage import StageWorker
+from app.node.training.sync import StageSync, SyncReport
+from app.node.training.transport import StageTransport
+from app.node.training.vocab_growth import VocabTaggedTransport, grow_stage_vocab
+
+log = logging.getLogger("neuroshard.runtime.vocab")
+
+VOCAB_FILE = "vocabulary.json"
+FORMAT = "neuroshard-vocab/1"
+_FINAL = frozenset({Phase.IMPLEMENTED, Phase.REJECTED, Phase.NO_QUORUM})
+
+
+class VocabStateError(ValueError):
+    """``vocabulary.json`` is unreadable or does not rebuild a valid tokenizer."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One proposal in this node's activation history."""
+
+    proposal_id: str
+    merges: tuple[tuple[bytes, bytes], ...]
+    applied: bool  # False: skipped, its merges clash with the vocabulary before it
+
+
+def ready_proposals(proposals: Iterable[Proposal], done: set[str]) -> list[Proposal]:
+    """Implemented proposals not in ``done``, in implementation order, stopping at the first
+    proposal (done or not) that is not final yet — a later one must not overtake it."""
+    ready = []
+    for p in sorted(proposals, key=lambda p: (p.created_ms, p.proposal_id)):
+        if p.phase not in _FINAL:
+            break
+        if p.phase is Phase.IMPLEMENTED and p.proposal_id not in done:
+            ready.append(p)
+    return ready
+
+
+def chain(tokenizer: NeuroTokenizer, proposals: Iterable[Proposal]) -> list[tuple[Step, NeuroTokenizer]]:
+    """Each proposal applied in turn: (step, tokenizer after it); clashing ones are skipped."""
+    out = []
+    for p in proposals:
+        try:
+            nxt = tokenizer.apply_merges(p.merges)
+            step = Step(p.proposal_id, tuple(p.merges), True)
+        except TokenizerError as exc:
+            log.warning("vocabulary proposal %s skipped: %s", p.proposal_id[:12], exc)
+            nxt, step = tokenizer, Step(p.proposal_id, tuple(p.merges), False)
+        out.append((step, nxt))
+        tokenizer = nxt
+    return out
+
+
+class VocabService:
+    """Owns this node's vocabulary: tokenizer, activation history, and the switch (module doc)."""
+
+    def __init__(self, data_dir: Path, proposals: Callable[[], Iterable[Proposal]]) -> None:
+        self.path = Path(data_dir) / VOCAB_FILE
+        self.proposals = proposals
+        self.history: list[Step] = self._load()
+        self._tokenizer = _tokenizer_of(self.history)
+        self.stage: StageWorker | None = None
+        self.sync: StageSync | None = None
+        self.loader: BatchLoader | None = None
+        self.listeners: list[Callable[[NeuroTokenizer], None]] = []
+
+    # --- what the rest of the node reads --------------------------------------------------------
+    @property
+    def tokenizer(self) -> NeuroTokenizer:
+        return self._tokenizer
+
+    @property
+    def version(self) -> str:
+        return self._tokenizer.version
+
+    def architecture(self, base: ModelArchitecture) -> ModelArchitecture:
+        """``base`` (the genesis-vocabulary architecture from config) at the current vocabulary."""
+        return base.with_changes(vocab=self._tokenizer.vocab_size)
+
+    def transport(self, inner: StageTransport) -> VocabTaggedTransport:
+        """The driver's stage transport, tagging calls and catching up on refusals."""
+        return VocabTaggedTransport(inner, lambda: self.version, self.catch_up)
+
+    # --- wiring -----------------------------------------------------------------------------------
+    def attach(self, stage: StageWorker, sync: StageSync | None) -> None:
+        """Serve ``stage`` (again, after a move): tag it, hear its round boundaries and refusals."""
+        if (stage.is_first or stage.is_last) and stage.shard.architecture.vocab != self._tokenizer.vocab_size:
+            raise VocabStateError(f"stage {stage.layer_range} has {stage.shard.architecture.vocab} tokens but the "
+                                  f"vocabulary has {self._tokenizer.vocab_size}; build it from architecture()")
+        stage.vocab = self.version
+        stage.on_vocab_mismatch = self.catch_up
+        self.stage, self.sync = stage, sync
+        if sync is not None:
+            previous = sync.on_report
+
+            def on_report(report: SyncReport) -> None:
+                if previous is not None:
+                    previous(report)
+                if sync is self.sync:  # a stage we left may still finish a round
+                    self.on_round()
+
+            sync.on_report = on_report
+
+    def attach_loader(self, loader: BatchLoader) -> None:
+        """The driver's loader: yields ids of the current vocabulary from its next batch on."""
+        loader.set_tokenizer(self._tokenizer)
+        self.loader = loader
+
+    def rewind_to(self, vocab_size: int) -> bool:
+        """Return to the history prefix whose vocabulary has ``vocab_size`` tokens (a checkpoint
+        from before the last activation); False, unchanged, when no prefix has that size."""
+        for n in range(len(self.history), -1, -1):
+            if _tokenizer_of(self.history[:n]).vocab_size == vocab_size:
+                # keep the skipped proposals right after the prefix: they stay skipped
+                while n < len(self.history) and not self.history[n].applied:
+                    n += 1
+                if n != len(self.history):
+                    self._set_history(self.history[:n])
+                return True
+        return False
+
+    # --- switching --------------------------------------------------------------------------------
+    def pending(self) -> list[tuple[Step, NeuroTokenizer]]:
+        """What this node's ledger says comes next, with the tokenizer after each step."""
+        done = {s.proposal_id for s in self.history}
+        return chain(self._tokenizer, ready_proposals(self.proposals(), done))
+
+    def on_round(self) -> bool:
+        """A round boundary of our stage: activate everything due. True if anything changed."""
+        steps = self.pending()
+        if not steps:
+            return False
+        self._activate(steps)
+        return True
+
+    async def catch_up(self, theirs: str) -> None:
+        """A peer computes for vocabulary ``theirs``: switch to it now if our ledger leads there."""
+        if not self._steps_to(theirs):
+            return
+        if self.stage is not None:
+            await self.stage.gate.wait()  # never during an outer step
+        steps = self._steps_to(theirs)  # again: a boundary may have switched us meanwhile
+        if steps:
+            self._activate(steps)
+
+    def _steps_to(self, theirs: str) -> list[tuple[Step, NeuroTokenizer]]:
+        steps = self.pending()
+        for n, (_, tok) in enumerate(steps):
+            if tok.version == theirs:
+                return steps[: n + 1]
+        return []
+
+    def _activate(self, steps: list[tuple[Step, NeuroTokenizer]]) -> None:
+        new = steps[-1][1]
+        old = self._tokenizer
+        if new.vocab_size > old.vocab_size and self.stage is not None:
+            grow_stage_vocab(self.stage, self.sync, new.merge_ids[len(old.merges):], new.version)
+        elif self.stage is not None:
+            self.stage.vocab = new.version
+        if self.loader is not None:
+            self.loader.set_tokenizer(new)
+        self._set_history(self.history + [s for s, _ in steps])
+        log.info("vocabulary %s -> %s (%d proposal(s))", old.version, new.version, len(steps))
+        for listener in list(self.listeners):
+            try:
+                listener(new)
+            except Exception:
+                log.exception("vocabulary listener failed")
+
+    # --- persistence --------------------------------------------------------------------------------
+    def _set_history(self, history: list[Step]) -> None:
+        tokenizer = _tokenizer_of(history)
+        data = {"format": FORMAT, "content_hash": tokenizer.content_hash,
+                "history": [{"proposal": s.proposal_id, "applied": s.applied,
+                             "merges": [[a.hex(), b.hex()] for a, b in s.merges]} for s in history]}
+        atomic_write_bytes(self.path, json.dumps(data, indent=1).encode())
+        self.history, self._tokenizer = history, tokenizer
+
+    def _load(self) -> list[Step]:
+        if not self.path.exists():
+            return []
+        try:
+            data: Any = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                raise VocabStateError(f"{self.path} is not a vocabulary file ({data.get('format')!r})")
+            history = [Step(str(h["proposal"]), tuple((bytes.fromhex(a), bytes.fromhex(b)) for a, b in h["merges"]),
+                            bool(h["applied"])) for h in data["history"]]
+            tokenizer = _tokenizer_of(history)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise VocabStateError(f"cannot read {self.path}: {exc}") from exc
+        if tokenizer.content_hash != data.get("content_hash"):
+            raise VocabStateError(f"{self.path}: merges do not match the recorded content hash")
+        return history
+
+
+def _tokenizer_of(history: list[Step]) -> NeuroTokenizer:
+    return NeuroTokenizer([m for s in history if s.applied for m in s.merges])
+
