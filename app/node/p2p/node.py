@@ -21,6 +21,7 @@ import torch
 from app.node.p2p import services, upnp
 from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard
+from app.node.p2p.bandwidth import Bandwidth
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.dht import KademliaNode
@@ -61,6 +62,7 @@ class P2PNode:
         self.replay = ReplayGuard(self.config.auth_window_s)
         self.dispatcher = Dispatcher(self.config, self.guard, self.stats)
         self.client = PeerClient(self.config, self.stats)
+        self.bandwidth = Bandwidth()  # the volunteer's upload/download caps on tensor streams
         self.latency: dict[bytes, float] = {}
         self.relay_address = ""
         self.offer: dict[str, Any] = {"tier": "", "capacity": 0.0, "load": 0.0}
@@ -76,7 +78,7 @@ class P2PNode:
         self.tracker_client = TrackerClient(self)
         self.handlers = services.Handlers()
         DhtService(self.dht, self.record, self.replay, self._on_rtt).install(self.dispatcher)
-        services.install(self.dispatcher, self.handlers, self.replay, self.config)
+        services.install(self.dispatcher, self.handlers, self.replay, self.config, self.bandwidth)
         if listen:
             RelayService(self.replay).install(self.dispatcher)
 
@@ -228,16 +230,16 @@ class P2PNode:
             raise ValueError(f"stage kind must be 'forward' or 'backward', not {kind!r}")
         path = services.FORWARD if kind == "forward" else services.BACKWARD
         return await call_tensors(self.client, self.key, peer, path, kind, meta, tensors, timeout, self.config,
-                                  on_silence)
+                                  on_silence, self.bandwidth)
 
     async def call_sync(self, peer: PeerRecord | str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                         timeout: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return await call_tensors(self.client, self.key, peer, services.EXCHANGE, "sync", meta, tensors, timeout,
-                                  self.config)
+                                  self.config, bandwidth=self.bandwidth)
 
     async def fetch_weights(self, peer: PeerRecord | str, meta: dict[str, Any], timeout: float) -> dict[str, torch.Tensor]:
         _, tensors = await call_tensors(self.client, self.key, peer, services.WEIGHTS, "weights", meta, {},
-                                        timeout, self.config)
+                                        timeout, self.config, bandwidth=self.bandwidth)
         return tensors
 
     async def gossip(self, peer: PeerRecord | str, topic: str, payloads: list[bytes], timeout: float) -> list[bytes]:

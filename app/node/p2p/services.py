@@ -10,6 +10,7 @@ import grpc
 import torch
 
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
+from app.node.p2p.bandwidth import Bandwidth
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.dht_service import check_version
@@ -38,7 +39,8 @@ class Handlers:
     data: Callable[[str], Awaitable[bytes | None]] | None = None
 
 
-def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, config: P2PConfig) -> None:
+def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, config: P2PConfig,
+            bandwidth: Bandwidth | None = None) -> None:
     def stage() -> Any:
         return handlers.stage
 
@@ -58,10 +60,10 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
 
         return run
 
-    dispatcher.register(FORWARD, tensor_handler(FORWARD, stage, replay, config, frozenset({"forward"})))
-    dispatcher.register(BACKWARD, tensor_handler(BACKWARD, stage, replay, config, frozenset({"backward"})))
-    dispatcher.register(EXCHANGE, tensor_handler(EXCHANGE, sync, replay, config, frozenset({"sync"})))
-    dispatcher.register(WEIGHTS, tensor_handler(WEIGHTS, weights, replay, config, frozenset({"weights"})))
+    dispatcher.register(FORWARD, tensor_handler(FORWARD, stage, replay, config, frozenset({"forward"}), bandwidth))
+    dispatcher.register(BACKWARD, tensor_handler(BACKWARD, stage, replay, config, frozenset({"backward"}), bandwidth))
+    dispatcher.register(EXCHANGE, tensor_handler(EXCHANGE, sync, replay, config, frozenset({"sync"}), bandwidth))
+    dispatcher.register(WEIGHTS, tensor_handler(WEIGHTS, weights, replay, config, frozenset({"weights"}), bandwidth))
     dispatcher.register(GOSSIP, unary(_gossip_handler(handlers, replay, config)))
     dispatcher.register(SHARD, _shard_handler(handlers, config))
 

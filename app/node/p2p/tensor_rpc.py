@@ -19,6 +19,7 @@ import grpc
 import torch
 
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
+from app.node.p2p.bandwidth import Bandwidth
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import MalformedMessage, PeerRejected, RequestTimeout, RpcRefusal
@@ -62,8 +63,10 @@ async def _beating(work: Awaitable[Any], interval: float) -> AsyncIterator[Any]:
 
 
 def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], replay: ReplayGuard,
-                   config: P2PConfig, allowed_kinds: frozenset[str]) -> Handler:
-    """Server side of one tensor method; ``get_handler`` returns the training callback (or None)."""
+                   config: P2PConfig, allowed_kinds: frozenset[str], bandwidth: Bandwidth | None = None) -> Handler:
+    """Server side of one tensor method; ``get_handler`` returns the training callback (or None).
+    ``bandwidth`` paces the chunks read and sent (the volunteer's caps); keepalives keep flowing
+    while a capped answer waits, so the caller reads a slow link as slow, not as a dead peer."""
     limits = limits_of(config)
 
     async def handler(requests: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
@@ -86,6 +89,8 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
         async def receive() -> dict[str, torch.Tensor]:
             async for chunk in requests:
                 reader.add(chunk)
+                if bandwidth is not None and bandwidth.download.reserve(_wire_size(chunk)) > 0:
+                    await bandwidth.download.take(0)  # reading slower makes gRPC slow the sender
             return reader.finish()
 
         tensors: dict[str, torch.Tensor] = {}
@@ -104,13 +109,25 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
         out_header, buffers = await _encode("result", out_meta, out_tensors)
         yield pb2.TensorChunk(header=out_header)
         for chunk in data_chunks(buffers, config.chunk_bytes):
+            if bandwidth is not None and bandwidth.upload.reserve(len(chunk)) > 0:
+                # Over the upload cap: wait out the debt, beating meanwhile so the caller reads a
+                # slow link as slow rather than as a dead peer (and does not fail over).
+                async for beat in _beating(bandwidth.upload.take(0), config.stage_keepalive_s):
+                    if not isinstance(beat, tuple):
+                        yield beat
             yield chunk
 
     return handler
 
 
+def _wire_size(chunk: Any) -> int:
+    """Bytes a received chunk carried (its payload; headers and keepalives are a few bytes)."""
+    return len(chunk.data) if chunk.WhichOneof("part") == "data" else 0
+
+
 async def _read_answer(stream: AsyncIterator[Any], config: P2PConfig, deadline: float, timeout: float,
-                       on_silence: Callable[[], None] | None) -> StreamReader | None:
+                       on_silence: Callable[[], None] | None, bandwidth: Bandwidth | None = None,
+                       ) -> StreamReader | None:
     """Read keepalives, then the answer's header and chunks; report a silence once."""
     reader: StreamReader | None = None
     pending: asyncio.Future[Any] | None = None
@@ -140,6 +157,8 @@ async def _read_answer(stream: AsyncIterator[Any], config: P2PConfig, deadline: 
                 reader = StreamReader(chunk.header, limits_of(config))
             else:
                 reader.add(chunk)
+                if bandwidth is not None and bandwidth.download.reserve(_wire_size(chunk)) > 0:
+                    await bandwidth.download.take(0)  # reading slower makes gRPC slow the sender
     finally:
         if pending is not None:
             pending.cancel()
@@ -150,20 +169,24 @@ async def _read_answer(stream: AsyncIterator[Any], config: P2PConfig, deadline: 
 async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | str | Route, path: str, kind: str,
                        meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], timeout: float,
                        config: P2PConfig, on_silence: Callable[[], None] | None = None,
-                       ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+                       bandwidth: Bandwidth | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Send a signed tensor stream and read the answer. ``on_silence`` is called (once) when no
     chunk arrived for ``config.failover_timeout_s``; the call itself keeps waiting until
-    ``timeout`` so a hedging caller can take whichever answer comes first."""
+    ``timeout`` so a hedging caller can take whichever answer comes first. ``bandwidth`` paces
+    the chunks sent and read (the volunteer's caps)."""
     header, buffers = await _encode(kind, meta, tensors)
     sign_message(key, path, header)
 
-    def requests() -> Any:
+    async def requests() -> AsyncIterator[Any]:
         yield pb2.TensorChunk(header=header)
-        yield from data_chunks(buffers, config.chunk_bytes)
+        for chunk in data_chunks(buffers, config.chunk_bytes):
+            if bandwidth is not None and bandwidth.upload.reserve(len(chunk)) > 0:
+                await bandwidth.upload.take(0)  # in debt: wait until the cap allows more
+            yield chunk
 
     stream = client.stream(peer, path, requests(), timeout)
     try:
-        reader = await _read_answer(stream, config, time.monotonic() + timeout, timeout, on_silence)
+        reader = await _read_answer(stream, config, time.monotonic() + timeout, timeout, on_silence, bandwidth)
     except MalformedMessage as exc:
         raise PeerRejected(f"peer sent a malformed answer: {exc.reason}", grpc.StatusCode.DATA_LOSS) from None
     finally:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from app.node.config import UsageCaps
 from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
@@ -51,6 +52,11 @@ class NetworkService:
         self.known: dict[bytes, PeerRecord] = {}
         self._watch: asyncio.Task[None] | None = None
         self.replicas: tuple[int, ...] = ()  # live holders of each layer, as the last heal check saw
+
+    def apply_caps(self, caps: UsageCaps) -> None:
+        """The volunteer's upload/download caps on tensor streams, live (subscribe this to the
+        engine's ``ctx.usage``; streams in flight slow down or speed up within a quarter second)."""
+        self.node.bandwidth.set_rates(caps.upload_bytes_per_s, caps.download_bytes_per_s)
 
     def set_replicas(self, replicas: tuple[int, ...]) -> None:
         if replicas != self.replicas:
