@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from app.node.config import ResourceLimits
 from app.ui import fullscreen
+from app.ui.activity_guard import blocking_reason, read_conditions
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the X11 path; Linux only")
@@ -144,6 +146,11 @@ def test_x11_reads_the_active_windows_full_screen_state(display: str) -> None:
         assert fullscreen.fullscreen_app_running(display) is False
         publish_active(display, game_id)
         assert fullscreen.fullscreen_app_running(display) is True
+        # What the guard makes of it, read the way it reads (only the display is chosen here).
+        limits = ResourceLimits(pause_on_battery=False, pause_when_fullscreen=True)
+        reading = read_conditions(limits, idle=lambda: 600.0,
+                                  fullscreen=lambda: fullscreen.fullscreen_app_running(display))
+        assert blocking_reason(limits, reading) == "a full-screen app is running"
         publish_active(display, windowed_id)  # the volunteer alt-tabs out of the game
         assert fullscreen.fullscreen_app_running(display) is False
         publish_active(display, game_id)

@@ -41,6 +41,9 @@ def test_both_sets_round_trip(qtbot, available) -> None:  # noqa: ANN001
     assert form.in_use_caps.cpu_share.value() == 30 and form.idle_caps.cpu_share.value() == 80
     form.set_limits(ResourceLimits())
     assert form.limits() == ResourceLimits() and not form.separate.isChecked()
+    assert form.in_force.isHidden()
+    form.show_in_force("In use: 30 % CPU")  # what ActivityGuard.caps_changed says
+    assert not form.in_force.isHidden() and form.in_force.text() == "Now: In use: 30 % CPU"
     form.set_limits(BOTH)
     assert form.limits() == BOTH
 

@@ -188,6 +188,9 @@ class LimitsForm(QWidget):
         self.in_use_note = QLabel()
         self.in_use_note.setWordWrap(True)
         self.in_use_note.setProperty("role", "hint")
+        self.in_force = QLabel()  # what the node runs under now (show_in_force), hidden until told
+        self.in_force.setProperty("role", "hint")
+        self.in_force.hide()
         self.problem = QLabel()  # what is wrong with the form now, in words; empty when nothing
         self.problem.setWordWrap(True)
         self.problem.setStyleSheet(ERROR_STYLE)
@@ -219,6 +222,7 @@ class LimitsForm(QWidget):
         layout.addLayout(form)
         layout.addLayout(caps)
         layout.addWidget(self.in_use_note)
+        layout.addWidget(self.in_force)
         layout.addLayout(pauses)
         if not compact:
             layout.addWidget(self.schedule)
@@ -253,6 +257,11 @@ class LimitsForm(QWidget):
         self.programs.setText(", ".join(limits.pause_when_running))
         self.schedule.set_schedule(limits.schedule)
         self._update_states()
+
+    def show_in_force(self, text: str) -> None:
+        """The caps the node runs under right now (connect ActivityGuard.caps_changed here)."""
+        self.in_force.setText(f"Now: {text}" if text else "")
+        self.in_force.setVisible(bool(text))
 
     def _offer_in_use_caps(self, separate: bool) -> None:
         """Turning separate limits on starts the in-use set gentler than the idle one."""
