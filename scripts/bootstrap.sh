@@ -23,6 +23,15 @@ if command -v dpkg >/dev/null 2>&1; then
   fi
 fi
 
+# The test profile also wants an X server for the real X11 idle / full-screen tests; best effort:
+# without it those tests skip, nothing else depends on it.
+if [ "$profile" != "run" ] && ! command -v Xvfb >/dev/null 2>&1 && [ "$(id -u)" = "0" ] \
+   && command -v apt-get >/dev/null 2>&1; then
+  echo "bootstrap: installing xvfb for the X11 tests" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb) >&2 \
+    || echo "bootstrap: could not install xvfb; the X11 tests will skip" >&2
+fi
+
 python_bin="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 py=.venv/bin/python
