@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.node import hardware
-from app.node.config import ConfigError, NodeConfig, ensure_data_dir
+from app.node import disk, hardware
+from app.node.config import ConfigError, NodeConfig, UsageCaps, ensure_data_dir
 from app.node.events import (
     STATE_TRANSITIONS,
     Command,
@@ -32,10 +32,14 @@ from app.node.events import (
     Remeasure,
     Resume,
     RunFinished,
+    SetUsageCaps,
     StatusChanged,
+    UsageCapsChanged,
 )
 from app.node.logs import attach_event_handler, configure_file_logging
 from app.node.runtime_api import RunControl, Runtime, RuntimeContext, RuntimeFactory
+from app.node.throttle import DutyCycle, MeteredExecutor, default_threads
+from app.node.usage import UsageCapsHub
 
 log = logging.getLogger("neuroshard.engine")
 Subscriber = Callable[[Event], None]
@@ -65,7 +69,9 @@ class NodeEngine:
         self._main_task: asyncio.Task[int] | None = None
         self._control: RunControl | None = None
         self._runtime: Runtime | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: MeteredExecutor | None = None
+        self._usage = UsageCapsHub(config.limits.caps(in_use=False))
+        self._device = "cpu"  # until measured: the share that applies is cpu_share
         self._state = StatusChanged(state=NodeState.STOPPED)
         self._latest: dict[str, Event] = {}
         self._exit_code: int | None = None
@@ -180,10 +186,14 @@ class NodeEngine:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuroshard-work")
+        duty = DutyCycle()
+        self._executor = MeteredExecutor(2, duty, thread_name_prefix="neuroshard-work")
         loop.set_default_executor(self._executor)
+        end_disk_cap = disk.register(disk.DiskBudget(
+            self.config.data_dir, self.config.limits.disk_bytes,
+            on_refused=lambda message: self.emit(ErrorOccurred(message=message, fatal=False))))
         try:
-            self._control = RunControl()
+            self._control = RunControl(duty)
             self._events_detach = attach_event_handler(self.emit)
             self._main_task = loop.create_task(self._main())
             self._ready.set()
@@ -193,8 +203,12 @@ class NodeEngine:
             self.emit(ErrorOccurred(message=f"engine crashed: {exc}", fatal=True))
         finally:
             self._ready.set()
+            end_disk_cap()
             self._events_detach()
+            self._executor.release()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(Exception):
+                self._executor.restore_threads()
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             for task in pending:
                 task.cancel()
@@ -229,11 +243,12 @@ class NodeEngine:
         self._set_state(NodeState.STARTING)
         code = 1
         try:
+            self._apply_caps(self._usage.caps)
             report = await self._measure(force=False)
             self._set_state(NodeState.JOINING)
             loop = asyncio.get_running_loop()
             ctx = RuntimeContext(self.config, report, self.emit, self._set_state, self._control,
-                                 self._executor, loop)
+                                 self._executor, loop, usage=self._usage)
             self._runtime = await loop.run_in_executor(None, self._factory, ctx)
             code = await self._runtime.run()
             self.emit(RunFinished(steps=getattr(self._runtime, "steps_done", 0), exit_code=code))
@@ -254,8 +269,13 @@ class NodeEngine:
             self._set_state(NodeState.MEASURING, "benchmarking one reference layer")
         loop = asyncio.get_running_loop()
         report = await loop.run_in_executor(
-            None, lambda: hardware.measure_or_cached(self.config.data_dir, self.config.device, force=force)
+            None, lambda: hardware.measure_or_cached(self.config.data_dir, self.config.device, force=force,
+                                                     gpu_ids=self.config.limits.gpu_ids)
         )
+        self._device = report.device.device
+        assert self._executor is not None
+        self._executor.set_cuda_device(report.device.index if self._device == "cuda" else None)
+        self._apply_caps(self._usage.caps)  # the share that applies depends on the device
         self.emit(HardwareMeasured(
             device=report.device.device, device_name=report.device.name,
             memory_bytes=report.device.memory_bytes, ms_per_layer=round(report.ms_per_layer, 2),
@@ -293,9 +313,26 @@ class NodeEngine:
         if isinstance(command, Remeasure):
             report = await self._measure(force=True)
             return report.to_dict()
+        if isinstance(command, SetUsageCaps):
+            return self._apply_caps(command.caps)
         if self._runtime is None:
             raise EngineError("the node is still starting; try again in a moment")
         return await self._runtime.handle(command)
+
+
+    def _apply_caps(self, caps: UsageCaps) -> UsageCapsChanged:
+        """Enforce ``caps`` from now on (loop thread): torch threads in every worker, the duty
+        cycle's share for this device, and the runtime's subscribers (bandwidth); publishes them."""
+        assert self._executor is not None and self._control is not None
+        self._usage.set(caps)  # validates first: a bad set changes nothing
+        threads = caps.cpu_threads or default_threads()
+        share = caps.gpu_share if self._device in ("cuda", "mps") else caps.cpu_share
+        self._executor.set_threads(threads)
+        self._control.duty.set_share(share)
+        event = UsageCapsChanged(caps=caps, threads=threads, share=share, device=self._device)
+        log.info("%s", event.describe())
+        self.emit(event)
+        return event
 
 
 def _describe_error(exc: BaseException) -> str:

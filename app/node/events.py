@@ -219,6 +219,28 @@ class ErrorOccurred(Event):
 
 
 @dataclass(frozen=True)
+class UsageCapsChanged(Event):
+    """The caps the engine enforces from now on: ``caps`` as set, ``threads`` the torch thread
+    count they resolve to, ``share`` the duty cycle applied (gpu_share on cuda/mps, else
+    cpu_share) on ``device``."""
+
+    kind: ClassVar[str] = "usage_caps"
+    caps: UsageCaps
+    threads: int
+    share: float
+    device: str
+
+    def describe(self) -> str:
+        c = self.caps
+        return (f"usage caps: {self.threads} threads, {self.share:.0%} of {self.device} time, "
+                f"upload {_rate(c.upload_bytes_per_s)}, download {_rate(c.download_bytes_per_s)}")
+
+
+def _rate(bytes_per_s: int | None) -> str:
+    return "unlimited" if bytes_per_s is None else f"{bytes_per_s / 1024:.0f} KiB/s"
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     """The node's main job ended on its own (``--max-steps`` reached): headless exits then."""
 

@@ -71,6 +71,31 @@ class DeviceInfo:
     memory_bytes: int  # memory training on this device can use (VRAM on GPU, RAM on CPU)
     system_memory_bytes: int
     cpu_count: int
+    index: int = 0  # which CUDA device (limits.gpu_ids); 0 elsewhere
+
+    @property
+    def torch_device(self) -> str:
+        """The torch device string: ``cuda:N`` for the chosen GPU, else ``cpu`` / ``mps``."""
+        return f"cuda:{self.index}" if self.device == "cuda" else self.device
+
+
+def choose_cuda_device(gpu_ids: tuple[int, ...], device_count: int) -> int | None:
+    """The CUDA device the node uses: the first of ``gpu_ids`` (the volunteer's choice, in
+    torch's numbering after CUDA_VISIBLE_DEVICES), or device 0 when none is listed; None when
+    there is no CUDA device and none was asked for. A listed id torch does not see is a
+    ConfigError: silently training on another card than the one the volunteer allowed is worse."""
+    from app.node.config import ConfigError
+
+    if not gpu_ids:
+        return 0 if device_count > 0 else None
+    if device_count <= 0:
+        raise ConfigError(f"limits.gpu_ids lists {list(gpu_ids)} but torch sees no CUDA device; "
+                          "clear gpu_ids, set device = \"cpu\", or install the CUDA build of torch")
+    bad = [i for i in gpu_ids if not 0 <= i < device_count]
+    if bad:
+        raise ConfigError(f"limits.gpu_ids lists {bad} but torch sees {device_count} CUDA device(s), "
+                          f"numbered 0 to {device_count - 1}")
+    return gpu_ids[0]
 
 
 @dataclass(frozen=True)
@@ -88,15 +113,17 @@ class HardwareReport:
         return out
 
 
-def detect_device(preference: str = "auto") -> DeviceInfo:
-    """Pick CUDA, then MPS, then CPU (or the one asked for); imports torch."""
+def detect_device(preference: str = "auto", gpu_ids: tuple[int, ...] = ()) -> DeviceInfo:
+    """Pick CUDA (the GPU ``gpu_ids`` names), then MPS, then CPU (or the one asked for); imports torch."""
     import torch
 
     system_memory = psutil.virtual_memory().total
     cpus = os.cpu_count() or 1
-    if preference in ("auto", "cuda") and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return DeviceInfo("cuda", props.name, int(props.total_memory), system_memory, cpus)
+    if preference in ("auto", "cuda"):
+        index = choose_cuda_device(gpu_ids, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        if index is not None:
+            props = torch.cuda.get_device_properties(index)
+            return DeviceInfo("cuda", props.name, int(props.total_memory), system_memory, cpus, index)
     if preference == "cuda":
         raise RuntimeError("CUDA was asked for but torch sees no CUDA device (is this the CPU build of torch?)")
     mps = getattr(torch.backends, "mps", None)
@@ -155,7 +182,8 @@ def measure_ms_per_layer(device: str = "cpu", *, repeats: int = 3, budget_s: flo
     import torch
 
     block, sample = _reference_layer(torch, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
+    on_cuda = device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else None
 
     def one_pass() -> float:
         start = time.perf_counter()
@@ -166,8 +194,8 @@ def measure_ms_per_layer(device: str = "cpu", *, repeats: int = 3, budget_s: flo
         else:
             out = block(x)
         out.float().pow(2).mean().backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if on_cuda:
+            torch.cuda.synchronize(device)
         elif device == "mps":
             torch.mps.synchronize()
         return (time.perf_counter() - start) * 1000.0
@@ -182,11 +210,11 @@ def measure_ms_per_layer(device: str = "cpu", *, repeats: int = 3, budget_s: flo
     return statistics.median(timings)
 
 
-def measure(preference: str = "auto") -> HardwareReport:
+def measure(preference: str = "auto", gpu_ids: tuple[int, ...] = ()) -> HardwareReport:
     import torch
 
-    info = detect_device(preference)
-    ms = measure_ms_per_layer(info.device)
+    info = detect_device(preference, gpu_ids)
+    ms = measure_ms_per_layer(info.torch_device)
     return HardwareReport(info, ms, tier_for_ms(ms), torch.__version__, time.time())
 
 
@@ -217,17 +245,19 @@ def save_cache(data_dir: Path, report: HardwareReport) -> None:
     atomic_write_bytes(data_dir / CACHE_FILE, json.dumps(payload, indent=2).encode())
 
 
-def measure_or_cached(data_dir: Path, preference: str = "auto", *, force: bool = False) -> HardwareReport:
+def measure_or_cached(data_dir: Path, preference: str = "auto", *, force: bool = False,
+                      gpu_ids: tuple[int, ...] = ()) -> HardwareReport:
     """Use the cache when it matches this device and torch version, else measure and cache."""
     import torch
 
     if not force:
         cached = load_cached(data_dir, preference)
         if cached is not None and cached.torch_version == torch.__version__:
-            current = detect_device(preference)
-            if (current.device, current.name) == (cached.device.device, cached.device.name):
+            current = detect_device(preference, gpu_ids)
+            if (current.device, current.name, current.index) == (cached.device.device, cached.device.name,
+                                                                 cached.device.index):
                 return cached
-    report = measure(preference)
+    report = measure(preference, gpu_ids)
     save_cache(data_dir, report)
     return report
 

@@ -11,22 +11,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.node.config import NodeConfig
 from app.node.events import Command, Event, NodeState
 from app.node.hardware import HardwareReport
+from app.node.throttle import DutyCycle
+from app.node.usage import UsageCapsHub
 
 
 class RunControl:
-    """Pause / stop requests the runtime honours between micro-batches (loop thread only)."""
+    """Pause / stop requests and the CPU/GPU share the runtime honours between micro-batches
+    (loop thread only). ``duty`` is the engine's duty cycle (app/node/throttle.py): ``proceed``
+    also waits out the idle time the last compute is owed, so a driver stays under its share
+    without holding an executor thread while it waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, duty: DutyCycle | None = None) -> None:
         self._running = asyncio.Event()
         self._running.set()
         self._stop = asyncio.Event()
         self.finish_step_then_stop = False
+        self.duty = duty if duty is not None else DutyCycle()
 
     @property
     def paused(self) -> bool:
@@ -45,11 +51,14 @@ class RunControl:
     def request_stop(self) -> None:
         self._stop.set()
         self._running.set()  # wake a paused runtime so it can exit
+        self.duty.release()  # winding down (last step, checkpoint) must not wait for a share
 
     async def proceed(self) -> bool:
-        """Wait while paused; False once a stop was requested (the caller then winds down)."""
+        """Wait while paused or while the share owes idle time; False once a stop was requested
+        (the caller then winds down)."""
         if not self._running.is_set():
             await self._running.wait()
+        await self.duty.idle(self._stop.is_set)
         return not self._stop.is_set()
 
     async def sleep(self, seconds: float) -> bool:
@@ -70,6 +79,7 @@ class RuntimeContext:
     control: RunControl
     executor: Executor  # heavy tensor work goes here, never on the loop thread
     loop: asyncio.AbstractEventLoop
+    usage: UsageCapsHub = field(default_factory=UsageCapsHub)  # caps in force; subscribe to enforce one
 
 
 class Runtime(Protocol):
