@@ -4,7 +4,7 @@ runtime (app/node/runtime: solo genesis network, tiny model, gRPC on an ephemera
 
 Every wallet the fixtures create is funded at genesis (tests/ui/funded_ledger.py: signed records
 in the node's own ledger, written before the node starts), so the wallet and governance pages have
-coins to send, stake and vote with. ``gui`` is a fresh app per test; ``ledger_gui`` is one app
+coins to send, stake and vote with. ``gui`` is a fresh app per test; ``shared_gui`` is one app
 shared by a whole test module (a node takes seconds to start on a 2-core machine), for tests that
 only add records, so its tests compare before and after rather than expect exact balances.
 """
@@ -104,7 +104,7 @@ def gui(qtbot, config: NodeConfig, wallet_dir: Path) -> Iterator:  # noqa: ANN00
 
 
 @pytest.fixture(scope="module")
-def ledger_gui(tmp_path_factory: pytest.TempPathFactory, measured_dir: Path) -> Iterator:
+def shared_gui(tmp_path_factory: pytest.TempPathFactory, measured_dir: Path) -> Iterator:
     """The whole app on the real engine and runtime, one node for the whole test module."""
     root = tmp_path_factory.mktemp("shared")
     with pytest.MonkeyPatch.context() as patch:

@@ -5,25 +5,25 @@ from __future__ import annotations
 from tests.ui.helpers import runtime, wait_training
 
 
-def test_toggling_a_mode_reaches_the_engine(qtbot, gui) -> None:  # noqa: ANN001 (the real runtime)
-    wait_training(qtbot, gui)
-    page = gui.window.contribute
+def test_toggling_a_mode_reaches_the_engine(qtbot, shared_gui) -> None:  # noqa: ANN001 (the real runtime)
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.contribute
     row = page.rows["data"]
     row.toggle.setChecked(not row.toggle.isChecked())
     wanted = row.toggle.isChecked()
-    qtbot.waitUntil(lambda: ("data" in runtime(gui).modes) == wanted, timeout=5_000)
-    qtbot.waitUntil(lambda: gui.bridge.latest("modes") is not None
-                    and ("data" in gui.bridge.latest("modes").active) == wanted, timeout=5_000)
+    qtbot.waitUntil(lambda: ("data" in runtime(shared_gui).modes) == wanted, timeout=5_000)
+    qtbot.waitUntil(lambda: shared_gui.bridge.latest("modes") is not None
+                    and ("data" in shared_gui.bridge.latest("modes").active) == wanted, timeout=5_000)
     row.toggle.setChecked(not wanted)
-    qtbot.waitUntil(lambda: ("data" in runtime(gui).modes) == (not wanted), timeout=5_000)
+    qtbot.waitUntil(lambda: ("data" in runtime(shared_gui).modes) == (not wanted), timeout=5_000)
     assert row.toggle.isChecked() == (not wanted)
 
 
-def test_unavailable_mode_is_greyed_with_reason_and_a_refusal_reverts(qtbot, ledger_gui) -> None:  # noqa: ANN001
-    wait_training(qtbot, ledger_gui)
-    page = ledger_gui.window.contribute
-    qtbot.waitUntil(lambda: ledger_gui.bridge.latest("modes") is not None, timeout=5_000)
-    unavailable = dict(ledger_gui.bridge.latest("modes").unavailable)
+def test_unavailable_mode_is_greyed_with_reason_and_a_refusal_reverts(qtbot, shared_gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.contribute
+    qtbot.waitUntil(lambda: shared_gui.bridge.latest("modes") is not None, timeout=5_000)
+    unavailable = dict(shared_gui.bridge.latest("modes").unavailable)
     assert unavailable, "this devnet machine should lack at least one mode"
     mode, reason = next(iter(unavailable.items()))
     row = page.rows[mode]
@@ -34,4 +34,4 @@ def test_unavailable_mode_is_greyed_with_reason_and_a_refusal_reverts(qtbot, led
     row.toggle.setChecked(True)
     qtbot.waitUntil(lambda: "refused" in page.status.text(), timeout=5_000)
     assert not row.toggle.isChecked()
-    assert mode not in runtime(ledger_gui).modes
+    assert mode not in runtime(shared_gui).modes

@@ -8,30 +8,30 @@ from app.node.events import NodeState
 from tests.ui.helpers import wait_training
 
 
-def test_dashboard_shows_state_tier_layers_and_live_loss(qtbot, gui) -> None:  # noqa: ANN001
-    wait_training(qtbot, gui)
-    page = gui.window.dashboard
+def test_dashboard_shows_state_tier_layers_and_live_loss(qtbot, shared_gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.dashboard
     qtbot.waitUntil(lambda: page.loss_chart.point_count() >= 5, timeout=10_000)
     assert page.badge.text().startswith("Training")
-    layers = gui.bridge.latest("layers")
+    layers = shared_gui.bridge.latest("layers")
     held = layers.last_layer - layers.first_layer
     assert page.layers_label.text().startswith(f"{held} of {layers.total_layers}")
     assert page.role_label.text() == ", ".join(layers.roles)
-    hw = gui.bridge.latest("hardware")
+    hw = shared_gui.bridge.latest("hardware")
     assert page.tier_label.text().startswith(hw.tier)
     assert page.activity_label.text().startswith("Now: ")
     qtbot.waitUntil(lambda: page.loss_chart.series.count() > 0, timeout=2_000)
 
 
-def test_pause_stops_training_within_a_second_and_resume_restarts_it(qtbot, gui) -> None:  # noqa: ANN001
-    wait_training(qtbot, gui)
-    page = gui.window.dashboard
+def test_pause_stops_training_within_a_second_and_resume_restarts_it(qtbot, shared_gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.dashboard
     steps: list[int] = []
-    gui.bridge.step.connect(lambda e: steps.append(e.step))
+    shared_gui.bridge.step.connect(lambda e: steps.append(e.step))
     qtbot.waitUntil(lambda: len(steps) >= 3, timeout=10_000)
     clicked = time.monotonic()
     page.pause_button.click()
-    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.PAUSED, timeout=1_000)
+    qtbot.waitUntil(lambda: shared_gui.bridge.state == NodeState.PAUSED, timeout=1_000)
     assert time.monotonic() - clicked < 1.0
     assert page.badge.text().startswith("Paused")
     assert page.pause_button.text() == "Resume"
@@ -41,5 +41,5 @@ def test_pause_stops_training_within_a_second_and_resume_restarts_it(qtbot, gui)
     assert len(steps) == settled, "training continued while paused"
     page.pause_button.click()
     qtbot.waitUntil(lambda: len(steps) > settled + 2, timeout=5_000)
-    qtbot.waitUntil(lambda: gui.bridge.state == NodeState.TRAINING, timeout=1_000)
+    qtbot.waitUntil(lambda: shared_gui.bridge.state == NodeState.TRAINING, timeout=1_000)
     assert page.pause_button.text() == "Pause"

@@ -10,9 +10,9 @@ from tests.ui.funded_ledger import CLOSED_PROPOSAL, OPEN_PROPOSAL, PASSWORD, PRO
 from tests.ui.helpers import economy, wait_training
 
 
-def open_governance(qtbot, ledger_gui):  # noqa: ANN001, ANN201
-    wait_training(qtbot, ledger_gui)
-    page = ledger_gui.window.governance
+def open_governance(qtbot, shared_gui):  # noqa: ANN001, ANN201
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.governance
     qtbot.waitUntil(lambda: len(page.proposals) >= len(PROPOSALS), timeout=10_000)
     return page
 
@@ -22,8 +22,8 @@ def select(page, title: str) -> None:  # noqa: ANN001
     page.table.selectRow(index)
 
 
-def test_proposals_show_phase_countdown_and_readable_merges(qtbot, ledger_gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, ledger_gui)
+def test_proposals_show_phase_countdown_and_readable_merges(qtbot, shared_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, shared_gui)
     qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
     page.refresh()
     qtbot.waitUntil(lambda: "voting" in [p.phase for p in page.proposals], timeout=5_000)
@@ -39,8 +39,8 @@ def test_proposals_show_phase_countdown_and_readable_merges(qtbot, ledger_gui) -
     assert not page.yes_button.isEnabled()
 
 
-def test_vote_with_password_reaches_the_ledger(qtbot, ledger_gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, ledger_gui)
+def test_vote_with_password_reaches_the_ledger(qtbot, shared_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, shared_gui)
     qtbot.wait(400)  # the devnet's discussion phase lasts 0.3 s
     page.refresh()
     qtbot.waitUntil(lambda: any(p.phase == "voting" for p in page.proposals), timeout=5_000)
@@ -50,23 +50,23 @@ def test_vote_with_password_reaches_the_ledger(qtbot, ledger_gui) -> None:  # no
     page.active_dialog.password.setText(PASSWORD)
     assert page.active_dialog.try_accept()
     qtbot.waitUntil(lambda: "recorded" in page.message.text(), timeout=5_000)
-    ledger_proposal = {p.proposal_id: p for p in economy(ledger_gui).ledger.proposals()}[proposal_id]  # the node's own
+    ledger_proposal = {p.proposal_id: p for p in economy(shared_gui).ledger.proposals()}[proposal_id]  # the node's own
     assert ledger_proposal.votes == {page.session.bridge.latest("balance").address: True}
     qtbot.waitUntil(lambda: page.selected() is not None and page.selected().yes_weight > 0, timeout=5_000)
     assert page.approval_bar.value() == 100
 
 
-def test_vote_outside_the_window_shows_the_ledgers_reason(qtbot, ledger_gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, ledger_gui)
+def test_vote_outside_the_window_shows_the_ledgers_reason(qtbot, shared_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, shared_gui)
     select(page, CLOSED_PROPOSAL)
     assert not page.yes_button.isEnabled()  # the window knows; the ledger is asked anyway below
     page.submit_vote(page.selected().proposal_id, True, PASSWORD)
     qtbot.waitUntil(lambda: "Vote not recorded" in page.message.text(), timeout=5_000)
-    assert ledger_gui.window.isVisible()
+    assert shared_gui.window.isVisible()
 
 
-def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, ledger_gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, ledger_gui)
+def test_new_proposal_shows_stake_and_lands_in_the_list(qtbot, shared_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, shared_gui)
     before = len(page.proposals)
     page.message.clear()  # the shared page may still show an earlier test's answer
     dialog = page.open_propose()
@@ -95,8 +95,8 @@ def test_merge_text_helpers_parse_and_describe() -> None:
         raise AssertionError(f"{bad!r} should be refused")
 
 
-def test_vote_in_an_unlocked_session_needs_no_password(qtbot, ledger_gui) -> None:  # noqa: ANN001
-    page = open_governance(qtbot, ledger_gui)
+def test_vote_in_an_unlocked_session_needs_no_password(qtbot, shared_gui) -> None:  # noqa: ANN001
+    page = open_governance(qtbot, shared_gui)
     errors: list[str] = []
     page.session.unlock(PASSWORD, errors.append)
     qtbot.waitUntil(lambda: page.session.unlocked, timeout=10_000)
@@ -108,5 +108,5 @@ def test_vote_in_an_unlocked_session_needs_no_password(qtbot, ledger_gui) -> Non
     page.vote(False)
     assert page.active_dialog is None  # signed by the unlocked session, no prompt
     qtbot.waitUntil(lambda: "no vote was recorded" in page.message.text(), timeout=5_000)
-    proposal = {p.title: p for p in economy(ledger_gui).ledger.proposals()}[SECOND_PROPOSAL]
+    proposal = {p.title: p for p in economy(shared_gui).ledger.proposals()}[SECOND_PROPOSAL]
     assert list(proposal.votes.values()) == [False] and not errors

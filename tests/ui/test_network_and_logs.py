@@ -8,18 +8,18 @@ from app.node.events import LogLine, NetworkChanged, PeerJoined, PeerLeft
 from tests.ui.helpers import wait_training
 
 
-def test_network_page_shows_reachability_phase_coverage_and_peers(qtbot, gui) -> None:  # noqa: ANN001
-    wait_training(qtbot, gui)
-    page = gui.window.network
-    layers = gui.bridge.latest("layers")
+def test_network_page_shows_reachability_phase_coverage_and_peers(qtbot, shared_gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.network
+    layers = shared_gui.bridge.latest("layers")
     assert page.arch_label.text().startswith(f"version {layers.architecture_version}: {layers.total_layers} layers")
     qtbot.waitUntil(lambda: "training step" in page.activity_label.text(), timeout=5_000)
-    network = gui.bridge.latest("network")
+    network = shared_gui.bridge.latest("network")
     if network is not None:  # the solo genesis node reports its network once it is up
         assert page.phase_label.text().startswith(network.phase)
         assert page.coverage.replicas == network.replicas_per_layer
     qtbot.waitUntil(lambda: page.peers_loaded, timeout=5_000)  # the node's own snapshot came first
-    engine = gui.controller.engine
+    engine = shared_gui.controller.engine
     engine.emit(PeerJoined(node_id="ab" * 16, address="127.0.0.1:7461", tier="T3", layers=(0, 2), latency_ms=12.0))
     engine.emit(NetworkChanged(reachable=False, relay="127.0.0.1:7999", peers=1, phase="micro",
                                replicas_per_layer=(2, 2)))
@@ -34,10 +34,10 @@ def test_network_page_shows_reachability_phase_coverage_and_peers(qtbot, gui) ->
     assert page.reach_label.text() != "Testing…"
 
 
-def test_logs_search_and_diagnostics_leave_secrets_out(qtbot, gui, tmp_path) -> None:  # noqa: ANN001
-    wait_training(qtbot, gui)
-    page = gui.window.logs
-    engine = gui.controller.engine
+def test_logs_search_and_diagnostics_leave_secrets_out(qtbot, shared_gui, tmp_path) -> None:  # noqa: ANN001
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.logs
+    engine = shared_gui.controller.engine
     engine.emit(LogLine(level="INFO", message="joined quorum q-1"))
     engine.emit(LogLine(level="WARNING", message="unlock failed: password=hunter2hunter2"))
     engine.emit(LogLine(level="DEBUG", message="key " + "ab" * 32))
