@@ -286,6 +286,8 @@ class NodeEngine:
     async def _shutdown_runtime(self) -> None:
         if self.state not in (NodeState.ERROR, NodeState.STOPPED):
             self._set_state(NodeState.STOPPING)
+        if self._executor is not None:
+            self._executor.release()  # the last checkpoint must not wait out the CPU share
         if self._runtime is not None:
             try:
                 await asyncio.wait_for(self._runtime.shutdown(), timeout=4.0)
@@ -318,7 +320,6 @@ class NodeEngine:
         if self._runtime is None:
             raise EngineError("the node is still starting; try again in a moment")
         return await self._runtime.handle(command)
-
 
     def _apply_caps(self, caps: UsageCaps) -> UsageCapsChanged:
         """Enforce ``caps`` from now on (loop thread): torch threads in every worker, the duty

@@ -276,3 +276,18 @@ def test_detect_device_honours_gpu_ids_only_for_cuda() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError):
             detect_device("auto", (0,))
+
+
+def test_the_network_follows_the_caps_hub_live() -> None:
+    """The wiring node_runtime uses: ``ctx.usage.subscribe(net.apply_caps)``."""
+    from app.node.runtime.network import NetworkService
+    from app.node.usage import UsageCapsHub
+    from app.wallet.keys import PrivateKey
+
+    hub = UsageCapsHub(UsageCaps(upload_bytes_per_s=1 << 20))
+    net = NetworkService(PrivateKey.generate(), host="127.0.0.1", port=0, trackers=(), listen=False, p2p={},
+                         emit=lambda event: None)
+    hub.subscribe(net.apply_caps)
+    assert net.node.bandwidth.upload.rate == 1 << 20 and net.node.bandwidth.download.rate is None
+    hub.set(UsageCaps(upload_bytes_per_s=None, download_bytes_per_s=256 * 1024))
+    assert net.node.bandwidth.upload.rate is None and net.node.bandwidth.download.rate == 256 * 1024
