@@ -5,12 +5,13 @@ live in a QSettings INI file next to it, in the data dir, so one data dir is one
 (and tests stay hermetic: nothing is written to the user's real settings).
 
 The one setting that cannot live in the data dir is where the data dir is: after the volunteer
-moves it from Settings, ``location.ini`` in the per-user config folder names the new folder, and
+moves it from Settings, ``location.json`` in the per-user config folder names the new folder, and
 the app reads it at start when neither ``--data-dir`` nor ``NEUROSHARD_DATA_DIR`` chose one.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 from platformdirs import user_config_dir
 from PySide6.QtCore import QByteArray, QSettings
 
-from app.node.config import APP_NAME
+from app.node.config import APP_NAME, atomic_write_bytes
 
 UI_SETTINGS_FILE = "ui.ini"
-LOCATION_FILE = "location.ini"
+LOCATION_FILE = "location.json"
 THEMES = ("system", "light", "dark")
 
 
@@ -34,23 +35,20 @@ def location_file() -> Path:
 
 
 def remembered_data_dir() -> Path | None:
-    """The data dir chosen in Settings, or None when the volunteer never moved it."""
-    path = location_file()
-    if not path.is_file():
+    """The data dir chosen in Settings, or None when the volunteer never moved it.
+
+    Plain JSON, no Qt, so the command line could honour it for a headless node too.
+    """
+    try:
+        value = json.loads(location_file().read_text(encoding="utf-8")).get("data_dir")
+    except (OSError, ValueError, AttributeError):
         return None
-    value = QSettings(str(path), QSettings.Format.IniFormat).value("data/dir")
     return Path(value) if isinstance(value, str) and value else None
 
 
 def remember_data_dir(data_dir: Path) -> None:
-    """Record the data dir for the next start; OSError when the file cannot be written."""
-    path = location_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    settings = QSettings(str(path), QSettings.Format.IniFormat)
-    settings.setValue("data/dir", str(data_dir))
-    settings.sync()
-    if settings.status() != QSettings.Status.NoError:
-        raise OSError(f"cannot write {path}")
+    """Record the data dir for the next start (written atomically); OSError when it cannot be."""
+    atomic_write_bytes(location_file(), json.dumps({"data_dir": str(data_dir)}).encode())
 
 
 class UiSettings:

@@ -64,7 +64,7 @@ def funded_wallet(data_dir: Path) -> None:
 
 @pytest.fixture
 def data_dir(tmp_path: Path, measured_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # start-at-login, location.ini stay in tmp
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # start-at-login, location.json stay in tmp
     return new_data_dir(tmp_path, measured_dir)
 
 
