@@ -123,7 +123,8 @@ def apply_merge_ids(stream: MergedStream, merges: Sequence[tuple[int, int]], fir
             counts = np.concatenate([counts, np.zeros(new + 1 - counts.size, dtype=np.int64)])
         if counts[a] == 0 or counts[b] == 0 or ids.size < 2:
             continue
-        hits = np.flatnonzero((ids[:-1] == a) & (ids[1:] == b) & (seg[:-1] == seg[1:]))
+        hits = np.flatnonzero(ids[:-1] == a)  # one full pass; the other tests only on candidates
+        hits = hits[(ids[hits + 1] == b) & (seg[hits] == seg[hits + 1])]
         if a == b and hits.size > 1:  # in a run "a a a a" only every second pair, from its start
             run_start = np.ones(hits.size, dtype=bool)
             run_start[1:] = hits[1:] != hits[:-1] + 1
