@@ -192,6 +192,7 @@ class GuiApp:
                 self._data_dir_move_failed(f"{target} holds settings this app cannot use ({exc})", restart=False)
                 return False
         self.window.save_state()  # ui.ini is flushed, so the copy carries the window's settings
+        self.window.session.lock()  # the restarted node starts with its wallet session locked
         if not self.mover.begin(self.config.data_dir, target, use_existing):
             return False
         self.window.settings.set_moving(True)
@@ -216,6 +217,9 @@ class GuiApp:
         self.window.wallet.data_dir = new_dir
         self.window.logs.config = config
         self.guard.set_limits(config.limits)
+        self.tray.notify_rewards = self.ui.notify_rewards
+        self.window.session.set_lock_minutes(self.ui.wallet_lock_minutes)
+        apply_theme(self.qapp, self.ui.theme)  # an adopted folder brings its own window settings
         self.window.settings.set_moving(False)
         text = (f"The node now keeps its data in {new_dir}. The old folder {old} is no longer used; "
                 "you can delete it once you have checked that the wallet and the node work.")
