@@ -160,6 +160,8 @@ def test_moving_the_data_dir_keeps_wallet_ledger_and_checkpoints(qtbot, gui, tmp
     target = tmp_path / "moved" / "NeuroShard"
     target.parent.mkdir()
     first_engine = gui.controller.engine
+    progress: list[tuple[int, int]] = []
+    gui.mover.progress.connect(lambda done, total: progress.append((done, total)))
     assert page.change_data_dir(target)
     assert not page.change_dir_button.isEnabled() and page.move_progress.isVisibleTo(page)
     try:
@@ -168,6 +170,8 @@ def test_moving_the_data_dir_keeps_wallet_ledger_and_checkpoints(qtbot, gui, tmp
         assert gui.controller.engine.config.data_dir == target
         assert "now keeps its data in" in gui.window.message_bar.text() and "can delete it" in page.message.text()
         assert page.data_dir_label.text() == str(target) and page.change_dir_button.isEnabled()
+        assert progress[0][0] == 0 and progress[-1][0] == progress[-1][1] > 0  # shown from 0 to all bytes
+        assert not page.move_progress.isVisibleTo(page)
         assert remembered_data_dir() == target
         assert set(tree(old)) <= set(tree(target))  # everything came along; the old folder stays
         assert (target / "checkpoints").is_dir() and (target / "ledger.sqlite").is_file()
