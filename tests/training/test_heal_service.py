@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
+import torch
+
+from app.node import hardware
+from app.node.config import NodeConfig
 from app.node.model.architecture import ModelArchitecture
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.records import PeerRecord
 from app.node.runtime.heal_service import HealService
+from app.node.runtime.node_runtime import NodeRuntime
+from app.node.runtime_api import RunControl, RuntimeContext
 from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment
+from app.node.training.stage import StageWorker, build_shard
+from app.node.training.trainer import NodeTrainer
 
 ARCH = ModelArchitecture.tiny()
 
@@ -115,3 +126,24 @@ def test_a_holder_that_stopped_heart_beating_is_not_the_download_source() -> Non
     movers = _check_all(drivers, [*drivers, dead])
     (move,) = next(iter(movers.values()))
     assert move.layer_range == (2, 4) and move.download_from is None  # genesis weights, no dead source
+
+
+def test_a_move_onto_the_stage_a_node_already_serves_keeps_its_trained_weights(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        report = hardware.HardwareReport(hardware.detect_device("cpu"), 20.0, hardware.tier_for_ms(20.0),
+                                         torch.__version__, time.time())
+        ctx = RuntimeContext(NodeConfig(data_dir=tmp_path, port=0, training={"model": "tiny"}), report,
+                             lambda _e: None, lambda _s, _d: None, RunControl(), ThreadPoolExecutor(1),
+                             asyncio.get_running_loop())
+        runtime = NodeRuntime(ctx)
+        runtime.net = SimpleNamespace()  # type: ignore[assignment]  # a repeated move never touches it
+        stage = StageWorker(build_shard(ARCH, (2, 4), with_embedding=False, with_head=True, seed=0),
+                            runtime.training)
+        with torch.no_grad():
+            stage.params[0].add_(1.0)  # "trained" weights, unlike the genesis ones a rebuild would make
+        trained = stage.weights_hash()
+        runtime.stage, runtime.trainer = stage, NodeTrainer("me", stage, runtime.training)
+        await runtime._move(Assignment("me", 1, (2, 4), False, True, download_from="someone"))
+        assert runtime.stage is stage and stage.weights_hash() == trained
+
+    asyncio.run(scenario())

@@ -155,10 +155,15 @@ class NodeTrainer:
                 return  # a bounded run whose drivers all left without ever routing to us
             if max_steps == 0:
                 return
+            waiting = len(drivers - finished) if drivers else 0
+            self.on_activity(f"serving {waiting} driver(s) until they finish" if waiting else "serving; no driver yet")
             await asyncio.sleep(WORKER_POLL_S)
 
     def replace_stage(self, stage: StageWorker, sync: StageSync | None) -> None:
         """Serve another stage from now on (the pool moved this node); a driver stops driving."""
+        # The old stage may still finish a request in flight: it no longer reports steps or runs
+        # DiLoCo rounds as if it were the new stage.
+        self.stage.on_commit, self.stage.after_commit = None, None
         self.stage, self.sync, self.driver, self.batches = stage, sync, None, None
         self.stage.on_commit = self._on_commit
         self.stage.after_commit = self._after_commit
