@@ -119,15 +119,18 @@ def detect_device(preference: str = "auto", gpu_ids: tuple[int, ...] = ()) -> De
 
     system_memory = psutil.virtual_memory().total
     cpus = os.cpu_count() or 1
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
     if preference in ("auto", "cuda"):
-        index = choose_cuda_device(gpu_ids, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        # gpu_ids name CUDA devices: on a Mac (MPS, never CUDA) they do not apply.
+        index = choose_cuda_device(gpu_ids, count) if count or preference == "cuda" or not mps_ok else None
         if index is not None:
             props = torch.cuda.get_device_properties(index)
             return DeviceInfo("cuda", props.name, int(props.total_memory), system_memory, cpus, index)
     if preference == "cuda":
         raise RuntimeError("CUDA was asked for but torch sees no CUDA device (is this the CPU build of torch?)")
-    mps = getattr(torch.backends, "mps", None)
-    if preference in ("auto", "mps") and mps is not None and mps.is_available():
+    if preference in ("auto", "mps") and mps_ok:
         # Apple unified memory: the GPU shares system RAM.
         return DeviceInfo("mps", "Apple GPU (MPS)", system_memory, system_memory, cpus)
     if preference == "mps":

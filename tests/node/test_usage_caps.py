@@ -291,3 +291,25 @@ def test_the_network_follows_the_caps_hub_live() -> None:
     assert net.node.bandwidth.upload.rate == 1 << 20 and net.node.bandwidth.download.rate is None
     hub.set(UsageCaps(upload_bytes_per_s=None, download_bytes_per_s=256 * 1024))
     assert net.node.bandwidth.upload.rate is None and net.node.bandwidth.download.rate == 256 * 1024
+
+
+def test_detect_device_reports_the_chosen_gpu(monkeypatch) -> None:
+    """Without a GPU: torch's CUDA queries answer as on a 4-GPU machine; the node takes card 2."""
+    from types import SimpleNamespace
+
+    from app.node.hardware import detect_device
+
+    asked: list[int] = []
+
+    def properties(index: int) -> SimpleNamespace:
+        asked.append(index)
+        return SimpleNamespace(name=f"GPU {index}", total_memory=(index + 1) * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    info = detect_device("auto", (2, 3))
+    assert (info.device, info.index, info.name, info.torch_device) == ("cuda", 2, "GPU 2", "cuda:2")
+    assert info.memory_bytes == 3 * 2**30 and asked == [2]
+    with pytest.raises(ConfigError, match="numbered 0 to 3"):
+        detect_device("auto", (4,))
