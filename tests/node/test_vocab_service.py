@@ -222,3 +222,77 @@ def test_a_lagging_head_refuses_then_catches_up_when_its_ledger_agrees(tmp_path:
     asyncio.run(step(3))  # the head hears the driver's tag, catches up, the retry goes through
     assert last.shard.architecture.vocab == 268 and last.vocab == first.vocab
     assert last.inner_step == first.inner_step == 4
+
+
+def test_a_replica_whose_ledger_lagged_a_round_takes_the_grown_anchor(tmp_path: Path) -> None:
+    net = LocalTransport()
+    ledgers: list[list[Proposal]] = [[], []]
+    replicas, syncs = [], {}
+    for i in range(2):
+        s = stage((0, ARCH.layers))
+        net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
+        sync = syncs[f"r{i}"] = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG)
+        s.after_commit = after_commit(sync)
+        sync.catch_up = _adopt_from(sync, syncs)
+        VocabService(tmp_path / f"r{i}", lambda i=i: ledgers[i]).attach(s, sync)
+        replicas.append((s, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
+
+    async def round_(first_step: int) -> None:
+        async def run(i: int) -> None:
+            for step in range(first_step, first_step + CONFIG.inner_steps):
+                await replicas[i][1].train_step(step, patterned_batch(CONFIG, 10 * step + i))
+
+        await asyncio.gather(run(0), run(1))
+        await asyncio.sleep(0.05)  # the late replica's adoption runs as a task
+
+    asyncio.run(round_(0))
+    ledgers[0].append(FIRST)
+    asyncio.run(round_(3))  # r0 grows at this boundary, r1 has not heard of the vote
+    (a, _), (b, _) = replicas
+    assert (a.shard.architecture.vocab, b.shard.architecture.vocab) == (268, 266)
+    ledgers[1].append(FIRST)
+    asyncio.run(round_(6))  # shapes differ this round: each refuses the other; r1 grows, then adopts
+    assert any(why.startswith("undecodable") for _, why in syncs["r1"].reports[-1].rejected)
+    assert b.shard.architecture.vocab == 268 and a.weights_hash() == b.weights_hash()
+    asyncio.run(round_(9))
+    assert syncs["r0"].reports[-1].rejected == () and a.weights_hash() == b.weights_hash()
+
+
+def _adopt_from(sync: StageSync, syncs: dict[str, StageSync]):  # noqa: ANN202
+    async def catch_up(peer: str) -> bool:  # what NodeRuntime's closure does over P2P
+        state = syncs[peer].replica.state_dict()
+        sync.adopt(state["anchor"], state["momentum"], syncs[peer].rounds)
+        return True
+
+    return catch_up
+
+
+def test_replicas_catching_up_at_different_steps_of_a_round_still_share_their_anchor(tmp_path: Path) -> None:
+    net = LocalTransport()
+    ledger = [FIRST]
+    replicas = []
+    for i in range(2):
+        s = stage((0, ARCH.layers))
+        net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
+        sync = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG)
+        s.after_commit = after_commit(sync)
+        service = VocabService(tmp_path / f"r{i}", lambda: ledger)
+        service.attach(s, sync)
+        replicas.append((s, sync, service, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
+    target = GENESIS.apply_merges(FIRST.merges).version
+
+    async def run(i: int, grow_after: int) -> None:
+        s, _, service, driver = replicas[i]
+        for step in range(CONFIG.inner_steps):
+            if step == grow_after:
+                await service.catch_up(target)  # as if a peer at the new vocabulary called
+            await driver.train_step(step, patterned_batch(CONFIG, 10 * step + i))
+
+    async def both() -> None:
+        await asyncio.gather(run(0, 1), run(1, 2))
+
+    asyncio.run(both())
+    (a, sa, _, _), (b, sb, _, _) = replicas
+    assert a.shard.architecture.vocab == b.shard.architecture.vocab == 268
+    assert sa.reports[-1].rejected == () and set(sa.reports[-1].members) == {"r0", "r1"}
+    assert a.weights_hash() == b.weights_hash()

@@ -217,11 +217,18 @@ def grow_vocab_in_place(model: ModelShard, sources: Sequence[Sequence[int]]) -> 
 
 
 def _grow_parameter_rows(param: torch.nn.Parameter, sources: Sequence[Sequence[int]]) -> torch.nn.Parameter:
-    old = param.data
-    new = old.new_empty((old.shape[0] + len(sources), *old.shape[1:]))
-    _extend_rows(new, old, sources, random_default=False)
-    param.data = new
+    param.data = extend_rows(param.data, sources)
     return param
+
+
+def extend_rows(src: torch.Tensor, sources: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``src`` with one row per entry of ``sources`` appended, each the mean of the rows it names
+    (e.g. a DiLoCo anchor grown exactly as the weights it anchors)."""
+    _check_sources(sources, len(sources), src.shape[0])
+    with torch.no_grad():
+        new = src.new_empty((src.shape[0] + len(sources), *src.shape[1:]))
+        _extend_rows(new, src, sources, random_default=False)
+    return new
 
 
 def _check_sources(sources: Sequence[Sequence[int]], count: int, vocab: int) -> None:

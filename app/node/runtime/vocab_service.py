@@ -34,9 +34,13 @@ commits nothing, so its round never closes): the side whose tag is older hears t
 the driver from the refusal, the stage from the request — and switches at once to it if, and
 only if, its own ledger has that vocabulary in its activation chain. A tag no ledger here
 vouches for is never adopted, so a peer cannot push merges nobody voted for. A catch-up
-happens between steps but may fall mid-round: the grown stage's replicas then differ in shape
-for that one round, their pseudo-gradients are refused as undecodable (sync.py) and each keeps
-its own; from the next boundary on they agree again.
+happens between steps but may fall mid-round; replicas still share their anchor (new anchor
+rows are built from the shared anchor, vocab_growth.py), so once all of them have grown the
+round averages as usual. Only a replica that has not grown by the time the round closes sends
+a pseudo-gradient of the old shape, which the others refuse as undecodable (sync.py) for that
+one round, and it refuses theirs; it grows at that boundary and then adopts the post-round
+DiLoCo state of a replica it refused (``StageSync.catch_up``, the late-member path), so the
+cohort shares one anchor again.
 
 **Bad proposals.** Two approved proposals may name the same merge; applying the later one then
 fails (``TokenizerError``). Every node skips such a proposal as a whole, at the same place in
@@ -50,6 +54,7 @@ history, and the next round boundary activates the rest again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -126,6 +131,7 @@ class VocabService:
         self.sync: StageSync | None = None
         self.loader: BatchLoader | None = None
         self.listeners: list[Callable[[NeuroTokenizer], None]] = []
+        self._tasks: set[asyncio.Future[None]] = set()
 
     # --- what the rest of the node reads --------------------------------------------------------
     @property
@@ -159,10 +165,32 @@ class VocabService:
             def on_report(report: SyncReport) -> None:
                 if previous is not None:
                     previous(report)
-                if sync is self.sync:  # a stage we left may still finish a round
-                    self.on_round()
+                if sync is self.sync and self.on_round():  # a stage we left may still finish a round
+                    self._rejoin(stage, sync, report)
 
             sync.on_report = on_report
+
+    def _rejoin(self, stage: StageWorker, sync: StageSync, report: SyncReport) -> None:
+        """We grew right after a round in which replicas' shapes differed: we were the late one,
+        so take a grown replica's anchor and momentum (behind the closed gate, as sync.py does)."""
+        refused = [peer for peer, why in report.rejected if why.startswith("undecodable")]
+        if not refused or sync.catch_up is None:
+            return
+        catch_up = sync.catch_up
+
+        async def adopt() -> None:
+            await stage.gate.wait()
+            stage.gate.clear()
+            try:
+                for peer in refused:
+                    if await catch_up(peer):
+                        log.info("took %s's DiLoCo state after growing the vocabulary late", peer[:12])
+                        return
+            finally:
+                stage.gate.set()
+
+        self._tasks.add(task := asyncio.ensure_future(adopt()))
+        task.add_done_callback(self._tasks.discard)
 
     def attach_loader(self, loader: BatchLoader) -> None:
         """The driver's loader: yields ids of the current vocabulary from its next batch on."""

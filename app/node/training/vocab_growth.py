@@ -8,9 +8,11 @@ tokens, between steps:
   matrices, so it means roughly what its parts meant, and no existing token's logit changes;
 * the inner AdamW moments of those parameters gain zero rows (a new row starts with no
   history, as a fresh parameter would; the shared step counter keeps its bias correction);
-* the DiLoCo anchor gains the new rows *as they are now* and the outer momentum gains zero
-  rows, so the new rows' pseudo-gradient starts at zero and the rest of the round is unchanged;
-  the compression residuals gain zero rows;
+* the DiLoCo anchor grows by the same rule applied to the *anchor's* rows (a new anchor row is
+  the mean of its parts' anchor rows) and the outer momentum and compression residuals gain
+  zero rows. Replicas share one anchor after every round, so they keep sharing it even when
+  they grow at different moments inside a round (a catch-up); a new row's pseudo-gradient is
+  the mean of its parts' pseudo-gradients, zero when the growth falls on a round boundary;
 * forward graphs and gradients accumulated for unfinished steps are dropped (their shapes are
   void); commit reports those micro-batches missing and the driver replays them.
 
@@ -30,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import torch
 
-from app.node.model.growth import grow_vocab_in_place
+from app.node.model.growth import extend_rows, grow_vocab_in_place
 from app.node.training.stage import VOCAB_KEY, VOCAB_MISMATCH, StageWorker
 from app.node.training.sync import StageSync
 from app.node.training.transport import Meta, StageReply, StageTransport, StageUnavailable, Tensors
@@ -55,7 +57,7 @@ def grow_stage_vocab(stage: StageWorker, sync: StageSync | None, sources: Sequen
             grown = grow_vocab_in_place(stage.shard, [list(s) for s in sources])
             _pad_optimizer(stage, grown, old_rows)
             if sync is not None:
-                _pad_diloco(stage, sync, grown, old_rows)
+                _pad_diloco(stage, sync, grown, sources)
             stage.discard_pending()
         stage.vocab = version
 
@@ -75,13 +77,11 @@ def _pad_optimizer(stage: StageWorker, grown: list[torch.nn.Parameter], old_rows
 
 
 def _pad_diloco(stage: StageWorker, sync: StageSync, grown: list[torch.nn.Parameter],
-                old_rows: dict[int, int]) -> None:
+                sources: Sequence[tuple[int, int]]) -> None:
     names = {name: p for name, p in stage.shard.named_parameters() if any(p is g for g in grown)}
     old = sync.replica.state_dict()
     for name, p in names.items():
-        rows = old_rows[id(p)]
-        live_new = p.detach()[rows:].to(torch.float32)
-        old["anchor"][name] = torch.cat([old["anchor"][name], live_new])
+        old["anchor"][name] = extend_rows(old["anchor"][name], [list(s) for s in sources])
         old["momentum"][name] = _pad_rows(old["momentum"][name], p.shape[0])
         if sync.feedback is not None and name in sync.feedback.residual:
             sync.feedback.residual[name] = _pad_rows(sync.feedback.residual[name], p.shape[0])
