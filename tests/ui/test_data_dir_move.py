@@ -108,6 +108,14 @@ def test_targets_are_checked_before_anything_stops(source: Path, tmp_path: Path,
     checked = check_target(source, empty)
     assert not checked.existing and checked.needed_bytes > 3 * data_dir_copy.CHUNK
 
+    def refused(*_args: object, **_kwargs: object) -> None:  # what a folder we may not write to answers
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with monkeypatch.context() as patch:  # root (CI containers) may write anywhere: the refusal is simulated
+        patch.setattr(data_dir_copy.tempfile, "mkstemp", refused)
+        with pytest.raises(MoveError, match="cannot write in .*permission denied"):
+            check_target(source, tmp_path / "new")
+
     class Usage:
         free = 1024
 
