@@ -227,14 +227,15 @@ def test_a_lagging_head_refuses_then_catches_up_when_its_ledger_agrees(tmp_path:
 def test_a_replica_whose_ledger_lagged_a_round_takes_the_grown_anchor(tmp_path: Path) -> None:
     net = LocalTransport()
     ledgers: list[list[Proposal]] = [[], []]
-    replicas, syncs = [], {}
+    replicas, syncs, services = [], {}, []
     for i in range(2):
         s = stage((0, ARCH.layers))
         net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
         sync = syncs[f"r{i}"] = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG)
         s.after_commit = after_commit(sync)
         sync.catch_up = _adopt_from(sync, syncs)
-        VocabService(tmp_path / f"r{i}", lambda i=i: ledgers[i]).attach(s, sync)
+        services.append(VocabService(tmp_path / f"r{i}", lambda i=i: ledgers[i]))
+        services[-1].attach(s, sync)
         replicas.append((s, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
 
     async def round_(first_step: int) -> None:
@@ -243,7 +244,8 @@ def test_a_replica_whose_ledger_lagged_a_round_takes_the_grown_anchor(tmp_path: 
                 await replicas[i][1].train_step(step, patterned_batch(CONFIG, 10 * step + i))
 
         await asyncio.gather(run(0), run(1))
-        await asyncio.sleep(0.05)  # the late replica's adoption runs as a task
+        for service in services:
+            await service.settle()  # the late replica's adoption runs as a task
 
     asyncio.run(round_(0))
     ledgers[0].append(FIRST)
@@ -260,8 +262,9 @@ def test_a_replica_whose_ledger_lagged_a_round_takes_the_grown_anchor(tmp_path: 
 
 def _adopt_from(sync: StageSync, syncs: dict[str, StageSync]):  # noqa: ANN202
     async def catch_up(peer: str) -> bool:  # what NodeRuntime's closure does over P2P
-        state = syncs[peer].replica.state_dict()
-        sync.adopt(state["anchor"], state["momentum"], syncs[peer].rounds)
+        with syncs[peer].stage.lock:  # the P2P handler serves a copy taken on the stage's executor
+            state, rounds = syncs[peer].replica.state_dict(), syncs[peer].rounds
+        sync.adopt(state["anchor"], state["momentum"], rounds)
         return True
 
     return catch_up

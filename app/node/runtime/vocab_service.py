@@ -76,6 +76,10 @@ log = logging.getLogger("neuroshard.runtime.vocab")
 
 VOCAB_FILE = "vocabulary.json"
 FORMAT = "neuroshard-vocab/1"
+ADOPT_ATTEMPTS = 5
+ADOPT_RETRY_S = 1.0
+"""A late replica asks again after this long when the peer had not applied its outer step yet
+(the fetched state is from an earlier round); the round itself takes much longer."""
 _FINAL = frozenset({Phase.IMPLEMENTED, Phase.REJECTED, Phase.NO_QUORUM})
 
 
@@ -176,21 +180,30 @@ class VocabService:
         refused = [peer for peer, why in report.rejected if why.startswith("undecodable")]
         if not refused or sync.catch_up is None:
             return
-        catch_up = sync.catch_up
+        catch_up, closed = sync.catch_up, sync.rounds
 
         async def adopt() -> None:
-            await stage.gate.wait()
-            stage.gate.clear()
-            try:
-                for peer in refused:
-                    if await catch_up(peer):
-                        log.info("took %s's DiLoCo state after growing the vocabulary late", peer[:12])
-                        return
-            finally:
-                stage.gate.set()
+            for attempt in range(ADOPT_ATTEMPTS):
+                if attempt:  # the peer had not closed the round yet when we asked
+                    await asyncio.sleep(ADOPT_RETRY_S)
+                await stage.gate.wait()
+                stage.gate.clear()
+                try:
+                    for peer in refused:
+                        if await catch_up(peer) and sync.rounds >= closed:
+                            log.info("took %s's DiLoCo state after growing the vocabulary late", peer[:12])
+                            return
+                finally:
+                    stage.gate.set()
+            log.warning("no grown replica's DiLoCo state after %d tries; staying on our own", ADOPT_ATTEMPTS)
 
         self._tasks.add(task := asyncio.ensure_future(adopt()))
         task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait for background work (a late replica's adoption) to finish, e.g. before stopping."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def attach_loader(self, loader: BatchLoader) -> None:
         """The driver's loader: yields ids of the current vocabulary from its next batch on."""
