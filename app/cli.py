@@ -25,6 +25,7 @@ from app.node.config import (
     default_data_dir,
     ensure_data_dir,
     load_config_file,
+    start_data_dir,
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     """Defaults < config.toml in the data dir < flags."""
-    data_dir = (args.data_dir or default_data_dir()).expanduser()
+    data_dir = start_data_dir(args.data_dir).expanduser()
     config = NodeConfig(data_dir=data_dir)
     config = apply_file_settings(config, load_config_file(config.config_path))
     overrides = {

@@ -9,6 +9,7 @@ and 500-step DiLoCo rounds there; the code path stays the same).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -22,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import tomli_w
-from platformdirs import user_data_dir
+from platformdirs import user_config_dir, user_data_dir
 
 APP_NAME = "NeuroShard"
 CONFIG_FILE = "config.toml"
@@ -37,6 +38,47 @@ class ConfigError(ValueError):
 def default_data_dir() -> Path:
     """Per-user data dir outside the install folder, so upgrades keep wallet, ledger, checkpoints."""
     return Path(os.environ.get("NEUROSHARD_DATA_DIR") or user_data_dir(APP_NAME, appauthor=False))
+
+
+def start_data_dir(flag: Path | None) -> Path:
+    """``--data-dir`` > ``NEUROSHARD_DATA_DIR`` > the folder the volunteer moved the data to in the
+    app's Settings (location.json) > the per-user default. A remembered folder that is gone (an
+    unplugged disk) is skipped rather than recreated empty, which would look like a new wallet."""
+    if flag is not None:
+        return flag
+    if not os.environ.get("NEUROSHARD_DATA_DIR"):
+        remembered = remembered_data_dir()
+        if remembered is not None and remembered.is_dir():
+            return remembered
+    return default_data_dir()
+
+
+LOCATION_FILE = "location.json"
+
+
+def location_file() -> Path:
+    """Outside every data dir (deleting the old one must not forget the new one): on macOS and
+    Windows the platform's config folder is the default data dir itself, so use another."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Preferences" / APP_NAME / LOCATION_FILE
+    return Path(user_config_dir(APP_NAME, appauthor=False, roaming=True)) / LOCATION_FILE
+
+
+def remembered_data_dir() -> Path | None:
+    """The data dir chosen in Settings, or None when the volunteer never moved it.
+
+    Plain JSON, no Qt, so the command line could honour it for a headless node too.
+    """
+    try:
+        value = json.loads(location_file().read_text(encoding="utf-8")).get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def remember_data_dir(data_dir: Path) -> None:
+    """Record the data dir for the next start (written atomically); OSError when it cannot be."""
+    atomic_write_bytes(location_file(), json.dumps({"data_dir": str(data_dir)}).encode())
 
 
 @dataclass(frozen=True, kw_only=True)

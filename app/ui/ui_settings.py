@@ -11,44 +11,20 @@ the app reads it at start when neither ``--data-dir`` nor ``NEUROSHARD_DATA_DIR`
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from platformdirs import user_config_dir
 from PySide6.QtCore import QByteArray, QSettings
 
-from app.node.config import APP_NAME, atomic_write_bytes
+from app.node.config import (  # noqa: F401  (re-exported: the app and its tests use them from here)
+    LOCATION_FILE,
+    location_file,
+    remember_data_dir,
+    remembered_data_dir,
+)
 
 UI_SETTINGS_FILE = "ui.ini"
-LOCATION_FILE = "location.json"
 THEMES = ("system", "light", "dark")
-
-
-def location_file() -> Path:
-    """Outside every data dir (deleting the old one must not forget the new one): on macOS and
-    Windows the platform's config folder is the default data dir itself, so use another."""
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Preferences" / APP_NAME / LOCATION_FILE
-    return Path(user_config_dir(APP_NAME, appauthor=False, roaming=True)) / LOCATION_FILE
-
-
-def remembered_data_dir() -> Path | None:
-    """The data dir chosen in Settings, or None when the volunteer never moved it.
-
-    Plain JSON, no Qt, so the command line could honour it for a headless node too.
-    """
-    try:
-        value = json.loads(location_file().read_text(encoding="utf-8")).get("data_dir")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return Path(value) if isinstance(value, str) and value else None
-
-
-def remember_data_dir(data_dir: Path) -> None:
-    """Record the data dir for the next start (written atomically); OSError when it cannot be."""
-    atomic_write_bytes(location_file(), json.dumps({"data_dir": str(data_dir)}).encode())
 
 
 class UiSettings:
