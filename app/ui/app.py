@@ -108,6 +108,8 @@ class GuiApp:
         self.tray = NodeTray(self.bridge)
         self.guard = ActivityGuard(self.bridge, config.limits, parent=self.window)
         self.guard.changed.connect(self.window.dashboard.set_hold_reason)
+        self.guard.caps_changed.connect(self.window.dashboard.set_caps_in_force)
+        self.guard.caps_changed.connect(self.window.settings.limits.show_in_force)
         self.mover = DataDirMove(self.controller, self.window)
         self.tray.notify_rewards = self.ui.notify_rewards
         self.keystore_factory = keystore_factory

@@ -138,6 +138,7 @@ def test_presence_flips_send_the_in_use_and_idle_caps_once_each(qtbot, gui, monk
     check_once(qtbot, guard)  # no change: nothing more sent
     assert caps_sent(sent) == [IN_USE]
     assert texts[-1] == "In use: 30 % CPU, 1 thread, 50 % GPU, upload 1 MB/s"
+    assert gui.window.dashboard.limits_label.text() == texts[-1]  # the window shows what is in force
     idle["s"] = 120.0  # gone for two minutes
     check_once(qtbot, guard)
     check_once(qtbot, guard)

@@ -53,6 +53,8 @@ class DashboardPage(QWidget):
         self.device_label, self.tier_label = QLabel("—"), QLabel("—")
         self.tier_label.setWordWrap(True)
         self.layers_label, self.role_label, self.quorum_label = QLabel("—"), QLabel("—"), QLabel("—")
+        self.limits_label = QLabel("as set in Settings")
+        self.limits_label.setWordWrap(True)
         self.earned_label = QLabel(format_neuro(0))
         self.earned_label.setProperty("role", "big")
         self.loss_chart = LiveChart("Loss", "loss")
@@ -74,7 +76,8 @@ class DashboardPage(QWidget):
         facts = QGroupBox("This computer")
         grid = QGridLayout(facts)
         rows = [("Device", self.device_label), ("Speed tier", self.tier_label), ("Layers held", self.layers_label),
-                ("Role", self.role_label), ("Quorum", self.quorum_label), ("Earned today", self.earned_label)]
+                ("Role", self.role_label), ("Quorum", self.quorum_label), ("Limits now", self.limits_label),
+                ("Earned today", self.earned_label)]
         for row, (name, widget) in enumerate(rows):
             grid.addWidget(QLabel(name), row, 0)
             grid.addWidget(widget, row, 1)
@@ -144,6 +147,10 @@ class DashboardPage(QWidget):
         """The volunteer's own rules hold the node (idle-only, schedule, battery, programs)."""
         self.hold_label.setText(f"Paused by your settings: {reason}" if reason else "")
         self.hold_label.setVisible(bool(reason))
+
+    def set_caps_in_force(self, text: str) -> None:
+        """Which set of limits applies now (the guard switches them as the volunteer comes and goes)."""
+        self.limits_label.setText(text or "as set in Settings")
 
     def on_activity(self, event: ActivityChanged) -> None:
         self.activity_label.setText(f"Now: {event.activity}")
