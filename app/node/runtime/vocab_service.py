@@ -115,8 +115,7 @@ def chain(tokenizer: NeuroTokenizer, proposals: Iterable[Proposal]) -> list[tupl
         try:
             nxt = tokenizer.apply_merges(p.merges)
             step = Step(p.proposal_id, tuple(p.merges), True)
-        except TokenizerError as exc:
-            log.warning("vocabulary proposal %s skipped: %s", p.proposal_id[:12], exc)
+        except TokenizerError:
             nxt, step = tokenizer, Step(p.proposal_id, tuple(p.merges), False)
         out.append((step, nxt))
         tokenizer = nxt
@@ -169,7 +168,11 @@ class VocabService:
             def on_report(report: SyncReport) -> None:
                 if previous is not None:
                     previous(report)
-                if sync is self.sync and self.on_round():  # a stage we left may still finish a round
+                if sync is not self.sync:  # a stage we left may still finish a round
+                    return
+                before = self._tokenizer.vocab_size
+                self.on_round()
+                if self._tokenizer.vocab_size > before:
                     self._rejoin(stage, sync, report)
 
             sync.on_report = on_report
@@ -264,6 +267,9 @@ class VocabService:
         if self.loader is not None:
             self.loader.set_tokenizer(new)
         self._set_history(self.history + [s for s, _ in steps])
+        for skipped in (s for s, _ in steps if not s.applied):
+            log.warning("vocabulary proposal %s skipped: its merges clash with the vocabulary before it",
+                        skipped.proposal_id[:12])
         log.info("vocabulary %s -> %s (%d proposal(s))", old.version, new.version, len(steps))
         for listener in list(self.listeners):
             try:
