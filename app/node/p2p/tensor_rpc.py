@@ -177,14 +177,22 @@ async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | s
     header, buffers = await _encode(kind, meta, tensors)
     sign_message(key, path, header)
 
-    async def requests() -> AsyncIterator[Any]:
+    def requests() -> Any:
+        yield pb2.TensorChunk(header=header)
+        yield from data_chunks(buffers, config.chunk_bytes)
+
+    async def paced_requests() -> AsyncIterator[Any]:
+        assert bandwidth is not None
         yield pb2.TensorChunk(header=header)
         for chunk in data_chunks(buffers, config.chunk_bytes):
-            if bandwidth is not None and bandwidth.upload.reserve(len(chunk)) > 0:
+            if bandwidth.upload.reserve(len(chunk)) > 0:
                 await bandwidth.upload.take(0)  # in debt: wait until the cap allows more
             yield chunk
 
-    stream = client.stream(peer, path, requests(), timeout)
+    # Uncapped streams keep the plain generator: gRPC writes it out without yielding to the loop
+    # between chunks, so a peer's early refusal arrives as its status, not as a failed write.
+    capped = bandwidth is not None and bandwidth.upload.rate is not None
+    stream = client.stream(peer, path, paced_requests() if capped else requests(), timeout)
     try:
         reader = await _read_answer(stream, config, time.monotonic() + timeout, timeout, on_silence, bandwidth)
     except MalformedMessage as exc:
