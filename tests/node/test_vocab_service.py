@@ -299,3 +299,29 @@ def test_replicas_catching_up_at_different_steps_of_a_round_still_share_their_an
     assert a.shard.architecture.vocab == b.shard.architecture.vocab == 268
     assert sa.reports[-1].rejected == () and set(sa.reports[-1].members) == {"r0", "r1"}
     assert a.weights_hash() == b.weights_hash()
+
+
+def test_started_service_reads_a_refreshed_copy_of_the_ledger(tmp_path: Path) -> None:
+    ledger: list[Proposal] = []
+    reads: list[int] = []
+
+    def proposals() -> list[Proposal]:
+        reads.append(1)
+        return list(ledger)
+
+    service = VocabService(tmp_path, proposals)
+
+    async def go() -> None:
+        await service.refresh()
+        ledger.append(FIRST)
+        count = len(reads)
+        assert not service.on_round()  # the hook reads the copy, which predates the vote
+        assert len(reads) == count
+        await service.refresh()
+        assert service.on_round() and service.tokenizer.vocab_size == 268
+        service.start(interval_s=0.01)  # the same refresh, on a timer, until stopped
+        await asyncio.sleep(0.1)
+        await service.stop()
+        assert len(reads) > count + 1
+
+    asyncio.run(go())

@@ -42,6 +42,12 @@ one round, and it refuses theirs; it grows at that boundary and then adopts the 
 DiLoCo state of a replica it refused (``StageSync.catch_up``, the late-member path), so the
 cohort shares one anchor again.
 
+**Reading the ledger.** Ledger reads may replay records and write its snapshot, so they stay
+off the event loop (as the economy's queries do): ``start`` refreshes a copy of the proposals
+every few seconds on an executor thread and the round hook reads that copy, which keeps the
+hook fast and synchronous (it must finish before the driver draws its next batch). Without
+``start`` (tests, tools) the ledger is read directly.
+
 **Bad proposals.** Two approved proposals may name the same merge; applying the later one then
 fails (``TokenizerError``). Every node skips such a proposal as a whole, at the same place in
 the order, and remembers that it did, so vocabularies still agree.
@@ -80,6 +86,8 @@ ADOPT_ATTEMPTS = 5
 ADOPT_RETRY_S = 1.0
 """A late replica asks again after this long when the peer had not applied its outer step yet
 (the fetched state is from an earlier round); the round itself takes much longer."""
+REFRESH_S = 5.0
+"""How stale the copy of the ledger's proposals may be; a DiLoCo round lasts far longer."""
 _FINAL = frozenset({Phase.IMPLEMENTED, Phase.REJECTED, Phase.NO_QUORUM})
 
 
@@ -135,6 +143,8 @@ class VocabService:
         self.loader: BatchLoader | None = None
         self.listeners: list[Callable[[NeuroTokenizer], None]] = []
         self._tasks: set[asyncio.Future[None]] = set()
+        self._known: list[Proposal] | None = None  # the refreshed copy, once start() ran
+        self._refresher: asyncio.Future[None] | None = None
 
     # --- what the rest of the node reads --------------------------------------------------------
     @property
@@ -226,11 +236,38 @@ class VocabService:
                 return True
         return False
 
+    # --- the ledger's proposals ----------------------------------------------------------------
+    def start(self, interval_s: float = REFRESH_S) -> None:
+        """Keep a copy of the ledger's proposals, refreshed off the loop (module docstring)."""
+        if self._refresher is None:
+            self._refresher = asyncio.ensure_future(self._refresh_forever(interval_s))
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._refresher, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._refresher = None
+
+    async def refresh(self) -> None:
+        try:
+            self._known = await asyncio.get_running_loop().run_in_executor(None, lambda: list(self.proposals()))
+        except Exception:  # a broken ledger must not stop training; keep the last copy
+            log.exception("could not read the governance proposals")
+
+    async def _refresh_forever(self, interval_s: float) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(interval_s)
+
+    def _proposals(self) -> list[Proposal]:
+        return self._known if self._known is not None else list(self.proposals())
+
     # --- switching --------------------------------------------------------------------------------
     def pending(self) -> list[tuple[Step, NeuroTokenizer]]:
         """What this node's ledger says comes next, with the tokenizer after each step."""
         done = {s.proposal_id for s in self.history}
-        return chain(self._tokenizer, ready_proposals(self.proposals(), done))
+        return chain(self._tokenizer, ready_proposals(self._proposals(), done))
 
     def on_round(self) -> bool:
         """A round boundary of our stage: activate everything due. True if anything changed."""
