@@ -36,6 +36,9 @@ class TrainingConfig:
     """DiLoCo H: committed inner steps between outer syncs (DiLoCo paper: 500)."""
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
+    """Outer Nesterov SGD (DiLoCo paper). Kept after measuring on the tiny model (benchmarks/
+    training.py, 4 replicas, H = 100, 10 rounds): 0.7 / 0.9 reached a lower held-out loss than
+    1.0 / 0.9 and than a plain average (1.0 / 0), by 1 and 3 %."""
     compression: str = "none"  # none / bf16 / int8 pseudo-gradients (compression.py)
     sync_timeout_s: float = 120.0
     checkpoint_every: int = 100
