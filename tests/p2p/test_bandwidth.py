@@ -199,3 +199,22 @@ def test_bandwidth_sets_both_directions() -> None:
     assert not bw.limited
     bw.set_rates(64 * 1024, None)
     assert bw.upload.rate == 64 * 1024 and bw.download.rate is None and bw.limited
+
+
+def test_data_shards_served_and_fetched_are_paced_too() -> None:
+    async def main() -> None:
+        async with swarm(2, tracker=False) as (_, (a, b)):
+            shard = bytes(range(256)) * (3 * MIB // 256)  # 3 MiB
+
+            async def on_data(shard_id: str) -> bytes | None:
+                return shard
+
+            b.set_data_handler(on_data)
+            up, down = FakeTime(), FakeTime()
+            b.bandwidth.upload = TokenBucket(MIB, clock=up.clock, sleep=up.sleep)
+            a.bandwidth.download = TokenBucket(MIB, clock=down.clock, sleep=down.sleep)
+            assert await a.fetch_data(b.address, "genesis-0001", timeout=30) == shard
+            assert b.bandwidth.upload.taken_total == len(shard) == a.bandwidth.download.taken_total
+            assert up.slept == pytest.approx(2.0, abs=0.1) and down.slept == pytest.approx(2.0, abs=0.1)
+
+    run(main())

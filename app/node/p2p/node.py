@@ -246,7 +246,7 @@ class P2PNode:
         return await services.call_gossip(self.client, self.key, Route.of(peer), topic, payloads, timeout)
 
     async def fetch_data(self, peer: PeerRecord | str, shard_id: str, timeout: float) -> bytes | None:
-        return await services.call_data(self.client, Route.of(peer), shard_id, timeout, self.config)
+        return await services.call_data(self.client, Route.of(peer), shard_id, timeout, self.config, self.bandwidth)
 
     async def who_holds(self, layer: int) -> list[PeerRecord]:
         return await self.registry.who_holds(layer)

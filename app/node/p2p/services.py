@@ -65,7 +65,7 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
     dispatcher.register(EXCHANGE, tensor_handler(EXCHANGE, sync, replay, config, frozenset({"sync"}), bandwidth))
     dispatcher.register(WEIGHTS, tensor_handler(WEIGHTS, weights, replay, config, frozenset({"weights"}), bandwidth))
     dispatcher.register(GOSSIP, unary(_gossip_handler(handlers, replay, config)))
-    dispatcher.register(SHARD, _shard_handler(handlers, config))
+    dispatcher.register(SHARD, _shard_handler(handlers, config, bandwidth))
 
 
 def _gossip_handler(handlers: Handlers, replay: ReplayGuard, config: P2PConfig) -> Callable[..., Any]:
@@ -84,7 +84,8 @@ def _gossip_handler(handlers: Handlers, replay: ReplayGuard, config: P2PConfig) 
     return gossip
 
 
-def _shard_handler(handlers: Handlers, config: P2PConfig) -> Callable[..., AsyncIterator[Any]]:
+def _shard_handler(handlers: Handlers, config: P2PConfig,
+                   bandwidth: Bandwidth | None = None) -> Callable[..., AsyncIterator[Any]]:
     async def shard(requests: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
         request = await anext(requests, None)
         if request is None:
@@ -100,7 +101,10 @@ def _shard_handler(handlers: Handlers, config: P2PConfig) -> Callable[..., Async
             return
         view = memoryview(data)
         for offset in range(0, max(len(view), 1), config.chunk_bytes):
-            yield pb2.ShardChunk(found=True, data=bytes(view[offset:offset + config.chunk_bytes]))
+            part = bytes(view[offset:offset + config.chunk_bytes])
+            if bandwidth is not None and bandwidth.upload.reserve(len(part)) > 0:
+                await bandwidth.upload.take(0)  # the volunteer's upload cap covers data served too
+            yield pb2.ShardChunk(found=True, data=part)
 
     return shard
 
@@ -112,7 +116,8 @@ async def call_gossip(client: PeerClient, key: Any, route: Route, topic: str, pa
     return list((await client.unary(route, GOSSIP, request, timeout)).payloads)
 
 
-async def call_data(client: PeerClient, route: Route, shard_id: str, timeout: float, config: P2PConfig) -> bytes | None:
+async def call_data(client: PeerClient, route: Route, shard_id: str, timeout: float, config: P2PConfig,
+                    bandwidth: Bandwidth | None = None) -> bytes | None:
     parts: list[bytes] = []
     size = 0
     request = pb2.ShardRequest(protocol_version=PROTOCOL_VERSION, shard_id=shard_id)
@@ -123,4 +128,6 @@ async def call_data(client: PeerClient, route: Route, shard_id: str, timeout: fl
         if size > MAX_SHARD_BYTES:
             raise PeerRejected("data shard exceeds the size limit", grpc.StatusCode.RESOURCE_EXHAUSTED)
         parts.append(chunk.data)
+        if bandwidth is not None and bandwidth.download.reserve(len(chunk.data)) > 0:
+            await bandwidth.download.take(0)
     return b"".join(parts)
