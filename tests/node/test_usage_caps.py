@@ -313,3 +313,25 @@ def test_detect_device_reports_the_chosen_gpu(monkeypatch) -> None:
     assert info.memory_bytes == 3 * 2**30 and asked == [2]
     with pytest.raises(ConfigError, match="numbered 0 to 3"):
         detect_device("auto", (4,))
+
+
+def test_the_real_runtime_paces_its_p2p_streams_with_the_caps_in_force(tmp_path, cpu_hardware) -> None:
+    """The node runtime (not a stand-in) hands the engine's caps to its network, live."""
+    from app.node.runtime.node_runtime import NodeRuntime
+
+    limits = ResourceLimits(upload_bytes_per_s=4 << 20)
+    runtimes: list[NodeRuntime] = []
+    config = NodeConfig(data_dir=tmp_path, device="cpu", port=0, devnet=True, training={"model": "tiny"},
+                        limits=limits)
+    engine = NodeEngine(config, runtime_factory=lambda ctx: runtimes.append(NodeRuntime(ctx)) or runtimes[-1])
+    engine.start()
+    try:
+        deadline = time.time() + 60
+        while not (runtimes and runtimes[0].net is not None) and time.time() < deadline:
+            time.sleep(0.05)
+        bandwidth = runtimes[0].net.node.bandwidth
+        assert bandwidth.upload.rate == 4 << 20 and bandwidth.download.rate is None
+        engine.call(SetUsageCaps(caps=UsageCaps(upload_bytes_per_s=1 << 20, download_bytes_per_s=2 << 20)))
+        assert bandwidth.upload.rate == 1 << 20 and bandwidth.download.rate == 2 << 20
+    finally:
+        assert engine.stop(10)

@@ -161,6 +161,7 @@ class NodeRuntime:
         key = await loop.run_in_executor(None, load_identity, self.config)
         self.net = NetworkService(key, host=self.config.host, port=self.config.port, trackers=self.config.trackers,
                                   listen=self.config.listen, p2p=dict(self.config.p2p), emit=self.ctx.emit)
+        self.ctx.usage.subscribe(self.net.apply_caps)  # the volunteer's upload/download caps, live
         self.economy = EconomyLink(self.ctx, self.net, key, self.subscribe_work)
         hw = self.ctx.hardware
         memory = memory_budget_bytes(hw.device, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
