@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from app.node.config import atomic_write_bytes
+from app.node.economics.governance import Proposal
 from app.node.events import (
     ActivityChanged,
     Command,
@@ -51,6 +52,7 @@ from app.node.runtime.p2p_transport import (
 )
 from app.node.runtime.planner import Planner
 from app.node.runtime.quorum_service import QuorumService
+from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RuntimeContext
 from app.node.training.async_mode import snapshot_fits
 from app.node.training.checkpointing import ResumePoint, read_resume_point, restore_training_state
@@ -90,6 +92,7 @@ class NodeRuntime:
         self.cohort: P2PCohort | None = None
         self.heal: HealService | None = None
         self.economy: EconomyLink | None = None
+        self.vocab: VocabService | None = None
         self._offer: tuple[str, int] = ("", 0)
         self._drove: PipelineDriver | None = None  # kept after a move, for the run's figures
         self._following: asyncio.Future[None] | None = None
@@ -148,6 +151,8 @@ class NodeRuntime:
             await self.heal.stop()
         if self.economy is not None:
             await self.economy.stop()
+        if self.vocab is not None:
+            await self.vocab.stop()
         if self.net is not None:
             await self.net.stop()
         if self.trainer is not None:
@@ -163,6 +168,10 @@ class NodeRuntime:
                                   listen=self.config.listen, p2p=dict(self.config.p2p), emit=self.ctx.emit)
         self.ctx.usage.subscribe(self.net.apply_caps)  # the volunteer's upload/download caps, live
         self.economy = EconomyLink(self.ctx, self.net, key, self.subscribe_work)
+        self.vocab = VocabService(self.config.data_dir, self._proposals)
+        self.arch = self.vocab.architecture(self.arch)
+        self.vocab.listeners.append(lambda _tok: setattr(self, "arch", self.vocab.architecture(self.arch)))
+        self.vocab.start()
         hw = self.ctx.hardware
         memory = memory_budget_bytes(hw.device, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
         layers_fit = layers_that_fit(memory, self.arch.train_bytes_per_layer())
@@ -221,12 +230,20 @@ class NodeRuntime:
                                      architecture_version=self.arch.version, total_layers=self.arch.layers,
                                      hidden=self.arch.hidden, parameters=self.arch.param_count()))
 
+    def _proposals(self) -> list[Proposal]:
+        """The governance proposals in this node's ledger (the vocabulary service reads them)."""
+        service = self.economy.service if self.economy is not None else None
+        return service.ledger.proposals() if service is not None else []
+
     def _resume_point(self) -> ResumePoint | None:
         try:
             point = read_resume_point(self.config.data_dir)
         except CheckpointError as exc:
             log.warning("ignoring unusable checkpoint: %s", exc)
             return None
+        if point is not None and self.vocab is not None and point.arch.vocab != self.arch.vocab \
+                and self.vocab.rewind_to(point.arch.vocab):  # saved before the last activation
+            self.arch = self.vocab.architecture(self.arch)
         if point is not None and point.arch.to_dict() != self.arch.to_dict():
             log.warning("checkpoint is for another architecture; starting fresh")
             return None
@@ -240,6 +257,7 @@ class NodeRuntime:
         self.cohort = P2PCohort(self.net.node, holds=lambda: self.stage.layer_range if self.stage else (0, 0),
                                 position=self._sync_position, on_idle_payload=self._on_idle_payload)
         self.sync = self._new_sync(self.stage)
+        self.vocab.attach(self.stage, self.sync)
         if resume is not None:
             self.activity("resuming from checkpoint")
             restore_training_state(resume, self.stage, self.sync)
@@ -351,6 +369,7 @@ class NodeRuntime:
                             seed=self.training.init_seed)
         stage = StageWorker(shard, self.training, executor=self.ctx.executor)
         sync = self._new_sync(stage)
+        self.vocab.attach(stage, sync)
         if a.download_from is not None:
             try:
                 await self._download_into(stage, sync, a.layer_range, prefer=a.download_from)
@@ -407,14 +426,14 @@ class NodeRuntime:
     async def _build_trainer(self, resume: ResumePoint | None) -> None:
         assert self.net is not None and self.stage is not None and self.data is not None
         t = self.training
-        transport = P2PStageTransport(self.net.node)
+        transport = self.vocab.transport(P2PStageTransport(self.net.node))
         if self.stage.is_first:
             starts = await self._stage_starts()
             self.driver = PipelineDriver(self.net.node_id, self.stage, starts, transport if starts else None,
                                          micro_batches=t.micro_batches, max_attempts=t.max_microbatch_attempts,
                                          proceed=self.ctx.control.proceed)
             self._drove = self.driver
-            self.data.open_loader(t.batch_size, min(t.seq_len, self.arch.max_seq))
+            self.vocab.attach_loader(self.data.open_loader(t.batch_size, min(t.seq_len, self.arch.max_seq)))
             if resume is not None:
                 self.data.restore_loader(resume.counters.get("loader") or {})
             self.quorums = QuorumService(self.net, self.driver, self.arch, t, self.ctx.emit)
