@@ -84,7 +84,9 @@ class DiLoCoReplica:
             raise ValueError("the same parameter object appears twice (tied weights): pass it once")
         self._names = names
         self._params = [p for _, p in pairs]
-        self._anchor = [p.detach().to(torch.float32).clone() for p in self._params]
+        # Anchor and momentum stay on the CPU whatever device trains (as OpenDiLoCo): they cost no
+        # accelerator memory, and the pseudo-gradient goes to the network from the CPU anyway.
+        self._anchor = [p.detach().to("cpu", torch.float32, copy=True) for p in self._params]
         self._momentum = [torch.zeros_like(a) for a in self._anchor]
         self.inner_steps_done = 0
         self.outer_steps_done = 0
@@ -117,7 +119,7 @@ class DiLoCoReplica:
     def pseudo_gradient(self) -> dict[str, torch.Tensor]:
         """``anchor − current`` per parameter, in float32 (the DiLoCo outer gradient)."""
         with torch.no_grad():
-            return {name: a - p.detach().to(torch.float32)
+            return {name: a - p.detach().to("cpu", torch.float32)
                     for name, a, p in zip(self._names, self._anchor, self._params, strict=True)}
 
     # -- outer loop -------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ class DiLoCoReplica:
         lr, mu = self.config.outer_lr, self.config.outer_momentum
         with torch.no_grad():
             for name, anchor, buf in zip(self._names, self._anchor, self._momentum, strict=True):
-                g = aggregated[name].to(torch.float32)
+                g = aggregated[name].to("cpu", torch.float32)  # the anchor lives on the CPU
                 buf.mul_(mu).add_(g)
                 step = g.add(buf, alpha=mu) if self.config.nesterov else buf
                 anchor.sub_(step, alpha=lr)
