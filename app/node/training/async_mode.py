@@ -8,8 +8,10 @@ AdamW steps on its own data share, and submits the pseudo-gradient ``snapshot âˆ
 covers their layers (``Contribution.subset``), weighted by ``sqrt(batches) Ã— freshness``: the
 age is measured from when the snapshot was taken, so work against old weights counts less.
 
-The trainer is synchronous and CPU-heavy: the runtime calls ``train_round`` in an executor so the
-node keeps answering peers. The inner AdamW state persists across rounds, as DiLoCo does.
+The trainer is synchronous and compute-heavy: the runtime calls ``train_round`` in an executor so
+the node keeps answering peers. The inner AdamW state persists across rounds, as DiLoCo does. It
+trains on ``device`` (the node's GPU or the CPU): the model is built on the CPU and moved, batches
+are moved on entry, and the contribution's tensors are CPU tensors (they go to the network).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class AsyncTrainer:
 
     def __init__(self, arch: ModelArchitecture, loader: BatchLoader, *, node_id: str,
                  config: AsyncConfig | None = None, memory_budget_bytes: int | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, device: torch.device | str = "cpu") -> None:
         if memory_budget_bytes is not None and not snapshot_fits(arch, memory_budget_bytes):
             need = arch.param_count() * BYTES_PER_TRAINED_PARAM
             raise AsyncModeError(f"the whole model needs {need / 2**20:.0f} MiB to train but this node offers "
@@ -88,7 +90,8 @@ class AsyncTrainer:
         self.arch, self.loader, self.node_id = arch, loader, node_id
         self.config = config or AsyncConfig()
         self.clock = clock
-        self.model = ModelShard.full(arch)
+        self.device = torch.device(device)
+        self.model = ModelShard.full(arch).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
         self.rounds_done = 0
@@ -109,7 +112,8 @@ class AsyncTrainer:
                 break
             losses.append(self._step())
         with torch.no_grad():
-            pseudo = {name: start[name] - p.detach() for name, p in self.model.named_parameters()}
+            pseudo = {name: (start[name] - p.detach()).to("cpu")
+                      for name, p in self.model.named_parameters()}
         self.rounds_done += 1
         contribution = Contribution(self.node_id, pseudo, len(losses), max(0.0, self.clock() - snapshot_time))
         return AsyncResult(contribution, snapshot_time, losses, len(losses) * self.loader.tokens_per_batch)
@@ -122,7 +126,7 @@ class AsyncTrainer:
 
     def _step(self) -> float:
         inputs, targets = self.loader.next_batch()
-        loss = lm_loss(self.model(inputs), targets)
+        loss = lm_loss(self.model(inputs.to(self.device)), targets.to(self.device))
         if not math.isfinite(loss.item()):
             raise AsyncModeError("the loss became NaN or Inf; lower the async learning rate")
         self.optimizer.zero_grad(set_to_none=True)

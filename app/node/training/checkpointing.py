@@ -11,6 +11,10 @@ Under a running node the data dir has a disk cap (app/node/disk.py). A checkpoin
 take it past the cap first evicts the ``.prev`` copy (the last good checkpoint stays); if it still
 does not fit, this save is skipped with a warning (training goes on from the last checkpoint
 kept) rather than failing the node or leaving half a file.
+
+Tensors are saved as CPU copies (safetensors writes CPU memory; the copy is taken under the stage
+lock so training can go on while the file is written) and loaded back onto the stage's device:
+a checkpoint written by a GPU node resumes on a CPU node and the other way round.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def save_training_state(data_dir: Path | str, stage: StageWorker, sync: StageSyn
     path = checkpoint_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with stage.lock:
-        state = {f"model.{k}": v.detach().clone() for k, v in stage.shard.state_dict().items()}
+        state = {f"model.{k}": v.detach().to("cpu", copy=True) for k, v in stage.shard.state_dict().items()}
         state.update(_optimizer_tensors(stage))
         if sync is not None:
             state.update({f"diloco.{k}": v for k, v in sync.replica.flat_state().items()})
@@ -131,8 +135,8 @@ def _optimizer_tensors(stage: StageWorker) -> dict[str, torch.Tensor]:
         if not st:
             continue
         for key in _ADAM_KEYS:
-            out[f"optim.{i}.{key}"] = st[key].detach().clone()
-        out[f"optim.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).clone()
+            out[f"optim.{i}.{key}"] = st[key].detach().to("cpu", copy=True)
+        out[f"optim.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).to("cpu", copy=True).reshape(1)
     return out
 
 
@@ -145,7 +149,8 @@ def _load_optimizer(stage: StageWorker, state: dict[str, torch.Tensor]) -> None:
             t = state.get(f"optim.{i}.{key}")
             if t is None or t.shape != p.shape:
                 raise ResumeError(f"optimizer state {i}.{key} is missing or has the wrong shape")
-            moments[key] = t.clone()
+            moments[key] = t.to(p.device, copy=True)  # the moments live with their parameter
+        # the step counter stays on the CPU, as InnerAdamW creates it (read with float() each step)
         stage.optimizer.state[p] = {"step": state[f"optim.{i}.step"].reshape(()).clone(), **moments}
 
 

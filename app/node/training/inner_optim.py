@@ -4,7 +4,9 @@ Numerically the same update as ``torch.optim.AdamW`` (bias-corrected moments, de
 decay; a test pins the equality). It exists because constructing ``torch.optim.AdamW`` imports
 ``torch._dynamo`` — about 8 s of CPU per process here (PLATFORM.md machine), paid by every node
 of a devnet at once and by the GUI's engine thread at start. State per parameter is
-``{"step", "exp_avg", "exp_avg_sq"}`` like torch's, so checkpoints read the same.
+``{"step", "exp_avg", "exp_avg_sq"}`` like torch's, so checkpoints read the same. The moments
+live on their parameter's device; ``step`` is a CPU scalar on every device (it is read with
+``float()`` each step, which on a GPU tensor would wait for the device).
 """
 
 from __future__ import annotations

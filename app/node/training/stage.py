@@ -18,6 +18,13 @@ Requests without the tag (the driver's calls into its own local stage) are not c
 
 Compute runs in an executor thread under one lock; the asyncio side only waits, so the node keeps
 answering heartbeats while a layer computes (DESIGN.md §2).
+
+Device: the stage computes on ``device`` (the node's GPU, or the CPU). The shard is built on the
+CPU (genesis weights are bit-identical on every node) and moved there; parameters, the inner AdamW
+moments and cached graphs live on the device. The transport only ever sees CPU tensors: every
+tensor that enters is moved to the device, every tensor handed back (outputs, input gradients,
+weights for transfer) is a contiguous CPU copy, and hashes are taken over CPU bytes so nodes on
+different devices agree.
 """
 
 from __future__ import annotations
@@ -84,11 +91,17 @@ def lr_at(step: int, config: TrainingConfig) -> float:
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names and float32 CPU bytes: the same on every device."""
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
-        digest.update(state[name].detach().contiguous().float().numpy().tobytes())
+        digest.update(state[name].detach().to("cpu").contiguous().float().numpy().tobytes())
     return digest.hexdigest()
+
+
+def to_transport(t: torch.Tensor) -> torch.Tensor:
+    """What a stage hands to the transport: detached, contiguous, on the CPU (no copy if it is)."""
+    return t.detach().to("cpu").contiguous()
 
 
 @dataclass
@@ -114,8 +127,12 @@ class CommitInfo:
 
 class StageWorker:
     def __init__(self, shard: ModelShard, config: TrainingConfig, *, executor: Executor | None = None,
-                 on_commit: Callable[[CommitInfo], None] | None = None) -> None:
-        self.shard = shard
+                 on_commit: Callable[[CommitInfo], None] | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        # Module.to keeps the Parameter objects (it swaps their data), so tied weights stay tied
+        # and anything holding the parameters (DiLoCo, the optimizer below) sees the moved ones.
+        self.shard = shard.to(self.device)
         self.config = config
         self.params = [p for p in shard.parameters() if p.requires_grad]
         self.optimizer = InnerAdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
@@ -188,11 +205,11 @@ class StageWorker:
         if self.is_first:
             if x.dtype != torch.long or x.dim() != 2:
                 raise StageRequestError("the first stage takes token ids [B, T] (int64)")
-            return x
+            return x.to(self.device)
         if not x.is_floating_point() or x.dim() != 3 or x.shape[-1] != self.shard.architecture.hidden:
             raise StageRequestError(f"stage {self.layer_range} takes hidden states [B, T, "
                                     f"{self.shard.architecture.hidden}], got {tuple(x.shape)}")
-        return x.detach().float().requires_grad_()
+        return x.detach().to(self.device, torch.float32).requires_grad_()
 
     def _forward(self, driver: str, step: int, mb: int, tensors: Tensors) -> tuple[Meta, Tensors]:
         x = self._input(tensors)
@@ -201,20 +218,21 @@ class StageWorker:
             targets = tensors[1] if len(tensors) > 1 else None
             if targets is None or targets.dtype != torch.long or targets.shape != x.shape[:2]:
                 raise StageRequestError("the head stage needs targets [B, T] (int64) with the input")
-            loss = lm_loss(self.shard(x), targets)
+            tokens = _count_targets(targets)  # counted on the CPU copy: no device round trip
+            loss = lm_loss(self.shard(x), targets.to(self.device))
             x_leaf = x if x.requires_grad else None
-            grad_in = self._accumulate(driver, step, mb, loss, None, x_leaf, _count_targets(targets))
-            return {"loss": float(loss.detach()), "tokens": _count_targets(targets)}, grad_in
+            grad_in = self._accumulate(driver, step, mb, loss, None, x_leaf, tokens)
+            return {"loss": float(loss.detach()), "tokens": tokens}, grad_in
         out = self.shard(x)
         self._graphs[(driver, step, mb)] = (x if x.requires_grad else None, out)
         while len(self._graphs) > MAX_CACHED_GRAPHS:
             self._graphs.popitem(last=False)
-        return {}, [out.detach()]
+        return {}, [to_transport(out)]
 
     def _backward(self, driver: str, step: int, mb: int, tensors: Tensors) -> tuple[Meta, Tensors]:
         if not tensors:
             raise StageRequestError("backward needs the gradient of this stage's output")
-        grad_out = tensors[0].float()
+        grad_out = tensors[0].to(self.device, torch.float32)
         graph = self._graphs.pop((driver, step, mb), None)
         if graph is None:
             if len(tensors) < 2:  # we never ran this forward (took over mid-step): ask for input
@@ -237,7 +255,7 @@ class StageWorker:
         if not inputs:
             return []
         grads = torch.autograd.grad(out, inputs, grad_outputs=grad_out, allow_unused=True)
-        grad_in = [grads[0].detach()] if x_leaf is not None else []
+        grad_in = [to_transport(grads[0])] if x_leaf is not None else []
         if fresh:
             param_grads = grads[1:] if x_leaf is not None else grads
             param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, param_grads, strict=True)]
@@ -302,8 +320,8 @@ class StageWorker:
         return {key: state_hash(state) for key, state in sorted(groups.items())}
 
     def state_for_transfer(self) -> dict[str, torch.Tensor]:
-        with self.lock:
-            return {k: v.detach().clone() for k, v in self.shard.state_dict().items()}
+        with self.lock:  # a CPU copy in every case: the caller may keep it while we train on
+            return {k: v.detach().to("cpu", copy=True) for k, v in self.shard.state_dict().items()}
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         own = self.shard.state_dict()
@@ -326,7 +344,8 @@ def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    total = float(torch.sqrt(sum((g.float().pow(2).sum() for g in grads), torch.zeros(()))))
+    zero = torch.zeros((), device=grads[0].device)
+    total = float(torch.sqrt(sum((g.float().pow(2).sum() for g in grads), zero)))
     if total > max_norm:
         for g in grads:
             g.mul_(max_norm / (total + 1e-6))
