@@ -147,3 +147,24 @@ def test_solo_node_trains_on_cuda(tmp_path: Path) -> None:
     assert runtime.device == f"cuda:{info.index}"
     assert all(p.device.type == "cuda" for p in runtime.stage.params)
     assert runtime.sync.rounds == 2 and (tmp_path / "checkpoints" / "stage.safetensors").exists()
+
+
+def test_vocabulary_growth_on_cuda_adds_rows_on_the_device_and_keeps_training() -> None:
+    from app.node.training.vocab_growth import grow_stage_vocab
+
+    config = tiny_config(inner_steps=100)
+    stage = make_stage((0, ARCH.layers), config, device="cuda")
+    sync = StageSync("solo", stage, None, config)
+    driver = PipelineDriver("solo", stage, [], None, micro_batches=config.micro_batches)
+    _train(driver, config, 2)
+    grow_stage_vocab(stage, sync, [(1, 2), (3, ARCH.vocab)], "v-next")
+    vocab = ARCH.vocab + 2
+    assert stage.shard.architecture.vocab == vocab
+    for p in stage.params:
+        assert p.device.type == "cuda"
+        st = stage.optimizer.state.get(p)
+        if st is not None:
+            assert st["exp_avg"].device == p.device and st["exp_avg"].shape == p.shape
+    assert all(a.device.type == "cpu" for a in sync.replica.anchor.values())
+    assert sync.replica.pseudo_gradient()["embedding.table.weight"].shape[0] == vocab
+    _train(driver, config, 1)  # ids of the old vocabulary still train on the grown model

@@ -34,10 +34,11 @@ class AsyncService:
     def __init__(self, net: NetworkService, arch: ModelArchitecture, config: TrainingConfig, data: DataService,
                  *, emit: Callable[[Event], None], activity: Callable[[str], None],
                  proceed: Callable[[], Awaitable[bool]], stop_requested: Callable[[], bool],
-                 memory_budget_bytes: int) -> None:
+                 memory_budget_bytes: int, device: str = "cpu") -> None:
         self.net, self.arch, self.config, self.data = net, arch, config, data
         self.emit, self.activity, self.proceed, self.stop_requested = emit, activity, proceed, stop_requested
         self.memory = memory_budget_bytes
+        self.device = device  # where snapshots train (the node's checked training device)
         self.rounds = 0
         self.tokens_total = 0
         self.losses: list[float] = []
@@ -46,7 +47,8 @@ class AsyncService:
         loader = self.data.open_loader(self.config.batch_size, min(self.config.seq_len, self.arch.max_seq))
         trainer = AsyncTrainer(self.arch, loader, node_id=self.net.node_id, memory_budget_bytes=self.memory,
                                config=AsyncConfig(steps=self.config.inner_steps, lr=self.config.lr,
-                                                  weight_decay=self.config.weight_decay))
+                                                  weight_decay=self.config.weight_decay),
+                               device=self.device)
         loop = asyncio.get_running_loop()
         gone_since: float | None = None
         while (max_rounds is None or self.rounds < max_rounds) and await self.proceed():

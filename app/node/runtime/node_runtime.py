@@ -5,12 +5,19 @@ assignment (planner.py) and the training job (training/trainer.py over the P2P t
 p2p_transport.py). Steps are reported as StepDone events and to ``subscribe_work`` listeners
 (the economy service builds Proof-of-Neural-Work from them); ``run_summary.json`` in the data
 dir records what the run did (the devnet reads it).
+
+Training runs on the device the engine measured (``ctx.hardware.device``: ``cuda:N`` from
+limits.gpu_ids, ``mps`` or ``cpu``) once one real step there matched the CPU
+(training/device_check.py); a device that fails the check is reported as an error event and the
+node trains on the CPU, with its tier and memory re-derived for the CPU so it advertises what it
+will actually do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -26,6 +33,7 @@ from app.node.economics.governance import Proposal
 from app.node.events import (
     ActivityChanged,
     Command,
+    ErrorOccurred,
     LayersAssigned,
     NodeState,
     Query,
@@ -33,7 +41,13 @@ from app.node.events import (
     StepDone,
     UpgradeAvailable,
 )
-from app.node.hardware import layers_that_fit, memory_budget_bytes
+from app.node.hardware import (
+    DeviceInfo,
+    layers_that_fit,
+    measure_ms_per_layer,
+    memory_budget_bytes,
+    tier_for_ms,
+)
 from app.node.model.checkpoint import CheckpointError
 from app.node.p2p.errors import StageRejected
 from app.node.p2p.records import LayerAnnouncement
@@ -57,6 +71,7 @@ from app.node.runtime_api import RuntimeContext
 from app.node.training.async_mode import snapshot_fits
 from app.node.training.checkpointing import ResumePoint, read_resume_point, restore_training_state
 from app.node.training.config import TrainingConfig
+from app.node.training.device_check import check_training_device
 from app.node.training.layer_pool import Assignment, NodeOffer
 from app.node.training.pipeline import PipelineDriver
 from app.node.training.stage import StageWorker, build_shard
@@ -80,6 +95,7 @@ class NodeRuntime:
         self.training = TrainingConfig.from_dict(ctx.config.training)
         self.arch = self.training.architecture()
         self.steps_done = 0
+        self.device = "cpu"  # the training device, settled at start (_settle_device)
         self.net: NetworkService | None = None
         self.data: DataService | None = None
         self.stage: StageWorker | None = None
@@ -172,17 +188,17 @@ class NodeRuntime:
         self.arch = self.vocab.architecture(self.arch)
         self.vocab.listeners.append(lambda _tok: setattr(self, "arch", self.vocab.architecture(self.arch)))
         self.vocab.start()
-        hw = self.ctx.hardware
-        memory = memory_budget_bytes(hw.device, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
+        info, tier = await self._settle_device()
+        memory = memory_budget_bytes(info, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
         layers_fit = layers_that_fit(memory, self.arch.train_bytes_per_layer())
         self.mode_service = ModeService(
-            tier=hw.tier.value, layers_fit=layers_fit, fits_full_model=snapshot_fits(self.arch, memory),
+            tier=tier, layers_fit=layers_fit, fits_full_model=snapshot_fits(self.arch, memory),
             data_dir_free=lambda: free_disk_bytes(str(self.config.data_dir)), staked_units=self._staked_units,
             emit=self.ctx.emit)
         self.modes = self.mode_service.start(self.config.modes)
         self.activity("joining the network")
         wants_async = self._wants_async()  # async nodes offer no layers, so planners skip them
-        await self.net.start(hw.tier.value, 0 if wants_async else layers_fit)
+        await self.net.start(tier, 0 if wants_async else layers_fit)
         node_id = self.net.node_id
         self.economy.start()
         self.data = DataService(self.config.data_dir, node_id, seed=self.config.seed,
@@ -194,13 +210,13 @@ class NodeRuntime:
             self._start_async(memory)
             return
         resume = self._resume_point()
-        me = NodeOffer(node_id, layers_fit, memory, hw.tier.value)
+        me = NodeOffer(node_id, layers_fit, memory, tier)
         planner = Planner(self.net, self.arch, self.training, self.activity)
         log.info("network up as %s; planning layers", node_id[:12])
         self.assignment = _assignment_from(resume, node_id) if resume else await planner.assign(me)
         log.info("assigned layers %s; building the stage", self.assignment.layer_range)
         await self._build_stage(self.assignment, resume)
-        self._offer = (hw.tier.value, layers_fit)
+        self._offer = (tier, layers_fit)
         await self._announce(*self._offer)
         log.info("layers announced")
         self._emit_layers()
@@ -210,6 +226,28 @@ class NodeRuntime:
                                            current_parameters=u.current.param_count(),
                                            candidate_parameters=u.candidate.param_count()))
         await self._build_trainer(resume)
+
+    async def _settle_device(self) -> tuple[DeviceInfo, str]:
+        """The device to train on, its info and speed tier: the measured device when one training
+        step there matches the CPU; else the CPU, re-measured, with an error event saying why."""
+        hw = self.ctx.hardware
+        requested = hw.device.torch_device
+        if hw.device.device == "cpu":
+            self.device = "cpu"
+            return hw.device, hw.tier.value
+        loop = asyncio.get_running_loop()
+        self.activity(f"checking that {requested} trains correctly")
+        check = await loop.run_in_executor(None, check_training_device, requested)
+        self.device = check.device
+        if check.ok:
+            log.info("training on %s (%s)", requested, hw.device.name)
+            return hw.device, hw.tier.value
+        log.error("not training on %s: %s", requested, check.problem)
+        self.ctx.emit(ErrorOccurred(message=f"the GPU ({hw.device.name}) is not used for training: "
+                                            f"{check.problem}", fatal=False))
+        cpu = dataclasses.replace(hw.device, device="cpu", memory_bytes=hw.device.system_memory_bytes, index=0)
+        ms = await loop.run_in_executor(None, measure_ms_per_layer, "cpu")
+        return cpu, tier_for_ms(ms).value
 
     def _wants_async(self) -> bool:
         """Async mode when the volunteer chose it over pipeline, or, left to the policy, on a T5
@@ -225,7 +263,7 @@ class NodeRuntime:
         self.async_service = AsyncService(
             self.net, self.arch, self.training, self.data, emit=self.ctx.emit, activity=self.activity,
             proceed=self.ctx.control.proceed, stop_requested=lambda: self.ctx.control.stop_requested,
-            memory_budget_bytes=memory)
+            memory_budget_bytes=memory, device=self.device)
         self.ctx.emit(LayersAssigned(first_layer=0, last_layer=self.arch.layers, roles=("async",),
                                      architecture_version=self.arch.version, total_layers=self.arch.layers,
                                      hidden=self.arch.hidden, parameters=self.arch.param_count()))
@@ -253,7 +291,7 @@ class NodeRuntime:
         assert self.net is not None
         shard = build_shard(self.arch, a.layer_range, with_embedding=a.with_embedding, with_head=a.with_head,
                             seed=self.training.init_seed)
-        self.stage = StageWorker(shard, self.training, executor=self.ctx.executor)
+        self.stage = StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device)
         self.cohort = P2PCohort(self.net.node, holds=lambda: self.stage.layer_range if self.stage else (0, 0),
                                 position=self._sync_position, on_idle_payload=self._on_idle_payload)
         self.sync = self._new_sync(self.stage)
@@ -367,7 +405,7 @@ class NodeRuntime:
             await self.trainer.drive_ended.wait()
         shard = build_shard(self.arch, a.layer_range, with_embedding=a.with_embedding, with_head=a.with_head,
                             seed=self.training.init_seed)
-        stage = StageWorker(shard, self.training, executor=self.ctx.executor)
+        stage = StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device)
         sync = self._new_sync(stage)
         self.vocab.attach(stage, sync)
         if a.download_from is not None:
