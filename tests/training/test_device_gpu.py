@@ -64,7 +64,8 @@ def test_two_stage_pipeline_on_cuda_matches_the_cpu() -> None:
         mine, theirs = gpu_stages[name].state_for_transfer(), cpu_stages[name].state_for_transfer()
         for key, t in mine.items():
             assert t.device.type == "cpu"
-            assert torch.allclose(t, theirs[key], atol=5 * config.lr), key  # a few Adam steps of ±lr
+            # an Adam step moves a weight by about ±lr; a sign flip of a tiny gradient, by 2·lr
+            assert torch.allclose(t, theirs[key], atol=2 * 5 * config.lr), key
 
 
 def test_diloco_round_on_cuda_keeps_the_anchor_on_the_cpu_and_matches_the_cpu() -> None:
@@ -87,7 +88,8 @@ def test_diloco_round_on_cuda_keeps_the_anchor_on_the_cpu_and_matches_the_cpu() 
         assert all(torch.equal(live[n].float(), a) for n, a in sync.replica.anchor.items())
         results[device] = live
     for key, t in results["cuda"].items():
-        assert torch.allclose(t, results["cpu"][key], atol=5 * config.lr), key
+        # 3 inner steps (≤ 2·lr each apart), scaled by the outer Nesterov step (0.7 × 1.9)
+        assert torch.allclose(t, results["cpu"][key], atol=2 * 3 * config.lr * 1.4), key
 
 
 @pytest.mark.parametrize(("save_on", "load_on"), [("cuda", "cpu"), ("cpu", "cuda")])
@@ -168,3 +170,23 @@ def test_vocabulary_growth_on_cuda_adds_rows_on_the_device_and_keeps_training() 
     assert all(a.device.type == "cpu" for a in sync.replica.anchor.values())
     assert sync.replica.pseudo_gradient()["embedding.table.weight"].shape[0] == vocab
     _train(driver, config, 1)  # ids of the old vocabulary still train on the grown model
+
+
+def test_async_round_on_cuda_submits_cpu_tensors_close_to_the_cpu_round(tmp_path: Path) -> None:
+    from app.node.data.bundled import open_bundled_store
+    from app.node.data.loader import BatchLoader
+    from app.node.model.shard import ModelShard
+    from app.node.training.async_mode import AsyncConfig, AsyncTrainer
+
+    store = open_bundled_store(tmp_path)
+    snapshot = ModelShard.full(ARCH).state_dict()
+    results = {}
+    for device in ("cpu", "cuda"):
+        loader = BatchLoader(store, store.manifest, batch_size=8, seq_len=32, seed=3, share=(1, 2))
+        trainer = AsyncTrainer(ARCH, loader, node_id="a", config=AsyncConfig(steps=3, lr=1e-3), device=device)
+        results[device] = trainer.train_round(snapshot, 0.0)
+    gpu, cpu = results["cuda"], results["cpu"]
+    assert gpu.losses == pytest.approx(cpu.losses, rel=2e-3)
+    for name, t in gpu.contribution.tensors.items():
+        assert t.device.type == "cpu"
+        assert torch.allclose(t, cpu.contribution.tensors[name], atol=2 * 3 * 1e-3), name  # 3 Adam steps of ±lr
