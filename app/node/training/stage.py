@@ -146,7 +146,9 @@ class StageWorker:
         self.gate.set()
         self.finished_drivers: set[str] = set()
         self.seen_drivers: set[str] = set()
-        self._graphs: OrderedDict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor]] = OrderedDict()
+        # forward graphs awaiting their backward: (input leaf, output, parameter versions at forward)
+        self._graphs: OrderedDict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor, tuple[int, ...]]] \
+            = OrderedDict()
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._committed: deque[tuple[str, int]] = deque(maxlen=REMEMBERED_COMMITS)
         self.vocab = ""  # tag of the vocabulary the embedding/head are for; "" = not checked
@@ -224,7 +226,7 @@ class StageWorker:
             grad_in = self._accumulate(driver, step, mb, loss, None, x_leaf, tokens)
             return {"loss": float(loss.detach()), "tokens": tokens}, grad_in
         out = self.shard(x)
-        self._graphs[(driver, step, mb)] = (x if x.requires_grad else None, out)
+        self._graphs[(driver, step, mb)] = (x if x.requires_grad else None, out, self._param_versions())
         while len(self._graphs) > MAX_CACHED_GRAPHS:
             self._graphs.popitem(last=False)
         return {}, [to_transport(out)]
@@ -234,17 +236,27 @@ class StageWorker:
             raise StageRequestError("backward needs the gradient of this stage's output")
         grad_out = tensors[0].to(self.device, torch.float32)
         graph = self._graphs.pop((driver, step, mb), None)
+        x: torch.Tensor | None = None
+        if graph is not None and graph[2] != self._param_versions():
+            # The weights changed in place since this forward (another driver's commit, a DiLoCo
+            # outer step, a weight download): autograd would refuse the stale graph. Recompute it
+            # on the current weights from the saved input, or ask the driver for the input.
+            x, graph = (graph[0].detach().requires_grad_() if graph[0] is not None else None), None
         if graph is None:
-            if len(tensors) < 2:  # we never ran this forward (took over mid-step): ask for input
+            if x is None and len(tensors) < 2:  # we never ran this forward (took over mid-step): ask for input
                 return {"status": "need_input"}, []
-            x = self._input(tensors, 1)
+            x = x if x is not None else self._input(tensors, 1)
             self.shard.train()
-            graph = (x if x.requires_grad else None, self.shard(x))
-        x_leaf, out = graph
+            graph = (x if x.requires_grad else None, self.shard(x), ())
+        x_leaf, out, _ = graph
         if out.shape != grad_out.shape:
             raise StageRequestError(f"gradient shape {tuple(grad_out.shape)} != output {tuple(out.shape)}")
         grad_in = self._accumulate(driver, step, mb, out, grad_out, x_leaf, 0)
         return {"status": "ok"}, grad_in
+
+    def _param_versions(self) -> tuple[int, ...]:
+        """Autograd's in-place counters of the parameters: they change whenever the weights do."""
+        return tuple(p._version for p in self.params)
 
     def _accumulate(self, driver: str, step: int, mb: int, out: torch.Tensor,
                     grad_out: torch.Tensor | None, x_leaf: torch.Tensor | None, tokens: int) -> Tensors:

@@ -186,11 +186,8 @@ class NodeTrainer:
     # --- per-step bookkeeping -------------------------------------------------------------------
     def _on_commit(self, info: CommitInfo) -> None:
         # Called with the stage's lock held, right after the optimizer changed the weights in
-        # place. A stage serving several drivers (after a failover two drivers share one holder)
-        # may hold forward graphs of another driver's micro-batches in flight; their backward on
-        # the changed weights would fail autograd's version check. Dropping them makes that
-        # backward ask for its input and recompute on the current weights (stage.py).
-        self.stage.drop_graphs()
+        # place. Forward graphs of another driver's micro-batches in flight (two drivers share one
+        # holder after a failover) are recomputed by the stage at their backward (stage.py).
         now = time.perf_counter()
         elapsed, self._last_commit_at = now - self._last_commit_at, now
         self.steps_this_session += 1 if self.driver is None or info.driver == self.driver.driver_id else 0
