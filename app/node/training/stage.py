@@ -151,6 +151,7 @@ class StageWorker:
             = OrderedDict()
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._committed: deque[tuple[str, int]] = deque(maxlen=REMEMBERED_COMMITS)
+        self._hash_cache: tuple[tuple, str] | None = None
         self.vocab = ""  # tag of the vocabulary the embedding/head are for; "" = not checked
         self.on_vocab_mismatch: Callable[[str], Awaitable[None]] | None = None
 
@@ -320,7 +321,15 @@ class StageWorker:
         self._graphs.clear()
 
     def weights_hash(self) -> str:
-        return state_hash(self.shard.state_dict())
+        """SHA-256 of the stage's weights. Every commit needs it twice (PoNW's before/after), and
+        hashing a large stage costs more than its step on a GPU: so the hash is remembered until
+        a tensor changes (autograd's in-place counter, storage or shape: every weight write moves
+        one of them), which makes a step's "before" the previous step's "after" for free."""
+        state = self.shard.state_dict()
+        key = tuple((name, t._version, t.data_ptr(), tuple(t.shape)) for name, t in state.items())
+        if self._hash_cache is None or self._hash_cache[0] != key:
+            self._hash_cache = (key, state_hash(state))
+        return self._hash_cache[1]
 
     def layer_hashes(self) -> dict[str, str]:
         """SHA-256 per global layer (plus "embedding" / "head"), for cross-node agreement checks."""
