@@ -325,3 +325,24 @@ def test_started_service_reads_a_refreshed_copy_of_the_ledger(tmp_path: Path) ->
         assert len(reads) > count + 1
 
     asyncio.run(go())
+
+
+def test_weights_downloaded_for_a_grown_vocabulary_fit_only_after_reaching_its_size(tmp_path: Path) -> None:
+    """A node joining the head stage after a vote takes a grown replica's weights: it first grows to
+    the replica's size when its own ledger leads there, and refuses a size it cannot vouch for."""
+    ledger: list[Proposal] = []
+    grown_service = VocabService(tmp_path / "grown", lambda: [FIRST])
+    grown = stage((2, 4))
+    grown_service.attach(grown, None)
+    assert grown_service.on_round() and grown.shard.architecture.vocab == 268
+    state = grown.state_for_transfer()
+
+    joiner_service = VocabService(tmp_path / "joiner", lambda: ledger)
+    joiner = stage((2, 4))
+    joiner_service.attach(joiner, None)
+    assert not joiner_service.reach_size(268)  # its ledger has not heard of the vote yet
+    assert joiner.shard.architecture.vocab == 266 and joiner_service.reach_size(266)
+    ledger.append(FIRST)  # gossip brought the proposal
+    assert joiner_service.reach_size(268) and joiner.shard.architecture.vocab == 268
+    joiner.load_weights(state)
+    assert joiner.weights_hash() == grown.weights_hash()

@@ -302,7 +302,11 @@ class NodeRuntime:
             if not self.net.solo:
                 await self._catch_up(a.layer_range)
         elif a.download_from is not None:
-            await self._download_into(self.stage, self.sync, a.layer_range, prefer=a.download_from)
+            try:
+                await self._download_into(self.stage, self.sync, a.layer_range, prefer=a.download_from)
+            except StageUnavailable as exc:  # no usable replica: genesis weights, as a lone holder would
+                log.warning("could not take layers %s from a replica (%s); starting from their genesis weights",
+                            a.layer_range, exc)
         self._serve_stage(self.stage)
         self.net.node.set_sync_handler(self.cohort.handle)
         self.net.node.set_weights_handler(self._serve_weights)
@@ -357,7 +361,14 @@ class NodeRuntime:
         assert self.net is not None
         self.activity("downloading layers")
         weights = P2PWeights(self.net.node)
-        stage.load_weights(await weights.fetch(layer_range, prefer=prefer))
+        state = await weights.fetch(layer_range, prefer=prefer)
+        peer_vocab = _vocab_rows(state)
+        if peer_vocab is not None and self.vocab is not None and not self.vocab.reach_size(peer_vocab):
+            # the replica trains another vocabulary than our ledger leads to: its embedding/head
+            # would not even fit; start from our own weights and let the tags sort it out later
+            raise StageUnavailable(f"the replica of layers {layer_range} is on a {peer_vocab}-token vocabulary "
+                                   "that this node's ledger does not lead to yet")
+        stage.load_weights(state)
         sync.replica.reset_anchor()
         if weights.last_position is not None:
             sync.rounds, sync.replica.inner_steps_done = weights.last_position
@@ -612,6 +623,14 @@ def _idle(stage: StageWorker) -> bool:
 def _serves(stage: StageWorker, a: Assignment) -> bool:
     return (stage.layer_range == tuple(a.layer_range) and stage.is_first == a.with_embedding
             and stage.is_last == a.with_head)
+
+
+def _vocab_rows(state: dict[str, torch.Tensor]) -> int | None:
+    """Vocabulary size of downloaded weights (rows of the embedding or head), None without them."""
+    for name in ("embedding.table.weight", "head.out.weight"):
+        if name in state and state[name].dim() == 2:
+            return int(state[name].shape[0])
+    return None
 
 
 def _assignment_from(point: ResumePoint, node_id: str) -> Assignment:

@@ -287,6 +287,20 @@ class VocabService:
         if steps:
             self._activate(steps)
 
+    def reach_size(self, vocab_size: int) -> bool:
+        """Weights downloaded from a replica are for ``vocab_size`` tokens: switch to that size now
+        if our ledger leads there (True, also when we already are there). A size our ledger does not
+        lead to (the peer is behind, or our ledger has not heard of its proposals yet) is False:
+        the caller must not load those weights. Call it before the stage serves anyone."""
+        if vocab_size == self._tokenizer.vocab_size:
+            return True
+        steps = self.pending()
+        for n, (_, tok) in enumerate(steps):
+            if tok.vocab_size == vocab_size:
+                self._activate(steps[: n + 1])
+                return True
+        return False
+
     def _steps_to(self, theirs: str) -> list[tuple[Step, NeuroTokenizer]]:
         steps = self.pending()
         for n, (_, tok) in enumerate(steps):
