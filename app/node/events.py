@@ -182,6 +182,17 @@ class ProposalChanged(Event):
 
 
 @dataclass(frozen=True)
+class VocabularyChanged(Event):
+    """The vocabulary the node trains with (at start, then at every activation of voted merges)."""
+
+    kind: ClassVar[str] = "vocabulary"
+    vocab_size: int
+    merges: int  # voted merges in force
+    version: str  # "<size>-<hash16>", the tag stage requests carry
+    applied: tuple[str, ...] = ()  # proposal ids whose merges are in force, in activation order
+
+
+@dataclass(frozen=True)
 class UpgradeAvailable(Event):
     kind: ClassVar[str] = "upgrade"
     current_version: int

@@ -20,7 +20,7 @@ from app.ui.tasks import ErrorCallback, Handle, ResultCallback, watch
 REQUEST_TIMEOUT_S = 30.0
 # Replayed to a new bridge from ``engine.latest``, so a window attached late is up to date.
 REPLAYED_KINDS = ("status", "hardware", "modes", "layers", "step", "activity", "network", "quorum",
-                  "balance", "upgrade", "migration")
+                  "balance", "upgrade", "migration", "vocabulary")
 
 
 class EngineLike(Protocol):
@@ -48,6 +48,7 @@ class EngineBridge(QObject):
     proof = Signal(object)
     balance = Signal(object)
     proposal = Signal(object)
+    vocabulary = Signal(object)
     upgrade = Signal(object)
     migration = Signal(object)
     log = Signal(object)
@@ -157,5 +158,6 @@ _SIGNAL_FOR_KIND = {
     "status": "status", "hardware": "hardware", "modes": "modes", "layers": "layers", "step": "step",
     "activity": "activity", "peer_joined": "peer_joined", "peer_left": "peer_left", "network": "network",
     "quorum": "quorum", "proof": "proof", "balance": "balance", "proposal": "proposal",
+    "vocabulary": "vocabulary",
     "upgrade": "upgrade", "migration": "migration", "log": "log", "error": "error", "finished": "finished",
 }

@@ -31,6 +31,7 @@ from app.node.events import (
     StatusChanged,
     StepDone,
     UpgradeAvailable,
+    VocabularyChanged,
 )
 
 UNIT = 10**6
@@ -88,6 +89,7 @@ def demo_events(now: float) -> list[Event]:
                        pending_units=3_125_000),
         UpgradeAvailable(current_version=3, candidate_version=4, current_parameters=124_000_000,
                          candidate_parameters=210_000_000),
+        VocabularyChanged(vocab_size=281, merges=15, version="281-3fa9c0d1e2b4a697", applied=("p1", "p2", "p3")),
     ]
     for step in range(1, 313):
         events.append(StepDone(step=step, loss=5.6 * math.exp(-step / 180) + 2.1 + 0.05 * math.sin(step),

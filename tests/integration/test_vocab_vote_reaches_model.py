@@ -22,6 +22,7 @@ from app.node.economics.genesis import genesis_record
 from app.node.economics.ledger import Ledger
 from app.node.economics.records import Record
 from app.node.engine import NodeEngine
+from app.node.events import Event, VocabularyChanged
 from app.node.runtime import create_runtime
 from app.node.runtime.node_runtime import NodeRuntime
 from app.node.training.checkpointing import read_resume_point
@@ -75,10 +76,12 @@ def _config(data_dir: Path, max_steps: int) -> NodeConfig:
                       economics=dict(ECONOMICS))
 
 
-def _run(data_dir: Path, max_steps: int) -> NodeRuntime:
+def _run(data_dir: Path, max_steps: int, events: list[Event] | None = None) -> NodeRuntime:
     runtimes: list[NodeRuntime] = []
     engine = NodeEngine(_config(data_dir, max_steps),
                         runtime_factory=lambda ctx: runtimes.append(create_runtime(ctx)) or runtimes[-1])
+    if events is not None:
+        engine.subscribe(events.append)
     engine.start()
     assert engine.wait(timeout=180) and engine.exit_code == 0
     return runtimes[0]
@@ -86,13 +89,16 @@ def _run(data_dir: Path, max_steps: int) -> NodeRuntime:
 
 def test_a_passed_vote_grows_the_vocabulary_the_node_trains_on_and_survives_a_restart(tmp_path: Path) -> None:
     proposal_id = _passed_vote_in_ledger(tmp_path)
-    runtime = _run(tmp_path, max_steps=7)
+    events: list[Event] = []
+    runtime = _run(tmp_path, max_steps=7, events=events)
     assert runtime.stage is not None and runtime.data is not None
     assert runtime.stage.shard.architecture.vocab == 266 + len(MERGES) == runtime.arch.vocab
     assert runtime.data.loader.merges_applied == len(MERGES)
     history = json.loads((tmp_path / "vocabulary.json").read_text())["history"]
     assert [entry["proposal"] for entry in history] == [proposal_id]
     assert runtime.summary()["loss_last"] is not None
+    announced = [(e.vocab_size, e.applied) for e in events if isinstance(e, VocabularyChanged)]
+    assert announced == [(266, ()), (268, (proposal_id,))]  # at start, then when the merges took effect
     point = read_resume_point(tmp_path)
     assert point is not None and point.arch.vocab == 268
 

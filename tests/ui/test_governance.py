@@ -110,3 +110,15 @@ def test_vote_in_an_unlocked_session_needs_no_password(qtbot, shared_gui) -> Non
     qtbot.waitUntil(lambda: "no vote was recorded" in page.message.text(), timeout=5_000)
     proposal = {p.title: p for p in economy(shared_gui).ledger.proposals()}[SECOND_PROPOSAL]
     assert list(proposal.votes.values()) == [False] and not errors
+
+
+def test_the_page_shows_the_vocabulary_the_model_trains_with(qtbot, shared_gui) -> None:  # noqa: ANN001
+    from app.node.events import VocabularyChanged
+
+    page = open_governance(qtbot, shared_gui)
+    qtbot.waitUntil(lambda: shared_gui.bridge.latest("vocabulary") is not None, timeout=10_000)  # the real node's
+    assert shared_gui.bridge.latest("vocabulary").vocab_size == 266 and "266 tokens" in page.vocabulary_label.text()
+    # what the node announces when a vote's merges take effect (the runtime side: test_vocab_vote_reaches_model)
+    shared_gui.bridge.inject(VocabularyChanged(vocab_size=269, merges=3, version="269-abc", applied=("p1",)))
+    assert "269 tokens" in page.vocabulary_label.text() and "3 merge(s) voted in by 1 proposal," in \
+        page.vocabulary_label.text()

@@ -40,6 +40,7 @@ from app.node.events import (
     SetModes,
     StepDone,
     UpgradeAvailable,
+    VocabularyChanged,
 )
 from app.node.hardware import (
     DeviceInfo,
@@ -187,6 +188,8 @@ class NodeRuntime:
         self.vocab = VocabService(self.config.data_dir, self._proposals)
         self.arch = self.vocab.architecture(self.arch)
         self.vocab.listeners.append(lambda _tok: setattr(self, "arch", self.vocab.architecture(self.arch)))
+        self.vocab.listeners.append(lambda _tok: self._emit_vocabulary())
+        self._emit_vocabulary()
         self.vocab.start()
         info, tier = await self._settle_device()
         memory = memory_budget_bytes(info, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
@@ -267,6 +270,13 @@ class NodeRuntime:
         self.ctx.emit(LayersAssigned(first_layer=0, last_layer=self.arch.layers, roles=("async",),
                                      architecture_version=self.arch.version, total_layers=self.arch.layers,
                                      hidden=self.arch.hidden, parameters=self.arch.param_count()))
+
+    def _emit_vocabulary(self) -> None:
+        assert self.vocab is not None
+        tokenizer = self.vocab.tokenizer
+        self.ctx.emit(VocabularyChanged(vocab_size=tokenizer.vocab_size, merges=len(tokenizer.merges),
+                                        version=tokenizer.version,
+                                        applied=tuple(s.proposal_id for s in self.vocab.history if s.applied)))
 
     def _proposals(self) -> list[Proposal]:
         """The governance proposals in this node's ledger (the vocabulary service reads them)."""

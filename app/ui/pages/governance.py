@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.node.economics.constants import EconomicsConfig
-from app.node.events import ProposalChanged, Query, WalletCommand
+from app.node.events import ProposalChanged, Query, VocabularyChanged, WalletCommand
 from app.ui.bridge import EngineBridge
 from app.ui.format import countdown
 from app.ui.merges_text import describe_merge, example_words, to_token_bytes
@@ -70,6 +70,8 @@ class GovernancePage(QWidget):
         self.propose_button = QPushButton("New proposal…")
         self.message = QLabel()
         self.message.setWordWrap(True)
+        self.vocabulary_label = QLabel("The model starts from 266 tokens (256 bytes and 10 special tokens).")
+        self.vocabulary_label.setWordWrap(True)
         self._build()
         self._connect()
         self._tick = QTimer(self)
@@ -98,6 +100,7 @@ class GovernancePage(QWidget):
         grid.addLayout(votes, 4, 0, 1, 2)
         layout = QVBoxLayout(self)
         layout.addWidget(intro)
+        layout.addWidget(self.vocabulary_label)
         layout.addWidget(self.table, 1)
         layout.addWidget(details, 1)
         layout.addWidget(self.message)
@@ -109,6 +112,7 @@ class GovernancePage(QWidget):
         self.no_button.clicked.connect(lambda: self.vote(False))
         self.propose_button.clicked.connect(self.open_propose)
         self.bridge.proposal.connect(self.on_proposal)
+        self.bridge.vocabulary.connect(self.on_vocabulary)
         self.bridge.balance.connect(lambda e: setattr(self, "available_units", e.available_units))
         self.bridge.ready.connect(self.refresh)
 
@@ -141,6 +145,17 @@ class GovernancePage(QWidget):
         elif proposals:
             self.table.selectRow(0)
         self._show_selected()
+
+    def on_vocabulary(self, event: VocabularyChanged) -> None:
+        """What the votes did to the model this node trains: shown the moment merges take effect."""
+        if not event.merges:
+            self.vocabulary_label.setText("The model trains with the genesis vocabulary: 266 tokens (256 bytes "
+                                          "and 10 special tokens). Merges that pass a vote are added here.")
+            return
+        proposals = len(event.applied)
+        self.vocabulary_label.setText(
+            f"The model trains with {event.vocab_size} tokens: {event.merges} merge(s) voted in by "
+            f"{proposals} proposal{'s' if proposals != 1 else ''}, in force since the last averaging round.")
 
     def on_proposal(self, event: ProposalChanged) -> None:
         self.refresh()  # the event carries the tally only; merges and supply come with the query
