@@ -149,3 +149,21 @@ def test_router_sends_a_stage_only_to_holders_starting_at_that_layer():
                 assert result.peer.node_id == exact.node_id
 
     run(scenario())
+
+
+def test_a_busy_peer_rests_briefly_and_never_escalates():
+    """A paused volunteer's node answers "busy": skipped for the initial ban, however often it says
+    so, and a busy answer resets the backoff a dead spell had built up."""
+    import grpc as grpc_
+
+    from app.node.p2p.errors import BUSY_PREFIX, PeerBusy, PeerUnavailable, error_from_status
+    from app.node.p2p.router import SwarmRouter
+
+    router = SwarmRouter(caller=None, config=FAST)  # type: ignore[arg-type]
+    busy = error_from_status(grpc_.StatusCode.UNAVAILABLE, BUSY_PREFIX + "this node is paused by its volunteer", "p")
+    assert isinstance(busy, PeerBusy) and "paused by its volunteer" in str(busy)
+    dead = error_from_status(grpc_.StatusCode.UNAVAILABLE, "connection refused", "p")
+    assert isinstance(dead, PeerUnavailable) and not isinstance(dead, PeerBusy)
+    assert [router.ban(b"p") for _ in range(4)] == [1, 2, 4, 8]
+    assert [router.rest(b"p") for _ in range(5)] == [1, 1, 1, 1, 1] and router.is_banned(b"p")
+    assert router.ban(b"p") == 1  # a later real failure starts from the bottom again

@@ -18,6 +18,15 @@ class PeerUnavailable(P2PError):
     """The peer could not be reached (connection refused, reset, or no live holder at all)."""
 
 
+class PeerBusy(PeerUnavailable):
+    """The peer is alive but will not take work right now (paused by its volunteer, swapping its
+    stage): try a replica, and this peer again soon, without the escalating ban of a dead one."""
+
+
+BUSY_PREFIX = "busy: "
+"""How a server marks an UNAVAILABLE answer as a live peer's temporary refusal (see PeerBusy)."""
+
+
 class RequestTimeout(P2PError):
     """The peer did not answer within the call's deadline."""
 
@@ -67,6 +76,8 @@ def error_from_status(code: grpc.StatusCode, details: str | None, peer: str) -> 
     text = details or code.name
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return RequestTimeout(f"{peer} did not answer in time")
+    if code == grpc.StatusCode.UNAVAILABLE and text.startswith(BUSY_PREFIX):
+        return PeerBusy(f"{peer} is busy: {text.removeprefix(BUSY_PREFIX)}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
         return PeerUnavailable(f"{peer} is unavailable: {text}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -22,7 +22,7 @@ import torch
 
 from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.config import P2PConfig
-from app.node.p2p.errors import NoHolders, P2PError, PeerRejected, ProtocolMismatch
+from app.node.p2p.errors import NoHolders, P2PError, PeerBusy, PeerRejected, ProtocolMismatch
 from app.node.p2p.records import PeerRecord
 
 DEFAULT_LATENCY_MS = 50.0
@@ -82,6 +82,15 @@ class SwarmRouter:
     def is_banned(self, node_id: bytes, now: float | None = None) -> bool:
         ban = self._bans.get(node_id)
         return ban is not None and ban.until > (time.monotonic() if now is None else now)
+
+    def rest(self, node_id: bytes) -> float:
+        """Skip a busy peer for ``ban_initial_s`` (a paused volunteer's node): it answered, so
+        unlike ``ban`` the wait never grows, and a node resumed after an hour is used again within
+        a second, not after a minute of backoff earned while it was paused."""
+        ban = self._bans.setdefault(node_id, _Ban())
+        ban.backoff = 0.0
+        ban.until = time.monotonic() + self.config.ban_initial_s
+        return self.config.ban_initial_s
 
     def ban(self, node_id: bytes) -> float:
         """Ban after a failure: 1 s, then doubling per consecutive failure, capped at 60 s."""
@@ -158,7 +167,9 @@ class SwarmRouter:
         wake.set()
 
     def _failed(self, record: PeerRecord, layer_start: int, exc: P2PError) -> None:
-        if not isinstance(exc, PeerRejected) or exc.code == grpc.StatusCode.DATA_LOSS:
+        if isinstance(exc, PeerBusy):
+            self.rest(record.node_id)  # alive, just not working now: back soon, no escalation
+        elif not isinstance(exc, PeerRejected) or exc.code == grpc.StatusCode.DATA_LOSS:
             self.ban(record.node_id)  # a deliberate refusal is an answer, not a fault
         self._count(FailoverEvent(layer_start, record.node_id, str(exc)[:200]))
 

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import torch
 
-from app.node.p2p.errors import NoHolders, P2PError, PeerRejected, RpcRefusal, StageRejected
+from app.node.p2p.errors import BUSY_PREFIX, NoHolders, P2PError, PeerRejected, RpcRefusal, StageRejected
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import PeerRecord
 from app.node.training.transport import (
@@ -71,7 +71,7 @@ class StageBusy(RpcRefusal):
     fails over to a replica or, with none, the driver retries the step later."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, reason)
+        super().__init__(grpc.StatusCode.UNAVAILABLE, BUSY_PREFIX + reason)  # the caller sees PeerBusy
 
 
 MAX_EXACT_FLOAT_ID = 1 << 24
