@@ -12,8 +12,7 @@ from app.node.training.stage import build_shard
 
 
 def test_pipeline_of_shards_gives_same_loss_and_update_as_whole_model() -> None:
-    # Clipping is per stage (each holder sees only its own gradients), so compare unclipped.
-    config = tiny_config(grad_clip=1e9)
+    config = tiny_config(grad_clip=1e9)  # unclipped here; the next test clips every step
     driver, _net, stages = build_pipeline([(0, 1), (1, 3), (3, 4)], config)
     whole_stage = build_pipeline([(0, 4)], config)[0]
     batch = random_batch(config, 1)
@@ -26,6 +25,23 @@ def test_pipeline_of_shards_gives_same_loss_and_update_as_whole_model() -> None:
     assert abs(piped.loss - expected) < 1e-4
     assert abs(solo.loss - expected) < 1e-4
     # After one identical AdamW step, every layer equals the single-process model's layer.
+    solo_state = whole_stage.local.shard.state_dict()
+    for stage in stages.values():
+        for name, tensor in stage.shard.state_dict().items():
+            assert torch.allclose(tensor, solo_state[name], atol=1e-5), name
+
+
+def test_clipping_is_global_across_stages_as_in_one_process() -> None:
+    """With a clip threshold every step hits, the stages scale their gradients by the factor of the
+    whole model's norm (the driver sums the stages' shares), so after several AdamW steps the
+    pipeline still equals the single-process model; per-stage clipping would drift from it."""
+    config = tiny_config(grad_clip=0.05)
+    driver, _net, stages = build_pipeline([(0, 1), (1, 3), (3, 4)], config)
+    whole_stage = build_pipeline([(0, 4)], config)[0]
+    for step in range(3):
+        batch = random_batch(config, 10 + step)
+        asyncio.run(driver.train_step(step, batch))
+        asyncio.run(whole_stage.train_step(step, batch))
     solo_state = whole_stage.local.shard.state_dict()
     for stage in stages.values():
         for name, tensor in stage.shard.state_dict().items():
@@ -83,3 +99,17 @@ def test_replica_taking_over_mid_step_replays_only_missing_microbatches() -> Non
     assert stages["driver"].inner_step == 1
     assert result.replays >= 1
     assert result.tokens == config.batch_size * config.seq_len
+
+
+def test_a_commit_with_a_malformed_gradient_norm_is_refused() -> None:
+    import pytest
+
+    from app.node.training.stage import StageRequestError
+    from app.node.training.transport import OP_COMMIT
+
+    _driver, _net, stages = build_pipeline([(0, 2), (2, 4)], tiny_config())
+    stage = next(iter(stages.values()))
+    for bad in (float("nan"), -1.0, "big", True):
+        with pytest.raises(StageRequestError, match="grad_norm"):
+            stage.handle_sync(OP_COMMIT, {"driver": "d", "step": 0, "microbatches": 1, "loss": 1.0,
+                                          "grad_norm": bad}, [])

@@ -21,13 +21,14 @@ A step is committed once or raises :class:`PipelineStalled` and is retried with 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from app.node.training.stage import StageWorker
+from app.node.training.stage import GRAD_MBS, GRAD_NORM, GRAD_SQ, StageWorker
 from app.node.training.transport import (
     OP_BACKWARD,
     OP_COMMIT,
@@ -39,6 +40,8 @@ from app.node.training.transport import (
     StageUnavailable,
     Tensors,
 )
+
+LOCAL = "local"  # the driver's own stage, in the per-stage bookkeeping beside the remote stage starts
 
 
 class PipelineStalled(RuntimeError):
@@ -84,6 +87,7 @@ class PipelineDriver:
     replays: int = 0
 
     def __post_init__(self) -> None:
+        self._norms: dict[int, dict[int | str, tuple[str, int, float]]] = {}
         if self.stage_starts and self.transport is None:
             raise ValueError("a multi-stage pipeline needs a transport")
         for start in self.stage_starts:
@@ -148,6 +152,7 @@ class PipelineDriver:
         if not self.stage_starts:
             out_meta, _ = await self.local.handle(OP_FORWARD, meta, [mb.ids, mb.targets])
             mb.loss, mb.tokens = float(out_meta["loss"]), int(out_meta["tokens"])
+            self._note_norm(step, LOCAL, LOCAL, out_meta)
             return
         _, (x,) = await self.local.handle(OP_FORWARD, meta, [mb.ids])
         inputs: list[torch.Tensor] = []
@@ -161,12 +166,14 @@ class PipelineDriver:
                 raise StageUnavailable(f"stage {start} returned no tensor", self.routes[start])
             x = reply[0]
         mb.loss, mb.tokens = float(reply_meta["loss"]), int(reply_meta["tokens"])
+        self._note_norm(step, self.stage_starts[-1], served[-1], reply_meta)
         grad = x
         for n in range(len(self.stage_starts) - 2, -1, -1):
-            grad = await self._backward(self.stage_starts[n], meta, grad, inputs[n], served[n])
-        await self.local.handle(OP_BACKWARD, meta, [grad])
+            grad = await self._backward(step, self.stage_starts[n], meta, grad, inputs[n], served[n])
+        local_meta, _ = await self.local.handle(OP_BACKWARD, meta, [grad])
+        self._note_norm(step, LOCAL, LOCAL, local_meta)
 
-    async def _backward(self, start: int, meta: Meta, grad: torch.Tensor, x: torch.Tensor,
+    async def _backward(self, step: int, start: int, meta: Meta, grad: torch.Tensor, x: torch.Tensor,
                         forward_peer: str) -> torch.Tensor:
         reply_meta, reply = await self._call(start, OP_BACKWARD, meta, [grad])
         if self.routes[start] != forward_peer:
@@ -175,6 +182,7 @@ class PipelineDriver:
             reply_meta, reply = await self._call(start, OP_BACKWARD, meta, [grad, x])
         if not reply:
             raise StageUnavailable(f"stage {start} returned no gradient", self.routes[start])
+        self._note_norm(step, start, self.routes[start] or "", reply_meta)
         return reply[0]
 
     async def _call(self, start: int, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
@@ -191,10 +199,36 @@ class PipelineDriver:
             if routed == peer:
                 self.routes[start] = None
 
+    # --- global gradient clipping ----------------------------------------------------------------
+    def _note_norm(self, step: int, start: int | str, peer: str, reply: Meta) -> None:
+        """Keep each stage's latest share of the gradient norm for this step (stage.py GRAD_SQ)."""
+        sq, count = reply.get(GRAD_SQ), reply.get(GRAD_MBS)
+        if isinstance(sq, int | float) and isinstance(count, int) and math.isfinite(sq) and sq >= 0:
+            known = self._norms.setdefault(step, {}).get(start)
+            if known is None or known[0] != peer or count >= known[1]:
+                self._norms[step][start] = (peer, count, float(sq))
+
+    def _global_norm(self, step: int, microbatches: int) -> float | None:
+        """The whole model's gradient norm, when every stage reported its share over all
+        micro-batches from the holder the commit goes to; None otherwise (stages then clip alone)."""
+        shares = self._norms.pop(step, {})
+        for old in [s for s in self._norms if s < step]:
+            del self._norms[old]
+        expected = [*self.stage_starts, LOCAL]
+        if any(start not in shares for start in expected):
+            return None
+        if any(shares[start][1] != microbatches or (start != LOCAL and shares[start][0] != self.routes.get(start))
+               for start in expected):
+            return None
+        return math.sqrt(sum(shares[start][2] for start in expected)) / microbatches
+
     # --- commit --------------------------------------------------------------------------------
     async def _commit_all(self, step: int, mbs: list[_MicroBatch], loss: float) -> None:
         meta = {"driver": self.driver_id, "step": step, "microbatches": len(mbs), "loss": loss,
                 "tokens": sum(mb.tokens for mb in mbs)}
+        norm = self._global_norm(step, len(mbs))
+        if norm is not None:
+            meta[GRAD_NORM] = norm
         await asyncio.gather(*(self._commit_remote(step, start, meta, mbs) for start in self.stage_starts))
         out, _ = await self.local.handle(OP_COMMIT, meta, [])
         if out["status"] == "missing":  # cannot happen unless the local stage lost state

@@ -104,11 +104,23 @@ def to_transport(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous()
 
 
+GRAD_SQ, GRAD_MBS, GRAD_NORM = "grad_sq", "grad_mbs", "grad_norm"
+"""Meta keys of global gradient clipping: each stage reports the squared norm of its accumulated
+gradients with every backward; the driver sums them over the stages and sends the norm of the
+whole model's gradient with the commit, so every stage scales by the same factor, as clipping a
+single-process model would (a stage alone sees only its own share of the norm)."""
+
+
 @dataclass
 class _Accumulator:
     microbatches: set[int] = field(default_factory=set)
     grads: list[torch.Tensor] | None = None
     tokens: int = 0
+    sumsq: float = 0.0  # squared L2 norm of ``grads`` (the sum over micro-batches, not the mean)
+
+    def norm_meta(self) -> Meta:
+        """What the driver needs for global gradient clipping: this stage's share of the norm."""
+        return {GRAD_SQ: self.sumsq, GRAD_MBS: len(self.microbatches)}
 
 
 @dataclass(frozen=True)
@@ -194,7 +206,7 @@ class StageWorker:
                 return self._backward(driver, step, _int(meta, "mb"), tensors)
             if op == OP_COMMIT:
                 return self._commit(driver, step, _int(meta, "microbatches"), _loss(meta),
-                                    int(meta.get("tokens", 0) or 0)), []
+                                    int(meta.get("tokens", 0) or 0), _grad_norm(meta)), []
             if op == OP_FINISH:
                 self.finished_drivers.add(driver)
                 return {"status": "ok"}, []
@@ -225,7 +237,8 @@ class StageWorker:
             loss = lm_loss(self.shard(x), targets.to(self.device))
             x_leaf = x if x.requires_grad else None
             grad_in = self._accumulate(driver, step, mb, loss, None, x_leaf, tokens)
-            return {"loss": float(loss.detach()), "tokens": tokens}, grad_in
+            return {"loss": float(loss.detach()), "tokens": tokens,
+                    **self._acc[(driver, step)].norm_meta()}, grad_in
         out = self.shard(x)
         self._graphs[(driver, step, mb)] = (x if x.requires_grad else None, out, self._param_versions())
         while len(self._graphs) > MAX_CACHED_GRAPHS:
@@ -253,7 +266,7 @@ class StageWorker:
         if out.shape != grad_out.shape:
             raise StageRequestError(f"gradient shape {tuple(grad_out.shape)} != output {tuple(out.shape)}")
         grad_in = self._accumulate(driver, step, mb, out, grad_out, x_leaf, 0)
-        return {"status": "ok"}, grad_in
+        return {"status": "ok", **self._acc[(driver, step)].norm_meta()}, grad_in
 
     def _param_versions(self) -> tuple[int, ...]:
         """Autograd's in-place counters of the parameters: they change whenever the weights do."""
@@ -273,11 +286,13 @@ class StageWorker:
             param_grads = grads[1:] if x_leaf is not None else grads
             param_grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, param_grads, strict=True)]
             acc.grads = param_grads if acc.grads is None else [a + g for a, g in zip(acc.grads, param_grads, strict=True)]
+            acc.sumsq = float(sum((a.float().pow(2).sum() for a in acc.grads), torch.zeros((), device=self.device)))
             acc.microbatches.add(mb)
             acc.tokens += tokens
         return grad_in
 
-    def _commit(self, driver: str, step: int, microbatches: int, loss: float, tokens: int) -> Meta:
+    def _commit(self, driver: str, step: int, microbatches: int, loss: float, tokens: int,
+                grad_norm: float | None = None) -> Meta:
         if (driver, step) in self._committed:
             return {"status": "already", "inner_step": self.inner_step}
         acc = self._acc.get((driver, step), _Accumulator())
@@ -287,7 +302,14 @@ class StageWorker:
         before = self.weights_hash()
         for p, g in zip(self.params, acc.grads or [], strict=False):
             p.grad = g / microbatches
-        _clip_grad_norm(self.params, self.config.grad_clip)
+        if grad_norm is not None:  # the whole model's norm, from the driver: clip as one model would
+            scale = self.config.grad_clip / (grad_norm + 1e-6)
+            if scale < 1.0:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+        else:  # the driver could not vouch for every stage's share (a failover): clip alone
+            _clip_grad_norm(self.params, self.config.grad_clip)
         self.optimizer.lr = lr_at(self.inner_step, self.config)
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -377,6 +399,15 @@ def _count_targets(targets: torch.Tensor) -> int:
     from app.node.model.shard import PAD_ID
 
     return int((targets != PAD_ID).sum())
+
+
+def _grad_norm(meta: Meta) -> float | None:
+    value = meta.get(GRAD_NORM)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise StageRequestError(f"{GRAD_NORM} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def _loss(meta: Meta) -> float:
