@@ -167,3 +167,13 @@ def test_a_busy_peer_rests_briefly_and_never_escalates():
     assert [router.ban(b"p") for _ in range(4)] == [1, 2, 4, 8]
     assert [router.rest(b"p") for _ in range(5)] == [1, 1, 1, 1, 1] and router.is_banned(b"p")
     assert router.ban(b"p") == 1  # a later real failure starts from the bottom again
+
+
+def test_grpcs_own_internal_failure_is_retryable_but_a_handlers_internal_error_is_not():
+    import grpc as grpc_
+
+    from app.node.p2p.errors import GRPC_CORE_INTERNAL, PeerRejected, PeerUnavailable, error_from_status
+
+    assert isinstance(error_from_status(grpc_.StatusCode.INTERNAL, GRPC_CORE_INTERNAL, "p"), PeerUnavailable)
+    handler = error_from_status(grpc_.StatusCode.INTERNAL, "internal error while handling the request", "p")
+    assert isinstance(handler, PeerRejected) and handler.code == grpc_.StatusCode.INTERNAL

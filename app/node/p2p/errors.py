@@ -71,6 +71,10 @@ class StageRejected(RpcRefusal):
         super().__init__(grpc.StatusCode.ABORTED, reason)
 
 
+GRPC_CORE_INTERNAL = "Internal error from Core"
+"""The details gRPC itself sets on INTERNAL when a stream fails below the application."""
+
+
 def error_from_status(code: grpc.StatusCode, details: str | None, peer: str) -> P2PError:
     """Map a gRPC status seen by a client to the typed error callers handle."""
     text = details or code.name
@@ -80,6 +84,10 @@ def error_from_status(code: grpc.StatusCode, details: str | None, peer: str) -> 
         return PeerBusy(f"{peer} is busy: {text.removeprefix(BUSY_PREFIX)}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
         return PeerUnavailable(f"{peer} is unavailable: {text}")
+    if code == grpc.StatusCode.INTERNAL and text == GRPC_CORE_INTERNAL:
+        # gRPC's own transport failure (a stream reset under load), not the peer's handler
+        # refusing: a retry or a replica will do, like an unreachable peer
+        return PeerUnavailable(f"{peer}: transport failure: {text}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return ProtocolMismatch(f"{peer}: {text}")
     return PeerRejected(f"{peer} refused the request: {text}", code)

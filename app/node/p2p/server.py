@@ -10,6 +10,8 @@ the node does not.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -118,6 +120,10 @@ class Dispatcher:
                     yield response
             except Exception as exc:  # every failure becomes a status, never a crash
                 refusal = self.refusal(exc, peer, path)
+                # Read what the caller is still streaming before answering: a status sent while
+                # its request stream is half-written reaches it as gRPC's own INTERNAL instead of
+                # our code and reason (seen under load). Bounded: a refusal never waits long.
+                await _drain(requests)
                 await context.abort(refusal.code, refusal.reason)
 
         if shape is Shape.UNARY:
@@ -173,3 +179,22 @@ _HANDLER_FACTORIES = {
     Shape.RESPONSE_STREAM: grpc.unary_stream_rpc_method_handler,
     Shape.BIDI: grpc.stream_stream_rpc_method_handler,
 }
+
+
+DRAIN_TIMEOUT_S = 1.0
+DRAIN_MAX_MESSAGES = 256  # the codec's 1 MiB chunks: a refused 256 MiB upload is not read to the end
+
+
+async def _drain(requests: AsyncIterator[Any]) -> None:
+    """Consume the rest of a refused call's request stream, within DRAIN_TIMEOUT_S and
+    DRAIN_MAX_MESSAGES; a stream that ends badly or slowly is simply left."""
+
+    async def consume() -> None:
+        count = 0
+        async for _ in requests:
+            count += 1
+            if count >= DRAIN_MAX_MESSAGES:
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError, StopAsyncIteration, RuntimeError, ValueError):
+        await asyncio.wait_for(consume(), DRAIN_TIMEOUT_S)
