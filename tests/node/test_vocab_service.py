@@ -130,9 +130,10 @@ def test_attach_refuses_a_stage_built_for_another_vocabulary(tmp_path: Path) -> 
 
 
 # --- replicas -------------------------------------------------------------------------------------------
-def test_two_replicas_growing_at_the_same_round_average_fine(tmp_path: Path) -> None:
+def two_replicas(tmp_path: Path, ledger: list[Proposal]) -> list[tuple[StageWorker, StageSync, VocabService,
+                                                                       PipelineDriver]]:
+    """Two whole-model replicas on one DiLoCo cohort, each with its own vocabulary service."""
     net = LocalTransport()
-    ledger: list[Proposal] = []
     replicas = []
     for i in range(2):
         s = stage((0, ARCH.layers))
@@ -141,7 +142,13 @@ def test_two_replicas_growing_at_the_same_round_average_fine(tmp_path: Path) -> 
         s.after_commit = after_commit(sync)
         service = VocabService(tmp_path / f"r{i}", lambda: ledger)
         service.attach(s, sync)
-        replicas.append((s, sync, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
+        replicas.append((s, sync, service, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
+    return replicas
+
+
+def test_two_replicas_growing_at_the_same_round_average_fine(tmp_path: Path) -> None:
+    ledger: list[Proposal] = []
+    replicas = two_replicas(tmp_path, ledger)
 
     async def round_(first_step: int, new_ids: bool) -> None:
         async def run(i: int) -> None:
@@ -149,14 +156,14 @@ def test_two_replicas_growing_at_the_same_round_average_fine(tmp_path: Path) -> 
                 b = patterned_batch(CONFIG, 10 * step + i).clone()
                 if new_ids:
                     b[:, ::4] = FIRST_MERGE + step % 3
-                await replicas[i][2].train_step(step, b)
+                await replicas[i][3].train_step(step, b)
 
         await asyncio.gather(run(0), run(1))
 
     asyncio.run(round_(0, False))
     ledger += [FIRST, SECOND]
     asyncio.run(round_(3, False))  # both close round 1 and grow right after its outer step
-    (a, sa, _), (b, sb, _) = replicas
+    (a, sa, _, _), (b, sb, _, _) = replicas
     assert a.shard.architecture.vocab == b.shard.architecture.vocab == 269
     assert a.weights_hash() == b.weights_hash()
     asyncio.run(round_(6, True))  # a round on the grown shapes, with the new tokens in the data
@@ -271,17 +278,7 @@ def _adopt_from(sync: StageSync, syncs: dict[str, StageSync]):  # noqa: ANN202
 
 
 def test_replicas_catching_up_at_different_steps_of_a_round_still_share_their_anchor(tmp_path: Path) -> None:
-    net = LocalTransport()
-    ledger = [FIRST]
-    replicas = []
-    for i in range(2):
-        s = stage((0, ARCH.layers))
-        net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
-        sync = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG)
-        s.after_commit = after_commit(sync)
-        service = VocabService(tmp_path / f"r{i}", lambda: ledger)
-        service.attach(s, sync)
-        replicas.append((s, sync, service, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
+    replicas = two_replicas(tmp_path, [FIRST])
     target = GENESIS.apply_merges(FIRST.merges).version
 
     async def run(i: int, grow_after: int) -> None:
