@@ -13,8 +13,8 @@ import torch
 from app.node.data.builder import build_genesis
 from app.node.data.loader import BatchLoader
 from app.node.data.store import ShardStore
-from app.node.economics.governance import Phase, Proposal
-from app.node.runtime.vocab_service import VOCAB_FILE, VocabService, VocabStateError, ready_proposals
+from app.node.economics.governance import Phase, Proposal, ready_proposals
+from app.node.runtime.vocab_service import VOCAB_FILE, VocabService, VocabStateError
 from app.node.tokenizer import FIRST_MERGE, NeuroTokenizer
 from app.node.training.pipeline import PipelineDriver, PipelineStalled
 from app.node.training.stage import StageWorker, build_shard

@@ -120,12 +120,26 @@ def advance(proposal: Proposal, now_ms: int, config: EconomicsConfig,
     return proposal.phase
 
 
+FINAL_PHASES = frozenset({Phase.IMPLEMENTED, Phase.REJECTED, Phase.NO_QUORUM})
+
+
+def ready_proposals(proposals: Iterable[Proposal], done: set[str]) -> list[Proposal]:
+    """Implemented proposals not in ``done``, in implementation order, stopping at the first
+    proposal (done or not) that is not final yet: a later one must not overtake it, or two nodes
+    of which one has not heard of an earlier vote would apply merges in different orders."""
+    ready = []
+    for p in sorted(proposals, key=lambda p: (p.created_ms, p.proposal_id)):
+        if p.phase not in FINAL_PHASES:
+            break
+        if p.phase is Phase.IMPLEMENTED and p.proposal_id not in done:
+            ready.append(p)
+    return ready
+
+
 def merges_due(proposals: Iterable[Proposal], applied: set[str]) -> list[tuple[str, list[tuple[bytes, bytes]]]]:
-    """Implemented proposals whose merges this node has not applied yet, in implementation order.
+    """The merges of :func:`ready_proposals`, as (proposal id, merges) in implementation order.
 
     The tokenizer calls ``apply_merges`` with each list and records the proposal id in
     ``applied``; every node applies the same lists in the same order, so vocabularies agree.
     """
-    due = [p for p in proposals if p.phase is Phase.IMPLEMENTED and p.proposal_id not in applied]
-    due.sort(key=lambda p: (p.created_ms, p.proposal_id))
-    return [(p.proposal_id, list(p.merges)) for p in due]
+    return [(p.proposal_id, list(p.merges)) for p in ready_proposals(proposals, applied)]

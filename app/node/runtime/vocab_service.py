@@ -7,7 +7,7 @@ switch to them, and keeps the switch consistent across the pipeline and across r
 
 **When: at a DiLoCo round boundary, computed alone from the node's own ledger.** Right after a
 stage's outer step (``StageSync.on_report``) the service reads the ledger and activates every
-implemented proposal it has not activated yet, in implementation order; proposals are taken
+implemented proposal it has not activated yet, in implementation order (governance.ready_proposals); proposals are taken
 only while every proposal created before them is final (implemented, rejected or without
 quorum), so two nodes never apply the same proposals in different orders because one of them
 had not heard of an earlier vote yet. Why a round boundary:
@@ -70,7 +70,7 @@ from typing import Any
 
 from app.node.config import atomic_write_bytes
 from app.node.data.loader import BatchLoader
-from app.node.economics.governance import Phase, Proposal
+from app.node.economics.governance import Proposal, ready_proposals
 from app.node.model.architecture import ModelArchitecture
 from app.node.tokenizer import NeuroTokenizer, TokenizerError
 from app.node.training.stage import StageWorker
@@ -88,7 +88,6 @@ ADOPT_RETRY_S = 1.0
 (the fetched state is from an earlier round); the round itself takes much longer."""
 REFRESH_S = 5.0
 """How stale the copy of the ledger's proposals may be; a DiLoCo round lasts far longer."""
-_FINAL = frozenset({Phase.IMPLEMENTED, Phase.REJECTED, Phase.NO_QUORUM})
 
 
 class VocabStateError(ValueError):
@@ -102,18 +101,6 @@ class Step:
     proposal_id: str
     merges: tuple[tuple[bytes, bytes], ...]
     applied: bool  # False: skipped, its merges clash with the vocabulary before it
-
-
-def ready_proposals(proposals: Iterable[Proposal], done: set[str]) -> list[Proposal]:
-    """Implemented proposals not in ``done``, in implementation order, stopping at the first
-    proposal (done or not) that is not final yet — a later one must not overtake it."""
-    ready = []
-    for p in sorted(proposals, key=lambda p: (p.created_ms, p.proposal_id)):
-        if p.phase not in _FINAL:
-            break
-        if p.phase is Phase.IMPLEMENTED and p.proposal_id not in done:
-            ready.append(p)
-    return ready
 
 
 def chain(tokenizer: NeuroTokenizer, proposals: Iterable[Proposal]) -> list[tuple[Step, NeuroTokenizer]]:
