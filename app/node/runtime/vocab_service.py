@@ -281,17 +281,19 @@ class VocabService:
         the caller must not load those weights. Call it before the stage serves anyone."""
         if vocab_size == self._tokenizer.vocab_size:
             return True
-        steps = self.pending()
-        for n, (_, tok) in enumerate(steps):
-            if tok.vocab_size == vocab_size:
-                self._activate(steps[: n + 1])
-                return True
-        return False
+        steps = self._steps_until(lambda tok: tok.vocab_size == vocab_size)
+        if steps:
+            self._activate(steps)
+        return bool(steps)
 
     def _steps_to(self, theirs: str) -> list[tuple[Step, NeuroTokenizer]]:
+        return self._steps_until(lambda tok: tok.version == theirs)
+
+    def _steps_until(self, reached: Callable[[NeuroTokenizer], bool]) -> list[tuple[Step, NeuroTokenizer]]:
+        """The pending steps up to the first whose tokenizer is ``reached``; [] when none is."""
         steps = self.pending()
         for n, (_, tok) in enumerate(steps):
-            if tok.version == theirs:
+            if reached(tok):
                 return steps[: n + 1]
         return []
 
