@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.node.disk import tree_bytes
+
 CHUNK = 1 << 20
 SPACE_MARGIN_BYTES = 64 << 20
 """Free space to leave on the target's disk beyond the copy: the ledger and checkpoints grow."""
@@ -50,10 +52,6 @@ class Target:
 
 def is_data_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in MARKERS)
-
-
-def _size(source: Path) -> int:
-    return sum(f.stat().st_size for f in _files(source))
 
 
 def _files(root: Path) -> list[Path]:
@@ -99,7 +97,7 @@ def check_target(source: Path, target: Path) -> Target:
         os.unlink(probe)
     except OSError as exc:
         raise MoveError(f"cannot write in {parent}: {_describe(exc)}") from None
-    needed = _size(source)
+    needed = tree_bytes(source)
     free = shutil.disk_usage(parent).free
     if free < needed + SPACE_MARGIN_BYTES:
         raise MoveError(f"not enough free space on the disk of {parent}: the data needs "
