@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +17,10 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
 from app.node.config import (
-    APP_NAME,
     CONFIG_FILE,
     ConfigError,
     NodeConfig,
     apply_file_settings,
-    ensure_data_dir,
     load_config_file,
 )
 from app.node.events import ErrorOccurred
@@ -37,7 +34,7 @@ from app.ui.icons import app_icon
 from app.ui.main_window import MainWindow
 from app.ui.theme import apply_theme
 from app.ui.tray import NodeTray
-from app.ui.ui_settings import UiSettings, remember_data_dir, remembered_data_dir
+from app.ui.ui_settings import UiSettings, remember_data_dir
 from app.ui.unlock import StartupUnlock
 from app.ui.wizard.wizard import FirstRunWizard
 from app.wallet.errors import WalletError
@@ -61,30 +58,6 @@ def with_data_dir(config: NodeConfig, data_dir: Path) -> NodeConfig:
                                 load_config_file(data_dir / CONFIG_FILE))
     moved.validate()
     return moved
-
-
-def start_config(config: NodeConfig) -> NodeConfig:
-    """The data dir to start in: ``--data-dir`` and ``NEUROSHARD_DATA_DIR`` win; otherwise the
-    folder the volunteer moved the data to in Settings (ui_settings.remembered_data_dir).
-
-    The command line has already read config.toml from the platform's default folder; a moved
-    node reads its settings from the new folder instead. If the remembered folder is gone (an
-    unplugged disk), the node starts in the default folder and the log says why.
-    """
-    from platformdirs import user_data_dir
-
-    remembered = remembered_data_dir()
-    default = Path(user_data_dir(APP_NAME, appauthor=False))
-    chosen_elsewhere = os.environ.get("NEUROSHARD_DATA_DIR") or config.data_dir.resolve() != default.resolve()
-    if remembered is None or chosen_elsewhere or remembered.resolve() == config.data_dir.resolve():
-        return config
-    try:
-        ensure_data_dir(remembered)
-        return with_data_dir(config, remembered)
-    except ConfigError as exc:
-        log.warning("cannot use the data folder chosen in Settings (%s): %s; using %s", remembered, exc,
-                    config.data_dir)
-        return config
 
 
 class GuiApp:
@@ -277,7 +250,7 @@ def run_gui(config: NodeConfig, argv: list[str] | None = None) -> int:
     """Create the app, show the window, run the event loop; stops the engine cleanly on quit."""
     if QApplication.instance() is None:
         QApplication(argv if argv is not None else sys.argv[:1])
-    gui = GuiApp(start_config(config))
+    gui = GuiApp(config)  # the command line chose the data dir (config.start_data_dir: a moved one too)
     gui.launch()
     gui.qapp.exec()
     return 0

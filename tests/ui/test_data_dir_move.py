@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import build_parser, config_from_args
 from app.node import identity
-from app.node.config import NodeConfig, default_data_dir
+from app.node.config import default_data_dir
 from app.node.events import NodeState
 from app.ui import data_dir_copy
-from app.ui.app import start_config
 from app.ui.data_dir_copy import MoveCancelled, MoveError, check_target, copy_data_dir
 from app.ui.ui_settings import remember_data_dir, remembered_data_dir
 from tests.ui.funded_ledger import PASSWORD, STAKE_UNITS, fast_keystore
@@ -132,17 +132,17 @@ def test_the_remembered_folder_is_used_at_the_next_start_unless_one_was_chosen(
     moved = tmp_path / "moved"
     moved.mkdir()
     (moved / "config.toml").write_text("[node]\nport = 7555\n")
-    plain = NodeConfig(data_dir=default_data_dir())
-    assert remembered_data_dir() is None and start_config(plain) == plain
+    plain = config_from_args(build_parser().parse_args([]))
+    assert remembered_data_dir() is None and plain.data_dir == default_data_dir()
     remember_data_dir(moved)
     assert remembered_data_dir() == moved
-    started = start_config(plain)
+    started = config_from_args(build_parser().parse_args([]))
     assert started.data_dir == moved and started.port == 7555  # the settings saved in the new folder
-    flagged = NodeConfig(data_dir=tmp_path / "from-the-command-line")
-    assert start_config(flagged) == flagged  # --data-dir wins
+    flagged = config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path / "from-the-command-line")]))
+    assert flagged.data_dir == tmp_path / "from-the-command-line"  # --data-dir wins
     monkeypatch.setenv("NEUROSHARD_DATA_DIR", str(tmp_path / "from-env"))
-    from_env = NodeConfig(data_dir=default_data_dir())
-    assert start_config(from_env) == from_env  # and so does NEUROSHARD_DATA_DIR
+    from_env = config_from_args(build_parser().parse_args([]))
+    assert from_env.data_dir == tmp_path / "from-env"  # and so does NEUROSHARD_DATA_DIR
 
 
 def wait_restarted(qtbot, gui, previous) -> None:  # noqa: ANN001
