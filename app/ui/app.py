@@ -22,6 +22,7 @@ from app.node.config import (
     NodeConfig,
     apply_file_settings,
     load_config_file,
+    remember_data_dir,
 )
 from app.node.events import ErrorOccurred
 from app.node.runtime_api import RuntimeFactory
@@ -34,7 +35,7 @@ from app.ui.icons import app_icon
 from app.ui.main_window import MainWindow
 from app.ui.theme import apply_theme
 from app.ui.tray import NodeTray
-from app.ui.ui_settings import UiSettings, remember_data_dir
+from app.ui.ui_settings import UiSettings
 from app.ui.unlock import StartupUnlock
 from app.ui.wizard.wizard import FirstRunWizard
 from app.wallet.errors import WalletError

@@ -5,7 +5,7 @@ The steps, each off the GUI thread where it can take time:
 1. the node stops (it finishes its step and checkpoints: nothing may write while we copy);
 2. the data is copied atomically to the new folder (app/ui/data_dir_copy.py), with progress and
    a Cancel; a folder that already holds a node's data is used as is, nothing is copied;
-3. the new folder is recorded where the app looks at start (ui_settings.remember_data_dir).
+3. the new folder is recorded where the app looks at start (config.remember_data_dir).
 
 Then ``moved(new_dir)`` tells the app to restart the node there; on any failure ``failed(text)``
 tells it to restart the node on the old folder, which is untouched either way (it is only read).
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from app.node.config import remember_data_dir
 from app.ui.controller import NodeController
 from app.ui.data_dir_copy import MoveError, copy_data_dir
 from app.ui.tasks import run_background
-from app.ui.ui_settings import remember_data_dir
 
 
 class DataDirMove(QObject):

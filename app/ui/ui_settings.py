@@ -5,8 +5,8 @@ live in a QSettings INI file next to it, in the data dir, so one data dir is one
 (and tests stay hermetic: nothing is written to the user's real settings).
 
 The one setting that cannot live in the data dir is where the data dir is: after the volunteer
-moves it from Settings, ``location.json`` in the per-user config folder names the new folder, and
-the app reads it at start when neither ``--data-dir`` nor ``NEUROSHARD_DATA_DIR`` chose one.
+moves it from Settings, ``location.json`` in the per-user config folder names the new folder
+(app/node/config.py ``start_data_dir``, read at start by the app and the headless node alike).
 """
 
 from __future__ import annotations
@@ -15,13 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings
-
-from app.node.config import (  # noqa: F401  (re-exported: the app and its tests use them from here)
-    LOCATION_FILE,
-    location_file,
-    remember_data_dir,
-    remembered_data_dir,
-)
 
 UI_SETTINGS_FILE = "ui.ini"
 THEMES = ("system", "light", "dark")

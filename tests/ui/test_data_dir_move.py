@@ -14,11 +14,10 @@ import pytest
 
 from app.cli import build_parser, config_from_args
 from app.node import identity
-from app.node.config import default_data_dir
+from app.node.config import default_data_dir, remember_data_dir, remembered_data_dir
 from app.node.events import NodeState
 from app.ui import data_dir_copy
 from app.ui.data_dir_copy import MoveCancelled, MoveError, check_target, copy_data_dir
-from app.ui.ui_settings import remember_data_dir, remembered_data_dir
 from tests.ui.funded_ledger import PASSWORD, STAKE_UNITS, fast_keystore
 from tests.ui.helpers import economy, wait_training
 
