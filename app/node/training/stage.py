@@ -302,14 +302,9 @@ class StageWorker:
         before = self.weights_hash()
         for p, g in zip(self.params, acc.grads or [], strict=False):
             p.grad = g / microbatches
-        if grad_norm is not None:  # the whole model's norm, from the driver: clip as one model would
-            scale = self.config.grad_clip / (grad_norm + 1e-6)
-            if scale < 1.0:
-                for p in self.params:
-                    if p.grad is not None:
-                        p.grad.mul_(scale)
-        else:  # the driver could not vouch for every stage's share (a failover): clip alone
-            _clip_grad_norm(self.params, self.config.grad_clip)
+        # With the whole model's norm from the driver every stage clips as one model would; without
+        # it (the driver could not vouch for every stage's share after a failover) a stage clips alone.
+        _clip_grad_norm(self.params, self.config.grad_clip, total=grad_norm)
         self.optimizer.lr = lr_at(self.inner_step, self.config)
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -381,14 +376,16 @@ class StageWorker:
 
 
 @torch.no_grad()
-def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
-    """Scale gradients so their global L2 norm is at most ``max_norm`` (as torch's
-    clip_grad_norm_, which would import torch._dynamo: ~8 s at first use, see inner_optim.py)."""
+def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, total: float | None = None) -> float:
+    """Scale gradients so their L2 norm, ``total`` (computed from ``params`` when not given), is at
+    most ``max_norm`` (as torch's clip_grad_norm_, which would import torch._dynamo: ~8 s at first
+    use, see inner_optim.py)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    zero = torch.zeros((), device=grads[0].device)
-    total = float(torch.sqrt(sum((g.float().pow(2).sum() for g in grads), zero)))
+    if total is None:
+        zero = torch.zeros((), device=grads[0].device)
+        total = float(torch.sqrt(sum((g.float().pow(2).sum() for g in grads), zero)))
     if total > max_norm:
         for g in grads:
             g.mul_(max_norm / (total + 1e-6))
