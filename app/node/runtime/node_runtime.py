@@ -187,8 +187,7 @@ class NodeRuntime:
         self.economy = EconomyLink(self.ctx, self.net, key, self.subscribe_work)
         self.vocab = VocabService(self.config.data_dir, self._proposals)
         self.arch = self.vocab.architecture(self.arch)
-        self.vocab.listeners.append(lambda _tok: setattr(self, "arch", self.vocab.architecture(self.arch)))
-        self.vocab.listeners.append(lambda _tok: self._emit_vocabulary())
+        self.vocab.listeners.append(self._on_vocabulary)
         self._emit_vocabulary()
         self.vocab.start()
         info, tier = await self._settle_device()
@@ -270,6 +269,12 @@ class NodeRuntime:
         self.ctx.emit(LayersAssigned(first_layer=0, last_layer=self.arch.layers, roles=("async",),
                                      architecture_version=self.arch.version, total_layers=self.arch.layers,
                                      hidden=self.arch.hidden, parameters=self.arch.param_count()))
+
+    def _on_vocabulary(self, _tokenizer: object) -> None:
+        """Voted merges took effect: later stages are built at the new size, and the UI hears it."""
+        assert self.vocab is not None
+        self.arch = self.vocab.architecture(self.arch)
+        self._emit_vocabulary()
 
     def _emit_vocabulary(self) -> None:
         assert self.vocab is not None
