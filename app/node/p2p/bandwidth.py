@@ -83,7 +83,8 @@ class TokenBucket:
             return max(0.0, -self._tokens / self._rate)
 
     async def take(self, nbytes: int) -> None:
-        """Take ``nbytes`` and wait until the bucket is out of debt (re-checking the rate)."""
+        """Take ``nbytes`` and wait until the bucket is out of debt (re-checking the rate). Without
+        debt it returns at once, without yielding to the event loop."""
         wait = self.reserve(nbytes)
         while wait > 0:
             await self._sleep(min(wait, _MAX_NAP_S))

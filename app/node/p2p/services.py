@@ -102,8 +102,8 @@ def _shard_handler(handlers: Handlers, config: P2PConfig,
         view = memoryview(data)
         for offset in range(0, max(len(view), 1), config.chunk_bytes):
             part = bytes(view[offset:offset + config.chunk_bytes])
-            if bandwidth is not None and bandwidth.upload.reserve(len(part)) > 0:
-                await bandwidth.upload.take(0)  # the volunteer's upload cap covers data served too
+            if bandwidth is not None:
+                await bandwidth.upload.take(len(part))  # the volunteer's upload cap covers data served too
             yield pb2.ShardChunk(found=True, data=part)
 
     return shard
@@ -128,6 +128,6 @@ async def call_data(client: PeerClient, route: Route, shard_id: str, timeout: fl
         if size > MAX_SHARD_BYTES:
             raise PeerRejected("data shard exceeds the size limit", grpc.StatusCode.RESOURCE_EXHAUSTED)
         parts.append(chunk.data)
-        if bandwidth is not None and bandwidth.download.reserve(len(chunk.data)) > 0:
-            await bandwidth.download.take(0)
+        if bandwidth is not None:
+            await bandwidth.download.take(len(chunk.data))
     return b"".join(parts)

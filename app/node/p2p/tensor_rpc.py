@@ -89,8 +89,8 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
         async def receive() -> dict[str, torch.Tensor]:
             async for chunk in requests:
                 reader.add(chunk)
-                if bandwidth is not None and bandwidth.download.reserve(_wire_size(chunk)) > 0:
-                    await bandwidth.download.take(0)  # reading slower makes gRPC slow the sender
+                if bandwidth is not None:
+                    await bandwidth.download.take(_wire_size(chunk))  # reading slower makes gRPC slow the sender
             return reader.finish()
 
         tensors: dict[str, torch.Tensor] = {}
@@ -157,8 +157,8 @@ async def _read_answer(stream: AsyncIterator[Any], config: P2PConfig, deadline: 
                 reader = StreamReader(chunk.header, limits_of(config))
             else:
                 reader.add(chunk)
-                if bandwidth is not None and bandwidth.download.reserve(_wire_size(chunk)) > 0:
-                    await bandwidth.download.take(0)  # reading slower makes gRPC slow the sender
+                if bandwidth is not None:
+                    await bandwidth.download.take(_wire_size(chunk))  # reading slower makes gRPC slow the sender
     finally:
         if pending is not None:
             pending.cancel()
@@ -185,8 +185,7 @@ async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | s
         assert bandwidth is not None
         yield pb2.TensorChunk(header=header)
         for chunk in data_chunks(buffers, config.chunk_bytes):
-            if bandwidth.upload.reserve(len(chunk)) > 0:
-                await bandwidth.upload.take(0)  # in debt: wait until the cap allows more
+            await bandwidth.upload.take(len(chunk))  # waits only while in debt
             yield chunk
 
     # Uncapped streams keep the plain generator: gRPC writes it out without yielding to the loop
