@@ -47,7 +47,7 @@ def _check_autograd() -> str:
 
 
 def _check_signature() -> str:
-    from app.wallet.keys import PrivateKey, verify
+    from app.crypto.keys import PrivateKey, verify
 
     key = PrivateKey.generate()
     signature = key.sign(b"self-test")

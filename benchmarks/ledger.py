@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ecdsa  # noqa: E402
 from ecdsa.util import sigdecode_string  # noqa: E402
 
+from app.crypto import keys  # noqa: E402
 from app.node.economics import ponw  # noqa: E402
 from app.node.economics.constants import EconomicsConfig, neuro  # noqa: E402
 from app.node.economics.ledger import Ledger  # noqa: E402
 from app.node.economics.records import Record  # noqa: E402
 from app.node.economics.sync import pull  # noqa: E402
-from app.wallet import keys  # noqa: E402
 
 T0 = 1_800_000_000_000
 

@@ -38,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import torch  # noqa: E402
 
+from app.crypto.keys import PrivateKey  # noqa: E402
 from app.node.p2p.config import MIB, P2PConfig  # noqa: E402
 from app.node.p2p.node import P2PNode  # noqa: E402
 from app.node.p2p.records import LayerAnnouncement  # noqa: E402
 from app.node.p2p.tracker import Tracker  # noqa: E402
-from app.wallet.keys import PrivateKey  # noqa: E402
 
 BENCH = P2PConfig(heartbeat_interval_s=5.0, heartbeat_timeout_s=15.0, dht_rpc_timeout_s=1.0,
                   republish_interval_s=600.0, refresh_interval_s=600.0, use_upnp=False)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.crypto.keys import PrivateKey  # noqa: E402
 from app.node.data.builder import DEFAULT_SHARD_TOKENS, build_genesis  # noqa: E402
-from app.wallet.keys import PrivateKey  # noqa: E402
 
 SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "ensurepip", "site-packages",
                 "dist-packages", "__pycache__", "tkinter", "pydoc_data"}

@@ -19,9 +19,9 @@ import os
 import threading
 from pathlib import Path
 
+from app.crypto.keys import PrivateKey
 from app.node.config import NodeConfig
 from app.wallet.errors import WalletError, WrongPassword
-from app.wallet.keys import PrivateKey
 from app.wallet.keystore import Keystore
 
 log = logging.getLogger("neuroshard.identity")

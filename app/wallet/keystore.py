@@ -23,6 +23,7 @@ from typing import Any
 import keyring
 import keyring.errors
 
+from app.crypto.keys import KeyError_, PrivateKey
 from app.wallet import phrase, sealed
 from app.wallet.errors import (
     KeystoreCorrupted,
@@ -32,7 +33,6 @@ from app.wallet.errors import (
     WalletError,
     WrongPassword,
 )
-from app.wallet.keys import KeyError_, PrivateKey
 
 __all__ = ["Keystore", "WalletError", "WrongPassword", "KeystoreCorrupted", "KeystoreExists",
            "KeystoreMissing", "NoKeyring"]

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from app.crypto.keys import PrivateKey, is_valid_address
 from app.wallet.errors import InsufficientFunds, KeystoreMissing, WalletError
-from app.wallet.keys import PrivateKey, is_valid_address
 from app.wallet.keystore import Keystore
 
 if TYPE_CHECKING:  # the wallet sits beside the economics package; imported lazily to keep it light

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.data.builder import build_genesis
 from app.node.data.manifest import GenesisManifest
-from app.wallet.keys import PrivateKey
 
 TEXTS = [f"Document {i}: the quick brown fox {i * 7} jumps over the lazy dog. " * (3 + i % 5)
          for i in range(40)]

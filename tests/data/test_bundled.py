@@ -52,9 +52,9 @@ def test_build_cli_reports_missing_input(tmp_path):
 
 
 def test_a_private_corpus_opens_only_with_its_own_key(corpus, tmp_path, genesis_key):
+    from app.crypto.keys import PrivateKey
     from app.node.data.bundled import open_corpus_store
     from app.node.data.manifest import ManifestError
-    from app.wallet.keys import PrivateKey
 
     out, manifest = corpus
     store = open_corpus_store(tmp_path / "node", out, genesis_key.public_key.data.hex())

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.data.builder import MANIFEST_NAME, build_genesis
 from app.node.data.manifest import EOS_ID, GenesisManifest, ManifestError
 from app.node.tokenizer import NeuroTokenizer
-from app.wallet.keys import PrivateKey
 
 from .conftest import TEXTS
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.crypto.keys import PrivateKey
 from app.node.economics import ponw
 from app.node.economics.constants import EconomicsConfig, neuro
 from app.node.economics.ledger import Ledger
 from app.node.economics.records import Record
-from app.wallet.keys import PrivateKey
 
 T0 = 1_800_000_000_000
 """A fixed canonical start time (ms) so tests do not depend on the wall clock."""

@@ -45,7 +45,7 @@ def test_record_signed_by_another_key_is_refused():
 
 
 def test_high_s_signature_is_refused():
-    from app.wallet.keys import _ORDER
+    from app.crypto.keys import _ORDER
 
     record = _transfer()
     r, s = record.signature[:32], int.from_bytes(record.signature[32:], "big")

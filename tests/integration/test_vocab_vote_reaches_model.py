@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node import hardware
 from app.node.config import NodeConfig
 from app.node.economics.constants import from_settings, neuro
@@ -26,7 +27,6 @@ from app.node.events import Event, VocabularyChanged
 from app.node.runtime import create_runtime
 from app.node.runtime.node_runtime import NodeRuntime
 from app.node.training.checkpointing import read_resume_point
-from app.wallet.keys import PrivateKey
 
 GENESIS_KEY = PrivateKey((5151).to_bytes(32, "big"))
 VOTER_KEY = PrivateKey((5252).to_bytes(32, "big"))

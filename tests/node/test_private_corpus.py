@@ -4,10 +4,10 @@ import asyncio
 
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.data.builder import PUBLIC_KEY_NAME, build_genesis
 from app.node.data.manifest import DataError
 from app.node.runtime.data_service import DataService
-from app.wallet.keys import PrivateKey
 
 TEXT = "Volunteers keep their own notes; a private network can learn from them. " * 200
 

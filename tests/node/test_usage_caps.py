@@ -280,9 +280,9 @@ def test_detect_device_honours_gpu_ids_only_for_cuda() -> None:
 
 def test_the_network_follows_the_caps_hub_live() -> None:
     """The wiring node_runtime uses: ``ctx.usage.subscribe(net.apply_caps)``."""
+    from app.crypto.keys import PrivateKey
     from app.node.runtime.network import NetworkService
     from app.node.usage import UsageCapsHub
-    from app.wallet.keys import PrivateKey
 
     hub = UsageCapsHub(UsageCaps(upload_bytes_per_s=1 << 20))
     net = NetworkService(PrivateKey.generate(), host="127.0.0.1", port=0, trackers=(), listen=False, p2p={},

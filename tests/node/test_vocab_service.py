@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node.data.builder import build_genesis
 from app.node.data.loader import BatchLoader
 from app.node.data.store import ShardStore
@@ -20,7 +21,6 @@ from app.node.training.pipeline import PipelineDriver, PipelineStalled
 from app.node.training.stage import StageWorker, build_shard
 from app.node.training.sync import StageSync
 from app.node.training.transport import LocalTransport
-from app.wallet.keys import PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from training_helpers import ARCH, patterned_batch, tiny_config  # noqa: E402

@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.node import P2PNode
 from app.node.p2p.tracker import Tracker
-from app.wallet.keys import PrivateKey
 
 T = TypeVar("T")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from app.crypto.keys import PrivateKey  # noqa: E402
 from app.node.p2p.node import P2PNode  # noqa: E402
 from app.node.p2p.records import LayerAnnouncement  # noqa: E402
-from app.wallet.keys import PrivateKey  # noqa: E402
 from tests.p2p.helpers import FAST  # noqa: E402
 
 

@@ -5,11 +5,11 @@ import time
 import grpc
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.auth import sign_message
 from app.node.p2p.errors import PeerRejected, ProtocolMismatch
 from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
 from app.node.p2p.services import GOSSIP
-from app.wallet.keys import PrivateKey
 
 from .helpers import run, swarm
 

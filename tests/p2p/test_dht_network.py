@@ -6,12 +6,12 @@ import os
 import grpc
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.auth import sign_message
 from app.node.p2p.dht_service import STORE
 from app.node.p2p.errors import PeerRejected
 from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
 from app.node.p2p.records import sign_value
-from app.wallet.keys import PrivateKey
 
 from .helpers import run, swarm
 

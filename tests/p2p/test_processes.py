@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.node import P2PNode
 from app.node.p2p.tracker import Tracker
-from app.wallet.keys import PrivateKey
 
 from .helpers import FAST, run
 

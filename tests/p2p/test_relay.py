@@ -5,9 +5,9 @@ import os
 
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import LayerAnnouncement
-from app.wallet.keys import PrivateKey
 
 from .helpers import FAST, double, run, swarm
 

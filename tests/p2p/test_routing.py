@@ -91,9 +91,9 @@ def test_lookup_routes_around_failing_nodes():
 
 
 def test_value_store_refuses_values_beyond_its_byte_budget_and_frees_them_at_expiry():
+    from app.crypto.keys import PrivateKey
     from app.node.p2p.dht import ValueStore
     from app.node.p2p.records import sign_value
-    from app.wallet.keys import PrivateKey
 
     store = ValueStore(max_keys=100, max_per_key=10, max_ttl_s=3600, max_bytes=3000)
     key = PrivateKey.generate()

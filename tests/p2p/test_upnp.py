@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p import upnp
 from app.node.p2p.node import P2PNode
-from app.wallet.keys import PrivateKey
 
 from .helpers import FAST, run, swarm
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from training_helpers import make_stage, patterned_batch, tiny_config
 
+from app.crypto.keys import PrivateKey
 from app.node import hardware
 from app.node.config import NodeConfig
 from app.node.events import NodeState
@@ -31,7 +32,6 @@ from app.node.runtime.node_runtime import NodeRuntime
 from app.node.runtime.p2p_transport import STAGE_LAYER, P2PStageTransport, to_wire
 from app.node.runtime_api import RunControl, RuntimeContext
 from app.node.training.pipeline import PipelineDriver
-from app.wallet.keys import PrivateKey
 
 CONFIG = tiny_config()
 HEAD = (2, 4)

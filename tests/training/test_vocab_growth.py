@@ -91,7 +91,7 @@ def corpus(tmp_path, genesis_key):  # noqa: ANN001, ANN201
 
 @pytest.fixture(scope="module")
 def genesis_key():  # noqa: ANN201
-    from app.wallet.keys import PrivateKey
+    from app.crypto.keys import PrivateKey
 
     return PrivateKey.generate()
 

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import from_settings, neuro
 from app.node.economics.genesis import genesis_record
 from app.node.economics.ledger import Ledger
 from app.node.economics.records import Record
-from app.wallet.keys import PrivateKey
 from app.wallet.keystore import Keystore
 from app.wallet.wallet import Wallet
 

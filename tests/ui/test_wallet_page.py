@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import csv
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import neuro
 from app.ui.estimate import EarningsEstimator
 from app.ui.format import format_neuro
-from app.wallet.keys import PrivateKey
 from tests.ui.funded_ledger import GRANT_UNITS, PASSWORD, STAKE_UNITS, fast_keystore
 from tests.ui.helpers import economy, wait_training
 

@@ -1,4 +1,4 @@
-from app.wallet.keys import _ORDER, PrivateKey, is_valid_address, verify
+from app.crypto.keys import _ORDER, PrivateKey, is_valid_address, verify
 
 KEY = PrivateKey((42).to_bytes(32, "big"))
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.wallet import keys
+from app.crypto import keys
 
 pytestmark = pytest.mark.skipif(keys._coincurve is None, reason="coincurve not installed")
 ORDER = ecdsa.SECP256k1.order

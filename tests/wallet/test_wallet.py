@@ -1,10 +1,10 @@
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import EconomicsConfig, neuro
 from app.node.economics.ledger import Balance, Ledger
 from app.node.economics.records import Record
 from app.wallet.errors import InsufficientFunds, WalletError
-from app.wallet.keys import PrivateKey
 from app.wallet.wallet import Wallet
 
 T0 = 1_800_000_000_000

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from app.crypto.keys import PrivateKey
 from app.node.data.builder import DEFAULT_SHARD_TOKENS, build_genesis
 from app.node.data.manifest import DataError
-from app.wallet.keys import PrivateKey
 
 
 def read_texts(paths: Sequence[Path]) -> Iterator[str]:

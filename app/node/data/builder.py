@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.crypto.keys import PrivateKey
 from app.node.data.manifest import (
     EOS_ID,
     MAX_SHARD_TOKENS,
@@ -24,7 +25,6 @@ from app.node.data.manifest import (
     shard_id_for,
 )
 from app.node.data.store import atomic_write
-from app.wallet.keys import PrivateKey
 
 DEFAULT_SHARD_TOKENS = 1 << 16
 """64 Ki tokens = 128 KiB per shard: small enough that a data node serves one in a single

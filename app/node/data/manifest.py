@@ -2,7 +2,7 @@
 
 A corpus is a list of shards, each a fixed-size array of genesis tokens stored as raw
 little-endian uint16 (never pickle). The manifest lists every shard's hash and is signed by the
-corpus's *genesis key* (secp256k1, app/wallet/keys.py); nodes check the signature against a
+corpus's *genesis key* (secp256k1, app/crypto/keys.py); nodes check the signature against a
 genesis public key they already trust (committed beside the bundled corpus, or handed out by a
 devnet), then check every shard they fetch against its hash, so a data node cannot feed a
 driver altered text.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.wallet.keys import KeyError_, PrivateKey, PublicKey
+from app.crypto.keys import KeyError_, PrivateKey, PublicKey
 
 FORMAT = "neuroshard-genesis-manifest"
 FORMAT_VERSION = 1

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import tomllib
 
+from app.crypto.keys import is_valid_address
 from app.node.economics.constants import ConfigError, EconomicsConfig, format_neuro, from_settings
 from app.node.economics.ledger import Ledger, LedgerError
 from app.wallet.errors import WalletError
-from app.wallet.keys import is_valid_address
 from app.wallet.keystore import Keystore
 
 

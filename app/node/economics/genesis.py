@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.records import Record
-from app.wallet.keys import PrivateKey
 
 
 def genesis_record(key: PrivateKey, config: EconomicsConfig, allocations: dict[str, int],

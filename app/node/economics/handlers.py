@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import bisect
 
+from app.crypto.keys import address_from_public_key
 from app.node.economics import governance, ponw, rewards
 from app.node.economics.records import Record
 from app.node.economics.state import FEE_POOL, PPM, LedgerState, ProofState
-from app.wallet.keys import address_from_public_key
 
 
 class Refused(Exception):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.crypto.keys import address_from_public_key
 from app.node.economics import ponw, replay
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.governance import Proposal, merges_due
@@ -30,7 +31,6 @@ from app.node.economics.records import SEQUENCED_KINDS, InvalidRecord, Record
 from app.node.economics.schema import LedgerError, connect, migrate, transaction
 from app.node.economics.state import Entry, LedgerState, slots
 from app.node.economics.verify import VerifyReport, verify_database
-from app.wallet.keys import address_from_public_key
 
 __all__ = ["Balance", "Ledger", "LedgerError", "SubmitResult", "VerifyReport"]
 DB_NAME = "ledger.sqlite"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import PROOF_KINDS, EconomicsConfig
 from app.node.economics.records import Record
-from app.wallet.keys import PrivateKey
 
 MAX_TOKENS_PER_BATCH = 65_536
 """Largest micro-batch a proof may claim (e.g. 32 x 2048 tokens); more is refused."""

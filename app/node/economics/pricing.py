@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.records import Record
-from app.wallet.keys import PrivateKey
 
 PPM = 1_000_000
 FAST_MS, SLOW_MS = 1.0, 1000.0

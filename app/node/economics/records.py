@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.crypto.keys import PrivateKey, PublicKey, is_valid_address, verify
 from app.node.economics.constants import MAX_SUPPLY_UNITS, PROOF_KINDS, ROLES
-from app.wallet.keys import PrivateKey, PublicKey, is_valid_address, verify
 
 VERSION = 1
 MAX_RECORD_BYTES = 16_384

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from app.crypto.keys import address_from_public_key
 from app.node.economics import handlers, settlement
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.records import SEQUENCED_KINDS, Record
 from app.node.economics.state import LedgerState, find_conflicts, slots
-from app.wallet.keys import address_from_public_key
 
 CONFLICT_REASON = "double spend: another record by this author uses the same sequence number or slot"
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import heapq
 
+from app.crypto.keys import address_from_public_key
 from app.node.economics import governance, rewards
 from app.node.economics.state import PPM, LedgerState, ProofState
-from app.wallet.keys import address_from_public_key
 
 DAY_MS = 86_400_000
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.records import Record
-from app.wallet.keys import PrivateKey
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from app.crypto.keys import address_from_public_key
 from app.node.economics import governance
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.records import SEQUENCED_KINDS, Record, canonical_json
-from app.wallet.keys import address_from_public_key
 
 FEE_POOL = address_from_public_key(b"neuroshard:fee-pool")
 """System account receiving the unburned share of fees. Its address hashes a string that is not a

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from app.crypto.keys import PUBLIC_KEY_SIZE, PrivateKey, verify
 from app.node.p2p.errors import RpcRefusal
 from app.node.p2p.protocol import pb2
-from app.wallet.keys import PUBLIC_KEY_SIZE, PrivateKey, verify
 
 DOMAIN = b"NSP2P1\x00"
 NONCE_SIZE = 16

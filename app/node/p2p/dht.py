@@ -18,11 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.records import InvalidRecord, PeerRecord, SignedValue, parse_value, sign_value
 from app.node.p2p.routing import Answer, LookupResult, RoutingTable, iterative_lookup
-from app.wallet.keys import PrivateKey
 
 T = TypeVar("T")
 

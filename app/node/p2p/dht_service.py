@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
 from app.node.p2p.client import PeerClient
 from app.node.p2p.config import P2PConfig
@@ -21,7 +22,6 @@ from app.node.p2p.errors import MalformedMessage, PeerRejected, RpcRefusal
 from app.node.p2p.protocol import PROTOCOL_VERSION, is_compatible, pb2
 from app.node.p2p.records import InvalidRecord, PeerRecord, SignedValue, parse_peer_record, parse_value
 from app.node.p2p.server import CallInfo, Dispatcher, unary
-from app.wallet.keys import PrivateKey
 
 PING, FIND_NODE = "/neuroshard.v1.Dht/Ping", "/neuroshard.v1.Dht/FindNode"
 FIND_VALUE, STORE = "/neuroshard.v1.Dht/FindValue", "/neuroshard.v1.Dht/Store"

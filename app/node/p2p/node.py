@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p import services, upnp
 from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard
@@ -37,7 +38,6 @@ from app.node.p2p.server import Dispatcher
 from app.node.p2p.stats import TrafficStats
 from app.node.p2p.tensor_rpc import call_tensors
 from app.node.p2p.tracker_client import TrackerClient
-from app.wallet.keys import PrivateKey
 
 log = logging.getLogger(__name__)
 StageHandler = Callable[[str, dict[str, Any], dict[str, torch.Tensor]],

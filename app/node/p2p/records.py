@@ -20,8 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.crypto.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PrivateKey
 from app.node.p2p.auth import verify_cached
-from app.wallet.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PrivateKey
 
 VERSION = 1
 KIND_PEER, KIND_LAYER, KIND_VALUE = 1, 2, 3

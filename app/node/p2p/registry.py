@@ -12,10 +12,10 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.dht import KademliaNode
 from app.node.p2p.records import InvalidRecord, LayerAnnouncement, PeerRecord, parse_layer_announcement
-from app.wallet.keys import PrivateKey
 
 MAX_PROBED_LAYERS = 4096
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
 from app.node.p2p.client import PeerClient
@@ -25,7 +26,6 @@ from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, RELAYABLE, is_compa
 from app.node.p2p.records import PeerRecord, parse_peer_record
 from app.node.p2p.server import CallInfo, Dispatcher
 from app.node.p2p.wire import parser, serialize
-from app.wallet.keys import PrivateKey
 
 log = logging.getLogger(__name__)
 TUNNEL_PATH = "/neuroshard.v1.Relay/Tunnel"

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
 from app.node.p2p.bandwidth import Bandwidth
 from app.node.p2p.client import PeerClient, Route
@@ -27,7 +28,6 @@ from app.node.p2p.protocol import is_compatible, pb2
 from app.node.p2p.records import PeerRecord
 from app.node.p2p.server import CallInfo, Handler
 from app.node.p2p.tensor_codec import Limits, StreamReader, build_header, data_chunks
-from app.wallet.keys import PrivateKey
 
 TensorHandler = Callable[[str, dict[str, Any], dict[str, torch.Tensor]],
                          Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.crypto.keys import PrivateKey
 from app.node.config import NodeConfig
 from app.node.economics import rewards
 from app.node.economics.constants import from_settings
@@ -32,7 +33,6 @@ from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
 from app.node.events import BalanceChanged, Event, ProofAccepted, ProposalChanged, Query, WalletCommand
 from app.node.runtime import wallet_api
-from app.wallet.keys import PrivateKey
 from app.wallet.keystore import Keystore
 from app.wallet.wallet import Wallet
 

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from app.crypto.keys import PrivateKey
 from app.node.config import UsageCaps
 from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import PeerRecord
-from app.wallet.keys import PrivateKey
 
 log = logging.getLogger("neuroshard.runtime.network")
 

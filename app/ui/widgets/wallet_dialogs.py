@@ -15,9 +15,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.crypto.keys import is_valid_address
 from app.node.economics.constants import EconomicsConfig
 from app.ui.format import AmountError, format_neuro, parse_neuro
-from app.wallet.keys import is_valid_address
 
 DEFAULT_FEE_UNITS = EconomicsConfig().min_transfer_fee
 
