@@ -7,7 +7,7 @@ import grpc
 import pytest
 import torch
 
-from app.node.p2p.errors import NoHolders, PeerRejected, StageRejected
+from app.node.p2p.errors import NoHolders, PeerRejected, RpcRefusal
 from app.node.p2p.records import LayerAnnouncement
 
 from .helpers import FAST, double, run, swarm
@@ -116,7 +116,7 @@ def test_rejection_reaches_the_caller_as_a_typed_error():
     async def scenario():
         async with swarm(2) as (_, (server, caller)):
             async def refuse(kind, meta, tensors):
-                raise StageRejected("micro-batch from an old step")
+                raise RpcRefusal(grpc.StatusCode.ABORTED, "micro-batch from an old step")
 
             server.set_stage_handler(refuse)
             await server.registry.announce(LayerAnnouncement(0, 1, "T3", 1.0))

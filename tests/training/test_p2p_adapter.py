@@ -7,8 +7,9 @@ import asyncio
 import pytest
 import torch
 
-from app.node.p2p.errors import StageRejected
+from app.node.p2p.errors import RpcRefusal
 from app.node.runtime.p2p_transport import from_wire, stage_server, to_wire
+from app.node.training.transport import GiveUp
 
 
 def test_token_ids_cross_the_wire_exactly_as_float32_and_come_back_as_int64() -> None:
@@ -27,7 +28,7 @@ def test_token_ids_cross_the_wire_exactly_as_float32_and_come_back_as_int64() ->
     {"i0": torch.tensor([float(1 << 25)])},  # beyond exact float32 integers
 ])
 def test_malformed_wire_tensors_are_refused_with_a_reason(bad: dict[str, torch.Tensor]) -> None:
-    with pytest.raises(StageRejected):
+    with pytest.raises(GiveUp):
         from_wire(bad)
 
 
@@ -40,7 +41,7 @@ def test_stage_server_turns_training_errors_into_refusals_and_checks_the_op() ->
     serve = stage_server(handler)
     meta, out = asyncio.run(serve("forward", {"op": "commit"}, {}))
     assert meta == {"op_seen": "commit"} and out == {}
-    with pytest.raises(StageRejected, match="gradient shape"):
+    with pytest.raises(RpcRefusal, match="gradient shape"):
         asyncio.run(serve("backward", {}, {}))
-    with pytest.raises(StageRejected, match="unknown stage operation"):
+    with pytest.raises(RpcRefusal, match="unknown stage operation"):
         asyncio.run(serve("forward", {"op": "format-disk"}, {}))

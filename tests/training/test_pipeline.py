@@ -104,12 +104,11 @@ def test_replica_taking_over_mid_step_replays_only_missing_microbatches() -> Non
 def test_a_commit_with_a_malformed_gradient_norm_is_refused() -> None:
     import pytest
 
-    from app.node.training.stage import StageRequestError
-    from app.node.training.transport import OP_COMMIT
+    from app.node.training.transport import OP_COMMIT, GiveUp
 
     _driver, _net, stages = build_pipeline([(0, 2), (2, 4)], tiny_config())
     stage = next(iter(stages.values()))
     for bad in (float("nan"), -1.0, "big", True):
-        with pytest.raises(StageRequestError, match="grad_norm"):
+        with pytest.raises(GiveUp, match="grad_norm"):
             stage.handle_sync(OP_COMMIT, {"driver": "d", "step": 0, "microbatches": 1, "loss": 1.0,
                                           "grad_norm": bad}, [])

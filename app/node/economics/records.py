@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.crypto.errors import InvalidRecord
 from app.crypto.keys import PrivateKey, PublicKey, is_valid_address, verify
 from app.node.economics.constants import MAX_SUPPLY_UNITS, PROOF_KINDS, ROLES
 
@@ -31,14 +32,6 @@ SIGN_PREFIX = b"NSREC1\n"
 SEQUENCED_KINDS = ("transfer", "stake", "unstake", "challenge", "proposal", "vote")
 """Kinds that spend from an account: they carry the account's next sequence number (1, 2, ...)."""
 DERIVED_KINDS = ("reward", "slash", "mint")
-
-
-class InvalidRecord(ValueError):
-    """Bytes from a peer or a file that are not a valid record; ``reason`` says which rule failed."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"invalid record: {reason}")
-        self.reason = reason
 
 
 # --- field validators: each returns the value or raises InvalidRecord ---------------------------

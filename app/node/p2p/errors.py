@@ -1,7 +1,8 @@
 """Typed errors of the P2P layer.
 
 Client side, every failed call surfaces as a :class:`P2PError` subclass the caller can act on;
-server side, handlers raise :class:`RpcRefusal` (or :class:`StageRejected`) which the edge turns
+server side, handlers raise :class:`RpcRefusal` (the runtime turns training's GiveUp / WaitAndRetry /
+RetryElsewhere into one) which the edge turns
 into a gRPC status code, so a bad request is answered with a reason and never crashes the node.
 """
 
@@ -62,13 +63,6 @@ class MalformedMessage(RpcRefusal):
 
     def __init__(self, reason: str) -> None:
         super().__init__(grpc.StatusCode.INVALID_ARGUMENT, reason)
-
-
-class StageRejected(RpcRefusal):
-    """Raised by a training handler to refuse a stage, sync or download request with a reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(grpc.StatusCode.ABORTED, reason)
 
 
 GRPC_CORE_INTERNAL = "Internal error from Core"

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.crypto.errors import InvalidRecord
 from app.crypto.keys import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, PrivateKey
 from app.node.p2p.auth import verify_cached
 
@@ -29,10 +30,6 @@ MAX_PAYLOAD = 64 * 1024
 """A DHT value or record larger than this is refused: the DHT holds small pointers, not data."""
 MAX_ADDRESS = 255
 _HEAD = 2 + 1 + 1 + PUBLIC_KEY_SIZE + 4
-
-
-class InvalidRecord(ValueError):
-    """Bytes from a peer that are not a valid signed record; the message says which rule failed."""
 
 
 def _seal(key: PrivateKey, kind: int, payload: bytes) -> bytes:

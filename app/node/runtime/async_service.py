@@ -25,7 +25,7 @@ from app.node.runtime.p2p_transport import P2PWeights, peer_id
 from app.node.training.async_mode import AsyncConfig, AsyncResult, AsyncTrainer
 from app.node.training.compression import encode_pseudo_gradient
 from app.node.training.config import TrainingConfig
-from app.node.training.transport import StageUnavailable
+from app.node.training.transport import RetryElsewhere
 
 log = logging.getLogger("neuroshard.runtime.async")
 
@@ -67,7 +67,7 @@ class AsyncService:
             self.activity("downloading layers")
             try:
                 snapshot, parts = await self._snapshot(bounds)
-            except StageUnavailable:  # a holder left between the lookup and the download
+            except RetryElsewhere:  # a holder left between the lookup and the download
                 await asyncio.sleep(1.0)
                 continue
             self.activity(f"training a snapshot offline (round {self.rounds + 1})")

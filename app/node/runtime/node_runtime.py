@@ -50,7 +50,6 @@ from app.node.hardware import (
     tier_for_ms,
 )
 from app.node.model.checkpoint import CheckpointError
-from app.node.p2p.errors import StageRejected
 from app.node.p2p.records import LayerAnnouncement
 from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
@@ -63,6 +62,7 @@ from app.node.runtime.p2p_transport import (
     P2PCohort,
     P2PStageTransport,
     P2PWeights,
+    refusals_as_status,
     stage_server,
 )
 from app.node.runtime.planner import Planner
@@ -78,7 +78,7 @@ from app.node.training.pipeline import PipelineDriver
 from app.node.training.stage import StageWorker, build_shard
 from app.node.training.sync import StageSync
 from app.node.training.trainer import NodeTrainer, StepInfo
-from app.node.training.transport import StageUnavailable
+from app.node.training.transport import RetryElsewhere
 
 log = logging.getLogger("neuroshard.runtime")
 
@@ -319,12 +319,12 @@ class NodeRuntime:
         elif a.download_from is not None:
             try:
                 await self._download_into(self.stage, self.sync, a.layer_range, prefer=a.download_from)
-            except StageUnavailable as exc:  # no usable replica: genesis weights, as a lone holder would
+            except RetryElsewhere as exc:  # no usable replica: genesis weights, as a lone holder would
                 log.warning("could not take layers %s from a replica (%s); starting from their genesis weights",
                             a.layer_range, exc)
         self._serve_stage(self.stage)
         self.net.node.set_sync_handler(self.cohort.handle)
-        self.net.node.set_weights_handler(self._serve_weights)
+        self.net.node.set_weights_handler(refusals_as_status(self._serve_weights))
 
     def _sync_position(self) -> tuple[int, int]:
         return (self.sync.rounds, self.sync.replica.inner_steps_done) if self.sync else (0, 0)
@@ -343,7 +343,7 @@ class NodeRuntime:
         try:
             weights = P2PWeights(self.net.node) if self.net else None
             state = await weights.fetch(layer_range, prefer=sender) if weights else None
-        except StageUnavailable:
+        except RetryElsewhere:
             return
         if state is None or not _idle(stage):
             return
@@ -381,7 +381,7 @@ class NodeRuntime:
         if peer_vocab is not None and self.vocab is not None and not self.vocab.reach_size(peer_vocab):
             # the replica trains another vocabulary than our ledger leads to: its embedding/head
             # would not even fit; start from our own weights and let the tags sort it out later
-            raise StageUnavailable(f"the replica of layers {layer_range} is on a {peer_vocab}-token vocabulary "
+            raise RetryElsewhere(f"the replica of layers {layer_range} is on a {peer_vocab}-token vocabulary "
                                    "that this node's ledger does not lead to yet")
         stage.load_weights(state)
         sync.replica.reset_anchor()
@@ -394,7 +394,7 @@ class NodeRuntime:
         assert self.stage is not None and self.sync is not None
         try:
             await self._download_into(self.stage, self.sync, layer_range)
-        except StageUnavailable:
+        except RetryElsewhere:
             log.info("no live replica of %s: continuing from our own checkpoint", layer_range)
 
     def _serve_stage(self, stage: StageWorker) -> None:
@@ -437,7 +437,7 @@ class NodeRuntime:
         if a.download_from is not None:
             try:
                 await self._download_into(stage, sync, a.layer_range, prefer=a.download_from)
-            except StageUnavailable:
+            except RetryElsewhere:
                 # The holder the pool named died too and no other live replica answers: the
                 # stage's trained weights are gone, so serve it from its genesis weights rather
                 # than leave the pipeline without the stage.
@@ -460,7 +460,7 @@ class NodeRuntime:
         stage, sync = self.stage, self.sync
         assert stage is not None and sync is not None
         if list(meta.get("range", [])) != list(stage.layer_range):
-            raise StageRejected(f"this node holds layers {stage.layer_range}, not {meta.get('range')}")
+            raise RetryElsewhere(f"this node holds layers {stage.layer_range}, not {meta.get('range')}")
         if meta.get("diloco") is True:  # a late cohort member rejoining our anchor
             state = await asyncio.get_running_loop().run_in_executor(self.ctx.executor, sync.replica.flat_state)
         else:

@@ -12,26 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import torch
 
-from app.node.p2p.errors import BUSY_PREFIX, NoHolders, P2PError, PeerRejected, RpcRefusal, StageRejected
+from app.node.p2p.errors import BUSY_PREFIX, NoHolders, P2PError, PeerBusy, PeerRejected, RpcRefusal
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import PeerRecord
 from app.node.training.transport import (
     OP_BACKWARD,
     STAGE_OPS,
     CohortPayload,
+    GiveUp,
     Meta,
+    RetryElsewhere,
     StageHandler,
-    StageRefused,
     StageReply,
-    StageUnavailable,
     Tensors,
     TransportError,
+    WaitAndRetry,
 )
 
 log = logging.getLogger("neuroshard.runtime.transport")
@@ -65,13 +66,26 @@ def heartbeat_fresh(record: PeerRecord, heartbeat_interval_s: float, now: float 
     return now - record.timestamp <= HEARTBEATS_MISSED * heartbeat_interval_s
 
 
-class StageBusy(RpcRefusal):
-    """A holder that cannot serve stage work right now (paused by its volunteer, or swapping its
-    stage): answered as UNAVAILABLE, which the caller's router treats as a failed peer, so it
-    fails over to a replica or, with none, the driver retries the step later."""
+def as_refusal(exc: TransportError) -> RpcRefusal:
+    """The gRPC answer to a training error raised while serving a request: GiveUp keeps the
+    status it names; WaitAndRetry and RetryElsewhere (paused, swapping, another stage now) become
+    a busy UNAVAILABLE, which the caller's router reads as PeerBusy (rest the peer, try a replica)."""
+    if isinstance(exc, GiveUp):
+        code = grpc.StatusCode.__members__.get(exc.status, grpc.StatusCode.ABORTED)
+        return RpcRefusal(code, str(exc)[:400])
+    return RpcRefusal(grpc.StatusCode.UNAVAILABLE, BUSY_PREFIX + str(exc)[:400])
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(grpc.StatusCode.UNAVAILABLE, BUSY_PREFIX + reason)  # the caller sees PeerBusy
+
+def refusals_as_status(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap a served handler so the training errors it raises reach the caller as their status."""
+
+    async def serve(*args: Any) -> Any:
+        try:
+            return await fn(*args)
+        except TransportError as exc:
+            raise as_refusal(exc) from exc
+
+    return serve
 
 
 MAX_EXACT_FLOAT_ID = 1 << 24
@@ -99,10 +113,10 @@ def from_wire(tensors: dict[str, torch.Tensor]) -> Tensors:
             ids = tensors[f"i{i}"]
             if not ids.is_floating_point() or not bool(((ids >= 0) & (ids < MAX_EXACT_FLOAT_ID)
                                                         & (ids == ids.round())).all()):
-                raise StageRejected(f"tensor i{i} must hold non-negative integer token ids")
+                raise GiveUp(f"tensor i{i} must hold non-negative integer token ids")
             out.append(ids.to(torch.long))
         else:
-            raise StageRejected("tensor names must be t0/i0, t1/i1, ... without gaps")
+            raise GiveUp("tensor names must be t0/i0, t1/i1, ... without gaps")
     return out
 
 
@@ -131,7 +145,7 @@ class P2PStageTransport:
         try:
             return await self._call(await self.refresh(layer_start), layer_start, op, meta, tensors,
                                     prefer=prefer, exclude=exclude)
-        except StageUnavailable:  # the cached holder list may be stale: look again once
+        except RetryElsewhere:  # the cached holder list may be stale: look again once
             return await self._call(await self.refresh(layer_start, force=True), layer_start, op, meta,
                                     tensors, prefer=prefer, exclude=exclude)
 
@@ -152,12 +166,14 @@ class P2PStageTransport:
                 result = await self.node.router.run_stage(layer_start, kind, wire_meta, to_wire(tensors),
                                                           exclude=excluded, timeout=self.timeout_s)
             except PeerRejected as exc:
-                raise StageRefused(str(exc)) from exc
+                raise GiveUp(str(exc), prefer, exc.code.name) from exc
             except (NoHolders, P2PError) as exc:
                 last = exc
                 continue
             return StageReply(peer_id(result.peer), result.meta, from_wire(result.tensors))
-        raise StageUnavailable(f"no holder of the stage at layer {layer_start} answered: {last}", prefer)
+        if isinstance(last, PeerBusy):
+            raise WaitAndRetry(f"the holders of the stage at layer {layer_start} are busy: {last}", None)
+        raise RetryElsewhere(f"no holder of the stage at layer {layer_start} answered: {last}", prefer)
 
 
 def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None = None,
@@ -165,7 +181,7 @@ def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None
     """Wrap a training StageHandler as the P2P node's stage handler (op from meta, typed refusals).
 
     ``busy()`` returns why this node serves no stage work right now (or None); such a request is
-    refused with the retryable :class:`StageBusy`, as is one for a stage this node no longer
+    refused as busy (:class:`WaitAndRetry`), as is one for a stage this node no longer
     serves (``first_layer()`` is the stage it serves now)."""
 
     async def serve(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
@@ -174,20 +190,23 @@ def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None
         op = meta.pop("op", kind)
         wanted = meta.pop(STAGE_LAYER, None)
         if op not in STAGE_OPS:
-            raise StageRejected(f"unknown stage operation {str(op)[:32]!r}")
+            raise as_refusal(GiveUp(f"unknown stage operation {str(op)[:32]!r}"))
         reason = busy() if busy is not None else None
         if reason is not None:
-            raise StageBusy(reason)
+            raise as_refusal(WaitAndRetry(reason))
         if wanted is not None and first_layer is not None and wanted != first_layer():
-            raise StageBusy(f"this node now serves the stage at layer {first_layer()}, not {str(wanted)[:16]}")
+            raise as_refusal(RetryElsewhere(f"this node now serves the stage at layer {first_layer()}, "
+                                            f"not {str(wanted)[:16]}"))
         try:
             out_meta, out = await handler(op, meta, from_wire(tensors))
+        except GiveUp as exc:
+            raise as_refusal(exc) from exc
         except TransportError as exc:
             # The step was handled but what follows a commit (the DiLoCo round) could not reach
             # a peer: a retried commit is answered "already", so the caller may simply retry.
-            raise StageBusy(f"stage could not finish the request: {str(exc)[:300]}") from exc
+            raise as_refusal(WaitAndRetry(f"stage could not finish the request: {str(exc)[:300]}")) from exc
         except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
-            raise StageRejected(f"stage refused the request: {str(exc)[:300]}") from exc
+            raise as_refusal(GiveUp(f"stage refused the request: {str(exc)[:300]}")) from exc
         return out_meta, to_wire(out)
 
     return serve
@@ -225,16 +244,16 @@ class P2PCohort:
             round_, batches = int(meta["round"]), int(meta["batches"])
             sender, age = str(meta["node"]), float(meta.get("age_s", 0.0))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise StageRejected(f"malformed sync message: {exc}") from exc
+            raise as_refusal(GiveUp(f"malformed sync message: {exc}")) from exc
         if round_ < 0 or batches < 0 or not 0 <= age < 1e9 or len(sender) > 128:
-            raise StageRejected("sync message fields out of range")
+            raise as_refusal(GiveUp("sync message fields out of range"))
         if self.holds is not None and tuple(self.holds()) != layer_range:
-            raise StageRejected(f"this node does not hold layers {layer_range} (any more)")
+            raise as_refusal(GiveUp(f"this node does not hold layers {layer_range} (any more)"))
         payload = CohortPayload(sender, round_, batches, age, dict(tensors))
         if meta.get("async") is True:  # an async (T5) node's snapshot work: folded in at the next round
             inbox = self._async.setdefault(layer_range, {})
             if len(inbox) >= MAX_ASYNC_PER_RANGE and sender not in inbox:
-                raise StageRejected("too many async contributions waiting; retry after the next sync")
+                raise as_refusal(WaitAndRetry("too many async contributions waiting; retry after the next sync"))
             inbox[sender] = payload
             return {"status": "ok"}, {}
         my_round, my_inner = self.position() if self.position is not None else (round_, 1)
@@ -336,4 +355,4 @@ class P2PWeights:
                 rounds, inner = (int(v) for v in position.tolist())
                 self.last_position = (max(0, rounds), max(0, inner))
             return state
-        raise StageUnavailable(f"no live holder of layers {layer_range} to download from")
+        raise RetryElsewhere(f"no live holder of layers {layer_range} to download from")

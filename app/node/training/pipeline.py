@@ -34,11 +34,12 @@ from app.node.training.transport import (
     OP_COMMIT,
     OP_FINISH,
     OP_FORWARD,
+    GiveUp,
     Meta,
-    StageRefused,
+    RetryElsewhere,
     StageTransport,
-    StageUnavailable,
     Tensors,
+    WaitAndRetry,
 )
 
 LOCAL = "local"  # the driver's own stage, in the per-stage bookkeeping beside the remote stage starts
@@ -128,7 +129,7 @@ class PipelineDriver:
             for peer in self.transport.holders(start) if self.transport else []:
                 try:
                     await self.transport.call(start, OP_FINISH, meta, [], prefer=peer)
-                except (StageUnavailable, StageRefused):
+                except (RetryElsewhere, WaitAndRetry, GiveUp):
                     continue
 
     # --- micro-batches -------------------------------------------------------------------------
@@ -139,9 +140,9 @@ class PipelineDriver:
             try:
                 await self._run_once(step, mb)
                 return
-            except (StageUnavailable, _RouteChanged) as exc:
+            except (RetryElsewhere, WaitAndRetry, _RouteChanged) as exc:
                 self.replays += 1
-                if isinstance(exc, StageUnavailable) and exc.peer is not None:
+                if isinstance(exc, RetryElsewhere) and exc.peer is not None:
                     self._forget(exc.peer)
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
         raise PipelineStalled(f"micro-batch {mb.index} of step {step} failed {self.max_attempts} times; "
@@ -163,7 +164,7 @@ class PipelineDriver:
             reply_meta, reply = await self._call(start, OP_FORWARD, meta, [x, mb.targets] if last else [x])
             served.append(self.routes[start] or "")
             if not reply:
-                raise StageUnavailable(f"stage {start} returned no tensor", self.routes[start])
+                raise RetryElsewhere(f"stage {start} returned no tensor", self.routes[start])
             x = reply[0]
         mb.loss, mb.tokens = float(reply_meta["loss"]), int(reply_meta["tokens"])
         self._note_norm(step, self.stage_starts[-1], served[-1], reply_meta)
@@ -181,7 +182,7 @@ class PipelineDriver:
         if reply_meta.get("status") == "need_input":
             reply_meta, reply = await self._call(start, OP_BACKWARD, meta, [grad, x])
         if not reply:
-            raise StageUnavailable(f"stage {start} returned no gradient", self.routes[start])
+            raise RetryElsewhere(f"stage {start} returned no gradient", self.routes[start])
         self._note_norm(step, start, self.routes[start] or "", reply_meta)
         return reply[0]
 
@@ -238,8 +239,8 @@ class PipelineDriver:
         for _ in range(self.max_attempts):
             try:
                 out, _ = await self._call(start, OP_COMMIT, meta, [])
-            except StageUnavailable as exc:
-                if exc.peer is not None:
+            except (RetryElsewhere, WaitAndRetry) as exc:
+                if isinstance(exc, RetryElsewhere) and exc.peer is not None:
                     self._forget(exc.peer)
                 continue
             if out.get("status") in ("ok", "already"):

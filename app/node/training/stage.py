@@ -44,7 +44,7 @@ from app.node.model.architecture import ModelArchitecture
 from app.node.model.shard import ModelShard, lm_loss
 from app.node.training.config import TrainingConfig
 from app.node.training.inner_optim import InnerAdamW
-from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, Meta, Tensors
+from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, GiveUp, Meta, Tensors
 
 MAX_CACHED_GRAPHS = 64
 """Forward graphs kept for backward; 1F1B keeps at most #stages in flight per driver, so 64 is
@@ -54,10 +54,6 @@ REMEMBERED_COMMITS = 1024
 
 VOCAB_KEY = "vocab"
 VOCAB_MISMATCH = "vocab_mismatch"
-
-
-class StageRequestError(ValueError):
-    """A stage request is malformed or does not match this stage; the message says why."""
 
 
 def build_shard(arch: ModelArchitecture, layer_range: tuple[int, int], *, with_embedding: bool,
@@ -210,19 +206,19 @@ class StageWorker:
             if op == OP_FINISH:
                 self.finished_drivers.add(driver)
                 return {"status": "ok"}, []
-        raise StageRequestError(f"unknown stage operation {op!r}")
+        raise GiveUp(f"unknown stage operation {op!r}")
 
     # --- operations ----------------------------------------------------------------------------
     def _input(self, tensors: Tensors, n: int = 0) -> torch.Tensor:
         if len(tensors) <= n:
-            raise StageRequestError(f"expected at least {n + 1} tensor(s), got {len(tensors)}")
+            raise GiveUp(f"expected at least {n + 1} tensor(s), got {len(tensors)}")
         x = tensors[n]
         if self.is_first:
             if x.dtype != torch.long or x.dim() != 2:
-                raise StageRequestError("the first stage takes token ids [B, T] (int64)")
+                raise GiveUp("the first stage takes token ids [B, T] (int64)")
             return x.to(self.device)
         if not x.is_floating_point() or x.dim() != 3 or x.shape[-1] != self.shard.architecture.hidden:
-            raise StageRequestError(f"stage {self.layer_range} takes hidden states [B, T, "
+            raise GiveUp(f"stage {self.layer_range} takes hidden states [B, T, "
                                     f"{self.shard.architecture.hidden}], got {tuple(x.shape)}")
         return x.detach().to(self.device, torch.float32).requires_grad_()
 
@@ -232,7 +228,7 @@ class StageWorker:
         if self.is_last:
             targets = tensors[1] if len(tensors) > 1 else None
             if targets is None or targets.dtype != torch.long or targets.shape != x.shape[:2]:
-                raise StageRequestError("the head stage needs targets [B, T] (int64) with the input")
+                raise GiveUp("the head stage needs targets [B, T] (int64) with the input")
             tokens = _count_targets(targets)  # counted on the CPU copy: no device round trip
             loss = lm_loss(self.shard(x), targets.to(self.device))
             x_leaf = x if x.requires_grad else None
@@ -247,7 +243,7 @@ class StageWorker:
 
     def _backward(self, driver: str, step: int, mb: int, tensors: Tensors) -> tuple[Meta, Tensors]:
         if not tensors:
-            raise StageRequestError("backward needs the gradient of this stage's output")
+            raise GiveUp("backward needs the gradient of this stage's output")
         grad_out = tensors[0].to(self.device, torch.float32)
         graph = self._graphs.pop((driver, step, mb), None)
         x: torch.Tensor | None = None
@@ -264,7 +260,7 @@ class StageWorker:
             graph = (x if x.requires_grad else None, self.shard(x), ())
         x_leaf, out, _ = graph
         if out.shape != grad_out.shape:
-            raise StageRequestError(f"gradient shape {tuple(grad_out.shape)} != output {tuple(out.shape)}")
+            raise GiveUp(f"gradient shape {tuple(grad_out.shape)} != output {tuple(out.shape)}")
         grad_in = self._accumulate(driver, step, mb, out, grad_out, x_leaf, 0)
         return {"status": "ok", **self._acc[(driver, step)].norm_meta()}, grad_in
 
@@ -364,11 +360,11 @@ class StageWorker:
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         own = self.shard.state_dict()
         if set(state) != set(own):
-            raise StageRequestError(f"weights for {self.layer_range} have keys {sorted(set(state) ^ set(own))[:4]} "
+            raise GiveUp(f"weights for {self.layer_range} have keys {sorted(set(state) ^ set(own))[:4]} "
                                     "that do not match this stage")
         for name, tensor in state.items():
             if tensor.shape != own[name].shape:
-                raise StageRequestError(f"{name}: shape {tuple(tensor.shape)} != {tuple(own[name].shape)}")
+                raise GiveUp(f"{name}: shape {tuple(tensor.shape)} != {tuple(own[name].shape)}")
         with self.lock, torch.no_grad():
             for name, tensor in state.items():
                 own[name].copy_(tensor)
@@ -403,7 +399,7 @@ def _grad_norm(meta: Meta) -> float | None:
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise StageRequestError(f"{GRAD_NORM} must be a finite number >= 0, got {value!r}")
+        raise GiveUp(f"{GRAD_NORM} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -415,12 +411,12 @@ def _loss(meta: Meta) -> float:
 def _int(meta: Meta, key: str) -> int:
     value = meta.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StageRequestError(f"stage request field {key!r} must be a non-negative integer, got {value!r}")
+        raise GiveUp(f"stage request field {key!r} must be a non-negative integer, got {value!r}")
     return value
 
 
 def _str(meta: Meta, key: str) -> str:
     value = meta.get(key)
     if not isinstance(value, str) or not value or len(value) > 256:
-        raise StageRequestError(f"stage request field {key!r} must be a short non-empty string")
+        raise GiveUp(f"stage request field {key!r} must be a short non-empty string")
     return value

@@ -34,19 +34,34 @@ STAGE_OPS = frozenset({OP_FORWARD, OP_BACKWARD, OP_COMMIT, OP_FINISH})
 
 
 class TransportError(Exception):
-    """Base of the errors a transport raises to training."""
-
-
-class StageUnavailable(TransportError):
-    """No live holder of the stage answered; ``peer`` is the one that failed (if known)."""
+    """Base of the errors a transport (or a stage handler) raises; the subclass names what the
+    caller should do about it. ``peer`` is the holder that failed or refused, when known."""
 
     def __init__(self, message: str, peer: str | None = None) -> None:
         super().__init__(message)
         self.peer = peer
 
 
-class StageRefused(TransportError):
-    """A holder answered but refused the request (bad input, wrong stage); not worth retrying."""
+class RetryElsewhere(TransportError):
+    """The holder is gone, failing, or serves another stage now: send the same request to another
+    holder (the router bans the failed one); with none left, the step is retried later."""
+
+
+class WaitAndRetry(TransportError):
+    """The holder is alive but cannot take the request now (paused by its volunteer, swapping its
+    stage, a vocabulary catching up, a DiLoCo round still open): retry the same request after a
+    pause, on it or a replica; no ban escalates."""
+
+
+class GiveUp(TransportError):
+    """The request was refused for what it is (malformed, out of range, not the caller's to make):
+    sending it again, anywhere, gets the same answer. ``status`` names the gRPC status the edge
+    answers with: ABORTED (refused by this stage), INVALID_ARGUMENT (malformed or out of range),
+    PERMISSION_DENIED (not the caller's to make), FAILED_PRECONDITION (incompatible version)."""
+
+    def __init__(self, message: str, peer: str | None = None, status: str = "ABORTED") -> None:
+        super().__init__(message, peer)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -75,7 +90,8 @@ class StageTransport(Protocol):
                    prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
         """Run ``op`` on ``prefer`` if it is alive, else on another holder not in ``exclude``.
 
-        Raises StageUnavailable when no holder answered, StageRefused when one refused."""
+        Raises RetryElsewhere when no holder answered, WaitAndRetry when the holders are busy,
+        GiveUp when one refused the request."""
 
 
 class CohortTransport(Protocol):
@@ -146,14 +162,14 @@ class LocalTransport:
             candidates.remove(prefer)
             candidates.insert(0, prefer)
         if not candidates:
-            raise StageUnavailable(f"no live holder of the stage at layer {layer_start}", prefer)
+            raise RetryElsewhere(f"no live holder of the stage at layer {layer_start}", prefer)
         peer = candidates[0]
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         self.calls[peer] = self.calls.get(peer, 0) + 1
         out_meta, out_tensors = await self.peers[peer].stage(op, dict(meta), list(tensors))
         if not self.peers[peer].alive:  # killed while computing: the answer never arrives
-            raise StageUnavailable(f"{peer} died during {op}", peer)
+            raise RetryElsewhere(f"{peer} died during {op}", peer)
         return StageReply(peer, out_meta, out_tensors)
 
     def cohort(self, peer_id: str) -> LocalCohort:
@@ -191,7 +207,7 @@ class LocalCohort:
             if peer != self.me and peer not in exclude and rec.alive and rec.weights is not None \
                     and rec.layer_range == tuple(layer_range):
                 return await rec.weights(tuple(layer_range))
-        raise StageUnavailable(f"no live holder of layers {layer_range} to download from")
+        raise RetryElsewhere(f"no live holder of layers {layer_range} to download from")
 
 
 def tensors_nbytes(tensors: Sequence[torch.Tensor]) -> int:

@@ -21,7 +21,7 @@ with identical shapes and values, so the next outer step averages as before.
 
 ``VocabTaggedTransport`` wraps the StageTransport a driver uses: every call carries the driver's
 vocabulary tag, and a ``vocab_mismatch`` answer (stage.py) becomes :class:`VocabMismatch`, a
-``StageUnavailable`` without a peer, which the pipeline already retries with back-off and
+``WaitAndRetry`` without a peer, which the pipeline already retries with back-off and
 without forgetting the route; before raising, the wrapper hands the other side's tag to
 ``on_mismatch`` so this node can catch up if its own ledger agrees (runtime/vocab_service.py).
 """
@@ -35,10 +35,10 @@ import torch
 from app.node.model.growth import extend_rows, grow_vocab_in_place
 from app.node.training.stage import VOCAB_KEY, VOCAB_MISMATCH, StageWorker
 from app.node.training.sync import StageSync
-from app.node.training.transport import Meta, StageReply, StageTransport, StageUnavailable, Tensors
+from app.node.training.transport import Meta, StageReply, StageTransport, Tensors, WaitAndRetry
 
 
-class VocabMismatch(StageUnavailable):
+class VocabMismatch(WaitAndRetry):
     """The stage computes for another vocabulary; retry after one side caught up."""
 
     def __init__(self, message: str, theirs: str) -> None:
