@@ -36,7 +36,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tracker": ("app.node.p2p.cli", "run a bootstrap tracker"),
     "devnet": ("app.node.devnet", "train on a local network of N node processes"),
     "arch": ("app.node.model.cli", "print the architecture the scaler picks for a network"),
-    "ledger": ("app.node.economics.cli", "inspect and verify the NEURO ledger"),
+    "ledger": ("app.wallet.ledger_cli", "inspect and verify the NEURO ledger"),
 }
 
 

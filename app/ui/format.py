@@ -1,6 +1,6 @@
 """Pure formatting and parsing helpers shared by the pages (no Qt, easy to test).
 
-Amounts are integer micro-NEURO on the node (1 NEURO = 10**6 units, app/node/modes.py); the UI
+Amounts are integer micro-NEURO on the node (1 NEURO = 10**6 units, app/node/values.py); the UI
 parses what a volunteer types with ``Decimal`` so that "0.1" is exactly 100000 units.
 """
 
@@ -10,7 +10,7 @@ import time
 from decimal import Decimal, InvalidOperation
 
 from app.node.events import NodeState
-from app.node.modes import UNITS_PER_NEURO
+from app.node.values import UNITS_PER_NEURO
 
 
 class AmountError(ValueError):

@@ -9,8 +9,9 @@ is made visible because a merge of " " and "the" differs from "the" alone.
 from __future__ import annotations
 
 import re
-from functools import cache
 from typing import Any
+
+from app.node.values import genesis_token_bytes
 
 # A few sentences of plain English to find example words for a merge when the node sends none.
 SAMPLE_TEXT = (
@@ -21,19 +22,12 @@ SAMPLE_TEXT = (
 )
 
 
-@cache
-def _genesis_tokenizer() -> Any:
-    from app.node.tokenizer import NeuroTokenizer
-
-    return NeuroTokenizer.genesis()
-
-
 def piece_text(piece: Any) -> str:
     """A merge side as text: strings as they are, token ids through the genesis tokenizer."""
     if isinstance(piece, bool):
         raise ValueError(f"{piece!r} is not a token")
     if isinstance(piece, int):
-        return _genesis_tokenizer().token_bytes(piece).decode("utf-8", errors="replace")
+        return genesis_token_bytes(piece).decode("utf-8", errors="replace")
     if isinstance(piece, bytes):
         return piece.decode("utf-8", errors="replace")
     if isinstance(piece, str):

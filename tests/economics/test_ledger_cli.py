@@ -2,8 +2,8 @@ import argparse
 import json
 import sqlite3
 
-from app.node.economics import cli
 from app.node.economics.constants import neuro
+from app.wallet import ledger_cli as cli
 
 from .helpers import ALICE, BOB, T0, Devnet, submit_all
 

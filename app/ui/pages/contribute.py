@@ -9,7 +9,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QCheckBox, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from app.node.events import ModesChanged, SetModes
-from app.node.modes import DESCRIPTIONS, MODES
+from app.node.values import DESCRIPTIONS, MODES
 from app.ui.bridge import EngineBridge
 
 # What each mode needs and earns, in a volunteer's words. Rates are the defaults of DESIGN.md §4.

@@ -20,7 +20,7 @@ from app.node.events import (
     StatusChanged,
     StepDone,
 )
-from app.node.hardware import TIER_MEANING, SpeedTier
+from app.node.values import TIER_MEANING, SpeedTier
 from app.ui.bridge import EngineBridge
 from app.ui.format import format_bytes, format_neuro
 from app.ui.records import BadAnswer, read_earnings

@@ -22,8 +22,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.node.economics.constants import EconomicsConfig
 from app.node.events import ProposalChanged, Query, VocabularyChanged, WalletCommand
+from app.node.values import DEFAULT_ECONOMICS
 from app.ui.bridge import EngineBridge
 from app.ui.format import countdown
 from app.ui.merges_text import describe_merge, example_words, to_token_bytes
@@ -32,9 +32,8 @@ from app.ui.wallet_session import WalletSession
 from app.ui.widgets.proposal_dialog import ProposalDialog
 from app.ui.widgets.wallet_dialogs import PasswordDialog
 
-_ECON = EconomicsConfig()
-APPROVAL = _ECON.approval_threshold
-QUORUM = _ECON.quorum_threshold
+APPROVAL = DEFAULT_ECONOMICS.approval_threshold
+QUORUM = DEFAULT_ECONOMICS.quorum_threshold
 COLUMNS = ("Proposal", "Phase", "Phase ends in", "Yes", "Turnout")
 
 

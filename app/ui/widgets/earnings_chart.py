@@ -9,7 +9,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import QWidget
 
-from app.node.modes import UNITS_PER_NEURO
+from app.node.values import UNITS_PER_NEURO
 from app.ui.records import EarningRow
 from app.ui.theme import style_chart
 

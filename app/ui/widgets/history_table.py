@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.node.modes import UNITS_PER_NEURO
+from app.node.values import UNITS_PER_NEURO
 from app.ui.records import HistoryRow
 
 COLUMNS = ("Time", "Kind", "Amount (NEURO)", "Fee (NEURO)", "Counterparty", "Status", "Id")

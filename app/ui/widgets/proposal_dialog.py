@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QLabel, QLineEdit, QPlainTextEdit, QWidget
 
-from app.node.economics.constants import EconomicsConfig
+from app.node.values import DEFAULT_ECONOMICS
 from app.ui.format import format_neuro
 from app.ui.widgets.wallet_dialogs import _password_field, _ValidatingDialog
 
-PROPOSAL_STAKE_UNITS = EconomicsConfig().proposal_stake
+PROPOSAL_STAKE_UNITS = DEFAULT_ECONOMICS.proposal_stake
 MAX_MERGES = 256  # one proposal stays reviewable; larger vocabularies grow over several votes
 
 

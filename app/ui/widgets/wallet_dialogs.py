@@ -16,10 +16,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.crypto.keys import is_valid_address
-from app.node.economics.constants import EconomicsConfig
+from app.node.values import DEFAULT_ECONOMICS
 from app.ui.format import AmountError, format_neuro, parse_neuro
 
-DEFAULT_FEE_UNITS = EconomicsConfig().min_transfer_fee
+DEFAULT_FEE_UNITS = DEFAULT_ECONOMICS.min_transfer_fee
 
 
 def _password_field() -> QLineEdit:

@@ -16,12 +16,10 @@ from PySide6.QtWidgets import (
 
 from app.node.config import ConfigError
 from app.node.events import HardwareMeasured
-from app.node.hardware import TIER_MEANING, SpeedTier
-from app.node.modes import DESCRIPTIONS, MODES
+from app.node.values import DESCRIPTIONS, MODES, TIER_MEANING, SpeedTier, estimate_plan
 from app.ui.format import format_bytes
 from app.ui.hardware_probe import HardwareProbe
 from app.ui.widgets.limits_form import LimitsForm
-from app.ui.wizard.capabilities import wizard_plan
 from app.ui.wizard.state import WizardState
 
 
@@ -136,7 +134,8 @@ class ModesPage(QWizardPage):
                 box.setEnabled(False)
                 self.reasons[mode].setText("")
             return
-        plan = wizard_plan(hw, self.state.config.limits.memory_fraction, self.state.config.data_dir)
+        plan = estimate_plan(hw.memory_bytes, hw.tier, self.state.config.limits.memory_fraction,
+                             self.state.config.data_dir)
         self.state.plan = plan
         self.note.setText("")
         for mode, box in self.boxes.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from app.node.config import NodeConfig
 from app.node.events import HardwareMeasured
-from app.node.modes import ModePlan
+from app.node.values import ModePlan
 from app.wallet.keystore import Keystore
 
 
