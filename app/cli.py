@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="compute device (default auto)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="log verbosity")
     parser.add_argument("--seed", type=int, help="random seed (reproducible runs)")
+    parser.add_argument("--on-corrupt-checkpoint", choices=("ask", "restart", "stop"),
+                        help="when both checkpoint copies are corrupt and no replica has the stage: ask (the app's "
+                             "default), restart the stage from scratch, or stop with exit code 3 (headless default)")
     return parser
 
 
@@ -82,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     config = apply_file_settings(config, load_config_file(config.config_path))
     overrides = {
         "host": args.host, "port": args.port, "max_steps": args.max_steps, "device": args.device,
-        "log_level": args.log_level, "seed": args.seed,
+        "log_level": args.log_level, "seed": args.seed, "on_corrupt_checkpoint": args.on_corrupt_checkpoint,
         "trackers": tuple(args.tracker) if args.tracker else None,
         "modes": tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes else None,
     }

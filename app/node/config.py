@@ -167,6 +167,7 @@ class NodeConfig:
     headless: bool = False
     devnet: bool = False
     seed: int | None = None
+    on_corrupt_checkpoint: str | None = None  # ask / restart / stop; None: ask in the app, stop headless
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     training: dict[str, Any] = field(default_factory=dict)
     economics: dict[str, Any] = field(default_factory=dict)
@@ -185,6 +186,8 @@ class NodeConfig:
             raise ConfigError(f"device '{self.device}' is not one of auto, cpu, cuda, mps")
         for tracker in self.trackers:
             parse_host_port(tracker)
+        if self.on_corrupt_checkpoint not in (None, "ask", "restart", "stop"):
+            raise ConfigError(f"on_corrupt_checkpoint '{self.on_corrupt_checkpoint}' is not ask, restart or stop")
         self.limits.validate()
 
     @property

@@ -30,12 +30,14 @@ from app.node.events import (
     NodeState,
     Pause,
     Remeasure,
+    ResolveCorruptCheckpoint,
     Resume,
     RunFinished,
     SetUsageCaps,
     StatusChanged,
     UsageCapsChanged,
 )
+from app.node.faults import CheckpointDecision, FaultStop
 from app.node.logs import attach_event_handler, configure_file_logging
 from app.node.runtime_api import RunControl, Runtime, RuntimeContext, RuntimeFactory
 from app.node.throttle import DutyCycle, MeteredExecutor, default_threads
@@ -79,6 +81,7 @@ class NodeEngine:
         self._log_detach: Callable[[], None] | None = None
         self._events_detach: Callable[[], None] = lambda: None
         self._posted: set[concurrent.futures.Future[Any]] = set()
+        self._checkpoint_decision = CheckpointDecision()
 
     # --- observation ------------------------------------------------------------------------
 
@@ -248,12 +251,19 @@ class NodeEngine:
             self._set_state(NodeState.JOINING)
             loop = asyncio.get_running_loop()
             ctx = RuntimeContext(self.config, report, self.emit, self._set_state, self._control,
-                                 self._executor, loop, usage=self._usage)
+                                 self._executor, loop, usage=self._usage,
+                                 checkpoint_decision=self._checkpoint_decision)
             self._runtime = await loop.run_in_executor(None, self._factory, ctx)
             code = await self._runtime.run()
             self.emit(RunFinished(steps=getattr(self._runtime, "steps_done", 0), exit_code=code))
         except asyncio.CancelledError:
             code = 0
+        except FaultStop as exc:  # a deliberate stop: the message says why and what to do
+            log.error("%s", exc)
+            self.emit(ErrorOccurred(message=str(exc), fatal=True))
+            self._state = StatusChanged(state=NodeState.ERROR, detail=str(exc))
+            self.emit(self._state)
+            code = exc.exit_code
         except Exception as exc:
             log.exception("node failed")
             self.emit(ErrorOccurred(message=_describe_error(exc), fatal=True))
@@ -317,6 +327,8 @@ class NodeEngine:
             return report.to_dict()
         if isinstance(command, SetUsageCaps):
             return self._apply_caps(command.caps)
+        if isinstance(command, ResolveCorruptCheckpoint):
+            return self._checkpoint_decision.answer(command.choice)
         if self._runtime is None:
             raise EngineError("the node is still starting; try again in a moment")
         return await self._runtime.handle(command)

@@ -342,3 +342,60 @@ class WalletCommand(Command):
     name: ClassVar[str] = "wallet"
     action: str
     args: tuple[tuple[str, Any], ...] = ()
+
+
+# --- faults (#15): checkpoints that never destroy the good copy ---------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointSetAside(Event):
+    """A checkpoint failed its content hash: renamed to ``now_at`` (kept for diagnostics) and
+    ``loaded`` (the verified older copy, now in its place) resumed the node instead."""
+
+    kind: ClassVar[str] = "checkpoint_set_aside"
+    original: str
+    now_at: str
+    reason: str
+    loaded: str
+
+    def describe(self) -> str:
+        return (f"checkpoint {self.original} is corrupted ({self.reason}); set aside as {self.now_at}, "
+                f"resumed from the verified copy {self.loaded}")
+
+
+@dataclass(frozen=True)
+class CheckpointDecisionNeeded(Event):
+    """Neither checkpoint copy verifies and no live replica has this stage: the node waits for the
+    volunteer's ``ResolveCorruptCheckpoint`` (``choices``) before doing anything with the files."""
+
+    kind: ClassVar[str] = "checkpoint_decision"
+    reason: str
+    choices: tuple[str, ...] = ("restart", "stop")
+
+    def describe(self) -> str:
+        return (f"both checkpoints are unusable ({self.reason}); waiting for the volunteer to choose "
+                f"{' or '.join(self.choices)}")
+
+
+@dataclass(frozen=True)
+class CheckpointRecovered(Event):
+    """How a node whose checkpoints were all unusable went on: ``how`` is "replica" (weights from a
+    live replica) or "restart" (the volunteer or ``--on-corrupt-checkpoint restart`` chose a fresh
+    start); ``set_aside`` lists where the unusable files now lie."""
+
+    kind: ClassVar[str] = "checkpoint_recovered"
+    how: str
+    detail: str
+    set_aside: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        kept = f"; unusable files kept as {', '.join(self.set_aside)}" if self.set_aside else ""
+        return f"checkpoints unusable: {self.detail}{kept}"
+
+
+@dataclass(frozen=True)
+class ResolveCorruptCheckpoint(Command):
+    """The volunteer's answer to ``CheckpointDecisionNeeded``: "restart" or "stop"."""
+
+    name: ClassVar[str] = "resolve_corrupt_checkpoint"
+    choice: str

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from app.node.config import NodeConfig
 from app.node.events import Command, Event, NodeState
+from app.node.faults import CheckpointDecision
 from app.node.hardware import HardwareReport
 from app.node.throttle import DutyCycle
 from app.node.usage import UsageCapsHub
@@ -80,6 +81,7 @@ class RuntimeContext:
     executor: Executor  # heavy tensor work goes here, never on the loop thread
     loop: asyncio.AbstractEventLoop
     usage: UsageCapsHub = field(default_factory=UsageCapsHub)  # caps in force; subscribe to enforce one
+    checkpoint_decision: CheckpointDecision = field(default_factory=CheckpointDecision)  # engine answers it
 
 
 class Runtime(Protocol):

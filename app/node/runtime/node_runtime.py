@@ -28,10 +28,12 @@ from typing import Any
 
 import torch
 
+from app.node.checkpoint_recovery import recover_unusable_checkpoints
 from app.node.config import atomic_write_bytes
 from app.node.economics.governance import Proposal
 from app.node.events import (
     ActivityChanged,
+    CheckpointSetAside,
     Command,
     ErrorOccurred,
     LayersAssigned,
@@ -42,6 +44,7 @@ from app.node.events import (
     UpgradeAvailable,
     VocabularyChanged,
 )
+from app.node.faults import resolve_policy
 from app.node.hardware import (
     DeviceInfo,
     layers_that_fit,
@@ -49,7 +52,7 @@ from app.node.hardware import (
     memory_budget_bytes,
     tier_for_ms,
 )
-from app.node.model.checkpoint import CheckpointError
+from app.node.model.checkpoint import CheckpointError, CheckpointsUnusable
 from app.node.p2p.records import LayerAnnouncement
 from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
@@ -70,7 +73,12 @@ from app.node.runtime.quorum_service import QuorumService
 from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RuntimeContext
 from app.node.training.async_mode import snapshot_fits
-from app.node.training.checkpointing import ResumePoint, read_resume_point, restore_training_state
+from app.node.training.checkpointing import (
+    ResumePoint,
+    checkpoint_path,
+    read_resume_point,
+    restore_training_state,
+)
 from app.node.training.config import TrainingConfig
 from app.node.training.device_check import check_training_device
 from app.node.training.layer_pool import Assignment, NodeOffer
@@ -122,6 +130,7 @@ class NodeRuntime:
         self._losses: list[float] = []
         self._activity = ""
         self._started_at = time.time()
+        self._checkpoints_lost: CheckpointsUnusable | None = None  # both copies failed verification
 
     # --- public hooks ------------------------------------------------------------------------
     def subscribe_work(self, listener: Callable[[StepInfo], None]) -> None:
@@ -218,6 +227,8 @@ class NodeRuntime:
         self.assignment = _assignment_from(resume, node_id) if resume else await planner.assign(me)
         log.info("assigned layers %s; building the stage", self.assignment.layer_range)
         await self._build_stage(self.assignment, resume)
+        if self._checkpoints_lost is not None:
+            await self._recover_lost_checkpoints(self._checkpoints_lost)
         self._offer = (tier, layers_fit)
         await self._announce(*self._offer)
         log.info("layers announced")
@@ -291,9 +302,16 @@ class NodeRuntime:
     def _resume_point(self) -> ResumePoint | None:
         try:
             point = read_resume_point(self.config.data_dir)
+        except CheckpointsUnusable as exc:  # decided once the stage is built (_recover_lost_checkpoints)
+            log.error("%s", exc)
+            self._checkpoints_lost = exc
+            return None
         except CheckpointError as exc:
             log.warning("ignoring unusable checkpoint: %s", exc)
             return None
+        for aside in point.set_aside if point is not None else ():
+            self.ctx.emit(CheckpointSetAside(original=str(aside.original), now_at=str(aside.now_at),
+                                             reason=aside.reason, loaded=str(point.path)))
         if point is not None and self.vocab is not None and point.arch.vocab != self.arch.vocab \
                 and self.vocab.rewind_to(point.arch.vocab):  # saved before the last activation
             self.arch = self.vocab.architecture(self.arch)
@@ -325,6 +343,24 @@ class NodeRuntime:
         self._serve_stage(self.stage)
         self.net.node.set_sync_handler(self.cohort.handle)
         self.net.node.set_weights_handler(refusals_as_status(self._serve_weights))
+
+    async def _recover_lost_checkpoints(self, lost: CheckpointsUnusable) -> None:
+        """Neither checkpoint verifies: a live replica's weights, else the volunteer or the flag
+        decides (checkpoint_recovery.py); a stop raises FaultStop out of start-up."""
+        async def from_replica() -> str | None:
+            if self.net is None or self.net.solo or self.stage is None or self.sync is None:
+                return None
+            try:
+                await self._download_into(self.stage, self.sync, self.stage.layer_range)
+            except RetryElsewhere:
+                return None
+            return f"holding layers {self.stage.layer_range}"
+
+        await recover_unusable_checkpoints(
+            lost, checkpoint_path(self.config.data_dir),
+            policy=resolve_policy(self.config.on_corrupt_checkpoint, self.config.headless),
+            emit=self.ctx.emit, decision=self.ctx.checkpoint_decision, from_replica=from_replica,
+            stopped=lambda: self.ctx.control.sleep(float("inf")))
 
     def _sync_position(self) -> tuple[int, int]:
         return (self.sync.rounds, self.sync.replica.inner_steps_done) if self.sync else (0, 0)

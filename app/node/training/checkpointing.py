@@ -7,6 +7,12 @@ shard's parameters are created in, identical on every build) and ``diloco.*``; c
 data loader position go in the JSON ``extra`` metadata. A killed node restarted with the same data
 dir resumes from its last committed step: nothing committed before the checkpoint is lost.
 
+A corrupted newest checkpoint is set aside (renamed, kept) and the verified ``.prev`` resumes the
+node; ``ResumePoint.set_aside`` says what was set aside so the runtime can report it. When both are
+unusable ``read_resume_point`` raises ``CheckpointsUnusable`` and renames nothing:
+app/node/checkpoint_recovery.py decides what happens next (a replica's weights, the volunteer's
+choice, or a stop), never a silent restart from step 1.
+
 Under a running node the data dir has a disk cap (app/node/disk.py). A checkpoint that would
 take it past the cap first evicts the ``.prev`` copy (the last good checkpoint stays); if it still
 does not fit, this save is skipped with a warning (training goes on from the last checkpoint
@@ -29,7 +35,15 @@ import torch
 
 from app.node.disk import DiskCapExceeded, budget_for
 from app.node.model.architecture import ModelArchitecture
-from app.node.model.checkpoint import CheckpointError, load_with_fallback, previous_path, save_checkpoint
+from app.node.model.checkpoint import (
+    CheckpointError,
+    SetAside,
+    load_checkpoint,
+    load_newest_good,
+    previous_path,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from app.node.training.stage import StageWorker
 from app.node.training.sync import StageSync
 
@@ -56,6 +70,7 @@ class ResumePoint:
     driver_step: int
     counters: dict[str, Any]
     path: Path
+    set_aside: tuple[SetAside, ...] = ()  # unusable copies renamed out of the way to get here
 
 
 def checkpoint_path(data_dir: Path | str) -> Path:
@@ -83,36 +98,44 @@ def save_training_state(data_dir: Path | str, stage: StageWorker, sync: StageSyn
         }
     budget = budget_for(path.parent)
     if budget is None:
-        save_checkpoint(path, state, stage.shard.architecture, extra={"training": json.dumps(counters)})
+        _save(path, state, stage, counters)
         return path
     need = sum(t.numel() * t.element_size() for t in state.values()) + _METADATA_ALLOWANCE
     prev = previous_path(path)
-    if not budget.room(need) and prev.exists():
-        prev.unlink(missing_ok=True)  # the fallback copy goes first; the newest good checkpoint stays
+    if not budget.room(need) and prev.exists() and path.exists() and verify_checkpoint(path) is None:
+        prev.unlink(missing_ok=True)  # the fallback copy goes first; the newest, verified, stays
         log.info("disk cap: removed the older checkpoint copy %s to make room", prev.name)
     try:
         with budget.reserve(need, what="the training checkpoint"):
-            save_checkpoint(path, state, stage.shard.architecture, extra={"training": json.dumps(counters)})
+            _save(path, state, stage, counters)
     except DiskCapExceeded:
         return None  # reported by the budget; the last checkpoint on disk is still whole
     return path
 
 
+def _save(path: Path, state: dict[str, torch.Tensor], stage: StageWorker, counters: dict[str, Any]) -> None:
+    aside = save_checkpoint(path, state, stage.shard.architecture, extra={"training": json.dumps(counters)})
+    if aside is not None:
+        log.warning("the checkpoint being replaced no longer verifies (%s); it was set aside as %s and "
+                    "the verified %s was kept", aside.reason, aside.now_at.name, previous_path(path).name)
+
+
 def read_resume_point(data_dir: Path | str) -> ResumePoint | None:
     """The checkpoint's stage and counters, or None when there is no checkpoint yet."""
     path = checkpoint_path(data_dir)
-    if not path.exists():
+    if not path.exists() and not previous_path(path).exists():
         return None
-    checkpoint, used = load_with_fallback(path)
-    counters = _counters(checkpoint.extra, used)
+    loaded = load_newest_good(path)  # CheckpointsUnusable when neither copy verifies
+    counters = _counters(loaded.checkpoint.extra, loaded.path)
     first, last = counters["layer_range"]
     return ResumePoint((first, last), bool(counters["with_embedding"]), bool(counters["with_head"]),
-                       checkpoint.arch, int(counters["driver_step"]), counters, used)
+                       loaded.checkpoint.arch, int(counters["driver_step"]), counters, loaded.path,
+                       loaded.set_aside)
 
 
 def restore_training_state(point: ResumePoint, stage: StageWorker, sync: StageSync | None) -> None:
     """Load weights, AdamW moments and DiLoCo state into a freshly built stage."""
-    checkpoint, _ = load_with_fallback(point.path, expected_arch=stage.shard.architecture)
+    checkpoint = load_checkpoint(point.path, expected_arch=stage.shard.architecture)
     if tuple(point.layer_range) != tuple(stage.layer_range):
         raise ResumeError(f"checkpoint holds layers {point.layer_range}, this stage {stage.layer_range}")
     model = {k[len("model."):]: v for k, v in checkpoint.state.items() if k.startswith("model.")}
