@@ -34,8 +34,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.node.model.architecture import ModelArchitecture  # noqa: E402
-from app.node.model.runtime import autocast  # noqa: E402
 from app.node.model.shard import ModelShard, lm_loss  # noqa: E402
+from app.node.training.speed import SpeedPlan, apply_speed, autocast  # noqa: E402
 
 H100_BF16_PEAK_FLOPS = 989e12
 """Dense bf16 peak of an H100 SXM (NVIDIA datasheet), the denominator of MFU."""
@@ -178,7 +178,8 @@ def paired_ratio(fast: list[float], slow: list[float]) -> float:
 def memory_profile(arch: ModelArchitecture, batch: torch.Tensor, device: torch.device,
                    low_rank: int | None, checkpoint: bool) -> dict[str, float]:
     torch.manual_seed(0)
-    model = ModelShard.full(arch, low_rank=low_rank, checkpoint_activations=checkpoint).to(device)
+    model = ModelShard.full(arch, low_rank=low_rank).to(device)
+    apply_speed(model, SpeedPlan(checkpoint_activations=checkpoint))
     params = sum(p.numel() for p in model.parameters())
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}

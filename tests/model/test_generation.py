@@ -7,7 +7,6 @@ import torch
 
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.generation import generate, sample_next
-from app.node.model.runtime import autocast, maybe_compile
 from app.node.model.shard import ModelShard
 
 ARCH = ModelArchitecture.tiny()
@@ -79,11 +78,3 @@ def test_generate_refuses_incomplete_pipeline() -> None:
         generate([stages[0], stages[2]], [1, 2], 3)
     with pytest.raises(ValueError, match="first stage"):
         generate(stages[1:], [1, 2], 3)
-
-
-def test_cpu_runtime_defaults_no_autocast_no_compile() -> None:
-    whole, _ = _whole_and_stages()
-    assert maybe_compile(whole) is whole
-    with autocast("cpu"):
-        out = whole(torch.zeros(1, 4, dtype=torch.long))
-    assert out.dtype == torch.float32

@@ -24,18 +24,23 @@ from app.node.runtime_api import RuntimeContext
 from app.node.training.checkpointing import read_resume_point, restore_training_state, save_training_state
 from app.node.training.device_check import check_training_device
 from app.node.training.pipeline import PipelineDriver
+from app.node.training.speed import SpeedPlan
 from app.node.training.sync import StageSync
 from app.node.training.transport import LocalTransport
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
+FP32 = SpeedPlan()
+"""These tests compare the device's float32 arithmetic with the CPU's: bf16 autocast (the CUDA
+default, tests/training/test_speed_gpu.py) would differ by more than their tolerances."""
+
 
 def _pipeline(device: str, config) -> tuple[PipelineDriver, dict]:  # noqa: ANN001
     """Two stages in process: the driver (layers 0-2) and a peer holding layers 2-4, on ``device``."""
     net = LocalTransport()
-    first = make_stage((0, 2), config, device=device)
-    last = make_stage((2, ARCH.layers), config, device=device)
+    first = make_stage((0, 2), config, device=device, speed=FP32)
+    last = make_stage((2, ARCH.layers), config, device=device, speed=FP32)
     net.add_peer("peer", (2, ARCH.layers), last.handle)
     return PipelineDriver("driver", first, [2], net, micro_batches=config.micro_batches), {"first": first, "last": last}
 
@@ -72,7 +77,7 @@ def test_diloco_round_on_cuda_keeps_the_anchor_on_the_cpu_and_matches_the_cpu() 
     config = tiny_config(inner_steps=3)
     results = {}
     for device in ("cpu", "cuda"):
-        stage = make_stage((0, ARCH.layers), config, device=device)
+        stage = make_stage((0, ARCH.layers), config, device=device, speed=FP32)
         driver = PipelineDriver("solo", stage, [], None, micro_batches=config.micro_batches)
         sync = StageSync("solo", stage, None, config)
         _train(driver, config, 3)

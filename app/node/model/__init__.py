@@ -5,5 +5,6 @@ Read in this order: ``architecture`` (shapes and the memory scaler; imports no t
 embedding and head), ``shard`` (a pipeline stage or the whole model), ``growth``
 (function-preserving depth, width and vocabulary growth, and the Arbor trigger),
 ``checkpoint`` (atomic safetensors files), ``generation`` (KV-cached sampling through
-stages), ``runtime`` (device, autocast, compile). Nothing is imported here on purpose.
+stages). Device, precision, compile and activation checkpointing are applied from outside by
+app/node/training/speed.py. Nothing is imported here on purpose.
 """

@@ -47,8 +47,7 @@ class GrowthError(ValueError):
 
 def _rebuild(model: ModelShard, arch: ModelArchitecture, first: int, last: int) -> ModelShard:
     new = ModelShard(arch, first, last, with_embedding=model.with_embedding,
-                     with_head=model.with_head, low_rank=model.low_rank,
-                     checkpoint_activations=model.checkpoint_activations)
+                     with_head=model.with_head, low_rank=model.low_rank)
     first_param = next(model.parameters(), None)
     if first_param is not None:
         new = new.to(device=first_param.device, dtype=first_param.dtype)

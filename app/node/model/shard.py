@@ -7,6 +7,8 @@ matching subset of the whole model's, and checkpoints and layer transfers need n
 
 Chaining shards with ``.detach().requires_grad_()`` at the boundaries and back-propagating the
 received gradient gives the same loss and gradients as the whole model (tests/model).
+Precision, compilation and activation checkpointing are not the shard's business: training
+applies them from outside (app/node/training/speed.py), as torchtitan's ``parallelize`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.layers import DecoderBlock, LayerCache, LMHead, TokenEmbedding, rope_tables
@@ -42,14 +43,12 @@ class ModelShard(nn.Module):
     """Global blocks [first_layer, last_layer), with the embedding and/or head when asked."""
 
     def __init__(self, arch: ModelArchitecture, first_layer: int, last_layer: int, *,
-                 with_embedding: bool, with_head: bool, low_rank: int | None = None,
-                 checkpoint_activations: bool = False) -> None:
+                 with_embedding: bool, with_head: bool, low_rank: int | None = None) -> None:
         super().__init__()
         _check_shard_args(arch, first_layer, last_layer, with_embedding, with_head, low_rank)
         self._arch = arch
         self._range = (first_layer, last_layer)
         self.low_rank = low_rank
-        self.checkpoint_activations = checkpoint_activations
         self.embedding = TokenEmbedding(arch.vocab, arch.hidden, low_rank) if with_embedding else None
         self.blocks = nn.ModuleDict({str(i): DecoderBlock(arch) for i in range(first_layer, last_layer)})
         tied = self.embedding if arch.tie_embeddings else None
@@ -60,11 +59,9 @@ class ModelShard(nn.Module):
         self.init_weights()
 
     @classmethod
-    def full(cls, arch: ModelArchitecture, *, low_rank: int | None = None,
-             checkpoint_activations: bool = False) -> ModelShard:
+    def full(cls, arch: ModelArchitecture, *, low_rank: int | None = None) -> ModelShard:
         """The whole model: every block, the embedding and the head."""
-        return cls(arch, 0, arch.layers, with_embedding=True, with_head=True, low_rank=low_rank,
-                   checkpoint_activations=checkpoint_activations)
+        return cls(arch, 0, arch.layers, with_embedding=True, with_head=True, low_rank=low_rank)
 
     def init_weights(self) -> None:
         if self.embedding is not None:
@@ -126,13 +123,8 @@ class ModelShard(nn.Module):
         t = self._check_input(x, start)
         h = self.embedding(x) if self.embedding is not None else x
         cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
-        use_checkpoint = self.checkpoint_activations and self.training and cache is None
         for key, block in self.blocks.items():
-            layer_cache = cache.layers[int(key)] if cache is not None else None
-            if use_checkpoint and torch.is_grad_enabled():
-                h = checkpoint(block, h, cos, sin, use_reentrant=False)
-            else:
-                h = block(h, cos, sin, layer_cache)
+            h = block(h, cos, sin, cache.layers[int(key)] if cache is not None else None)
         if cache is not None:
             cache.position += t
         return self.head(h) if self.head is not None else h

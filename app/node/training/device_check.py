@@ -24,6 +24,7 @@ import torch
 
 from app.node.model.architecture import GENESIS_VOCAB, ModelArchitecture
 from app.node.training.config import TrainingConfig
+from app.node.training.speed import SpeedPlan
 from app.node.training.stage import StageWorker, build_shard
 from app.node.training.transport import OP_COMMIT, OP_FORWARD
 
@@ -65,9 +66,11 @@ class DeviceCheck:
 
 
 def tiny_step(device: torch.device, seed: int) -> StepOutcome:
-    """One training step of a tiny two-layer model through StageWorker on ``device``."""
+    """One float32 training step of a tiny two-layer model through StageWorker on ``device``."""
     shard = build_shard(_ARCH, (0, _ARCH.layers), with_embedding=True, with_head=True, seed=seed)
-    stage = StageWorker(shard, _CONFIG, device=device)
+    # float32 eager on both sides (SpeedPlan()): this checks the device's kernels, and bf16 would
+    # differ from the CPU by more than the tolerances allow on a healthy card.
+    stage = StageWorker(shard, _CONFIG, device=device, speed=SpeedPlan())
     gen = torch.Generator().manual_seed(seed)
     batch = torch.randint(0, _ARCH.vocab, (_CONFIG.batch_size, _CONFIG.seq_len + 1), generator=gen)
     ids, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()

@@ -44,6 +44,7 @@ from app.node.model.architecture import ModelArchitecture
 from app.node.model.shard import ModelShard, lm_loss
 from app.node.training.config import TrainingConfig
 from app.node.training.inner_optim import InnerAdamW
+from app.node.training.speed import SpeedPlan, apply_speed, autocast, plan_speed
 from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, GiveUp, Meta, Tensors
 
 MAX_CACHED_GRAPHS = 64
@@ -136,11 +137,15 @@ class CommitInfo:
 class StageWorker:
     def __init__(self, shard: ModelShard, config: TrainingConfig, *, executor: Executor | None = None,
                  on_commit: Callable[[CommitInfo], None] | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", speed: SpeedPlan | None = None) -> None:
         self.device = torch.device(device)
         # Module.to keeps the Parameter objects (it swaps their data), so tied weights stay tied
         # and anything holding the parameters (DiLoCo, the optimizer below) sees the moved ones.
         self.shard = shard.to(self.device)
+        # Autocast, compile and activation checkpointing (training/speed.py); without a plan,
+        # the device's defaults: bf16 + compile on CUDA, float32 eager on the CPU.
+        self.speed = speed if speed is not None else plan_speed(self.device)
+        apply_speed(self.shard, self.speed)
         self.config = config
         self.params = [p for p in shard.parameters() if p.requires_grad]
         self.optimizer = InnerAdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
@@ -230,12 +235,12 @@ class StageWorker:
             if targets is None or targets.dtype != torch.long or targets.shape != x.shape[:2]:
                 raise GiveUp("the head stage needs targets [B, T] (int64) with the input")
             tokens = _count_targets(targets)  # counted on the CPU copy: no device round trip
-            loss = lm_loss(self.shard(x), targets.to(self.device))
+            loss = lm_loss(self._run(x), targets.to(self.device))
             x_leaf = x if x.requires_grad else None
             grad_in = self._accumulate(driver, step, mb, loss, None, x_leaf, tokens)
             return {"loss": float(loss.detach()), "tokens": tokens,
                     **self._acc[(driver, step)].norm_meta()}, grad_in
-        out = self.shard(x)
+        out = self._run(x)
         self._graphs[(driver, step, mb)] = (x if x.requires_grad else None, out, self._param_versions())
         while len(self._graphs) > MAX_CACHED_GRAPHS:
             self._graphs.popitem(last=False)
@@ -257,12 +262,16 @@ class StageWorker:
                 return {"status": "need_input"}, []
             x = x if x is not None else self._input(tensors, 1)
             self.shard.train()
-            graph = (x if x.requires_grad else None, self.shard(x), ())
+            graph = (x if x.requires_grad else None, self._run(x), ())
         x_leaf, out, _ = graph
         if out.shape != grad_out.shape:
             raise GiveUp(f"gradient shape {tuple(grad_out.shape)} != output {tuple(out.shape)}")
         grad_in = self._accumulate(driver, step, mb, out, grad_out, x_leaf, 0)
         return {"status": "ok", **self._acc[(driver, step)].norm_meta()}, grad_in
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.speed.autocast_bf16):
+            return self.shard(x)
 
     def _param_versions(self) -> tuple[int, ...]:
         """Autograd's in-place counters of the parameters: they change whenever the weights do."""
