@@ -53,13 +53,20 @@ class Devnet:
         return self.signed(author, "stake", {"amount": amount}, ts)
 
     def proof(self, author: PrivateKey, epoch: int, kind: str = "training", batches: int = 10, layers: int = 2,
-              tier: int = 3, offset_ms: int = 10, **figures) -> Record:
+              tier: int = 3, offset_ms: int = 10, layer_us: int = 100, **figures) -> Record:
+        """A proof stamped ``offset_ms`` into ``epoch``; training and inference work ends then and
+        spans just the time ``batches x layers`` passes of ``layer_us`` take (unless given)."""
+        timestamp = epoch * self.config.epoch_ms + offset_ms
+        if kind in ("training", "inference"):
+            figures.setdefault("work_end_ms", timestamp)
+            needed_ms = -(-batches * layers * layer_us // 1000)
+            figures.setdefault("work_start_ms", figures["work_end_ms"] - max(needed_ms, 1))
+            figures.setdefault("layer_us", layer_us)
         work = ponw.WorkFigures(batches=batches if kind == "training" else 0, layers=layers, tier=tier,
                                 uptime_ms=figures.pop("uptime_ms", 0), role=figures.pop("role", "worker"),
                                 **figures)
         before, after = (b"\x01" * 32, b"\x02" * 32) if kind == "training" else (b"", b"")
-        return ponw.make_proof(author, self.config, epoch=epoch, kind=kind, work=work,
-                               timestamp_ms=epoch * self.config.epoch_ms + offset_ms,
+        return ponw.make_proof(author, self.config, epoch=epoch, kind=kind, work=work, timestamp_ms=timestamp,
                                model_before=before, model_after=after)
 
     def epoch_of(self, ts: int) -> int:

@@ -55,17 +55,46 @@ def test_second_proof_for_the_same_epoch_voids_both(net, ledger):
 
 
 @pytest.mark.parametrize("figures, reason", [
-    ({"batches": 10_000, "layers": 4, "tier": 4}, "impossible for tier"),
+    ({"batches": 10_000, "layers": 4, "layer_us": 100, "work_start_ms": T0 + 1000}, "do not fit"),
+    ({"batches": 10, "layers": 2, "layer_us": 1}, "faster than any hardware"),
+    ({"work_end_ms": T0 + 2500}, "does not end inside the proof's epoch"),
+    ({"work_start_ms": T0 - 5000}, "more than 3 epochs before"),
     ({"batches": 0}, "without batches"),
 ])
 def test_impossible_training_claims_are_refused(net, ledger, figures, reason):
-    proof = net.proof(BOB, net.epoch_of(T0) + 1, **figures)
+    proof = net.proof(BOB, net.epoch_of(T0) + 1, **figures)  # stamped at T0 + 1010
     result = submit_all(ledger, [proof])[0]
     assert result.status == "rejected" and reason in result.reason
 
 
+def test_a_slow_node_with_many_layers_is_paid_whatever_its_tier(net, ledger):
+    """The symptom of issue 14: 32 batches over 11 layers on a loaded T4 machine. Its cost per
+    layer was measured on the real shape (2 ms), and the work fits the time it took."""
+    epoch = net.epoch_of(T0) + 1
+    proof = net.proof(BOB, epoch, batches=32, layers=11, tier=4, layer_us=2000, offset_ms=900)
+    result = submit_all(ledger, [proof])[0]
+    assert result.accepted, result.reason
+    assert proof.body["work_end_ms"] - proof.body["work_start_ms"] == 32 * 11 * 2  # ms
+    assert ledger.balance(BOB.address).pending > 0
+
+
+def test_a_node_cannot_claim_the_same_time_twice(net, ledger):
+    epoch = net.epoch_of(T0) + 1
+    first = net.proof(BOB, epoch, batches=10, layers=2, offset_ms=900)
+    # the next epoch's proof claims time back into the first one's span
+    second = net.proof(BOB, epoch + 1, batches=10, layers=2, offset_ms=100,
+                       work_start_ms=first.body["work_end_ms"] - 1)
+    touching = net.proof(BOB, epoch + 2, batches=10, layers=2, offset_ms=100,
+                         work_start_ms=first.body["work_end_ms"])
+    submit_all(ledger, [first, second, touching])
+    assert ledger.record_status(first.record_id)[0] == "applied"
+    assert ledger.record_status(touching.record_id)[0] == "applied"
+    status, reason = ledger.record_status(second.record_id)
+    assert status == "rejected" and "already claimed" in reason
+
+
 def test_training_proof_whose_model_hash_did_not_change_is_refused(net):
-    work = ponw.WorkFigures(batches=1, layers=1, tier=3)
+    work = ponw.WorkFigures(batches=1, layers=1, tier=3, work_start_ms=5000, work_end_ms=5001, layer_us=500)
     same = b"\x07" * 32
     proof = ponw.make_proof(BOB, net.config, epoch=5, kind="training", work=work, timestamp_ms=5 * 1000 + 1,
                             model_before=same, model_after=same)

@@ -1,11 +1,13 @@
 """The runtime's economy: proofs from real training steps, gossip over real gRPC, wallet answers."""
 
 import asyncio
+import json
 from dataclasses import dataclass
 
 import pytest
 
 from app.node.config import NodeConfig
+from app.node.economics.records import Record
 from app.node.events import ProofAccepted, Query, WalletCommand
 from app.node.p2p.node import P2PNode
 from app.node.runtime.economy import GOSSIP_TOPIC, EconomyService, _parse_batch
@@ -128,3 +130,48 @@ def test_two_nodes_agree_on_the_ledger_after_gossip_over_grpc(tmp_path) -> None:
                 economy.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def _main_preset_service(tmp_path, clock: Clock, events: list) -> EconomyService:
+    data_dir = tmp_path / "main"
+    keystore = Keystore(data_dir, use_keyring=False, scrypt_n=2**10)
+    config = NodeConfig(data_dir=data_dir, economics={})  # the main preset: 60 s epochs
+    return EconomyService(keystore.create(PASSWORD), config, events.append, "T4", keystore=keystore, clock=clock)
+
+
+def test_a_loaded_t4_node_with_eleven_layers_has_its_honest_proofs_accepted(tmp_path) -> None:
+    """Issue 14's symptom: 32 batches over 11 layers in one 60 s epoch on a T4 machine was refused
+    as 'impossible for tier T4 (at most 27 per epoch)'. The bound is now the measured cost."""
+    clock, events = Clock(), []
+    clock.now = 1_800_000_040.0  # 40 s into an epoch: the first step started in the previous one
+    economy = _main_preset_service(tmp_path, clock, events)
+    clock.now = 1_800_000_060.0  # epoch start
+    for i in range(16):  # 16 steps of 2 micro-batches, 3.7 s each (a loaded machine)
+        clock.now += 3.7
+        economy.on_work(Step(i + 1, 2, 2 * 256, (0, 11), "driver+validator", f"{i:064x}", f"{i + 1:064x}"))
+    clock.now = 1_800_000_121.0
+    assert sorted(economy.close_epoch()) == ["training", "uptime"]
+    record = economy.ledger.records_since(0)[0]
+    proofs = [json.loads(raw)["body"] for raw in record if b'"training"' in raw]
+    assert proofs[0]["batches"] == 32 and proofs[0]["layers"] == 11 and proofs[0]["tier"] == 4
+    assert proofs[0]["layer_us"] == 3_700_000 // 22  # the measured cost of one layer and micro-batch
+    economy.close()
+
+
+def test_work_is_proven_in_the_epoch_it_was_done_even_when_the_epoch_closes_late(tmp_path) -> None:
+    """A loaded machine's economy loop may wake several epochs late, and one step may take longer
+    than a devnet epoch: each epoch's work is still proven in that epoch and accepted."""
+    clock, events = Clock(), []
+    economy = make_service(tmp_path, "a", clock, events)
+    clock.now += 2.5  # a step 2.5 epochs long
+    economy.on_work(Step(1, 4, 512, (0, 4), "worker", "00" * 32, "01" * 32))
+    clock.now += 1.0
+    economy.on_work(Step(2, 4, 512, (0, 4), "worker", "01" * 32, "02" * 32))
+    clock.now += 1.2  # the loop wakes only now
+    economy.close_epoch()
+    training = [e for e in events if isinstance(e, ProofAccepted) and e.proof_kind == "training"]
+    assert len(training) == 2 and training[0].epoch + 1 == training[1].epoch
+    statuses = [economy.ledger.record_status(Record.from_bytes(raw).record_id)[0]
+                for raw in economy.ledger.records_since(0)[0]]
+    assert statuses == ["applied"] * len(statuses)
+    economy.close()

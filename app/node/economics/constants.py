@@ -68,13 +68,6 @@ def _default_role_bonus() -> dict[str, float]:
     return {"none": 0.0, "worker": 0.1, "driver": 0.2, "validator": 0.3}
 
 
-def _default_tier_min_ms() -> dict[int, float]:
-    """Fastest plausible time per reference layer and batch for each speed tier (seed 001 table,
-    lower bound of each band). T1's band starts at 0, so 1 ms stands for "an H100": anything
-    faster is physically implausible for the reference layer and is refused."""
-    return {1: 1.0, 2: 10.0, 3: 50.0, 4: 200.0, 5: 1000.0}
-
-
 @dataclass(kw_only=True)
 class EconomicsConfig:
     """All economic parameters. Durations are milliseconds so a devnet can shrink days to seconds."""
@@ -139,7 +132,20 @@ class EconomicsConfig:
     demand_range: tuple[float, float] = (1.0, 2.0)
     speed_range: tuple[float, float] = (0.8, 1.5)
     reputation_range: tuple[float, float] = (0.8, 1.2)
-    tier_min_ms: dict[int, float] = field(default_factory=_default_tier_min_ms)
+
+    # --- bounds on claimed work (ponw.py) -------------------------------------------------------
+    min_layer_us: int = 20
+    """Fastest plausible forward + backward of one layer on one micro-batch, in microseconds: one
+    layer launches dozens of kernels and a kernel launch costs several microseconds on any
+    accelerator, so a claimed cost below this is physically impossible whatever the shape."""
+    work_time_margin: float = 1.25
+    """A proof's claimed work (batches x layers x its measured cost per layer) may exceed the wall
+    time it covers by this factor. An honest node's claim is at most 1.0 of it by construction
+    (the cost is the fastest step it measured in that time); the margin absorbs the gap between
+    the training thread's clock and the economy's under load, never a tier's table speed."""
+    max_work_span_epochs: int = 3
+    """How far back before its epoch a training proof's credited time may start: a step longer
+    than an epoch is credited whole to the epoch it finished in, but nobody claims an afternoon."""
 
     def __post_init__(self) -> None:
         _positive(self, "epoch_ms", "challenge_window_ms", "voting_ms", "max_proofs_per_hour",
@@ -151,8 +157,9 @@ class EconomicsConfig:
         missing = set(_default_rewards()) - set(self.rewards)
         if missing:
             raise ConfigError(f"economics.rewards lacks {sorted(missing)}")
-        if set(self.tier_min_ms) != {1, 2, 3, 4, 5}:
-            raise ConfigError("economics.tier_min_ms needs tiers 1..5")
+        if self.min_layer_us <= 0 or self.max_work_span_epochs <= 0 or self.work_time_margin < 1.0:
+            raise ConfigError("economics.min_layer_us and max_work_span_epochs must be positive, "
+                              "work_time_margin at least 1")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EconomicsConfig:
@@ -162,9 +169,6 @@ class EconomicsConfig:
         if unknown:
             raise ConfigError(f"unknown economics settings: {sorted(unknown)}")
         values = dict(values)
-        if "tier_min_ms" in values:
-            values["tier_min_ms"] = {**_default_tier_min_ms(),
-                                     **{int(k): float(v) for k, v in values["tier_min_ms"].items()}}
         if "rewards" in values:  # a TOML file may change one rate and keep the others
             values["rewards"] = {**_default_rewards(), **values["rewards"]}
         if "role_bonus" in values:
@@ -192,12 +196,6 @@ def _positive(config: EconomicsConfig, *names: str) -> None:
             raise ConfigError(f"economics.{name} must be positive")
 
 
-DEVNET_LAYER_COST = 1e-3
-"""A devnet trains the tiny model, whose layer costs about a thousandth of the reference layer
-the tiers are measured on; PoNW's physical rate bound (batches per epoch per tier) is scaled by
-the same factor there, or every honest devnet proof would be refused as impossibly fast."""
-
-
 def from_settings(settings: dict[str, Any], *, devnet: bool = False) -> EconomicsConfig:
     """The ``[economics]`` section of config.toml. ``preset = "devnet"`` (or ``devnet=True``)
     starts from the seconds-long devnet timings; other keys override single values."""
@@ -208,5 +206,4 @@ def from_settings(settings: dict[str, Any], *, devnet: bool = False) -> Economic
     if preset != "devnet":
         raise ConfigError(f"economics.preset must be 'main' or 'devnet', not {preset!r}")
     base = vars(EconomicsConfig.devnet())
-    base["tier_min_ms"] = {tier: ms * DEVNET_LAYER_COST for tier, ms in base["tier_min_ms"].items()}
     return EconomicsConfig.from_dict({**base, **values})

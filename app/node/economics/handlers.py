@@ -98,6 +98,8 @@ def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
     recent = bisect.bisect_right(accepted, epoch) - bisect.bisect_right(accepted, epoch - window)
     if recent >= config.max_proofs_per_hour:
         raise Refused(f"more than {config.max_proofs_per_hour} proofs in one hour")
+    if body["proof_kind"] in ("training", "inference"):
+        _claim_span(state, address, body["work_start_ms"], body["work_end_ms"])
     account = state.account(address)
     reward = rewards.proof_reward(body, account.staked, config)
     bisect.insort(accepted, epoch)
@@ -107,6 +109,18 @@ def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
     settle_at = (epoch + 1) * config.epoch_ms + config.challenge_window_ms
     state.schedule(settle_at, 0, "settle", str(epoch))
     state.note(address, at_ms, "proof", 0, record.record_id, f"{body['proof_kind']} pending {reward}")
+
+
+def _claim_span(state: LedgerState, address: str, start: int, end: int) -> None:
+    """Refuses a work span that overlaps one this node already claimed (touching is fine: one
+    step ends when the next begins), else records it."""
+    spans = state.work_spans.setdefault(address, [])
+    at = bisect.bisect_left(spans, (start, end))
+    before = spans[at - 1] if at else None
+    after = spans[at] if at < len(spans) else None
+    if (before is not None and before[1] > start) or (after is not None and after[0] < end):
+        raise Refused("work span overlaps time this node already claimed in another proof")
+    spans.insert(at, (start, end))
 
 
 def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:

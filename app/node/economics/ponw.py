@@ -6,10 +6,20 @@ node's layer weights before and after. The ledger (``state.py``) adds the statef
 proof per node, kind and epoch; a nonce used once; at most ``max_proofs_per_hour``; rewards only
 once the challenge window has passed without an upheld challenge (optimistic verification).
 
-Rate limits derive from the node's speed tier (seed 001, DESIGN.md section 4): a tier is defined
-by milliseconds per reference layer per batch, so a node of tier T holding L layers cannot have
-pushed more than ``epoch_ms / (tier_min_ms[T] * L)`` batches through them in one epoch. A claim
-above that bound is refused as physically impossible for the tier the node measured.
+Bounds come from the real cost of the claimed work, never from a tier table (DESIGN.md section
+7; the tier is a scheduling hint only, measured once and often under other load). A training or
+inference proof carries the wall-clock span its work was done in (``work_start_ms`` ..
+``work_end_ms``, ending inside its epoch) and ``layer_us``, the node's measured time for one
+layer of the actual model shape on one micro-batch (its fastest step in that span). The rules:
+
+* the claimed work fits the span at that cost: ``batches * layers * layer_us`` is at most
+  ``work_time_margin`` x the span;
+* the cost is physically possible (``layer_us >= min_layer_us``), whatever the node's tier;
+* a node claims each moment once: the ledger refuses a span that overlaps one of the same node's
+  accepted spans (``handlers.py``), so the wall time a node claims is at most the time it exists.
+
+What the node claims it computed is then checked by re-execution (verify mode): the proof's
+``work_root`` commits to the steps it did, and a verifier re-runs a sampled one.
 """
 
 from __future__ import annotations
@@ -49,6 +59,10 @@ class WorkFigures:
     tier: int = 4
     uptime_ms: int = 0
     async_mode: bool = False
+    work_start_ms: int = 0
+    work_end_ms: int = 0
+    layer_us: int = 0
+    work_root: bytes = b""
 
 
 def make_proof(key: PrivateKey, config: EconomicsConfig, *, epoch: int, kind: str, work: WorkFigures,
@@ -60,14 +74,33 @@ def make_proof(key: PrivateKey, config: EconomicsConfig, *, epoch: int, kind: st
             "batches": work.batches, "tokens": work.tokens, "samples": work.samples,
             "layers": work.layers, "role": work.role, "tier": work.tier, "uptime_ms": work.uptime_ms,
             "async_mode": work.async_mode, "model_before": model_before.hex(),
-            "model_after": model_after.hex()}
+            "model_after": model_after.hex(), "work_start_ms": work.work_start_ms,
+            "work_end_ms": work.work_end_ms, "layer_us": work.layer_us, "work_root": work.work_root.hex()}
     return Record.create(key, "proof", config.network_id, timestamp_ms, body)
 
 
-def max_batches(tier: int, layers: int, config: EconomicsConfig) -> int:
-    """Most batches a node of ``tier`` holding ``layers`` layers can process in one epoch."""
-    per_batch_ms = config.tier_min_ms[tier] * max(layers, 1)
-    return int(config.epoch_ms / per_batch_ms)
+def max_layer_batches(body: dict, config: EconomicsConfig) -> int:
+    """Most layer x micro-batch passes the proof's span allows at its measured cost per layer."""
+    span_us = (body["work_end_ms"] - body["work_start_ms"]) * 1000
+    return int(span_us * config.work_time_margin) // max(body["layer_us"], 1)
+
+
+def check_span(body: dict, config: EconomicsConfig, timestamp_ms: int) -> None:
+    """The work span ends inside the proof's epoch, before its stamp, and reaches back a bounded
+    time; the measured cost per layer is physically possible."""
+    start = body["epoch"] * config.epoch_ms
+    if not start <= body["work_end_ms"] < start + config.epoch_ms:
+        raise ProofRejected("work span does not end inside the proof's epoch")
+    if body["work_end_ms"] > timestamp_ms:
+        raise ProofRejected("work span ends after the proof was signed")
+    if body["work_start_ms"] >= body["work_end_ms"]:
+        raise ProofRejected("work span is empty")
+    if body["work_start_ms"] < start - config.max_work_span_epochs * config.epoch_ms:
+        raise ProofRejected(f"work span starts more than {config.max_work_span_epochs} epochs before its epoch")
+    if body["layer_us"] < config.min_layer_us:
+        raise ProofRejected(
+            f"{body['layer_us']} us per layer and micro-batch is faster than any hardware "
+            f"(at least {config.min_layer_us} us)")
 
 
 def check_timing(record: Record, config: EconomicsConfig, now_ms: int | None) -> None:
@@ -97,8 +130,9 @@ def check_timing(record: Record, config: EconomicsConfig, now_ms: int | None) ->
         raise ProofRejected("proof stamped after its epoch's challenge window closed")
 
 
-def check_work(body: dict, config: EconomicsConfig) -> None:
-    """Refuses impossible figures for the claimed tier and training proofs whose weights did not move."""
+def check_work(body: dict, config: EconomicsConfig, timestamp_ms: int) -> None:
+    """Refuses work that does not fit its span at its measured cost, and training proofs whose
+    weights did not move."""
     kind = body["proof_kind"]
     epoch_s = config.epoch_ms / 1000
     if body["uptime_ms"] > config.epoch_ms:
@@ -108,23 +142,26 @@ def check_work(body: dict, config: EconomicsConfig) -> None:
     if body["samples"] > MAX_SAMPLES_PER_SECOND * epoch_s:
         raise ProofRejected("more samples than any node serves in one epoch")
     if kind == "training":
-        _check_training(body, config)
+        _check_training(body, config, timestamp_ms)
     elif kind == "inference":
-        bound = max_batches(body["tier"], body["layers"], config) * INFERENCE_TOKENS_PER_LAYER_STEP
+        check_span(body, config, timestamp_ms)
+        bound = max_layer_batches(body, config) // max(body["layers"], 1) * INFERENCE_TOKENS_PER_LAYER_STEP
         if body["tokens"] > bound:
-            raise ProofRejected(f"{body['tokens']} tokens exceed tier T{body['tier']}'s bound of {bound}")
+            raise ProofRejected(f"{body['tokens']} tokens exceed the {bound} its span allows at its measured cost")
     elif body["batches"] or body["tokens"]:
         raise ProofRejected(f"a {kind} proof claims training batches or tokens")
 
 
-def _check_training(body: dict, config: EconomicsConfig) -> None:
+def _check_training(body: dict, config: EconomicsConfig, timestamp_ms: int) -> None:
     if body["batches"] <= 0 or body["layers"] <= 0:
         raise ProofRejected("training proof without batches or layers")
-    bound = max_batches(body["tier"], body["layers"], config)
-    if body["batches"] > bound:
+    check_span(body, config, timestamp_ms)
+    bound = max_layer_batches(body, config)
+    if body["batches"] * body["layers"] > bound:
+        span_ms = body["work_end_ms"] - body["work_start_ms"]
         raise ProofRejected(
-            f"{body['batches']} batches over {body['layers']} layers is impossible for tier "
-            f"T{body['tier']} (at most {bound} per epoch)")
+            f"{body['batches']} batches over {body['layers']} layers at {body['layer_us']} us each do "
+            f"not fit in {span_ms} ms of work (at most {bound} layer passes)")
     if body["tokens"] > body["batches"] * MAX_TOKENS_PER_BATCH:
         raise ProofRejected("more tokens than the claimed batches can hold")
     if not body["model_before"] or not body["model_after"]:
@@ -136,4 +173,4 @@ def _check_training(body: dict, config: EconomicsConfig) -> None:
 def check_proof(record: Record, config: EconomicsConfig, now_ms: int | None = None) -> None:
     """All stateless PoNW rules; raises ``ProofRejected`` with the first rule broken."""
     check_timing(record, config, now_ms)
-    check_work(dict(record.body), config)
+    check_work(dict(record.body), config, record.timestamp_ms)

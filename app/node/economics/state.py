@@ -80,6 +80,9 @@ class LedgerState:
     proofs: dict[str, ProofState] = field(default_factory=dict)
     epoch_proofs: dict[int, list[str]] = field(default_factory=dict)
     proof_epochs: dict[str, list[int]] = field(default_factory=dict)
+    work_spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    """Per node, the sorted (start, end) wall-time spans its accepted training and inference
+    proofs claim: a node computes in each moment once (``handlers._claim_span``)."""
     minted_by_day: dict[tuple[str, int], int] = field(default_factory=dict)
     proposals: dict[str, governance.Proposal] = field(default_factory=dict)
     burned: int = 0

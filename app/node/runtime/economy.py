@@ -1,8 +1,11 @@
 """EconomyService: the node's ledger, its Proof-of-Neural-Work, gossip and the wallet commands.
 
-Work flows in from the trainer (``on_work`` with each applied step); at the end of every PoNW
-epoch the node signs one uptime proof and, when it trained, one training proof carrying the
-weight hashes before and after, and submits them to its own ledger. Rewards follow from accepted
+Work flows in from the trainer (``on_work`` with each applied step, the one entry point for work);
+each step is credited to the PoNW epoch it finished in, with the wall time since the previous
+step (the span it was computed in) and its measured cost per layer and micro-batch. At the end of
+every epoch the node signs one uptime proof and, when it trained, one training proof carrying the
+weight hashes before and after, its work span and the fastest cost per layer it measured (the
+bound the ledger checks, ``economics/ponw.py``), and submits them to its own ledger. Rewards follow from accepted
 proofs inside the ledger after the challenge window (``app/node/economics``), never from here.
 
 Ledger records spread by push-pull gossip on the P2P layer's ``ledger`` topic: each round the
@@ -45,13 +48,34 @@ GossipSend = Callable[[Any, list[bytes]], Awaitable[list[bytes]]]
 
 @dataclass
 class _EpochWork:
+    """The steps credited to one epoch: their sums, span and fastest measured cost per layer."""
+
     batches: int = 0
     tokens: int = 0
     layers: int = 0
     role: str = "none"
     hash_before: str = ""
     hash_after: str = ""
+    start_ms: int = 0
+    end_ms: int = 0
+    layer_us: int = 0
     steps: list[int] = field(default_factory=list)
+
+    def add(self, step: Any, start_ms: int, end_ms: int) -> None:
+        first, last = step.layers
+        layers = max(1, last - first)
+        batches = max(1, int(step.batches))
+        if not self.hash_before:
+            self.hash_before, self.start_ms = step.hash_before, start_ms
+        self.hash_after, self.end_ms = step.hash_after, end_ms
+        self.batches += int(step.batches)
+        self.tokens += int(step.tokens)
+        self.layers = max(self.layers, last - first)
+        self.role = _role_for_proof(step.role)
+        # Rounded down, so batches x layers x layer_us never exceeds the measured time.
+        cost_us = (end_ms - start_ms) * 1000 // (batches * layers)
+        self.layer_us = cost_us if not self.layer_us else min(self.layer_us, cost_us)
+        self.steps.append(int(step.step))
 
 
 def _hash32(text: str) -> bytes:
@@ -81,9 +105,10 @@ class EconomyService:
         self._emit = emit
         self._tier = int(tier.lstrip("T")) if tier[1:].isdigit() else 5
         self._clock = clock
-        self._work = _EpochWork()
+        self._work: dict[int, _EpochWork] = {}  # epoch -> work credited to it
         self._work_lock = threading.Lock()
         self._started_ms = int(clock() * 1000)
+        self._work_mark_ms = self._started_ms  # when the last credited step ended
         self._last_epoch = self._epoch_of(self._started_ms) - 1
         self._sent_cursor: dict[str, int] = {}  # peer id -> our cursor already pushed to it
         self._seen_cursor: dict[str, int] = {}  # peer id -> their cursor we already pulled
@@ -94,23 +119,31 @@ class EconomyService:
     # --- work in --------------------------------------------------------------------------------
 
     def on_work(self, step: Any) -> None:
-        """Called after every applied step (any thread) with the trainer's StepInfo."""
-        first, last = step.layers
-        with self._work_lock:
-            work = self._work
-            if not work.hash_before:
-                work.hash_before = step.hash_before
-            work.hash_after = step.hash_after
-            work.batches += int(step.batches)
-            work.tokens += int(step.tokens)
-            work.layers = max(work.layers, last - first)
-            work.role = _role_for_proof(step.role)
-            work.steps.append(int(step.step))
+        """The economy's entry point for work: called after every applied step (any thread) with
+        the trainer's StepInfo (step, batches, tokens, layers, role, hash_before, hash_after).
 
-    def _take_work(self) -> _EpochWork:
+        The step is credited to the epoch it finished in; its span runs from the end of the
+        previous credited step (never overlapping it, so the ledger's one-claim-per-moment rule
+        holds) and reaches back at most ``max_work_span_epochs`` before that epoch."""
+        now_ms = int(self._clock() * 1000)
+        epoch = self._epoch_of(now_ms)
         with self._work_lock:
-            work, self._work = self._work, _EpochWork()
-            return work
+            earliest = (epoch - self.config.max_work_span_epochs) * self.config.epoch_ms
+            start_ms = max(self._work_mark_ms, earliest)
+            if now_ms <= start_ms:  # two steps in one millisecond: the second's span is empty
+                now_ms = start_ms + 1
+                if self._epoch_of(now_ms) != epoch:
+                    return
+            self._work_mark_ms = now_ms
+            self._work.setdefault(epoch, _EpochWork()).add(step, start_ms, now_ms)
+
+    def _take_work(self, before_epoch: int) -> dict[int, _EpochWork]:
+        """Removes and returns the work of every epoch that has ended before ``before_epoch``."""
+        with self._work_lock:
+            done = {epoch: work for epoch, work in self._work.items() if epoch < before_epoch}
+            for epoch in done:
+                del self._work[epoch]
+            return done
 
     # --- epochs ---------------------------------------------------------------------------------
 
@@ -118,21 +151,28 @@ class EconomyService:
         return now_ms // self.config.epoch_ms
 
     def close_epoch(self) -> list[str]:
-        """Sign and submit the proofs for the epoch that just ended; returns the accepted kinds."""
+        """Sign and submit the proofs for the epoch that just ended; returns the accepted kinds.
+
+        Training work of every ended epoch is proven in its own epoch (a late call under load
+        proves the epochs it missed too, as long as their challenge windows are open)."""
         now_ms = int(self._clock() * 1000)
-        epoch = self._epoch_of(now_ms) - 1
+        current = self._epoch_of(now_ms)
+        epoch = current - 1
         if epoch <= self._last_epoch:
             return []
         self._last_epoch = epoch
-        work = self._take_work()
-        proofs = [("uptime", WorkFigures(uptime_ms=self.config.epoch_ms, tier=self._tier), b"", b"")]
-        if work.batches and work.hash_before != work.hash_after:
+        proofs = [(epoch, "uptime", WorkFigures(uptime_ms=self.config.epoch_ms, tier=self._tier), b"", b"")]
+        oldest_open = current - self.config.challenge_window_ms // self.config.epoch_ms
+        for worked, work in sorted(self._take_work(current).items()):
+            if worked < oldest_open or not work.batches or work.hash_before == work.hash_after:
+                continue
             figures = WorkFigures(batches=work.batches, tokens=work.tokens, layers=max(1, work.layers),
-                                  role=work.role, tier=self._tier)
-            proofs.append(("training", figures, _hash32(work.hash_before), _hash32(work.hash_after)))
+                                  role=work.role, tier=self._tier, work_start_ms=work.start_ms,
+                                  work_end_ms=work.end_ms, layer_us=work.layer_us)
+            proofs.append((worked, "training", figures, _hash32(work.hash_before), _hash32(work.hash_after)))
         accepted = []
         staked = self.ledger.balance(self.key.address).staked
-        for kind, figures, before, after in proofs:
+        for epoch, kind, figures, before, after in proofs:
             record = make_proof(self.key, self.config, epoch=epoch, kind=kind, work=figures,
                                 timestamp_ms=now_ms, model_before=before, model_after=after)
             result = self.ledger.submit(record.to_bytes(), now_ms)
