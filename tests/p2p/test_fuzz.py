@@ -11,6 +11,7 @@ from app.node.p2p.config import MIB
 from app.node.p2p.errors import PeerRejected
 from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, Shape, pb2
 from app.node.p2p.tensor_codec import build_header
+from app.node.p2p.tls import pinned_channel, probe
 
 from .helpers import double, run, swarm
 
@@ -42,7 +43,7 @@ def test_random_bytes_to_every_rpc_are_refused_without_crashing_the_node():
         async with swarm(2, tracker=False) as (_, (target, other)):
             target.set_stage_handler(double)
             rng = random.Random(1234)
-            async with grpc.aio.insecure_channel(target.address) as channel:
+            async with pinned_channel(target.address, await probe(target.address, 2)) as channel:
                 for path in METHODS:
                     for _ in range(25):
                         payloads = [rng.randbytes(rng.randint(0, 300)) for _ in range(rng.randint(1, 4))]
@@ -63,8 +64,8 @@ def test_oversized_message_is_refused_with_resource_exhausted():
             target.set_gossip_handler("ledger", lambda sender, payloads: _never())
             request = pb2.GossipRequest(protocol_version=PROTOCOL_VERSION, topic="ledger",
                                         payloads=[b"\0" * (9 * MIB)])
-            async with grpc.aio.insecure_channel(
-                    target.address, options=[("grpc.max_send_message_length", 64 * MIB)]) as channel:
+            async with pinned_channel(target.address, await probe(target.address, 2),
+                                      [("grpc.max_send_message_length", 64 * MIB)]) as channel:
                 code = await _raw_call(channel, "/neuroshard.v1.Ledger/Gossip", [request.SerializeToString()])
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert (await other.ping(target.address)).node_id == target.node_id
@@ -156,7 +157,7 @@ def test_structured_garbage_in_valid_messages_is_refused_without_crashing_the_no
             target.set_stage_handler(double)
             target.set_gossip_handler("ledger", lambda sender, payloads: _never())
             rng = random.Random(99)
-            async with grpc.aio.insecure_channel(target.address) as channel:
+            async with pinned_channel(target.address, await probe(target.address, 2)) as channel:
                 for path, method in METHODS.items():
                     for _ in range(15):
                         messages = [_random_message(method.request, rng).SerializeToString()

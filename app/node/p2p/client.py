@@ -1,13 +1,23 @@
-"""Outgoing calls: a channel per peer, deadlines on every call, typed errors, relayed delivery.
+"""Outgoing calls: a TLS channel per peer, deadlines on every call, typed errors, relayed delivery.
 
 A peer is dialled at its address; a hidden node (no address) is reached through its relay with
 ``Relay.Forward`` naming it as target, each message passed through as serialised bytes.
+
+Every channel is TLS, pinned to the certificate the server presented when the channel was made
+(tls.py). Before that, the certificate's node-identity binding is checked, and it must name the
+node the caller meant to reach: the node of a peer record, or the id pinned in an address written
+``<node id hex>@host:port``. A plain ``host:port`` trusts whichever node answers there first
+(its binding still has to be valid); the channel stays pinned to it. A server whose certificate
+has no valid binding, or is bound to another node than the one expected, is refused with
+PERMISSION_DENIED and its address banned for ``ban_max_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -20,7 +30,10 @@ from app.node.p2p.errors import P2PError, PeerRejected, PeerUnavailable, Request
 from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, Method, Shape, pb2
 from app.node.p2p.records import PeerRecord
 from app.node.p2p.stats import TrafficStats
+from app.node.p2p.tls import TlsIdentityError, bound_node_id, fingerprint, pinned_channel, probe
 from app.node.p2p.wire import counting, parser, serialize
+
+log = logging.getLogger(__name__)
 
 _RELAY_FORWARD = "/neuroshard.v1.Relay/Forward"
 MAX_CHANNELS = 256
@@ -28,25 +41,59 @@ MAX_CHANNELS = 256
 beyond this, so a long-lived node in a big swarm does not run out of file descriptors."""
 
 
+class IdentityMismatch(PeerRejected):
+    """The server's TLS certificate is not validly bound to the node the caller meant to reach."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, grpc.StatusCode.PERMISSION_DENIED)
+
+
 @dataclass(frozen=True)
 class Route:
     """Where a call goes: ``dial`` is the address to connect to; ``target`` is set when ``dial``
-    is a relay passing the call to the hidden node with that id."""
+    is a relay passing the call to the hidden node with that id. ``expect`` is the node id the
+    server at ``dial`` must prove in TLS (empty: any validly bound node), ``tls`` the certificate
+    fingerprint its signed record announced (empty: not known)."""
 
     dial: str
     target: bytes = b""
+    expect: bytes = b""
+    tls: bytes = b""
 
     @classmethod
     def of(cls, peer: PeerRecord | str | Route) -> Route:
         if isinstance(peer, Route):
             return peer
         if isinstance(peer, str):
-            return cls(peer)
+            return cls.parse(peer)
         if peer.address:
-            return cls(peer.address)
+            return cls(peer.address, expect=peer.node_id, tls=peer.tls)
         if peer.relay:
             return cls(peer.relay, peer.node_id)
         raise PeerUnavailable("peer record has neither an address nor a relay")
+
+    @classmethod
+    def parse(cls, address: str) -> Route:
+        """``host:port`` or ``<64 hex node id>@host:port`` (pins the server's identity)."""
+        pin, at, rest = address.partition("@")
+        if not at:
+            return cls(address)
+        try:
+            expect = bytes.fromhex(pin)
+        except ValueError:
+            expect = b""
+        if len(expect) != 32:
+            raise PeerUnavailable(f"{address!r}: a pinned address is <64 hex digits>@host:port")
+        return cls(rest, expect=expect)
+
+
+@dataclass
+class _Pinned:
+    """An open channel and the identity its certificate proved."""
+
+    channel: grpc.aio.Channel
+    node_id: bytes
+    fingerprint: bytes
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
@@ -62,39 +109,106 @@ class PeerClient:
     def __init__(self, config: P2PConfig, stats: TrafficStats) -> None:
         self.config = config
         self.stats = stats
-        self._channels: OrderedDict[str, grpc.aio.Channel] = OrderedDict()
+        self._channels: OrderedDict[str, _Pinned] = OrderedDict()
+        self._dialing: dict[str, asyncio.Future[_Pinned]] = {}
+        self._banned: dict[str, float] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
-        if channel is not None:
+    def banned(self, address: str) -> bool:
+        """Whether ``address`` presented a certificate not bound to the node expected there."""
+        until = self._banned.get(address)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._banned[address]
+            return False
+        return True
+
+    async def channel(self, route: Route) -> grpc.aio.Channel:
+        """The TLS channel to ``route.dial``, after checking the server is the node expected."""
+        address = route.dial
+        if self.banned(address):
+            raise IdentityMismatch(f"{address} is banned: it presented a certificate not bound to the "
+                                   "node expected there")
+        pinned = self._channels.get(address)
+        if pinned is not None and self._fits(pinned, route):
             self._channels.move_to_end(address)
-        else:
-            channel = grpc.aio.insecure_channel(address, options=[
-                ("grpc.max_send_message_length", self.config.max_message_bytes),
-                ("grpc.max_receive_message_length", self.config.max_message_bytes),
-                ("grpc.enable_retries", 0),
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ])
-            self._channels[address] = channel
-            if len(self._channels) > MAX_CHANNELS:
-                _, oldest = self._channels.popitem(last=False)
-                task = asyncio.ensure_future(oldest.close(grace=1.0))  # lets its calls in flight end
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-        return channel
+            return pinned.channel
+        if pinned is not None:  # another node now answers there, or a newer record: check again
+            await self.forget(address)
+        pinned = await self._dial(address)
+        if not self._fits(pinned, route):
+            await self.forget(address)
+            self._banned[address] = time.monotonic() + self.config.ban_max_s
+            want = route.expect.hex()[:16] or "the announced certificate"
+            raise IdentityMismatch(f"{address} proved node {pinned.node_id.hex()[:16]}, not {want}")
+        return pinned.channel
+
+    @staticmethod
+    def _fits(pinned: _Pinned, route: Route) -> bool:
+        return ((not route.expect or pinned.node_id == route.expect)
+                and (not route.tls or pinned.fingerprint == route.tls))
+
+    async def _dial(self, address: str) -> _Pinned:
+        """Probe, check and pin one address; concurrent callers share one handshake."""
+        pending = self._dialing.get(address)
+        if pending is None:
+            pending = self._dialing[address] = asyncio.ensure_future(self._open(address))
+            pending.add_done_callback(lambda done: self._dialed(address, done))
+        return await asyncio.shield(pending)
+
+    def _dialed(self, address: str, done: asyncio.Future[_Pinned]) -> None:
+        self._dialing.pop(address, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have given up already
+
+    async def _open(self, address: str) -> _Pinned:
+        try:
+            der = await probe(address, self.config.tls_handshake_timeout_s)
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise PeerUnavailable(f"{address}: TLS handshake failed: {exc!r}") from None
+        try:
+            node_id = bound_node_id(der)
+        except TlsIdentityError as exc:
+            self._banned[address] = time.monotonic() + self.config.ban_max_s
+            raise IdentityMismatch(f"{address}: {exc}") from None
+        channel = pinned_channel(address, der, [
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ])
+        pinned = _Pinned(channel, node_id, fingerprint(der))
+        old = self._channels.pop(address, None)
+        if old is not None:
+            self._retire(old.channel)
+        self._channels[address] = pinned
+        if len(self._channels) > MAX_CHANNELS:
+            _, oldest = self._channels.popitem(last=False)
+            self._retire(oldest.channel)
+        return pinned
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.ensure_future(channel.close(grace=1.0))  # lets its calls in flight end
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def pinned_node(self, address: str) -> bytes | None:
+        """The node id the open channel to ``address`` is pinned to, if one is open."""
+        pinned = self._channels.get(address)
+        return pinned.node_id if pinned is not None else None
 
     async def forget(self, address: str) -> None:
-        channel = self._channels.pop(address, None)
-        if channel is not None:
-            await channel.close(grace=None)
+        pinned = self._channels.pop(address, None)
+        if pinned is not None:
+            await pinned.channel.close(grace=None)
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), OrderedDict()
-        for channel in channels:
+        for pinned in channels:
             with contextlib.suppress(Exception):
-                await channel.close(grace=None)
+                await pinned.channel.close(grace=None)
 
     async def unary(self, peer: PeerRecord | str | Route, path: str, request: Any, timeout: float) -> Any:
         responses = self.stream(peer, path, [request], timeout)
@@ -112,13 +226,18 @@ class PeerClient:
         route = Route.of(peer)
         method = METHODS[path]
         try:
+            channel = await asyncio.wait_for(self.channel(route), timeout)
             if route.target:
-                source = self._relayed(route, method, requests, timeout)
+                source = self._relayed(channel, route, method, requests, timeout)
             else:
-                source = self._direct(route.dial, method, requests, timeout)
+                source = self._direct(channel, method, requests, timeout)
             async for response in source:
                 yield response
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # the pinned certificate may be stale (the node restarted without its data dir,
+                # or another node took the port): dial afresh next time, with a new check
+                await self.forget(route.dial)
             raise error_from_status(exc.code(), exc.details(), route.dial) from None
         except (asyncio.TimeoutError, TimeoutError):
             raise RequestTimeout(f"{route.dial} did not answer within {timeout:.2f} s") from None
@@ -127,9 +246,8 @@ class PeerClient:
         except Exception as exc:  # grpc's own errors outside AioRpcError (a call torn down mid-write)
             raise PeerUnavailable(f"{route.dial}: call failed: {exc!r}") from None
 
-    async def _direct(self, address: str, method: Method, requests: Iterable[Any] | AsyncIterable[Any],
+    async def _direct(self, channel: grpc.aio.Channel, method: Method, requests: Iterable[Any] | AsyncIterable[Any],
                       timeout: float) -> AsyncIterator[Any]:
-        channel = self.channel(address)
         ser, de = counting(method, self.stats, server=False)
         if method.shape is Shape.BIDI:
             call = channel.stream_stream(method.path, request_serializer=ser, response_deserializer=de)(
@@ -147,8 +265,8 @@ class PeerClient:
         async for response in call:
             yield response
 
-    async def _relayed(self, route: Route, method: Method, requests: Iterable[Any] | AsyncIterable[Any],
-                       timeout: float) -> AsyncIterator[Any]:
+    async def _relayed(self, channel: grpc.aio.Channel, route: Route, method: Method,
+                       requests: Iterable[Any] | AsyncIterable[Any], timeout: float) -> AsyncIterator[Any]:
         kind, parse = method.traffic, parser(method.response)
 
         async def frames() -> AsyncIterator[Any]:
@@ -160,7 +278,7 @@ class PeerClient:
             yield pb2.RelayFrame(end=True)
 
         relay = METHODS[_RELAY_FORWARD]
-        call = self.channel(route.dial).stream_stream(
+        call = channel.stream_stream(
             relay.path, request_serializer=relay.request.SerializeToString,
             response_deserializer=relay.response.FromString)(frames(), timeout=timeout)
         async for frame in call:

@@ -23,6 +23,7 @@ class P2PConfig:
     max_gossip_bytes: int = 4 * MIB
     # --- deadlines (every RPC has one; STYLE.md)
     rpc_timeout_s: float = 5.0
+    tls_handshake_timeout_s: float = 2.0  # the identity probe before a new channel (tls.py)
     dht_rpc_timeout_s: float = 2.0
     # --- request signatures: timestamps this far from our clock are refused; nonces are
     # remembered for twice the window so any replay inside it is caught.

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +38,7 @@ from app.node.p2p.router import FailoverEvent, SwarmRouter
 from app.node.p2p.server import Dispatcher
 from app.node.p2p.stats import TrafficStats
 from app.node.p2p.tensor_rpc import call_tensors
+from app.node.p2p.tls import TlsIdentity
 from app.node.p2p.tracker_client import TrackerClient
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,14 @@ _RTT_SMOOTHING = 0.3
 class P2PNode:
     def __init__(self, key: PrivateKey, *, host: str = "127.0.0.1", port: int = 0,
                  trackers: list[str] | None = None, listen: bool = True, config: P2PConfig | None = None,
-                 on_failover: Callable[[FailoverEvent], None] | None = None, advertise: str = "") -> None:
+                 on_failover: Callable[[FailoverEvent], None] | None = None, advertise: str = "",
+                 tls_dir: Path | None = None) -> None:
         """``advertise`` is the host:port others should dial when it differs from the bound one
-        (a public address in front of NAT port forwarding); the tracker checks it by dialling."""
+        (a public address in front of NAT port forwarding); the tracker checks it by dialling.
+        ``tls_dir`` keeps the node's TLS certificate across restarts (the data dir); without one
+        a fresh certificate, bound to the same key, is made in memory."""
         self.key = key
+        self.tls = TlsIdentity.load_or_create(key, tls_dir)
         self.advertise = advertise
         self.host, self.port, self.listen = host, port, listen
         self.trackers = list(trackers or [])
@@ -108,7 +114,8 @@ class P2PNode:
             return None
         rec = self._record
         if rec is None or (rec.address, rec.relay, rec.tier, rec.capacity, rec.load) != want:
-            self._record = sign_peer_record(self.key, want[0], want[1], want[2], want[3], want[4])
+            tls = self.tls.fingerprint if want[0] else b""
+            self._record = sign_peer_record(self.key, want[0], want[1], want[2], want[3], want[4], tls)
         return self._record
 
     def _record_via(self, relay: str) -> PeerRecord:
@@ -132,7 +139,7 @@ class P2PNode:
         if self.listen:
             self._server = self.dispatcher.build_server()
             try:
-                self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+                self.port = self._server.add_secure_port(f"{self.host}:{self.port}", self.tls.server_credentials())
             except RuntimeError as exc:
                 raise OSError(f"cannot listen on {self.host}:{self.port}: {exc}") from None
             await self._server.start()

@@ -93,9 +93,11 @@ def _number(obj: dict[str, Any], name: str, low: float, high: float) -> float:
 class PeerRecord:
     """A node as others see it: identity, how to reach it, what it offers.
 
-    ``address`` is empty for a node behind NAT, which is reached through ``relay``. The layer
-    range comes from its layer announcement (0, 0 for a plain contact); ``latency_ms`` is a local
-    measurement, not part of the signed record.
+    ``address`` is empty for a node behind NAT, which is reached through ``relay``. ``tls`` is
+    the SHA-256 of the public key of the certificate the node serves with (tls.py): being in the
+    signed record, it is the node key's signature binding that certificate to the node; empty for
+    a node that serves no port. The layer range comes from its layer announcement (0, 0 for a
+    plain contact); ``latency_ms`` is a local measurement, not part of the signed record.
     """
 
     public_key: bytes
@@ -108,6 +110,7 @@ class PeerRecord:
     layer_start: int = 0
     layer_end: int = 0
     latency_ms: float | None = None
+    tls: bytes = b""
     raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
@@ -124,10 +127,13 @@ class PeerRecord:
 
 
 def sign_peer_record(key: PrivateKey, address: str, relay: str = "", tier: str = "",
-                     capacity: float = 0.0, load: float = 0.0) -> PeerRecord:
+                     capacity: float = 0.0, load: float = 0.0, tls: bytes = b"") -> PeerRecord:
     ts = int(time.time() * 1000)
-    payload = json.dumps({"addr": address, "relay": relay, "tier": tier, "cap": capacity, "load": load,
-                          "ts": ts}, sort_keys=True, separators=(",", ":")).encode()
+    fields: dict[str, Any] = {"addr": address, "relay": relay, "tier": tier, "cap": capacity, "load": load,
+                              "ts": ts}
+    if tls:
+        fields["tls"] = tls.hex()
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return parse_peer_record(_seal(key, KIND_PEER, payload))
 
 
@@ -161,7 +167,21 @@ def _parse_peer_record(raw: bytes) -> PeerRecord:
         raise InvalidRecord("tier too long")
     return PeerRecord(public_key=pub, address=address, relay=relay, tier=tier,
                       capacity=_number(obj, "cap", 0, 1e12), load=_number(obj, "load", 0, 1e6),
-                      timestamp=_number(obj, "ts", 0, 1e15) / 1000.0, raw=bytes(raw))
+                      timestamp=_number(obj, "ts", 0, 1e15) / 1000.0, tls=_fingerprint(obj), raw=bytes(raw))
+
+
+def _fingerprint(obj: dict[str, Any]) -> bytes:
+    """The optional ``tls`` field: 64 hex digits (SHA-256), absent for a node serving no port."""
+    if "tls" not in obj:
+        return b""
+    text = _get(obj, "tls", str)
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise InvalidRecord("field 'tls' is not hex") from None
+    if len(value) != 32:
+        raise InvalidRecord("field 'tls' must be a 32-byte SHA-256")
+    return value
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,16 @@ out, so unreachable addresses never spread. Records expire ``heartbeat_timeout_s
 heartbeat. All state is soft: after a restart the tracker answers heartbeats with ``known =
 False`` and nodes register again, so it can be restarted, and several can run side by side.
 Once nodes have joined the DHT they no longer need any tracker.
+
+The tracker speaks TLS like a node: it has its own secp256k1 key and a certificate bound to it
+(tls.py). Nodes reach it either at ``host:port``, trusting on first use whichever validly bound
+server answers there (for the life of the process), or at ``<node id hex>@host:port``
+(:attr:`Tracker.pinned_address`), which refuses any other server. Trust on first use is the
+default because a tracker is only a bootstrap hint: everything it hands out is a signed peer
+record that nodes verify themselves, and each record's address is checked again by TLS when it
+is dialled, so a hostile tracker can withhold peers or hand out chosen (real) ones, not forge
+them. An operator who publishes the pinned address closes that too. Give the tracker a
+``data_dir`` to keep its key and certificate, and so its pinned address, across restarts.
 """
 
 from __future__ import annotations
@@ -15,12 +25,14 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from app.crypto.keys import PrivateKey
 from app.node.p2p.auth import ReplayGuard, verify_message
-from app.node.p2p.client import PeerClient
+from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.dht_service import PING, check_version
 from app.node.p2p.errors import P2PError, RpcRefusal
@@ -29,6 +41,7 @@ from app.node.p2p.ratelimit import PeerGuard
 from app.node.p2p.records import PeerRecord, parse_peer_record
 from app.node.p2p.server import CallInfo, Dispatcher, unary
 from app.node.p2p.stats import TrafficStats
+from app.node.p2p.tls import TlsIdentity, write_private
 
 REGISTER, PEERS, HEARTBEAT = ("/neuroshard.v1.Tracker/Register", "/neuroshard.v1.Tracker/Peers",
                               "/neuroshard.v1.Tracker/Heartbeat")
@@ -52,9 +65,26 @@ def observed_host(peer: str) -> str:
     return host if scheme == "ipv4" else host.strip("[]").join("[]")
 
 
+def _tracker_key(data_dir: Path | None) -> PrivateKey:
+    """The tracker's identity: kept as ``tracker.key`` (0600) in ``data_dir``, else fresh."""
+    if data_dir is None:
+        return PrivateKey.generate()
+    path = data_dir / "tracker.key"
+    try:
+        return PrivateKey(path.read_bytes())
+    except (OSError, ValueError):
+        key = PrivateKey.generate()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        write_private(path, key.to_bytes())
+        return key
+
+
 class Tracker:
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", config: P2PConfig | None = None) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", config: P2PConfig | None = None,
+                 data_dir: Path | None = None) -> None:
         self.host, self.port = host, port
+        self.key = _tracker_key(data_dir)
+        self.tls = TlsIdentity.load_or_create(self.key, data_dir)
         self.config = config or P2PConfig()
         self.stats = TrafficStats()
         self.dispatcher = Dispatcher(self.config, PeerGuard(self.config), self.stats)
@@ -71,9 +101,14 @@ class Tracker:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pinned_address(self) -> str:
+        """The address with this tracker's node id: nodes given it accept no other server."""
+        return f"{self.key.node_id.hex()}@{self.address}"
+
     async def start(self) -> None:
         self._server = self.dispatcher.build_server()
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        self.port = self._server.add_secure_port(f"{self.host}:{self.port}", self.tls.server_credentials())
         if self.port == 0:
             raise OSError(f"tracker could not bind {self.host}")
         await self._server.start()
@@ -98,7 +133,8 @@ class Tracker:
     async def _dial_back(self, record: PeerRecord) -> bool:
         request = pb2.PingRequest(protocol_version=PROTOCOL_VERSION)
         try:
-            answer = await self.client.unary(record.address, PING, request, min(2.0, self.config.dht_rpc_timeout_s))
+            route = Route(record.address, expect=record.node_id, tls=record.tls)  # TLS proves who answers
+            answer = await self.client.unary(route, PING, request, min(2.0, self.config.dht_rpc_timeout_s))
             return parse_peer_record(answer.record).node_id == record.node_id
         except (P2PError, ValueError):
             return False

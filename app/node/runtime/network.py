@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from app.crypto.keys import PrivateKey
@@ -44,9 +45,10 @@ def p2p_config_from(raw: dict[str, Any]) -> P2PConfig:
 
 class NetworkService:
     def __init__(self, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
-                 p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "") -> None:
+                 p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "",
+                 tls_dir: Path | None = None) -> None:
         self.node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
-                            config=p2p_config_from(p2p), advertise=advertise)
+                            config=p2p_config_from(p2p), advertise=advertise, tls_dir=tls_dir)
         self.emit = emit
         self.trackers = trackers
         self.known: dict[bytes, PeerRecord] = {}

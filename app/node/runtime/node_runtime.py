@@ -191,7 +191,8 @@ class NodeRuntime:
         loop = asyncio.get_running_loop()
         key = await loop.run_in_executor(None, load_identity, self.config)
         self.net = NetworkService(key, host=self.config.host, port=self.config.port, trackers=self.config.trackers,
-                                  listen=self.config.listen, p2p=dict(self.config.p2p), emit=self.ctx.emit)
+                                  listen=self.config.listen, p2p=dict(self.config.p2p), emit=self.ctx.emit,
+                                  tls_dir=self.config.data_dir / "tls")
         self.ctx.usage.subscribe(self.net.apply_caps)  # the volunteer's upload/download caps, live
         self.economy = EconomyLink(self.ctx, self.net, key, self.subscribe_work)
         self.vocab = VocabService(self.config.data_dir, self._proposals)
