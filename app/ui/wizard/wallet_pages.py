@@ -52,7 +52,8 @@ class WalletSetupPage(QWizardPage):
             radio.toggled.connect(self._update_fields)
         self.password, self.confirm = _password(), _password()
         self.phrase_edit = QPlainTextEdit()
-        self.phrase_edit.setPlaceholderText("the 24 words, separated by spaces")
+        self.phrase_edit.setPlaceholderText("the 24 words, separated by spaces (the first four letters of each will do)")
+        self.phrase_edit.setToolTip("A BIP-39 phrase, or the words a NeuroShard wallet made before 2027 showed.")
         self.phrase_edit.setMaximumHeight(70)
         self.backup_path = QLineEdit()
         browse = QPushButton("Choose…")
@@ -180,7 +181,8 @@ class PhrasePage(QWizardPage):
         self.state = state
         self.setTitle("Your recovery phrase")
         self.setSubTitle("Write these words down, in order, on paper. They are shown only now. Anyone with "
-                         "them controls your NEURO; without them a lost computer means lost NEURO.")
+                         "them controls your NEURO; without them a lost computer means lost NEURO. They are "
+                         "standard BIP-39 words: the first four letters of each are enough to tell them apart.")
         self.grid = QGridLayout()
         self.labels: list[QLabel] = []
         self.written = QCheckBox("I wrote down all the words in order")
