@@ -33,8 +33,10 @@ from app.node.config import ConfigError, NodeConfig, parse_host_port, save_confi
 from app.node.events import FinishStepThenStop, Remeasure
 from app.ui.bridge import EngineBridge
 from app.ui.data_dir_copy import MoveError, check_target
+from app.ui.settings_check import validate_settings
 from app.ui.ui_settings import THEMES, UiSettings
 from app.ui.widgets.limits_form import LimitsForm
+from app.ui.widgets.wheel_guard import guard_wheel
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -60,7 +62,8 @@ class SettingsPage(QWidget):
         self.cancel_move_button.hide()
         self.existing_prompt: QMessageBox | None = None
         self.port = QSpinBox()
-        self.port.setRange(1, 65535)
+        self.port.setRange(0, 65535)
+        self.port.setSpecialValueText("automatic (a free port)")  # 0: the OS picks one at each start
         self.trackers = QPlainTextEdit()
         self.trackers.setPlaceholderText("one HOST:PORT per line; empty = start or join a local genesis network")
         self.trackers.setMaximumHeight(70)
@@ -81,6 +84,7 @@ class SettingsPage(QWidget):
         self.finish_button = QPushButton("Finish the current step, then stop")
         self.remeasure_button = QPushButton("Measure this computer again")
         self._build()
+        guard_wheel(self)
         self.load()
 
     def _build(self) -> None:
@@ -134,7 +138,7 @@ class SettingsPage(QWidget):
 
     def load(self) -> None:
         c = self.config
-        self.port.setValue(c.port or 1)
+        self.port.setValue(c.port)
         self.trackers.setPlainText("\n".join(c.trackers))
         self.theme.setCurrentText(self.ui.theme)
         self.log_level.setCurrentText(c.log_level.upper() if c.log_level.upper() in LOG_LEVELS else "INFO")
@@ -155,8 +159,7 @@ class SettingsPage(QWidget):
             parse_host_port(tracker)
         config = dataclasses.replace(self.config, port=self.port.value(), trackers=trackers,
                                      log_level=self.log_level.currentText(), limits=self.limits.limits())
-        config.validate()
-        return config
+        return validate_settings(config)
 
     def save(self) -> bool:
         """Validate and persist; on a bad value or a full disk, say so and keep the old settings."""

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from app.node.config import ConfigError, ResourceLimits, UsageCaps
 from app.ui.fullscreen import Support
 from app.ui.fullscreen import support as fullscreen_support
+from app.ui.widgets.wheel_guard import guard_wheel
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 GB = 2**30
@@ -200,6 +201,7 @@ class LimitsForm(QWidget):
             box.toggled.connect(self._update_states)
         self.separate.toggled.connect(self._offer_in_use_caps)
         self._watch_edits()
+        guard_wheel(self)
 
     def _lay_out(self, compact: bool) -> None:
         form = QFormLayout()

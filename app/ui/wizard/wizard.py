@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QWidget, QWizard
 from app.node import identity
 from app.node.config import ConfigError, NodeConfig, save_config
 from app.ui.icons import app_pixmap
+from app.ui.settings_check import validate_settings
 from app.ui.wizard.setup_pages import HardwarePage, JoinPage, LimitsPage, ModesPage, WelcomePage
 from app.ui.wizard.state import PageId, WizardState
 from app.ui.wizard.wallet_pages import ConfirmPhrasePage, PhrasePage, WalletSetupPage
@@ -51,8 +52,7 @@ class FirstRunWizard(QWizard):
     def _save(self) -> bool:
         config = dataclasses.replace(self.state.config, modes=self.state.modes or None)
         try:
-            config.validate()
-            save_config(config)
+            save_config(validate_settings(config))
         except (ConfigError, OSError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self.join.error.setText(f"Settings not saved: {detail}. Free some disk space or fix the value "
