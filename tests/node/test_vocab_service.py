@@ -37,13 +37,18 @@ FIRST = proposal("p1", 10, [(b"a", b"b"), (b"c", b"d")])
 SECOND = proposal("p2", 20, [(b"ab", b"cd")])
 
 
-def stage(layers: tuple[int, int]) -> StageWorker:
+def stage(layers: tuple[int, int], service: VocabService | None = None,
+          syncs: dict[str, StageSync] | None = None, name: str = "") -> StageWorker:
+    """A stage built as the runtime builds it: guarded by ``service``, and (with ``syncs``) its
+    commits running the DiLoCo cadence of ``syncs[name]``, built after it."""
     return StageWorker(build_shard(ARCH, layers, with_embedding=layers[0] == 0, with_head=layers[1] == ARCH.layers,
-                                   seed=0), CONFIG)
+                                   seed=0), CONFIG, vocab=service.guard() if service else None,
+                       after_commit=after_commit(syncs, name) if syncs is not None else None)
 
 
-def after_commit(sync: StageSync):  # noqa: ANN201
-    async def run() -> None:  # what NodeTrainer._after_commit does for DiLoCo
+def after_commit(syncs: dict[str, StageSync], name: str):  # noqa: ANN201
+    async def run(_stage: StageWorker) -> None:  # what NodeTrainer.after_commit does for DiLoCo
+        sync = syncs[name]
         sync.note_commit()
         if sync.due:
             await sync.sync()
@@ -89,11 +94,11 @@ def test_round_boundary_grows_the_stage_and_switches_the_loader(tmp_path: Path) 
     loader = BatchLoader(ShardStore(tmp_path / "corpus", manifest), manifest, batch_size=4, seq_len=32, seed=1)
     ledger: list[Proposal] = []
     service = VocabService(tmp_path, lambda: ledger)
-    whole = stage((0, ARCH.layers))
-    sync = StageSync("me", whole, None, CONFIG)
+    syncs: dict[str, StageSync] = {}
+    whole = stage((0, ARCH.layers), service, syncs, "me")
+    sync = syncs["me"] = StageSync("me", whole, None, CONFIG, on_report=service.round_closed)
     service.attach(whole, sync)
     service.attach_loader(loader)
-    whole.after_commit = after_commit(sync)
     driver = PipelineDriver("me", whole, [], None, micro_batches=CONFIG.micro_batches)
 
     def batch() -> torch.Tensor:
@@ -135,12 +140,12 @@ def two_replicas(tmp_path: Path, ledger: list[Proposal]) -> list[tuple[StageWork
     """Two whole-model replicas on one DiLoCo cohort, each with its own vocabulary service."""
     net = LocalTransport()
     replicas = []
+    syncs: dict[str, StageSync] = {}
     for i in range(2):
-        s = stage((0, ARCH.layers))
-        net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
-        sync = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG)
-        s.after_commit = after_commit(sync)
         service = VocabService(tmp_path / f"r{i}", lambda: ledger)
+        s = stage((0, ARCH.layers), service, syncs, f"r{i}")
+        net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
+        sync = syncs[f"r{i}"] = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG, on_report=service.round_closed)
         service.attach(s, sync)
         replicas.append((s, sync, service, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
     return replicas
@@ -176,12 +181,12 @@ def test_two_replicas_growing_at_the_same_round_average_fine(tmp_path: Path) -> 
 # --- driver and head ------------------------------------------------------------------------------------
 def _pipeline(tmp_path: Path, driver_ledger: list, head_ledger: list):  # noqa: ANN202
     net = LocalTransport()
-    first, last = stage((0, 2)), stage((2, ARCH.layers))
-    services = {}
-    for name, s, ledger in (("driver", first, driver_ledger), ("head", last, head_ledger)):
-        sync = StageSync(name, s, None, CONFIG)
-        s.after_commit = after_commit(sync)
-        services[name] = VocabService(tmp_path / name, lambda ledger=ledger: ledger)
+    services = {name: VocabService(tmp_path / name, lambda ledger=ledger: ledger)
+                for name, ledger in (("driver", driver_ledger), ("head", head_ledger))}
+    syncs: dict[str, StageSync] = {}
+    first, last = stage((0, 2), services["driver"], syncs, "driver"), stage((2, ARCH.layers), services["head"], syncs, "head")
+    for name, s in (("driver", first), ("head", last)):
+        sync = syncs[name] = StageSync(name, s, None, CONFIG, on_report=services[name].round_closed)
         services[name].attach(s, sync)
     net.add_peer("head", (2, ARCH.layers), last.handle)
     driver = PipelineDriver("driver", first, [2], services["driver"].transport(net),
@@ -236,12 +241,11 @@ def test_a_replica_whose_ledger_lagged_a_round_takes_the_grown_anchor(tmp_path: 
     ledgers: list[list[Proposal]] = [[], []]
     replicas, syncs, services = [], {}, []
     for i in range(2):
-        s = stage((0, ARCH.layers))
-        net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
-        sync = syncs[f"r{i}"] = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG)
-        s.after_commit = after_commit(sync)
-        sync.catch_up = _adopt_from(sync, syncs)
         services.append(VocabService(tmp_path / f"r{i}", lambda i=i: ledgers[i]))
+        s = stage((0, ARCH.layers), services[-1], syncs, f"r{i}")
+        net.add_peer(f"r{i}", (0, ARCH.layers), s.handle)
+        sync = syncs[f"r{i}"] = StageSync(f"r{i}", s, net.cohort(f"r{i}"), CONFIG,
+                                          on_report=services[-1].round_closed, fetch_peer_state=_state_of(syncs))
         services[-1].attach(s, sync)
         replicas.append((s, PipelineDriver(f"r{i}", s, [], None, micro_batches=CONFIG.micro_batches)))
 
@@ -267,14 +271,13 @@ def test_a_replica_whose_ledger_lagged_a_round_takes_the_grown_anchor(tmp_path: 
     assert syncs["r0"].reports[-1].rejected == () and a.weights_hash() == b.weights_hash()
 
 
-def _adopt_from(sync: StageSync, syncs: dict[str, StageSync]):  # noqa: ANN202
-    async def catch_up(peer: str) -> bool:  # what NodeRuntime's closure does over P2P
+def _state_of(syncs: dict[str, StageSync]):  # noqa: ANN202
+    async def fetch(_layers: tuple[int, int], peer: str) -> tuple[dict, dict, int]:  # P2PWeights.fetch_diloco
         with syncs[peer].stage.lock:  # the P2P handler serves a copy taken on the stage's executor
             state, rounds = syncs[peer].replica.state_dict(), syncs[peer].rounds
-        sync.adopt(state["anchor"], state["momentum"], rounds)
-        return True
+        return state["anchor"], state["momentum"], rounds
 
-    return catch_up
+    return fetch
 
 
 def test_replicas_catching_up_at_different_steps_of_a_round_still_share_their_anchor(tmp_path: Path) -> None:

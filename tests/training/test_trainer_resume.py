@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from training_helpers import build_pipeline, make_stage, patterned_batch, tiny_config
+from training_helpers import build_pipeline, make_stage, patterned_batch, tiny_config, trainer_hooks
 
 from app.node.training.checkpointing import read_resume_point, restore_training_state
 from app.node.training.pipeline import PipelineDriver
@@ -13,19 +13,21 @@ from app.node.training.sync import StageSync
 from app.node.training.trainer import NodeTrainer, StepInfo
 
 
-def _solo_trainer(tmp_path: Path, **changes: object) -> NodeTrainer:
+def _solo_trainer(tmp_path: Path, on_step=None, driver_step: int = 0, **changes: object) -> NodeTrainer:  # noqa: ANN001
     config = tiny_config(checkpoint_every=3, **changes)
-    stage = make_stage((0, 4), config)
+    trainer: NodeTrainer | None = None
+    stage = make_stage((0, 4), config, **trainer_hooks(lambda: trainer))
     driver = PipelineDriver("solo", stage, [], None, micro_batches=config.micro_batches)
     counter = iter(range(10_000))
-    return NodeTrainer("solo", stage, config, sync=StageSync("solo", stage, None, config), driver=driver,
-                       batches=lambda: patterned_batch(config, next(counter)), data_dir=tmp_path)
+    trainer = NodeTrainer("solo", stage, config, sync=StageSync("solo", stage, None, config), driver=driver,
+                          batches=lambda: patterned_batch(config, next(counter)), data_dir=tmp_path,
+                          on_step=on_step, driver_step=driver_step)
+    return trainer
 
 
 def test_solo_trainer_reports_each_step_once_and_runs_outer_rounds(tmp_path: Path) -> None:
-    trainer = _solo_trainer(tmp_path)
     seen: list[StepInfo] = []
-    trainer.subscribe(seen.append)
+    trainer = _solo_trainer(tmp_path, on_step=seen.append)
     asyncio.run(trainer.run(max_steps=10))
     assert [s.step for s in seen] == list(range(10))
     assert trainer.sync is not None and trainer.sync.rounds == 2  # inner_steps=5
@@ -40,26 +42,25 @@ def test_restarted_node_resumes_weights_optimizer_and_counters(tmp_path: Path) -
 
     point = read_resume_point(tmp_path)
     assert point is not None and point.driver_step == 7 and point.layer_range == (0, 4)
-    second = _solo_trainer(tmp_path)
+    seen: list[StepInfo] = []
+    second = _solo_trainer(tmp_path, on_step=seen.append, driver_step=point.driver_step)
     assert second.sync is not None
     restore_training_state(point, second.stage, second.sync)
-    second.driver_step = point.driver_step
     assert second.stage.weights_hash() == expected_hash
     assert second.stage.inner_step == 7 and second.sync.replica.inner_steps_done == 2
     assert second.sync.rounds == 1
-    seen: list[StepInfo] = []
-    second.subscribe(seen.append)
     asyncio.run(second.run(max_steps=3))
     assert [s.step for s in seen] == [7, 8, 9]
 
 
 def test_two_replicas_agree_bit_for_bit_after_an_outer_round(tmp_path: Path) -> None:
     config = tiny_config(inner_steps=3, compression="int8")
-    pipes = [build_pipeline([(0, 4)], config)[0] for _ in range(2)]
+    trainers: list[NodeTrainer] = []
+    pipes = [build_pipeline([(0, 4)], config, hooks={"driver": trainer_hooks(lambda n=n: trainers[n] if n < len(trainers) else None)})[0]
+             for n in range(2)]
     from app.node.training.transport import LocalTransport
 
     net = LocalTransport()
-    trainers = []
     for n, pipe in enumerate(pipes):
         name = f"r{n}"
         net.add_peer(name, (0, 4), pipe.local.handle)
@@ -82,7 +83,8 @@ def test_outer_round_folds_in_async_contributions_and_rejects_poisoned_ones() ->
     from app.node.training.transport import CohortPayload, LocalTransport
 
     config = tiny_config(inner_steps=2)
-    pipe = build_pipeline([(0, 4)], config)[0]
+    trainer: NodeTrainer | None = None
+    pipe = build_pipeline([(0, 4)], config, hooks={"driver": trainer_hooks(lambda: trainer)})[0]
     net = LocalTransport()
     net.add_peer("me", (0, 4), pipe.local.handle)
     sync = StageSync("me", pipe.local, net.cohort("me"), config)
@@ -103,7 +105,8 @@ def test_outer_round_folds_in_async_contributions_and_rejects_poisoned_ones() ->
 
 def test_serving_stage_checkpoints_every_n_commits(tmp_path: Path) -> None:
     config = tiny_config(checkpoint_every=2)
-    driver, _net, stages = build_pipeline([(0, 2), (2, 4)], config)
+    worker: NodeTrainer | None = None
+    driver, _net, stages = build_pipeline([(0, 2), (2, 4)], config, hooks={"s2r0": trainer_hooks(lambda: worker)})
     worker = NodeTrainer("w", stages["s2r0"], config, data_dir=tmp_path)
 
     async def train() -> None:

@@ -21,7 +21,7 @@ from app.node.training.pipeline import PipelineDriver, PipelineStalled
 from app.node.training.stage import VOCAB_MISMATCH
 from app.node.training.sync import StageSync
 from app.node.training.transport import OP_FORWARD, LocalTransport
-from app.node.training.vocab_growth import VocabMismatch, VocabTaggedTransport, grow_stage_vocab
+from app.node.training.vocab_growth import VocabGuard, VocabMismatch, VocabTaggedTransport, grow_stage_vocab
 
 ALPHABET = "aab  b\tc1234x.,!é\n"
 TEXT = st.lists(st.sampled_from([*ALPHABET, "aa", "ab", "  ", "12", "éé", "\x00", "\xff"]), max_size=40).map("".join)
@@ -149,17 +149,18 @@ TOK = NeuroTokenizer([(b"a", b"b"), (b"c", b"d"), (b"ab", b"cd")])
 
 def _pipeline() -> tuple[PipelineDriver, dict[str, object]]:
     net = LocalTransport()
-    first, last = make_stage((0, 2), CONFIG), make_stage((2, ARCH.layers), CONFIG)
-    syncs = {"first": StageSync("d", first, None, CONFIG), "last": StageSync("h", last, None, CONFIG)}
-    for name, stage in (("first", first), ("last", last)):
-        stage.after_commit = _after_commit(syncs[name])
+    syncs: dict[str, StageSync] = {}
+    first = make_stage((0, 2), CONFIG, after_commit=_after_commit(syncs, "first"))
+    last = make_stage((2, ARCH.layers), CONFIG, after_commit=_after_commit(syncs, "last"))
+    syncs.update(first=StageSync("d", first, None, CONFIG), last=StageSync("h", last, None, CONFIG))
     net.add_peer("head", (2, ARCH.layers), last.handle)
     driver = PipelineDriver("d", first, [2], net, micro_batches=CONFIG.micro_batches)
     return driver, {"first": first, "last": last, "syncs": syncs, "net": net}
 
 
-def _after_commit(sync: StageSync):  # noqa: ANN202
-    async def run() -> None:
+def _after_commit(syncs: dict[str, StageSync], name: str):  # noqa: ANN202
+    async def run(_stage: object) -> None:
+        sync = syncs[name]
         sync.note_commit()
         if sync.due:
             await sync.sync()
@@ -213,8 +214,7 @@ def test_grown_stage_keeps_old_logits_and_trains_on() -> None:
 
 # --- the guard ---------------------------------------------------------------------------------------
 def test_a_request_for_another_vocabulary_is_refused_without_computing() -> None:
-    stage = make_stage((2, ARCH.layers), CONFIG)
-    stage.vocab = NeuroTokenizer.genesis().version
+    stage = make_stage((2, ARCH.layers), CONFIG, vocab=VocabGuard(NeuroTokenizer.genesis().version))
     x = torch.randn(2, 8, ARCH.hidden)
     meta = {"driver": "d", "step": 0, "mb": 0, "vocab": TOK.version}
     out, tensors = asyncio.run(stage.handle(OP_FORWARD, meta, [x, torch.zeros(2, 8, dtype=torch.long)]))
@@ -228,7 +228,8 @@ def test_a_request_for_another_vocabulary_is_refused_without_computing() -> None
 
 def test_tagged_transport_turns_a_refusal_into_a_retryable_error_and_reports_it() -> None:
     driver, parts = _pipeline()
-    parts["first"].vocab = parts["last"].vocab = NeuroTokenizer.genesis().version
+    for name in ("first", "last"):
+        parts[name].vocab_guard.retag(NeuroTokenizer.genesis().version)
     heard: list[str] = []
 
     async def on_mismatch(theirs: str) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from app.node.model.architecture import ModelArchitecture
 from app.node.training.config import TrainingConfig
 from app.node.training.pipeline import PipelineDriver
-from app.node.training.stage import StageWorker, build_shard
+from app.node.training.stage import CommitInfo, StageWorker, build_shard
+from app.node.training.trainer import NodeTrainer
 from app.node.training.transport import LocalTransport
 
 ARCH = ModelArchitecture.tiny()
@@ -26,17 +30,34 @@ def make_stage(bounds: tuple[int, int], config: TrainingConfig, **kwargs: object
                        **kwargs)  # type: ignore[arg-type]
 
 
+def trainer_hooks(trainer: Callable[[], NodeTrainer | None]) -> dict[str, Any]:
+    """A stage's hooks for the NodeTrainer built after it (the trainer is built from the stage), as
+    the runtime's StageHost passes them: ``make_stage(..., **trainer_hooks(lambda: trainer))``."""
+    def on_commit(stage: StageWorker, info: CommitInfo) -> None:
+        if (t := trainer()) is not None:
+            t.record_commit(stage, info)
+
+    async def after_commit(stage: StageWorker) -> None:
+        if (t := trainer()) is not None:
+            await t.after_commit(stage)
+
+    return {"on_commit": on_commit, "after_commit": after_commit}
+
+
 def build_pipeline(bounds: list[tuple[int, int]], config: TrainingConfig, *, replicas: int = 1,
-                   delay_s: float = 0.0) -> tuple[PipelineDriver, LocalTransport, dict[str, StageWorker]]:
-    """Driver on stage 0; every other stage held by ``replicas`` peers named s<start>r<i>."""
+                   delay_s: float = 0.0, hooks: dict[str, dict[str, Any]] | None = None
+                   ) -> tuple[PipelineDriver, LocalTransport, dict[str, StageWorker]]:
+    """Driver on stage 0; every other stage held by ``replicas`` peers named s<start>r<i>;
+    ``hooks[name]``: that stage's construction hooks (trainer_hooks)."""
+    hooks = hooks or {}
     net = LocalTransport(delay_s=delay_s)
     stages: dict[str, StageWorker] = {}
-    driver_stage = make_stage(bounds[0], config)
+    driver_stage = make_stage(bounds[0], config, **hooks.get("driver", {}))
     stages["driver"] = driver_stage
     for b in bounds[1:]:
         for r in range(replicas):
             name = f"s{b[0]}r{r}"
-            stages[name] = make_stage(b, config)
+            stages[name] = make_stage(b, config, **hooks.get(name, {}))
             net.add_peer(name, b, stages[name].handle, weights=_weights(stages[name]))
     driver = PipelineDriver("driver", driver_stage, [b[0] for b in bounds[1:]], net,
                             micro_batches=config.micro_batches)

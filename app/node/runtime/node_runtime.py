@@ -53,6 +53,7 @@ from app.node.hardware import (
     tier_for_ms,
 )
 from app.node.model.checkpoint import CheckpointError, CheckpointsUnusable
+from app.node.model.shard import ModelShard
 from app.node.p2p.records import LayerAnnouncement
 from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
@@ -83,7 +84,7 @@ from app.node.training.config import TrainingConfig
 from app.node.training.device_check import check_training_device
 from app.node.training.layer_pool import Assignment, NodeOffer
 from app.node.training.pipeline import PipelineDriver
-from app.node.training.stage import StageWorker, build_shard
+from app.node.training.stage import CommitInfo, StageWorker, build_shard
 from app.node.training.sync import StageSync
 from app.node.training.trainer import NodeTrainer, StepInfo
 from app.node.training.transport import RetryElsewhere
@@ -325,7 +326,7 @@ class NodeRuntime:
         assert self.net is not None
         shard = build_shard(self.arch, a.layer_range, with_embedding=a.with_embedding, with_head=a.with_head,
                             seed=self.training.init_seed)
-        self.stage = StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device)
+        self.stage = self._new_stage(shard)
         self.cohort = P2PCohort(self.net.node, holds=lambda: self.stage.layer_range if self.stage else (0, 0),
                                 position=self._sync_position, on_idle_payload=self._on_idle_payload)
         self.sync = self._new_sync(self.stage)
@@ -385,27 +386,29 @@ class NodeRuntime:
         if state is None or not _idle(stage):
             return
         stage.load_weights(state)
-        sync.replica.reset_anchor()
-        if weights is not None and weights.last_position is not None:
-            sync.rounds = weights.last_position[0]
+        sync.adopt_position(weights.last_position[0] if weights and weights.last_position else None)
         self.activity("idle replica: took the latest weights from a peer")
+
+    def _new_stage(self, shard: ModelShard) -> StageWorker:
+        return StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device,
+                           on_commit=self._stage_committed, after_commit=self._stage_after_commit,
+                           vocab=self.vocab.guard())
+
+    def _stage_committed(self, stage: StageWorker, info: CommitInfo) -> None:
+        if self.trainer is not None:  # a peer may commit before our trainer exists: nothing to report yet
+            self.trainer.record_commit(stage, info)
+
+    async def _stage_after_commit(self, stage: StageWorker) -> None:
+        if self.trainer is not None:
+            await self.trainer.after_commit(stage)
 
     def _new_sync(self, stage: StageWorker) -> StageSync:
         assert self.net is not None and self.cohort is not None
-        sync = StageSync(self.net.node_id, stage, self.cohort, self.training,
-                         on_start=lambda: self.activity("averaging"))
+        return StageSync(self.net.node_id, stage, self.cohort, self.training, on_report=self.vocab.round_closed,
+                         on_start=lambda: self.activity("averaging"), fetch_peer_state=self._fetch_peer_state)
 
-        async def catch_up(peer: str) -> bool:
-            got = await P2PWeights(self.net.node).fetch_diloco(stage.layer_range, peer) if self.net else None
-            if got is None:
-                return False
-            anchor, momentum, rounds = got
-            await asyncio.get_running_loop().run_in_executor(self.ctx.executor, sync.adopt, anchor, momentum, rounds)
-            log.info("late for a DiLoCo round: took %s's anchor (round %d)", peer[:12], rounds)
-            return True
-
-        sync.catch_up = catch_up
-        return sync
+    async def _fetch_peer_state(self, layer_range: tuple[int, int], peer: str) -> tuple[dict, dict, int] | None:
+        return await P2PWeights(self.net.node).fetch_diloco(layer_range, peer) if self.net else None
 
     async def _download_into(self, stage: StageWorker, sync: StageSync, layer_range: tuple[int, int],
                              prefer: str | None = None) -> None:
@@ -421,9 +424,7 @@ class NodeRuntime:
             raise RetryElsewhere(f"the replica of layers {layer_range} is on a {peer_vocab}-token vocabulary "
                                    "that this node's ledger does not lead to yet")
         stage.load_weights(state)
-        sync.replica.reset_anchor()
-        if weights.last_position is not None:
-            sync.rounds, sync.replica.inner_steps_done = weights.last_position
+        sync.adopt_position(*(weights.last_position or (None, 0)))
 
     async def _catch_up(self, layer_range: tuple[int, int]) -> None:
         """Rejoining after a restart: the replicas kept training while we were down, so take their
@@ -463,12 +464,10 @@ class NodeRuntime:
     async def _move_to(self, a: Assignment) -> None:
         assert self.net is not None and self.trainer is not None
         self.activity(f"moving to layers {a.layer_range[0]}-{a.layer_range[1] - 1}")
-        if self.trainer.driver is not None:
-            self.trainer.stop_driving = True
-            await self.trainer.drive_ended.wait()
+        await self.trainer.stop_driving()
         shard = build_shard(self.arch, a.layer_range, with_embedding=a.with_embedding, with_head=a.with_head,
                             seed=self.training.init_seed)
-        stage = StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device)
+        stage = self._new_stage(shard)
         sync = self._new_sync(stage)
         self.vocab.attach(stage, sync)
         if a.download_from is not None:
@@ -486,7 +485,6 @@ class NodeRuntime:
             self.stage, self.sync, self.driver, self.quorums = stage, sync, None, None
             self._serve_stage(stage)
             self.trainer.replace_stage(stage, sync)
-            self.trainer.live_drivers = self._live_drivers
             self.assignment = a
             await self._announce(*self._offer)
         finally:
@@ -543,12 +541,10 @@ class NodeRuntime:
             self.net.node_id, self.stage, t, sync=self.sync, driver=self.driver,
             batches=self.data.next_batch if self.driver else None, proceed=self.ctx.control.proceed,
             data_dir=self.config.data_dir, loader_state=self.data.loader_state, on_activity=self.activity,
-            live_drivers=self._live_drivers if not self.stage.is_first else None,
-            after_step=self.quorums.tick if self.quorums else None)
-        if resume is not None:
-            self.trainer.driver_step = resume.driver_step
-            self.trainer.checkpointed_at = self.stage.inner_step
-        self.trainer.subscribe(self._on_step)
+            on_step=self._on_step, live_drivers=self._live_drivers,
+            after_step=self.quorums.tick if self.quorums else None,
+            driver_step=resume.driver_step if resume else 0,
+            checkpointed_at=self.stage.inner_step if resume else -1)
         if not self.net.solo:
             self.heal = HealService(self.net, self.arch, t, self._move,
                                     current=lambda: self.stage.layer_range if self.stage else (0, 0))

@@ -6,7 +6,7 @@ ledger (economics/governance.py) says which proposals are implemented; this serv
 switch to them, and keeps the switch consistent across the pipeline and across replicas.
 
 **When: at a DiLoCo round boundary, computed alone from the node's own ledger.** Right after a
-stage's outer step (``StageSync.on_report``) the service reads the ledger and activates every
+stage's outer step (``round_closed``, the StageSync's ``on_report``) the service reads the ledger and activates every
 implemented proposal it has not activated yet, in implementation order (governance.ready_proposals); proposals are taken
 only while every proposal created before them is final (implemented, rejected or without
 quorum), so two nodes never apply the same proposals in different orders because one of them
@@ -39,7 +39,7 @@ rows are built from the shared anchor, vocab_growth.py), so once all of them hav
 round averages as usual. Only a replica that has not grown by the time the round closes sends
 a pseudo-gradient of the old shape, which the others refuse as undecodable (sync.py) for that
 one round, and it refuses theirs; it grows at that boundary and then adopts the post-round
-DiLoCo state of a replica it refused (``StageSync.catch_up``, the late-member path), so the
+DiLoCo state of a replica it refused (``StageSync.catch_up_with``, the late-member path), so the
 cohort shares one anchor again.
 
 **Reading the ledger.** Ledger reads may replay records and write its snapshot, so they stay
@@ -76,7 +76,7 @@ from app.node.tokenizer import NeuroTokenizer, TokenizerError
 from app.node.training.stage import StageWorker
 from app.node.training.sync import StageSync, SyncReport
 from app.node.training.transport import StageTransport
-from app.node.training.vocab_growth import VocabTaggedTransport, grow_stage_vocab
+from app.node.training.vocab_growth import VocabGuard, VocabTaggedTransport, grow_stage_vocab
 
 log = logging.getLogger("neuroshard.runtime.vocab")
 
@@ -150,37 +150,37 @@ class VocabService:
         """The driver's stage transport, tagging calls and catching up on refusals."""
         return VocabTaggedTransport(inner, lambda: self.version, self.catch_up)
 
+    def guard(self) -> VocabGuard:
+        """What a stage built now checks requests against: the current vocabulary, and a refusal
+        makes this node catch up when its ledger agrees (give it to the StageWorker)."""
+        return VocabGuard(self.version, self.catch_up)
+
     # --- wiring -----------------------------------------------------------------------------------
     def attach(self, stage: StageWorker, sync: StageSync | None) -> None:
-        """Serve ``stage`` (again, after a move): tag it, hear its round boundaries and refusals."""
+        """Serve ``stage`` (again, after a move): tag it, switch it at its round boundaries (build
+        ``sync`` with ``on_report=round_closed``) and refusals (build the stage with ``guard()``)."""
         if (stage.is_first or stage.is_last) and stage.shard.architecture.vocab != self._tokenizer.vocab_size:
             raise VocabStateError(f"stage {stage.layer_range} has {stage.shard.architecture.vocab} tokens but the "
                                   f"vocabulary has {self._tokenizer.vocab_size}; build it from architecture()")
-        stage.vocab = self.version
-        stage.on_vocab_mismatch = self.catch_up
+        stage.vocab_guard.retag(self.version)
         self.stage, self.sync = stage, sync
-        if sync is not None:
-            previous = sync.on_report
 
-            def on_report(report: SyncReport) -> None:
-                if previous is not None:
-                    previous(report)
-                if sync is not self.sync:  # a stage we left may still finish a round
-                    return
-                before = self._tokenizer.vocab_size
-                self.on_round()
-                if self._tokenizer.vocab_size > before:
-                    self._rejoin(stage, sync, report)
-
-            sync.on_report = on_report
+    def round_closed(self, sync: StageSync, report: SyncReport) -> None:
+        """A DiLoCo round of ``sync`` closed (StageSync's ``on_report``): a round boundary."""
+        if sync is not self.sync or self.stage is None:  # a stage we left may still finish a round
+            return
+        before = self._tokenizer.vocab_size
+        self.on_round()
+        if self._tokenizer.vocab_size > before:
+            self._rejoin(self.stage, sync, report)
 
     def _rejoin(self, stage: StageWorker, sync: StageSync, report: SyncReport) -> None:
         """We grew right after a round in which replicas' shapes differed: we were the late one,
         so take a grown replica's anchor and momentum (behind the closed gate, as sync.py does)."""
         refused = [peer for peer, why in report.rejected if why.startswith("undecodable")]
-        if not refused or sync.catch_up is None:
+        if not refused or not sync.can_catch_up:
             return
-        catch_up, closed = sync.catch_up, sync.rounds
+        closed = sync.rounds
 
         async def adopt() -> None:
             for attempt in range(ADOPT_ATTEMPTS):
@@ -190,7 +190,7 @@ class VocabService:
                 stage.gate.clear()
                 try:
                     for peer in refused:
-                        if await catch_up(peer) and sync.rounds >= closed:
+                        if await sync.catch_up_with(peer) and sync.rounds >= closed:
                             log.info("took %s's DiLoCo state after growing the vocabulary late", peer[:12])
                             return
                 finally:
@@ -303,7 +303,7 @@ class VocabService:
         if new.vocab_size > old.vocab_size and self.stage is not None:
             grow_stage_vocab(self.stage, self.sync, new.merge_ids[len(old.merges):], new.version)
         elif self.stage is not None:
-            self.stage.vocab = new.version
+            self.stage.vocab_guard.retag(new.version)
         if self.loader is not None:
             self.loader.set_tokenizer(new)
         self._set_history(self.history + [s for s, _ in steps])

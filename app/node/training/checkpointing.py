@@ -145,10 +145,8 @@ def restore_training_state(point: ResumePoint, stage: StageWorker, sync: StageSy
     stage.tokens_trained = int(point.counters["tokens_trained"])
     if sync is not None:
         diloco = {k[len("diloco."):]: v for k, v in checkpoint.state.items() if k.startswith("diloco.")}
-        if diloco:
-            sync.replica.load_flat_state(diloco, int(point.counters["diloco_inner"]),
-                                         int(point.counters["diloco_outer"]))
-        sync.rounds = int(point.counters["rounds"])
+        sync.restore(diloco, int(point.counters["diloco_inner"]), int(point.counters["diloco_outer"]),
+                     int(point.counters["rounds"]))
 
 
 def _optimizer_tensors(stage: StageWorker) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ from app.node.training.config import TrainingConfig
 from app.node.training.inner_optim import InnerAdamW
 from app.node.training.speed import SpeedPlan, apply_speed, autocast, plan_speed
 from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, GiveUp, Meta, Tensors
+from app.node.training.vocab_growth import VOCAB_KEY, VOCAB_MISMATCH, VocabGuard
 
 MAX_CACHED_GRAPHS = 64
 """Forward graphs kept for backward; 1F1B keeps at most #stages in flight per driver, so 64 is
@@ -53,8 +54,7 @@ ample, and the bound keeps a driver that vanished from leaking memory."""
 
 REMEMBERED_COMMITS = 1024
 
-VOCAB_KEY = "vocab"
-VOCAB_MISMATCH = "vocab_mismatch"
+__all__ = ["VOCAB_KEY", "VOCAB_MISMATCH", "CommitInfo", "StageWorker", "build_shard"]
 
 
 def build_shard(arch: ModelArchitecture, layer_range: tuple[int, int], *, with_embedding: bool,
@@ -134,10 +134,19 @@ class CommitInfo:
     hash_after: str
 
 
+CommitHook = Callable[["StageWorker", CommitInfo], None]
+"""Called with the stage and what its commit did, with the stage's lock held, right after the
+optimizer changed the weights in place (the trainer turns it into a StepInfo)."""
+AfterCommitHook = Callable[["StageWorker"], Awaitable[None]]
+"""Awaited after an applied commit, before the caller hears "ok" (DiLoCo: the step that makes a
+round due waits for it)."""
+
+
 class StageWorker:
     def __init__(self, shard: ModelShard, config: TrainingConfig, *, executor: Executor | None = None,
-                 on_commit: Callable[[CommitInfo], None] | None = None,
-                 device: torch.device | str = "cpu", speed: SpeedPlan | None = None) -> None:
+                 on_commit: CommitHook | None = None, after_commit: AfterCommitHook | None = None,
+                 vocab: VocabGuard | None = None, device: torch.device | str = "cpu",
+                 speed: SpeedPlan | None = None) -> None:
         self.device = torch.device(device)
         # Module.to keeps the Parameter objects (it swaps their data), so tied weights stay tied
         # and anything holding the parameters (DiLoCo, the optimizer below) sees the moved ones.
@@ -152,8 +161,9 @@ class StageWorker:
         self.inner_step = 0  # optimizer steps applied here, over all drivers
         self.tokens_trained = 0
         self.executor = executor
-        self.on_commit = on_commit
-        self.after_commit: Callable[[], Awaitable[None]] | None = None
+        self._on_commit = on_commit
+        self._after_commit = after_commit
+        self.vocab_guard = vocab if vocab is not None else VocabGuard()
         self.lock = threading.Lock()
         self.gate = asyncio.Event()  # cleared while DiLoCo rewrites the weights
         self.gate.set()
@@ -165,8 +175,11 @@ class StageWorker:
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._committed: deque[tuple[str, int]] = deque(maxlen=REMEMBERED_COMMITS)
         self._hash_cache: tuple[tuple, str] | None = None
-        self.vocab = ""  # tag of the vocabulary the embedding/head are for; "" = not checked
-        self.on_vocab_mismatch: Callable[[str], Awaitable[None]] | None = None
+
+    @property
+    def vocab(self) -> str:
+        """Tag of the vocabulary the embedding/head are for; "" = not checked."""
+        return self.vocab_guard.tag
 
     @property
     def layer_range(self) -> tuple[int, int]:
@@ -185,22 +198,20 @@ class StageWorker:
         await self.gate.wait()
         loop = asyncio.get_running_loop()
         out = await loop.run_in_executor(self.executor, self.handle_sync, op, meta, tensors)
-        if out[0].get("status") == VOCAB_MISMATCH and self.on_vocab_mismatch is not None:
-            await self.on_vocab_mismatch(str(meta.get(VOCAB_KEY)))  # catch up if our ledger agrees
-        if op == OP_COMMIT and out[0].get("status") == "ok" and self.after_commit is not None:
-            await self.after_commit()  # DiLoCo: the step that makes a round due waits for it
+        if out[0].get("status") == VOCAB_MISMATCH:
+            await self.vocab_guard.heard(str(meta.get(VOCAB_KEY)))  # catch up if our ledger agrees
+        if op == OP_COMMIT and out[0].get("status") == "ok" and self._after_commit is not None:
+            await self._after_commit(self)  # DiLoCo: the step that makes a round due waits for it
         return out
 
     def handle_sync(self, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
         driver, step = _str(meta, "driver"), _int(meta, "step")
         with self.lock:
             self.seen_drivers.add(driver)
-            theirs = meta.get(VOCAB_KEY)
-            if theirs is not None and theirs != self.vocab and self.vocab and op != OP_FINISH \
-                    and (self.is_first or self.is_last):
-                return {"status": VOCAB_MISMATCH, VOCAB_KEY: self.vocab,
-                        "error": f"stage {self.layer_range} computes for vocabulary {self.vocab}, the request "
-                                 f"is for {str(theirs)[:40]}; retry once the vocabularies agree"}, []
+            if op != OP_FINISH and (self.is_first or self.is_last):
+                refusal = self.vocab_guard.refusal(meta, self.layer_range)
+                if refusal is not None:
+                    return refusal, []
             if op == OP_FORWARD:
                 return self._forward(driver, step, _int(meta, "mb"), tensors)
             if op == OP_BACKWARD:
@@ -320,8 +331,8 @@ class StageWorker:
         self._drop_driver_state(driver, up_to_step=step)
         info = CommitInfo(driver, step, microbatches, tokens, loss, self.inner_step, before,
                           self.weights_hash())
-        if self.on_commit is not None:
-            self.on_commit(info)
+        if self._on_commit is not None:
+            self._on_commit(self, info)
         return {"status": "ok", "inner_step": self.inner_step}
 
     def _drop_driver_state(self, driver: str, up_to_step: int) -> None:

@@ -44,17 +44,22 @@ class SyncReport:
     seconds: float
 
 
+PeerDiLoCoState = tuple[dict, dict, int]
+"""A peer's post-round DiLoCo state: anchor, outer momentum, rounds it closed."""
+FetchPeerState = Callable[[tuple[int, int], str], Awaitable[PeerDiLoCoState | None]]
+
+
 @dataclass
 class StageSync:
     node_id: str
     stage: StageWorker
     cohort: CohortTransport | None
     config: TrainingConfig
-    on_report: Callable[[SyncReport], None] | None = None
+    on_report: Callable[[StageSync, SyncReport], None] | None = None
+    """Told after every outer round, with this sync (a listener may outlive a stage it left)."""
     on_start: Callable[[], None] | None = None
-    catch_up: Callable[[str], Awaitable[bool]] | None = None
-    """Called with a peer that closed the round without us: copy its DiLoCo state so the cohort
-    shares one anchor again (a late member otherwise stays on its own anchor for good)."""
+    fetch_peer_state: FetchPeerState | None = None
+    """Fetches the DiLoCo state of a peer that closed the round without us (``catch_up_with``)."""
     replica: DiLoCoReplica = field(init=False)
     feedback: ErrorFeedback | None = field(init=False)
     rounds: int = 0
@@ -97,17 +102,59 @@ class StageSync:
             result = await loop.run_in_executor(self.stage.executor, self._apply, [mine, *others])
             report = SyncReport(self.rounds, tuple(result[0]), tuple(result[1]), sent, loop.time() - began)
             self.rounds += 1
-            if self.cohort is not None and self.catch_up is not None:  # still behind the closed gate
+            if self.cohort is not None and self.can_catch_up:  # still behind the closed gate
                 for peer in self.cohort.ahead_of_us(self.stage.layer_range):
-                    if await self.catch_up(peer):
+                    if await self.catch_up_with(peer):
                         break
         finally:
             self.stage.gate.set()
         self.bytes_sent += sent
         self.reports.append(report)
         if self.on_report is not None:
-            self.on_report(report)
+            self.on_report(self, report)
         return report
+
+    @property
+    def can_catch_up(self) -> bool:
+        return self.fetch_peer_state is not None
+
+    async def catch_up_with(self, peer: str) -> bool:
+        """Copy the post-round DiLoCo state of ``peer``, which closed the round without us, so the
+        cohort shares one anchor again (a late member otherwise stays on its own anchor for good).
+        Call it with the gate closed. False when the peer had nothing to give."""
+        got = await self.fetch_peer_state(self.stage.layer_range, peer) if self.fetch_peer_state else None
+        if got is None:
+            return False
+        anchor, momentum, rounds = got
+        await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.adopt, anchor, momentum, rounds)
+        log.info("late for a DiLoCo round: took %s's anchor (round %d)", peer[:12], rounds)
+        return True
+
+    def adopt_position(self, rounds: int | None = None, inner_steps_done: int = 0) -> None:
+        """The stage's weights were just replaced by a replica's: they become the anchor, and the
+        round counters the replica's (``rounds`` None: keep ours)."""
+        self.replica.reset_anchor()
+        if inner_steps_done:
+            self.replica.record_inner_step(inner_steps_done)
+        if rounds is not None:
+            self.rounds = rounds
+
+    def restore(self, diloco: dict[str, torch.Tensor], inner_steps_done: int, outer_steps_done: int,
+                rounds: int) -> None:
+        """Counters and (when saved) anchor and momentum from a checkpoint."""
+        if diloco:
+            self.replica.load_flat_state(diloco, inner_steps_done, outer_steps_done)
+        self.rounds = rounds
+
+    def adopt_grown_state(self, diloco_state: dict, grown_residual: dict[str, torch.Tensor]) -> None:
+        """The shard's vocabulary-shaped parameters were replaced by grown ones (vocab_growth.py):
+        track the new parameter objects with ``diloco_state`` (anchor and momentum already grown)
+        and take the grown compression residuals."""
+        replica = DiLoCoReplica(self.stage.shard, self.replica.config)
+        replica.load_state_dict(diloco_state)
+        self.replica = replica
+        if self.feedback is not None:
+            self.feedback.residual.update(grown_residual)
 
     def adopt(self, anchor: dict, momentum: dict, rounds: int) -> None:
         """Take a peer's post-round DiLoCo state: its anchor becomes our weights and anchor."""

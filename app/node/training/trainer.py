@@ -3,7 +3,7 @@
 A *driver* (it holds the embedding) pulls batches, runs steps through its PipelineDriver and
 retries a stalled step with the same batch until it commits, so a step is neither dropped nor
 counted twice. A *worker* or *validator* only serves stage calls; its steps are the commits it
-applies. Either way every applied step is reported as a :class:`StepInfo` to the subscribers
+applies. Either way every applied step is reported as a :class:`StepInfo` to the ``on_step`` sink
 (events, the economy service building Proof-of-Neural-Work), the DiLoCo round runs when due,
 and the node checkpoints every ``checkpoint_every`` steps and when it stops.
 """
@@ -66,6 +66,9 @@ def roles_of(stage: StageWorker) -> tuple[str, ...]:
 
 @dataclass
 class NodeTrainer:
+    """The stage reaches its trainer through the hooks it was built with: ``record_commit`` and
+    ``after_commit`` (a stage the trainer no longer serves is ignored, see ``replace_stage``)."""
+
     node_id: str
     stage: StageWorker
     config: TrainingConfig
@@ -76,30 +79,31 @@ class NodeTrainer:
     data_dir: Path | None = None
     loader_state: Callable[[], dict[str, Any]] | None = None
     on_activity: Callable[[str], None] = lambda _text: None
+    on_step: Callable[[StepInfo], None] | None = None
+    """Told every applied step (called on an executor thread): events, the economy's PoNW."""
     live_drivers: Callable[[], Awaitable[set[str]]] | None = None
-    """Drivers currently announced (a worker is done when all of them said finish); default:
+    """Drivers currently announced (a serving node is done when all of them said finish); default:
     the drivers this stage has served."""
     after_step: Callable[[], Awaitable[None]] | None = None
-    driver_step: int = 0
-    steps_this_session: int = 0
-    tokens_total: int = 0
-    listeners: list[Callable[[StepInfo], None]] = field(default_factory=list)
-    checkpointed_at: int = -1  # stage.inner_step at the last save
-    stop_driving: bool = False  # set when the pool moves this driver to another stage (healing)
-    drive_ended: asyncio.Event = field(default_factory=asyncio.Event)
-    _last_commit_at: float = field(default_factory=time.perf_counter)
-
-    def __post_init__(self) -> None:
-        self.stage.on_commit = self._on_commit
-        self.stage.after_commit = self._after_commit
+    driver_step: int = 0  # the driver's next step number (a resumed driver starts from its checkpoint's)
+    checkpointed_at: int = -1  # stage.inner_step at the last save (a resumed node: the restored one)
+    steps_this_session: int = field(default=0, init=False)
+    tokens_total: int = field(default=0, init=False)
+    _stopping_drive: bool = field(default=False, init=False)  # the pool moves this driver (healing)
+    _drive_ended: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _last_commit_at: float = field(default_factory=time.perf_counter, init=False)
 
     @property
     def role(self) -> str:
         return "+".join(roles_of(self.stage))
 
-    def subscribe(self, listener: Callable[[StepInfo], None]) -> None:
-        """``listener(StepInfo)`` after every applied step (called on an executor thread)."""
-        self.listeners.append(listener)
+    async def stop_driving(self) -> None:
+        """Finish the step in flight, tell the stages ``finish``, and return once driving ended;
+        ``run`` then serves the stage ``replace_stage`` hands over. Nothing to do when not driving."""
+        if self.driver is None:
+            return
+        self._stopping_drive = True
+        await self._drive_ended.wait()
 
     # --- the job --------------------------------------------------------------------------------
     async def run(self, max_steps: int | None) -> int:
@@ -107,8 +111,8 @@ class NodeTrainer:
         if self.driver is not None:
             await self._drive(max_steps)
             await self.driver.finish()
-            self.drive_ended.set()
-            if self.stop_driving:  # moved to a later stage: serve there until the drivers finish
+            self._drive_ended.set()
+            if self._stopping_drive:  # moved to a later stage: serve there until the drivers finish
                 await self._wait_for_stage_change()
                 # A bounded run also ends when every driver left (even if none routed to the new
                 # stage, which is then never told "finish"); an unbounded one serves on.
@@ -122,7 +126,7 @@ class NodeTrainer:
         assert self.driver is not None and self.batches is not None
         batch: torch.Tensor | None = None
         while max_steps is None or self.steps_this_session < max_steps:
-            if self.stop_driving or (self.proceed is not None and not await self.proceed()):
+            if self._stopping_drive or (self.proceed is not None and not await self.proceed()):
                 return
             batch = batch if batch is not None else self.batches()
             total = "" if max_steps is None else f" of {max_steps}"
@@ -160,13 +164,10 @@ class NodeTrainer:
             await asyncio.sleep(WORKER_POLL_S)
 
     def replace_stage(self, stage: StageWorker, sync: StageSync | None) -> None:
-        """Serve another stage from now on (the pool moved this node); a driver stops driving."""
-        # The old stage may still finish a request in flight: it no longer reports steps or runs
-        # DiLoCo rounds as if it were the new stage.
-        self.stage.on_commit, self.stage.after_commit = None, None
+        """Serve another stage from now on (the pool moved this node; call ``stop_driving`` first).
+        The old stage may still finish a request in flight: its hooks are ignored from now on, so
+        it no longer reports steps or runs DiLoCo rounds as if it were the new stage."""
         self.stage, self.sync, self.driver, self.batches = stage, sync, None, None
-        self.stage.on_commit = self._on_commit
-        self.stage.after_commit = self._after_commit
         self.checkpointed_at = -1
 
     async def _wait_for_stage_change(self) -> None:
@@ -184,10 +185,13 @@ class NodeTrainer:
                                    loader_state=state, node_id=self.node_id)
 
     # --- per-step bookkeeping -------------------------------------------------------------------
-    def _on_commit(self, info: CommitInfo) -> None:
+    def record_commit(self, stage: StageWorker, info: CommitInfo) -> None:
+        """The stage's commit hook (stage.CommitHook): report the applied step."""
         # Called with the stage's lock held, right after the optimizer changed the weights in
         # place. Forward graphs of another driver's micro-batches in flight (two drivers share one
         # holder after a failover) are recomputed by the stage at their backward (stage.py).
+        if stage is not self.stage:
+            return
         now = time.perf_counter()
         elapsed, self._last_commit_at = now - self._last_commit_at, now
         self.steps_this_session += 1 if self.driver is None or info.driver == self.driver.driver_id else 0
@@ -198,18 +202,20 @@ class NodeTrainer:
             hash_before=info.hash_before, hash_after=info.hash_after,
             tokens_per_s=info.tokens / elapsed if elapsed > 0 else 0.0, inner_step=self._inner_in_round(),
             inner_steps_per_sync=self.config.inner_steps, driver=info.driver)
-        for listener in list(self.listeners):
+        if self.on_step is not None:
             try:
-                listener(step)
-            except Exception:  # a broken subscriber must not stop training
-                log.exception("step listener failed")
+                self.on_step(step)
+            except Exception:  # a broken sink must not stop training
+                log.exception("step sink failed")
 
     def _inner_in_round(self) -> int:
         return (self.sync.replica.inner_steps_done + 1) if self.sync is not None else 0
 
-    async def _after_commit(self) -> None:
-        """After each applied step: DiLoCo when a round is due; a serving node also checkpoints
-        here (a driver does it in its loop, with its data position)."""
+    async def after_commit(self, stage: StageWorker) -> None:
+        """The stage's after-commit hook: DiLoCo when a round is due; a serving node also
+        checkpoints here (a driver does it in its loop, with its data position)."""
+        if stage is not self.stage:
+            return
         if self.sync is not None:
             self.sync.note_commit()
             if self.sync.due:

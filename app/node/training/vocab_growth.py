@@ -1,5 +1,9 @@
 """Growing a running stage's vocabulary, and tagging stage calls with the caller's vocabulary.
 
+``VocabGuard`` is what a stage with the embedding or the head checks before computing (stage.py
+asks it): the tag of the vocabulary it computes for, the refusal it answers to a request tagged
+for another one, and whom it tells about that other tag (runtime/vocab_service.py catches up).
+
 ``grow_stage_vocab`` switches one StageWorker (and its StageSync) to a vocabulary with more
 tokens, between steps:
 
@@ -29,13 +33,49 @@ without forgetting the route; before raising, the wrapper hands the other side's
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from app.node.model.growth import extend_rows, grow_vocab_in_place
-from app.node.training.stage import VOCAB_KEY, VOCAB_MISMATCH, StageWorker
-from app.node.training.sync import StageSync
 from app.node.training.transport import Meta, StageReply, StageTransport, Tensors, WaitAndRetry
+
+if TYPE_CHECKING:  # stage.py and sync.py import this module (the guard)
+    from app.node.training.stage import StageWorker
+    from app.node.training.sync import StageSync
+
+VOCAB_KEY = "vocab"
+VOCAB_MISMATCH = "vocab_mismatch"
+
+
+class VocabGuard:
+    """A stage's vocabulary tag and what it does about requests for another vocabulary."""
+
+    def __init__(self, tag: str = "", on_mismatch: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self._tag = tag  # "" = not checked
+        self._on_mismatch = on_mismatch
+
+    @property
+    def tag(self) -> str:
+        return self._tag
+
+    def retag(self, version: str) -> None:
+        """The stage computes for ``version`` from now on (it grew, or its vocabulary was renamed)."""
+        self._tag = version
+
+    def refusal(self, meta: Meta, layer_range: tuple[int, int]) -> Meta | None:
+        """The answer to a request tagged for another vocabulary, None when the stage may compute."""
+        theirs = meta.get(VOCAB_KEY)
+        if theirs is None or not self._tag or theirs == self._tag:
+            return None
+        return {"status": VOCAB_MISMATCH, VOCAB_KEY: self._tag,
+                "error": f"stage {layer_range} computes for vocabulary {self._tag}, the request "
+                         f"is for {str(theirs)[:40]}; retry once the vocabularies agree"}
+
+    async def heard(self, theirs: str) -> None:
+        """A refused request carried ``theirs``: let this node catch up if its ledger agrees."""
+        if self._on_mismatch is not None:
+            await self._on_mismatch(theirs)
 
 
 class VocabMismatch(WaitAndRetry):
@@ -59,7 +99,7 @@ def grow_stage_vocab(stage: StageWorker, sync: StageSync | None, sources: Sequen
             if sync is not None:
                 _pad_diloco(stage, sync, grown, sources)
             stage.discard_pending()
-        stage.vocab = version
+        stage.vocab_guard.retag(version)
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -80,14 +120,14 @@ def _pad_diloco(stage: StageWorker, sync: StageSync, grown: list[torch.nn.Parame
                 sources: Sequence[tuple[int, int]]) -> None:
     names = {name: p for name, p in stage.shard.named_parameters() if any(p is g for g in grown)}
     old = sync.replica.state_dict()
+    residual = sync.feedback.residual if sync.feedback is not None else {}
+    grown_residual = {}
     for name, p in names.items():
         old["anchor"][name] = extend_rows(old["anchor"][name], [list(s) for s in sources])
         old["momentum"][name] = _pad_rows(old["momentum"][name], p.shape[0])
-        if sync.feedback is not None and name in sync.feedback.residual:
-            sync.feedback.residual[name] = _pad_rows(sync.feedback.residual[name], p.shape[0])
-    replica = type(sync.replica)(stage.shard, sync.replica.config)
-    replica.load_state_dict(old)
-    sync.replica = replica
+        if name in residual:
+            grown_residual[name] = _pad_rows(residual[name], p.shape[0])
+    sync.adopt_grown_state(old, grown_residual)
 
 
 class VocabTaggedTransport:
