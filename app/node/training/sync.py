@@ -4,7 +4,9 @@ Every ``inner_steps`` committed steps the stage closes its gate (no new forward 
 pseudo-gradient ``anchor − current`` (diloco.py), compresses it (compression.py, with error
 feedback for bf16/int8), swaps it with the cohort through the CohortTransport, and applies the
 robust aggregate (aggregation.py: trimmed mean weighted by sqrt(batches) × freshness) as an outer
-Nesterov step. Every member aggregates the same *decoded* payloads in node-id order, its own
+Nesterov step. With ``held_out`` (a stage holding the whole model), each contribution is first
+scored alone on held-out genesis tokens (scoring.py) and one that raises the loss is left out, so
+one poisoned replica of two cannot move the weights. Every member aggregates the same *decoded* payloads in node-id order, its own
 included, so holders that saw the same round end with bit-identical weights.
 
 The sync runs inside the commit that made it due, so the driver whose step triggered it waits
@@ -29,6 +31,7 @@ from app.node.training.compression import (
 )
 from app.node.training.config import TrainingConfig
 from app.node.training.diloco import DiLoCoConfig, DiLoCoReplica
+from app.node.training.scoring import DEFAULT_MARGIN, HeldOutLoss, screen
 from app.node.training.stage import StageWorker
 from app.node.training.transport import CohortPayload, CohortTransport
 
@@ -60,6 +63,9 @@ class StageSync:
     on_start: Callable[[], None] | None = None
     fetch_peer_state: FetchPeerState | None = None
     """Fetches the DiLoCo state of a peer that closed the round without us (``catch_up_with``)."""
+    held_out: HeldOutLoss | None = None
+    """Loss of this stage's weights on held-out tokens; None where the stage cannot compute one."""
+    held_out_margin: float = DEFAULT_MARGIN
     replica: DiLoCoReplica = field(init=False)
     feedback: ErrorFeedback | None = field(init=False)
     rounds: int = 0
@@ -183,6 +189,9 @@ class StageSync:
                 continue
             contributions.append(Contribution(payload.node_id, tensors, max(1, payload.batches), payload.age_s))
         with self.stage.lock:
+            if self.held_out is not None:
+                screening = screen(contributions, self.replica.anchor, self.held_out, self.held_out_margin)
+                contributions, rejected = screening.accepted, rejected + screening.rejected
             try:
                 result = aggregate(contributions, expected=None)
             except AggregationError as exc:  # nothing usable: keep training from the current weights
