@@ -10,6 +10,8 @@ The scale is anchored at 1 node with 2 GB -> 11 layers × 512 hidden (seed 000's
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
@@ -52,6 +54,13 @@ GQA_GROUP = 4
 GENESIS_VOCAB = 266
 """256 byte tokens + 10 special tokens (seed 001, DESIGN.md §3)."""
 
+BLOCK_TYPES = ("transformer", "inl")
+"""``transformer``: attention then SwiGLU (seed 002). ``inl``: seed 003's integrator neuron layer,
+attention's output driving second-order dynamics that iterate inside the block (model/inl.py)."""
+
+INL_CONTROLLER_HIDDEN = 64
+"""Hidden units of the INL controller (seed 003's reference implementation)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelArchitecture:
@@ -75,6 +84,10 @@ class ModelArchitecture:
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    block_type: str = "transformer"
+    inl_iterations: int = 10
+    """Integration steps of an INL block (seed 003: 5-15; its inference statistics count against a
+    maximum of 10). Only read when ``block_type`` is "inl"."""
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -117,12 +130,17 @@ class ModelArchitecture:
 
     # -- sizes ---------------------------------------------------------------------------------
     def layer_param_count(self) -> int:
-        """Parameters of one decoder block: attention, SwiGLU FFN and two RMSNorm weights."""
+        """Parameters of one block: attention and two RMSNorm weights, then a SwiGLU FFN
+        (transformer) or the integrator and a GELU FFN (inl, model/inl.py)."""
         h, kv = self.hidden, self.kv_heads * self.head_dim
         q_out = self.heads * self.head_dim
         attention = h * q_out + 2 * h * kv + q_out * h
-        ffn = 3 * h * self.ffn
-        return attention + ffn + 2 * h
+        if self.block_type == "inl":
+            c = INL_CONTROLLER_HIDDEN
+            controller = 3 * h * c + c + c * 4 * h + 4 * h  # reads (h, x, v); writes 4 controls
+            integrator = controller + 2 * h + h * h  # mu, phi, output projection
+            return attention + integrator + 2 * h * self.ffn + 2 * h
+        return attention + 3 * h * self.ffn + 2 * h
 
     def embedding_param_count(self) -> int:
         return self.vocab * self.hidden
@@ -142,9 +160,18 @@ class ModelArchitecture:
     def with_changes(self, **changes: Any) -> ModelArchitecture:
         return replace(self, **changes)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of every field (block type included): two nodes may exchange weights or
+        activations only when their fingerprints agree."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
 
 def _coerce(name: str, value: Any, type_name: Any) -> Any:
     kind = str(type_name)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"architecture field {name!r} must be a string, got {value!r}")
+        return value
     if kind == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"architecture field {name!r} must be a bool, got {value!r}")
@@ -161,7 +188,7 @@ def _coerce(name: str, value: Any, type_name: Any) -> Any:
 def _validate(a: ModelArchitecture) -> list[str]:
     problems = []
     for name in ("hidden", "layers", "heads", "kv_heads", "head_dim", "ffn", "vocab", "max_seq",
-                 "version"):
+                 "version", "inl_iterations"):
         value = getattr(a, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             problems.append(f"{name} must be a positive integer, got {value!r}")
@@ -175,6 +202,10 @@ def _validate(a: ModelArchitecture) -> list[str]:
         problems.append(f"head_dim {a.head_dim} must be even for rotary embeddings")
     if not (a.rope_theta > 0 and 0 < a.norm_eps < 1):
         problems.append("rope_theta must be > 0 and norm_eps in (0, 1)")
+    if a.block_type not in BLOCK_TYPES:
+        problems.append(f"block_type must be one of {', '.join(BLOCK_TYPES)}, got {a.block_type!r}")
+    if a.inl_iterations > 64:
+        problems.append(f"inl_iterations must be at most 64, got {a.inl_iterations}")
     return problems
 
 
@@ -188,7 +219,8 @@ def parameter_budget(total_memory_bytes: int, nodes: int = 1) -> float:
 
 def calculate_optimal_architecture(total_memory_bytes: int, *, nodes: int = 1,
                                    vocab: int = GENESIS_VOCAB, max_seq: int = 1024,
-                                   version: int = 1, tie_embeddings: bool = False) -> ModelArchitecture:
+                                   version: int = 1, tie_embeddings: bool = False,
+                                   block_type: str = "transformer") -> ModelArchitecture:
     """The architecture that fits the network's memory (DESIGN.md §3, see the module docstring).
 
     ``scale = P / P_anchor`` where ``P_anchor`` is the budget of 1 node with 2 GB, so the anchor
@@ -203,7 +235,7 @@ def calculate_optimal_architecture(total_memory_bytes: int, *, nodes: int = 1,
     ffn = FFN_MULTIPLE * math.ceil(8 * hidden / 3 / FFN_MULTIPLE)
     return ModelArchitecture(hidden=hidden, layers=layers, heads=heads, kv_heads=_kv_heads(heads),
                              head_dim=HEAD_DIM, ffn=ffn, vocab=vocab, max_seq=max_seq,
-                             version=version, tie_embeddings=tie_embeddings)
+                             version=version, tie_embeddings=tie_embeddings, block_type=block_type)
 
 
 def _round_heads(raw_heads: float) -> int:

@@ -7,6 +7,7 @@ token costs one position of compute per layer instead of re-running the whole se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -52,9 +53,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 
 def generate(stages: Sequence[ModelShard], prompt_ids: list[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-             eos_id: int | None = None) -> list[int]:
+             eos_id: int | None = None, adaptive_stop: bool = True) -> list[int]:
     """The new token ids (the prompt is not repeated). Stops after ``max_new_tokens``, after
-    ``eos_id`` (included), or when prompt + output reach the architecture's ``max_seq``."""
+    ``eos_id`` (included), or when prompt + output reach the architecture's ``max_seq``.
+
+    INL blocks stop iterating once every token is at equilibrium unless ``adaptive_stop`` is
+    False; ``inference_stats(stages)`` then tells how many steps they used."""
     check_pipeline(stages)
     arch = stages[0].architecture
     if not prompt_ids or any(not 0 <= i < arch.vocab for i in prompt_ids):
@@ -66,7 +70,9 @@ def generate(stages: Sequence[ModelShard], prompt_ids: list[int], max_new_tokens
     caches = [stage.new_cache() for stage in stages]
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     out: list[int] = []
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.ExitStack() as settings:
+        for stage in stages:
+            settings.enter_context(stage.adaptive_stopping(adaptive_stop))
         while len(out) < max_new_tokens:
             h = tokens
             for stage, cache in zip(stages, caches, strict=True):
@@ -77,3 +83,17 @@ def generate(stages: Sequence[ModelShard], prompt_ids: list[int], max_new_tokens
                 break
             tokens = torch.tensor([[token]], dtype=torch.long, device=device)
     return out
+
+
+def inference_stats(stages: Sequence[ModelShard]) -> dict[str, object]:
+    """Integration steps the INL blocks used at inference since their last reset (seed 003's
+    ``get_inference_stats``): per layer, their mean, and the maximum an INL block may take.
+    Empty for a transformer."""
+    per_layer: dict[int, float] = {}
+    for stage in stages:
+        per_layer.update(stage.get_inference_stats())
+    if not per_layer:
+        return {}
+    return {"mean_iterations_per_layer": per_layer,
+            "mean_iterations": sum(per_layer.values()) / len(per_layer),
+            "max_iterations": stages[0].architecture.inl_iterations}

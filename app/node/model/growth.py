@@ -18,6 +18,8 @@ Function preservation, for each kind of growth:
   ``w' · x / sqrt(mean' + eps') = w · x / sqrt(mean + eps)`` exactly. New heads and FFN
   channels read the stream through fresh random weights but write through zero columns.
   Heads keep their key/value group, so old query heads still read their own key/value head.
+* INL blocks (seed 003) grow in depth like transformer blocks (their output projection and FFN
+  down-projection are zeroed) and in vocabulary; they cannot be widened exactly (grow_width).
 * vocabulary: embedding and head gain rows; old tokens' logits are untouched (a logit is one
   head row times the hidden state, so new rows change no other logit; only the softmax shares
   some mass with the new tokens). ``grow_vocab_in_place`` does this for a running stage: it
@@ -97,6 +99,12 @@ def _copy_ends(old: ModelShard, new: ModelShard) -> None:
 def grow_width(model: ModelShard, new_hidden: int, new_ffn: int, new_heads: int) -> ModelShard:
     """Widen hidden size, FFN size and head count so the logits do not change (module doc)."""
     arch = model.architecture
+    if arch.block_type == "inl":
+        # The integrator's inertia reads the norm of the whole state (alpha = alpha_base ·
+        # exp(−κ‖e‖)), and new channels are driven by the excitation from the first step, so
+        # new channels would change what old ones compute: there is no exact widening.
+        raise GrowthError("INL blocks cannot be widened without changing the model's function; "
+                          "grow depth or vocabulary, or distil into a wider model")
     new_arch = _widened_arch(arch, new_hidden, new_ffn, new_heads)
     new = _rebuild(model, new_arch, *model.layer_range)
     scale = math.sqrt(arch.hidden / new_hidden)

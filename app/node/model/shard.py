@@ -1,6 +1,7 @@
 """A contiguous slice of NeuroLLM: some decoder blocks, plus the embedding and/or the head.
 
-One class serves every pipeline stage (as torchtitan does): the driver's shard has the
+One class serves every pipeline stage (as torchtitan does), and every block type (a transformer
+block or seed 003's INL block, ``ModelArchitecture.block_type``): the driver's shard has the
 embedding, the validator's the head, workers only blocks, and ``ModelShard.full`` is the whole
 model. Blocks are keyed by their GLOBAL layer index, so a shard's ``state_dict`` is exactly the
 matching subset of the whole model's, and checkpoints and layer transfers need no renaming.
@@ -13,6 +14,8 @@ applies them from outside (app/node/training/speed.py), as torchtitan's ``parall
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.node.model.architecture import ModelArchitecture
+from app.node.model.inl import INLBlock, IntegratorNeuronLayer
 from app.node.model.layers import DecoderBlock, LayerCache, LMHead, TokenEmbedding, rope_tables
+
+Block = DecoderBlock | INLBlock
+BLOCK_CLASSES: dict[str, type[Block]] = {"transformer": DecoderBlock, "inl": INLBlock}
+"""The block each ``ModelArchitecture.block_type`` names; every shard of a model uses one kind."""
 
 PAD_ID = 256
 """Id of ``<pad>``: the first special token after the 256 byte tokens (app/node/tokenizer.py
@@ -50,7 +58,8 @@ class ModelShard(nn.Module):
         self._range = (first_layer, last_layer)
         self.low_rank = low_rank
         self.embedding = TokenEmbedding(arch.vocab, arch.hidden, low_rank) if with_embedding else None
-        self.blocks = nn.ModuleDict({str(i): DecoderBlock(arch) for i in range(first_layer, last_layer)})
+        block_class = BLOCK_CLASSES[arch.block_type]
+        self.blocks = nn.ModuleDict({str(i): block_class(arch) for i in range(first_layer, last_layer)})
         tied = self.embedding if arch.tie_embeddings else None
         self.head = LMHead(arch, low_rank, tied_to=tied) if with_head else None
         cos, sin = rope_tables(arch.head_dim, arch.max_seq, arch.rope_theta)
@@ -88,7 +97,7 @@ class ModelShard(nn.Module):
     def with_head(self) -> bool:
         return self.head is not None
 
-    def block(self, layer: int) -> DecoderBlock:
+    def block(self, layer: int) -> Block:
         """The block at GLOBAL index ``layer``; KeyError naming the range if not held here."""
         key = str(layer)
         if key not in self.blocks:
@@ -111,6 +120,35 @@ class ModelShard(nn.Module):
         with torch.no_grad():
             for name, tensor in state.items():
                 own[name].copy_(tensor)
+
+    # -- INL inference (seed 003's adaptive early stopping) ---------------------------------------
+    def integrators(self) -> dict[int, IntegratorNeuronLayer]:
+        """The integrator of every INL block held here, by global layer (empty for transformers)."""
+        return {int(k): b.inl for k, b in self.blocks.items() if isinstance(b, INLBlock)}
+
+    @contextlib.contextmanager
+    def adaptive_stopping(self, enabled: bool) -> Iterator[None]:
+        """Within the block, INL blocks stop iterating early at inference (or never, when not
+        enabled); the previous setting is restored after."""
+        layers = list(self.integrators().values())
+        before = [inl.adaptive_stop for inl in layers]
+        for inl in layers:
+            inl.adaptive_stop = enabled
+        try:
+            yield
+        finally:
+            for inl, was in zip(layers, before, strict=True):
+                inl.adaptive_stop = was
+
+    def get_inference_stats(self) -> dict[int, float]:
+        """Mean integration steps per forward of each INL layer at inference (seed 003's
+        ``get_inference_stats``), for layers that ran since the last reset."""
+        stats = {layer: inl.mean_inference_iterations() for layer, inl in self.integrators().items()}
+        return {layer: mean for layer, mean in stats.items() if mean is not None}
+
+    def reset_inference_stats(self) -> None:
+        for inl in self.integrators().values():
+            inl.reset_inference_stats()
 
     # -- compute ---------------------------------------------------------------------------------
     def new_cache(self) -> ShardCache:

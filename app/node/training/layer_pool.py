@@ -231,7 +231,8 @@ class DynamicLayerPool:
         if memory <= 0:
             return None
         candidate = calculate_optimal_architecture(memory, nodes=nodes, vocab=self.arch.vocab,
-                                                   max_seq=self.arch.max_seq, version=self.arch.version + 1)
+                                                   max_seq=self.arch.max_seq, version=self.arch.version + 1,
+                                                   block_type=self.arch.block_type)
         if should_upgrade(self.arch, candidate):
             return UpgradeNotice(self.arch, candidate, nodes)
         return None
