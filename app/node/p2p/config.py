@@ -16,8 +16,13 @@ class P2PConfig:
     # chunks, so 8 MiB leaves room for headers and small unary payloads, no more).
     max_message_bytes: int = 8 * MIB
     chunk_bytes: int = 1 * MIB
-    max_tensor_elements: int = 1 << 30  # 1 G elements: a 4 GiB fp32 tensor at most
-    max_stream_bytes: int = 4096 * MIB  # the sum of all tensors in one stream
+    max_tensor_elements: int = 1 << 30  # 1 G elements (the stream cap below binds first)
+    max_stream_bytes: int = 1024 * MIB  # the sum of all tensors in one stream (hard cap, budget.py)
+    # --- bounded resources per peer (budget.py): declared bytes are reserved before buffering
+    max_streams_per_peer: int = 8
+    max_inflight_bytes_per_peer: int = 1024 * MIB
+    max_inflight_bytes: int = 2048 * MIB  # every peer together: fresh keys and addresses are cheap
+    stream_stall_timeout_s: float = 30.0  # no chunk for this long ends a tensor stream
     max_meta_bytes: int = 64 * 1024
     max_gossip_payloads: int = 1024
     max_gossip_bytes: int = 4 * MIB

@@ -19,8 +19,9 @@ from typing import Any
 
 import grpc
 
+from app.node.p2p.budget import StreamBudget
 from app.node.p2p.config import P2PConfig
-from app.node.p2p.errors import RpcRefusal
+from app.node.p2p.errors import MalformedMessage, RpcRefusal
 from app.node.p2p.protocol import METHODS, Method, Shape
 from app.node.p2p.ratelimit import PeerGuard
 from app.node.p2p.records import InvalidRecord
@@ -32,10 +33,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CallInfo:
-    """Who is calling: ``peer`` is the transport address (or ``relay:<id>`` through a tunnel)."""
+    """Who is calling: ``peer`` is the transport address (or ``relay:<id>`` through a tunnel);
+    ``budget`` is the node's stream budget, which tensor handlers reserve from."""
 
     method: Method
     peer: str
+    budget: StreamBudget
+
+    @property
+    def peer_key(self) -> str:
+        return peer_key(self.peer)
 
 
 Handler = Callable[[AsyncIterator[Any], CallInfo], AsyncIterator[Any]]
@@ -61,15 +68,39 @@ def peer_key(peer: str) -> str:
     return host
 
 
+class _Undecodable:
+    """Stands for a request message that did not parse: grpc would answer UNKNOWN for an
+    exception in a deserializer, so the adapters refuse it as INVALID_ARGUMENT instead."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # protobuf DecodeError and friends: garbage from the peer
+            return _UNDECODABLE
+
+    return parse
+
+
+def _decoded(message: Any) -> Any:
+    if message is _UNDECODABLE:
+        raise MalformedMessage("request does not parse as its protobuf message")
+    return message
+
+
 async def _once(message: Any) -> AsyncIterator[Any]:
-    yield message
+    yield _decoded(message)
 
 
 async def _lazy(request_iterator: Any) -> AsyncIterator[Any]:
     """Iterate grpc's request stream only if the handler asks: calling ``__aiter__`` up front
     creates a receiver coroutine that is never awaited when a call is refused early."""
     async for message in request_iterator:
-        yield message
+        yield _decoded(message)
 
 
 class Dispatcher:
@@ -80,6 +111,7 @@ class Dispatcher:
         self.guard = guard
         self.stats = stats
         self.handlers: dict[str, Handler] = {}
+        self.budget = StreamBudget(config)
 
     def register(self, path: str, handler: Handler) -> None:
         if path not in METHODS:
@@ -93,7 +125,7 @@ class Dispatcher:
         if method is None or handler is None:
             raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"{path} is not served by this node")
         self.guard.admit(peer_key(peer))
-        async for response in handler(requests, CallInfo(method, peer)):
+        async for response in handler(requests, CallInfo(method, peer, self.budget)):
             yield response
 
     def refusal(self, exc: BaseException, peer: str, path: str) -> RpcRefusal:
@@ -113,7 +145,10 @@ class Dispatcher:
     def _adapter(self, path: str) -> Callable[..., Any]:
         shape = METHODS[path].shape
 
-        async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def run(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                      raw: Any = None) -> AsyncIterator[Any]:
+            """``raw`` is grpc's own request stream, drained on a refusal (``requests`` may
+            already have ended on the message that was refused)."""
             peer = context.peer() or "unknown"
             try:
                 async for response in self.dispatch(path, requests, peer):
@@ -123,7 +158,7 @@ class Dispatcher:
                 # Read what the caller is still streaming before answering: a status sent while
                 # its request stream is half-written reaches it as gRPC's own INTERNAL instead of
                 # our code and reason (seen under load). Bounded: a refusal never waits long.
-                await _drain(requests)
+                await _drain(requests if raw is None else raw)
                 await context.abort(refusal.code, refusal.reason)
 
         if shape is Shape.UNARY:
@@ -146,7 +181,7 @@ class Dispatcher:
             return stream_adapter
 
         async def bidi_adapter(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for response in run(_lazy(request_iterator), context):
+            async for response in run(_lazy(request_iterator), context, request_iterator):
                 yield response
 
         return bidi_adapter
@@ -167,7 +202,7 @@ class Dispatcher:
             serializer, deserializer = counting(method, self.stats, server=True)
             factory = _HANDLER_FACTORIES[method.shape]
             services.setdefault(method.service, {})[method.name] = factory(
-                self._adapter(path), request_deserializer=deserializer, response_serializer=serializer)
+                self._adapter(path), request_deserializer=_tolerant(deserializer), response_serializer=serializer)
         server.add_generic_rpc_handlers([
             grpc.method_handlers_generic_handler(f"neuroshard.v1.{service}", handlers)
             for service, handlers in services.items()])

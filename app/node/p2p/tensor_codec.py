@@ -17,11 +17,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import torch
 
 from app.node.p2p.config import MIB
-from app.node.p2p.errors import MalformedMessage
+from app.node.p2p.errors import MalformedMessage, RpcRefusal
 from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
 from app.node.p2p.wire import encode_data, parser
 
@@ -43,7 +44,7 @@ class Limits:
     """What a decoder accepts; defaults mirror P2PConfig."""
 
     max_elements: int = 1 << 30
-    max_total_bytes: int = 4096 * MIB
+    max_total_bytes: int = 1024 * MIB
     max_meta_bytes: int = 64 * 1024
 
 
@@ -127,8 +128,11 @@ def check_header(header: Any, limits: Limits) -> tuple[dict[str, Any], list[int]
     if len({s.name for s in header.tensors}) != len(header.tensors):
         raise MalformedMessage("duplicate tensor names")
     sizes = [_check_spec(s, limits) for s in header.tensors]
-    if sum(sizes) != header.total_bytes or header.total_bytes > limits.max_total_bytes:
-        raise MalformedMessage("declared total size is inconsistent or over the limit")
+    if sum(sizes) != header.total_bytes:
+        raise MalformedMessage("declared total size does not match the tensors' shapes")
+    if header.total_bytes > limits.max_total_bytes:
+        raise RpcRefusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"stream declares {header.total_bytes} bytes, limit {limits.max_total_bytes}")
     if len(header.payload_sha256) != 32:
         raise MalformedMessage("payload digest must be 32 bytes")
     return parse_meta(header.meta_json, limits.max_meta_bytes), sizes

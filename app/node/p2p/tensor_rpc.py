@@ -27,7 +27,7 @@ from app.node.p2p.errors import MalformedMessage, PeerRejected, RequestTimeout, 
 from app.node.p2p.protocol import is_compatible, pb2
 from app.node.p2p.records import PeerRecord
 from app.node.p2p.server import CallInfo, Handler
-from app.node.p2p.tensor_codec import Limits, StreamReader, build_header, data_chunks
+from app.node.p2p.tensor_codec import Limits, StreamReader, build_header, check_header, data_chunks
 
 TensorHandler = Callable[[str, dict[str, Any], dict[str, torch.Tensor]],
                          Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]
@@ -83,41 +83,59 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
         callback = get_handler()
         if callback is None:
             raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"this node does not serve {path} yet")
-        reader = StreamReader(header, limits)
-        yield pb2.TensorChunk(keepalive=True)  # accepted: the caller's silence clock restarts
-
-        async def receive() -> dict[str, torch.Tensor]:
-            async for chunk in requests:
-                reader.add(chunk)
-                if bandwidth is not None:
-                    await bandwidth.download.take(_wire_size(chunk))  # reading slower makes gRPC slow the sender
-            return reader.finish()
-
-        tensors: dict[str, torch.Tensor] = {}
-        async for item in _beating(receive(), config.stage_keepalive_s):
-            if isinstance(item, tuple):
-                tensors = item[0]
-            else:
+        check_header(header, limits)  # declared sizes, before anything is reserved or buffered
+        with info.budget.hold(info.peer_key, header.total_bytes):
+            async for item in _serve(header, requests, callback, config, limits, bandwidth):
                 yield item
-        result: tuple[dict[str, Any], dict[str, torch.Tensor]] = ({}, {})
-        async for item in _beating(callback(header.kind, reader.meta, tensors), config.stage_keepalive_s):
-            if isinstance(item, tuple):
-                result = item[0]
-            else:
-                yield item
-        out_meta, out_tensors = result
-        out_header, buffers = await _encode("result", out_meta, out_tensors)
-        yield pb2.TensorChunk(header=out_header)
-        for chunk in data_chunks(buffers, config.chunk_bytes):
-            if bandwidth is not None and bandwidth.upload.reserve(len(chunk)) > 0:
-                # Over the upload cap: wait out the debt, beating meanwhile so the caller reads a
-                # slow link as slow rather than as a dead peer (and does not fail over).
-                async for beat in _beating(bandwidth.upload.take(0), config.stage_keepalive_s):
-                    if not isinstance(beat, tuple):
-                        yield beat
-            yield chunk
 
     return handler
+
+
+async def _next_chunk(requests: AsyncIterator[Any], stall_s: float) -> Any:
+    """The next request chunk (None at the end); a peer silent for ``stall_s`` is refused."""
+    try:
+        return await asyncio.wait_for(anext(requests, None), stall_s)
+    except asyncio.TimeoutError:
+        raise RpcRefusal(grpc.StatusCode.DEADLINE_EXCEEDED,
+                         f"tensor stream stalled: no data for {stall_s:g} s") from None
+
+
+async def _serve(header: Any, requests: AsyncIterator[Any], callback: TensorHandler, config: P2PConfig,
+                 limits: Limits, bandwidth: Bandwidth | None) -> AsyncIterator[Any]:
+    """Receive the payload, run the callback, send the answer (inside the stream's reservation)."""
+    reader = StreamReader(header, limits)
+    yield pb2.TensorChunk(keepalive=True)  # accepted: the caller's silence clock restarts
+
+    async def receive() -> dict[str, torch.Tensor]:
+        while (chunk := await _next_chunk(requests, config.stream_stall_timeout_s)) is not None:
+            reader.add(chunk)
+            if bandwidth is not None:
+                await bandwidth.download.take(_wire_size(chunk))  # reading slower makes gRPC slow the sender
+        return reader.finish()
+
+    tensors: dict[str, torch.Tensor] = {}
+    async for item in _beating(receive(), config.stage_keepalive_s):
+        if isinstance(item, tuple):
+            tensors = item[0]
+        else:
+            yield item
+    result: tuple[dict[str, Any], dict[str, torch.Tensor]] = ({}, {})
+    async for item in _beating(callback(header.kind, reader.meta, tensors), config.stage_keepalive_s):
+        if isinstance(item, tuple):
+            result = item[0]
+        else:
+            yield item
+    out_meta, out_tensors = result
+    out_header, buffers = await _encode("result", out_meta, out_tensors)
+    yield pb2.TensorChunk(header=out_header)
+    for chunk in data_chunks(buffers, config.chunk_bytes):
+        if bandwidth is not None and bandwidth.upload.reserve(len(chunk)) > 0:
+            # Over the upload cap: wait out the debt, beating meanwhile so the caller reads a
+            # slow link as slow rather than as a dead peer (and does not fail over).
+            async for beat in _beating(bandwidth.upload.take(0), config.stage_keepalive_s):
+                if not isinstance(beat, tuple):
+                    yield beat
+        yield chunk
 
 
 def _wire_size(chunk: Any) -> int:
