@@ -20,6 +20,7 @@ from typing import Any
 
 from app.node import disk, hardware
 from app.node.config import ConfigError, NodeConfig, UsageCaps, ensure_data_dir
+from app.node.datadir_lock import DataDirBusy, DataDirLock
 from app.node.events import (
     STATE_TRANSITIONS,
     Command,
@@ -82,6 +83,7 @@ class NodeEngine:
         self._events_detach: Callable[[], None] = lambda: None
         self._posted: set[concurrent.futures.Future[Any]] = set()
         self._checkpoint_decision = CheckpointDecision()
+        self._dir_lock = DataDirLock(config.data_dir)
 
     # --- observation ------------------------------------------------------------------------
 
@@ -140,11 +142,16 @@ class NodeEngine:
             raise EngineError("engine already started")
         try:
             ensure_data_dir(self.config.data_dir)
-        except ConfigError as exc:
+            self._dir_lock.acquire()  # before anything is written there: one process per data dir
+        except (ConfigError, DataDirBusy) as exc:
             raise EngineError(str(exc)) from exc
-        self._log_detach = configure_file_logging(self.config.log_dir, self.config.log_level)
-        self._thread = threading.Thread(target=self._thread_main, name="neuroshard-engine", daemon=True)
-        self._thread.start()
+        try:
+            self._log_detach = configure_file_logging(self.config.log_dir, self.config.log_level)
+            self._thread = threading.Thread(target=self._thread_main, name="neuroshard-engine", daemon=True)
+            self._thread.start()
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self._ready.wait(timeout=10)
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -226,6 +233,7 @@ class NodeEngine:
                 future.cancel()
             if self._log_detach is not None:
                 self._log_detach()
+            self._dir_lock.release()
             self._done.set()
 
     def _set_state(self, state: NodeState, detail: str = "") -> None:

@@ -84,13 +84,18 @@ def _verify(ledger: Ledger, as_json: bool) -> int:
     report = ledger.verify()
     if as_json:
         print(json.dumps({"ok": report.ok, "records": report.records_checked, "bad": report.bad_records,
-                          "mismatches": report.balance_mismatches, "state_hash": report.state_hash}))
+                          "mismatches": report.balance_mismatches, "conflicts": report.conflicts,
+                          "flagged": report.flagged, "state_hash": report.state_hash}))
     else:
         print(report.summary())
         for record_id, reason in report.bad_records:
             print(f"  bad record {record_id}: {reason}")
         for address in report.balance_mismatches:
             print(f"  stored balance differs from recomputed: {address}")
+        for address in report.flagged:
+            print(f"  account flagged for a double spend: {address}")
+        for record_id in report.conflicts:
+            print(f"  record voided by a double-spend conflict: {record_id}")
     return 0 if report.ok else 1
 
 

@@ -49,3 +49,23 @@ def test_missing_ledger_and_bad_address_exit_with_status_2(tmp_path, capsys):
     _make_ledger(tmp_path)
     assert _run("--data-dir", str(tmp_path), "--devnet", "balance", "ns1nope") == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_verify_fails_on_double_spend_conflicts_and_names_the_flagged_account(tmp_path, capsys):
+    """Two processes on one wallet reused sequence numbers: valid signatures, but not OK."""
+    from .helpers import CAROL
+
+    net = _make_ledger(tmp_path)
+    ledger = net.ledger(tmp_path)
+    pay_bob = net.transfer(ALICE, BOB, neuro(1), T0 + 2, seq=2)
+    pay_carol = net.transfer(ALICE, CAROL, neuro(1), T0 + 3, seq=2)
+    submit_all(ledger, [pay_bob, pay_carol])
+    ledger.close()
+    assert _run("--data-dir", str(tmp_path), "--devnet", "verify") == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "2 double-spend conflicts, 1 flagged accounts" in out
+    assert ALICE.address in out and pay_bob.record_id in out and pay_carol.record_id in out
+    assert _run("--data-dir", str(tmp_path), "--devnet", "--json", "verify") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["flagged"] == [ALICE.address]
+    assert sorted(report["conflicts"]) == sorted([pay_bob.record_id, pay_carol.record_id])
