@@ -101,7 +101,7 @@ _KEEP: list[object] = []
 async def _serve_sink() -> None:
     node = P2PNode(PrivateKey.generate(), config=BENCH)
 
-    async def stage(kind, meta, tensors):
+    async def stage(caller, kind, meta, tensors):
         return {"elements": sum(t.numel() for t in tensors.values())}, {}
 
     node.set_stage_handler(stage)
@@ -113,7 +113,7 @@ async def _serve_sink() -> None:
 async def _serve_stage(tracker: str, compute_ms: float) -> None:
     node = P2PNode(PrivateKey.generate(), trackers=[tracker], config=BENCH)
 
-    async def stage(kind, meta, tensors):
+    async def stage(caller, kind, meta, tensors):
         print(f"busy {meta.get('microbatch')}", flush=True)  # lets the benchmark kill mid-compute
         # the node chosen as victim stays busy until it is killed; every other one takes compute_ms
         await asyncio.sleep(3600 if meta.get("victim") == node.address else compute_ms / 1000.0)

@@ -50,6 +50,6 @@ async def swarm(n: int, config: P2PConfig = FAST, tracker: bool = True) -> Async
             await tr.stop()
 
 
-async def double(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+async def double(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """A stage handler: doubles ``x`` and echoes the micro-batch id."""
     return {"microbatch": meta.get("microbatch"), "kind": kind}, {"y": tensors["x"] * 2}

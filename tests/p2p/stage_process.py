@@ -19,7 +19,7 @@ from tests.p2p.helpers import FAST  # noqa: E402
 async def main(tracker: str, compute_s: float) -> None:
     node = P2PNode(PrivateKey.generate(), trackers=[tracker], config=FAST)
 
-    async def stage(kind, meta, tensors):
+    async def stage(caller, kind, meta, tensors):
         await asyncio.sleep(compute_s)
         return {"microbatch": meta.get("microbatch"), "served_by": node.address}, {"y": tensors["x"] * 2}
 

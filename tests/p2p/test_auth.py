@@ -14,9 +14,9 @@ from app.node.p2p.services import GOSSIP
 from .helpers import run, swarm
 
 
-def _gossip_request(key: PrivateKey, payloads: list[bytes]) -> pb2.GossipRequest:
+def _gossip_request(key: PrivateKey, payloads: list[bytes], recipient: bytes) -> pb2.GossipRequest:
     request = pb2.GossipRequest(protocol_version=PROTOCOL_VERSION, topic="ledger", payloads=payloads)
-    sign_message(key, GOSSIP, request)
+    sign_message(key, GOSSIP, request, recipient)
     return request
 
 
@@ -47,12 +47,12 @@ def test_forged_request_is_refused_unauthenticated_and_not_processed():
         async with swarm(2, tracker=False) as (_, (a, b)):
             seen, handler = await _served_pair()
             b.set_gossip_handler("ledger", handler)
-            request = _gossip_request(a.key, [b"pay 1 NEURO"])
+            request = _gossip_request(a.key, [b"pay 1 NEURO"], b.node_id)
             request.payloads[0] = b"pay 1000 NEURO"  # tampered after signing
             with pytest.raises(PeerRejected) as err:
                 await a.client.unary(b.address, GOSSIP, request, 2)
             assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
-            impostor = _gossip_request(PrivateKey.generate(), [b"x"])
+            impostor = _gossip_request(PrivateKey.generate(), [b"x"], b.node_id)
             impostor.auth.public_key = a.key.public_key.data  # claims to be a
             with pytest.raises(PeerRejected) as err:
                 await a.client.unary(b.address, GOSSIP, impostor, 2)
@@ -81,7 +81,7 @@ def test_replayed_request_is_refused_permission_denied():
         async with swarm(2, tracker=False) as (_, (a, b)):
             seen, handler = await _served_pair()
             b.set_gossip_handler("ledger", handler)
-            request = _gossip_request(a.key, [b"once"])
+            request = _gossip_request(a.key, [b"once"], b.node_id)
             await a.client.unary(b.address, GOSSIP, request, 2)
             with pytest.raises(PeerRejected) as err:
                 await a.client.unary(b.address, GOSSIP, request, 2)
@@ -97,7 +97,7 @@ def test_stale_timestamp_is_refused_even_with_a_valid_signature():
             seen, handler = await _served_pair()
             b.set_gossip_handler("ledger", handler)
             request = pb2.GossipRequest(protocol_version=PROTOCOL_VERSION, topic="ledger", payloads=[b"old"])
-            sign_message(a.key, GOSSIP, request, timestamp=time.time() - 3600)  # signed an hour ago
+            sign_message(a.key, GOSSIP, request, b.node_id, timestamp=time.time() - 3600)  # signed an hour ago
             with pytest.raises(PeerRejected) as err:
                 await a.client.unary(b.address, GOSSIP, request, 2)
             assert err.value.code == grpc.StatusCode.PERMISSION_DENIED

@@ -67,7 +67,7 @@ def test_store_of_value_with_a_forged_publisher_signature_is_refused():
             forged = bytearray(good.raw)
             forged[-80] ^= 0xFF  # flips a byte of the value under the signature
             request = pb2.StoreRequest(protocol_version=PROTOCOL_VERSION, value=bytes(forged))
-            sign_message(a.key, STORE, request)
+            sign_message(a.key, STORE, request, b.node_id)
             with pytest.raises(PeerRejected) as err:
                 await a.client.unary(b.address, STORE, request, 2)
             assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT

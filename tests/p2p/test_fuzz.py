@@ -1,5 +1,6 @@
 """Garbage, oversized and malformed messages are refused with a status; the node keeps serving."""
 
+import functools
 import random
 from collections.abc import Callable
 
@@ -129,7 +130,7 @@ def test_tensor_header_declaring_a_huge_tensor_is_refused_before_allocation():
             del header.tensors[:]
             header.tensors.add(name="x", dtype="float32", shape=[1 << 31, 1 << 31])
             header.total_bytes = 1 << 63
-            sign_message(other.key, "/neuroshard.v1.Pipeline/Forward", header)
+            sign_message(other.key, "/neuroshard.v1.Pipeline/Forward", header, target.node_id)
             with pytest.raises(PeerRejected) as err:
                 async for _ in other.client.stream(target.address, "/neuroshard.v1.Pipeline/Forward",
                                                    [pb2.TensorChunk(header=header)], 3):
@@ -195,17 +196,18 @@ def _random_message(message_type, rng: random.Random, depth: int = 0):
     return message
 
 
-def _structured(path: str, rng: random.Random) -> list[bytes]:
+def _structured(path: str, rng: random.Random, recipient: bytes = b"") -> list[bytes]:
     """Valid messages of the method's type with random fields; those that carry a signature are
-    signed by a fresh key half the time, so the checks behind signature verification are reached."""
+    signed by a fresh key half the time (for ``recipient``), so the checks behind signature
+    verification are reached."""
     method = METHODS[path]
     out = []
     for _ in range(rng.randint(1, 3)):
         message = _random_message(method.request, rng)
         if "auth" in method.request.DESCRIPTOR.fields_by_name and rng.random() < 0.5:
-            sign_message(PrivateKey.generate(), path, message)
+            sign_message(PrivateKey.generate(), path, message, recipient)
         elif method.request is pb2.TensorChunk and message.WhichOneof("part") == "header" and rng.random() < 0.5:
-            sign_message(PrivateKey.generate(), path, message.header)
+            sign_message(PrivateKey.generate(), path, message.header, recipient)
         out.append(message.SerializeToString())
     return out
 
@@ -215,7 +217,8 @@ def test_structured_garbage_in_valid_messages_is_refused_without_crashing_the_no
         async with swarm(2, tracker=False) as (_, (target, other)):
             target.set_stage_handler(double)
             target.set_gossip_handler("ledger", _ignore)  # signed gossip from a stranger is valid
-            seen = await _fuzz(target.address, list(METHODS), 15, _structured, random.Random(99))
+            seen = await _fuzz(target.address, list(METHODS), 15, functools.partial(_structured, recipient=target.node_id),
+                               random.Random(99))
             assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0
             assert (await other.ping(target.address)).node_id == target.node_id
             meta, _ = await other.call_stage(target.address, "forward", {"microbatch": 5}, {"x": torch.ones(2)}, 3)

@@ -58,7 +58,7 @@ def test_failover_completes_microbatch_after_kill():
             await _holders([victim, replica], 0, 2)
             started = asyncio.Event()
 
-            async def slow(kind, meta, tensors):
+            async def slow(caller, kind, meta, tensors):
                 started.set()
                 await asyncio.sleep(30)
                 return {}, {}
@@ -115,7 +115,7 @@ def test_silent_peer_is_hedged_and_first_good_answer_wins():
 def test_rejection_reaches_the_caller_as_a_typed_error():
     async def scenario():
         async with swarm(2) as (_, (server, caller)):
-            async def refuse(kind, meta, tensors):
+            async def refuse(caller, kind, meta, tensors):
                 raise RpcRefusal(grpc.StatusCode.ABORTED, "micro-batch from an old step")
 
             server.set_stage_handler(refuse)

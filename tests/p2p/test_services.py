@@ -16,10 +16,10 @@ from .helpers import FAST, run, swarm
 def test_pseudo_gradient_exchange_and_weights_download_round_trip():
     async def scenario():
         async with swarm(2, tracker=False) as (_, (a, b)):
-            async def on_sync(meta, tensors):
+            async def on_sync(caller, meta, tensors):
                 return {"step": meta["step"], "peer_has": sorted(tensors)}, {"avg": tensors["g"].float() / 2}
 
-            async def on_weights(meta):
+            async def on_weights(caller, meta):
                 return {f"layers.{meta['layer']}.w": torch.eye(3, dtype=torch.bfloat16)}
 
             b.set_sync_handler(on_sync)

@@ -39,9 +39,9 @@ def test_stage_server_turns_training_errors_into_refusals_and_checks_the_op() ->
         return {"op_seen": op}, tensors
 
     serve = stage_server(handler)
-    meta, out = asyncio.run(serve("forward", {"op": "commit"}, {}))
+    meta, out = asyncio.run(serve(b"\x01" * 32, "forward", {"op": "commit"}, {}))
     assert meta == {"op_seen": "commit"} and out == {}
     with pytest.raises(RpcRefusal, match="gradient shape"):
-        asyncio.run(serve("backward", {}, {}))
+        asyncio.run(serve(b"\x01" * 32, "backward", {}, {}))
     with pytest.raises(RpcRefusal, match="unknown stage operation"):
-        asyncio.run(serve("forward", {"op": "format-disk"}, {}))
+        asyncio.run(serve(b"\x01" * 32, "forward", {"op": "format-disk"}, {}))

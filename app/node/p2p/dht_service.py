@@ -139,5 +139,5 @@ class GrpcDhtTransport:
 
     async def store(self, contact: PeerRecord, value: SignedValue) -> bool:
         request = pb2.StoreRequest(protocol_version=PROTOCOL_VERSION, sender=raw_record(self.record()), value=value.raw)
-        sign_message(self.key, STORE, request)
+        sign_message(self.key, STORE, request, contact.node_id)
         return bool((await self._call(contact, STORE, request)).stored)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,11 @@ from app.node.p2p.tls import TlsIdentity
 from app.node.p2p.tracker_client import TrackerClient
 
 log = logging.getLogger(__name__)
-StageHandler = Callable[[str, dict[str, Any], dict[str, torch.Tensor]],
+StageHandler = Callable[[bytes, str, dict[str, Any], dict[str, torch.Tensor]],
                         Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]
+"""``(caller, kind, meta, tensors)``: ``caller`` is the verified node id of whoever signed it."""
+REPLAY_FILE = "replay.nonces"
+MAX_KNOWN_ADDRESSES = 1024
 _RTT_SMOOTHING = 0.3
 """EWMA weight of a new round-trip sample: reacts within a few calls, ignores one-off spikes."""
 
@@ -52,11 +56,12 @@ class P2PNode:
     def __init__(self, key: PrivateKey, *, host: str = "127.0.0.1", port: int = 0,
                  trackers: list[str] | None = None, listen: bool = True, config: P2PConfig | None = None,
                  on_failover: Callable[[FailoverEvent], None] | None = None, advertise: str = "",
-                 tls_dir: Path | None = None) -> None:
+                 tls_dir: Path | None = None, data_dir: Path | None = None) -> None:
         """``advertise`` is the host:port others should dial when it differs from the bound one
         (a public address in front of NAT port forwarding); the tracker checks it by dialling.
         ``tls_dir`` keeps the node's TLS certificate across restarts (the data dir); without one
-        a fresh certificate, bound to the same key, is made in memory."""
+        a fresh certificate, bound to the same key, is made in memory. ``data_dir`` keeps the
+        replay window across restarts (auth.ReplayGuard)."""
         self.key = key
         self.tls = TlsIdentity.load_or_create(key, tls_dir)
         self.advertise = advertise
@@ -65,7 +70,9 @@ class P2PNode:
         self.config = config or P2PConfig()
         self.stats = TrafficStats()
         self.guard = PeerGuard(self.config)
-        self.replay = ReplayGuard(self.config.auth_window_s)
+        self.replay = ReplayGuard(self.config.auth_window_s, key.node_id,
+                                  path=data_dir / REPLAY_FILE if data_dir is not None else None)
+        self._ids_at: OrderedDict[str, bytes] = OrderedDict()  # address -> node id that answered
         self.dispatcher = Dispatcher(self.config, self.guard, self.stats)
         self.client = PeerClient(self.config, self.stats)
         self.bandwidth = Bandwidth()  # the volunteer's upload/download caps on tensor streams
@@ -162,6 +169,7 @@ class P2PNode:
             await self._server.stop(grace=0.1)
             self._server = None
         await self.client.close()
+        self.replay.close()
 
     async def kill(self) -> None:
         """Stop abruptly, as a crash would (benchmarks and tests of failover)."""
@@ -211,11 +219,11 @@ class P2PNode:
     def set_stage_handler(self, fn: StageHandler) -> None:
         self.handlers.stage = fn
 
-    def set_sync_handler(self, fn: Callable[[dict[str, Any], dict[str, torch.Tensor]],
+    def set_sync_handler(self, fn: Callable[[bytes, dict[str, Any], dict[str, torch.Tensor]],
                                             Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]) -> None:
         self.handlers.sync = fn
 
-    def set_weights_handler(self, fn: Callable[[dict[str, Any]], Awaitable[dict[str, torch.Tensor]]]) -> None:
+    def set_weights_handler(self, fn: Callable[[bytes, dict[str, Any]], Awaitable[dict[str, torch.Tensor]]]) -> None:
         self.handlers.weights = fn
 
     def set_gossip_handler(self, topic: str, fn: Callable[[bytes, list[bytes]], Awaitable[list[bytes]]]) -> None:
@@ -225,6 +233,23 @@ class P2PNode:
         self.handlers.data = fn
 
     # ------------------------------------------------------------------ client calls
+    async def recipient(self, peer: PeerRecord | str | Route) -> bytes:
+        """The node id a request to ``peer`` is signed for: a record's own id, a relayed route's
+        target, a pinned address's id, or for a bare address the id of whoever answers a ping
+        there (remembered)."""
+        if isinstance(peer, PeerRecord):
+            return peer.node_id
+        route = Route.of(peer)
+        if route.target or route.expect:
+            return route.target or route.expect
+        known = self._ids_at.get(route.dial)
+        if known is None:
+            known = (await self.ping(route.dial)).node_id
+            self._ids_at[route.dial] = known
+            while len(self._ids_at) > MAX_KNOWN_ADDRESSES:
+                self._ids_at.popitem(last=False)
+        return known
+
     async def call_stage(self, peer: PeerRecord | str, kind: str, meta: dict[str, Any],
                          tensors: dict[str, torch.Tensor], timeout: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """Run a forward/backward stage on ``peer``; raises a typed P2PError on failure."""
@@ -237,20 +262,22 @@ class P2PNode:
             raise ValueError(f"stage kind must be 'forward' or 'backward', not {kind!r}")
         path = services.FORWARD if kind == "forward" else services.BACKWARD
         return await call_tensors(self.client, self.key, peer, path, kind, meta, tensors, timeout, self.config,
-                                  on_silence, self.bandwidth)
+                                  on_silence, self.bandwidth, recipient=await self.recipient(peer))
 
     async def call_sync(self, peer: PeerRecord | str, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                         timeout: float) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return await call_tensors(self.client, self.key, peer, services.EXCHANGE, "sync", meta, tensors, timeout,
-                                  self.config, bandwidth=self.bandwidth)
+                                  self.config, bandwidth=self.bandwidth, recipient=await self.recipient(peer))
 
     async def fetch_weights(self, peer: PeerRecord | str, meta: dict[str, Any], timeout: float) -> dict[str, torch.Tensor]:
         _, tensors = await call_tensors(self.client, self.key, peer, services.WEIGHTS, "weights", meta, {},
-                                        timeout, self.config, bandwidth=self.bandwidth)
+                                        timeout, self.config, bandwidth=self.bandwidth,
+                                        recipient=await self.recipient(peer))
         return tensors
 
     async def gossip(self, peer: PeerRecord | str, topic: str, payloads: list[bytes], timeout: float) -> list[bytes]:
-        return await services.call_gossip(self.client, self.key, Route.of(peer), topic, payloads, timeout)
+        return await services.call_gossip(self.client, self.key, Route.of(peer), topic, payloads, timeout,
+                                          recipient=await self.recipient(peer))
 
     async def fetch_data(self, peer: PeerRecord | str, shard_id: str, timeout: float) -> bytes | None:
         return await services.call_data(self.client, Route.of(peer), shard_id, timeout, self.config, self.bandwidth)

@@ -16,10 +16,10 @@ build_proto.ensure_compiled()
 from app.node.p2p.generated import neuroshard_pb2 as pb2  # noqa: E402
 from app.node.p2p.generated import neuroshard_pb2_grpc as pb2_grpc  # noqa: E402
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped on any incompatible change of messages or signing rules."""
 
-MIN_COMPATIBLE_VERSION = 1
+MIN_COMPATIBLE_VERSION = 2
 """Oldest peer version this node still talks to; older ones get FAILED_PRECONDITION."""
 
 

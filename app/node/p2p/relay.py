@@ -147,12 +147,12 @@ class TunnelClient:
         self._calls: dict[int, asyncio.Queue[Any]] = {}
         self._workers: set[asyncio.Task[None]] = set()
 
-    async def open(self, relay: str, timeout: float) -> None:
-        """Open the tunnel to ``relay``; returns once the relay accepted it."""
+    async def open(self, relay: str, timeout: float, *, relay_id: bytes) -> None:
+        """Open the tunnel to the node ``relay_id`` at ``relay``; returns once it accepted."""
         await self.close()
         self.relay = relay
         self.connected = asyncio.Event()
-        self._task = asyncio.ensure_future(self._run(relay))
+        self._task = asyncio.ensure_future(self._run(relay, relay_id))
         waiter = asyncio.ensure_future(self.connected.wait())
         done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:
@@ -169,10 +169,10 @@ class TunnelClient:
     def alive(self) -> bool:
         return self._task is not None and not self._task.done() and self.connected.is_set()
 
-    async def _run(self, relay: str) -> None:
+    async def _run(self, relay: str, relay_id: bytes) -> None:
         up: asyncio.Queue[Any] = asyncio.Queue()
         first = pb2.RelayFrame(protocol_version=PROTOCOL_VERSION, record=self.record_for(relay).raw)
-        sign_message(self.key, TUNNEL_PATH, first)
+        sign_message(self.key, TUNNEL_PATH, first, relay_id)
 
         async def outgoing() -> AsyncIterator[Any]:
             yield first

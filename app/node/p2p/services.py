@@ -34,7 +34,8 @@ class Handlers:
 
     stage: Callable[..., Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]] | None = None
     sync: Callable[..., Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]] | None = None
-    weights: Callable[[dict[str, Any]], Awaitable[dict[str, torch.Tensor]]] | None = None
+    weights: Callable[[bytes, dict[str, Any]], Awaitable[dict[str, torch.Tensor]]] | None = None
+    """Each tensor handler is called with the caller's verified node id first (tensor_rpc.py)."""
     gossip: dict[str, Callable[[bytes, list[bytes]], Awaitable[list[bytes]]]] = field(default_factory=dict)
     data: Callable[[str], Awaitable[bytes | None]] | None = None
 
@@ -48,15 +49,15 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
         if handlers.sync is None:
             return None
         fn = handlers.sync
-        return lambda kind, meta, tensors: fn(meta, tensors)
+        return lambda caller, kind, meta, tensors: fn(caller, meta, tensors)
 
     def weights() -> Any:
         if handlers.weights is None:
             return None
         fn = handlers.weights
 
-        async def run(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
-            return {}, await fn(meta)
+        async def run(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+            return {}, await fn(caller, meta)
 
         return run
 
@@ -110,9 +111,9 @@ def _shard_handler(handlers: Handlers, config: P2PConfig,
 
 
 async def call_gossip(client: PeerClient, key: Any, route: Route, topic: str, payloads: list[bytes],
-                      timeout: float) -> list[bytes]:
+                      timeout: float, *, recipient: bytes) -> list[bytes]:
     request = pb2.GossipRequest(protocol_version=PROTOCOL_VERSION, topic=topic, payloads=payloads)
-    sign_message(key, GOSSIP, request)
+    sign_message(key, GOSSIP, request, recipient)
     return list((await client.unary(route, GOSSIP, request, timeout)).payloads)
 
 

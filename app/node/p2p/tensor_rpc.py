@@ -29,8 +29,10 @@ from app.node.p2p.records import PeerRecord
 from app.node.p2p.server import CallInfo, Handler
 from app.node.p2p.tensor_codec import Limits, StreamReader, build_header, check_header, data_chunks
 
-TensorHandler = Callable[[str, dict[str, Any], dict[str, torch.Tensor]],
+TensorHandler = Callable[[bytes, str, dict[str, Any], dict[str, torch.Tensor]],
                          Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]
+"""``(caller, kind, meta, tensors) -> (meta, tensors)``; ``caller`` is the node id the request's
+signature verified, the only identity a handler may trust."""
 _OFFLOAD_BYTES = 1 << 20
 """Encoding (copy + SHA-256) of more than 1 MiB runs in a thread so the loop keeps answering."""
 
@@ -77,7 +79,7 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
         if not is_compatible(header.protocol_version):
             raise RpcRefusal(grpc.StatusCode.FAILED_PRECONDITION,
                              f"protocol version {header.protocol_version} is not supported; update NeuroShard")
-        verify_message(path, header, replay)
+        caller = verify_message(path, header, replay).node_id
         if header.kind not in allowed_kinds:
             raise MalformedMessage(f"kind {header.kind[:32]!r} is not valid for {path}")
         callback = get_handler()
@@ -85,7 +87,7 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
             raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"this node does not serve {path} yet")
         check_header(header, limits)  # declared sizes, before anything is reserved or buffered
         with info.budget.hold(info.peer_key, header.total_bytes):
-            async for item in _serve(header, requests, callback, config, limits, bandwidth):
+            async for item in _serve(caller, header, requests, callback, config, limits, bandwidth):
                 yield item
 
     return handler
@@ -100,8 +102,8 @@ async def _next_chunk(requests: AsyncIterator[Any], stall_s: float) -> Any:
                          f"tensor stream stalled: no data for {stall_s:g} s") from None
 
 
-async def _serve(header: Any, requests: AsyncIterator[Any], callback: TensorHandler, config: P2PConfig,
-                 limits: Limits, bandwidth: Bandwidth | None) -> AsyncIterator[Any]:
+async def _serve(caller: bytes, header: Any, requests: AsyncIterator[Any], callback: TensorHandler,
+                 config: P2PConfig, limits: Limits, bandwidth: Bandwidth | None) -> AsyncIterator[Any]:
     """Receive the payload, run the callback, send the answer (inside the stream's reservation)."""
     reader = StreamReader(header, limits)
     yield pb2.TensorChunk(keepalive=True)  # accepted: the caller's silence clock restarts
@@ -120,7 +122,7 @@ async def _serve(header: Any, requests: AsyncIterator[Any], callback: TensorHand
         else:
             yield item
     result: tuple[dict[str, Any], dict[str, torch.Tensor]] = ({}, {})
-    async for item in _beating(callback(header.kind, reader.meta, tensors), config.stage_keepalive_s):
+    async for item in _beating(callback(caller, header.kind, reader.meta, tensors), config.stage_keepalive_s):
         if isinstance(item, tuple):
             result = item[0]
         else:
@@ -187,13 +189,14 @@ async def _read_answer(stream: AsyncIterator[Any], config: P2PConfig, deadline: 
 async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | str | Route, path: str, kind: str,
                        meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], timeout: float,
                        config: P2PConfig, on_silence: Callable[[], None] | None = None,
-                       bandwidth: Bandwidth | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Send a signed tensor stream and read the answer. ``on_silence`` is called (once) when no
+                       bandwidth: Bandwidth | None = None, *, recipient: bytes
+                       ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Send a tensor stream signed for the node ``recipient`` and read the answer. ``on_silence`` is called (once) when no
     chunk arrived for ``config.failover_timeout_s``; the call itself keeps waiting until
     ``timeout`` so a hedging caller can take whichever answer comes first. ``bandwidth`` paces
     the chunks sent and read (the volunteer's caps)."""
     header, buffers = await _encode(kind, meta, tensors)
-    sign_message(key, path, header)
+    sign_message(key, path, header, recipient)
 
     def requests() -> Any:
         yield pb2.TensorChunk(header=header)

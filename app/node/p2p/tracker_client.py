@@ -44,7 +44,7 @@ class TrackerClient:
         if record is None:
             raise PeerUnavailable("this node has neither an address nor a relay to register")
         request = pb2.RegisterRequest(protocol_version=PROTOCOL_VERSION, record=record.raw)
-        sign_message(self.node.key, REGISTER, request)
+        sign_message(self.node.key, REGISTER, request, b"")  # a tracker is dialled by address
         answer = await self.node.client.unary(tracker, REGISTER, request, self.node.config.rpc_timeout_s)
         self.reachable = self.reachable or answer.reachable
         self.observed_host = answer.observed_host[:64] or self.observed_host
@@ -122,7 +122,7 @@ class TrackerClient:
             if not peer.address or peer.node_id == self.node.node_id:
                 continue
             try:
-                await self.node.tunnel.open(peer.address, self.node.config.rpc_timeout_s)
+                await self.node.tunnel.open(peer.address, self.node.config.rpc_timeout_s, relay_id=peer.node_id)
             except (ConnectionError, P2PError) as exc:
                 log.info("peer %s cannot relay for us: %s", peer.address, exc)
                 continue
@@ -145,7 +145,7 @@ class TrackerClient:
     async def heartbeat(self) -> None:
         for tracker in self.node.trackers:
             request = pb2.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, node_id=self.node.node_id)
-            sign_message(self.node.key, HEARTBEAT, request)
+            sign_message(self.node.key, HEARTBEAT, request, b"")
             try:
                 answer = await self.node.client.unary(tracker, HEARTBEAT, request, self.node.config.rpc_timeout_s)
                 if not answer.known:

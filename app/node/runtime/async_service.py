@@ -107,7 +107,7 @@ class AsyncService:
         for layer_range, names in parts.items():
             encoded = encode_pseudo_gradient({n: contribution.tensors[n] for n in names}, scheme)
             meta = {"range": list(layer_range), "round": 0, "batches": contribution.batches,
-                    "node": self.net.node_id, "age_s": contribution.age_s, "async": True}
+                    "age_s": contribution.age_s, "async": True}
             for record in await self.net.node.who_holds(layer_range[0]):
                 if (record.layer_start, record.layer_end) != layer_range:
                     continue

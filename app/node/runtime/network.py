@@ -46,9 +46,10 @@ def p2p_config_from(raw: dict[str, Any]) -> P2PConfig:
 class NetworkService:
     def __init__(self, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
                  p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "",
-                 tls_dir: Path | None = None) -> None:
+                 tls_dir: Path | None = None, data_dir: Path | None = None) -> None:
         self.node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
-                            config=p2p_config_from(p2p), advertise=advertise, tls_dir=tls_dir)
+                            config=p2p_config_from(p2p), advertise=advertise, tls_dir=tls_dir,
+                            data_dir=data_dir)
         self.emit = emit
         self.trackers = trackers
         self.known: dict[bytes, PeerRecord] = {}

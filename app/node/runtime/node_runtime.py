@@ -193,7 +193,7 @@ class NodeRuntime:
         key = await loop.run_in_executor(None, load_identity, self.config)
         self.net = NetworkService(key, host=self.config.host, port=self.config.port, trackers=self.config.trackers,
                                   listen=self.config.listen, p2p=dict(self.config.p2p), emit=self.ctx.emit,
-                                  tls_dir=self.config.data_dir / "tls")
+                                  tls_dir=self.config.data_dir / "tls", data_dir=self.config.data_dir)
         self.ctx.usage.subscribe(self.net.apply_caps)  # the volunteer's upload/download caps, live
         self.economy = EconomyLink(self.ctx, self.net, key, self.subscribe_work)
         self.vocab = VocabService(self.config.data_dir, self._proposals)
@@ -491,7 +491,7 @@ class NodeRuntime:
             self._swapping = False
         self._emit_layers()
 
-    async def _serve_weights(self, meta: dict[str, Any]) -> dict[str, Any]:
+    async def _serve_weights(self, caller: bytes, meta: dict[str, Any]) -> dict[str, Any]:
         stage, sync = self.stage, self.sync
         assert stage is not None and sync is not None
         if list(meta.get("range", [])) != list(stage.layer_range):

@@ -51,6 +51,9 @@ HEARTBEATS_MISSED = 3.0
 """A holder whose announcement was not refreshed for this many heartbeat intervals has stopped
 heart-beating (it is still listed until its TTL, the heartbeat timeout, runs out)."""
 
+DRIVER = "driver"
+"""Meta key the stage reads the driver from: set from the verified caller, never from the wire."""
+
 STAGE_LAYER = "layer"
 """Meta key naming the stage (its first layer) a call is for, so a node that changed stages
 answers a retryable refusal instead of running the input through the wrong layers."""
@@ -184,9 +187,10 @@ def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None
     refused as busy (:class:`WaitAndRetry`), as is one for a stage this node no longer
     serves (``first_layer()`` is the stage it serves now)."""
 
-    async def serve(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+    async def serve(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = dict(meta)
+        meta[DRIVER] = caller.hex()  # whoever signed it drives it, whatever the request says
         op = meta.pop("op", kind)
         wanted = meta.pop(STAGE_LAYER, None)
         if op not in STAGE_OPS:
@@ -236,16 +240,18 @@ class P2PCohort:
         inbox = self._async.pop(tuple(layer_range), {})
         return [inbox[k] for k in sorted(inbox)]
 
-    async def handle(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+    async def handle(self, caller: bytes, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
                      ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """Sync handler: a peer delivers its payload for a round (strictly parsed)."""
+        """Sync handler: a peer delivers its payload for a round (strictly parsed); the sender is
+        the verified caller, never a name in the message."""
+        sender = caller.hex()
         try:
             layer_range = (int(meta["range"][0]), int(meta["range"][1]))
             round_, batches = int(meta["round"]), int(meta["batches"])
-            sender, age = str(meta["node"]), float(meta.get("age_s", 0.0))
+            age = float(meta.get("age_s", 0.0))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise as_refusal(GiveUp(f"malformed sync message: {exc}")) from exc
-        if round_ < 0 or batches < 0 or not 0 <= age < 1e9 or len(sender) > 128:
+        if round_ < 0 or batches < 0 or not 0 <= age < 1e9:
             raise as_refusal(GiveUp("sync message fields out of range"))
         if self.holds is not None and tuple(self.holds()) != layer_range:
             raise as_refusal(GiveUp(f"this node does not hold layers {layer_range} (any more)"))
@@ -275,8 +281,7 @@ class P2PCohort:
         deadline = loop.time() + timeout_s
         records = [r for r in await self.node.who_holds(layer_range[0])
                    if (r.layer_start, r.layer_end) == tuple(layer_range) and peer_id(r) != self.me]
-        meta = {"range": list(layer_range), "round": round_, "batches": payload.batches,
-                "node": self.me, "age_s": payload.age_s}
+        meta = {"range": list(layer_range), "round": round_, "batches": payload.batches, "age_s": payload.age_s}
         results = await asyncio.gather(*(self.node.call_sync(r, meta, dict(payload.tensors), timeout_s)
                                          for r in records), return_exceptions=True)
         # Wait only for peers in this round that trained in it: an idle replica (no driver routes
