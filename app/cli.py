@@ -82,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     """Defaults < config.toml in the data dir < flags."""
     data_dir = start_data_dir(args.data_dir).expanduser()
     config = NodeConfig(data_dir=data_dir)
-    config = apply_file_settings(config, load_config_file(config.config_path))
+    config = apply_file_settings(config, load_config_file(config.config_path))  # names the file
     overrides = {
         "host": args.host, "port": args.port, "max_steps": args.max_steps, "device": args.device,
         "log_level": args.log_level, "seed": args.seed, "on_corrupt_checkpoint": args.on_corrupt_checkpoint,
@@ -96,8 +96,17 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         json_events=args.json_events,
         headless=args.headless,
     )
-    config.validate()
+    config.validate(name=_flag)  # the file was checked above: what is wrong now came from a flag
     return config
+
+
+_FLAGS = {"trackers": "--tracker", "listen": "--no-listen"}
+
+
+def _flag(key: str) -> str:
+    """``max_steps`` -> ``--max-steps``, ``trackers[1]`` -> ``--tracker``: the flag that set it."""
+    base = key.split("[", 1)[0]
+    return _FLAGS.get(base, "--" + base.replace("_", "-"))
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -1,9 +1,12 @@
 """NodeConfig: every setting of a node, its TOML file, and the data directory.
 
-Precedence: built-in defaults < ``config.toml`` in the data dir < command-line flags. Sections
-``[training]``, ``[economics]`` and ``[p2p]`` are passed through as dictionaries to those
-packages' own config dataclasses, which validate them (a devnet shrinks 7-day governance windows
-and 500-step DiLoCo rounds there; the code path stays the same).
+Precedence: built-in defaults < ``config.toml`` in the data dir < command-line flags. Every
+section is read through one schema, :class:`ConfigFile` (app/node/schema.py says how): ``[node]``,
+``[limits]`` with ``[limits.in_use]``, and the ``[training]``, ``[economics]`` and ``[p2p]``
+sections whose dataclasses live in those packages (a devnet shrinks 7-day governance windows and
+500-step DiLoCo rounds there; the code path stays the same). A wrong type, an unknown key or
+section, an out-of-range number or a bad choice is one ConfigError line naming the key, what it
+got and what it expects. :func:`validate_settings` is the same check for the Settings page.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,16 +27,21 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import tomli_w
+from annotated_types import Ge, Interval
 from platformdirs import user_config_dir, user_data_dir
+from typing_extensions import TypedDict
+
+from app.node.economics.constants import from_settings
+from app.node.p2p.config import P2PConfig
+from app.node.schema import STRICT, ConfigError, check, parse, rule
+from app.node.training.config import TrainingConfig
+
+__all__ = ["ConfigError", "ConfigFile", "NodeConfig", "NodeSettings", "ResourceLimits", "UsageCaps",
+           "validate_settings"]
 
 APP_NAME = "NeuroShard"
 CONFIG_FILE = "config.toml"
 DEFAULT_PORT = 7450
-ALL_MODES = ("pipeline", "async", "data", "verify", "inference")
-
-
-class ConfigError(ValueError):
-    """A setting, the config file or the data dir is unusable; the message says how to fix it."""
 
 
 def default_data_dir() -> Path:
@@ -81,49 +90,74 @@ def remember_data_dir(data_dir: Path) -> None:
     atomic_write_bytes(location_file(), json.dumps({"data_dir": str(data_dir)}).encode())
 
 
+def _is_host_port(text: str) -> bool:
+    try:
+        parse_host_port(text)
+    except ConfigError:
+        return False
+    return True
+
+
+def _is_slot(entry: tuple[int, int, int]) -> bool:
+    day, start, end = entry
+    return 0 <= day <= 6 and 0 <= start < end <= 24
+
+
+def _is_pace(rate: int) -> bool:
+    return rate >= 64 * 1024
+
+
+Mode = Literal["pipeline", "async", "data", "verify", "inference"]
+ALL_MODES: tuple[str, ...] = get_args(Mode)
+Device = Literal["auto", "cpu", "cuda", "mps"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Port = Annotated[int, Interval(ge=0, le=65535)]
+Tracker = Annotated[str, rule("HOST:PORT (for example 127.0.0.1:7450)")(_is_host_port)]
+Share = Annotated[float, Interval(ge=0.05, le=1.0)]
+"""A fraction of wall-clock time; below 5 % the node could not finish a step before peers give up."""
+Rate = Annotated[int, rule("at least 65536 (64 KiB/s) or unset")(_is_pace)]
+"""Bytes per second; the bandwidth pacer cannot hold a slower rate smoothly."""
+Slot = Annotated[tuple[int, int, int], rule("[weekday 0-6, start hour, end hour] with start < end <= 24")(_is_slot)]
+
+
 @dataclass(frozen=True, kw_only=True)
 class UsageCaps:
     """How hard the node may work right now. ResourceLimits holds two sets: one for when the
     computer is idle (no keyboard or mouse input for ``idle_minutes``) and one for when the
     volunteer is using it, as BOINC and Folding@home offer; the app switches between them."""
 
-    cpu_threads: int | None = None  # None: all but one core
-    cpu_share: float = 1.0  # fraction of wall-clock time the node may compute (duty cycle)
-    gpu_share: float = 1.0  # the same for the GPU
-    upload_bytes_per_s: int | None = None  # None: unlimited
-    download_bytes_per_s: int | None = None
+    __pydantic_config__ = STRICT
+    cpu_threads: Annotated[int, Ge(1)] | None = None  # None: all but one core
+    cpu_share: Share = 1.0  # fraction of wall-clock time the node may compute (duty cycle)
+    gpu_share: Share = 1.0  # the same for the GPU
+    upload_bytes_per_s: Rate | None = None  # None: unlimited
+    download_bytes_per_s: Rate | None = None
 
     def validate(self, label: str = "limits") -> None:
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ConfigError(f"{label}: cpu_threads must be at least 1")
-        for name in ("cpu_share", "gpu_share"):
-            if not 0.05 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{label}: {name} must be between 0.05 and 1")
-        for name in ("upload_bytes_per_s", "download_bytes_per_s"):
-            value = getattr(self, name)
-            if value is not None and value < 64 * 1024:
-                raise ConfigError(f"{label}: {name} must be at least 65536 (64 KiB/s) or unset")
+        """ConfigError naming the first bad field, as ``<label>: <field> must be ...``."""
+        check(self, prefix=label)
 
 
 @dataclass(kw_only=True)
 class ResourceLimits:
     """What the volunteer allows; the engine throttles or pauses to honour it."""
 
-    memory_fraction: float = 0.5  # of total RAM (or VRAM on a GPU) the node may use
-    memory_bytes: int | None = None  # absolute cap; wins over the fraction when set
-    cpu_threads: int | None = None  # None: all but one core
-    gpu_ids: tuple[int, ...] = ()  # empty: all visible GPUs
-    gpu_share: float = 1.0
-    cpu_share: float = 1.0
-    disk_bytes: int = 20 * 2**30
-    upload_bytes_per_s: int | None = None
-    download_bytes_per_s: int | None = None
+    __pydantic_config__ = STRICT
+    memory_fraction: Annotated[float, Interval(ge=0.05, le=0.95)] = 0.5  # of total RAM (or VRAM on a GPU)
+    memory_bytes: Annotated[int, Ge(1)] | None = None  # absolute cap; wins over the fraction when set
+    cpu_threads: Annotated[int, Ge(1)] | None = None  # None: all but one core
+    gpu_ids: tuple[Annotated[int, Ge(0)], ...] = ()  # empty: all visible GPUs
+    gpu_share: Share = 1.0
+    cpu_share: Share = 1.0
+    disk_bytes: Annotated[int, Ge(2**30)] = 20 * 2**30  # below 1 GiB not even the genesis shards fit
+    upload_bytes_per_s: Rate | None = None
+    download_bytes_per_s: Rate | None = None
     only_when_idle: bool = False
-    idle_minutes: int = 5
+    idle_minutes: Annotated[int, Interval(ge=1, le=24 * 60)] = 5
     pause_on_battery: bool = True
     pause_when_running: tuple[str, ...] = ()  # process names
     pause_when_fullscreen: bool = False
-    schedule: tuple[tuple[int, int, int], ...] = ()  # (weekday 0=Mon, start_hour, end_hour); empty = always
+    schedule: tuple[Slot, ...] = ()  # (weekday 0=Mon, start_hour, end_hour); empty = always
     # The fields cpu_threads .. download_bytes_per_s above are the caps while the computer is idle
     # (and on a headless server, which has no "in use"); these apply while the volunteer is at it.
     # None: the same caps either way. Ignored when only_when_idle (in use means paused then).
@@ -137,58 +171,43 @@ class ResourceLimits:
                          upload_bytes_per_s=self.upload_bytes_per_s, download_bytes_per_s=self.download_bytes_per_s)
 
     def validate(self) -> None:
-        if not 0.05 <= self.memory_fraction <= 0.95:
-            raise ConfigError("memory_fraction must be between 0.05 and 0.95")
-        self.caps(in_use=False).validate("limits")
-        if self.in_use is not None:
-            self.in_use.validate("limits.in_use")
-        if self.disk_bytes < 2**30:
-            raise ConfigError("disk_bytes must be at least 1 GiB (1073741824)")
-        if not 1 <= self.idle_minutes <= 24 * 60:
-            raise ConfigError("idle_minutes must be between 1 and 1440")
-        for day, start, end in self.schedule:
-            if not (0 <= day <= 6 and 0 <= start < end <= 24):
-                raise ConfigError(f"schedule entry {(day, start, end)} is not (weekday 0-6, start < end <= 24)")
+        """ConfigError naming the first bad field (``limits.in_use: cpu_share must be ...``)."""
+        check(self, prefix="limits")
 
 
 @dataclass(kw_only=True)
 class NodeConfig:
+    """Every setting of a running node. The fields ``[node]`` may set are :class:`NodeSettings`;
+    the others come from flags or the code that starts the node. ``training``, ``economics`` and
+    ``p2p`` stay the file's mappings (validated against their sections' schemas), so a devnet or a
+    test writes only the keys it changes."""
+
+    __pydantic_config__ = STRICT
     data_dir: Path = field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
+    port: Port = DEFAULT_PORT
     advertise_host: str | None = None
     listen: bool = True
-    trackers: tuple[str, ...] = ()
-    max_steps: int | None = None  # None: train until stopped
-    modes: tuple[str, ...] | None = None  # None: the policy in modes.py decides
-    device: str = "auto"  # auto / cpu / cuda / mps
-    log_level: str = "INFO"
+    trackers: tuple[Tracker, ...] = ()
+    max_steps: Annotated[int, Ge(0)] | None = None  # None: train until stopped
+    modes: tuple[Mode, ...] | None = None  # None: the policy in modes.py decides
+    device: Device = "auto"
+    log_level: LogLevel = "INFO"
     json_events: bool = False
     headless: bool = False
     devnet: bool = False
     seed: int | None = None
-    on_corrupt_checkpoint: str | None = None  # ask / restart / stop; None: ask in the app, stop headless
+    on_corrupt_checkpoint: Literal["ask", "restart", "stop"] | None = None  # None: ask in the app, stop headless
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     training: dict[str, Any] = field(default_factory=dict)
     economics: dict[str, Any] = field(default_factory=dict)
     p2p: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port {self.port} is not between 0 and 65535")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ConfigError("--max-steps must be 0 or more")
-        if self.modes is not None:
-            unknown = sorted(set(self.modes) - set(ALL_MODES))
-            if unknown:
-                raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(ALL_MODES)}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ConfigError(f"device '{self.device}' is not one of auto, cpu, cuda, mps")
-        for tracker in self.trackers:
-            parse_host_port(tracker)
-        if self.on_corrupt_checkpoint not in (None, "ask", "restart", "stop"):
-            raise ConfigError(f"on_corrupt_checkpoint '{self.on_corrupt_checkpoint}' is not ask, restart or stop")
-        self.limits.validate()
+    def validate(self, *, name: Callable[[str], str] | None = None) -> None:
+        """ConfigError naming the first bad setting (``name`` renames a top-level key, e.g. to
+        the flag that set it); the three sections are checked against their own schemas."""
+        check(self, name=name)
+        validate_settings({"training": self.training, "economics": self.economics, "p2p": self.p2p})
 
     @property
     def config_path(self) -> Path:
@@ -199,6 +218,51 @@ class NodeConfig:
         return self.data_dir / "logs"
 
 
+class NodeSettings(TypedDict, total=False):
+    """The ``[node]`` section: the NodeConfig fields a volunteer may set in the file (types as
+    NodeConfig declares them; TOML has no null, so an optional one is simply left out)."""
+
+    __pydantic_config__ = STRICT  # type: ignore[misc]
+    host: str
+    port: Port
+    advertise_host: str
+    listen: bool
+    trackers: tuple[Tracker, ...]
+    modes: tuple[Mode, ...]
+    device: Device
+    log_level: LogLevel
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigFile:
+    """``config.toml``, all of it: the one schema every section is read through. A key, type,
+    range or default is declared once, in the section's dataclass; adding a setting is adding a
+    field there. ``[economics]`` stays a mapping here because its ``preset`` picks the defaults
+    the other keys override (``economics.constants.from_settings`` reads it with the same schema).
+    """
+
+    __pydantic_config__ = STRICT
+    node: NodeSettings = field(default_factory=lambda: NodeSettings())
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
+    p2p: P2PConfig = field(default_factory=P2PConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    economics: dict[str, Any] = field(default_factory=dict)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ConfigFile))
+_PERSISTED: tuple[str, ...] = tuple(NodeSettings.__annotations__)
+
+
+def validate_settings(settings: Mapping[str, Any]) -> ConfigFile:
+    """Check a whole config (config.toml's content, or the dict the Settings page would save)
+    against the schema. Returns the parsed sections; raises ConfigError with one line naming each
+    bad key (up to three), what it got and what it expects. Missing keys keep their defaults."""
+    parsed = parse(ConfigFile, settings)
+    parsed.training.validate()
+    from_settings(parsed.economics)
+    return parsed
+
+
 def parse_host_port(text: str) -> tuple[str, int]:
     """``HOST:PORT`` -> (host, port); raises ConfigError with the expected form."""
     host, sep, port_text = text.rpartition(":")
@@ -207,57 +271,39 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-_PERSISTED = ("host", "port", "advertise_host", "listen", "trackers", "modes", "device", "log_level")
-
-
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read config.toml; a missing file is an empty config, a broken one a ConfigError."""
+    """Read and check config.toml; a missing file is an empty config, a broken or invalid one a
+    one-line ConfigError that starts with the file's path (the file is left as it is)."""
     if not path.exists():
         return {}
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            settings = tomllib.load(handle)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {path}: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start}). Fix or delete the file to use defaults.") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}. Fix or delete the file to use defaults.") from exc
-
-
-def apply_file_settings(config: NodeConfig, settings: dict[str, Any]) -> NodeConfig:
-    """Return a copy of ``config`` with the file's values (unknown keys refused)."""
-    node = dict(settings.get("node", {}))
-    unknown = set(node) - set(_PERSISTED)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) in [node]: {', '.join(sorted(unknown))}")
-    for key in ("trackers", "modes"):
-        if node.get(key) is not None:
-            node[key] = tuple(node[key])
-    limits_raw = dict(settings.get("limits", {}))
-    limit_fields = {f.name for f in dataclasses.fields(ResourceLimits)}
-    if set(limits_raw) - limit_fields:
-        raise ConfigError(f"unknown setting(s) in [limits]: {', '.join(sorted(set(limits_raw) - limit_fields))}")
-    for key in ("gpu_ids", "pause_when_running"):
-        if key in limits_raw:
-            limits_raw[key] = tuple(limits_raw[key])
-    if "schedule" in limits_raw:
-        limits_raw["schedule"] = tuple(tuple(entry) for entry in limits_raw["schedule"])
-    if "in_use" in limits_raw:
-        in_use = limits_raw["in_use"]
-        cap_fields = {f.name for f in dataclasses.fields(UsageCaps)}
-        if not isinstance(in_use, dict) or set(in_use) - cap_fields:
-            raise ConfigError(f"[limits.in_use] takes only {', '.join(sorted(cap_fields))}")
-        try:
-            limits_raw["in_use"] = UsageCaps(**in_use)
-        except TypeError as exc:
-            raise ConfigError(f"bad value in [limits.in_use]: {exc}") from exc
+        raise ConfigError(f"cannot read {path}: {exc}. Fix or delete the file to use defaults.") from None
     try:
-        limits = dataclasses.replace(config.limits, **limits_raw)
-        return dataclasses.replace(
-            config, **node, limits=limits,
-            training={**config.training, **settings.get("training", {})},
-            economics={**config.economics, **settings.get("economics", {})},
-            p2p={**config.p2p, **settings.get("p2p", {})},
-        )
-    except TypeError as exc:
-        raise ConfigError(f"bad value in config file: {exc}") from exc
+        validate_settings(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return settings
+
+
+def apply_file_settings(config: NodeConfig, settings: Mapping[str, Any]) -> NodeConfig:
+    """Return a copy of ``config`` with the file's values (checked against the schema first)."""
+    parsed = validate_settings(settings)
+    limits = config.limits
+    if "limits" in settings:
+        limits = parse(ResourceLimits, {**dataclasses.asdict(config.limits), **settings["limits"]},
+                       prefix="limits")
+    return dataclasses.replace(
+        config, **parsed.node, limits=limits,
+        training={**config.training, **settings.get("training", {})},
+        economics={**config.economics, **settings.get("economics", {})},
+        p2p={**config.p2p, **settings.get("p2p", {})},
+    )
 
 
 def to_toml_dict(config: NodeConfig) -> dict[str, Any]:

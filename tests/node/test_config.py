@@ -1,5 +1,8 @@
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,7 @@ from app.node.config import (
     load_config_file,
     parse_host_port,
     save_config,
+    validate_settings,
 )
 
 
@@ -81,3 +85,97 @@ def test_data_dir_under_a_file_is_a_clear_error(tmp_path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="not writable"):
         ensure_data_dir(blocker / "node")
+
+
+# --- one schema: every class of config error is one line naming the key, what it got, what it expects
+
+REPO = Path(__file__).resolve().parents[2]
+
+BAD_FILES = {
+    "wrong type": ('[node]\nport = "abc"\n', ("node", "port", "'abc'", "integer")),
+    "bool as a word": ('[node]\nlisten = "no"\n', ("listen", "'no'", "true or false")),
+    "number where a list is expected": ("[node]\ntrackers = 5\n", ("trackers", "5", "list")),
+    "string where a list is expected": ('[node]\nmodes = "pipeline"\n', ("modes", "'pipeline'", "list")),
+    "limits list": ("[limits]\ngpu_ids = 3\n", ("limits", "gpu_ids", "3", "list")),
+    "unknown key": ("[node]\nprot = 7450\n", ("unknown setting", "prot", "[node]")),
+    "unknown section": ("[nodes]\nport = 7450\n", ("unknown section", "[nodes]")),
+    "out of range": ("[p2p]\nchunk_bytes = -1\n", ("p2p", "chunk_bytes", "-1", "at least 1")),
+    "out of range, nested table": ("[limits.in_use]\ncpu_share = 2.0\n", ("limits.in_use", "cpu_share", "2.0", "at most 1")),
+    "bad enum": ('[economics]\npreset = "x"\n', ("economics", "preset", "'x'", "'main' or 'devnet'")),
+    "bad enum in training": ('[training]\nmodel = "huge"\n', ("training", "model", "'huge'", "'genesis' or 'tiny'")),
+    "bad item": ('[node]\ntrackers = ["localhost"]\n', ("trackers[0]", "'localhost'", "HOST:PORT")),
+}
+
+
+def _settings(text: str) -> dict:
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+@pytest.mark.parametrize("text, needles", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_validate_settings_names_key_value_and_expectation_in_one_line(text, needles) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_settings(_settings(text))
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_a_string_is_never_split_into_characters() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_settings({"node": {"modes": "pipeline"}})
+    assert "e, i, l" not in str(info.value)
+
+
+def test_validate_settings_accepts_what_save_config_writes(tmp_path) -> None:
+    from app.node.config import UsageCaps, to_toml_dict
+
+    config = NodeConfig(data_dir=tmp_path, trackers=("127.0.0.1:7000",), modes=("pipeline",),
+                        limits=ResourceLimits(gpu_ids=(0,), in_use=UsageCaps(cpu_share=0.5)),
+                        training={"model": "tiny", "inner_steps": 5}, economics={"preset": "devnet"},
+                        p2p={"rpc_timeout_s": 2.0})
+    parsed = validate_settings(to_toml_dict(config))
+    assert parsed.limits.in_use == UsageCaps(cpu_share=0.5) and parsed.training.inner_steps == 5
+    assert parsed.p2p.rpc_timeout_s == 2.0 and parsed.node["modes"] == ("pipeline",)
+
+
+def test_rule_across_fields_is_one_line_too() -> None:
+    with pytest.raises(ConfigError, match="batch_size 6 must be a multiple of micro_batches 4"):
+        validate_settings({"training": {"batch_size": 6}})
+
+
+def test_integers_are_numbers_but_numbers_are_not_integers() -> None:
+    assert validate_settings({"training": {"lr": 1}}).training.lr == 1.0
+    with pytest.raises(ConfigError, match="batch_size must be an integer, got 8.0"):
+        validate_settings({"training": {"batch_size": 8.0}})
+
+
+def test_section_tables_merge_with_defaults() -> None:
+    config = validate_settings({"economics": {"preset": "devnet", "rewards": {"data_per_sample": 20}}})
+    assert config.economics["rewards"] == {"data_per_sample": 20}
+    from app.node.economics.constants import from_settings
+
+    economics = from_settings(config.economics)
+    assert economics.rewards["data_per_sample"] == 20 and economics.epoch_ms == 1000
+
+
+@pytest.mark.parametrize("text, needles", [*BAD_FILES.values(), (b"[node]\nhost = \"\xff\"\n", ("UTF-8", "0xff"))],
+                         ids=[*BAD_FILES.keys(), "invalid UTF-8"])
+def test_bad_config_file_exits_2_with_one_line_and_no_traceback(tmp_path, text, needles) -> None:
+    path = tmp_path / "config.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    before = path.read_bytes()
+    result = subprocess.run([sys.executable, str(REPO / "main.py"), "--headless", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert str(path) in err
+    for needle in needles:
+        assert needle in err, err
+    assert path.read_bytes() == before

@@ -13,9 +13,13 @@ code path is the same.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt
+
+from app.node.schema import STRICT, parse
+from app.node.schema import ConfigError as SettingsError
 
 UNIT = 10**6
 """micro-NEURO per NEURO: six decimals are enough for the 0.00001 NEURO data reward (10 units)."""
@@ -27,7 +31,7 @@ PROOF_KINDS = ("uptime", "training", "data", "inference", "verification")
 ROLES = ("none", "worker", "driver", "validator")
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """An ``[economics]`` setting is unusable; the message names it."""
 
 
@@ -68,9 +72,20 @@ def _default_role_bonus() -> dict[str, float]:
     return {"none": 0.0, "worker": 0.1, "driver": 0.2, "validator": 0.3}
 
 
+Units = Annotated[int, Ge(0)]
+"""An amount in micro-NEURO; negative amounts would mint by subtraction."""
+Millis = Annotated[int, Gt(0)]
+
+
 @dataclass(kw_only=True)
 class EconomicsConfig:
-    """All economic parameters. Durations are milliseconds so a devnet can shrink days to seconds."""
+    """All economic parameters. Durations are milliseconds so a devnet can shrink days to seconds.
+
+    Also the schema of config.toml's ``[economics]`` section (app/node/schema.py): a new setting
+    is one annotated field here; the range rules that predate the schema stay in __post_init__.
+    """
+
+    __pydantic_config__ = STRICT
 
     network_id: str = "neuroshard-main"
     """Signed into every record: a record from another network (or a devnet) never validates here."""
@@ -80,34 +95,34 @@ class EconomicsConfig:
     # --- time ---------------------------------------------------------------------------------
     epoch_ms: int = 60_000
     """PoNW epoch: 60 s (original implementation); one proof per node, kind and epoch."""
-    max_clock_skew_ms: int = 120_000
+    max_clock_skew_ms: Millis = 120_000
     """Records stamped further than this in the future are refused at the door (two epochs)."""
     challenge_window_ms: int = 600_000
     """A proof is final (its reward spendable) 600 s after its epoch ends, unless challenged."""
 
     # --- rewards and emission ----------------------------------------------------------------
-    rewards: dict[str, int] = field(default_factory=_default_rewards)
-    role_bonus: dict[str, float] = field(default_factory=_default_role_bonus)
-    stake_bonus_per_doubling: float = 0.1
+    rewards: dict[str, Units] = field(default_factory=_default_rewards)
+    role_bonus: dict[str, Annotated[float, Ge(0)]] = field(default_factory=_default_role_bonus)
+    stake_bonus_per_doubling: Annotated[float, Ge(0)] = 0.1
     """Stake multiplier 1 + 0.1 * log2(1 + stake / 1000 NEURO): diminishing, so stake buys some
     priority but cannot buy the reward stream (original implementation)."""
-    stake_bonus_scale_units: int = neuro(1000)
-    epoch_emission_per_node: int = neuro(0.5)
+    stake_bonus_scale_units: Annotated[int, Gt(0)] = neuro(1000)
+    epoch_emission_per_node: Units = neuro(0.5)
     """Cap on the NEURO minted per epoch, per sqrt(active nodes): see ``rewards.epoch_cap``."""
     max_proofs_per_hour: int = 120
-    max_reward_per_day: int = neuro(10_000)
+    max_reward_per_day: Units = neuro(10_000)
 
     # --- fees, stake, slashing ----------------------------------------------------------------
     fee_burn_share: float = 0.05
     """5 % of every fee is destroyed (original implementation); the rest goes to the fee pool
     account, so the fee still costs the sender but supply shrinks slowly with use."""
-    min_transfer_fee: int = 1
-    min_verifier_stake: int = neuro(100)
+    min_transfer_fee: Units = 1
+    min_verifier_stake: Units = neuro(100)
     """Stake a node needs before its spot-check verdicts count (verify mode, seed 001)."""
-    challenge_bond: int = neuro(10)
+    challenge_bond: Units = neuro(10)
     """Locked by a challenger; lost (half to the accused, half burned) if the challenge is frivolous."""
-    cheat_penalty: int = neuro(10)
-    slash_multiplier: int = 2
+    cheat_penalty: Units = neuro(10)
+    slash_multiplier: Annotated[int, Ge(1)] = 2
     """Seed 001: a failed spot-check slashes 2x; the cheater loses 2 x cheat_penalty, taken from
     stake first and capped at what the account holds."""
     reporter_share: float = 0.5
@@ -115,17 +130,17 @@ class EconomicsConfig:
     challenge_confirmations: int = 1
     """Distinct staked verifiers that must agree a proof failed before the slash applies."""
     spot_check_rate: float = 0.05
-    spot_check_rtol: float = 1e-3
-    spot_check_atol: float = 1e-4
+    spot_check_rtol: Annotated[float, Ge(0)] = 1e-3
+    spot_check_atol: Annotated[float, Ge(0)] = 1e-4
 
     # --- governance (seed 001) --------------------------------------------------------------
-    proposal_stake: int = neuro(100)
-    discussion_ms: int = 7 * 24 * 3600 * 1000
+    proposal_stake: Units = neuro(100)
+    discussion_ms: Millis = 7 * 24 * 3600 * 1000
     voting_ms: int = 7 * 24 * 3600 * 1000
-    implementation_ms: int = 7 * 24 * 3600 * 1000
+    implementation_ms: Millis = 7 * 24 * 3600 * 1000
     approval_threshold: float = 0.66
     quorum_threshold: float = 0.30
-    max_merges_per_proposal: int = 256
+    max_merges_per_proposal: Annotated[int, Ge(1)] = 256
 
     # --- inference pricing (seed 001) --------------------------------------------------------
     inference_base_price: int = neuro(0.0001)
@@ -160,23 +175,27 @@ class EconomicsConfig:
         if self.min_layer_us <= 0 or self.max_work_span_epochs <= 0 or self.work_time_margin < 1.0:
             raise ConfigError("economics.min_layer_us and max_work_span_epochs must be positive, "
                               "work_time_margin at least 1")
+        for name, known in (("rewards", _default_rewards()), ("role_bonus", _default_role_bonus())):
+            unknown = set(getattr(self, name)) - set(known)
+            if unknown:
+                raise ConfigError(f"economics.{name} has unknown entries {sorted(unknown)}; "
+                                  f"known: {', '.join(known)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EconomicsConfig:
-        """Builds a config from the ``[economics]`` TOML section, refusing unknown keys."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown economics settings: {sorted(unknown)}")
+        """Builds a config from the ``[economics]`` TOML section, refusing unknown keys. A table
+        (``rewards``, ``role_bonus``) may change one entry and keep the others."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"economics must be a table of settings, got {values!r}")
         values = dict(values)
-        if "rewards" in values:  # a TOML file may change one rate and keep the others
-            values["rewards"] = {**_default_rewards(), **values["rewards"]}
-        if "role_bonus" in values:
-            values["role_bonus"] = {**_default_role_bonus(), **values["role_bonus"]}
-        for name in ("demand_range", "speed_range", "reputation_range"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        defaults = {"rewards": _default_rewards(), "role_bonus": _default_role_bonus()}
+        for name, default in defaults.items():
+            if isinstance(values.get(name), dict):
+                values[name] = {**default, **values[name]}
+        try:
+            return parse(cls, values, prefix="economics")
+        except SettingsError as exc:
+            raise ConfigError(str(exc)) from None
 
     @classmethod
     def devnet(cls, **overrides: Any) -> EconomicsConfig:
@@ -199,11 +218,20 @@ def _positive(config: EconomicsConfig, *names: str) -> None:
 def from_settings(settings: dict[str, Any], *, devnet: bool = False) -> EconomicsConfig:
     """The ``[economics]`` section of config.toml. ``preset = "devnet"`` (or ``devnet=True``)
     starts from the seconds-long devnet timings; other keys override single values."""
+    if not isinstance(settings, dict):
+        raise ConfigError(f"economics must be a table of settings, got {settings!r}")
     values = dict(settings)
-    preset = values.pop("preset", "devnet" if devnet else "main")
+    preset = parse(_Preset, {"preset": values.pop("preset", "devnet" if devnet else "main")},
+                   prefix="economics").preset
     if preset == "main":
         return EconomicsConfig.from_dict(values)
-    if preset != "devnet":
-        raise ConfigError(f"economics.preset must be 'main' or 'devnet', not {preset!r}")
     base = vars(EconomicsConfig.devnet())
     return EconomicsConfig.from_dict({**base, **values})
+
+
+@dataclass(frozen=True)
+class _Preset:
+    """``[economics] preset``: which defaults the section's other keys override."""
+
+    __pydantic_config__ = STRICT
+    preset: Literal["main", "devnet"]

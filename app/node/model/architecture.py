@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from app.node.schema import STRICT, parse
 
 GIB = 1024**3
 
@@ -72,6 +74,7 @@ class ModelArchitecture:
     vocabulary is small (DESIGN.md §3).
     """
 
+    __pydantic_config__ = STRICT
     hidden: int
     layers: int
     heads: int
@@ -112,21 +115,12 @@ class ModelArchitecture:
 
     @classmethod
     def from_dict(cls, d: Any) -> ModelArchitecture:
-        """Parse an architecture from untrusted input; raises ValueError saying what is wrong."""
+        """Parse an architecture from untrusted input (a checkpoint, a peer, a config) through the
+        config schema (app/node/schema.py); raises ValueError saying what is wrong. A new field
+        is one line above, with its default; the rules across fields stay in ``_validate``."""
         if not isinstance(d, dict):
             raise ValueError(f"architecture must be a mapping, got {type(d).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown architecture fields: {unknown}")
-        kwargs: dict[str, Any] = {}
-        for name, f in known.items():
-            if name not in d:
-                if f.default is not MISSING:
-                    continue
-                raise ValueError(f"architecture field {name!r} is missing")
-            kwargs[name] = _coerce(name, d[name], f.type)
-        return cls(**kwargs)
+        return parse(cls, d, noun="architecture field")
 
     # -- sizes ---------------------------------------------------------------------------------
     def layer_param_count(self) -> int:
@@ -164,25 +158,6 @@ class ModelArchitecture:
         """SHA-256 of every field (block type included): two nodes may exchange weights or
         activations only when their fingerprints agree."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-def _coerce(name: str, value: Any, type_name: Any) -> Any:
-    kind = str(type_name)
-    if kind == "str":
-        if not isinstance(value, str):
-            raise ValueError(f"architecture field {name!r} must be a string, got {value!r}")
-        return value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"architecture field {name!r} must be a bool, got {value!r}")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"architecture field {name!r} must be an integer, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"architecture field {name!r} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _validate(a: ModelArchitecture) -> list[str]:

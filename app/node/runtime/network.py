@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -28,19 +27,9 @@ log = logging.getLogger("neuroshard.runtime.network")
 PEER_WATCH_INTERVAL_S = 1.0
 
 
-class NetworkConfigError(ValueError):
-    """A ``[p2p]`` setting is unknown or invalid; the message names it."""
-
-
 def p2p_config_from(raw: dict[str, Any]) -> P2PConfig:
-    known = {f.name for f in dataclasses.fields(P2PConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise NetworkConfigError(f"unknown [p2p] setting(s): {', '.join(unknown)}")
-    try:
-        return P2PConfig(**raw)
-    except TypeError as exc:
-        raise NetworkConfigError(f"bad [p2p] setting: {exc}") from exc
+    """The ``[p2p]`` section, read through the config schema (P2PConfigError names the key)."""
+    return P2PConfig.from_dict(raw)
 
 
 class NetworkService:

@@ -23,15 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-DEFAULT_INNER_STEPS = 500
-"""H = 500 inner steps between syncs: the DiLoCo paper's main setting and seed 002's default."""
-
-DEFAULT_OUTER_LR = 0.7
-"""Outer learning rate 0.7: the DiLoCo paper's best value with Nesterov (OpenDiLoCo and
-INTELLECT-1 keep it)."""
-
-DEFAULT_OUTER_MOMENTUM = 0.9
-"""Nesterov momentum 0.9 for the outer SGD (DiLoCo paper, §3)."""
+from app.node.schema import STRICT, parse
+from app.node.training.config import DEFAULT_INNER_STEPS, DEFAULT_OUTER_LR, DEFAULT_OUTER_MOMENTUM
 
 
 class DiLoCoStateError(ValueError):
@@ -40,10 +33,12 @@ class DiLoCoStateError(ValueError):
 
 @dataclass(frozen=True)
 class DiLoCoConfig:
-    """Outer-loop settings; defaults are the DiLoCo paper's (see the module constants).
+    """Outer-loop settings; defaults are the DiLoCo paper's, defined once in training/config.py.
 
     A devnet or test shrinks ``inner_steps`` through config; the code path is the same.
     """
+
+    __pydantic_config__ = STRICT
 
     inner_steps: int = DEFAULT_INNER_STEPS
     outer_lr: float = DEFAULT_OUTER_LR
@@ -60,12 +55,8 @@ class DiLoCoConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DiLoCoConfig:
-        """Build from a config mapping (NodeConfig.training), refusing unknown keys."""
-        known = {"inner_steps", "outer_lr", "outer_momentum", "nesterov"}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown DiLoCo settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: d[k] for k in known if k in d})
+        """Build from a mapping through the config schema (ValueError naming the bad key)."""
+        return parse(cls, d, noun="DiLoCo setting")
 
 
 ParamSource = nn.Module | Mapping[str, nn.Parameter] | Iterable[tuple[str, nn.Parameter]]
