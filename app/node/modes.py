@@ -56,7 +56,8 @@ class ModePlan:
 def _unavailable_reasons(caps: NodeCapabilities) -> dict[str, str]:
     reasons: dict[str, str] = {}
     if caps.tier not in PIPELINE_TIERS:
-        reasons[PIPELINE] = f"{caps.tier.value} machines are too slow for live pipelines (needs T1-T4)"
+        reasons[PIPELINE] = (f"this computer is too slow to train live with others (speed tier {caps.tier.value}; "
+                            "live training needs tier T1–T4)")
     elif caps.layers_fit < 1:
         reasons[PIPELINE] = "not enough memory allowed for one layer; raise the memory limit"
     if not caps.fits_full_model:
@@ -67,9 +68,10 @@ def _unavailable_reasons(caps: NodeCapabilities) -> dict[str, str]:
     if caps.staked_units < VERIFY_MIN_STAKE_UNITS:
         reasons[VERIFY] = f"needs {VERIFY_MIN_STAKE_UNITS // UNITS_PER_NEURO} NEURO staked"
     if caps.tier not in INFERENCE_TIERS:
-        reasons[INFERENCE] = f"{caps.tier.value} is too slow to answer requests interactively (needs T1-T3)"
+        reasons[INFERENCE] = (f"this computer is too slow to answer requests quickly (speed tier {caps.tier.value}; "
+                              "needs tier T1–T3)")
     elif PIPELINE in reasons:
-        reasons[INFERENCE] = "needs pipeline mode (inference runs through a quorum)"
+        reasons[INFERENCE] = "needs live training (pipeline) on: requests run through the computers that train together"
     return reasons
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from app.node.events import NodeState
+from app.ui import plain_words
 from tests.ui.helpers import wait_training
 
 
@@ -16,9 +17,11 @@ def test_dashboard_shows_state_tier_layers_and_live_loss(qtbot, shared_gui) -> N
     layers = shared_gui.bridge.latest("layers")
     held = layers.last_layer - layers.first_layer
     assert page.layers_label.text().startswith(f"{held} of {layers.total_layers}")
-    assert page.role_label.text() == ", ".join(layers.roles)
+    assert page.role_label.text() == plain_words.roles(layers.roles).words  # the expert terms in the tooltip
+    assert all(role in page.role_label.toolTip() for role in layers.roles)
     hw = shared_gui.bridge.latest("hardware")
-    assert page.tier_label.text().startswith(hw.tier)
+    assert page.tier_label.text().lower().startswith(plain_words.tier(hw.tier).words)
+    assert f"tier {hw.tier}" in page.tier_label.toolTip()
     assert page.activity_label.text().startswith("Now: ")
     qtbot.waitUntil(lambda: page.loss_chart.series.count() > 0, timeout=2_000)
 

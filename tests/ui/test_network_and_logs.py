@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 
 from app.node.events import LogLine, NetworkChanged, PeerJoined, PeerLeft
+from app.ui import plain_words
 from tests.ui.helpers import wait_training
 
 
@@ -16,7 +17,8 @@ def test_network_page_shows_reachability_phase_coverage_and_peers(qtbot, shared_
     qtbot.waitUntil(lambda: "training step" in page.activity_label.text(), timeout=5_000)
     network = shared_gui.bridge.latest("network")
     if network is not None:  # the solo genesis node reports its network once it is up
-        assert page.phase_label.text().startswith(network.phase)
+        assert page.phase_label.text().lower().startswith(plain_words.PHASE_WORDS[network.phase][:12].lower())
+        assert network.phase in page.phase_label.toolTip()  # the term itself, for those who know it
         assert page.coverage.replicas == network.replicas_per_layer
     qtbot.waitUntil(lambda: page.peers_loaded, timeout=5_000)  # the node's own snapshot came first
     engine = shared_gui.controller.engine
@@ -26,7 +28,7 @@ def test_network_page_shows_reachability_phase_coverage_and_peers(qtbot, shared_
     qtbot.waitUntil(lambda: page.table.rowCount() == 1, timeout=2_000)
     assert page.table.item(0, 2).text() == "T3" and page.table.item(0, 4).text() == "12 ms"
     assert "relay 127.0.0.1:7999" in page.reach_label.text()
-    assert page.phase_label.text().startswith("micro")
+    assert page.phase_label.text().startswith("A few computers") and "micro" in page.phase_label.toolTip()
     engine.emit(PeerLeft(node_id="ab" * 16))
     qtbot.waitUntil(lambda: page.table.rowCount() == 0, timeout=2_000)
     page.retest()  # the real runtime does not answer "reachability" yet: the page says so, keeps working

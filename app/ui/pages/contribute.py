@@ -10,21 +10,23 @@ from PySide6.QtWidgets import QCheckBox, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from app.node.events import ModesChanged, SetModes
 from app.node.values import DESCRIPTIONS, MODES
+from app.ui import plain_words
 from app.ui.bridge import EngineBridge
 
 # What each mode needs and earns, in a volunteer's words. Rates are the defaults of DESIGN.md §4.
 NEEDS = {
-    "pipeline": "Needs: speed tier T1–T4 and memory for at least one layer; a steady connection.",
+    "pipeline": "Needs: a computer that is not too slow (speed tier T1–T4), memory for at least one layer "
+                "of the model, and a steady connection.",
     "async": "Needs: memory for a whole model snapshot; works on slow machines and bad connections.",
     "data": "Needs: 10 GB of free disk and some upload bandwidth.",
     "verify": "Needs: 100 NEURO staked (a false challenge costs stake).",
-    "inference": "Needs: speed tier T1–T3 and pipeline mode.",
+    "inference": "Needs: a medium or faster computer (speed tier T1–T3) and live training (pipeline) on.",
 }
 EARNS = {
-    "pipeline": "Earns: 0.0005 NEURO per batch per layer held, more as driver or validator.",
+    "pipeline": "Earns: 0.0005 NEURO per batch per layer held, more when it holds the first or last layer.",
     "async": "Earns: 0.0003 NEURO per batch per layer, paid when the update is accepted.",
     "data": "Earns: 0.00001 NEURO per sample served.",
-    "verify": "Earns: the validator bonus and half of a caught cheater's slashed stake.",
+    "verify": "Earns: a bonus per check and half of the stake a caught cheater loses.",
     "inference": "Earns: about 0.0001 NEURO per generated token, scaled by demand and speed.",
 }
 
@@ -40,10 +42,12 @@ class ModeRow(QGroupBox):
         self.reason.setStyleSheet("color: #b05a00;")
         layout = QVBoxLayout(self)
         layout.addWidget(self.toggle)
-        for text in (DESCRIPTIONS[mode], NEEDS[mode], EARNS[mode]):
+        plain = plain_words.mode(mode, DESCRIPTIONS[mode])
+        for text in (plain.words, NEEDS[mode], EARNS[mode]):
             label = QLabel(text)
             label.setWordWrap(True)
             layout.addWidget(label)
+        self.setToolTip(plain.tooltip)
         layout.addWidget(self.reason)
         self.reason.hide()
 

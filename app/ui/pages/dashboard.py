@@ -20,7 +20,7 @@ from app.node.events import (
     StatusChanged,
     StepDone,
 )
-from app.node.values import TIER_MEANING, SpeedTier
+from app.ui import plain_words
 from app.ui.bridge import EngineBridge
 from app.ui.format import format_bytes, format_neuro
 from app.ui.records import BadAnswer, read_earnings
@@ -57,8 +57,11 @@ class DashboardPage(QWidget):
         self.limits_label.setWordWrap(True)
         self.earned_label = QLabel(format_neuro(0))
         self.earned_label.setProperty("role", "big")
-        self.loss_chart = LiveChart("Loss", "loss")
-        self.speed_chart = LiveChart("Speed", "tokens/s")
+        self.loss_chart = LiveChart("Model error (lower is better)", "loss")
+        self.loss_chart.setToolTip("The training loss: how far the model's guesses of the next piece of text are "
+                                   "from the real text (cross-entropy).")
+        self.speed_chart = LiveChart("Speed", "tokens per second")
+        self.speed_chart.setToolTip("Pieces of text (tokens) this computer trains on per second.")
         self._paused = False
         self._earned_base_units = 0
         self._earned_live_units = 0
@@ -75,12 +78,15 @@ class DashboardPage(QWidget):
         top.addWidget(self.pause_button)
         facts = QGroupBox("This computer")
         grid = QGridLayout(facts)
-        rows = [("Device", self.device_label), ("Speed tier", self.tier_label), ("Layers held", self.layers_label),
-                ("Role", self.role_label), ("Quorum", self.quorum_label), ("Limits now", self.limits_label),
-                ("Earned today", self.earned_label)]
+        rows = [("Device", self.device_label), ("Speed", self.tier_label), ("Model parts held", self.layers_label),
+                ("What it does", self.role_label), ("Training group", self.quorum_label),
+                ("Limits now", self.limits_label), ("Earned today", self.earned_label)]
         for row, (name, widget) in enumerate(rows):
-            grid.addWidget(QLabel(name), row, 0)
+            title = QLabel(name)
+            grid.addWidget(title, row, 0)
             grid.addWidget(widget, row, 1)
+            if name == "Training group":
+                title.setToolTip(plain_words.GROUP_TERM)
         charts = QHBoxLayout()
         charts.addWidget(self.loss_chart)
         charts.addWidget(self.speed_chart)
@@ -123,21 +129,26 @@ class DashboardPage(QWidget):
 
     def on_hardware(self, event: HardwareMeasured) -> None:
         self.device_label.setText(f"{event.device_name} ({event.device}, {format_bytes(event.memory_bytes)})")
-        meaning = TIER_MEANING.get(SpeedTier(event.tier), "") if event.tier in SpeedTier.__members__ else ""
-        self.tier_label.setText(f"{event.tier} — {event.ms_per_layer:.0f} ms per reference layer; {meaning}")
+        plain = plain_words.tier(event.tier)
+        self.tier_label.setText(plain.words[0].upper() + plain.words[1:])
+        self.tier_label.setToolTip(f"{plain.tooltip}\nMeasured: {event.ms_per_layer:.0f} ms per reference layer.")
 
     def on_layers(self, event: LayersAssigned) -> None:
         count = event.last_layer - event.first_layer
         self.layers_label.setText(
-            f"{count} of {event.total_layers} (layers {event.first_layer}–{event.last_layer - 1}), "
-            f"model v{event.architecture_version}, {event.parameters / 1e6:.1f} M parameters"
+            f"{count} of {event.total_layers} layers (layers {event.first_layer}–{event.last_layer - 1}), "
+            f"model version {event.architecture_version}, {event.parameters / 1e6:.1f} million weights"
         )
-        self.role_label.setText(", ".join(event.roles) or "—")
+        self.layers_label.setToolTip(f"{event.parameters:,} parameters; hidden size {event.hidden}.")
+        role = plain_words.roles(event.roles)
+        self.role_label.setText(role.words)
+        self.role_label.setToolTip(role.tooltip)
 
     def on_quorum(self, event: QuorumChanged) -> None:
         members = len(event.members)
-        speed = f", {event.speed_class}" if event.speed_class else ""
-        self.quorum_label.setText(f"{event.quorum_id[:12]} — {event.state}, {members} member(s){speed}")
+        self.quorum_label.setText(f"{event.state}, {members} computer{'s' if members != 1 else ''}")
+        speed = f", speed class {event.speed_class}" if event.speed_class else ""
+        self.quorum_label.setToolTip(f"{plain_words.GROUP_TERM}\nQuorum {event.quorum_id}{speed}.")
 
     def on_step(self, event: StepDone) -> None:
         self.loss_chart.add_point(event.step, event.loss)
@@ -153,7 +164,8 @@ class DashboardPage(QWidget):
         self.limits_label.setText(text or "as set in Settings")
 
     def on_activity(self, event: ActivityChanged) -> None:
-        self.activity_label.setText(f"Now: {event.activity}")
+        self.activity_label.setText(f"Now: {plain_words.activity(event.activity)}")
+        self.activity_label.setToolTip(event.activity)
 
     def on_proof(self, event: ProofAccepted) -> None:
         if dt.date.fromtimestamp(event.timestamp).isoformat() == today_key():

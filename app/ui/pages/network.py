@@ -19,20 +19,13 @@ from PySide6.QtWidgets import (
 )
 
 from app.node.events import ActivityChanged, LayersAssigned, NetworkChanged, PeerJoined, PeerLeft, Query
+from app.ui import plain_words
 from app.ui.bridge import EngineBridge
 from app.ui.format import short_id
 from app.ui.records import BadAnswer, PeerInfo, read_peers
 from app.ui.widgets.coverage_bar import MIN_REPLICAS, CoverageBar
 
-PEER_COLUMNS = ("Node", "Address", "Tier", "Layers", "Latency")
-PHASE_WORDS = {
-    "genesis": "genesis (1 node: training alone on the bundled data)",
-    "micro": "micro (2–4 nodes)",
-    "small": "small (5–19 nodes)",
-    "medium": "medium (20–99 nodes)",
-    "growing": "growing (100–499 nodes)",
-    "large": "large (500+ nodes)",
-}
+PEER_COLUMNS = ("Computer", "Address", "Speed tier", "Layers", "Latency")
 
 
 class NetworkPage(QWidget):
@@ -69,7 +62,9 @@ class NetworkPage(QWidget):
                                              ("Doing now", self.activity_label)), start=1):
             grid.addWidget(QLabel(name), row, 0)
             grid.addWidget(label, row, 1)
-        coverage = QGroupBox(f"Layer coverage (replicas per layer; {MIN_REPLICAS}+ is safe)")
+        coverage = QGroupBox(f"Copies of each layer in the network ({MIN_REPLICAS} or more is safe)")
+        coverage.setToolTip("Replicas per layer: a layer held by fewer computers is lost for a while when one "
+                            "of them leaves.")
         cov_layout = QVBoxLayout(coverage)
         cov_layout.addWidget(self.coverage)
         cov_layout.addWidget(self.coverage_label)
@@ -97,11 +92,14 @@ class NetworkPage(QWidget):
 
     def on_network(self, event: NetworkChanged) -> None:
         self.show_reachability(event.reachable, event.relay)
-        self.phase_label.setText(PHASE_WORDS.get(event.phase, event.phase) + f"; {event.peers} peer(s)")
+        phase = plain_words.phase(event.phase)
+        self.phase_label.setText(f"{phase.words[0].upper() + phase.words[1:]}; {event.peers} other "
+                                 f"computer{'s' if event.peers != 1 else ''} seen")
+        self.phase_label.setToolTip(f"{phase.tooltip} Now: {event.phase}.")
         self.coverage.set_replicas(event.replicas_per_layer)
         thin = sum(1 for r in event.replicas_per_layer if r < MIN_REPLICAS)
         self.coverage_label.setText(
-            f"{len(event.replicas_per_layer)} layers; {thin} below {MIN_REPLICAS} replicas"
+            f"{len(event.replicas_per_layer)} layers; {thin} with fewer than {MIN_REPLICAS} copies"
             if event.replicas_per_layer else "")
 
     def show_reachability(self, reachable: bool, relay: str) -> None:

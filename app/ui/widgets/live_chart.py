@@ -1,7 +1,8 @@
 """A rolling line chart (QtCharts) that redraws at most a few times per second.
 
 Training can report many steps per second; redrawing the chart for each would cost the GUI
-thread more than the 50 ms budget, so points are buffered and drawn by a 250 ms timer.
+thread more than the 50 ms budget, so points are buffered and drawn by a 250 ms timer. Axes tick
+on round numbers (app/ui/chart_scale.py); with no point yet the chart says it is waiting.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from collections import deque
 
 from PySide6.QtCharts import QChart, QChartView, QLineSeries, QValueAxis
 from PySide6.QtCore import QPointF, Qt, QTimer
-from PySide6.QtGui import QPainter
-from PySide6.QtWidgets import QWidget
+from PySide6.QtGui import QPainter, QResizeEvent
+from PySide6.QtWidgets import QLabel, QWidget
 
+from app.ui.chart_scale import scale
 from app.ui.theme import style_chart
 
 REDRAW_MS = 250
@@ -20,7 +22,8 @@ MAX_POINTS = 600  # ten minutes at one step per second: enough trend without a h
 
 
 class LiveChart(QChartView):
-    def __init__(self, title: str, y_label: str, parent: QWidget | None = None) -> None:
+    def __init__(self, title: str, y_label: str, parent: QWidget | None = None,
+                 waiting_text: str = "Waiting for data: the first training step shows here.") -> None:
         chart = QChart()
         chart.setTitle(title)
         chart.legend().hide()
@@ -31,9 +34,11 @@ class LiveChart(QChartView):
         self.series = QLineSeries()
         chart.addSeries(self.series)
         self._x_axis, self._y_axis = QValueAxis(), QValueAxis()
-        self._x_axis.setTitleText("step")
+        self._x_axis.setTitleText("training step")
         self._x_axis.setLabelFormat("%d")
         self._y_axis.setTitleText(y_label)
+        for axis in (self._x_axis, self._y_axis):
+            axis.setTickType(QValueAxis.TickType.TicksDynamic)
         style_chart(chart)  # before adding axes: a theme change resets their colours
         chart.addAxis(self._x_axis, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(self._y_axis, Qt.AlignmentFlag.AlignLeft)
@@ -45,6 +50,20 @@ class LiveChart(QChartView):
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self.redraw)
         self._timer.start()
+        self.waiting = QLabel(waiting_text, self)
+        self.waiting.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.waiting.setWordWrap(True)
+        self.waiting.setProperty("role", "hint")
+        self._show_axes(False)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        self.waiting.setGeometry(self.rect().adjusted(16, 40, -16, -16))
+
+    def _show_axes(self, shown: bool) -> None:
+        self._x_axis.setVisible(shown)
+        self._y_axis.setVisible(shown)
+        self.waiting.setVisible(not shown)
 
     def add_point(self, x: float, y: float) -> None:
         if y != y:  # NaN (a diverged step) would break the axis range; skip it
@@ -55,15 +74,24 @@ class LiveChart(QChartView):
     def point_count(self) -> int:
         return len(self._points)
 
+    def points(self) -> list[tuple[float, float]]:
+        return list(self._points)
+
     def redraw(self) -> None:
         if not self._dirty:
             return
         self._dirty = False
         points = [QPointF(x, y) for x, y in self._points]
         self.series.replace(points)
+        if not points:
+            self._show_axes(False)
+            return
         xs = [p[0] for p in self._points]
         ys = [p[1] for p in self._points]
-        self._x_axis.setRange(min(xs), max(max(xs), min(xs) + 1))
-        low, high = min(ys), max(ys)
-        pad = (high - low) * 0.1 or abs(high) * 0.1 or 1.0
-        self._y_axis.setRange(low - pad, high + pad)
+        for axis, values, integer in ((self._x_axis, xs, True), (self._y_axis, ys, False)):
+            ticks = scale(min(values), max(values), integer=integer)
+            axis.setRange(ticks.low, ticks.high)
+            axis.setTickAnchor(ticks.low)
+            axis.setTickInterval(ticks.step)
+            axis.setLabelFormat(f"%.{ticks.decimals}f")
+        self._show_axes(True)

@@ -16,7 +16,8 @@ from PySide6.QtWidgets import (
 
 from app.node.config import ConfigError
 from app.node.events import HardwareMeasured
-from app.node.values import DESCRIPTIONS, MODES, TIER_MEANING, SpeedTier, estimate_plan
+from app.node.values import DESCRIPTIONS, MODES, estimate_plan
+from app.ui import plain_words
 from app.ui.format import format_bytes
 from app.ui.hardware_probe import HardwareProbe
 from app.ui.widgets.limits_form import LimitsForm
@@ -81,13 +82,13 @@ class HardwarePage(QWizardPage):
 
     def _on_measured(self, hw: HardwareMeasured) -> None:
         self.state.hardware = hw
-        meaning = TIER_MEANING[SpeedTier(hw.tier)]
+        speed = plain_words.tier(hw.tier)
         self.bar.setValue(100)
         self.step_label.setText("Done")
         self.result.setText(
             f"<b>Device:</b> {hw.device_name} ({hw.device})<br><b>Memory:</b> {format_bytes(hw.memory_bytes)}"
-            f"<br><b>Speed tier:</b> {hw.tier} — {hw.ms_per_layer:.0f} ms per reference layer"
-            f"<br><b>What it means:</b> {meaning}.")
+            f"<br><b>Speed:</b> {speed.words} (tier {hw.tier}: {hw.ms_per_layer:.0f} ms per reference layer)")
+        self.result.setToolTip(speed.tooltip)
         self._finish()
 
     def _on_failed(self, message: str) -> None:
@@ -114,7 +115,10 @@ class ModesPage(QWizardPage):
         self.state = state
         self.setTitle("How this computer helps")
         self.setSubTitle("Proposed from the measurement; you can change this later on the Contribute page.")
-        self.boxes = {mode: QCheckBox(f"{mode.capitalize()} — {DESCRIPTIONS[mode]}") for mode in MODES}
+        self.boxes = {mode: QCheckBox(f"{mode.capitalize()} — {plain_words.mode(mode, DESCRIPTIONS[mode]).words}")
+                      for mode in MODES}
+        for mode, box in self.boxes.items():
+            box.setToolTip(plain_words.mode(mode, DESCRIPTIONS[mode]).tooltip)
         self.reasons = {mode: QLabel() for mode in MODES}
         layout = QVBoxLayout(self)
         for mode in MODES:

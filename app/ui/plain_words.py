@@ -1,0 +1,98 @@
+"""The node's terms in a volunteer's words; the expert term goes into the tooltip.
+
+Pages show ``words`` and set ``tooltip`` (which names the term, so nothing is hidden from those
+who know it). Unknown terms pass through unchanged: a new role or phase still shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.node.values import TIER_MEANING, SpeedTier
+
+
+@dataclass(frozen=True)
+class Plain:
+    words: str
+    tooltip: str
+
+
+TIER_WORDS = {
+    "T1": "very fast (data-centre graphics card)",
+    "T2": "fast (gaming graphics card)",
+    "T3": "medium (mid-range graphics card or strong processor)",
+    "T4": "modest (an ordinary processor): holds a few parts of the model",
+    "T5": "too slow to train live with others: trains a copy on its own and sends what it learned",
+}
+
+ROLE_WORDS = {
+    "driver": "feeds training text into the model",
+    "worker": "computes its part of the model for the others",
+    "validator": "computes the model's guesses and checks them against the text",
+}
+ROLE_TERMS = {
+    "driver": "driver: holds the first layer (the embedding) and starts every training step",
+    "worker": "worker: holds middle layers of the pipeline",
+    "validator": "validator: holds the last layer (the head) and computes the loss",
+}
+
+MODE_WORDS = {
+    "pipeline": "Train the model live, together with other computers.",
+    "async": "Train a copy of the model on your own and send what it learned from time to time.",
+    "data": "Keep a share of the training text and send it to computers that need it.",
+    "verify": "Double-check other computers' work and report cheating (needs NEURO set aside as stake).",
+    "inference": "Answer people's requests with the model, for a small fee per word.",
+}
+
+PHASE_WORDS = {
+    "genesis": "just starting: this computer trains alone on the text that comes with the app",
+    "micro": "a few computers (2–4)",
+    "small": "a small network (5–19 computers)",
+    "medium": "a medium network (20–99 computers)",
+    "growing": "a growing network (100–499 computers)",
+    "large": "a large network (500+ computers)",
+}
+PHASE_TERM = ("Network phase (seed 001): genesis, micro, small, medium, growing, large. The model grows "
+              "as the network does.")
+
+GROUP_TERM = ("A training group (quorum) is a set of computers that together hold every layer of the "
+              "model and train it step by step, passing their intermediate results (activations).")
+
+
+def tier(tier_name: str) -> Plain:
+    meaning = TIER_MEANING.get(SpeedTier(tier_name), "") if tier_name in SpeedTier.__members__ else ""
+    words = TIER_WORDS.get(tier_name, tier_name)
+    return Plain(words, f"Speed tier {tier_name}" + (f": {meaning}" if meaning else ""))
+
+
+def roles(names: tuple[str, ...] | list[str]) -> Plain:
+    if not names:
+        return Plain("—", "")
+    words = "; ".join(ROLE_WORDS.get(name, name) for name in names)
+    return Plain(words[0].upper() + words[1:], "\n".join(ROLE_TERMS.get(name, name) for name in names))
+
+
+def mode(name: str, description: str) -> Plain:
+    return Plain(MODE_WORDS.get(name, description), f"{name}: {description}")
+
+
+def phase(name: str) -> Plain:
+    return Plain(PHASE_WORDS.get(name, name), PHASE_TERM)
+
+
+def activity(text: str) -> str:
+    """The node's activity line in plain words ("averaging" is DiLoCo's outer step)."""
+    if text == "averaging":
+        return "sharing what it learned with the other computers"
+    if text.startswith("waiting for quorum"):
+        return "waiting for other computers to form a training group"
+    if text.startswith("waiting for a stage holder"):
+        return "waiting for a computer that holds the next part of the model"
+    return text
+
+
+def state_detail(detail: str) -> str:
+    """A state's detail for the badge: the roles ("driver+validator") are told on their own row."""
+    if detail and all(part in ROLE_WORDS for part in detail.split("+")):
+        return ""
+    return activity(detail)
