@@ -67,6 +67,8 @@ def test_port_zero_stays_automatic_through_settings(qtbot, gui, config) -> None:
 def test_settings_refuse_what_the_config_file_reader_refuses(qtbot, gui, config) -> None:  # noqa: ANN001
     with pytest.raises(ConfigError, match="port"):
         validate_settings(dataclasses.replace(config, port=70_000))
+    with pytest.raises(ConfigError, match="inner_stepz"):  # config.toml's schema knows every key
+        validate_settings(dataclasses.replace(config, training={**config.training, "inner_stepz": 5}))
     page = gui.window.settings
     page.limits.memory.setValue(30)
     assert validate_settings(page.edited_config()).limits.memory_fraction == 0.3
