@@ -88,20 +88,25 @@ def decide(limits: ResourceLimits, c: Conditions) -> Verdict:
 
 
 def describe_caps(limits: ResourceLimits, present: bool, caps: UsageCaps) -> str:
-    """One line for the dashboard and settings, e.g. "In use: 30 % CPU, 2 threads, upload 1 MB/s"."""
-    if limits.in_use is None or limits.only_when_idle:
-        label = "Limits"
+    """Which set of limits applies now and what it allows, for the dashboard and settings, e.g.
+    "While you use the computer — 30 % CPU, 2 threads, upload 1 MB/s"."""
+    if limits.only_when_idle:
+        label = "While the computer is idle (the only time it runs)"
+    elif limits.in_use is None:
+        label = "The same at all times"
     else:
-        label = "In use" if present else "Idle"
+        label = "While you use the computer" if present else "While the computer is idle"
     parts = [f"{round(caps.cpu_share * 100)} % CPU"]
-    if caps.cpu_threads is not None:
+    if caps.cpu_threads is None:
+        parts.append("all but one core")
+    else:
         parts.append(f"{caps.cpu_threads} thread{'s' if caps.cpu_threads > 1 else ''}")
     if caps.gpu_share < 1.0:
         parts.append(f"{round(caps.gpu_share * 100)} % GPU")
     for name, value in (("upload", caps.upload_bytes_per_s), ("download", caps.download_bytes_per_s)):
         if value is not None:
             parts.append(f"{name} {_rate(value)}")
-    return f"{label}: {', '.join(parts)}"
+    return f"{label} — {', '.join(parts)}"
 
 
 def _rate(bytes_per_s: int) -> str:

@@ -3,7 +3,6 @@ and notifications for rewards, upgrades and errors."""
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import time
 
@@ -23,24 +22,11 @@ from app.node.events import (
 from app.ui.bridge import EngineBridge
 from app.ui.format import STATE_WORDS, format_neuro
 from app.ui.icons import state_icon
+from app.ui.snooze import CHOICES, snooze_until, until_words
 
 # Rewards arrive per proof (many per hour); one summary per half hour tells the volunteer the node
 # earns without turning the notification area into a ticker.
 REWARD_NOTIFY_INTERVAL_S = 1800.0
-
-
-def snooze_until(choice: str, now: float | None = None) -> float:
-    """Epoch seconds a snooze ends: ``"1h"``, ``"4h"`` or ``"tomorrow"`` (next local midnight,
-    so the node works overnight when the computer is usually free)."""
-    now = time.time() if now is None else now
-    if choice == "1h":
-        return now + 3600
-    if choice == "4h":
-        return now + 4 * 3600
-    if choice == "tomorrow":
-        today = dt.datetime.fromtimestamp(now).date()
-        return dt.datetime.combine(today + dt.timedelta(days=1), dt.time()).timestamp()
-    raise ValueError(f"unknown snooze '{choice}'")
 
 
 class NodeTray(QObject):
@@ -65,7 +51,7 @@ class NodeTray(QObject):
         snooze = self.menu.addMenu("Snooze")
         self.snooze_actions = {
             choice: self._add(label, functools.partial(self.snooze, choice), snooze)
-            for choice, label in (("1h", "For 1 hour"), ("4h", "For 4 hours"), ("tomorrow", "Until tomorrow"))
+            for choice, label in CHOICES
         }
         self.menu.addSeparator()
         self.quit_action = self._add("Quit (stops the node)", self.quit_requested.emit)
@@ -96,7 +82,7 @@ class NodeTray(QObject):
     def snooze(self, choice: str, _checked: bool = False) -> None:
         until = snooze_until(choice)
         self.bridge.request(Pause(until=until))
-        self.notify("Snoozed", f"Paused until {dt.datetime.fromtimestamp(until).strftime('%a %H:%M')}.")
+        self.notify("Snoozed", f"Paused until {until_words(until)}.")
 
     def on_status(self, event: StatusChanged) -> None:
         words = STATE_WORDS[event.state]

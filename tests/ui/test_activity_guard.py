@@ -75,9 +75,11 @@ def test_presence_picks_the_caps() -> None:
     idle_only = dataclasses.replace(limits, only_when_idle=True)
     verdict = decide(idle_only, conditions(idle_s=30.0))
     assert verdict.reason is not None and verdict.caps == idle_only.caps(in_use=False)
-    assert describe_caps(limits, True, IN_USE) == "In use: 30 % CPU, 1 thread, 50 % GPU, upload 1 MB/s"
-    assert describe_caps(limits, False, limits.caps()) == "Idle: 100 % CPU"
-    assert describe_caps(same, True, same.caps()) == "Limits: 100 % CPU"
+    assert describe_caps(limits, True, IN_USE) == \
+        "While you use the computer — 30 % CPU, 1 thread, 50 % GPU, upload 1 MB/s"
+    assert describe_caps(limits, False, limits.caps()) == "While the computer is idle — 100 % CPU, all but one core"
+    assert describe_caps(same, True, same.caps()) == "The same at all times — 100 % CPU, all but one core"
+    assert describe_caps(idle_only, False, idle_only.caps()).startswith("While the computer is idle (the only")
 
 
 def test_reading_conditions_asks_for_full_screen_only_when_the_rule_is_on() -> None:
@@ -137,13 +139,13 @@ def test_presence_flips_send_the_in_use_and_idle_caps_once_each(qtbot, gui, monk
     assert check_once(qtbot, guard).in_use is True
     check_once(qtbot, guard)  # no change: nothing more sent
     assert caps_sent(sent) == [IN_USE]
-    assert texts[-1] == "In use: 30 % CPU, 1 thread, 50 % GPU, upload 1 MB/s"
+    assert texts[-1] == "While you use the computer — 30 % CPU, 1 thread, 50 % GPU, upload 1 MB/s"
     assert gui.window.dashboard.limits_label.text() == texts[-1]  # the window shows what is in force
     idle["s"] = 120.0  # gone for two minutes
     check_once(qtbot, guard)
     check_once(qtbot, guard)
     assert caps_sent(sent) == [IN_USE, limits.caps(in_use=False)]
-    assert texts[-1] == "Idle: 100 % CPU"
+    assert texts[-1] == "While the computer is idle — 100 % CPU, all but one core"
     assert gui.bridge.state == NodeState.TRAINING  # caps switch; only only_when_idle pauses
     # Two overlapping checks answering out of order: the older reading must not undo the newer.
     newer, older = decide(limits, conditions(idle_s=5.0)), decide(limits, conditions(idle_s=600.0))

@@ -42,8 +42,9 @@ def test_both_sets_round_trip(qtbot, available) -> None:  # noqa: ANN001
     form.set_limits(ResourceLimits())
     assert form.limits() == ResourceLimits() and not form.separate.isChecked()
     assert form.in_force.isHidden()
-    form.show_in_force("In use: 30 % CPU")  # what ActivityGuard.caps_changed says
-    assert not form.in_force.isHidden() and form.in_force.text() == "Now: In use: 30 % CPU"
+    form.show_in_force("While you use the computer — 30 % CPU")  # what ActivityGuard.caps_changed says
+    assert not form.in_force.isHidden()
+    assert form.in_force.text() == "In force now: While you use the computer — 30 % CPU"
     form.set_limits(BOTH)
     assert form.limits() == BOTH
 

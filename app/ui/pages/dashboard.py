@@ -5,7 +5,17 @@ from __future__ import annotations
 import datetime as dt
 
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.node.events import (
     ActivityChanged,
@@ -24,6 +34,7 @@ from app.ui import plain_words
 from app.ui.bridge import EngineBridge
 from app.ui.format import format_bytes, format_neuro
 from app.ui.records import BadAnswer, read_earnings
+from app.ui.snooze import CHOICES, snooze_until, until_words
 from app.ui.widgets.live_chart import LiveChart
 from app.ui.widgets.state_badge import StateBadge
 
@@ -46,6 +57,17 @@ class DashboardPage(QWidget):
         self.pause_button.setProperty("role", "primary")
         self.pause_button.setMinimumHeight(56)
         self.pause_button.clicked.connect(self.toggle_pause)
+        self.snooze_button = QToolButton()
+        self.snooze_button.setText("Snooze")
+        self.snooze_button.setMinimumHeight(56)
+        self.snooze_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.snooze_menu = QMenu(self.snooze_button)
+        self.snooze_actions = {choice: self.snooze_menu.addAction(label) for choice, label in CHOICES}
+        for choice, action in self.snooze_actions.items():
+            action.triggered.connect(lambda _checked=False, c=choice: self.snooze(c))
+        self.snooze_button.setMenu(self.snooze_menu)
+        self.snoozed_label = QLabel()
+        self.snoozed_label.hide()
         self.activity_label = QLabel("Waiting for the node to start")
         self.hold_label = QLabel()
         self.hold_label.setStyleSheet("color: #b05a00;")
@@ -76,6 +98,7 @@ class DashboardPage(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.badge, 1)
         top.addWidget(self.pause_button)
+        top.addWidget(self.snooze_button)
         facts = QGroupBox("This computer")
         grid = QGridLayout(facts)
         rows = [("Device", self.device_label), ("Speed", self.tier_label), ("Model parts held", self.layers_label),
@@ -94,6 +117,7 @@ class DashboardPage(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.activity_label)
         layout.addWidget(self.hold_label)
+        layout.addWidget(self.snoozed_label)
         layout.addWidget(facts)
         layout.addLayout(charts, 1)
 
@@ -121,11 +145,13 @@ class DashboardPage(QWidget):
             self._paused = True
         elif event.state in (NodeState.TRAINING, NodeState.STOPPED, NodeState.ERROR):
             self._paused = False
+            self.snoozed_label.hide()  # the snooze ended (or Resume was pressed)
         self._update_button(event.state)
 
     def _update_button(self, state: NodeState) -> None:
         self.pause_button.setText("Resume" if self._paused else "Pause")
         self.pause_button.setEnabled(self._paused or state in PAUSABLE)
+        self.snooze_button.setEnabled(self._paused or state in PAUSABLE)
 
     def on_hardware(self, event: HardwareMeasured) -> None:
         self.device_label.setText(f"{event.device_name} ({event.device}, {format_bytes(event.memory_bytes)})")
@@ -187,6 +213,21 @@ class DashboardPage(QWidget):
             self.bridge.command_failed.emit(f"Could not {'pause' if want_pause else 'resume'}: {message}")
 
         self.bridge.request(Pause() if want_pause else Resume(), done, failed)
+
+    def snooze(self, choice: str) -> None:
+        """Pause until the chosen time; the engine resumes the node on its own then."""
+        until = snooze_until(choice)
+
+        def done(_result: object) -> None:
+            self._paused = True
+            self.snoozed_label.setText(f"Snoozed until {until_words(until)}. Resume starts it now.")
+            self.snoozed_label.show()
+            self._update_button(self.bridge.state)
+
+        def failed(message: str) -> None:
+            self.bridge.command_failed.emit(f"Could not snooze: {message}")
+
+        self.bridge.request(Pause(until=until), done, failed)
 
     def refresh_earnings(self) -> None:
         if self.bridge.engine is None:

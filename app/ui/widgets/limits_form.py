@@ -36,9 +36,25 @@ DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 GB = 2**30
 MB = 2**20
 ERROR_STYLE = "color: #d0342c;"
-# Offered when the volunteer first asks for separate in-use limits: half the machine, as BOINC's
-# "while in use" default suggests; everything else starts as the idle set.
+# Offered when the volunteer first asks for separate in-use limits, and the first-run default:
+# half the machine while in use, all of it when idle, as BOINC's "while in use" default suggests;
+# everything else starts as the idle set.
 IN_USE_SHARE = 0.5
+IDLE_TITLE, ALWAYS_TITLE = "While the computer is idle", "At all times"
+
+
+def gentler_in_use(idle: UsageCaps) -> UsageCaps:
+    """The in-use set proposed beside ``idle``: at most IN_USE_SHARE of the CPU and GPU time."""
+    return dataclasses.replace(idle, cpu_share=min(idle.cpu_share, IN_USE_SHARE),
+                               gpu_share=min(idle.gpu_share, IN_USE_SHARE))
+
+
+def first_run_limits(limits: ResourceLimits) -> ResourceLimits:
+    """What a new volunteer starts from: a share of the computer while in use, all of it when idle
+    (unless the config already says otherwise)."""
+    if limits.in_use is not None or limits.only_when_idle:
+        return limits
+    return dataclasses.replace(limits, in_use=gentler_in_use(limits.caps(in_use=False)))
 
 
 class ScheduleEditor(QGroupBox):
@@ -157,7 +173,7 @@ class LimitsForm(QWidget):
         super().__init__(parent)
         self._base = limits
         self.fullscreen_support: Support = fullscreen_support()
-        self.idle_caps = CapsEditor("While the computer is idle")
+        self.idle_caps = CapsEditor(IDLE_TITLE)
         self.in_use_caps = CapsEditor("While you use the computer")
         # The idle set's boxes under their former names (Settings and its tests use them).
         self.cpu_threads, self.gpu_share = self.idle_caps.cpu_threads, self.idle_caps.gpu_share
@@ -262,16 +278,14 @@ class LimitsForm(QWidget):
 
     def show_in_force(self, text: str) -> None:
         """The caps the node runs under right now (connect ActivityGuard.caps_changed here)."""
-        self.in_force.setText(f"Now: {text}" if text else "")
+        self.in_force.setText(f"In force now: {text}" if text else "")
         self.in_force.setVisible(bool(text))
 
     def _offer_in_use_caps(self, separate: bool) -> None:
         """Turning separate limits on starts the in-use set gentler than the idle one."""
         if separate and not self._offered:
             self._offered = True
-            idle = self.idle_caps.caps()
-            self.in_use_caps.set_caps(dataclasses.replace(
-                idle, cpu_share=min(idle.cpu_share, IN_USE_SHARE), gpu_share=min(idle.gpu_share, IN_USE_SHARE)))
+            self.in_use_caps.set_caps(gentler_in_use(self.idle_caps.caps()))
             self._update_states()
 
     def _update_states(self) -> None:
@@ -281,6 +295,8 @@ class LimitsForm(QWidget):
         self.separate.setEnabled(not only_idle)
         self.in_use_caps.setEnabled(separate and not only_idle)
         self.fullscreen.setEnabled(self.fullscreen_support.available)
+        # The idle column's title says when it applies, as the note below does.
+        self.idle_caps.setTitle(IDLE_TITLE if only_idle or separate else ALWAYS_TITLE)
         if only_idle:
             note = ("While you use the computer the node is paused (Run only when idle), so it has no "
                     "in-use limits.")

@@ -12,6 +12,7 @@ from app.node import identity
 from app.node.config import ConfigError, NodeConfig, save_config
 from app.ui.icons import app_pixmap
 from app.ui.settings_check import validate_settings
+from app.ui.widgets.limits_form import first_run_limits
 from app.ui.wizard.setup_pages import HardwarePage, JoinPage, LimitsPage, ModesPage, WelcomePage
 from app.ui.wizard.state import PageId, WizardState
 from app.ui.wizard.wallet_pages import ConfirmPhrasePage, PhrasePage, WalletSetupPage
@@ -26,6 +27,7 @@ class FirstRunWizard(QWizard):
         self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
         self.setPixmap(QWizard.WizardPixmap.LogoPixmap, app_pixmap(48))
         self.setOption(QWizard.WizardOption.NoBackButtonOnLastPage, False)
+        config = dataclasses.replace(config, limits=first_run_limits(config.limits))
         self.state = WizardState(config=config, keystore_factory=keystore_factory)
         self.welcome = WelcomePage()
         self.wallet = WalletSetupPage(self.state)
