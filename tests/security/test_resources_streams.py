@@ -22,6 +22,7 @@ from app.node.p2p.auth import sign_message
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import MIB, P2PConfig
 from app.node.p2p.errors import PeerRejected, PeerUnavailable, RequestTimeout
+from app.node.p2p.node import P2PNode
 from app.node.p2p.protocol import pb2
 from app.node.p2p.services import FORWARD
 from app.node.p2p.stats import TrafficStats
@@ -33,17 +34,17 @@ ROOT = Path(__file__).resolve().parents[2]
 _CHUNK = encode_data(bytes(MIB))  # one pre-encoded 1 MiB data chunk, sent again and again
 
 
-def _header(key: PrivateKey, declared: int) -> pb2.StreamHeader:
+def _header(key: PrivateKey, declared: int, recipient: bytes) -> pb2.StreamHeader:
     """A signed forward header declaring one float32 tensor of ``declared`` bytes."""
     header, _ = build_header("forward", {"microbatch": 1}, {"x": torch.ones(1)})
     del header.tensors[:]
     header.tensors.add(name="x", dtype="float32", shape=[declared // 4])
     header.total_bytes = declared
-    sign_message(key, FORWARD, header)
+    sign_message(key, FORWARD, header, recipient)
     return header
 
 
-async def _attack(client: PeerClient, address: str, declared: int, send_mib: int, release: asyncio.Event,
+async def _attack(client: PeerClient, target: Route, declared: int, send_mib: int, release: asyncio.Event,
                   polite: bool = True, timeout: float = 60.0) -> grpc.StatusCode:
     """One stream that declares ``declared`` bytes, sends ``send_mib`` MiB and stalls; returns
     the status it ended with. A polite attacker waits for the target's first answer (accepted or
@@ -52,7 +53,7 @@ async def _attack(client: PeerClient, address: str, declared: int, send_mib: int
     accepted = asyncio.Event()
 
     async def requests() -> AsyncIterator[object]:
-        yield pb2.TensorChunk(header=_header(PrivateKey.generate(), declared))
+        yield pb2.TensorChunk(header=_header(PrivateKey.generate(), declared, target.expect))
         if polite:
             await accepted.wait()
         for _ in range(send_mib):
@@ -60,7 +61,7 @@ async def _attack(client: PeerClient, address: str, declared: int, send_mib: int
         await release.wait()  # stall: neither more data nor the end of the stream
 
     try:
-        async for _ in client.stream(Route(address), FORWARD, requests(), timeout):
+        async for _ in client.stream(target, FORWARD, requests(), timeout):
             accepted.set()
     except PeerRejected as exc:
         return exc.code
@@ -71,12 +72,16 @@ async def _attack(client: PeerClient, address: str, declared: int, send_mib: int
     return grpc.StatusCode.OK
 
 
+def _route(node: P2PNode) -> Route:
+    return Route(node.address, expect=node.node_id)
+
+
 def test_declared_size_over_the_hard_cap_is_refused_before_any_byte_is_buffered():
     async def scenario():
         async with swarm(2, tracker=False) as (_, (target, other)):
             target.set_stage_handler(double)
             release = asyncio.Event()
-            codes = await asyncio.gather(*(_attack(other.client, target.address, 4096 * MIB, 16, release)
+            codes = await asyncio.gather(*(_attack(other.client, _route(target), 4096 * MIB, 16, release)
                                            for _ in range(4)))
             assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
             assert target.dispatcher.budget.total_bytes == 0
@@ -95,18 +100,18 @@ def test_streams_and_bytes_in_flight_per_peer_are_capped_and_a_stall_ends_with_d
             target.set_stage_handler(double)
             release = asyncio.Event()
             budget = target.dispatcher.budget
-            held = [asyncio.ensure_future(_attack(other.client, target.address, 8 * MIB, 1, release))
+            held = [asyncio.ensure_future(_attack(other.client, _route(target), 8 * MIB, 1, release))
                     for _ in range(2)]
             while budget.total_bytes < 16 * MIB:  # both admitted and stalled
                 await asyncio.sleep(0.01)
-            assert await _attack(other.client, target.address, 8 * MIB, 0, release) == \
+            assert await _attack(other.client, _route(target), 8 * MIB, 0, release) == \
                 grpc.StatusCode.RESOURCE_EXHAUSTED  # a third stream from the same peer
             assert await asyncio.gather(*held) == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
             assert budget.total_bytes == 0  # released however they ended
             # bytes in flight: a second peer (its own channel) declaring past the per-peer cap
             stranger = PeerClient(config, TrafficStats())
             try:
-                assert await _attack(stranger, target.address, 65 * MIB, 0, release) == \
+                assert await _attack(stranger, _route(target), 65 * MIB, 0, release) == \
                     grpc.StatusCode.RESOURCE_EXHAUSTED
             finally:
                 await stranger.close()
@@ -148,12 +153,12 @@ def test_target_memory_stays_under_its_bound_under_the_four_stalled_streams_atta
                 clients = [PeerClient(FAST, TrafficStats()) for _ in range(4)]  # four peers, four channels
                 try:
                     # the issue's attack: declare 4 GiB, send 256 MiB at once, stall
-                    huge = await asyncio.gather(*(_attack(c, address, 4096 * MIB, 256, release, polite=False)
+                    huge = await asyncio.gather(*(_attack(c, target, 4096 * MIB, 256, release, polite=False)
                                                   for c in clients))
                     assert set(huge) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}, huge
                     # within the hard cap: each declares 40 MiB, sends 32 and stalls; two fit the
                     # node-wide 96 MiB, the other two are refused, the two admitted time out
-                    within = await asyncio.gather(*(_attack(c, address, 40 * MIB, 32, release) for c in clients))
+                    within = await asyncio.gather(*(_attack(c, target, 40 * MIB, 32, release) for c in clients))
                     assert sorted(code.name for code in within) == \
                         ["DEADLINE_EXCEEDED"] * 2 + ["RESOURCE_EXHAUSTED"] * 2, within
                 finally:
