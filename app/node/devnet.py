@@ -347,6 +347,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
     parser.add_argument("--corpus", type=Path, metavar="DIR",
                         help="train on your own text: a folder made by 'python -m app.node.data.build'")
+    parser.add_argument("--block", choices=("transformer", "inl"), default="transformer",
+                        help="block type of the model: transformer (default) or inl (seed 003's integrator blocks)")
     parser.add_argument("--kill", metavar="ROLE:STEP", help="SIGKILL the first node with ROLE (driver, "
                         "worker, validator), preferring one whose stage has a replica, once a driver reached STEP, "
                         "to watch failover")
@@ -375,7 +377,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_devnet(args.nodes, args.steps, keep=args.keep, base_port=args.base_port,
                              inner_steps=args.inner_steps, timeout_s=args.timeout,
                              progress=sys.stderr.isatty(), json_events=args.json_events,
-                             kill=_parse_kill(args.kill), training_overrides=_corpus_overrides(args.corpus))
+                             kill=_parse_kill(args.kill),
+                             training_overrides={**_corpus_overrides(args.corpus), "block_type": args.block})
     except DevnetError as exc:
         print(f"devnet: error: {exc}", file=sys.stderr)
         return 1

@@ -98,6 +98,8 @@ class LayersAssigned(Event):
     total_layers: int
     hidden: int
     parameters: int
+    block_type: str = "transformer"  # ModelArchitecture.block_type: "transformer" or "inl"
+    memory_savers: tuple[str, ...] = ()  # turned on because the layers would not fit otherwise
 
 
 @dataclass(frozen=True)

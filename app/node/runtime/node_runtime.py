@@ -84,6 +84,7 @@ from app.node.training.config import TrainingConfig
 from app.node.training.device_check import check_training_device
 from app.node.training.layer_pool import Assignment, NodeOffer
 from app.node.training.pipeline import PipelineDriver
+from app.node.training.speed import plan_speed
 from app.node.training.stage import CommitInfo, StageWorker, build_shard
 from app.node.training.sync import StageSync
 from app.node.training.trainer import NodeTrainer, StepInfo
@@ -120,6 +121,7 @@ class NodeRuntime:
         self.economy: EconomyLink | None = None
         self.vocab: VocabService | None = None
         self._offer: tuple[str, int] = ("", 0)
+        self._memory_budget: int | None = None  # bytes the model may take here, settled at start
         self._drove: PipelineDriver | None = None  # kept after a move, for the run's figures
         self._following: asyncio.Future[None] | None = None
         self._move_lock = asyncio.Lock()
@@ -204,6 +206,7 @@ class NodeRuntime:
         info, tier = await self._settle_device()
         memory = memory_budget_bytes(info, self.config.limits.memory_fraction, self.config.limits.memory_bytes)
         layers_fit = layers_that_fit(memory, self.arch.train_bytes_per_layer())
+        self._memory_budget = memory
         self.mode_service = ModeService(
             tier=tier, layers_fit=layers_fit, fits_full_model=snapshot_fits(self.arch, memory),
             data_dir_free=lambda: free_disk_bytes(str(self.config.data_dir)), staked_units=self._staked_units,
@@ -390,7 +393,13 @@ class NodeRuntime:
         self.activity("idle replica: took the latest weights from a peer")
 
     def _new_stage(self, shard: ModelShard) -> StageWorker:
-        return StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device,
+        first, last = shard.layer_range  # speed options for this device and memory (training/speed.py)
+        speed = plan_speed(self.device, arch=self.arch, layers=last - first, with_embedding=shard.with_embedding,
+                           with_head=shard.with_head, memory_budget_bytes=self._memory_budget,
+                           tokens_in_flight=self.training.batch_size * min(self.training.seq_len, self.arch.max_seq))
+        for reason in speed.reasons:
+            log.info("stage %s-%s: %s", first, last - 1, reason)
+        return StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device, speed=speed,
                            on_commit=self._stage_committed, after_commit=self._stage_after_commit,
                            vocab=self.vocab.guard())
 
@@ -520,7 +529,9 @@ class NodeRuntime:
         first, last = self.stage.layer_range
         self.ctx.emit(LayersAssigned(first_layer=first, last_layer=last, roles=self.assignment.roles,
                                      architecture_version=self.arch.version, total_layers=self.arch.layers,
-                                     hidden=self.arch.hidden, parameters=self.arch.param_count()))
+                                     hidden=self.arch.hidden, parameters=self.arch.param_count(),
+                                     block_type=self.arch.block_type,
+                                     memory_savers=self.stage.speed.memory_savers()))
 
     async def _build_trainer(self, resume: ResumePoint | None) -> None:
         assert self.net is not None and self.stage is not None and self.data is not None

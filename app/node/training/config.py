@@ -43,6 +43,12 @@ class TrainingConfig:
     __pydantic_config__ = STRICT
     model: Literal["genesis", "tiny"] = "genesis"
     """"genesis" (the scaler's 1-node architecture, 11 × 512) or "tiny" (tests, devnets)."""
+    block_type: Literal["transformer", "inl"] = "transformer"
+    """"inl": seed 003's integrator blocks (ModelArchitecture.block_type, model/inl.py)."""
+    variance_loss_weight: Annotated[float, Ge(0)] = 0.0
+    """INL only: weight of seed 003's variance-weighted term (0 = off; training/inl_losses.py)."""
+    cycle_schedule: Literal["off", "balanced"] = "off"
+    """INL only: "balanced" runs seed 003's equilibrium-exploration cycles on that term."""
     init_seed: int = 0
     """Genesis weights are a pure function of this seed and the layer index, so nodes that build
     different slices of the model start from the same network-wide weights without a download."""
@@ -108,4 +114,5 @@ class TrainingConfig:
     def architecture(self) -> Any:
         from app.node.model.architecture import ModelArchitecture
 
-        return ModelArchitecture.tiny() if self.model == "tiny" else ModelArchitecture.genesis()
+        arch = ModelArchitecture.tiny() if self.model == "tiny" else ModelArchitecture.genesis()
+        return arch.with_changes(block_type=self.block_type)

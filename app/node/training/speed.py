@@ -57,6 +57,10 @@ class SpeedPlan:
     checkpoint_activations: bool = False
     reasons: tuple[str, ...] = ()
 
+    def memory_savers(self) -> tuple[str, ...]:
+        """The memory savers this plan turns on, by name (for the layer assignment event)."""
+        return ("activation_checkpointing",) if self.checkpoint_activations else ()
+
 
 def block_activation_bytes(arch: ModelArchitecture, tokens: int) -> int:
     """Bytes one block saves for backward over ``tokens`` tokens (float32, no checkpointing)."""
@@ -64,23 +68,31 @@ def block_activation_bytes(arch: ModelArchitecture, tokens: int) -> int:
     return 4 * per_token * tokens
 
 
-def stage_training_bytes(arch: ModelArchitecture, layers: int, tokens: int, *,
-                         checkpoint_activations: bool = False) -> int:
-    """Estimated training memory of ``layers`` blocks over ``tokens`` tokens in flight.
+def stage_training_bytes(arch: ModelArchitecture, layers: int, tokens: int, *, with_embedding: bool = False,
+                         with_head: bool = False, checkpoint_activations: bool = False) -> int:
+    """Estimated training memory of a stage of ``layers`` blocks over ``tokens`` tokens in flight.
 
-    With checkpointing each block keeps only its input (hidden floats per token) and one block's
-    full activations exist at a time, while it is recomputed.
+    State is STATE_BYTES_PER_PARAM per parameter (embedding and head included when held); the head
+    also keeps its logits and their float32 softmax for backward. With checkpointing each block
+    keeps only its input (hidden floats per token) and one block's full activations exist at a
+    time, while it is recomputed.
     """
-    state = layers * arch.layer_param_count() * STATE_BYTES_PER_PARAM
+    params = layers * arch.layer_param_count()
+    params += arch.embedding_param_count() if with_embedding else 0
+    params += arch.head_param_count() if with_head else 0
+    activations = 2 * 4 * arch.vocab * tokens if with_head else 0
     if checkpoint_activations:
-        return state + layers * 4 * arch.hidden * tokens + block_activation_bytes(arch, tokens)
-    return state + layers * block_activation_bytes(arch, tokens)
+        activations += layers * 4 * arch.hidden * tokens + (block_activation_bytes(arch, tokens) if layers else 0)
+    else:
+        activations += layers * block_activation_bytes(arch, tokens)
+    return params * STATE_BYTES_PER_PARAM + activations
 
 
 def plan_speed(device: torch.device | str, *, arch: ModelArchitecture | None = None, layers: int = 0,
-               tokens_in_flight: int = 0, memory_budget_bytes: int | None = None,
-               compile: bool | None = None) -> SpeedPlan:
-    """The options for a stage of ``layers`` blocks on ``device`` with ``memory_budget_bytes``.
+               with_embedding: bool = False, with_head: bool = False, tokens_in_flight: int = 0,
+               memory_budget_bytes: int | None = None, compile: bool | None = None) -> SpeedPlan:
+    """The options for a stage of ``layers`` blocks (and the embedding / head when held) on
+    ``device`` within ``memory_budget_bytes``.
 
     ``compile`` None means "on CUDA"; without a budget (or an architecture) activations are not
     checkpointed. CPU stays float32 eager unless ``compile`` says otherwise.
@@ -94,7 +106,8 @@ def plan_speed(device: torch.device | str, *, arch: ModelArchitecture | None = N
         reasons.append("torch.compile per block")
     ckpt = False
     if arch is not None and memory_budget_bytes is not None and layers > 0 and tokens_in_flight > 0:
-        plain = stage_training_bytes(arch, layers, tokens_in_flight)
+        plain = stage_training_bytes(arch, layers, tokens_in_flight, with_embedding=with_embedding,
+                                     with_head=with_head)
         if plain > memory_budget_bytes:
             ckpt = True
             reasons.append(f"activation checkpointing: {layers} layers need ~{plain / 2**20:.0f} MiB, "
@@ -170,11 +183,12 @@ class FallbackReporter:
 def apply_speed(shard: ModelShard, plan: SpeedPlan,
                 on_compile_fallback: Callable[[str], None] | None = None) -> FallbackReporter:
     """Apply ``plan``'s compile and checkpointing to every block of ``shard`` (autocast is a
-    context the caller enters around each forward: ``autocast(device, plan.autocast_bf16)``)."""
-    remove_speed(shard)
+    context the caller enters around each forward: ``autocast(device, plan.autocast_bf16)``).
+    Apply once per shard: it wraps whatever forward each block has (training/inl_losses.py's
+    penalty, if attached first)."""
     reporter = FallbackReporter(on_compile_fallback)
     for block in shard.blocks.values():
-        forward: Callable[..., Any] = type(block).forward.__get__(block)
+        forward: Callable[..., Any] = block.forward
         if plan.compile:
             forward = _CompiledOrEager(forward, reporter)
         if plan.checkpoint_activations:
@@ -185,6 +199,6 @@ def apply_speed(shard: ModelShard, plan: SpeedPlan,
 
 
 def remove_speed(shard: ModelShard) -> None:
-    """Back to the model's own forward on every block."""
+    """Back to the model's own forward on every block (speed options and penalties)."""
     for block in shard.blocks.values():
         block.__dict__.pop("forward", None)

@@ -43,6 +43,7 @@ import torch
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.shard import ModelShard, lm_loss
 from app.node.training.config import TrainingConfig
+from app.node.training.inl_losses import attach_penalty, schedule_for
 from app.node.training.inner_optim import InnerAdamW
 from app.node.training.speed import SpeedPlan, apply_speed, autocast, plan_speed
 from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, GiveUp, Meta, Tensors
@@ -154,6 +155,8 @@ class StageWorker:
         # Autocast, compile and activation checkpointing (training/speed.py); without a plan,
         # the device's defaults: bf16 + compile on CUDA, float32 eager on the CPU.
         self.speed = speed if speed is not None else plan_speed(self.device)
+        attach_penalty(self.shard, config.variance_loss_weight, schedule_for(config.cycle_schedule),
+                       step=lambda: self.inner_step)  # INL only, off by default (training/inl_losses.py)
         apply_speed(self.shard, self.speed)
         self.config = config
         self.params = [p for p in shard.parameters() if p.requires_grad]
