@@ -39,7 +39,9 @@ class NodeTray(QObject):
         self.notify_rewards = True
         self.notifications: list[tuple[str, str]] = []  # (title, text), newest last
         self._reward_units = 0
-        self._last_reward_note = 0.0
+        # time.monotonic() counts from boot: 0.0 would hold the first summary back for the first
+        # 30 minutes after the computer started. No summary yet = due at once.
+        self._last_reward_note = float("-inf")
         self.icon = QSystemTrayIcon(state_icon(NodeState.STOPPED))
         self.menu = QMenu()
         self.status_action = self.menu.addAction("Stopped")
