@@ -62,7 +62,8 @@ class Devnet:
             needed_ms = -(-batches * layers * layer_us // 1000)
             figures.setdefault("work_start_ms", figures["work_end_ms"] - max(needed_ms, 1))
             figures.setdefault("layer_us", layer_us)
-        work = ponw.WorkFigures(batches=batches if kind == "training" else 0, layers=layers, tier=tier,
+        work = ponw.WorkFigures(batches=batches if kind == "training" else 0, layers=layers if kind != "verification" else 0,
+                                tier=tier,
                                 uptime_ms=figures.pop("uptime_ms", 0), role=figures.pop("role", "worker"),
                                 **figures)
         before, after = (b"\x01" * 32, b"\x02" * 32) if kind == "training" else (b"", b"")

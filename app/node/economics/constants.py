@@ -120,15 +120,18 @@ class EconomicsConfig:
     min_verifier_stake: Units = neuro(100)
     """Stake a node needs before its spot-check verdicts count (verify mode, seed 001)."""
     challenge_bond: Units = neuro(10)
-    """Locked by a challenger; lost (half to the accused, half burned) if the challenge is frivolous."""
+    """Locked by every verdict, pass or fail, until settlement; the side the other verifiers
+    outvote loses it (a refuted fail: half to the accused, half burned; a pass on a proof that is
+    slashed: burned), so neither griefing nor covering for a cheat is free."""
     cheat_penalty: Units = neuro(10)
     slash_multiplier: Annotated[int, Ge(1)] = 2
     """Seed 001: a failed spot-check slashes 2x; the cheater loses 2 x cheat_penalty, taken from
     stake first and capped at what the account holds."""
     reporter_share: float = 0.5
     """Half of a slash goes to the checkers who proved it (original implementation), rest burned."""
-    challenge_confirmations: int = 1
-    """Distinct staked verifiers that must agree a proof failed before the slash applies."""
+    challenge_confirmations: int = 2
+    """Distinct staked verifiers that must agree a proof failed (and outnumber those who found it
+    right) before the slash applies: one verifier alone, honest or griefing, never slashes."""
     spot_check_rate: float = 0.05
     spot_check_rtol: Annotated[float, Ge(0)] = 1e-3
     spot_check_atol: Annotated[float, Ge(0)] = 1e-4

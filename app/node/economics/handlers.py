@@ -100,6 +100,10 @@ def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
         raise Refused(f"more than {config.max_proofs_per_hour} proofs in one hour")
     if body["proof_kind"] in ("training", "inference"):
         _claim_span(state, address, body["work_start_ms"], body["work_end_ms"])
+    if body["proof_kind"] == "verification":
+        done = state.checks_by_epoch.get((address, epoch), 0)
+        if body["samples"] > done:
+            raise Refused(f"claims {body['samples']} checks, but this verifier's ledger shows {done} in epoch {epoch}")
     account = state.account(address)
     reward = rewards.proof_reward(body, account.staked, config)
     bisect.insort(accepted, epoch)
@@ -139,16 +143,16 @@ def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:
     checker = state.account(_author(record))
     if checker.staked < config.min_verifier_stake:
         raise Refused(f"verifiers need at least {config.min_verifier_stake} micro-NEURO staked")
-    if body["verdict"] == "pass":
-        proof.passes.add(_author(record))
-        state.note(_author(record), at_ms, "check", 0, record.record_id, "pass")
-        return
     if checker.available < config.challenge_bond:
-        raise Refused("insufficient available balance for the challenge bond")
+        raise Refused("insufficient available balance for the verdict's bond")
     checker.available -= config.challenge_bond
     checker.locked += config.challenge_bond
-    proof.fails[_author(record)] = config.challenge_bond
-    state.note(_author(record), at_ms, "challenge", -config.challenge_bond, record.record_id, "bond locked")
+    verdicts = proof.passes if body["verdict"] == "pass" else proof.fails
+    verdicts[_author(record)] = config.challenge_bond
+    state.checks_by_epoch.setdefault((_author(record), at_ms // config.epoch_ms), 0)
+    state.checks_by_epoch[(_author(record), at_ms // config.epoch_ms)] += 1
+    state.note(_author(record), at_ms, "challenge" if body["verdict"] == "fail" else "check",
+               -config.challenge_bond, record.record_id, f"{body['verdict']}: bond locked")
 
 
 def _proposal(state: LedgerState, record: Record, at_ms: int) -> None:

@@ -133,7 +133,8 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
               "async_mode": _bool, "model_before": _hex(32, True), "model_after": _hex(32, True),
               "work_start_ms": _int_in(0, 2**53), "work_end_ms": _int_in(0, 2**53),
               "layer_us": _int_in(0, 10**9), "work_root": _hex(32, True)},
-    "challenge": {"proof_id": _hex(32), "verdict": _choice(("fail", "pass")), "evidence": _hex(32)},
+    "challenge": {"proof_id": _hex(32), "verdict": _choice(("fail", "pass")), "step": _int_in(0, 10**6),
+                  "leaf": _hex(32), "output_hash": _hex(32), "error_ppm": _int_in(0, 10**12)},
     "proposal": {"title": _text(200), "merges": _merges},
     "vote": {"proposal_id": _hex(32), "approve": _bool},
 }

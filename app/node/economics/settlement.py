@@ -4,13 +4,16 @@ Settlement of an epoch happens once its challenge window has passed (optimistic 
 seed 001): every proof of the epoch is either paid or, if staked verifiers proved it wrong,
 refused and its author slashed. The rules, all in integers:
 
-* upheld: at least ``challenge_confirmations`` distinct staked checkers said "fail" and more
+Every verdict, pass or fail, locked a bond (``handlers._challenge``).
+
+* upheld: at least ``challenge_confirmations`` (2) distinct staked checkers said "fail" and more
   said "fail" than "pass". The prover loses ``slash_multiplier x cheat_penalty`` (seed 001's
   2x), taken from stake, then unbonding coins, then available balance, capped at what it holds;
   ``reporter_share`` of it is split among the failing checkers (their bonds come back), the rest
-  and any rounding remainder is burned.
-* frivolous: somebody said "fail", the challenge is not upheld and at least as many staked
-  checkers said "pass": each failing checker loses its bond, half to the prover, half burned.
+  and any rounding remainder is burned. Checkers who said "pass" lose their bonds (burned).
+* refuted: somebody said "fail", the challenge is not upheld and at least as many staked
+  checkers said "pass": each failing checker loses its bond, half to the prover, half burned;
+  the passing checkers' bonds come back.
 * otherwise (too few confirmations, nobody disagreed): bonds come back and the proof is paid.
 """
 
@@ -52,8 +55,10 @@ def settle_epoch(state: LedgerState, epoch: int, at_ms: int) -> None:
             continue
         if fails and passes >= fails:
             _forfeit_bonds(state, rid, proof, at_ms)
+            _return_bonds(state, rid, proof.passes, at_ms)
         else:
-            _return_bonds(state, rid, proof, at_ms)
+            _return_bonds(state, rid, proof.fails, at_ms)
+            _return_bonds(state, rid, proof.passes, at_ms)
         payable[rid] = proof.reward
     active = {state.proofs[rid].record.author for rid in payable}
     capped = rewards.scale_to_cap(payable, rewards.epoch_cap(len(active), config))
@@ -94,6 +99,11 @@ def _slash(state: LedgerState, rid: str, proof: ProofState, at_ms: int) -> None:
         account.available += proof.fails[checker] + share
         state.note(checker, at_ms, "slash_reward", proof.fails[checker] + share, rid, "bond back + reward")
     state.burned += taken - share * len(checkers)
+    for checker in sorted(proof.passes):  # vouched for work that was proven wrong
+        bond = proof.passes[checker]
+        state.account(checker).locked -= bond
+        state.burned += bond
+        state.note(checker, at_ms, "check_lost", 0, rid, f"passed a proof that was slashed, bond {bond} burned")
 
 
 def _forfeit_bonds(state: LedgerState, rid: str, proof: ProofState, at_ms: int) -> None:
@@ -108,12 +118,12 @@ def _forfeit_bonds(state: LedgerState, rid: str, proof: ProofState, at_ms: int) 
         state.note(prover, at_ms, "challenge_compensation", to_prover, rid)
 
 
-def _return_bonds(state: LedgerState, rid: str, proof: ProofState, at_ms: int) -> None:
-    for checker in sorted(proof.fails):
+def _return_bonds(state: LedgerState, rid: str, bonds: dict[str, int], at_ms: int) -> None:
+    for checker in sorted(bonds):
         account = state.account(checker)
-        account.locked -= proof.fails[checker]
-        account.available += proof.fails[checker]
-        state.note(checker, at_ms, "bond_returned", proof.fails[checker], rid)
+        account.locked -= bonds[checker]
+        account.available += bonds[checker]
+        state.note(checker, at_ms, "bond_returned", bonds[checker], rid)
 
 
 def _release_unbonding(state: LedgerState, address: str, amount: int, at_ms: int) -> None:

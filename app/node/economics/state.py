@@ -65,7 +65,7 @@ class ProofState:
     record: Record
     reward: int
     fails: dict[str, int] = field(default_factory=dict)  # checker -> bond locked
-    passes: set[str] = field(default_factory=set)
+    passes: dict[str, int] = field(default_factory=dict)  # checker -> bond locked
     settled: bool = False
 
 
@@ -81,6 +81,9 @@ class LedgerState:
     epoch_proofs: dict[int, list[str]] = field(default_factory=dict)
     proof_epochs: dict[str, list[int]] = field(default_factory=dict)
     work_spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    checks_by_epoch: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Verdicts (challenge records) each verifier had applied per epoch: what its verification
+    proof for that epoch may claim."""
     """Per node, the sorted (start, end) wall-time spans its accepted training and inference
     proofs claim: a node computes in each moment once (``handlers._claim_span``)."""
     minted_by_day: dict[tuple[str, int], int] = field(default_factory=dict)
