@@ -2,7 +2,9 @@
 
 Sub-commands are dispatched before argparse builds the node's own parser so ``--help`` stays fast:
 each lives in the package it belongs to and exposes ``add_arguments(parser)`` and ``run(args)``.
-Every bad input ends with one line on stderr and exit code 2, never a traceback.
+Every bad input ends with one line on stderr and exit code 2, never a traceback: a flag (a
+number out of range included), a setting in config.toml, a wrong wallet password (checked
+before the hardware benchmark). Exit code 1 is a failure that is not the input's fault.
 """
 
 from __future__ import annotations
@@ -124,6 +126,23 @@ def check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+def _unlock_wallet(config: NodeConfig) -> int:
+    """Headless: unlock the wallet before anything slow. A wrong or missing password is bad input
+    (exit 2); a damaged wallet is a failure (exit 1). The window asks for the password itself."""
+    from app.node.identity import IdentityError, unlock_before_start
+    from app.wallet.errors import WalletError
+
+    try:
+        unlock_before_start(config)
+    except IdentityError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WalletError as exc:
+        print(f"{PROG}: error: the wallet cannot be opened: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def has_display() -> bool:
     if sys.platform in ("win32", "darwin"):
         return True
@@ -156,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not config.headless:
                 print(f"{PROG}: no display found; running headless (use --headless to say so)", file=sys.stderr)
                 config = dataclasses.replace(config, headless=True)
+            code = _unlock_wallet(config)  # before the benchmark: a wrong password is said at once
+            if code != EXIT_OK:
+                return code
             from app.node.headless import run_headless
 
             return run_headless(config)

@@ -29,6 +29,8 @@ from typing import Any
 
 import tomli_w
 
+from app.node.flags import count_argument, port_argument, seconds_argument
+
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 TINY_LAYERS = 4  # ModelArchitecture.tiny().layers; kept here so importing the devnet stays light
 
@@ -338,12 +340,12 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nodes", type=int, default=3, help="node processes to start (default 3)")
-    parser.add_argument("--steps", type=int, default=30, help="training steps per driver (default 30)")
-    parser.add_argument("--inner-steps", type=int, help="DiLoCo H for the devnet (default steps/2, at most 20)")
+    parser.add_argument("--nodes", type=count_argument(1), default=3, help="node processes to start (default 3)")
+    parser.add_argument("--steps", type=count_argument(1), default=30, help="training steps per driver (default 30)")
+    parser.add_argument("--inner-steps", type=count_argument(1), help="DiLoCo H for the devnet (default steps/2, at most 20)")
     parser.add_argument("--json-events", action="store_true", help="also print every node event as JSON")
-    parser.add_argument("--base-port", type=int, default=0, help="tracker port (default: a free one)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    parser.add_argument("--base-port", type=port_argument, default=0, help="tracker port (default: a free one)")
+    parser.add_argument("--timeout", type=seconds_argument, default=600.0, help="give up after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data dirs and logs")
     parser.add_argument("--corpus", type=Path, metavar="DIR",
                         help="train on your own text: a folder made by 'python -m app.node.data.build'")

@@ -30,6 +30,7 @@ PASSWORD_ENV = "NEUROSHARD_PASSWORD"
 PASSWORD_FILE_ENV = "NEUROSHARD_PASSWORD_FILE"
 
 _provided: dict[Path, str] = {}
+_unlocked_early: dict[Path, PrivateKey] = {}
 _lock = threading.Lock()
 
 
@@ -64,9 +65,28 @@ def _password_for(data_dir: Path) -> str | None:
     return None
 
 
+def unlock_before_start(config: NodeConfig, keystore: Keystore | None = None) -> str | None:
+    """Unlock an existing wallet now, before the slow start-up work (the hardware benchmark), so a
+    wrong password is reported at once; returns its address. The node's own :func:`load_node_key`
+    for this data dir then takes this key instead of unlocking a second time. A first start
+    creates nothing here (None): the node creates the wallet under its data-dir lock, and a new
+    wallet has no password to get wrong."""
+    store = keystore or Keystore(config.data_dir)
+    if not store.has_key():
+        return None
+    key = load_node_key(config, store)
+    with _lock:
+        _unlocked_early[Path(config.data_dir).resolve()] = key
+    return key.address
+
+
 def load_node_key(config: NodeConfig, keystore: Keystore | None = None) -> PrivateKey:
     """Unlock the wallet in ``config.data_dir``, creating one on first start."""
     store = keystore or Keystore(config.data_dir)
+    with _lock:
+        early = _unlocked_early.pop(Path(config.data_dir).resolve(), None)
+    if early is not None and store.address == early.address:  # the same wallet, unlocked just before
+        return early
     password = _password_for(config.data_dir)
     if not store.has_key():
         key = store.create(password or UNPROTECTED_PASSPHRASE)

@@ -13,11 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-import tomllib
-
 from app.crypto.keys import is_valid_address
-from app.node.economics.constants import ConfigError, EconomicsConfig, format_neuro, from_settings
+from app.node.config import CONFIG_FILE, load_config_file
+from app.node.economics.constants import EconomicsConfig, format_neuro, from_settings
 from app.node.economics.ledger import Ledger, LedgerError
+from app.node.flags import count_argument
+from app.node.schema import ConfigError as SettingsError
 from app.wallet.errors import WalletError
 from app.wallet.keystore import Keystore
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     balance.add_argument("address", nargs="?", help="default: this node's wallet")
     history = sub.add_parser("history", help="latest entries of an address")
     history.add_argument("address", nargs="?", help="default: this node's wallet")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=count_argument(1), default=20, help="entries to show (default 20)")
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -44,12 +45,9 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def load_config(data_dir: Path, devnet: bool = False) -> EconomicsConfig:
-    """The ``[economics]`` section of ``config.toml`` in the data dir, over the (devnet) defaults."""
-    path = data_dir / "config.toml"
-    section = {}
-    if path.exists():
-        with path.open("rb") as handle:
-            section = tomllib.load(handle).get("economics", {})
+    """The ``[economics]`` section of ``config.toml`` in the data dir, over the (devnet) defaults;
+    the file is read and checked as the node reads it (SettingsError: one line naming the key)."""
+    section = load_config_file(data_dir / CONFIG_FILE).get("economics", {})
     return from_settings(section, devnet=devnet)
 
 
@@ -60,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if not (data_dir / "ledger.sqlite").exists():
             raise LedgerError(f"no ledger in {data_dir}; pass --data-dir of a node")
         ledger = Ledger(data_dir, config)
-    except (ConfigError, LedgerError, tomllib.TOMLDecodeError) as exc:
+    except (SettingsError, LedgerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1,6 +1,7 @@
 """Bad input at the command line: one clear line on stderr, exit code 2, nothing written."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -88,3 +89,119 @@ def test_self_test_prints_versions_device_and_tier() -> None:
     assert report["device"]["type"] in {"cpu", "cuda", "mps"}
     assert set(report["checks"].values()) == {"ok"}
     assert report["versions"]["torch"].startswith("2.")
+
+
+# --- exit codes as promised: 2 for every kind of bad input, checked before anything slow
+
+def fast_wallet(data_dir: Path, password: str) -> str:
+    from app.wallet.keystore import Keystore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Keystore(data_dir, use_keyring=False, scrypt_n=2**10).create(password).address
+
+
+def run_node(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NEUROSHARD_PASSWORD")}
+    return subprocess.run([sys.executable, str(REPO / "main.py"), "--headless", "--data-dir", str(data_dir),
+                           "--port", "0", *args], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**environment, **(env or {})})
+
+
+def assert_one_line(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    err = result.stderr.strip()
+    assert result.returncode == code, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_wrong_wallet_password_exits_2_before_the_benchmark(tmp_path) -> None:
+    fast_wallet(tmp_path, "right password")
+    result = run_node(tmp_path, env={"NEUROSHARD_PASSWORD": "wrong password"})
+    assert_one_line(result, 2, "wrong wallet password")
+    assert not (tmp_path / "hardware.json").exists()  # the benchmark never ran
+    assert not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_protected_wallet_without_a_password_exits_2(tmp_path) -> None:
+    fast_wallet(tmp_path, "right password")
+    assert_one_line(run_node(tmp_path), 2, "password-protected", "NEUROSHARD_PASSWORD")
+
+
+def test_damaged_wallet_is_a_failure_not_bad_input(tmp_path) -> None:
+    (tmp_path / "wallet.json").write_text("{not json")
+    assert_one_line(run_node(tmp_path), 1, "wallet", "restore it from a backup")
+
+
+def test_password_checked_early_is_not_asked_for_again(tmp_path, monkeypatch) -> None:
+    from app.node import identity
+    from app.node.config import NodeConfig
+    from app.wallet.keystore import Keystore
+
+    address = fast_wallet(tmp_path, "right password")
+    config = NodeConfig(data_dir=tmp_path)
+    store = Keystore(tmp_path, use_keyring=False, scrypt_n=2**10)
+    monkeypatch.setenv(identity.PASSWORD_ENV, "right password")
+    assert identity.unlock_before_start(config, store) == address
+    monkeypatch.setenv(identity.PASSWORD_ENV, "wrong password")
+    assert identity.load_node_key(config, store).address == address  # the key unlocked at start
+    with pytest.raises(identity.IdentityError, match="wrong wallet password"):
+        identity.load_node_key(config, store)  # handed over once, not remembered
+
+
+def test_first_start_creates_no_wallet_before_the_node_holds_its_data_dir(tmp_path) -> None:
+    from app.node import identity
+    from app.node.config import NodeConfig
+
+    assert identity.unlock_before_start(NodeConfig(data_dir=tmp_path)) is None
+    assert not (tmp_path / "wallet.json").exists()
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--port", "99999"], ("--port", "99999", "at most 65535")),
+    (["--port", "-1"], ("--port", "-1", "at least 0")),
+    (["--port", "abc"], ("--port", "abc")),
+    (["--max-steps", "x"], ("--max-steps",)),
+    (["--device", "tpu"], ("--device", "tpu")),
+    (["--modes", "pipeline,mining"], ("--modes", "mining")),
+])
+def test_bad_node_flags_exit_2_with_one_line(tmp_path, capsys, argv, needles) -> None:
+    try:
+        code = main(["--headless", "--data-dir", str(tmp_path), *argv])
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    assert code == 2
+    assert_one_line_error(capsys, *needles)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["tracker", "--port", "99999"], ("--port", "99999", "0-65535")),
+    (["tracker", "--port", "-5"], ("--port", "-5")),
+    (["tracker", "--heartbeat-timeout", "-1"], ("--heartbeat-timeout", "-1", "positive")),
+    (["devnet", "--timeout", "nan"], ("--timeout", "nan")),
+    (["devnet", "--nodes", "0"], ("--nodes", "at least 1")),
+    (["devnet", "--steps", "-1"], ("--steps",)),
+    (["devnet", "--base-port", "70000"], ("--base-port", "70000")),
+    (["arch", "--nodes", "0"], ("--nodes",)),
+    (["ledger", "history", "--limit", "0"], ("--limit", "at least 1")),
+    (["ledger", "frobnicate"], ("frobnicate",)),
+])
+def test_bad_subcommand_flags_exit_2_with_one_line(capsys, argv, needles) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert_one_line_error(capsys, *needles)
+
+
+
+
+def test_tracker_out_of_range_port_never_listens() -> None:
+    result = run_main("tracker", "--port", "99999", timeout=60)
+    assert result.returncode == 2
+    assert "listening" not in result.stdout and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ledger_reads_a_broken_config_as_the_node_does(tmp_path, capsys) -> None:
+    (tmp_path / "config.toml").write_text('[economics]\npreset = "x"\n')
+    assert main(["ledger", "--data-dir", str(tmp_path), "verify"]) == 2
+    assert_one_line_error(capsys, "preset", "'x'")

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from app.node.flags import port_argument, seconds_argument
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.tracker import Tracker
 
@@ -15,9 +16,10 @@ DEFAULT_PORT = 7600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=port_argument, default=DEFAULT_PORT,
+                        help=f"TCP port, 0-65535 (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=None,
+    parser.add_argument("--heartbeat-timeout", type=seconds_argument, default=None,
                         help="seconds without a heartbeat before a node is dropped (default 120)")
 
 
