@@ -1,10 +1,13 @@
 """P2P benchmarks on loopback; prints one JSON object.
 
 1. Activation transfer: a 1, 8 and 32 MiB tensor sent as a forward stage call to a node in
-   another process (1 MiB chunks, signed header), against a plain TCP socket copy of the same
-   bytes to the same process, measured in this run (``ratio`` = P2P MB/s / TCP MB/s); also
-   against a bare grpc.aio stream of the same bytes (``ratio_to_bare_grpc``: what our codec,
-   signature and keepalives cost on top of gRPC itself).
+   another process (TLS, 1 MiB chunks, signed header), against a plain TCP socket copy of the
+   same bytes to the same process, measured in this run (``ratio`` = P2P MB/s / TCP MB/s); also
+   against a bare grpc.aio stream of the same bytes over TLS (``ratio_to_bare_grpc``: what our
+   codec, signature and keepalives cost on top of gRPC itself, both encrypted) and over plain
+   text (``bare_grpc_plain_mib_per_s``: what TLS itself costs). Then the cost of a new
+   connection: our client's first call to a node (identity probe + gRPC's TLS handshake + the
+   call) against a call on the warm channel, and the same for bare grpc.aio with TLS.
 2. DHT: N real nodes (default 200) in this process, each on its own loopback gRPC port, joined
    through a tracker; lookup hops (median, p99) against ceil(log2 N), lookup latency, success
    rate; then 20 % of the nodes are killed at random and the lookups are repeated.
@@ -42,6 +45,7 @@ from app.crypto.keys import PrivateKey  # noqa: E402
 from app.node.p2p.config import MIB, P2PConfig  # noqa: E402
 from app.node.p2p.node import P2PNode  # noqa: E402
 from app.node.p2p.records import LayerAnnouncement  # noqa: E402
+from app.node.p2p.tls import TlsIdentity, pinned_channel, probe  # noqa: E402
 from app.node.p2p.tracker import Tracker  # noqa: E402
 
 BENCH = P2PConfig(heartbeat_interval_s=5.0, heartbeat_timeout_s=15.0, dht_rpc_timeout_s=1.0,
@@ -86,16 +90,22 @@ async def _bare_grpc_sink() -> int:
             pass
         yield b"k"
 
+    async def echo(request, context):
+        return request
+
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 8 * MIB)])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "bench.Sink", {"Put": grpc.stream_stream_rpc_method_handler(sink)})])
-    port = server.add_insecure_port("127.0.0.1:0")
+        "bench.Sink", {"Put": grpc.stream_stream_rpc_method_handler(sink),
+                       "Echo": grpc.unary_unary_rpc_method_handler(echo)})])
+    port = server.add_secure_port("127.0.0.1:0", _SINK_TLS.server_credentials())
+    plain = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     _KEEP.append(server)
-    return port
+    return port, plain
 
 
 _KEEP: list[object] = []
+_SINK_TLS = TlsIdentity.create(PrivateKey.generate())
 
 
 async def _serve_sink() -> None:
@@ -106,7 +116,9 @@ async def _serve_sink() -> None:
 
     node.set_stage_handler(stage)
     await node.start()
-    print(json.dumps({"node": node.address, "tcp": _tcp_sink(), "grpc": await _bare_grpc_sink()}), flush=True)
+    tls_port, plain_port = await _bare_grpc_sink()
+    print(json.dumps({"node": node.address, "tcp": _tcp_sink(), "grpc": tls_port, "grpc_plain": plain_port}),
+          flush=True)
     await asyncio.Event().wait()
 
 
@@ -150,41 +162,78 @@ async def _bare_grpc_copy(channel: grpc.aio.Channel, payload: bytes) -> float:
     return time.perf_counter() - start
 
 
-async def throughput(sizes_mib: list[int], reps: int) -> list[dict[str, float]]:
+async def throughput(sizes_mib: list[int], reps: int) -> dict[str, object]:
     child = _spawn("--serve-sink")
     try:
         ports = json.loads(await asyncio.to_thread(child.stdout.readline))
         sender = P2PNode(PrivateKey.generate(), config=BENCH)
         await sender.start()
-        bare = grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}",
-                                         options=[("grpc.max_send_message_length", 8 * MIB)])
-        rows = []
+        sink_address = f"127.0.0.1:{ports['grpc']}"
+        options = [("grpc.max_send_message_length", 8 * MIB)]
+        bare = pinned_channel(sink_address, await probe(sink_address, 5), options)
+        bare_plain = grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc_plain']}", options=options)
+        rows: list[dict[str, float]] = []
         for mib in sizes_mib:
             tensor = torch.randn(mib * MIB // 2).to(torch.bfloat16)  # activations travel as bf16
             payload = tensor.view(torch.uint8).numpy().tobytes()
-            times: dict[str, list[float]] = {"p2p": [], "tcp": [], "grpc": []}
-            for rep in range(reps + 1):  # interleaved, so load changes hit all three alike
+            times: dict[str, list[float]] = {"p2p": [], "tcp": [], "grpc": [], "plain": []}
+            for rep in range(reps + 1):  # interleaved, so load changes hit all four alike
                 start = time.perf_counter()
                 meta, _ = await sender.call_stage(ports["node"], "forward", {}, {"h": tensor}, timeout=60)
                 elapsed = time.perf_counter() - start
                 assert meta["elements"] == tensor.numel()
                 tcp = await asyncio.to_thread(_tcp_copy, ports["tcp"], payload)
-                plain = await _bare_grpc_copy(bare, payload)
+                tls = await _bare_grpc_copy(bare, payload)
+                plain = await _bare_grpc_copy(bare_plain, payload)
                 if rep:  # the first round warms up channels and allocators
-                    for name, value in (("p2p", elapsed), ("tcp", tcp), ("grpc", plain)):
+                    for name, value in (("p2p", elapsed), ("tcp", tcp), ("grpc", tls), ("plain", plain)):
                         times[name].append(value)
             rate = {name: mib / statistics.median(values) for name, values in times.items()}
             rows.append({"mib": mib, "p2p_mib_per_s": round(rate["p2p"], 1), "tcp_mib_per_s": round(rate["tcp"], 1),
                          "ratio": round(rate["p2p"] / rate["tcp"], 3),
                          "bare_grpc_mib_per_s": round(rate["grpc"], 1),
                          "ratio_to_bare_grpc": round(rate["p2p"] / rate["grpc"], 3),
+                         "bare_grpc_plain_mib_per_s": round(rate["plain"], 1),
                          "p2p_ms_median": round(statistics.median(times["p2p"]) * 1e3, 2)})
+        handshake = await _handshakes(sender, ports["node"], sink_address, reps)
         await bare.close()
+        await bare_plain.close()
         await sender.stop()
-        return rows
+        return {"transfer": rows, "new_connection": handshake}
     finally:
         child.kill()
         child.wait()
+
+
+async def _handshakes(sender: P2PNode, node: str, sink: str, reps: int) -> dict[str, float]:
+    """Milliseconds a new connection adds: a first call minus a call on the warm channel."""
+    first, warm, bare_first, bare_warm, probes = [], [], [], [], []
+    echo = {"request_serializer": None, "response_deserializer": None}
+    for _ in range(max(reps, 5)):
+        await sender.client.forget(node)
+        start = time.perf_counter()
+        await sender.ping(node)
+        first.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        await sender.ping(node)
+        warm.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        der = await probe(sink, 5)
+        probes.append(time.perf_counter() - start)
+        async with pinned_channel(sink, der) as channel:
+            call = channel.unary_unary("/bench.Sink/Echo", **echo)
+            start = time.perf_counter()
+            await call(b"x", timeout=10)
+            bare_first.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await call(b"x", timeout=10)
+            bare_warm.append(time.perf_counter() - start)
+    ms = {name: statistics.median(v) * 1e3 for name, v in
+          (("first", first), ("warm", warm), ("bare_first", bare_first), ("bare_warm", bare_warm), ("probe", probes))}
+    return {"new_connection_ms": round(ms["first"] - ms["warm"], 2),
+            "identity_probe_ms": round(ms["probe"], 2),
+            "bare_grpc_tls_new_connection_ms": round(ms["bare_first"] - ms["bare_warm"], 2),
+            "warm_ping_ms": round(ms["warm"], 2)}
 
 
 # ------------------------------------------------------------------------------ 2. DHT

@@ -1,7 +1,8 @@
 """Tensor-carrying calls (pipeline stages, pseudo-gradient sync, weights download).
 
-Request: a signed :class:`StreamHeader` (kind, JSON meta, tensor specs, payload digest) then the
-~1 MiB data chunks. While it receives and computes, the server sends a ``keepalive`` chunk every
+Request: a signed :class:`StreamHeader` (kind, JSON meta, tensor specs) then the ~1 MiB data
+chunks; through a relay, also a signed trailer with the payload's digest (tensor_codec.py says
+why only there). While it receives and computes, the server sends a ``keepalive`` chunk every
 ``stage_keepalive_s``, so a caller can tell a slow stage from a dead or hung one: a gap longer
 than its failover timeout means silence (the swarm router then asks a replica). The answer is an
 unsigned header plus data chunks on the same stream: the caller chose whom it dialled.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import grpc
 import torch
 
-from app.crypto.keys import PrivateKey
+from app.crypto.keys import PrivateKey, verify
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
 from app.node.p2p.bandwidth import Bandwidth
 from app.node.p2p.client import PeerClient, Route
@@ -27,14 +29,21 @@ from app.node.p2p.errors import MalformedMessage, PeerRejected, RequestTimeout, 
 from app.node.p2p.protocol import is_compatible, pb2
 from app.node.p2p.records import PeerRecord
 from app.node.p2p.server import CallInfo, Handler
-from app.node.p2p.tensor_codec import Limits, StreamReader, build_header, check_header, data_chunks
+from app.node.p2p.tensor_codec import (
+    Limits,
+    StreamReader,
+    build_header,
+    check_header,
+    data_chunks,
+    trailer_bytes,
+)
 
 TensorHandler = Callable[[bytes, str, dict[str, Any], dict[str, torch.Tensor]],
                          Awaitable[tuple[dict[str, Any], dict[str, torch.Tensor]]]]
 """``(caller, kind, meta, tensors) -> (meta, tensors)``; ``caller`` is the node id the request's
 signature verified, the only identity a handler may trust."""
 _OFFLOAD_BYTES = 1 << 20
-"""Encoding (copy + SHA-256) of more than 1 MiB runs in a thread so the loop keeps answering."""
+"""Encoding (a copy for CPU/GPU tensors) of more than 1 MiB runs in a thread so the loop keeps answering."""
 
 
 def limits_of(config: P2PConfig) -> Limits:
@@ -42,9 +51,31 @@ def limits_of(config: P2PConfig) -> Limits:
 
 
 async def _encode(kind: str, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> tuple[Any, list]:
+    """Header without payload digest (TLS protects direct streams) and the raw buffers."""
     if sum(t.numel() * t.element_size() for t in tensors.values()) > _OFFLOAD_BYTES:
-        return await asyncio.to_thread(build_header, kind, meta, tensors)
-    return build_header(kind, meta, tensors)
+        return await asyncio.to_thread(build_header, kind, meta, tensors, "", False)
+    return build_header(kind, meta, tensors, digest=False)
+
+
+def _hash_all(buffers: list[memoryview]) -> bytes:
+    hasher = hashlib.sha256()
+    for buf in buffers:
+        hasher.update(buf)
+    return hasher.digest()
+
+
+def _check_trailer(header: Any, reader: StreamReader) -> None:
+    """A relayed request's payload must match the digest its signer put in the trailer."""
+    trailer = reader.trailer
+    if trailer is None:
+        if header.payload_sha256:
+            return  # checked by the reader against the signed header
+        raise MalformedMessage("a relayed tensor stream must end with its signed trailer")
+    if trailer.payload_sha256 != reader.digest():
+        raise MalformedMessage("payload does not match the digest in its trailer")
+    if not verify(header.auth.public_key, trailer_bytes(header.auth.signature, trailer.payload_sha256),
+                  trailer.signature):
+        raise RpcRefusal(grpc.StatusCode.UNAUTHENTICATED, "trailer is not signed by the header's signer")
 
 
 async def _beating(work: Awaitable[Any], interval: float) -> AsyncIterator[Any]:
@@ -86,8 +117,9 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
         if callback is None:
             raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"this node does not serve {path} yet")
         check_header(header, limits)  # declared sizes, before anything is reserved or buffered
+        relayed = info.peer.startswith("relay:")  # the relay saw the data in the clear
         with info.budget.hold(info.peer_key, header.total_bytes):
-            async for item in _serve(caller, header, requests, callback, config, limits, bandwidth):
+            async for item in _serve(caller, header, requests, callback, config, limits, bandwidth, relayed):
                 yield item
 
     return handler
@@ -103,9 +135,10 @@ async def _next_chunk(requests: AsyncIterator[Any], stall_s: float) -> Any:
 
 
 async def _serve(caller: bytes, header: Any, requests: AsyncIterator[Any], callback: TensorHandler,
-                 config: P2PConfig, limits: Limits, bandwidth: Bandwidth | None) -> AsyncIterator[Any]:
+                 config: P2PConfig, limits: Limits, bandwidth: Bandwidth | None,
+                 relayed: bool) -> AsyncIterator[Any]:
     """Receive the payload, run the callback, send the answer (inside the stream's reservation)."""
-    reader = StreamReader(header, limits)
+    reader = StreamReader(header, limits, hash_payload=relayed)
     yield pb2.TensorChunk(keepalive=True)  # accepted: the caller's silence clock restarts
 
     async def receive() -> dict[str, torch.Tensor]:
@@ -113,6 +146,11 @@ async def _serve(caller: bytes, header: Any, requests: AsyncIterator[Any], callb
             reader.add(chunk)
             if bandwidth is not None:
                 await bandwidth.download.take(_wire_size(chunk))  # reading slower makes gRPC slow the sender
+        if relayed:
+            await reader.settled()
+            _check_trailer(header, reader)
+        elif reader.trailer is not None:
+            raise MalformedMessage("a trailer on a direct stream (only relayed streams carry one)")
         return reader.finish()
 
     tensors: dict[str, torch.Tensor] = {}
@@ -202,6 +240,21 @@ async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | s
         yield pb2.TensorChunk(header=header)
         yield from data_chunks(buffers, config.chunk_bytes)
 
+    async def relayed_requests() -> AsyncIterator[Any]:
+        # the digest is computed in a worker while the chunks leave, then signed in the trailer
+        digest = asyncio.ensure_future(asyncio.to_thread(_hash_all, buffers))
+        try:
+            yield pb2.TensorChunk(header=header)
+            for chunk in data_chunks(buffers, config.chunk_bytes):
+                if bandwidth is not None:
+                    await bandwidth.upload.take(len(chunk))
+                yield chunk
+            payload_sha256 = await digest
+        finally:
+            digest.cancel()
+        signature = key.sign(trailer_bytes(header.auth.signature, payload_sha256))
+        yield pb2.TensorChunk(trailer=pb2.StreamTrailer(payload_sha256=payload_sha256, signature=signature))
+
     async def paced_requests() -> AsyncIterator[Any]:
         assert bandwidth is not None
         yield pb2.TensorChunk(header=header)
@@ -212,7 +265,11 @@ async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | s
     # Uncapped streams keep the plain generator: gRPC writes it out without yielding to the loop
     # between chunks, so a peer's early refusal arrives as its status, not as a failed write.
     capped = bandwidth is not None and bandwidth.upload.rate is not None
-    stream = client.stream(peer, path, paced_requests() if capped else requests(), timeout)
+    if Route.of(peer).target:
+        outgoing: Any = relayed_requests()
+    else:
+        outgoing = paced_requests() if capped else requests()
+    stream = client.stream(peer, path, outgoing, timeout)
     try:
         reader = await _read_answer(stream, config, time.monotonic() + timeout, timeout, on_silence, bandwidth)
     except MalformedMessage as exc:
