@@ -169,9 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_self_test()
         config = config_from_args(args)
         ensure_data_dir(config.data_dir)
-        if config.listen:
+        headless = config.headless or not has_display()
+        if config.listen and headless:  # the window falls back to a free port itself, and says so
             check_port_free(config.host, config.port)
-        if config.headless or not has_display():
+        if headless:
             if not config.headless:
                 print(f"{PROG}: no display found; running headless (use --headless to say so)", file=sys.stderr)
                 config = dataclasses.replace(config, headless=True)

@@ -9,6 +9,11 @@ TORCH_SPEC="torch==2.13.0"
 [ "${NEUROSHARD_TORCH:-cpu}" = "cuda" ] && TORCH_SPEC="torch"
 
 qt_libs="libgl1 libegl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3"
+# A real window (not only offscreen) also needs Qt's xcb plugin libraries (PLATFORM.md); without
+# them Qt aborts at start naming only libxcb-cursor0. The run profile is what a volunteer uses.
+xcb_libs="libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render0 libxcb-render-util0
+  libxcb-shape0 libxcb-util1 libxcb-xkb1 libxkbcommon-x11-0"
+[ "$profile" = "run" ] && qt_libs="$qt_libs $xcb_libs"
 if command -v dpkg >/dev/null 2>&1; then
   missing=""
   for lib in $qt_libs; do dpkg -s "$lib" >/dev/null 2>&1 || missing="$missing $lib"; done
@@ -17,7 +22,7 @@ if command -v dpkg >/dev/null 2>&1; then
       echo "bootstrap: installing Qt system libraries:$missing" >&2
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >&2
     else
-      echo "bootstrap: Qt needs these system libraries; install them with:" >&2
+      echo "bootstrap: the app's window needs these system libraries; install them with:" >&2
       echo "  sudo apt-get install -y$missing" >&2
     fi
   fi

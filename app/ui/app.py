@@ -33,6 +33,7 @@ from app.ui.data_dir_move import DataDirMove
 from app.ui.gc_tuning import freeze_when_ready
 from app.ui.icons import app_icon
 from app.ui.main_window import MainWindow
+from app.ui.start_checks import display_problem
 from app.ui.theme import apply_theme
 from app.ui.tray import NodeTray
 from app.ui.ui_settings import UiSettings
@@ -95,6 +96,7 @@ class GuiApp:
     def _connect(self) -> None:
         self.tray.open_requested.connect(self.show_window)
         self.tray.quit_requested.connect(self.quit)
+        self.controller.notice.connect(lambda text: self.window.message_bar.show_message(text, "warning"))
         self.window.quit_requested.connect(self.quit)
         self.window.restart_requested.connect(self._restart_node)
         self.window.settings.saved.connect(self._on_settings_saved)
@@ -248,7 +250,12 @@ class GuiApp:
 
 
 def run_gui(config: NodeConfig, argv: list[str] | None = None) -> int:
-    """Create the app, show the window, run the event loop; stops the engine cleanly on quit."""
+    """Create the app, show the window, run the event loop; stops the engine cleanly on quit.
+    With no usable display: one line on stderr naming the problem and the fix, exit code 2."""
+    problem = display_problem() if QApplication.instance() is None else None
+    if problem is not None:
+        print(f"neuroshard: cannot open the window: {problem}", file=sys.stderr)
+        return 2
     if QApplication.instance() is None:
         QApplication(argv if argv is not None else sys.argv[:1])
     gui = GuiApp(config)  # the command line chose the data dir (config.start_data_dir: a moved one too)

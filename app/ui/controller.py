@@ -17,6 +17,7 @@ from app.node.engine import EngineError, NodeEngine
 from app.node.events import ErrorOccurred
 from app.node.runtime_api import RuntimeFactory
 from app.ui.bridge import EngineBridge
+from app.ui.start_checks import port_for_start
 from app.ui.tasks import run_background
 
 log = logging.getLogger("neuroshard.ui")
@@ -26,6 +27,7 @@ STOP_TIMEOUT_S = 8.0  # the runtime has 4 s to shut down (engine.py) plus checkp
 class NodeController(QObject):
     started = Signal()
     start_failed = Signal(str)
+    notice = Signal(str)  # something the volunteer should know about this start (a port fallback)
 
     def __init__(self, bridge: EngineBridge, config: NodeConfig,
                  runtime_factory: RuntimeFactory | None = None, parent: QObject | None = None) -> None:
@@ -37,8 +39,9 @@ class NodeController(QObject):
 
     def start(self) -> bool:
         """Create and start a fresh engine; a failure becomes a message, never an exception."""
+        config, note = port_for_start(self.config)
         try:
-            engine = NodeEngine(self.config, self.runtime_factory)
+            engine = NodeEngine(config, self.runtime_factory)
             engine.start()
         except (EngineError, ValueError, OSError) as exc:
             message = f"The node could not start: {exc}"
@@ -48,6 +51,8 @@ class NodeController(QObject):
         self.engine = engine
         self.bridge.attach(engine)
         self.started.emit()
+        if note:
+            self.notice.emit(note)
         return True
 
     def restart(self, config: NodeConfig | None = None) -> None:

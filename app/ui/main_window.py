@@ -23,8 +23,12 @@ from app.ui.pages.wallet import WalletPage
 from app.ui.ui_settings import UiSettings
 from app.ui.wallet_session import WalletSession
 from app.ui.widgets.message_bar import MessageBar
+from app.ui.widgets.start_failure import StartFailureDialog
 from app.ui.widgets.upgrade_banner import UpgradeBanner
 from app.wallet.keystore import Keystore
+
+# A fatal error in these states means the node never started (rather than stopped while working).
+STARTING_STATES = (NodeState.STOPPED, NodeState.STARTING, NodeState.MEASURING, NodeState.JOINING)
 
 
 class MainWindow(QMainWindow):
@@ -39,6 +43,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("NeuroShard Node")
         self.setWindowIcon(app_icon())
         self.tray_available = False  # set by the app once the tray is shown
+        self.start_failure: StartFailureDialog | None = None  # the last "could not start" dialog
         self.session = WalletSession(bridge, ui.wallet_lock_minutes, self)
         self.dashboard = DashboardPage(bridge)
         self.contribute = ContributePage(bridge)
@@ -108,6 +113,19 @@ class MainWindow(QMainWindow):
             return
         self.message_bar.show_message(f"The node stopped: {event.message}. Logs has the details.", "error",
                                       "Restart the node", self.restart_requested.emit)
+        if self.bridge.state in STARTING_STATES:  # it never got going: say so where it cannot be missed
+            self.show_start_failure(event.message)
+
+    def show_start_failure(self, message: str) -> None:
+        if self.start_failure is not None:
+            self.start_failure.close()
+        dialog = StartFailureDialog(message, self)
+        dialog.retry_button.clicked.connect(self.restart_requested.emit)
+        dialog.logs_button.clicked.connect(lambda: self.show_page(self.pages.index(self.logs)))
+        if dialog.settings_button is not None:
+            dialog.settings_button.clicked.connect(lambda: self.show_page(self.pages.index(self.settings)))
+        self.start_failure = dialog
+        dialog.open()
 
     def on_status(self, event: StatusChanged) -> None:
         if event.state == NodeState.ERROR and event.detail and not self.message_bar.isVisible():
