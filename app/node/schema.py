@@ -15,13 +15,16 @@ got 0``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from annotated_types import Predicate
+from typing_extensions import is_typeddict
 
 T = TypeVar("T")
 
@@ -63,13 +66,30 @@ def parse(cls: type[T], raw: Any, *, prefix: str = "", noun: str = "setting",
         return _adapter(cls).validate_json(_to_json(raw, prefix), strict=True)
     except ValidationError as exc:
         raise ConfigError(describe(exc.errors(include_url=False), prefix=prefix, noun=noun,
-                                   name=name or (lambda key: key))) from None
+                                   name=name or (lambda key: key), known=_known_keys(cls))) from None
 
 
 def check(instance: Any, *, prefix: str = "", noun: str = "setting",
           name: Callable[[str], str] | None = None) -> None:
     """Re-check a dataclass built in code (flags, tests) against its own declaration."""
     parse(type(instance), dataclasses.asdict(instance), prefix=prefix, noun=noun, name=name)
+
+
+@functools.cache
+def _known_keys(cls: type) -> Mapping[tuple[str, ...], frozenset[str]]:
+    """The keys each table of ``cls`` declares, by the table's path: what a misspelt key is
+    compared to (only with the keys of its own table)."""
+    tables: dict[tuple[str, ...], frozenset[str]] = {}
+    pending: list[tuple[tuple[str, ...], type]] = [((), cls)]
+    while pending:
+        path, current = pending.pop()
+        hints = typing.get_type_hints(current)
+        tables[path] = frozenset(hints)
+        for key, hint in hints.items():
+            for inner in (hint, *typing.get_args(hint)):
+                if isinstance(inner, type) and (dataclasses.is_dataclass(inner) or is_typeddict(inner)):
+                    pending.append(((*path, key), inner))
+    return tables
 
 
 @functools.cache
@@ -94,9 +114,11 @@ def _to_json(raw: Mapping[str, Any], prefix: str) -> str:
 
 
 def describe(errors: list[Any], *, prefix: str = "", noun: str = "setting",
-             name: Callable[[str], str] = lambda key: key) -> str:
-    """pydantic's error list -> one line naming each key, what it got and what it expects."""
-    parts = [_one(error, prefix, noun, name) for error in errors[:MAX_REPORTED]]
+             name: Callable[[str], str] = lambda key: key,
+             known: Mapping[tuple[str, ...], Collection[str]] | None = None) -> str:
+    """pydantic's error list -> one line naming each key, what it got and what it expects
+    (an unknown key with the declared key of its table it most resembles, from ``known``)."""
+    parts = [_one(error, prefix, noun, name, known or {}) for error in errors[:MAX_REPORTED]]
     if len(errors) > MAX_REPORTED:
         parts.append(f"and {len(errors) - MAX_REPORTED} more")
     return "; ".join(parts)
@@ -111,14 +133,18 @@ def _place(loc: tuple[Any, ...], prefix: str, name: Callable[[str], str]) -> tup
     return table.replace(".[", "["), (name(key) if key and not table else key)
 
 
-def _one(error: Mapping[str, Any], prefix: str, noun: str, name: Callable[[str], str]) -> str:
+def _one(error: Mapping[str, Any], prefix: str, noun: str, name: Callable[[str], str],
+         known: Mapping[tuple[str, ...], Collection[str]]) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
     table, key = _place(tuple(error["loc"]), prefix, name)
     where = f"{table}: {key}" if table and key else (table or key)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        *table_path, last = error["loc"]
+        close = difflib.get_close_matches(str(last), known.get(tuple(table_path), ()), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         if not table and isinstance(error.get("input"), dict):
-            return f"unknown section [{key}]"
-        return f"unknown {noun}s{f' in [{table}]' if table else ''}: {key}"
+            return f"unknown section [{key}]{hint}"
+        return f"unknown {noun}s{f' in [{table}]' if table else ''}: {key}{hint}"
     if kind == "missing":
         return f"{noun} {key!r} is missing" + (f" in {table}" if table else "")
     if kind == "value_error":  # a rule across fields (__post_init__) already names its keys

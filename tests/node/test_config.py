@@ -97,8 +97,8 @@ BAD_FILES = {
     "number where a list is expected": ("[node]\ntrackers = 5\n", ("trackers", "5", "list")),
     "string where a list is expected": ('[node]\nmodes = "pipeline"\n', ("modes", "'pipeline'", "list")),
     "limits list": ("[limits]\ngpu_ids = 3\n", ("limits", "gpu_ids", "3", "list")),
-    "unknown key": ("[node]\nprot = 7450\n", ("unknown setting", "prot", "[node]")),
-    "unknown section": ("[nodes]\nport = 7450\n", ("unknown section", "[nodes]")),
+    "unknown key": ("[node]\nprot = 7450\n", ("unknown setting", "prot", "[node]", "did you mean port?")),
+    "unknown section": ("[nodes]\nport = 7450\n", ("unknown section", "[nodes]", "did you mean node?")),
     "out of range": ("[p2p]\nchunk_bytes = -1\n", ("p2p", "chunk_bytes", "-1", "at least 1")),
     "out of range, nested table": ("[limits.in_use]\ncpu_share = 2.0\n", ("limits.in_use", "cpu_share", "2.0", "at most 1")),
     "bad enum": ('[economics]\npreset = "x"\n', ("economics", "preset", "'x'", "'main' or 'devnet'")),
@@ -121,6 +121,14 @@ def test_validate_settings_names_key_value_and_expectation_in_one_line(text, nee
     assert "\n" not in message
     for needle in needles:
         assert needle in message, message
+
+
+def test_a_misspelt_key_is_matched_only_with_the_keys_of_its_own_table() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_settings({"node": {"rpc_timeout_s": 1.0}})  # a [p2p] key
+    assert "did you mean" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"in \[limits.in_use\]: cpu_shar \(did you mean cpu_share\?\)"):
+        validate_settings({"limits": {"in_use": {"cpu_shar": 0.5}}})
 
 
 def test_a_string_is_never_split_into_characters() -> None:
