@@ -187,3 +187,19 @@ def test_bad_config_file_exits_2_with_one_line_and_no_traceback(tmp_path, text, 
     for needle in needles:
         assert needle in err, err
     assert path.read_bytes() == before
+
+
+def test_invalid_utf8_is_one_line_naming_the_file_and_the_byte(tmp_path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'[node]\nhost = "caf\xe9"\n')  # Latin-1, as an old editor might save it
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "UTF-8" in message and "0xe9" in message
+
+
+def test_load_config_file_names_the_file_for_a_bad_setting(tmp_path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[limits]\ngpu_ids = 3\n")
+    with pytest.raises(ConfigError, match=r"config\.toml: limits: gpu_ids must be a list, got 3$"):
+        load_config_file(path)
