@@ -38,8 +38,15 @@ from app.node.events import (
     StatusChanged,
     UsageCapsChanged,
 )
-from app.node.faults import CheckpointDecision, FaultStop
-from app.node.logs import attach_event_handler, configure_file_logging
+from app.node.faults import (
+    EXIT_DISK_FULL,
+    CheckpointDecision,
+    FaultStop,
+    disk_full_message,
+    is_disk_full,
+    on_disk_full,
+)
+from app.node.logs import attach_disk_full_spotter, attach_event_handler, configure_file_logging
 from app.node.runtime_api import RunControl, Runtime, RuntimeContext, RuntimeFactory
 from app.node.throttle import DutyCycle, MeteredExecutor, default_threads
 from app.node.usage import UsageCapsHub
@@ -84,6 +91,7 @@ class NodeEngine:
         self._posted: set[concurrent.futures.Future[Any]] = set()
         self._checkpoint_decision = CheckpointDecision()
         self._dir_lock = DataDirLock(config.data_dir)
+        self._fault: FaultStop | None = None  # a fault that stops the node (the first one wins)
 
     # --- observation ------------------------------------------------------------------------
 
@@ -202,6 +210,8 @@ class NodeEngine:
         end_disk_cap = disk.register(disk.DiskBudget(
             self.config.data_dir, self.config.limits.disk_bytes,
             on_refused=lambda message: self.emit(ErrorOccurred(message=message, fatal=False))))
+        end_disk_full = on_disk_full(lambda where, exc: self._on_disk_full(loop, where, exc))
+        end_spotter = attach_disk_full_spotter()
         try:
             self._control = RunControl(duty)
             self._events_detach = attach_event_handler(self.emit)
@@ -212,9 +222,20 @@ class NodeEngine:
             self._exit_code = 1
             self.emit(ErrorOccurred(message=f"engine crashed: {exc}", fatal=True))
         finally:
-            self._ready.set()
-            end_disk_cap()
-            self._events_detach()
+            try:
+                self._ready.set()
+                end_disk_full()
+                end_spotter()
+                end_disk_cap()
+                self._events_detach()
+                self._close_loop(loop)
+            finally:  # whatever failed above, the lock goes and waiters wake (never a hang)
+                self._dir_lock.release()
+                self._done.set()
+
+    def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._executor is not None
+        try:
             self._executor.release()
             self._executor.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(Exception):
@@ -231,10 +252,20 @@ class NodeEngine:
                 stranded, self._posted = list(self._posted), set()
             for future in stranded:
                 future.cancel()
+        finally:
             if self._log_detach is not None:
-                self._log_detach()
-            self._dir_lock.release()
-            self._done.set()
+                with contextlib.suppress(Exception):  # a full disk can fail the last flush
+                    self._log_detach()
+
+    def _on_disk_full(self, loop: asyncio.AbstractEventLoop, where: str, exc: BaseException) -> None:
+        """From any thread: a write site ran out of space; stop the node with EXIT_DISK_FULL."""
+        def stop() -> None:
+            if self._fault is None:
+                self._fault = FaultStop(disk_full_message(self.config.data_dir, where, exc), EXIT_DISK_FULL)
+            self._request_stop()
+
+        with contextlib.suppress(RuntimeError):  # the loop already closed: the node is stopping anyway
+            loop.call_soon_threadsafe(stop)
 
     def _set_state(self, state: NodeState, detail: str = "") -> None:
         current = self._state.state
@@ -253,6 +284,7 @@ class NodeEngine:
     async def _main(self) -> int:
         self._set_state(NodeState.STARTING)
         code = 1
+        stopped_for: FaultStop | None = None
         try:
             self._apply_caps(self._usage.caps)
             report = await self._measure(force=False)
@@ -263,24 +295,37 @@ class NodeEngine:
                                  checkpoint_decision=self._checkpoint_decision)
             self._runtime = await loop.run_in_executor(None, self._factory, ctx)
             code = await self._runtime.run()
+            if self._fault is not None:
+                raise self._fault
             self.emit(RunFinished(steps=getattr(self._runtime, "steps_done", 0), exit_code=code))
         except asyncio.CancelledError:
             code = 0
         except FaultStop as exc:  # a deliberate stop: the message says why and what to do
-            log.error("%s", exc)
-            self.emit(ErrorOccurred(message=str(exc), fatal=True))
-            self._state = StatusChanged(state=NodeState.ERROR, detail=str(exc))
-            self.emit(self._state)
-            code = exc.exit_code
+            stopped_for = exc
         except Exception as exc:
-            log.exception("node failed")
-            self.emit(ErrorOccurred(message=_describe_error(exc), fatal=True))
-            self._state = StatusChanged(state=NodeState.ERROR, detail=str(exc))
-            self.emit(self._state)
-            code = 1
+            if self._fault is not None or is_disk_full(exc):  # the run failed because the disk is full
+                stopped_for = self._fault or FaultStop(
+                    disk_full_message(self.config.data_dir, "writing", exc), EXIT_DISK_FULL)
+            else:
+                log.exception("node failed")
+                self.emit(ErrorOccurred(message=_describe_error(exc), fatal=True))
+                self._state = StatusChanged(state=NodeState.ERROR, detail=str(exc))
+                self.emit(self._state)
+                code = 1
         finally:
+            if stopped_for is not None:
+                code = self._stop_for_fault(stopped_for)
             await self._shutdown_runtime()
+            if stopped_for is None and self._fault is not None:  # the disk filled up while stopping
+                code = self._stop_for_fault(self._fault)
         return code
+
+    def _stop_for_fault(self, fault: FaultStop) -> int:
+        log.error("%s", fault)
+        self.emit(ErrorOccurred(message=str(fault), fatal=True))
+        self._state = StatusChanged(state=NodeState.ERROR, detail=str(fault))
+        self.emit(self._state)
+        return fault.exit_code
 
     async def _measure(self, force: bool) -> hardware.HardwareReport:
         if self.state != NodeState.MEASURING and NodeState.MEASURING in STATE_TRANSITIONS[self.state]:

@@ -11,6 +11,9 @@ Exit codes beyond cli.py's 0 / 1 / 2, so a supervisor script can tell faults apa
 from __future__ import annotations
 
 import asyncio
+import errno
+import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 
 from app.node.events import CheckpointDecisionNeeded, Event
@@ -71,3 +74,59 @@ def resolve_policy(policy: str | None, headless: bool) -> str:
     if policy not in POLICIES:
         raise ValueError(f"on_corrupt_checkpoint must be one of {', '.join(POLICIES)}, not {policy!r}")
     return policy
+
+
+# --- a full disk anywhere (#15 item 3) ------------------------------------------------------------
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+_FULL_WINERRORS = frozenset({39, 112})  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
+_SQLITE_FULL = 13
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc``, or anything in its cause/context chain, is "no space left": an OSError
+    with ENOSPC/EDQUOT (or the Windows equivalents), or SQLite's SQLITE_FULL."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and (exc.errno in _FULL_ERRNOS
+                                         or getattr(exc, "winerror", None) in _FULL_WINERRORS):
+            return True
+        if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+                                               or "database or disk is full" in str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+DiskFullHandler = Callable[[str, BaseException], None]
+_handlers: list[DiskFullHandler] = []
+_handlers_lock = threading.Lock()
+
+
+def on_disk_full(handler: DiskFullHandler) -> Callable[[], None]:
+    """Call ``handler(where, exc)`` (from any thread) when a write site reports a full disk;
+    returns the function that unregisters it. The engine registers one while it runs."""
+    with _handlers_lock:
+        _handlers.append(handler)
+
+    def remove() -> None:
+        with _handlers_lock:
+            if handler in _handlers:
+                _handlers.remove(handler)
+
+    return remove
+
+
+def report_disk_full(where: str, exc: BaseException) -> None:
+    """A write failed for lack of space at ``where``: the running engine stops cleanly."""
+    with _handlers_lock:
+        handlers = list(_handlers)
+    for handler in handlers:
+        handler(where, exc)
+
+
+def disk_full_message(data_dir: object, where: str, exc: BaseException) -> str:
+    return (f"the disk holding {data_dir} is full ({where}: {exc}). The node stopped; checkpoints, the "
+            "ledger and data shards are written atomically, so none was left half-written. Free some "
+            "space and start it again: it resumes from its last checkpoint")

@@ -66,7 +66,8 @@ def run_headless(config: NodeConfig) -> int:
         if not engine.stop(timeout=10.0):
             engine.emit(ErrorOccurred(message="the node did not stop within 10 s", fatal=True))
             return 1
-        return 0 if stop_requested.is_set() else (engine.exit_code or 0)
+        # a fault's code (disk full, unusable checkpoints) wins over the signal that came after it
+        return engine.exit_code or 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -48,6 +48,7 @@ class EconomyLink:
 
         self._task = asyncio.ensure_future(self.service.run(
             self.ctx.control.sleep, lambda: list(self.net.known.values()), None if self.net.solo else send))
+        self._task.add_done_callback(_report_end)
 
     def handles(self, command: Event | Any) -> bool:
         return self.service is not None and self.service.handles(command)
@@ -64,3 +65,10 @@ class EconomyLink:
             with contextlib.suppress(Exception):
                 await asyncio.get_running_loop().run_in_executor(None, self.service.close_epoch)
             self.service.close()
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """The epoch loop ended by itself: say why at once (a full disk under the ledger must stop
+    the node, app/node/faults.py), rather than when the task is collected."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the economy loop stopped: rewards are off for this run", exc_info=task.exception())
