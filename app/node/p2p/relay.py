@@ -32,6 +32,9 @@ TUNNEL_PATH = "/neuroshard.v1.Relay/Tunnel"
 FORWARD_PATH = "/neuroshard.v1.Relay/Forward"
 MAX_TUNNELS = 256
 """A relay serves at most this many hidden nodes: each holds a stream and buffers in memory."""
+MAX_TUNNEL_QUEUE = 8 << 20
+"""Bytes of callers' messages a relay holds for one tunnel; past it the relay stops reading
+callers (HTTP/2 flow control then slows them), so a stranger cannot park data in a relay."""
 _END = object()
 
 
@@ -39,6 +42,22 @@ class _Tunnel:
     def __init__(self) -> None:
         self.down: asyncio.Queue[Any] = asyncio.Queue()
         self.calls: dict[int, asyncio.Queue[Any]] = {}
+        self.queued = 0
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def push(self, frame: Any) -> None:
+        self.down.put_nowait(frame)
+        self.queued += len(frame.message)
+        if self.queued > MAX_TUNNEL_QUEUE:
+            self.room.clear()
+
+    def taken(self, frame: Any) -> None:
+        if frame is _END:
+            return
+        self.queued -= len(frame.message)
+        if self.queued <= MAX_TUNNEL_QUEUE:
+            self.room.set()
 
 
 class RelayService:
@@ -69,6 +88,7 @@ class RelayService:
             yield pb2.RelayFrame(protocol_version=PROTOCOL_VERSION)  # accepted
             while True:
                 frame = await tunnel.down.get()
+                tunnel.taken(frame)
                 if frame is _END:
                     return
                 yield frame
@@ -121,7 +141,8 @@ class RelayService:
         async for frame in frames:
             if frame.end:
                 break
-            tunnel.down.put_nowait(pb2.RelayFrame(call_id=call_id, message=frame.message))
+            await tunnel.room.wait()  # the tunnel is backed up: stop reading this caller
+            tunnel.push(pb2.RelayFrame(call_id=call_id, message=frame.message))
         tunnel.down.put_nowait(pb2.RelayFrame(call_id=call_id, end=True))
 
 
