@@ -102,7 +102,8 @@ def test_two_confirmations_slash_the_lazy_prover_and_the_checkers_are_paid(net, 
     lazy = committed_steps(layer, lazy=True)
     proof = training_proof(net, BOB, lazy, epoch)
     submit_all(ledger, [proof])
-    fails = [verdict(net, c, proof, check(net, layer, proof, lazy, i), proof.timestamp_ms + 10 + i)
+    # the second verifier referees: it re-runs the step the first one's evidence names
+    fails = [verdict(net, c, proof, check(net, layer, proof, lazy, 2), proof.timestamp_ms + 10 + i)
              for i, c in enumerate((CAROL, DAVE))]
     submit_all(ledger, fails)
     carol_before = ledger.balance(CAROL.address)
@@ -124,6 +125,21 @@ def test_one_fail_alone_does_not_slash(net, ledger, layer):
     _settle(net, ledger, epoch)
     assert ledger.record_status(proof.record_id)[0] == "applied"
     assert ledger.balance(BOB.address).staked == neuro(30)
+
+
+def test_fails_on_different_steps_do_not_add_up_and_a_pass_elsewhere_does_not_refute(net, ledger, layer):
+    epoch = net.epoch_of(T0) + 1
+    lazy = committed_steps(layer, lazy=True)
+    proof = training_proof(net, BOB, lazy, epoch)
+    honest_step = spotcheck.CheckResult(True, "ok", spotcheck.Evidence(2, lazy[0].leaves[2], b"\3" * 32, 0))
+    records = [proof, verdict(net, CAROL, proof, check(net, layer, proof, lazy, 0), proof.timestamp_ms + 10),
+               verdict(net, DAVE, proof, check(net, layer, proof, lazy, 1), proof.timestamp_ms + 11),
+               verdict(net, ERIN, proof, honest_step, proof.timestamp_ms + 12)]
+    submit_all(ledger, records)
+    carol_before = ledger.balance(CAROL.address)
+    _settle(net, ledger, epoch)
+    assert ledger.record_status(proof.record_id)[0] == "applied"  # one fail per step: not confirmed
+    assert ledger.balance(CAROL.address).available == carol_before.available + net.config.challenge_bond - 101
 
 
 def test_a_griefer_refuted_by_one_honest_verifier_loses_its_bond(net, ledger, layer):
@@ -153,7 +169,7 @@ def test_covering_for_a_cheat_costs_the_pass_bond(net, ledger, layer):
     lazy = committed_steps(layer, lazy=True)
     proof = training_proof(net, BOB, lazy, epoch)
     cover = spotcheck.CheckResult(True, "covering", spotcheck.Evidence(0, lazy[0].leaves[0], b"\2" * 32, 0))
-    records = [proof] + [verdict(net, c, proof, check(net, layer, proof, lazy, i), proof.timestamp_ms + 10 + i)
+    records = [proof] + [verdict(net, c, proof, check(net, layer, proof, lazy, 0), proof.timestamp_ms + 10 + i)
                          for i, c in enumerate((CAROL, DAVE))]
     records.append(verdict(net, ERIN, proof, cover, proof.timestamp_ms + 20))
     submit_all(ledger, records)

@@ -133,6 +133,10 @@ class EconomicsConfig:
     """Distinct staked verifiers that must agree a proof failed (and outnumber those who found it
     right) before the slash applies: one verifier alone, honest or griefing, never slashes."""
     spot_check_rate: float = 0.05
+    spot_check_steps: int = 1
+    """Committed steps a verifier re-runs per proof it samples (distinct, drawn per verifier); the
+    verdict names the first that fails. A prover that faked a share f of its steps is caught by one
+    check with probability 1 - (1 - f)^k (benchmarks/verify.py)."""
     spot_check_rtol: Annotated[float, Ge(0)] = 1e-3
     spot_check_atol: Annotated[float, Ge(0)] = 1e-4
 
@@ -167,7 +171,7 @@ class EconomicsConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "epoch_ms", "challenge_window_ms", "voting_ms", "max_proofs_per_hour",
-                  "challenge_confirmations", "inference_base_price")
+                  "challenge_confirmations", "inference_base_price", "spot_check_steps")
         for name in ("fee_burn_share", "reporter_share", "spot_check_rate",
                      "approval_threshold", "quorum_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:

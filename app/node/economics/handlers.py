@@ -149,6 +149,7 @@ def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:
     checker.locked += config.challenge_bond
     verdicts = proof.passes if body["verdict"] == "pass" else proof.fails
     verdicts[_author(record)] = config.challenge_bond
+    proof.steps[_author(record)] = body["step"]
     state.checks_by_epoch.setdefault((_author(record), at_ms // config.epoch_ms), 0)
     state.checks_by_epoch[(_author(record), at_ms // config.epoch_ms)] += 1
     state.note(_author(record), at_ms, "challenge" if body["verdict"] == "fail" else "check",

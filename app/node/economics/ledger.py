@@ -159,6 +159,35 @@ class Ledger:
             account = self._current().accounts.get(address)
             return max(stored + 1, account.next_seq if account else 1)
 
+    def open_training_proofs(self, now_ms: int, exclude: bytes = b"") -> list[tuple[Record, int | None]]:
+        """Accepted training proofs whose challenge window is still open at ``now_ms`` (not by
+        ``exclude``), each with the step of a standing fail verdict (None if nobody failed it):
+        what a verifier samples and referees."""
+        config = self.config
+        with self._lock:
+            state = self._current()
+            out = []
+            for proof in state.proofs.values():
+                body = proof.record.body
+                closes = (body["epoch"] + 1) * config.epoch_ms + config.challenge_window_ms
+                if proof.settled or body["proof_kind"] != "training" or proof.record.author == exclude:
+                    continue
+                if now_ms >= closes - config.epoch_ms:  # leave a verdict time to spread before it closes
+                    continue
+                failed = sorted(proof.steps[c] for c in proof.fails)
+                out.append((proof.record, failed[0] if failed else None))
+            return out
+
+    def judged_by(self, proof_id: str, address: str) -> bool:
+        with self._lock:
+            proof = self._current().proofs.get(proof_id)
+            return proof is not None and (address in proof.fails or address in proof.passes)
+
+    def checks_done(self, address: str, epoch: int) -> int:
+        """Verdicts of ``address`` applied in ``epoch``: what its verification proof may claim."""
+        with self._lock:
+            return self._current().checks_by_epoch.get((address, epoch), 0)
+
     def record_status(self, record_id: str) -> tuple[str, str]:
         """("applied" | "waiting" | "rejected" | "conflict" | "slashed" | "unknown", reason)."""
         with self._lock:

@@ -6,14 +6,17 @@ refused and its author slashed. The rules, all in integers:
 
 Every verdict, pass or fail, locked a bond (``handlers._challenge``).
 
-* upheld: at least ``challenge_confirmations`` (2) distinct staked checkers said "fail" and more
-  said "fail" than "pass". The prover loses ``slash_multiplier x cheat_penalty`` (seed 001's
+Each verdict names the committed step its checker re-ran; verdicts count per step, since a
+pass on one step says nothing about another.
+
+* upheld: for some step, at least ``challenge_confirmations`` (2) distinct staked checkers said
+  "fail" and more said "fail" than "pass" on that step. The prover loses ``slash_multiplier x cheat_penalty`` (seed 001's
   2x), taken from stake, then unbonding coins, then available balance, capped at what it holds;
   ``reporter_share`` of it is split among the failing checkers (their bonds come back), the rest
-  and any rounding remainder is burned. Checkers who said "pass" lose their bonds (burned).
-* refuted: somebody said "fail", the challenge is not upheld and at least as many staked
-  checkers said "pass": each failing checker loses its bond, half to the prover, half burned;
-  the passing checkers' bonds come back.
+  and any rounding remainder is burned. Checkers who said "pass" on an upheld step lose their
+  bonds (burned); every other bond comes back.
+* refuted: not upheld, and a "fail" whose step at least as many staked checkers found right:
+  that checker loses its bond, half to the prover, half burned.
 * otherwise (too few confirmations, nobody disagreed): bonds come back and the proof is paid.
 """
 
@@ -49,16 +52,14 @@ def settle_epoch(state: LedgerState, epoch: int, at_ms: int) -> None:
         proof.settled = True
         owner = state.account(address_from_public_key(proof.record.author))
         owner.pending_rewards -= proof.reward
-        fails, passes = len(proof.fails), len(proof.passes)
-        if fails >= config.challenge_confirmations and fails > passes:
-            _slash(state, rid, proof, at_ms)
+        upheld = proof.upheld_steps(config.challenge_confirmations)
+        if upheld:
+            _slash(state, rid, proof, upheld, at_ms)
             continue
-        if fails and passes >= fails:
-            _forfeit_bonds(state, rid, proof, at_ms)
-            _return_bonds(state, rid, proof.passes, at_ms)
-        else:
-            _return_bonds(state, rid, proof.fails, at_ms)
-            _return_bonds(state, rid, proof.passes, at_ms)
+        refuted = {c: b for c, b in proof.fails.items() if proof.refuted(c)}
+        _forfeit_bonds(state, rid, proof, refuted, at_ms)
+        _return_bonds(state, rid, {c: b for c, b in proof.fails.items() if c not in refuted}, at_ms)
+        _return_bonds(state, rid, proof.passes, at_ms)
         payable[rid] = proof.reward
     active = {state.proofs[rid].record.author for rid in payable}
     capped = rewards.scale_to_cap(payable, rewards.epoch_cap(len(active), config))
@@ -85,13 +86,15 @@ def _take(state: LedgerState, address: str, amount: int) -> int:
     return taken
 
 
-def _slash(state: LedgerState, rid: str, proof: ProofState, at_ms: int) -> None:
+def _slash(state: LedgerState, rid: str, proof: ProofState, upheld: set[int], at_ms: int) -> None:
     config = state.config
     cheater = address_from_public_key(proof.record.author)
     taken = _take(state, cheater, config.slash_multiplier * config.cheat_penalty)
-    state.statuses[rid] = ("slashed", "a spot-check found the claimed work wrong")
-    state.note(cheater, at_ms, "slash", -taken, rid, "failed spot-check")
-    checkers = sorted(proof.fails)
+    steps = ", ".join(str(s) for s in sorted(upheld))
+    state.statuses[rid] = ("slashed", f"verifiers re-ran committed step {steps} and found the claimed work wrong")
+    state.note(cheater, at_ms, "slash", -taken, rid, f"failed verification of step {steps}")
+    checkers = sorted(c for c in proof.fails if proof.steps[c] in upheld)
+    _return_bonds(state, rid, {c: b for c, b in proof.fails.items() if proof.steps[c] not in upheld}, at_ms)
     share = taken * round(config.reporter_share * PPM) // PPM // len(checkers)
     for checker in checkers:
         account = state.account(checker)
@@ -99,17 +102,18 @@ def _slash(state: LedgerState, rid: str, proof: ProofState, at_ms: int) -> None:
         account.available += proof.fails[checker] + share
         state.note(checker, at_ms, "slash_reward", proof.fails[checker] + share, rid, "bond back + reward")
     state.burned += taken - share * len(checkers)
-    for checker in sorted(proof.passes):  # vouched for work that was proven wrong
+    _return_bonds(state, rid, {c: b for c, b in proof.passes.items() if proof.steps[c] not in upheld}, at_ms)
+    for checker in sorted(c for c in proof.passes if proof.steps[c] in upheld):  # vouched for wrong work
         bond = proof.passes[checker]
         state.account(checker).locked -= bond
         state.burned += bond
         state.note(checker, at_ms, "check_lost", 0, rid, f"passed a proof that was slashed, bond {bond} burned")
 
 
-def _forfeit_bonds(state: LedgerState, rid: str, proof: ProofState, at_ms: int) -> None:
+def _forfeit_bonds(state: LedgerState, rid: str, proof: ProofState, refuted: dict[str, int], at_ms: int) -> None:
     prover = address_from_public_key(proof.record.author)
-    for checker in sorted(proof.fails):
-        bond = proof.fails[checker]
+    for checker in sorted(refuted):
+        bond = refuted[checker]
         state.account(checker).locked -= bond
         to_prover = bond // 2
         state.account(prover).available += to_prover

@@ -97,8 +97,14 @@ class CheckResult:
 
 def sampled_step(proof_id: str, checker_node_id: bytes, steps: int) -> int:
     """Which committed step this checker re-runs: unpredictable to the prover, fixed per pair."""
-    digest = hashlib.sha256(b"NSPICK1" + bytes.fromhex(proof_id) + checker_node_id).digest()
-    return int.from_bytes(digest[:8], "big") % max(steps, 1)
+    return sampled_steps(proof_id, checker_node_id, steps, 1)[0]
+
+
+def sampled_steps(proof_id: str, checker_node_id: bytes, steps: int, k: int) -> list[int]:
+    """``k`` distinct committed steps (all of them if fewer) in an order fixed per (proof, checker)."""
+    keyed = sorted(range(max(steps, 1)), key=lambda i: hashlib.sha256(
+        b"NSPICK1" + bytes.fromhex(proof_id) + checker_node_id + i.to_bytes(4, "big")).digest())
+    return keyed[:max(1, k)]
 
 
 def should_check(proof_id: str, checker_node_id: bytes, rate: float) -> bool:

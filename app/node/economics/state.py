@@ -66,6 +66,24 @@ class ProofState:
     reward: int
     fails: dict[str, int] = field(default_factory=dict)  # checker -> bond locked
     passes: dict[str, int] = field(default_factory=dict)  # checker -> bond locked
+    steps: dict[str, int] = field(default_factory=dict)  # checker -> the committed step it re-ran
+
+    def upheld_steps(self, confirmations: int) -> set[int]:
+        """Steps that at least ``confirmations`` checkers failed and more failed than passed:
+        verdicts on different steps are about different claims and never cancel out."""
+        fails: dict[int, int] = {}
+        passes: dict[int, int] = {}
+        for checker in self.fails:
+            fails[self.steps[checker]] = fails.get(self.steps[checker], 0) + 1
+        for checker in self.passes:
+            passes[self.steps[checker]] = passes.get(self.steps[checker], 0) + 1
+        return {step for step, n in fails.items() if n >= confirmations and n > passes.get(step, 0)}
+
+    def refuted(self, checker: str) -> bool:
+        """A fail that at least as many checkers of the same step found right."""
+        step = self.steps[checker]
+        fails = sum(1 for c in self.fails if self.steps[c] == step)
+        return sum(1 for c in self.passes if self.steps[c] == step) >= fails
     settled: bool = False
 
 

@@ -36,6 +36,7 @@ from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
 from app.node.events import BalanceChanged, Event, ProofAccepted, ProposalChanged, Query, WalletCommand
 from app.node.runtime import wallet_api
+from app.node.runtime.verification import StepLog, Verifier
 from app.wallet.keystore import Keystore
 from app.wallet.wallet import Wallet
 
@@ -60,20 +61,22 @@ class _EpochWork:
     end_ms: int = 0
     layer_us: int = 0
     steps: list[int] = field(default_factory=list)
+    samples: list[Any] = field(default_factory=list)  # what the proof's work_root commits to
 
-    def add(self, step: Any, start_ms: int, end_ms: int) -> None:
+    def add(self, step: Any, start_ms: int, end_ms: int, samples: list[Any], claimed_steps: int = 1) -> None:
         first, last = step.layers
         layers = max(1, last - first)
         batches = max(1, int(step.batches))
         if not self.hash_before:
             self.hash_before, self.start_ms = step.hash_before, start_ms
         self.hash_after, self.end_ms = step.hash_after, end_ms
-        self.batches += int(step.batches)
-        self.tokens += int(step.tokens)
+        self.batches += int(step.batches) * claimed_steps
+        self.tokens += int(step.tokens) * claimed_steps
+        self.samples.extend(samples)
         self.layers = max(self.layers, last - first)
         self.role = _role_for_proof(step.role)
         # Rounded down, so batches x layers x layer_us never exceeds the measured time.
-        cost_us = (end_ms - start_ms) * 1000 // (batches * layers)
+        cost_us = (end_ms - start_ms) * 1000 // (batches * claimed_steps * layers)
         self.layer_us = cost_us if not self.layer_us else min(self.layer_us, cost_us)
         self.steps.append(int(step.step))
 
@@ -97,9 +100,15 @@ def _role_for_proof(role: str) -> str:
 
 class EconomyService:
     def __init__(self, key: PrivateKey, config: NodeConfig, emit: Callable[[Event], None], tier: str,
-                 keystore: Keystore | None = None, clock: Callable[[], float] = time.time) -> None:
+                 keystore: Keystore | None = None, clock: Callable[[], float] = time.time,
+                 lazy_steps: int = 0) -> None:
+        """``lazy_steps`` > 0 is devnet fault injection: a lazy node that claims that many steps it
+        never computed for every step it ran (verify mode must catch and slash it)."""
         self.key = key
         self.config = from_settings(config.economics)
+        self.steps = StepLog(self.config, phantom_steps=lazy_steps)
+        """What this node's training proofs commit to; the stage's forward hook feeds it."""
+        self.verifier: Verifier | None = None
         self.ledger = Ledger(config.data_dir, self.config, clock=clock)
         self.session = wallet_api.WalletSession(Wallet(keystore or Keystore(config.data_dir), self.ledger, clock))
         self._emit = emit
@@ -135,7 +144,9 @@ class EconomyService:
                 if self._epoch_of(now_ms) != epoch:
                     return
             self._work_mark_ms = now_ms
-            self._work.setdefault(epoch, _EpochWork()).add(step, start_ms, now_ms)
+            samples = self.steps.seal(str(getattr(step, "driver", "")), int(step.step))
+            claimed = max(1, len(samples))  # a lazy node claims its phantom steps as work too
+            self._work.setdefault(epoch, _EpochWork()).add(step, start_ms, now_ms, samples, claimed)
 
     def _take_work(self, before_epoch: int) -> dict[int, _EpochWork]:
         """Removes and returns the work of every epoch that has ended before ``before_epoch``."""
@@ -161,20 +172,28 @@ class EconomyService:
         if epoch <= self._last_epoch:
             return []
         self._last_epoch = epoch
-        proofs = [(epoch, "uptime", WorkFigures(uptime_ms=self.config.epoch_ms, tier=self._tier), b"", b"")]
+        proofs: list[tuple] = [(epoch, "uptime", WorkFigures(uptime_ms=self.config.epoch_ms, tier=self._tier), b"", b"")]
         oldest_open = current - self.config.challenge_window_ms // self.config.epoch_ms
         for worked, work in sorted(self._take_work(current).items()):
             if worked < oldest_open or not work.batches or work.hash_before == work.hash_after:
                 continue
             figures = WorkFigures(batches=work.batches, tokens=work.tokens, layers=max(1, work.layers),
                                   role=work.role, tier=self._tier, work_start_ms=work.start_ms,
-                                  work_end_ms=work.end_ms, layer_us=work.layer_us)
-            proofs.append((worked, "training", figures, _hash32(work.hash_before), _hash32(work.hash_after)))
+                                  work_end_ms=work.end_ms, layer_us=work.layer_us,
+                                  work_root=self.steps.root(work.samples))
+            proofs.append((worked, "training", figures, _hash32(work.hash_before), _hash32(work.hash_after),
+                           work.samples))
+        checks = self.ledger.checks_done(self.key.address, epoch) if self.verifier is not None else 0
+        if checks:
+            proofs.append((epoch, "verification", WorkFigures(samples=checks, tier=self._tier), b"", b""))
+        self.steps.expire(current)
         accepted = []
         staked = self.ledger.balance(self.key.address).staked
-        for epoch, kind, figures, before, after in proofs:
+        for epoch, kind, figures, before, after, *samples in proofs:
             record = make_proof(self.key, self.config, epoch=epoch, kind=kind, work=figures,
                                 timestamp_ms=now_ms, model_before=before, model_after=after)
+            if samples:
+                self.steps.publish(record.record_id, epoch, samples[0])
             result = self.ledger.submit(record.to_bytes(), now_ms)
             if result.accepted:
                 accepted.append(kind)
@@ -206,11 +225,30 @@ class EconomyService:
         interval = min(self.config.epoch_ms / 1000, 5.0)
         while await should_continue(interval):
             await loop.run_in_executor(None, self.close_epoch)
+            if self.verifier is not None:
+                await self.verifier.round()
             if send is not None:
                 candidates = list(peers())
                 if candidates:
                     await self.gossip_round(random.choice(candidates), send)
             await loop.run_in_executor(None, self.publish_state)
+
+    # --- verification -----------------------------------------------------------------------
+
+    def start_verifying(self, arch: Any, fetch: Any) -> Verifier:
+        """Verify mode: re-check sampled and challenged proofs of others each round (needs stake;
+        ``fetch(prover public key, proof id, step)`` asks the prover for a committed step)."""
+        def submit(record: Any) -> None:
+            result = self.ledger.submit(record.to_bytes(), int(self._clock() * 1000))
+            if not result.accepted:
+                log.warning("own verdict refused: %s", result.reason)
+
+        self.verifier = Verifier(self.key, self.ledger, arch, fetch, self.config, submit, self._clock)
+        return self.verifier
+
+    async def on_verify_request(self, sender_id: bytes, payloads: list[bytes]) -> list[bytes]:
+        """Serves a verifier the committed step it asks for (``VERIFY_TOPIC``)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.steps.serve, payloads)
 
     # --- gossip ---------------------------------------------------------------------------------
 

@@ -143,9 +143,15 @@ AfterCommitHook = Callable[["StageWorker"], Awaitable[None]]
 round due waits for it)."""
 
 
+ForwardHook = Callable[["StageWorker", str, int, int, list[torch.Tensor], torch.Tensor], None]
+"""Called with (stage, driver, step, micro-batch, inputs, output or loss) after each forward, lock
+held, before the step commits: PoNW's step log keeps what the step's proof will commit to."""
+
+
 class StageWorker:
     def __init__(self, shard: ModelShard, config: TrainingConfig, *, executor: Executor | None = None,
                  on_commit: CommitHook | None = None, after_commit: AfterCommitHook | None = None,
+                 on_forward: ForwardHook | None = None,
                  vocab: VocabGuard | None = None, device: torch.device | str = "cpu",
                  speed: SpeedPlan | None = None) -> None:
         self.device = torch.device(device)
@@ -166,6 +172,7 @@ class StageWorker:
         self.executor = executor
         self._on_commit = on_commit
         self._after_commit = after_commit
+        self._on_forward = on_forward
         self.vocab_guard = vocab if vocab is not None else VocabGuard()
         self.lock = threading.Lock()
         self.gate = asyncio.Event()  # cleared while DiLoCo rewrites the weights
@@ -252,9 +259,13 @@ class StageWorker:
             loss = lm_loss(self._run(x), targets.to(self.device))
             x_leaf = x if x.requires_grad else None
             grad_in = self._accumulate(driver, step, mb, loss, None, x_leaf, tokens)
+            if self._on_forward is not None:
+                self._on_forward(self, driver, step, mb, [tensors[0], targets], loss)
             return {"loss": float(loss.detach()), "tokens": tokens,
                     **self._acc[(driver, step)].norm_meta()}, grad_in
         out = self._run(x)
+        if self._on_forward is not None:
+            self._on_forward(self, driver, step, mb, [tensors[0]], out)
         self._graphs[(driver, step, mb)] = (x if x.requires_grad else None, out, self._param_versions())
         while len(self._graphs) > MAX_CACHED_GRAPHS:
             self._graphs.popitem(last=False)
