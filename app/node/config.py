@@ -36,9 +36,6 @@ from app.node.p2p.config import P2PConfig
 from app.node.schema import STRICT, ConfigError, check, parse, rule
 from app.node.training.config import TrainingConfig
 
-__all__ = ["ConfigError", "ConfigFile", "NodeConfig", "NodeSettings", "ResourceLimits", "UsageCaps",
-           "validate_settings"]
-
 APP_NAME = "NeuroShard"
 CONFIG_FILE = "config.toml"
 DEFAULT_PORT = 7450
@@ -249,7 +246,6 @@ class ConfigFile:
     economics: dict[str, Any] = field(default_factory=dict)
 
 
-SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ConfigFile))
 _PERSISTED: tuple[str, ...] = tuple(NodeSettings.__annotations__)
 
 
