@@ -203,3 +203,16 @@ def test_load_config_file_names_the_file_for_a_bad_setting(tmp_path) -> None:
     path.write_text("[limits]\ngpu_ids = 3\n")
     with pytest.raises(ConfigError, match=r"config\.toml: limits: gpu_ids must be a list, got 3$"):
         load_config_file(path)
+
+
+def test_diloco_settings_read_through_the_same_schema_with_the_training_defaults() -> None:
+    from app.node.training.config import TrainingConfig
+    from app.node.training.diloco import DiLoCoConfig
+
+    assert DiLoCoConfig.from_dict({}).inner_steps == TrainingConfig().inner_steps
+    with pytest.raises(ValueError, match="inner_steps must be an integer, got '5'"):
+        DiLoCoConfig.from_dict({"inner_steps": "5"})
+    with pytest.raises(ValueError, match=r"unknown DiLoCo settings: outer_l \(did you mean outer_lr\?\)"):
+        DiLoCoConfig.from_dict({"outer_l": 0.5})
+    with pytest.raises(ValueError, match="outer_momentum must be in"):
+        DiLoCoConfig.from_dict({"outer_momentum": 1.0})
