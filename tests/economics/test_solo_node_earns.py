@@ -51,6 +51,7 @@ def test_solo_node_ledger_shows_settled_training_rewards_after_the_challenge_win
         proofs = [r for r in map(Record.from_bytes, raws) if r.kind == "proof"]
         training = [p for p in proofs if p.body["proof_kind"] == "training"]
         assert training, "the node trained but made no training proof"
+        assert all(p.body["work_root"] for p in training)  # its steps are committed for verifiers
         statuses = {p.record_id: ledger.record_status(p.record_id) for p in proofs}
         assert all(status == "applied" for status, _ in statuses.values()), statuses
         assert {e.proof_kind for e in events if isinstance(e, ProofAccepted)} >= {"training", "uptime"}

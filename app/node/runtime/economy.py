@@ -31,7 +31,7 @@ from typing import Any
 from app.crypto.keys import PrivateKey
 from app.node.config import NodeConfig
 from app.node.economics import rewards
-from app.node.economics.constants import from_settings
+from app.node.economics.constants import ConfigError, EconomicsConfig, from_settings
 from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
 from app.node.events import BalanceChanged, Event, ProofAccepted, ProposalChanged, Query, WalletCommand
@@ -105,7 +105,11 @@ class EconomyService:
         """``lazy_steps`` > 0 is devnet fault injection: a lazy node that claims that many steps it
         never computed for every step it ran (verify mode must catch and slash it)."""
         self.key = key
-        self.config = from_settings(config.economics)
+        settings = dict(config.economics)
+        lazy_steps = lazy_steps or int(settings.pop("fault_lazy_steps", 0) or 0)
+        self.config = from_settings(settings)
+        if lazy_steps and self.config.network_id == EconomicsConfig().network_id:
+            raise ConfigError("economics.fault_lazy_steps is devnet fault injection; the main network refuses it")
         self.steps = StepLog(self.config, phantom_steps=lazy_steps)
         """What this node's training proofs commit to; the stage's forward hook feeds it."""
         self.verifier: Verifier | None = None

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from app.crypto.keys import PublicKey
 from app.node.events import ErrorOccurred, Event
 from app.node.runtime.network import NetworkService
 from app.node.runtime_api import RuntimeContext
@@ -29,6 +31,7 @@ class EconomyLink:
         self._task: asyncio.Task[None] | None = None
         try:
             from app.node.runtime.economy import GOSSIP_TIMEOUT_S, GOSSIP_TOPIC, EconomyService
+            from app.node.runtime.verification import VERIFY_TOPIC
 
             self.service = EconomyService(key, ctx.config, ctx.emit, ctx.hardware.tier.value)
         except Exception as exc:  # rewards are optional; training is not
@@ -37,11 +40,16 @@ class EconomyLink:
             return
         subscribe_work(self.service.on_work)
         net.node.set_gossip_handler(GOSSIP_TOPIC, self.service.on_gossip)
-        self._topic, self._timeout = GOSSIP_TOPIC, GOSSIP_TIMEOUT_S
+        net.node.set_gossip_handler(VERIFY_TOPIC, self.service.on_verify_request)
+        self._topic, self._timeout, self._verify_topic = GOSSIP_TOPIC, GOSSIP_TIMEOUT_S, VERIFY_TOPIC
 
-    def start(self) -> None:
+    def start(self, verify_arch: Callable[[], Any] | None = None) -> None:
+        """Starts the epoch/gossip loop; with ``verify_arch`` (mode "verify": the network's current
+        architecture) the node also re-checks other nodes' proofs."""
         if self.service is None:
             return
+        if verify_arch is not None:
+            self.service.start_verifying(verify_arch, self._fetch_sample)
 
         async def send(peer: Any, payloads: list[bytes]) -> list[bytes]:
             return await self.net.node.gossip(peer, self._topic, payloads, self._timeout)
@@ -49,6 +57,14 @@ class EconomyLink:
         self._task = asyncio.ensure_future(self.service.run(
             self.ctx.control.sleep, lambda: list(self.net.known.values()), None if self.net.solo else send))
         self._task.add_done_callback(_report_end)
+
+    async def _fetch_sample(self, author: bytes, proof_id: str, step: int) -> list[bytes]:
+        """Asks the prover (by its public key) for one committed step over the ledger service."""
+        peer = self.net.known.get(PublicKey(author).node_id)
+        if peer is None:
+            return []  # not reachable from here: the check fails as unavailable
+        request = json.dumps({"proof_id": proof_id, "step": step}).encode()
+        return await self.net.node.gossip(peer, self._verify_topic, [request], self._timeout * 4)
 
     def handles(self, command: Event | Any) -> bool:
         return self.service is not None and self.service.handles(command)

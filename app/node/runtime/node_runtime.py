@@ -216,7 +216,7 @@ class NodeRuntime:
         wants_async = self._wants_async()  # async nodes offer no layers, so planners skip them
         await self.net.start(tier, 0 if wants_async else layers_fit)
         node_id = self.net.node_id
-        self.economy.start()
+        self.economy.start(verify_arch=(lambda: self.arch) if "verify" in self.modes else None)
         self.data = DataService(self.config.data_dir, node_id, seed=self.config.seed,
                                 corpus_dir=self.training.corpus_dir,
                                 genesis_public_key=self.training.genesis_public_key)
@@ -401,7 +401,12 @@ class NodeRuntime:
             log.info("stage %s-%s: %s", first, last - 1, reason)
         return StageWorker(shard, self.training, executor=self.ctx.executor, device=self.device, speed=speed,
                            on_commit=self._stage_committed, after_commit=self._stage_after_commit,
-                           vocab=self.vocab.guard())
+                           on_forward=self._stage_forward, vocab=self.vocab.guard())
+
+    def _stage_forward(self, stage: StageWorker, driver: str, step: int, mb: int, inputs: list, output: Any) -> None:
+        """PoNW keeps what this node's training proofs commit to (runtime/verification.py)."""
+        if self.economy is not None and self.economy.service is not None:
+            self.economy.service.steps.on_forward(stage, driver, step, mb, inputs, output)
 
     def _stage_committed(self, stage: StageWorker, info: CommitInfo) -> None:
         if self.trainer is not None:  # a peer may commit before our trainer exists: nothing to report yet

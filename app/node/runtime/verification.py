@@ -210,7 +210,8 @@ FetchSample = Callable[[bytes, str, int], Awaitable[list[bytes]]]
 class Verifier:
     key: Any
     ledger: Ledger
-    arch: ModelArchitecture
+    arch: ModelArchitecture | Callable[[], ModelArchitecture]
+    """The network's architecture, or a function giving the current one (vocabulary growth)."""
     fetch: FetchSample
     config: EconomicsConfig
     submit: Callable[[Record], None]
@@ -263,7 +264,7 @@ class Verifier:
         if served is None:
             return spotcheck.unavailable(step, "the prover did not serve the committed step")
         try:
-            run = forward_runner(self.arch, served)
+            run = forward_runner(self.arch() if callable(self.arch) else self.arch, served)
         except ValueError as exc:
             return spotcheck.unavailable(step, str(exc))
         return await asyncio.get_running_loop().run_in_executor(
