@@ -73,6 +73,7 @@ from app.node.runtime.planner import Planner
 from app.node.runtime.quorum_service import QuorumService
 from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RuntimeContext
+from app.node.training.arch_guard import ArchTaggedTransport
 from app.node.training.async_mode import snapshot_fits
 from app.node.training.checkpointing import (
     ResumePoint,
@@ -541,7 +542,7 @@ class NodeRuntime:
     async def _build_trainer(self, resume: ResumePoint | None) -> None:
         assert self.net is not None and self.stage is not None and self.data is not None
         t = self.training
-        transport = self.vocab.transport(P2PStageTransport(self.net.node))
+        transport = ArchTaggedTransport(self.vocab.transport(P2PStageTransport(self.net.node)), lambda: self.arch)
         if self.stage.is_first:
             starts = await self._stage_starts()
             self.driver = PipelineDriver(self.net.node_id, self.stage, starts, transport if starts else None,

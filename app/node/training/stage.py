@@ -42,6 +42,7 @@ import torch
 
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.shard import ModelShard, lm_loss
+from app.node.training.arch_guard import arch_refusal
 from app.node.training.config import TrainingConfig
 from app.node.training.inl_losses import attach_penalty, schedule_for
 from app.node.training.inner_optim import InnerAdamW
@@ -218,6 +219,9 @@ class StageWorker:
         driver, step = _str(meta, "driver"), _int(meta, "step")
         with self.lock:
             self.seen_drivers.add(driver)
+            refusal = arch_refusal(meta, self.shard.architecture, self.layer_range)  # training/arch_guard.py
+            if refusal is not None:
+                return refusal, []
             if op != OP_FINISH and (self.is_first or self.is_last):
                 refusal = self.vocab_guard.refusal(meta, self.layer_range)
                 if refusal is not None:
