@@ -7,10 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
+import grpc
 import torch
 
 from app.crypto.keys import PrivateKey
 from app.node.p2p.config import P2PConfig
+from app.node.p2p.errors import RpcRefusal
 from app.node.p2p.node import P2PNode
 from app.node.p2p.tracker import Tracker
 
@@ -51,5 +53,7 @@ async def swarm(n: int, config: P2PConfig = FAST, tracker: bool = True) -> Async
 
 
 async def double(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """A stage handler: doubles ``x`` and echoes the micro-batch id."""
+    """A stage handler: doubles ``x`` and echoes the micro-batch id (forward and backward only)."""
+    if kind not in ("forward", "backward"):
+        raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"this test stage does not serve {kind}")
     return {"microbatch": meta.get("microbatch"), "kind": kind}, {"y": tensors["x"] * 2}

@@ -184,6 +184,8 @@ def _random_message(message_type, rng: random.Random, depth: int = 0):
                 value = rng.random() < 0.5
             elif field.type == field.TYPE_DOUBLE:
                 value = rng.uniform(-1e9, 1e9)
+            elif field.type == field.TYPE_ENUM:
+                value = rng.choice([v.number for v in field.enum_type.values])
             else:
                 value = rng.choice([0, 1, 7, 2**31, 2**63 - 1]) if field.type in (
                     field.TYPE_UINT64, field.TYPE_INT64) else rng.choice([0, 1, 7, 2**31])

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 import torch
 
 from app.node.p2p.errors import RpcRefusal
+from app.node.p2p.protocol import pb2
 from app.node.runtime.p2p_transport import from_wire, stage_server, to_wire
+from app.node.runtime.stage_protocol import stage_request
 from app.node.training.transport import GiveUp
 
 
@@ -36,12 +39,16 @@ def test_stage_server_turns_training_errors_into_refusals_and_checks_the_op() ->
     async def handler(op: str, meta: dict, tensors: list) -> tuple[dict, list]:
         if op == "backward":
             raise ValueError("gradient shape mismatch")
-        return {"op_seen": op}, tensors
+        return {"status": "ok", "inner_step": 7, "seen": (op, meta["driver"], meta["step"])}, tensors
 
     serve = stage_server(handler)
-    meta, out = asyncio.run(serve(b"\x01" * 32, "forward", {"op": "commit"}, {}))
-    assert meta == {"op_seen": "commit"} and out == {}
+    caller = b"\x01" * 32
+    commit = stage_request("commit", 0, {"step": 3, "microbatches": 2, "driver": "ff" * 32})
+    reply, out = asyncio.run(serve(caller, "commit", commit, {}))
+    assert isinstance(reply, pb2.CommitReply) and reply.status == pb2.STAGE_OK and reply.inner_step == 7
+    assert out == {}
     with pytest.raises(RpcRefusal, match="gradient shape"):
-        asyncio.run(serve(b"\x01" * 32, "backward", {}, {}))
-    with pytest.raises(RpcRefusal, match="unknown stage operation"):
-        asyncio.run(serve(b"\x01" * 32, "forward", {"op": "format-disk"}, {}))
+        asyncio.run(serve(caller, "backward", stage_request("backward", 0, {"step": 0, "mb": 0}), {}))
+    with pytest.raises(RpcRefusal, match="typed") as err:
+        asyncio.run(serve(caller, "forward", {"op": "format-disk"}, {}))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -29,7 +29,8 @@ from app.node.p2p.node import P2PNode
 from app.node.p2p.records import LayerAnnouncement
 from app.node.p2p.tracker import Tracker
 from app.node.runtime.node_runtime import NodeRuntime
-from app.node.runtime.p2p_transport import STAGE_LAYER, P2PStageTransport, to_wire
+from app.node.runtime.p2p_transport import P2PStageTransport, to_wire
+from app.node.runtime.stage_protocol import stage_request
 from app.node.runtime_api import RunControl, RuntimeContext
 from app.node.training.pipeline import PipelineDriver
 
@@ -85,7 +86,7 @@ def test_a_paused_replica_refuses_as_unavailable_the_pipeline_fails_over_and_res
                 a.ctx.control.pause()
                 # straight to the paused node: refused with UNAVAILABLE (retryable), nothing computed
                 x = torch.zeros(2, CONFIG.seq_len, 64)
-                meta = {"op": "forward", "driver": "d", "step": 0, "mb": 0, STAGE_LAYER: HEAD[0]}
+                meta = stage_request("forward", HEAD[0], {"step": 0, "mb": 0})
                 with pytest.raises(PeerUnavailable, match="paused by its volunteer"):
                     await driver_node.call_stage(a_node.address, "forward", meta,
                                                  to_wire([x, torch.zeros(2, CONFIG.seq_len, dtype=torch.long)]),

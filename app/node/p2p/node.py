@@ -258,8 +258,13 @@ class P2PNode:
     async def call_stage_hedged(self, peer: PeerRecord | str, kind: str, meta: dict[str, Any],
                                 tensors: dict[str, torch.Tensor], timeout: float,
                                 on_silence: Callable[[], None] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        if kind in ("commit", "finish"):  # small typed unary calls; ``meta`` is the request
+            path = services.COMMIT if kind == "commit" else services.FINISH
+            reply = await services.call_stage_control(self.client, self.key, Route.of(peer), path, meta, timeout,
+                                                      recipient=await self.recipient(peer))
+            return reply, {}
         if kind not in ("forward", "backward"):
-            raise ValueError(f"stage kind must be 'forward' or 'backward', not {kind!r}")
+            raise ValueError(f"stage kind must be forward, backward, commit or finish, not {kind!r}")
         path = services.FORWARD if kind == "forward" else services.BACKWARD
         return await call_tensors(self.client, self.key, peer, path, kind, meta, tensors, timeout, self.config,
                                   on_silence, self.bandwidth, recipient=await self.recipient(peer))

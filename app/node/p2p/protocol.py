@@ -23,6 +23,11 @@ MIN_COMPATIBLE_VERSION = 2
 """Oldest peer version this node still talks to; older ones get FAILED_PRECONDITION."""
 
 
+STAGE_PROTOCOL_VERSION = 1
+"""Version of the typed stage protocol (Forward/Backward/Commit/Finish, Exchange, Weights): a
+stage request of any other version is refused FAILED_PRECONDITION naming both."""
+
+
 def is_compatible(version: int) -> bool:
     return MIN_COMPATIBLE_VERSION <= version <= PROTOCOL_VERSION
 
@@ -66,6 +71,8 @@ METHODS: dict[str, Method] = {
         _m("Tracker", "Heartbeat", _U, pb2.HeartbeatRequest, pb2.HeartbeatResponse, "dht"),
         _m("Pipeline", "Forward", _B, pb2.TensorChunk, pb2.TensorChunk, "activations"),
         _m("Pipeline", "Backward", _B, pb2.TensorChunk, pb2.TensorChunk, "activations"),
+        _m("Pipeline", "Commit", _U, pb2.CommitRequest, pb2.CommitReply, "activations"),
+        _m("Pipeline", "Finish", _U, pb2.FinishRequest, pb2.FinishReply, "activations"),
         _m("Sync", "Exchange", _B, pb2.TensorChunk, pb2.TensorChunk, "pseudo_gradients"),
         _m("Sync", "Weights", _B, pb2.TensorChunk, pb2.TensorChunk, "weights"),
         _m("Ledger", "Gossip", _U, pb2.GossipRequest, pb2.GossipResponse, "ledger"),
@@ -78,4 +85,4 @@ METHODS: dict[str, Method] = {
 RELAYABLE = frozenset(p for p, m in METHODS.items() if m.service != "Relay")
 """Methods a relay passes through a tunnel; relaying a relay call is refused (no loops)."""
 
-__all__ = ["pb2", "pb2_grpc", "PROTOCOL_VERSION", "METHODS", "Method", "Shape", "is_compatible"]
+__all__ = ["pb2", "pb2_grpc", "PROTOCOL_VERSION", "STAGE_PROTOCOL_VERSION", "METHODS", "Method", "Shape", "is_compatible"]

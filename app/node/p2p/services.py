@@ -20,6 +20,7 @@ from app.node.p2p.server import CallInfo, Dispatcher, unary
 from app.node.p2p.tensor_rpc import tensor_handler
 
 FORWARD, BACKWARD = "/neuroshard.v1.Pipeline/Forward", "/neuroshard.v1.Pipeline/Backward"
+COMMIT, FINISH = "/neuroshard.v1.Pipeline/Commit", "/neuroshard.v1.Pipeline/Finish"
 EXCHANGE, WEIGHTS = "/neuroshard.v1.Sync/Exchange", "/neuroshard.v1.Sync/Weights"
 GOSSIP, SHARD = "/neuroshard.v1.Ledger/Gossip", "/neuroshard.v1.Data/Shard"
 MAX_TOPIC = 64
@@ -57,7 +58,7 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
         fn = handlers.weights
 
         async def run(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
-            return {}, await fn(caller, meta)
+            return pb2.WeightsReply(status=pb2.STAGE_OK), await fn(caller, meta)
 
         return run
 
@@ -65,8 +66,31 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
     dispatcher.register(BACKWARD, tensor_handler(BACKWARD, stage, replay, config, frozenset({"backward"}), bandwidth))
     dispatcher.register(EXCHANGE, tensor_handler(EXCHANGE, sync, replay, config, frozenset({"sync"}), bandwidth))
     dispatcher.register(WEIGHTS, tensor_handler(WEIGHTS, weights, replay, config, frozenset({"weights"}), bandwidth))
+    dispatcher.register(COMMIT, unary(_stage_control(COMMIT, "commit", handlers, replay)))
+    dispatcher.register(FINISH, unary(_stage_control(FINISH, "finish", handlers, replay)))
     dispatcher.register(GOSSIP, unary(_gossip_handler(handlers, replay, config)))
     dispatcher.register(SHARD, _shard_handler(handlers, config, bandwidth))
+
+
+def _stage_control(path: str, kind: str, handlers: Handlers, replay: ReplayGuard) -> Callable[..., Any]:
+    """Commit and Finish: small signed unary calls answered by the same stage handler as the
+    tensor calls, as ``handler(caller, kind, request, {}) -> (reply, {})``."""
+
+    async def control(request: Any, info: CallInfo) -> Any:
+        caller = verify_message(path, request, replay).node_id
+        if handlers.stage is None:
+            raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, f"this node does not serve {path} yet")
+        reply, _ = await handlers.stage(caller, kind, request, {})
+        return reply
+
+    return control
+
+
+async def call_stage_control(client: PeerClient, key: Any, route: Route, path: str, request: Any,
+                             timeout: float, *, recipient: bytes) -> Any:
+    """Send a Commit or Finish request signed for ``recipient``; returns the typed reply."""
+    sign_message(key, path, request, recipient)
+    return await client.unary(route, path, request, timeout)
 
 
 def _gossip_handler(handlers: Handlers, replay: ReplayGuard, config: P2PConfig) -> Callable[..., Any]:

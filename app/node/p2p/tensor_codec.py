@@ -81,10 +81,11 @@ def trailer_bytes(header_signature: bytes, digest: bytes) -> bytes:
     return TRAILER_DOMAIN + header_signature + digest
 
 
-def build_header(kind: str, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+def build_header(kind: str, meta: Mapping[str, Any] | Any, tensors: Mapping[str, torch.Tensor],
                  compression: str = "", digest: bool = True) -> tuple[Any, list[memoryview]]:
     """Header (without auth) and the raw buffers of ``tensors`` in order; ``digest=False`` leaves
-    ``payload_sha256`` empty (direct TLS streams and relayed ones with a trailer)."""
+    ``payload_sha256`` empty (direct TLS streams and relayed ones with a trailer). ``meta`` is a
+    JSON object, or a typed stage-protocol message (placed in the header's ``call``)."""
     specs, buffers = [], []
     for name, tensor in tensors.items():
         if tensor.dtype not in _NAMES:
@@ -97,12 +98,21 @@ def build_header(kind: str, meta: Mapping[str, Any], tensors: Mapping[str, torch
         for buf in buffers:
             hasher.update(buf)
         payload_sha256 = hasher.digest()
+    typed = not isinstance(meta, Mapping)  # a stage-protocol message rides in the header's `call`
     header = pb2.StreamHeader(
-        protocol_version=PROTOCOL_VERSION, kind=kind, meta_json=json.dumps(dict(meta), separators=(",", ":")),
+        protocol_version=PROTOCOL_VERSION, kind=kind,
+        meta_json="" if typed else json.dumps(dict(meta), separators=(",", ":")),
         tensors=specs, total_bytes=sum(len(b) for b in buffers), payload_sha256=payload_sha256,
         compression=compression,
     )
+    if typed:
+        getattr(header, _CALL_FIELDS[type(meta).DESCRIPTOR.name]).CopyFrom(meta)
     return header, buffers
+
+
+_CALL_FIELDS = {field.message_type.name: field.name
+                for field in pb2.StreamHeader.DESCRIPTOR.oneofs_by_name["call"].fields}
+"""Header field of each typed stage-protocol message (neuroshard.proto, StreamHeader.call)."""
 
 
 def data_chunks(buffers: list[memoryview], chunk_bytes: int = MIB) -> Iterator[bytes]:
@@ -149,8 +159,9 @@ def _check_spec(spec: Any, limits: Limits) -> int:
     return elements * DTYPES[spec.dtype].itemsize
 
 
-def check_header(header: Any, limits: Limits) -> tuple[dict[str, Any], list[int]]:
-    """Validate a header before any payload is read: returns (meta, byte size of each tensor)."""
+def check_header(header: Any, limits: Limits) -> tuple[dict[str, Any] | Any, list[int]]:
+    """Validate a header before any payload is read: returns (meta, byte size of each tensor);
+    meta is the typed stage message when the header carries one, else the JSON object."""
     if header.compression:
         raise MalformedMessage(f"compression {header.compression[:32]!r} is not supported")
     if len(header.tensors) > MAX_TENSORS:
@@ -165,6 +176,11 @@ def check_header(header: Any, limits: Limits) -> tuple[dict[str, Any], list[int]
                          f"stream declares {header.total_bytes} bytes, limit {limits.max_total_bytes}")
     if len(header.payload_sha256) not in (0, 32):
         raise MalformedMessage("payload digest must be empty or 32 bytes")
+    call = header.WhichOneof("call")
+    if call is not None:
+        if header.meta_json:
+            raise MalformedMessage("a typed stage message carries no JSON meta")
+        return getattr(header, call), sizes
     return parse_meta(header.meta_json, limits.max_meta_bytes), sizes
 
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from app.node.events import Event, StepDone
 from app.node.model.architecture import ModelArchitecture
 from app.node.p2p.errors import P2PError
+from app.node.runtime import stage_protocol
 from app.node.runtime.data_service import DataService
 from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import P2PWeights, peer_id
@@ -106,8 +107,8 @@ class AsyncService:
         contribution = result.contribution_at(time.time())
         for layer_range, names in parts.items():
             encoded = encode_pseudo_gradient({n: contribution.tensors[n] for n in names}, scheme)
-            meta = {"range": list(layer_range), "round": 0, "batches": contribution.batches,
-                    "age_s": contribution.age_s, "async": True}
+            meta = stage_protocol.sync_request(layer_range, 0, contribution.batches, contribution.age_s,
+                                               is_async=True)
             for record in await self.net.node.who_holds(layer_range[0]):
                 if (record.layer_start, record.layer_end) != layer_range:
                     continue

@@ -66,8 +66,8 @@ from app.node.runtime.p2p_transport import (
     P2PCohort,
     P2PStageTransport,
     P2PWeights,
-    refusals_as_status,
     stage_server,
+    weights_server,
 )
 from app.node.runtime.planner import Planner
 from app.node.runtime.quorum_service import QuorumService
@@ -348,7 +348,7 @@ class NodeRuntime:
                             a.layer_range, exc)
         self._serve_stage(self.stage)
         self.net.node.set_sync_handler(self.cohort.handle)
-        self.net.node.set_weights_handler(refusals_as_status(self._serve_weights))
+        self.net.node.set_weights_handler(weights_server(self._serve_weights))
 
     async def _recover_lost_checkpoints(self, lost: CheckpointsUnusable) -> None:
         """Neither checkpoint verifies: a live replica's weights, else the volunteer or the flag

@@ -3,8 +3,9 @@
 Stage calls go through the P2P node's swarm router: first restricted to the preferred peer (the
 quorum's member, so one step's micro-batches stay on one holder), then, if that peer is gone,
 to any other holder of exactly the same stage. The router bans the failed peer with capped
-backoff and counts the failover. Commit and finish are small "forward"-kind messages whose meta
-carries ``op``. Pseudo-gradients travel on the Sync/Exchange method into a mailbox per round.
+backoff and counts the failover. Every call is a typed stage-protocol message (stage_protocol.py):
+Forward/Backward streams, Commit/Finish unary calls, Exchange for pseudo-gradients (into a mailbox
+per round) and Weights downloads.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import torch
 
 from app.node.p2p.errors import BUSY_PREFIX, NoHolders, P2PError, PeerBusy, PeerRejected, RpcRefusal
 from app.node.p2p.node import P2PNode
+from app.node.p2p.protocol import pb2
 from app.node.p2p.records import PeerRecord
+from app.node.runtime import stage_protocol
 from app.node.training.transport import (
-    OP_BACKWARD,
-    STAGE_OPS,
     CohortPayload,
     GiveUp,
     Meta,
@@ -50,13 +51,6 @@ MAX_MAILBOX_ROUNDS = 8
 HEARTBEATS_MISSED = 3.0
 """A holder whose announcement was not refreshed for this many heartbeat intervals has stopped
 heart-beating (it is still listed until its TTL, the heartbeat timeout, runs out)."""
-
-DRIVER = "driver"
-"""Meta key the stage reads the driver from: set from the verified caller, never from the wire."""
-
-STAGE_LAYER = "layer"
-"""Meta key naming the stage (its first layer) a call is for, so a node that changed stages
-answers a retryable refusal instead of running the input through the wrong layers."""
 
 
 def peer_id(record: PeerRecord) -> str:
@@ -154,8 +148,7 @@ class P2PStageTransport:
 
     async def _call(self, records: list[PeerRecord], layer_start: int, op: str, meta: Meta, tensors: Tensors,
                     *, prefer: str | None, exclude: frozenset[str]) -> StageReply:
-        kind = "backward" if op == OP_BACKWARD else "forward"
-        wire_meta = {**meta, "op": op, STAGE_LAYER: layer_start}
+        request = stage_protocol.stage_request(op, layer_start, meta)
         tries: list[set[bytes]] = []
         others = {r.node_id for r in records if peer_id(r) != prefer}
         if prefer is not None and any(peer_id(r) == prefer for r in records):
@@ -166,14 +159,19 @@ class P2PStageTransport:
             if len(excluded) >= len(records):
                 continue
             try:
-                result = await self.node.router.run_stage(layer_start, kind, wire_meta, to_wire(tensors),
+                result = await self.node.router.run_stage(layer_start, op, request, to_wire(tensors),
                                                           exclude=excluded, timeout=self.timeout_s)
             except PeerRejected as exc:
                 raise GiveUp(str(exc), prefer, exc.code.name) from exc
             except (NoHolders, P2PError) as exc:
                 last = exc
                 continue
-            return StageReply(peer_id(result.peer), result.meta, from_wire(result.tensors))
+            try:
+                return StageReply(peer_id(result.peer), stage_protocol.reply_meta(result.meta),
+                                  from_wire(result.tensors))
+            except (GiveUp, AttributeError) as exc:  # the holder's answer does not parse: not its to give
+                raise RetryElsewhere(f"{peer_id(result.peer)[:12]} answered nonsense: {exc}",
+                                     peer_id(result.peer)) from exc
         if isinstance(last, PeerBusy):
             raise WaitAndRetry(f"the holders of the stage at layer {layer_start} are busy: {last}", None)
         raise RetryElsewhere(f"no holder of the stage at layer {layer_start} answered: {last}", prefer)
@@ -181,26 +179,24 @@ class P2PStageTransport:
 
 def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None = None,
                  first_layer: Callable[[], int] | None = None) -> Any:
-    """Wrap a training StageHandler as the P2P node's stage handler (op from meta, typed refusals).
+    """Wrap a training StageHandler as the P2P node's stage handler: typed requests in (checked,
+    driver = the verified caller), typed replies out, training errors as their gRPC status.
 
     ``busy()`` returns why this node serves no stage work right now (or None); such a request is
     refused as busy (:class:`WaitAndRetry`), as is one for a stage this node no longer
     serves (``first_layer()`` is the stage it serves now)."""
 
-    async def serve(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
-                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        meta = dict(meta)
-        meta[DRIVER] = caller.hex()  # whoever signed it drives it, whatever the request says
-        op = meta.pop("op", kind)
-        wanted = meta.pop(STAGE_LAYER, None)
-        if op not in STAGE_OPS:
-            raise as_refusal(GiveUp(f"unknown stage operation {str(op)[:32]!r}"))
+    async def serve(caller: bytes, kind: str, request: Any, tensors: dict[str, torch.Tensor]
+                    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        try:
+            op, layer, meta = stage_protocol.stage_call(kind, request, caller)
+        except GiveUp as exc:
+            raise as_refusal(exc) from exc
         reason = busy() if busy is not None else None
         if reason is not None:
             raise as_refusal(WaitAndRetry(reason))
-        if wanted is not None and first_layer is not None and wanted != first_layer():
-            raise as_refusal(RetryElsewhere(f"this node now serves the stage at layer {first_layer()}, "
-                                            f"not {str(wanted)[:16]}"))
+        if first_layer is not None and layer != first_layer():
+            raise as_refusal(RetryElsewhere(f"this node now serves the stage at layer {first_layer()}, not {layer}"))
         try:
             out_meta, out = await handler(op, meta, from_wire(tensors))
         except GiveUp as exc:
@@ -211,7 +207,21 @@ def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None
             raise as_refusal(WaitAndRetry(f"stage could not finish the request: {str(exc)[:300]}")) from exc
         except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
             raise as_refusal(GiveUp(f"stage refused the request: {str(exc)[:300]}")) from exc
-        return out_meta, to_wire(out)
+        return stage_protocol.stage_reply(op, out_meta), to_wire(out)
+
+    return serve
+
+
+def weights_server(fn: Callable[[bytes, Meta], Awaitable[dict[str, torch.Tensor]]]
+                   ) -> Callable[[bytes, Any], Awaitable[dict[str, torch.Tensor]]]:
+    """Wrap a weights handler ``fn(caller, {"range", "diloco"})``: a typed, checked request in,
+    training errors out as their status."""
+
+    async def serve(caller: bytes, request: Any) -> dict[str, torch.Tensor]:
+        try:
+            return await fn(caller, stage_protocol.parse_weights(request))
+        except TransportError as exc:
+            raise as_refusal(exc) from exc
 
     return serve
 
@@ -240,32 +250,27 @@ class P2PCohort:
         inbox = self._async.pop(tuple(layer_range), {})
         return [inbox[k] for k in sorted(inbox)]
 
-    async def handle(self, caller: bytes, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
-                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """Sync handler: a peer delivers its payload for a round (strictly parsed); the sender is
-        the verified caller, never a name in the message."""
+    async def handle(self, caller: bytes, request: Any, tensors: dict[str, torch.Tensor]
+                     ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Sync handler: a peer delivers its payload for a round (a typed, checked SyncRequest);
+        the sender is the verified caller, never a name in the message."""
         sender = caller.hex()
         try:
-            layer_range = (int(meta["range"][0]), int(meta["range"][1]))
-            round_, batches = int(meta["round"]), int(meta["batches"])
-            age = float(meta.get("age_s", 0.0))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise as_refusal(GiveUp(f"malformed sync message: {exc}")) from exc
-        if round_ < 0 or batches < 0 or not 0 <= age < 1e9:
-            raise as_refusal(GiveUp("sync message fields out of range"))
+            layer_range, round_, batches, age, is_async = stage_protocol.parse_sync(request)
+        except GiveUp as exc:
+            raise as_refusal(exc) from exc
         if self.holds is not None and tuple(self.holds()) != layer_range:
             raise as_refusal(GiveUp(f"this node does not hold layers {layer_range} (any more)"))
         payload = CohortPayload(sender, round_, batches, age, dict(tensors))
-        if meta.get("async") is True:  # an async (T5) node's snapshot work: folded in at the next round
+        if is_async:  # an async (T5) node's snapshot work: folded in at the next round
             inbox = self._async.setdefault(layer_range, {})
             if len(inbox) >= MAX_ASYNC_PER_RANGE and sender not in inbox:
                 raise as_refusal(WaitAndRetry("too many async contributions waiting; retry after the next sync"))
             inbox[sender] = payload
-            return {"status": "ok"}, {}
+            return stage_protocol.sync_reply("ok", 0, 0), {}
         my_round, my_inner = self.position() if self.position is not None else (round_, 1)
-        reply = {"status": "ok", "round": my_round, "inner": my_inner}
         if round_ < my_round:
-            return {**reply, "status": "stale"}, {}  # we closed that round already
+            return stage_protocol.sync_reply("stale", my_round, my_inner), {}  # we closed that round already
         if my_inner == 0 and self.on_idle_payload is not None:
             self.on_idle_payload(sender, layer_range)
         rounds = sorted({r for (rng, r) in self._boxes if rng == layer_range})
@@ -273,7 +278,7 @@ class P2PCohort:
             self._boxes.pop((layer_range, rounds[0]), None)
         self._boxes.setdefault((layer_range, round_), {})[sender] = payload
         self._arrived.set()
-        return reply, {}
+        return stage_protocol.sync_reply("ok", my_round, my_inner), {}
 
     async def exchange(self, layer_range: tuple[int, int], round_: int, payload: CohortPayload,
                        timeout_s: float) -> list[CohortPayload]:
@@ -281,15 +286,15 @@ class P2PCohort:
         deadline = loop.time() + timeout_s
         records = [r for r in await self.node.who_holds(layer_range[0])
                    if (r.layer_start, r.layer_end) == tuple(layer_range) and peer_id(r) != self.me]
-        meta = {"range": list(layer_range), "round": round_, "batches": payload.batches, "age_s": payload.age_s}
-        results = await asyncio.gather(*(self.node.call_sync(r, meta, dict(payload.tensors), timeout_s)
+        request = stage_protocol.sync_request(layer_range, round_, payload.batches, payload.age_s)
+        results = await asyncio.gather(*(self.node.call_sync(r, request, dict(payload.tensors), timeout_s)
                                          for r in records), return_exceptions=True)
         # Wait only for peers in this round that trained in it: an idle replica (no driver routes
         # to it) or one already past this round would never send, and waiting costs every driver.
         waiting = {peer_id(r) for r, res in zip(records, results, strict=True)
                    if not isinstance(res, BaseException) and _will_send(res[0], round_)}
         self._ahead[tuple(layer_range)] = [peer_id(r) for r, res in zip(records, results, strict=True)
-                                           if not isinstance(res, BaseException) and res[0].get("status") == "stale"]
+                                           if not isinstance(res, BaseException) and _status(res[0]) == pb2.STAGE_STALE]
         box = self._boxes.setdefault((tuple(layer_range), round_), {})
         while not waiting <= set(box) and loop.time() < deadline:
             self._arrived.clear()
@@ -302,11 +307,13 @@ class P2PCohort:
         return got
 
 
-def _will_send(reply: dict[str, Any], round_: int) -> bool:
-    try:
-        return int(reply.get("round", -1)) == round_ and int(reply.get("inner", 0)) > 0
-    except (TypeError, ValueError):
-        return False
+def _status(reply: Any) -> int:
+    return reply.status if isinstance(reply, pb2.SyncReply) else pb2.STAGE_STATUS_UNSPECIFIED
+
+
+def _will_send(reply: Any, round_: int) -> bool:
+    """The peer is in this round and trained in it (a typed SyncReply; anything else: no)."""
+    return _status(reply) == pb2.STAGE_OK and reply.round == round_ and reply.inner > 0
 
 
 SYNC_POSITION = "__sync_position__"
@@ -329,8 +336,8 @@ class P2PWeights:
             if peer_id(record) != peer or (record.layer_start, record.layer_end) != tuple(layer_range):
                 continue
             try:
-                flat = await self.node.fetch_weights(record, {"range": list(layer_range), "diloco": True},
-                                                     self.timeout_s)
+                flat = await self.node.fetch_weights(
+                    record, stage_protocol.weights_request(layer_range, diloco=True), self.timeout_s)
             except P2PError as exc:
                 log.info("DiLoCo state download from %s failed: %s", peer[:12], exc)
                 return None
@@ -351,7 +358,8 @@ class P2PWeights:
         records.sort(key=lambda r: peer_id(r) != prefer)
         for record in records:
             try:
-                state = await self.node.fetch_weights(record, {"range": list(layer_range)}, self.timeout_s)
+                state = await self.node.fetch_weights(record, stage_protocol.weights_request(layer_range),
+                                                      self.timeout_s)
             except P2PError as exc:
                 log.info("weights download from %s failed: %s", peer_id(record)[:12], exc)
                 continue
