@@ -307,7 +307,20 @@ def summarize(dirs: list[Path], steps: int, elapsed: float, *, killed: list[str]
         "replays": sum(int(n.get("replays", 0)) for n in drivers),
         "weights_agree": agree, "all_weights_agree": all(agree.values()) if agree else False,
         "killed": killed, "exit_codes": exit_codes, "errors": errors,
+        "proofs": _proof_report(dirs),
     }
+
+
+def _proof_report(dirs: list[Path]) -> dict[str, Any]:
+    """Per proof kind over every node's ledger: made, accepted, refused (reasons), checked,
+    challenged, slashed (economics/report.py)."""
+    from app.node.economics.constants import from_settings
+    from app.node.economics.report import report_from_dirs
+
+    try:
+        return report_from_dirs(dirs, from_settings({}, devnet=True))
+    except Exception as exc:  # a summary must not fail on one unreadable ledger
+        return {"error": str(exc)}
 
 
 def _mean(values: list[Any]) -> float | None:

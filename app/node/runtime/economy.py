@@ -34,6 +34,7 @@ from app.node.economics import rewards
 from app.node.economics.constants import ConfigError, EconomicsConfig, from_settings
 from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
+from app.node.economics.report import OWN_PROOFS_FILE
 from app.node.events import BalanceChanged, Event, ProofAccepted, ProposalChanged, Query, WalletCommand
 from app.node.runtime import wallet_api
 from app.node.runtime.verification import StepLog, Verifier
@@ -128,6 +129,8 @@ class EconomyService:
         self._last_balance: tuple[int, int, int] | None = None
         self._proposal_phases: dict[str, str] = {}
         self.proofs_submitted = 0
+        self._own_proofs: dict[str, dict[str, Any]] = {}  # kind -> made / refused_at_door (report.py)
+        self._own_proofs_path = config.data_dir / OWN_PROOFS_FILE
 
     # --- work in --------------------------------------------------------------------------------
 
@@ -199,6 +202,11 @@ class EconomyService:
             if samples:
                 self.steps.publish(record.record_id, epoch, samples[0])
             result = self.ledger.submit(record.to_bytes(), now_ms)
+            counts = self._own_proofs.setdefault(kind, {"made": 0, "refused_at_door": {}})
+            counts["made"] += 1
+            if not result.accepted:
+                refusals = counts["refused_at_door"]
+                refusals[result.reason] = refusals.get(result.reason, 0) + 1
             if result.accepted:
                 accepted.append(kind)
                 self.proofs_submitted += 1
@@ -206,7 +214,16 @@ class EconomyService:
                                          reward_units=rewards.proof_reward(record.body, staked, self.config)))
             else:
                 log.warning("own %s proof for epoch %d refused: %s", kind, epoch, result.reason)
+        self._write_own_proofs()
         return accepted
+
+    def _write_own_proofs(self) -> None:
+        tmp = self._own_proofs_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self._own_proofs, sort_keys=True))
+            tmp.replace(self._own_proofs_path)
+        except OSError as exc:  # a report file is not worth stopping for
+            log.debug("could not write %s: %s", self._own_proofs_path, exc)
 
     def publish_state(self) -> None:
         """Emit BalanceChanged / ProposalChanged when they changed since the last call."""
