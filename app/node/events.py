@@ -401,3 +401,29 @@ class ResolveCorruptCheckpoint(Command):
 
     name: ClassVar[str] = "resolve_corrupt_checkpoint"
     choice: str
+
+
+@dataclass(frozen=True)
+class ProofRefused(Event):
+    """One of this node's own proofs was refused (at its ledger's door or by a state rule) or
+    slashed; ``reason`` is the ledger's own words."""
+
+    kind: ClassVar[str] = "proof_refused"
+    proof_kind: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class EarningsChanged(Event):
+    """What this node has earned, from its ledger (micro-NEURO): settled over its lifetime and
+    since this run started, per contribution mode, plus what is still pending in a challenge
+    window and how many of its proofs were refused or slashed."""
+
+    kind: ClassVar[str] = "earnings"
+    lifetime_units: int
+    since_start_units: int
+    pending_units: int
+    by_mode: tuple[tuple[str, int], ...]  # (mode, settled since start): pipeline, async, data, verify, ...
+    refused: int
+    last_refusal: str = ""

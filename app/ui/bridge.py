@@ -46,6 +46,8 @@ class EngineBridge(QObject):
     network = Signal(object)
     quorum = Signal(object)
     proof = Signal(object)
+    proof_refused = Signal(object)
+    earnings = Signal(object)
     balance = Signal(object)
     proposal = Signal(object)
     vocabulary = Signal(object)
@@ -158,6 +160,7 @@ _SIGNAL_FOR_KIND = {
     "status": "status", "hardware": "hardware", "modes": "modes", "layers": "layers", "step": "step",
     "activity": "activity", "peer_joined": "peer_joined", "peer_left": "peer_left", "network": "network",
     "quorum": "quorum", "proof": "proof", "balance": "balance", "proposal": "proposal",
+    "proof_refused": "proof_refused", "earnings": "earnings",
     "vocabulary": "vocabulary",
     "upgrade": "upgrade", "migration": "migration", "log": "log", "error": "error", "finished": "finished",
 }

@@ -175,3 +175,27 @@ def test_work_is_proven_in_the_epoch_it_was_done_even_when_the_epoch_closes_late
                 for raw in economy.ledger.records_since(0)[0]]
     assert statuses == ["applied"] * len(statuses)
     economy.close()
+
+
+def test_settled_earnings_reach_the_app_as_events_per_mode(tmp_path) -> None:
+    from app.node.events import EarningsChanged
+
+    clock, events = Clock(), []
+    economy = make_service(tmp_path, "a", clock, events)
+    for i in range(2):
+        clock.now += 0.2
+        economy.on_work(Step(i + 1, 2, 512, (0, 4), "worker", f"{i:064x}", f"{i + 1:064x}"))
+    clock.now += 1.0
+    economy.close_epoch()
+    economy.publish_state()
+    first = [e for e in events if isinstance(e, EarningsChanged)][-1]
+    assert first.lifetime_units == 0 and first.pending_units > 0 and first.refused == 0
+    clock.now += 5.0  # past the devnet challenge window
+    economy.close_epoch()
+    economy.publish_state()
+    latest = [e for e in events if isinstance(e, EarningsChanged)][-1]
+    by_mode = dict(latest.by_mode)
+    assert by_mode["pipeline"] > 0 and by_mode["uptime"] > 0
+    assert latest.lifetime_units == latest.since_start_units == sum(by_mode.values())
+    assert latest.lifetime_units == economy.query("wallet")["available_units"]
+    economy.close()

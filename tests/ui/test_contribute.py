@@ -35,3 +35,18 @@ def test_unavailable_mode_is_greyed_with_reason_and_a_refusal_reverts(qtbot, sha
     qtbot.waitUntil(lambda: "refused" in page.status.text(), timeout=5_000)
     assert not row.toggle.isChecked()
     assert mode not in runtime(shared_gui).modes
+
+
+def test_each_mode_shows_what_it_earned_since_start_or_that_it_had_no_paid_work(qtbot, shared_gui) -> None:  # noqa: ANN001
+    """The real node's own EarningsChanged (its ledger's settled rewards) reaches the page."""
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.contribute
+    qtbot.waitUntil(lambda: shared_gui.bridge.latest("earnings") is not None
+                    and dict(shared_gui.bridge.latest("earnings").by_mode).get("pipeline", 0) > 0, timeout=30_000)
+    qtbot.waitUntil(lambda: "Earned since start" in page.rows["pipeline"].earned.text(), timeout=5_000)
+    earned = dict(shared_gui.bridge.latest("earnings").by_mode)
+    for mode, row in page.rows.items():
+        active = mode in shared_gui.bridge.latest("modes").active
+        if not earned.get(mode) and active:
+            assert "no proven work paid yet" in row.earned.text()
+    assert "settled in total" in shared_gui.window.dashboard.lifetime_label.text()

@@ -35,13 +35,27 @@ from app.node.economics.constants import ConfigError, EconomicsConfig, from_sett
 from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
 from app.node.economics.report import OWN_PROOFS_FILE
-from app.node.events import BalanceChanged, Event, ProofAccepted, ProposalChanged, Query, WalletCommand
+from app.node.events import (
+    BalanceChanged,
+    EarningsChanged,
+    Event,
+    ProofAccepted,
+    ProofRefused,
+    ProposalChanged,
+    Query,
+    WalletCommand,
+)
 from app.node.runtime import wallet_api
 from app.node.runtime.verification import StepLog, Verifier
 from app.wallet.keystore import Keystore
 from app.wallet.wallet import Wallet
 
 log = logging.getLogger("neuroshard.economy")
+MODE_OF_KIND = {"training": "pipeline", "uptime": "uptime", "data": "data", "verification": "verify",
+                "inference": "inference"}
+"""Contribution mode a reward of each proof kind pays; uptime is paid to any mode that keeps the
+node online. Async mode makes no proofs of its own yet (its steps are not reported to the
+economy), so it shows no earnings, and the Contribute page says so."""
 GOSSIP_TOPIC = "ledger"
 GOSSIP_BATCH = 500
 GOSSIP_TIMEOUT_S = 5.0
@@ -129,6 +143,9 @@ class EconomyService:
         self._last_balance: tuple[int, int, int] | None = None
         self._proposal_phases: dict[str, str] = {}
         self.proofs_submitted = 0
+        self._refused: list[str] = []  # own proofs refused or slashed, oldest first
+        self._seen_slashes: set[str] = set()
+        self._last_earnings: tuple | None = None
         self._own_proofs: dict[str, dict[str, Any]] = {}  # kind -> made / refused_at_door (report.py)
         self._own_proofs_path = config.data_dir / OWN_PROOFS_FILE
 
@@ -214,6 +231,8 @@ class EconomyService:
                                          reward_units=rewards.proof_reward(record.body, staked, self.config)))
             else:
                 log.warning("own %s proof for epoch %d refused: %s", kind, epoch, result.reason)
+                self._refused.append(f"{kind}: {result.reason}")
+                self._emit(ProofRefused(proof_kind=kind, epoch=epoch, reason=result.reason))
         self._write_own_proofs()
         return accepted
 
@@ -225,14 +244,39 @@ class EconomyService:
         except OSError as exc:  # a report file is not worth stopping for
             log.debug("could not write %s: %s", self._own_proofs_path, exc)
 
+    def earnings(self) -> EarningsChanged:
+        """Settled rewards from the ledger: lifetime, since this run started and per mode."""
+        by_mode: dict[str, int] = {}
+        lifetime = since_start = 0
+        for entry in self.ledger.history(self.key.address, limit=10**9, kinds=("reward", "slash_reward", "slash")):
+            if entry.kind == "slash" and entry.record_id not in self._seen_slashes:
+                self._seen_slashes.add(entry.record_id)
+                self._refused.append(f"slashed: {self.ledger.record_status(entry.record_id)[1]}")
+                self._emit(ProofRefused(proof_kind="training", epoch=entry.timestamp_ms // self.config.epoch_ms,
+                                        reason=self.ledger.record_status(entry.record_id)[1]))
+            lifetime += entry.amount
+            if entry.timestamp_ms >= self._started_ms:
+                since_start += entry.amount
+                mode = MODE_OF_KIND.get(entry.detail, "verify" if entry.kind == "slash_reward" else entry.detail)
+                by_mode[mode] = by_mode.get(mode, 0) + entry.amount
+        return EarningsChanged(lifetime_units=lifetime, since_start_units=since_start,
+                               pending_units=self.ledger.balance(self.key.address).pending,
+                               by_mode=tuple(sorted(by_mode.items())), refused=len(self._refused),
+                               last_refusal=self._refused[-1] if self._refused else "")
+
     def publish_state(self) -> None:
-        """Emit BalanceChanged / ProposalChanged when they changed since the last call."""
+        """Emit BalanceChanged / EarningsChanged / ProposalChanged when they changed since the last call."""
         balance = self.ledger.balance(self.key.address)
         current = (balance.available, balance.staked, balance.pending)
         if current != self._last_balance:
             self._last_balance = current
             self._emit(BalanceChanged(address=self.key.address, available_units=current[0],
                                       staked_units=current[1], pending_units=current[2]))
+        earnings = self.earnings()
+        summary = (earnings.lifetime_units, earnings.pending_units, earnings.by_mode, earnings.refused)
+        if summary != self._last_earnings:
+            self._last_earnings = summary
+            self._emit(earnings)
         for row in wallet_api.proposal_rows(self.ledger, int(self._clock() * 1000)):
             if self._proposal_phases.get(row["id"]) != row["phase"]:
                 self._proposal_phases[row["id"]] = row["phase"]

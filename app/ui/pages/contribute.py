@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QCheckBox, QGroupBox, QLabel, QVBoxLayout, QWidget
 
-from app.node.events import ModesChanged, SetModes
+from app.node.events import EarningsChanged, ModesChanged, SetModes
 from app.node.values import DESCRIPTIONS, MODES
 from app.ui import plain_words
 from app.ui.bridge import EngineBridge
+from app.ui.format import format_neuro
 
 # What each mode needs and earns, in a volunteer's words. Rates are the defaults of DESIGN.md §4.
 NEEDS = {
@@ -24,10 +25,10 @@ NEEDS = {
 }
 EARNS = {
     "pipeline": "Earns: 0.0005 NEURO per batch per layer held, more when it holds the first or last layer.",
-    "async": "Earns: 0.0003 NEURO per batch per layer, paid when the update is accepted.",
-    "data": "Earns: 0.00001 NEURO per sample served.",
-    "verify": "Earns: a bonus per check and half of the stake a caught cheater loses.",
-    "inference": "Earns: about 0.0001 NEURO per generated token, scaled by demand and speed.",
+    "async": "Earns: only its uptime in this version; pay for accepted async updates is not proven yet.",
+    "data": "Earns: only its uptime in this version; pay per sample served is not proven yet.",
+    "verify": "Earns: 0.0005 NEURO per check, and a share of what a caught cheater loses.",
+    "inference": "Earns: only its uptime in this version; pay per generated token comes with inference.",
 }
 
 
@@ -48,8 +49,20 @@ class ModeRow(QGroupBox):
             label.setWordWrap(True)
             layout.addWidget(label)
         self.setToolTip(plain.tooltip)
+        self.earned = QLabel()
+        self.earned.setWordWrap(True)
+        layout.addWidget(self.earned)
         layout.addWidget(self.reason)
         self.reason.hide()
+
+    def show_earned(self, active: bool, units: int | None) -> None:
+        """What this mode earned since the node started, or plainly that it has had no paid work."""
+        if units:
+            self.earned.setText(f"Earned since start: {format_neuro(units)}")
+        elif active:
+            self.earned.setText("On, but no proven work paid yet for this mode since the node started.")
+        else:
+            self.earned.setText("")
 
     def set_available(self, reason: str | None) -> None:
         self.toggle.setEnabled(reason is None)
@@ -67,7 +80,8 @@ class ContributePage(QWidget):
         self.status = QLabel("The node proposes modes once it has measured this computer.")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
-        intro = QLabel("Choose how this computer helps. Every mode earns NEURO for proven work.")
+        intro = QLabel("Choose how this computer helps. A mode earns NEURO only for work the network "
+                       "accepted; each shows what it earned since the node started.")
         intro.setProperty("role", "subtitle")
         layout.addWidget(intro)
         for row in self.rows.values():
@@ -77,10 +91,23 @@ class ContributePage(QWidget):
         layout.addStretch(1)
         self._active: tuple[str, ...] = ()
         self._updating = False
+        self._earned: dict[str, int] = {}
         bridge.modes.connect(self.on_modes)
+        bridge.earnings.connect(self.on_earnings)
         latest = bridge.latest("modes")
         if latest is not None:
             self.on_modes(latest)
+        earnings = bridge.latest("earnings")
+        if earnings is not None:
+            self.on_earnings(earnings)
+
+    def on_earnings(self, event: EarningsChanged) -> None:
+        self._earned = dict(event.by_mode)
+        self._show_earned()
+
+    def _show_earned(self) -> None:
+        for mode, row in self.rows.items():
+            row.show_earned(mode in self._active, self._earned.get(mode))
 
     def on_modes(self, event: ModesChanged) -> None:
         reasons = dict(event.unavailable)
@@ -93,6 +120,7 @@ class ContributePage(QWidget):
         finally:
             self._updating = False
         self.status.setText("Active: " + (", ".join(event.active) or "none — this computer is idle"))
+        self._show_earned()
 
     def selected(self) -> tuple[str, ...]:
         return tuple(m for m, row in self.rows.items() if row.toggle.isChecked())

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 
 from app.node.events import (
     ActivityChanged,
+    EarningsChanged,
     HardwareMeasured,
     LayersAssigned,
     NodeState,
@@ -79,6 +80,8 @@ class DashboardPage(QWidget):
         self.limits_label.setWordWrap(True)
         self.earned_label = QLabel(format_neuro(0))
         self.earned_label.setProperty("role", "big")
+        self.lifetime_label = QLabel("nothing settled yet")
+        self.lifetime_label.setWordWrap(True)
         self.loss_chart = LiveChart("Model error (lower is better)", "loss")
         self.loss_chart.setToolTip("The training loss: how far the model's guesses of the next piece of text are "
                                    "from the real text (cross-entropy).")
@@ -103,7 +106,8 @@ class DashboardPage(QWidget):
         grid = QGridLayout(facts)
         rows = [("Device", self.device_label), ("Speed", self.tier_label), ("Model parts held", self.layers_label),
                 ("What it does", self.role_label), ("Training group", self.quorum_label),
-                ("Limits now", self.limits_label), ("Earned today", self.earned_label)]
+                ("Limits now", self.limits_label), ("Earned today", self.earned_label),
+                ("Earnings", self.lifetime_label)]
         for row, (name, widget) in enumerate(rows):
             title = QLabel(name)
             grid.addWidget(title, row, 0)
@@ -130,6 +134,7 @@ class DashboardPage(QWidget):
         b.step.connect(self.on_step)
         b.activity.connect(self.on_activity)
         b.proof.connect(self.on_proof)
+        b.earnings.connect(self.on_earnings)
         b.ready.connect(self.refresh_earnings)
         for kind, slot in (("status", self.on_status), ("hardware", self.on_hardware), ("layers", self.on_layers),
                            ("quorum", self.on_quorum), ("activity", self.on_activity)):
@@ -192,6 +197,13 @@ class DashboardPage(QWidget):
     def on_activity(self, event: ActivityChanged) -> None:
         self.activity_label.setText(f"Now: {plain_words.activity(event.activity)}")
         self.activity_label.setToolTip(event.activity)
+
+    def on_earnings(self, event: EarningsChanged) -> None:
+        """Settled (lifetime), still in a challenge window (pending) and refused, from the ledger."""
+        text = f"{format_neuro(event.lifetime_units)} settled in total · {format_neuro(event.pending_units)} pending"
+        if event.refused:
+            text += f" · {event.refused} proof(s) refused, last: {event.last_refusal}"
+        self.lifetime_label.setText(text)
 
     def on_proof(self, event: ProofAccepted) -> None:
         if dt.date.fromtimestamp(event.timestamp).isoformat() == today_key():
