@@ -243,6 +243,7 @@ class GuiApp:
         """Stop the node and free the window and tray (their timers stop with them)."""
         self._shutdown()
         self.window.session.lock()
+        self.tray.close()
         self.tray.menu.deleteLater()
         self.tray.icon.deleteLater()
         self.window.deleteLater()

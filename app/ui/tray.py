@@ -65,6 +65,14 @@ class NodeTray(QObject):
         bridge.error.connect(self.on_error)
         self.on_status(StatusChanged(state=bridge.state))
 
+    def close(self) -> None:
+        """Stop listening to the node (events still queued from its last moments would otherwise
+        reach an icon that is being deleted) and hide the icon."""
+        for signal, slot in ((self.bridge.status, self.on_status), (self.bridge.proof, self.on_proof),
+                             (self.bridge.upgrade, self.on_upgrade), (self.bridge.error, self.on_error)):
+            signal.disconnect(slot)
+        self.icon.hide()
+
     def _add(self, text: str, slot: object, menu: QMenu | None = None) -> QAction:
         action = (menu or self.menu).addAction(text)
         action.triggered.connect(slot)

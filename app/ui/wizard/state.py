@@ -35,6 +35,7 @@ class WizardState:
     password: str = field(default="", repr=False)
     phrase: str = field(default="", repr=False)  # only between creation and confirmation
     created: bool = False
+    unprotected: bool = False  # the wallet was sealed without a password (no keyring; chosen)
     hardware: HardwareMeasured | None = None
     plan: ModePlan | None = None
     modes: tuple[str, ...] = ()

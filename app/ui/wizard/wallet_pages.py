@@ -1,5 +1,12 @@
 """Wizard pages for the wallet: create or import, the recovery phrase shown once, its
-confirmation, and an optional encrypted backup. Key derivation (scrypt) runs off the GUI thread."""
+confirmation, and an optional encrypted backup. Key derivation (scrypt) runs off the GUI thread.
+
+The wallet page says where the key will live. With an OS keyring the node starts by itself at
+login. Without one (headless Linux, a desktop with no secret service) the key is sealed in a
+file with the password, which the node then needs at every start: "Start when I log in" opens
+the window and waits for it. The page says so and offers the one alternative that system has, a
+wallet sealed without a password (app.node.identity.UNPROTECTED_PASSPHRASE: the protection of an
+SSH key without a passphrase), for a computer that must start unattended."""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from app.node.identity import UNPROTECTED_PASSPHRASE
 from app.ui.tasks import run_background
 from app.ui.wizard.state import MIN_PASSWORD_LENGTH, PageId, WizardState
 from app.wallet.errors import WalletError
@@ -66,6 +74,14 @@ class WalletSetupPage(QWizardPage):
         self.error.setStyleSheet("color: #d0342c;")
         self.existing = QLabel()
         self.existing.setWordWrap(True)
+        self.keyring_note = QLabel("Checking where this computer can keep the wallet key…")
+        self.keyring_note.setWordWrap(True)
+        self.keyring_note.setProperty("role", "hint")
+        self.keyring_usable: bool | None = None  # unknown until the probe answers
+        self.no_password = QCheckBox("No password: let the node start by itself at login (anyone who can use "
+                                     "your account on this computer can use the wallet)")
+        self.no_password.hide()
+        self.no_password.toggled.connect(self._update_fields)
         self._lay_out(browse)
         self._done = False
         self._update_fields()
@@ -84,6 +100,8 @@ class WalletSetupPage(QWizardPage):
         for widget in (self.existing, self.create_radio, self.import_radio, self.restore_radio):
             layout.addWidget(widget)
         layout.addLayout(form)
+        layout.addWidget(self.keyring_note)
+        layout.addWidget(self.no_password)
         layout.addWidget(self.busy)
         layout.addWidget(self.error)
 
@@ -103,9 +121,28 @@ class WalletSetupPage(QWizardPage):
             for edit in (self.password, self.confirm, self.phrase_edit, self.backup_path):
                 edit.setEnabled(False)
         self.existing.setVisible(bool(existing))
+        if not existing:
+            run_background(keystore.keyring_usable, self.show_keyring, lambda _message: self.show_keyring(False))
+
+    def show_keyring(self, usable: bool) -> None:
+        """Say where the key will live and what that means for starting at login."""
+        self.keyring_usable = usable
+        if usable:
+            self.keyring_note.setText("Your wallet key will be kept in this computer's password store (OS keyring). "
+                                      "NeuroShard can start by itself when you log in; the password below protects "
+                                      "backups.")
+        else:
+            self.keyring_note.setText("This computer has no password store (OS keyring) NeuroShard can use, so the "
+                                      "wallet key is kept in a file sealed with your password. The node needs that "
+                                      "password at every start: with \"Start when I log in\" the window opens and "
+                                      "waits for it before the node computes anything.")
+        self.no_password.setVisible(not usable)
+        self._update_fields()
 
     def _update_fields(self) -> None:
-        self.form.setRowVisible(self.confirm, not self.restore_radio.isChecked())
+        unprotected = self._unprotected()
+        self.form.setRowVisible(self.password, not unprotected)
+        self.form.setRowVisible(self.confirm, not self.restore_radio.isChecked() and not unprotected)
         self.form.setRowVisible(self.phrase_edit, self.import_radio.isChecked())
         self.form.setRowVisible(3, self.restore_radio.isChecked())
 
@@ -114,7 +151,15 @@ class WalletSetupPage(QWizardPage):
         if path:
             self.backup_path.setText(path)
 
+    def _unprotected(self) -> bool:
+        """The volunteer chose a wallet without a password (only offered without a keyring)."""
+        return self.keyring_usable is False and self.no_password.isChecked() and not self.restore_radio.isChecked()
+
     def problem(self) -> str | None:
+        if self._unprotected():
+            if self.import_radio.isChecked() and len(self.phrase_edit.toPlainText().split()) < 12:
+                return "Type the whole recovery phrase."
+            return None
         password = self.password.text()
         if len(password) < MIN_PASSWORD_LENGTH:
             return f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters."
@@ -136,7 +181,9 @@ class WalletSetupPage(QWizardPage):
         return False  # the background task moves the wizard on when the key is saved
 
     def _start(self) -> None:
-        keystore, password = self.state.keystore(), self.password.text()
+        keystore = self.state.keystore()
+        password = UNPROTECTED_PASSPHRASE if self._unprotected() else self.password.text()
+        self.state.unprotected = self._unprotected()
         created = self.create_radio.isChecked()
         if created:
             def work() -> tuple[str, str]:
@@ -235,6 +282,11 @@ class ConfirmPhrasePage(QWizardPage):
             self.form.removeRow(0)
         words = self.state.phrase.split()
         self.positions = sorted(self.rng.sample(range(len(words)), min(CONFIRM_WORDS, len(words))))
+        # A backup sealed with the publicly known passphrase would protect nothing: the phrase is it.
+        self.backup_button.setEnabled(not self.state.unprotected)
+        if self.state.unprotected:
+            self.backup_status.setText("Without a password no encrypted backup can be made; the recovery phrase "
+                                       "you wrote down is your backup.")
         self.edits = []
         for position in self.positions:
             edit = QLineEdit()
