@@ -297,7 +297,7 @@ class NodeEngine:
             code = await self._runtime.run()
             if self._fault is not None:
                 raise self._fault
-            self.emit(RunFinished(steps=getattr(self._runtime, "steps_done", 0), exit_code=code))
+            self.emit(RunFinished(steps=self._runtime.steps_done, exit_code=code))
         except asyncio.CancelledError:
             code = 0
         except FaultStop as exc:  # a deliberate stop: the message says why and what to do

@@ -85,6 +85,10 @@ class RuntimeContext:
 
 
 class Runtime(Protocol):
+    @property
+    def steps_done(self) -> int:
+        """Steps this node applied in this run (0 until ``run`` returns them)."""
+
     async def run(self) -> int:
         """Join or start the network and work until ``max_steps`` or a stop; returns an exit code."""
 

@@ -285,8 +285,8 @@ def test_the_network_follows_the_caps_hub_live() -> None:
     from app.node.usage import UsageCapsHub
 
     hub = UsageCapsHub(UsageCaps(upload_bytes_per_s=1 << 20))
-    net = NetworkService(PrivateKey.generate(), host="127.0.0.1", port=0, trackers=(), listen=False, p2p={},
-                         emit=lambda event: None)
+    net = NetworkService.open(PrivateKey.generate(), host="127.0.0.1", port=0, trackers=(), listen=False, p2p={},
+                              emit=lambda event: None)
     hub.subscribe(net.apply_caps)
     assert net.node.bandwidth.upload.rate == 1 << 20 and net.node.bandwidth.download.rate is None
     hub.set(UsageCaps(upload_bytes_per_s=None, download_bytes_per_s=256 * 1024))

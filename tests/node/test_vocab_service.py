@@ -179,12 +179,15 @@ def test_two_replicas_growing_at_the_same_round_average_fine(tmp_path: Path) -> 
 
 
 # --- driver and head ------------------------------------------------------------------------------------
-def _pipeline(tmp_path: Path, driver_ledger: list, head_ledger: list):  # noqa: ANN202
+def _pipeline(tmp_path: Path, driver_ledger: list, head_ledger: list, on_change=None):  # noqa: ANN001, ANN202
+    """``on_change(name)``: the vocabulary service of that stage's callback."""
     net = LocalTransport()
-    services = {name: VocabService(tmp_path / name, lambda ledger=ledger: ledger)
+    services = {name: VocabService(tmp_path / name, lambda ledger=ledger: ledger,
+                                   on_change=on_change(name) if on_change else None)
                 for name, ledger in (("driver", driver_ledger), ("head", head_ledger))}
     syncs: dict[str, StageSync] = {}
-    first, last = stage((0, 2), services["driver"], syncs, "driver"), stage((2, ARCH.layers), services["head"], syncs, "head")
+    first = stage((0, 2), services["driver"], syncs, "driver")
+    last = stage((2, ARCH.layers), services["head"], syncs, "head")
     for name, s in (("driver", first), ("head", last)):
         sync = syncs[name] = StageSync(name, s, None, CONFIG, on_report=services[name].round_closed)
         services[name].attach(s, sync)
@@ -196,10 +199,12 @@ def _pipeline(tmp_path: Path, driver_ledger: list, head_ledger: list):  # noqa: 
 
 def test_driver_and_head_switch_at_the_same_driver_step(tmp_path: Path) -> None:
     ledger: list[Proposal] = []
-    driver, first, last, services = _pipeline(tmp_path, ledger, ledger)
     switched: dict[str, int] = {}
-    for name, s in (("driver", first), ("head", last)):
-        services[name].listeners.append(lambda _tok, name=name, s=s: switched.setdefault(name, s.inner_step))
+    stages: dict[str, StageWorker] = {}
+    driver, first, last, services = _pipeline(
+        tmp_path, ledger, ledger,
+        on_change=lambda name: lambda _tok: switched.setdefault(name, stages[name].inner_step))
+    stages.update(driver=first, head=last)
 
     async def train(steps: range) -> None:
         for step in steps:

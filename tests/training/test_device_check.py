@@ -150,4 +150,4 @@ def test_runtime_reports_an_unusable_gpu_and_trains_on_the_cpu(tmp_path: Path) -
     assert [s.step for s in steps] == [1, 2]
     runtime = runtimes[0]
     assert runtime.device == "cpu" and runtime.stage.device == torch.device("cpu")
-    assert runtime._offer[0] != "T1"  # noqa: SLF001 - the tier it announced is the CPU's, not the GPU's
+    assert runtime.offer[0] != "T1"  # the tier it announced is the CPU's, not the GPU's

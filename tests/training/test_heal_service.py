@@ -7,21 +7,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node import hardware
 from app.node.config import NodeConfig
 from app.node.model.architecture import ModelArchitecture
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.records import PeerRecord
 from app.node.runtime.heal_service import HealService
-from app.node.runtime.node_runtime import NodeRuntime
+from app.node.runtime.network import NetworkService
+from app.node.runtime.stage_host import StageHooks, StageHost
+from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RunControl, RuntimeContext
 from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment
-from app.node.training.stage import StageWorker, build_shard
 from app.node.training.trainer import NodeTrainer
 
 ARCH = ModelArchitecture.tiny()
@@ -135,15 +136,18 @@ def test_a_move_onto_the_stage_a_node_already_serves_keeps_its_trained_weights(t
         ctx = RuntimeContext(NodeConfig(data_dir=tmp_path, port=0, training={"model": "tiny"}), report,
                              lambda _e: None, lambda _s, _d: None, RunControl(), ThreadPoolExecutor(1),
                              asyncio.get_running_loop())
-        runtime = NodeRuntime(ctx)
-        runtime.net = SimpleNamespace()  # type: ignore[assignment]  # a repeated move never touches it
-        stage = StageWorker(build_shard(ARCH, (2, 4), with_embedding=False, with_head=True, seed=0),
-                            runtime.training)
+        training = TrainingConfig.from_dict({"model": "tiny"})
+        # a network that was never started: a repeated move never touches it
+        net = NetworkService.open(PrivateKey.generate(), host="127.0.0.1", port=0, trackers=(), listen=False,
+                                  p2p={}, emit=lambda _e: None)
+        host = StageHost(ctx, net, VocabService(tmp_path, lambda: []), training, lambda _text: None,
+                         Assignment("me", 1, (2, 4), False, True), device="cpu", offer=("T3", 2), hooks=StageHooks())
+        stage = host.stage
         with torch.no_grad():
             stage.params[0].add_(1.0)  # "trained" weights, unlike the genesis ones a rebuild would make
         trained = stage.weights_hash()
-        runtime.stage, runtime.trainer = stage, NodeTrainer("me", stage, runtime.training)
-        await runtime._move(Assignment("me", 1, (2, 4), False, True, download_from="someone"))
-        assert runtime.stage is stage and stage.weights_hash() == trained
+        await host.move(Assignment("me", 1, (2, 4), False, True, download_from="someone"),
+                        NodeTrainer("me", stage, training))
+        assert host.stage is stage and stage.weights_hash() == trained
 
     asyncio.run(scenario())

@@ -1,8 +1,8 @@
 """A volunteer pauses a worker/validator node: it stops serving stage work at once, answering with
 a retryable refusal, so the driver's router fails over to a replica; on Resume it serves again.
 
-Real P2P nodes on loopback gRPC; each replica's stage is served through NodeRuntime's own wiring
-(``_serve_stage`` and its busy check on the engine's RunControl).
+Real P2P nodes on loopback gRPC; each replica's stage is served through the runtime's own wiring
+(StageHost's ``_serve_stage`` and its busy check on the engine's RunControl).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,10 +27,14 @@ from app.node.p2p.errors import PeerUnavailable
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import LayerAnnouncement
 from app.node.p2p.tracker import Tracker
-from app.node.runtime.node_runtime import NodeRuntime
+from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import P2PStageTransport, to_wire
+from app.node.runtime.stage_host import StageHooks, StageHost
 from app.node.runtime.stage_protocol import stage_request
+from app.node.runtime.status import watch_pause
+from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RunControl, RuntimeContext
+from app.node.training.layer_pool import Assignment
 from app.node.training.pipeline import PipelineDriver
 
 CONFIG = tiny_config()
@@ -56,18 +59,18 @@ async def _swarm(n: int) -> AsyncIterator[list[P2PNode]]:
         await tracker.stop()
 
 
-def _replica(tmp_path: Path, node: P2PNode, states: list[tuple[NodeState, str]]) -> NodeRuntime:
-    """A NodeRuntime serving the head stage on ``node`` (the network part is the test's swarm)."""
+def _replica(tmp_path: Path, node: P2PNode, states: list[tuple[NodeState, str]]) -> tuple[StageHost, RuntimeContext]:
+    """A StageHost serving the head stage on ``node`` (the network part is the test's swarm)."""
     report = hardware.HardwareReport(hardware.detect_device("cpu"), 20.0, hardware.tier_for_ms(20.0),
                                      torch.__version__, time.time())
     config = NodeConfig(data_dir=tmp_path, port=0, training={"model": "tiny"})
     ctx = RuntimeContext(config, report, lambda _event: None, lambda s, d: states.append((s, d)), RunControl(),
                          ThreadPoolExecutor(1), asyncio.get_running_loop())
-    runtime = NodeRuntime(ctx)
-    runtime.net = SimpleNamespace(node=node)  # type: ignore[assignment]
-    runtime.stage = make_stage(HEAD, CONFIG)
-    runtime._serve_stage(runtime.stage)
-    return runtime
+    host = StageHost(ctx, NetworkService(node, trackers=(), emit=lambda _event: None),
+                     VocabService(tmp_path, lambda: []), CONFIG, lambda _text: None,
+                     Assignment("me", 1, HEAD, False, True), device="cpu", offer=("T3", 2), hooks=StageHooks())
+    host._serve_stage(host.stage)
+    return host, ctx
 
 
 def test_a_paused_replica_refuses_as_unavailable_the_pipeline_fails_over_and_resume_serves_again(
@@ -75,15 +78,15 @@ def test_a_paused_replica_refuses_as_unavailable_the_pipeline_fails_over_and_res
     async def scenario() -> None:
         async with _swarm(3) as (driver_node, a_node, b_node):
             states: list[tuple[NodeState, str]] = []
-            a = _replica(tmp_path / "a", a_node, states)
-            b = _replica(tmp_path / "b", b_node, [])
+            a, a_ctx = _replica(tmp_path / "a", a_node, states)
+            b, _ = _replica(tmp_path / "b", b_node, [])
             for node in (a_node, b_node):
                 await node.registry.announce(LayerAnnouncement(*HEAD, "T3", 1.0))
-            watch = asyncio.ensure_future(a._watch_pause())
+            watch = asyncio.ensure_future(watch_pause(a_ctx.control, a_ctx.set_state))
             driver = PipelineDriver("driver", make_stage((0, 2), CONFIG), [HEAD[0]],
                                     P2PStageTransport(driver_node), micro_batches=CONFIG.micro_batches)
             try:
-                a.ctx.control.pause()
+                a_ctx.control.pause()
                 # straight to the paused node: refused with UNAVAILABLE (retryable), nothing computed
                 x = torch.zeros(2, CONFIG.seq_len, 64)
                 meta = stage_request("forward", HEAD[0], {"step": 0, "mb": 0})
@@ -99,7 +102,7 @@ def test_a_paused_replica_refuses_as_unavailable_the_pipeline_fails_over_and_res
                     await asyncio.sleep(0.05)
                 assert states[-1][0] == NodeState.PAUSED
                 # Resume: the node serves again (the driver is pointed at it; B stays available)
-                a.ctx.control.resume()
+                a_ctx.control.resume()
                 driver.transport.node.router.clear(a_node.node_id)
                 driver.routes[HEAD[0]] = a_node.node_id.hex()
                 await driver.train_step(3, patterned_batch(CONFIG, 3))

@@ -55,8 +55,7 @@ class _Recorder:
             return [e for e in self.events if isinstance(e, kind)]
 
     def factory(self, ctx: RuntimeContext):  # noqa: ANN201
-        self.runtime = create_runtime(ctx)
-        self.runtime.subscribe_work(self.work.append)
+        self.runtime = create_runtime(ctx, step_sinks=(self.work.append,))
         return self.runtime
 
 

@@ -1,6 +1,6 @@
 """EconomyLink: plugs the lead's EconomyService (economy.py) into the node runtime.
 
-Work reports flow from the trainer's StepInfo hook into ``on_work``; ledger records gossip on the
+Work reports flow from the trainer's steps (the runtime's StepReports) into ``on_work``; ledger records gossip on the
 P2P ``ledger`` topic; wallet commands and wallet/ledger queries are answered off the loop thread.
 The economy is an add-on to training: if it cannot start (no usable keystore, a broken ledger
 file), the node logs why and trains on without rewards rather than stopping.
@@ -24,8 +24,7 @@ log = logging.getLogger("neuroshard.runtime.economy")
 
 
 class EconomyLink:
-    def __init__(self, ctx: RuntimeContext, net: NetworkService, key: Any,
-                 subscribe_work: Callable[[Callable[[Any], None]], None]) -> None:
+    def __init__(self, ctx: RuntimeContext, net: NetworkService, key: Any) -> None:
         self.ctx, self.net = ctx, net
         self.service: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -38,7 +37,6 @@ class EconomyLink:
             log.exception("economy not started")
             ctx.emit(ErrorOccurred(message=f"rewards are off for this run: {exc}", fatal=False))
             return
-        subscribe_work(self.service.on_work)
         net.node.set_gossip_handler(GOSSIP_TOPIC, self.service.on_gossip)
         net.node.set_gossip_handler(VERIFY_TOPIC, self.service.on_verify_request)
         self._topic, self._timeout, self._verify_topic = GOSSIP_TOPIC, GOSSIP_TIMEOUT_S, VERIFY_TOPIC
@@ -65,6 +63,25 @@ class EconomyLink:
             return []  # not reachable from here: the check fails as unavailable
         request = json.dumps({"proof_id": proof_id, "step": step}).encode()
         return await self.net.node.gossip(peer, self._verify_topic, [request], self._timeout * 4)
+
+    def on_work(self, step: Any) -> None:
+        """A step this node applied (any thread): the work of the next training proof."""
+        if self.service is not None:
+            self.service.on_work(step)
+
+    def staked_units(self) -> int:
+        """This node's stake in micro-NEURO (0 while rewards are off)."""
+        return self.service.ledger.balance(self.service.key.address).staked if self.service is not None else 0
+
+    def proposals(self) -> list[Any]:
+        """The governance proposals in this node's ledger (none while rewards are off)."""
+        return self.service.ledger.proposals() if self.service is not None else []
+
+    def on_forward(self, stage: Any, driver: str, step: int, mb: int, inputs: list[Any], output: Any) -> None:
+        """The stage's forward hook: PoNW keeps what this node's training proofs commit to
+        (runtime/verification.py)."""
+        if self.service is not None:
+            self.service.steps.on_forward(stage, driver, step, mb, inputs, output)
 
     def handles(self, command: Event | Any) -> bool:
         return self.service is not None and self.service.handles(command)

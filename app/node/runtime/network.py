@@ -20,7 +20,7 @@ from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
 from app.node.p2p.node import P2PNode
-from app.node.p2p.records import PeerRecord
+from app.node.p2p.records import LayerAnnouncement, PeerRecord
 
 log = logging.getLogger("neuroshard.runtime.network")
 
@@ -33,17 +33,23 @@ def p2p_config_from(raw: dict[str, Any]) -> P2PConfig:
 
 
 class NetworkService:
-    def __init__(self, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
-                 p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "",
-                 tls_dir: Path | None = None, data_dir: Path | None = None) -> None:
-        self.node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
-                            config=p2p_config_from(p2p), advertise=advertise, tls_dir=tls_dir,
-                            data_dir=data_dir)
+    def __init__(self, node: P2PNode, *, trackers: tuple[str, ...], emit: Callable[[Event], None]) -> None:
+        """Around ``node`` (not started yet: ``start`` does), joining through ``trackers``."""
+        self.node = node
         self.emit = emit
         self.trackers = trackers
         self.known: dict[bytes, PeerRecord] = {}
         self._watch: asyncio.Task[None] | None = None
         self.replicas: tuple[int, ...] = ()  # live holders of each layer, as the last heal check saw
+
+    @classmethod
+    def open(cls, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
+             p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "",
+             tls_dir: Path | None = None, data_dir: Path | None = None) -> NetworkService:
+        """A P2P node for ``key`` with the ``[p2p]`` settings (checked here), and its service."""
+        node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
+                       config=p2p_config_from(p2p), advertise=advertise, tls_dir=tls_dir, data_dir=data_dir)
+        return cls(node, trackers=trackers, emit=emit)
 
     def apply_caps(self, caps: UsageCaps) -> None:
         """The volunteer's upload/download caps on tensor streams, live (subscribe this to the
@@ -62,6 +68,37 @@ class NetworkService:
     @property
     def node_id(self) -> str:
         return self.node.node_id.hex()
+
+    def serve(self, *, stage: Any = None, sync: Any = None, weights: Any = None, data: Any = None) -> None:
+        """Answer these requests with these handlers from now on (the P2P node's handler types;
+        a handler not given stays as it is)."""
+        if stage is not None:
+            self.node.set_stage_handler(stage)
+        if sync is not None:
+            self.node.set_sync_handler(sync)
+        if weights is not None:
+            self.node.set_weights_handler(weights)
+        if data is not None:
+            self.node.set_data_handler(data)
+
+    async def announce(self, layer_range: tuple[int, int], *, tier: str, layers_fit: int) -> None:
+        """Announce that this node holds ``layer_range`` (refreshed by the heartbeat until replaced)."""
+        if not self.node.address and not self.node.relay_address:
+            # --no-listen with no relay yet (a solo genesis node has no peer to relay through):
+            # nobody could dial the holder we would announce, so there is nothing to announce.
+            log.info("not announcing layers: this node accepts no connections and has no relay")
+            return
+        first, last = layer_range
+        await self.node.registry.announce(LayerAnnouncement(first, last, tier=tier, capacity=float(layers_fit),
+                                                            ttl=self.node.config.heartbeat_timeout_s))
+
+    async def holders_from(self, layer: int) -> list[PeerRecord]:
+        """Announced holders of a stage that starts at ``layer``."""
+        return [r for r in await self.node.who_holds(layer) if r.layer_start == layer]
+
+    async def live_drivers(self) -> set[str]:
+        """Node ids of the drivers currently announced (holders of a stage starting at layer 0)."""
+        return {r.node_id.hex() for r in await self.holders_from(0)}
 
     @property
     def solo(self) -> bool:

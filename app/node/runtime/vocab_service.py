@@ -120,7 +120,9 @@ def chain(tokenizer: NeuroTokenizer, proposals: Iterable[Proposal]) -> list[tupl
 class VocabService:
     """Owns this node's vocabulary: tokenizer, activation history, and the switch (module doc)."""
 
-    def __init__(self, data_dir: Path, proposals: Callable[[], Iterable[Proposal]]) -> None:
+    def __init__(self, data_dir: Path, proposals: Callable[[], Iterable[Proposal]],
+                 on_change: Callable[[NeuroTokenizer], None] | None = None) -> None:
+        """``on_change(tokenizer)`` after every switch (later stages are built at the new size)."""
         self.path = Path(data_dir) / VOCAB_FILE
         self.proposals = proposals
         self.history: list[Step] = self._load()
@@ -128,7 +130,7 @@ class VocabService:
         self.stage: StageWorker | None = None
         self.sync: StageSync | None = None
         self.loader: BatchLoader | None = None
-        self.listeners: list[Callable[[NeuroTokenizer], None]] = []
+        self._on_change = on_change
         self._tasks: set[asyncio.Future[None]] = set()
         self._known: list[Proposal] | None = None  # the refreshed copy, once start() ran
         self._refresher: asyncio.Future[None] | None = None
@@ -311,9 +313,9 @@ class VocabService:
             log.warning("vocabulary proposal %s skipped: its merges clash with the vocabulary before it",
                         skipped.proposal_id[:12])
         log.info("vocabulary %s -> %s (%d proposal(s))", old.version, new.version, len(steps))
-        for listener in list(self.listeners):
+        if self._on_change is not None:
             try:
-                listener(new)
+                self._on_change(new)
             except Exception:
                 log.exception("vocabulary listener failed")
 

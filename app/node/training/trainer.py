@@ -51,6 +51,7 @@ class StepInfo:
     inner_step: int
     inner_steps_per_sync: int
     driver: str
+    tokens_total: int  # tokens this node applied this session, this step's included
 
 
 def roles_of(stage: StageWorker) -> tuple[str, ...]:
@@ -201,7 +202,7 @@ class NodeTrainer:
             tokens=info.tokens, batches=info.microbatches, layers=self.stage.layer_range, role=self.role,
             hash_before=info.hash_before, hash_after=info.hash_after,
             tokens_per_s=info.tokens / elapsed if elapsed > 0 else 0.0, inner_step=self._inner_in_round(),
-            inner_steps_per_sync=self.config.inner_steps, driver=info.driver)
+            inner_steps_per_sync=self.config.inner_steps, driver=info.driver, tokens_total=self.tokens_total)
         if self.on_step is not None:
             try:
                 self.on_step(step)
