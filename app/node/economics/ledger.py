@@ -188,6 +188,13 @@ class Ledger:
         with self._lock:
             return self._current().checks_by_epoch.get((address, epoch), 0)
 
+    def proof_reward(self, record_id: str) -> int | None:
+        """The provisional reward this ledger granted the proof ``record_id`` when it applied it
+        (None: no applied proof of that id)."""
+        with self._lock:
+            proof = self._current().proofs.get(record_id)
+            return proof.reward if proof is not None else None
+
     def record_status(self, record_id: str) -> tuple[str, str]:
         """("applied" | "waiting" | "rejected" | "conflict" | "slashed" | "unknown", reason)."""
         with self._lock:

@@ -30,7 +30,6 @@ from typing import Any
 
 from app.crypto.keys import PrivateKey
 from app.node.config import NodeConfig
-from app.node.economics import rewards
 from app.node.economics.constants import ConfigError, EconomicsConfig, from_settings
 from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
@@ -212,7 +211,6 @@ class EconomyService:
             proofs.append((epoch, "verification", WorkFigures(samples=checks, tier=self._tier), b"", b""))
         self.steps.expire(current)
         accepted = []
-        staked = self.ledger.balance(self.key.address).staked
         for epoch, kind, figures, before, after, *samples in proofs:
             record = make_proof(self.key, self.config, epoch=epoch, kind=kind, work=figures,
                                 timestamp_ms=now_ms, model_before=before, model_after=after)
@@ -227,8 +225,9 @@ class EconomyService:
             if result.accepted:
                 accepted.append(kind)
                 self.proofs_submitted += 1
+                # the reward the ledger granted when it applied the proof, not a second computation
                 self._emit(ProofAccepted(proof_kind=kind, epoch=epoch,
-                                         reward_units=rewards.proof_reward(record.body, staked, self.config)))
+                                         reward_units=self.ledger.proof_reward(record.record_id) or 0))
             else:
                 log.warning("own %s proof for epoch %d refused: %s", kind, epoch, result.reason)
                 self._refused.append(f"{kind}: {result.reason}")
