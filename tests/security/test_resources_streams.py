@@ -174,3 +174,31 @@ def test_target_memory_stays_under_its_bound_under_the_four_stalled_streams_atta
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_peer_that_stops_reading_its_answer_is_cut_off_and_its_reservation_released():
+    config = P2PConfig(**{**FAST.__dict__, "stream_stall_timeout_s": 0.5})
+
+    async def big_answer(caller, kind, meta, tensors):
+        return {}, {"y": torch.zeros(8 * MIB)}  # 32 MiB: far more than the flow-control window
+
+    async def scenario():
+        async with swarm(2, config=config, tracker=False) as (_, (target, other)):
+            target.set_stage_handler(big_answer)
+            header, buffers = build_header("forward", {}, {"x": torch.ones(4)}, digest=False)
+            sign_message(other.key, FORWARD, header, target.node_id)
+            channel = await other.client.channel(_route(target))
+            call = channel.stream_stream(FORWARD, request_serializer=lambda m: m.SerializeToString(),
+                                         response_deserializer=pb2.TensorChunk.FromString)(
+                iter([pb2.TensorChunk(header=header), pb2.TensorChunk(data=bytes(buffers[0]))]), timeout=60)
+            budget = target.dispatcher.budget
+            while budget.total_bytes == 0:  # admitted
+                await asyncio.sleep(0.01)
+            while budget.total_bytes:  # the answer is never read: cut off after the stall timeout
+                await asyncio.sleep(0.05)  # (were it never, run()'s timeout fails the test)
+            call.cancel()
+            target.set_stage_handler(double)
+            _, out = await other.call_stage(target.address, "forward", {}, {"x": torch.ones(2)}, 5)
+            assert torch.equal(out["y"], torch.full((2,), 2.0))
+
+    run(scenario())

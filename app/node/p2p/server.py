@@ -175,16 +175,43 @@ class Dispatcher:
             return unary_adapter
         if shape is Shape.RESPONSE_STREAM:
             async def stream_adapter(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async for response in run(_once(request), context):
+                async for response in self._write_guarded(run(_once(request), context), context):
                     yield response
 
             return stream_adapter
 
         async def bidi_adapter(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for response in run(_lazy(request_iterator), context, request_iterator):
+            async for response in self._write_guarded(run(_lazy(request_iterator), context, request_iterator),
+                                                      context):
                 yield response
 
         return bidi_adapter
+
+    async def _write_guarded(self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                             ) -> AsyncIterator[Any]:
+        """Pass responses on; a peer that stops reading them is cut off after the stall timeout.
+
+        grpc writes each yielded message from the handler's own task before asking for the next,
+        so while a yield is pending, grpc is blocked on the peer's flow-control window. If that
+        lasts ``stream_stall_timeout_s`` the handler task is cancelled, which ends the handler: the
+        handler's reservations and buffers are released. (grpc sends the peer no status then: its
+        HTTP/2 stream lasts until its deadline or the connection closes, at most
+        MAX_STREAMS_PER_CONNECTION per connection.)"""
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+
+        def cut_off() -> None:
+            log.info("peer %s stopped reading its answer for %g s: call ended", context.peer(),
+                     self.config.stream_stall_timeout_s)
+            task.cancel()
+
+        async for response in responses:
+            timer = loop.call_later(self.config.stream_stall_timeout_s, cut_off)
+            try:
+                yield response
+            finally:
+                timer.cancel()
 
     def build_server(self) -> grpc.aio.Server:
         """A grpc.aio server for every registered method. Methods are registered by path with
@@ -194,6 +221,9 @@ class Dispatcher:
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # HTTP/2 streams per connection: a call cut off for not reading its answer leaves its
+            # stream to the peer's deadline or the connection's end; this bounds how many
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ]
         server = grpc.aio.server(options=options)
         services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
@@ -216,6 +246,7 @@ _HANDLER_FACTORIES = {
 }
 
 
+MAX_STREAMS_PER_CONNECTION = 256
 DRAIN_TIMEOUT_S = 1.0
 DRAIN_MAX_MESSAGES = 256  # the codec's 1 MiB chunks: a refused 256 MiB upload is not read to the end
 
