@@ -140,3 +140,20 @@ def test_lm_loss_ignores_pad_targets() -> None:
     keep = padded != PAD_ID
     expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
     assert torch.allclose(lm_loss(logits, padded), expected)
+
+
+@pytest.mark.parametrize("block_type", ["transformer", "inl"])
+def test_architecture_embedding_rank_builds_low_rank_ends_that_split_like_the_whole(block_type: str) -> None:
+    torch.manual_seed(4)
+    arch = ModelArchitecture.tiny().with_changes(vocab=2048, embedding_rank=16, block_type=block_type)
+    whole = ModelShard.full(arch)
+    assert whole.embedding.proj is not None and whole.head.down is not None
+    assert sum(p.numel() for p in whole.parameters()) == arch.param_count()
+    assert arch.param_count() < arch.with_changes(embedding_rank=0).param_count()
+    stages = _split(whole, [(0, 2), (2, 4)])
+    ids = torch.randint(0, arch.vocab, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(stages[1](stages[0](ids)), whole(ids), atol=1e-5)
+    assert ModelArchitecture.from_dict(arch.to_dict()) == arch
+    with pytest.raises(ValueError, match="embedding_rank"):
+        arch.with_changes(embedding_rank=arch.hidden)

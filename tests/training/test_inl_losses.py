@@ -116,6 +116,9 @@ def test_options_are_off_by_default_and_validated() -> None:
                                    "cycle_schedule": "balanced"})
     stage = StageWorker(build_shard(on.architecture(), (0, 4), with_embedding=True, with_head=True, seed=0), on)
     assert all("forward" in b.__dict__ for b in stage.shard.blocks.values())
-    for bad in ({"block_type": "rnn"}, {"cycle_schedule": "always"}, {"variance_loss_weight": -1.0}):
+    low = TrainingConfig.from_dict({"model": "tiny", "embedding_rank": 32})
+    shard = build_shard(low.architecture(), (0, 4), with_embedding=True, with_head=True, seed=0)
+    assert shard.low_rank == 32 and shard.embedding.proj is not None
+    for bad in ({"block_type": "rnn"}, {"embedding_rank": -1}, {"model": "tiny", "embedding_rank": 64}, {"cycle_schedule": "always"}, {"variance_loss_weight": -1.0}):
         with pytest.raises(TrainingConfigError):
             TrainingConfig.from_dict(bad)

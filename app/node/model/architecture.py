@@ -88,6 +88,9 @@ class ModelArchitecture:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     block_type: str = "transformer"
+    embedding_rank: int = 0
+    """0: full embedding and head. r > 0: both factorised through rank r (seed 003's low-rank
+    embeddings; it suggests max(64, hidden / 8)): a shape, so the whole network agrees on it."""
     inl_iterations: int = 10
     """Integration steps of an INL block (seed 003: 5-15; its inference statistics count against a
     maximum of 10). Only read when ``block_type`` is "inl"."""
@@ -137,11 +140,14 @@ class ModelArchitecture:
         return attention + 3 * h * self.ffn + 2 * h
 
     def embedding_param_count(self) -> int:
-        return self.vocab * self.hidden
+        r = self.embedding_rank
+        return self.vocab * r + r * self.hidden if r else self.vocab * self.hidden
 
     def head_param_count(self) -> int:
         """Final norm plus LM head (the head matrix is free when tied to the embedding)."""
-        return self.hidden + (0 if self.tie_embeddings else self.vocab * self.hidden)
+        if self.tie_embeddings:
+            return self.hidden + self.hidden * self.embedding_rank
+        return self.hidden + self.embedding_param_count()
 
     def param_count(self) -> int:
         return (self.layers * self.layer_param_count() + self.embedding_param_count()
@@ -179,6 +185,8 @@ def _validate(a: ModelArchitecture) -> list[str]:
         problems.append("rope_theta must be > 0 and norm_eps in (0, 1)")
     if a.block_type not in BLOCK_TYPES:
         problems.append(f"block_type must be one of {', '.join(BLOCK_TYPES)}, got {a.block_type!r}")
+    if not (isinstance(a.embedding_rank, int) and 0 <= a.embedding_rank < a.hidden):
+        problems.append(f"embedding_rank must be 0 (full) or below hidden {a.hidden}, got {a.embedding_rank!r}")
     if a.inl_iterations > 64:
         problems.append(f"inl_iterations must be at most 64, got {a.inl_iterations}")
     return problems
@@ -195,7 +203,7 @@ def parameter_budget(total_memory_bytes: int, nodes: int = 1) -> float:
 def calculate_optimal_architecture(total_memory_bytes: int, *, nodes: int = 1,
                                    vocab: int = GENESIS_VOCAB, max_seq: int = 1024,
                                    version: int = 1, tie_embeddings: bool = False,
-                                   block_type: str = "transformer") -> ModelArchitecture:
+                                   block_type: str = "transformer", embedding_rank: int = 0) -> ModelArchitecture:
     """The architecture that fits the network's memory (DESIGN.md §3, see the module docstring).
 
     ``scale = P / P_anchor`` where ``P_anchor`` is the budget of 1 node with 2 GB, so the anchor
@@ -210,7 +218,8 @@ def calculate_optimal_architecture(total_memory_bytes: int, *, nodes: int = 1,
     ffn = FFN_MULTIPLE * math.ceil(8 * hidden / 3 / FFN_MULTIPLE)
     return ModelArchitecture(hidden=hidden, layers=layers, heads=heads, kv_heads=_kv_heads(heads),
                              head_dim=HEAD_DIM, ffn=ffn, vocab=vocab, max_seq=max_seq,
-                             version=version, tie_embeddings=tie_embeddings, block_type=block_type)
+                             version=version, tie_embeddings=tie_embeddings, block_type=block_type,
+                             embedding_rank=embedding_rank)
 
 
 def _round_heads(raw_heads: float) -> int:

@@ -53,6 +53,8 @@ class ModelShard(nn.Module):
     def __init__(self, arch: ModelArchitecture, first_layer: int, last_layer: int, *,
                  with_embedding: bool, with_head: bool, low_rank: int | None = None) -> None:
         super().__init__()
+        if low_rank is None:  # the architecture's own rank unless a caller asks for another
+            low_rank = arch.embedding_rank or None
         _check_shard_args(arch, first_layer, last_layer, with_embedding, with_head, low_rank)
         self._arch = arch
         self._range = (first_layer, last_layer)

@@ -45,6 +45,9 @@ class TrainingConfig:
     """"genesis" (the scaler's 1-node architecture, 11 × 512) or "tiny" (tests, devnets)."""
     block_type: Literal["transformer", "inl"] = "transformer"
     """"inl": seed 003's integrator blocks (ModelArchitecture.block_type, model/inl.py)."""
+    embedding_rank: Count = 0
+    """0 = full embedding and head; r > 0 factorises both through rank r (seed 003's low-rank
+    embeddings, ModelArchitecture.embedding_rank): a shape every node of a network must share."""
     variance_loss_weight: Annotated[float, Ge(0)] = 0.0
     """INL only: weight of seed 003's variance-weighted term (0 = off; training/inl_losses.py)."""
     cycle_schedule: Literal["off", "balanced"] = "off"
@@ -110,9 +113,14 @@ class TrainingConfig:
         if self.batch_size % self.micro_batches:
             raise TrainingConfigError(f"training: batch_size {self.batch_size} must be a multiple of "
                                       f"micro_batches {self.micro_batches}")
+        if self.embedding_rank and self.embedding_rank >= (hidden := self._base_architecture().hidden):
+            raise TrainingConfigError(f"training: embedding_rank {self.embedding_rank} must be below the "
+                                      f"model's hidden size {hidden} (0 = full rank)")
 
-    def architecture(self) -> Any:
+    def _base_architecture(self) -> Any:
         from app.node.model.architecture import ModelArchitecture
 
-        arch = ModelArchitecture.tiny() if self.model == "tiny" else ModelArchitecture.genesis()
-        return arch.with_changes(block_type=self.block_type)
+        return ModelArchitecture.tiny() if self.model == "tiny" else ModelArchitecture.genesis()
+
+    def architecture(self) -> Any:
+        return self._base_architecture().with_changes(block_type=self.block_type, embedding_rank=self.embedding_rank)

@@ -232,7 +232,8 @@ class DynamicLayerPool:
             return None
         candidate = calculate_optimal_architecture(memory, nodes=nodes, vocab=self.arch.vocab,
                                                    max_seq=self.arch.max_seq, version=self.arch.version + 1,
-                                                   block_type=self.arch.block_type)
+                                                   block_type=self.arch.block_type,
+                                                   embedding_rank=self.arch.embedding_rank)
         if should_upgrade(self.arch, candidate):
             return UpgradeNotice(self.arch, candidate, nodes)
         return None
