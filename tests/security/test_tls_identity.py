@@ -184,3 +184,22 @@ def test_node_started_with_a_tls_dir_serves_the_same_certificate_after_a_restart
         assert fingerprints[0] == fingerprints[1]
 
     run(scenario())
+
+
+def test_tracker_with_a_data_dir_keeps_its_pinned_identity_across_restarts(tmp_path):
+    from app.node.p2p.tracker import Tracker
+
+    async def scenario():
+        pins = []
+        for _ in range(2):
+            tracker = Tracker(0, config=FAST, data_dir=tmp_path)
+            await tracker.start()
+            try:
+                assert bound_node_id(await probe(tracker.address, 3)) == tracker.key.node_id
+                pins.append(tracker.pinned_address.partition("@")[0])
+            finally:
+                await tracker.stop()
+        assert pins[0] == pins[1]
+        assert (tmp_path / "tracker.key").stat().st_mode & 0o077 == 0
+
+    run(scenario())

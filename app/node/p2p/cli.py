@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from app.node.flags import port_argument, seconds_argument
 from app.node.p2p.config import P2PConfig
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=port_argument, default=DEFAULT_PORT,
                         help=f"TCP port, 0-65535 (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keeps the tracker's key and TLS certificate, so its pinned address "
+                             "(<id>@host:port, printed at start) survives restarts; default: new each start")
     parser.add_argument("--heartbeat-timeout", type=seconds_argument, default=None,
                         help="seconds without a heartbeat before a node is dropped (default 120)")
 
@@ -28,9 +32,9 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.heartbeat_timeout:
         config = P2PConfig(heartbeat_timeout_s=args.heartbeat_timeout,
                            heartbeat_interval_s=min(config.heartbeat_interval_s, args.heartbeat_timeout / 4))
-    tracker = Tracker(args.port, args.host, config)
+    tracker = Tracker(args.port, args.host, config, data_dir=args.data_dir)
     await tracker.start()
-    print(f"tracker listening on {tracker.address}", flush=True)
+    print(f"tracker listening on {tracker.address} (pinned: {tracker.pinned_address})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
