@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -23,6 +23,19 @@ FAST = P2PConfig(
     republish_interval_s=30.0, refresh_interval_s=30.0, use_upnp=False,
 )
 """Short heartbeats and timeouts so liveness tests finish in seconds; k and alpha stay 20 and 3."""
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 60.0, what: str = "") -> None:
+    """Wait until ``condition()`` holds: an event wait, not a time budget (``timeout`` only bounds a
+    hang; a loaded machine takes longer and still passes)."""
+    async def poll() -> None:
+        while not await condition():
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"never happened within {timeout:.0f} s: {what}") from None
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:

@@ -1,16 +1,16 @@
 """Layer registry liveness and swarm-router failover with real nodes on loopback."""
 
 import asyncio
-import time
 
 import grpc
 import pytest
 import torch
 
 from app.node.p2p.errors import NoHolders, PeerRejected, RpcRefusal
-from app.node.p2p.records import LayerAnnouncement
+from app.node.p2p.records import LayerAnnouncement, parse_layer_announcement
+from app.node.p2p.registry import layer_key
 
-from .helpers import FAST, double, run, swarm
+from .helpers import FAST, double, eventually, run, swarm
 
 
 async def _holders(nodes, start: int, end: int, capacity: float = 1.0):
@@ -34,19 +34,43 @@ def test_registry_lists_holders_with_their_layer_range():
     run(scenario())
 
 
+async def _announcements(node, layer: int) -> dict[bytes, LayerAnnouncement]:
+    """The newest announcement of each holder of ``layer`` as stored in the DHT (live or not)."""
+    newest: dict[bytes, LayerAnnouncement] = {}
+    for value in await node.dht.get_values(layer_key(layer)):
+        ann = parse_layer_announcement(value.value)
+        if ann.node_id not in newest or newest[ann.node_id].timestamp < ann.timestamp:
+            newest[ann.node_id] = ann
+    return newest
+
+
 def test_registry_reflects_a_killed_node_within_the_heartbeat_timeout():
     async def scenario():
         async with swarm(6) as (_, nodes):
-            await _holders(nodes[:2], 0, 2)
-            assert len(await nodes[4].registry.who_holds(0)) == 2
-            await nodes[0].kill()
-            killed_at = time.monotonic()
-            while {r.node_id for r in await nodes[4].registry.who_holds(0)} != {nodes[1].node_id}:
-                assert time.monotonic() - killed_at < FAST.heartbeat_timeout_s + 1.0
-                await asyncio.sleep(0.1)
-            # the survivor keeps refreshing: still listed well after its first TTL ran out
-            await asyncio.sleep(FAST.heartbeat_timeout_s)
-            assert [r.node_id for r in await nodes[4].registry.who_holds(1)] == [nodes[1].node_id]
+            victim, survivor, reader = nodes[0], nodes[1], nodes[4]
+            await _holders([victim, survivor], 0, 2)
+            assert len(await reader.registry.who_holds(0)) == 2
+            await victim.kill()
+            # "within the heartbeat timeout" without a stopwatch: the victim's last announcement is
+            # valid for heartbeat_timeout_s after it was signed and not a moment longer
+            last = (await _announcements(reader, 0))[victim.node_id]
+            assert last.ttl == FAST.heartbeat_timeout_s
+            assert last.is_live(now=last.timestamp + last.ttl - 0.01)
+            assert not last.is_live(now=last.timestamp + last.ttl)
+
+            async def only_the_survivor() -> bool:
+                return {r.node_id for r in await reader.registry.who_holds(0)} == {survivor.node_id}
+
+            await eventually(only_the_survivor, what="the registry dropping the killed node")
+            # the survivor keeps refreshing: still listed after its first TTL ran out
+            first = (await _announcements(reader, 1))[survivor.node_id]
+
+            async def refreshed_past_first_ttl() -> bool:
+                ann = (await _announcements(reader, 1)).get(survivor.node_id)
+                return ann is not None and ann.timestamp >= first.timestamp + first.ttl
+
+            await eventually(refreshed_past_first_ttl, what="the survivor's heartbeat")
+            assert [r.node_id for r in await reader.registry.who_holds(1)] == [survivor.node_id]
 
     run(scenario())
 
@@ -69,16 +93,16 @@ def test_failover_completes_microbatch_after_kill():
             async def kill_when_busy():
                 await started.wait()
                 await victim.kill()
-                return time.monotonic()
 
             killer = asyncio.ensure_future(kill_when_busy())
             result = await caller.router.run_stage(0, "forward", {"microbatch": 17}, {"x": torch.arange(4.0)})
-            done_at = time.monotonic()
+            await killer
+            # the replica answered (the victim's handler would only have returned {} after 30 s);
+            # how fast failover is on a quiet machine is the p2p benchmark's figure, not a test's
             assert result.peer.node_id == replica.node_id
             assert result.meta == {"microbatch": 17, "kind": "forward"}
             assert torch.equal(result.tensors["y"], torch.arange(4.0) * 2)
             assert caller.router.failovers >= 1
-            assert done_at - await killer < 1.0
             assert caller.router.is_banned(victim.node_id)
 
     run(scenario())
@@ -102,10 +126,9 @@ def test_silent_peer_is_hedged_and_first_good_answer_wins():
                 yield  # pragma: no cover
 
             hung.dispatcher.handlers["/neuroshard.v1.Pipeline/Forward"] = mute
-            start = time.monotonic()
             result = await caller.router.run_stage(0, "forward", {"microbatch": 1}, {"x": torch.ones(2)})
+            # only a hedge can answer: the muted peer never yields; the event says why it was hedged
             assert result.peer.node_id == replica.node_id
-            assert time.monotonic() - start < FAST.failover_timeout_s + 0.8
             assert [e.reason for e in events] == ["silent"]
             hung.dispatcher.handlers["/neuroshard.v1.Pipeline/Forward"] = original
 

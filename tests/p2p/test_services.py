@@ -1,6 +1,5 @@
 """The calls training and economics use: sync, weights, data shards, gossip; and the byte counters."""
 
-import asyncio
 import dataclasses
 import os
 
@@ -10,7 +9,7 @@ import torch
 
 from app.node.p2p.errors import PeerRejected
 
-from .helpers import FAST, run, swarm
+from .helpers import FAST, eventually, run, swarm
 
 
 def test_pseudo_gradient_exchange_and_weights_download_round_trip():
@@ -77,8 +76,13 @@ def test_published_value_survives_the_death_of_the_nodes_that_stored_it():
             assert holders
             for node in holders:
                 await node.kill()
-            await asyncio.sleep(1.2)  # a republish round stores it on the new closest nodes
-            reader = next(n for n in nodes[1:] if n not in holders)
+            survivors = [n for n in nodes[1:] if n not in holders]
+
+            async def republished() -> bool:  # a republish round stored it on the new closest nodes
+                return any(n.dht.values.get(key) for n in survivors)
+
+            await eventually(republished, what="the publisher's republish reaching a surviving node")
+            reader = survivors[0]
             publisher.dht.values.expire(now=1e18)  # the reader must find it remotely, not at the publisher
             assert b"durable" in await reader.dht.get(key)
             assert any(n.dht.values.get(key) for n in nodes[1:] if n not in holders)

@@ -1,4 +1,4 @@
-"""GUI test fixtures: offscreen Qt, a data dir with a real (cached) hardware measurement, and the
+"""GUI test fixtures: offscreen Qt, a data dir with a cached hardware report of a set tier, and the
 whole app built without entering its event loop, on a real NodeEngine running the node's real
 runtime (app/node/runtime: solo genesis network, tiny model, gRPC on an ephemeral loopback port).
 
@@ -30,14 +30,24 @@ from app.node import identity  # noqa: E402
 from app.node.config import NodeConfig  # noqa: E402
 from tests.ui.funded_ledger import PASSWORD, devnet_economics, fast_keystore, fund_at_genesis  # noqa: E402
 
+SET_MS_PER_LAYER = 300.0
+"""The speed every GUI test's node believes it measured: tier T4 (pipeline yes, inference no), the
+same on a quick T3 machine and a loaded T5 one, so no test depends on this machine's speed."""
+
 
 @pytest.fixture(scope="session")
 def measured_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real hardware measurement per session, cached like the engine caches it."""
+    """One hardware report per session, of a set tier, cached like the engine caches a measurement."""
+    import time
+
+    import torch
+
     from app.node import hardware
 
     path = tmp_path_factory.mktemp("hardware")
-    hardware.measure_or_cached(path, "cpu")
+    report = hardware.HardwareReport(hardware.detect_device("cpu"), SET_MS_PER_LAYER,
+                                     hardware.tier_for_ms(SET_MS_PER_LAYER), torch.__version__, time.time())
+    hardware.save_cache(path, report)
     return path
 
 

@@ -24,7 +24,7 @@ def test_unavailable_mode_is_greyed_with_reason_and_a_refusal_reverts(qtbot, sha
     page = shared_gui.window.contribute
     qtbot.waitUntil(lambda: shared_gui.bridge.latest("modes") is not None, timeout=5_000)
     unavailable = dict(shared_gui.bridge.latest("modes").unavailable)
-    assert unavailable, "this devnet machine should lack at least one mode"
+    assert "inference" in unavailable, "the fixtures' T4 node is too slow to serve inference"
     mode, reason = next(iter(unavailable.items()))
     row = page.rows[mode]
     assert not row.toggle.isEnabled()

