@@ -6,6 +6,11 @@ The devnet reads the nodes' JSON event lines, draws a progress bar on a terminal
 enforces an overall timeout, always kills its children, and prints one JSON summary line built
 from each node's ``run_summary.json``. ``run_devnet`` is the same as a Python API (tests and
 benchmarks/training.py call it).
+
+The summary accounts for every planned step: each driver's ``steps`` are either committed (its
+own count, or the last step it reported before it died) or listed under ``lost_steps`` with the
+reason, and ``dead_nodes`` names every node that was killed or exited with an error. A ``--kill``
+of a role the run does not have is refused (exit 2) instead of silently killing nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ TINY_LAYERS = 4  # ModelArchitecture.tiny().layers; kept here so importing the d
 
 class DevnetError(RuntimeError):
     """The devnet could not start or did not finish; the message says what to look at."""
+
+
+class DevnetUsageError(DevnetError):
+    """The request cannot be met (a bad flag, a --kill of a role this run does not have): exit 2."""
 
 
 def devnet_training(nodes: int, steps: int, inner_steps: int | None = None) -> dict[str, Any]:
@@ -183,6 +192,7 @@ class Devnet:
             nodes = self._nodes()
             if all(p.popen.poll() is not None for p in nodes):
                 return
+            self._refuse_impossible_kill()
             if time.time() - began > self.timeout_s:
                 raise DevnetError(f"devnet did not finish within {self.timeout_s:.0f} s; logs in {self.workdir}")
             try:
@@ -211,6 +221,19 @@ class Devnet:
             proc.served += 1
         elif kind == "error":
             proc.errors.append(str(event.get("message", ""))[:300])
+
+    def _refuse_impossible_kill(self) -> None:
+        """Once every node said which roles it has, a --kill of a role nobody has is refused."""
+        if self.kill is None or self.killed:
+            return
+        nodes = self._nodes()
+        if not nodes or any(not p.roles for p in nodes):
+            return  # still joining
+        role = self.kill[0]
+        if not any(role in p.roles for p in nodes):
+            have = sorted({r for p in nodes for r in p.roles})
+            raise DevnetUsageError(f"--kill {role}:{self.kill[1]}: this {len(nodes)}-node run has no {role} "
+                                   f"(its roles: {', '.join(have)}); nothing was killed")
 
     def _maybe_kill(self) -> None:
         if self.kill is None:
@@ -260,10 +283,12 @@ class Devnet:
 
     def _summary(self, elapsed: float) -> dict[str, Any]:
         dirs = list(dict.fromkeys(p.data_dir for p in self._nodes() if p.data_dir is not None))
+        seen = {p.name: {"roles": list(p.roles), "layers": list(p.layers), "last_step": p.step,
+                         "data_dir": p.data_dir.name if p.data_dir else p.name} for p in self._nodes()}
         return summarize(dirs, self.steps,
                          elapsed, killed=self.killed,
                          exit_codes={p.name: p.popen.returncode for p in self._nodes()},
-                         errors={p.name: p.errors for p in self._nodes() if p.errors})
+                         errors={p.name: p.errors for p in self._nodes() if p.errors}, seen=seen)
 
 
 def with_kill(proc: _Proc) -> None:
@@ -275,8 +300,10 @@ def with_kill(proc: _Proc) -> None:
 
 
 def summarize(dirs: list[Path], steps: int, elapsed: float, *, killed: list[str],
-              exit_codes: dict[str, int | None], errors: dict[str, list[str]]) -> dict[str, Any]:
-    """One summary from the nodes' run_summary.json files (a killed node may have none)."""
+              exit_codes: dict[str, int | None], errors: dict[str, list[str]],
+              seen: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One summary from the nodes' run_summary.json files (a killed node may have none) and what
+    the devnet saw of each process (``seen``: roles, layers and last step from its events)."""
     nodes: dict[str, dict[str, Any]] = {}
     for d in dirs:
         path = d / "run_summary.json"
@@ -308,6 +335,7 @@ def summarize(dirs: list[Path], steps: int, elapsed: float, *, killed: list[str]
         "weights_agree": agree, "all_weights_agree": all(agree.values()) if agree else False,
         "killed": killed, "exit_codes": exit_codes, "errors": errors,
         "proofs": _proof_report(dirs),
+        **account_steps(nodes, steps, killed=killed, exit_codes=exit_codes, seen=seen or {}),
     }
 
 
@@ -321,6 +349,63 @@ def _proof_report(dirs: list[Path]) -> dict[str, Any]:
         return report_from_dirs(dirs, from_settings({}, devnet=True))
     except Exception as exc:  # a summary must not fail on one unreadable ledger
         return {"error": str(exc)}
+
+
+def account_steps(nodes: dict[str, dict[str, Any]], steps: int, *, killed: list[str],
+                  exit_codes: dict[str, int | None], seen: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every planned step, committed or lost with a reason, and every node that died.
+
+    The plan is ``steps`` per driver: every node that reported the driver role (in its events or
+    its run_summary.json). A driver's committed steps are its own count when it wrote one, else
+    the last step it reported before it died."""
+    by_dir: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, info in seen.items():
+        by_dir.setdefault(str(info.get("data_dir", name)), []).append((name, info))
+    driver_dirs = sorted({d for d, procs in by_dir.items() if any("driver" in i.get("roles", []) for _, i in procs)}
+                         | {d for d, n in nodes.items() if "driver" in n.get("roles", [])})
+    committed: dict[str, int] = {}
+    lost: list[dict[str, Any]] = []
+    for d in driver_dirs:
+        own = nodes.get(d, {})
+        last_seen = max((int(i.get("last_step", 0)) for _, i in by_dir.get(d, [])), default=0)
+        done = max(int(own.get("steps", 0) or 0), last_seen) if "driver" in own.get("roles", ["driver"]) \
+            else last_seen
+        done = min(done, steps)
+        committed[d] = done
+        missing = steps - done
+        if missing > 0:
+            lost.append({"driver": d, "steps": missing, "reason": _why_lost(d, by_dir.get(d, []), done, steps,
+                                                                           killed, exit_codes)})
+    dead = [{"node": name, "roles": info.get("roles", []), "layers": info.get("layers", []),
+             "last_step": info.get("last_step", 0),
+             "cause": "killed by --kill (SIGKILL)" if name in killed else _exit_words(exit_codes.get(name))}
+            for name, info in sorted(seen.items())
+            if name in killed or exit_codes.get(name) not in (0,)]
+    planned = steps * len(driver_dirs)
+    lost_total = sum(item["steps"] for item in lost)
+    return {"steps_accounted": {"planned": planned, "committed": sum(committed.values()), "lost": lost_total},
+            "committed_steps": committed, "lost_steps": lost, "dead_nodes": dead}
+
+
+def _why_lost(data_dir: str, procs: list[tuple[str, dict[str, Any]]], done: int, steps: int,
+              killed: list[str], exit_codes: dict[str, int | None]) -> str:
+    for name, _info in procs:
+        if name in killed:
+            return (f"{name} was killed after committing step {done} of {steps}; no replica driver "
+                    "took over its remaining steps")
+    for name, _info in procs:
+        code = exit_codes.get(name)
+        if code not in (0,):
+            return f"{name} {_exit_words(code)} after committing step {done} of {steps}"
+    return f"{data_dir} stopped after committing step {done} of {steps} without an error"
+
+
+def _exit_words(code: int | None) -> str:
+    if code is None:
+        return "was still running when the devnet gave up"
+    if code < 0:
+        return f"died of signal {-code}"
+    return f"exited with code {code}"
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -369,12 +454,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "to watch failover")
 
 
-def _parse_kill(text: str | None) -> tuple[str, int] | None:
+def _parse_kill(text: str | None, steps: int | None = None) -> tuple[str, int] | None:
     if not text:
         return None
     role, _, step = text.partition(":")
     if role not in ("driver", "worker", "validator") or not step.isdigit():
-        raise DevnetError(f"--kill must be ROLE:STEP with ROLE driver, worker or validator, got {text!r}")
+        raise DevnetUsageError(f"--kill must be ROLE:STEP with ROLE driver, worker or validator, got {text!r}")
+    if steps is not None and not 1 <= int(step) < steps:
+        raise DevnetUsageError(f"--kill {text}: STEP must be between 1 and {steps - 1} (the run has {steps} steps), "
+                               "or nothing would be killed")
     return role, int(step)
 
 
@@ -392,11 +480,17 @@ def run(args: argparse.Namespace) -> int:
         summary = run_devnet(args.nodes, args.steps, keep=args.keep, base_port=args.base_port,
                              inner_steps=args.inner_steps, timeout_s=args.timeout,
                              progress=sys.stderr.isatty(), json_events=args.json_events,
-                             kill=_parse_kill(args.kill),
+                             kill=_parse_kill(args.kill, args.steps),
                              training_overrides={**_corpus_overrides(args.corpus), "block_type": args.block})
+    except DevnetUsageError as exc:
+        print(f"devnet: error: {exc}", file=sys.stderr)
+        return 2
     except DevnetError as exc:
         print(f"devnet: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, separators=(",", ":")))
     ok = all(code == 0 for name, code in summary["exit_codes"].items() if name not in summary["killed"])
-    return 0 if ok and summary["loss_end"] is not None else 1
+    for item in summary["lost_steps"]:
+        print(f"devnet: {item['steps']} planned steps lost: {item['reason']}", file=sys.stderr)
+    # a lost step is a failure, even when every survivor exited cleanly
+    return 0 if ok and summary["loss_end"] is not None and not summary["lost_steps"] else 1

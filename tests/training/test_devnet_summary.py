@@ -40,3 +40,51 @@ def test_devnet_training_settings_are_valid_and_force_a_pipeline() -> None:
     assert config.model == "tiny" and config.max_layers_per_node == 2 and config.expected_nodes == 3
     assert TrainingConfig.from_dict(devnet_training(1, 5)).max_layers_per_node == 0
     assert _parse_kill("validator:4") == ("validator", 4) and _parse_kill(None) is None
+
+
+def test_every_planned_step_is_committed_or_lost_with_a_reason_and_dead_nodes_are_listed(tmp_path: Path) -> None:
+    dirs = [
+        _node(tmp_path, "node0", roles=["driver"], steps=12, loss_first=5.0, loss_last=3.0, tokens=100),
+        tmp_path / "node1",  # the killed driver: no run_summary.json
+        _node(tmp_path, "node2", roles=["worker"], steps=20),
+        _node(tmp_path, "node3", roles=["validator"], steps=20),
+    ]
+    dirs[1].mkdir()
+    seen = {"node0": {"roles": ["driver"], "layers": [0, 2], "last_step": 12, "data_dir": "node0"},
+            "node1": {"roles": ["driver"], "layers": [0, 2], "last_step": 7, "data_dir": "node1"},
+            "node2": {"roles": ["worker"], "layers": [2, 3], "last_step": 0, "data_dir": "node2"},
+            "node3": {"roles": ["validator"], "layers": [3, 4], "last_step": 0, "data_dir": "node3"}}
+    s = summarize(dirs, 12, 30.0, killed=["node1"], exit_codes={"node0": 0, "node1": -9, "node2": 0, "node3": 1},
+                  errors={}, seen=seen)
+    assert s["steps_accounted"] == {"planned": 24, "committed": 19, "lost": 5}
+    assert s["committed_steps"] == {"node0": 12, "node1": 7}
+    (lost,) = s["lost_steps"]
+    assert lost["driver"] == "node1" and lost["steps"] == 5 and "killed after committing step 7 of 12" in lost["reason"]
+    assert [(d["node"], d["cause"]) for d in s["dead_nodes"]] == [
+        ("node1", "killed by --kill (SIGKILL)"), ("node3", "exited with code 1")]
+    assert s["dead_nodes"][0]["roles"] == ["driver"] and s["dead_nodes"][0]["last_step"] == 7
+
+
+def test_kill_is_refused_for_a_step_the_run_never_reaches() -> None:
+    import pytest
+
+    from app.node.devnet import DevnetUsageError
+
+    assert _parse_kill("driver:10", 30) == ("driver", 10)
+    with pytest.raises(DevnetUsageError, match="between 1 and 29"):
+        _parse_kill("driver:30", 30)
+    with pytest.raises(DevnetUsageError, match="ROLE:STEP"):
+        _parse_kill("boss:3", 30)
+
+
+def test_kill_of_a_role_the_run_does_not_have_exits_2_and_kills_nothing(tmp_path: Path) -> None:
+    """A real 2-node devnet has drivers and no worker: --kill worker:2 is refused once roles are known."""
+    import subprocess
+    import sys
+
+    from app.node.devnet import MAIN
+
+    done = subprocess.run([sys.executable, str(MAIN), "devnet", "--nodes", "2", "--steps", "6", "--kill", "worker:2",
+                           "--timeout", "240"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "has no worker" in done.stderr and "nothing was killed" in done.stderr
