@@ -12,6 +12,8 @@ must be shown, inside ``genesis_token_bytes``.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,28 @@ from app.node.modes import (
     NodeCapabilities,
     propose_modes,
 )
+from app.node.training.config import TrainingConfig
 
 __all__ = [
     "ASYNC", "DATA", "DESCRIPTIONS", "INFERENCE", "MODES", "PIPELINE", "TIER_MEANING", "UNITS_PER_NEURO",
     "VERIFY", "DEFAULT_ECONOMICS", "GENESIS_LAYER_BYTES", "ModePlan", "NodeCapabilities", "SpeedTier",
-    "estimate_capabilities", "estimate_plan", "genesis_token_bytes",
+    "estimate_capabilities", "estimate_plan", "genesis_token_bytes", "TrainingSchedule", "training_schedule",
 ]
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """When the node shares what it learned (every ``inner_steps`` steps: one DiLoCo round) and
+    when it saves a checkpoint (every ``checkpoint_every`` steps, and when it stops)."""
+
+    inner_steps: int
+    checkpoint_every: int
+
+
+def training_schedule(training: Mapping[str, Any]) -> TrainingSchedule:
+    """The schedule a node runs with the ``[training]`` settings ``training`` (defaults filled in)."""
+    config = TrainingConfig.from_dict(dict(training))
+    return TrainingSchedule(inner_steps=config.inner_steps, checkpoint_every=config.checkpoint_every)
+
 
 # The economics a node runs unless its network says otherwise (devnets shorten the periods).
 DEFAULT_ECONOMICS = EconomicsConfig()
