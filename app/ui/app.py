@@ -33,6 +33,7 @@ from app.ui.data_dir_move import DataDirMove
 from app.ui.gc_tuning import freeze_when_ready
 from app.ui.icons import app_icon
 from app.ui.main_window import MainWindow
+from app.ui.session_end import SessionEnd
 from app.ui.start_checks import display_problem
 from app.ui.theme import apply_theme
 from app.ui.tray import NodeTray
@@ -193,6 +194,7 @@ class GuiApp:
         self.window.ui = self.ui
         self.window.settings.set_data_dir(config, self.ui)
         self.window.wallet.data_dir = new_dir
+        self.window.history.relocate(new_dir)
         self.window.logs.config = config
         self.guard.set_limits(config.limits)
         self.tray.notify_rewards = self.ui.notify_rewards
@@ -260,6 +262,7 @@ def run_gui(config: NodeConfig, argv: list[str] | None = None) -> int:
     if QApplication.instance() is None:
         QApplication(argv if argv is not None else sys.argv[:1])
     gui = GuiApp(config)  # the command line chose the data dir (config.start_data_dir: a moved one too)
+    SessionEnd(gui.qapp, gui.quit)  # SIGTERM and logout stop the node (and checkpoint) as Quit does
     gui.launch()
     gui.qapp.exec()
     return 0

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QHBoxLayout, QListWidget, QMainWindow, QStackedWid
 
 from app.node.config import NodeConfig
 from app.node.events import ErrorOccurred, NodeState, StatusChanged
+from app.node.values import training_schedule
 from app.ui.bridge import EngineBridge
 from app.ui.icons import app_icon
 from app.ui.pages.contribute import ContributePage
@@ -25,6 +26,7 @@ from app.ui.wallet_session import WalletSession
 from app.ui.widgets.message_bar import MessageBar
 from app.ui.widgets.start_failure import StartFailureDialog
 from app.ui.widgets.upgrade_banner import UpgradeBanner
+from app.ui.work_history import WorkHistory
 from app.wallet.keystore import Keystore
 
 # A fatal error in these states means the node never started (rather than stopped while working).
@@ -45,11 +47,14 @@ class MainWindow(QMainWindow):
         self.tray_available = False  # set by the app once the tray is shown
         self.start_failure: StartFailureDialog | None = None  # the last "could not start" dialog
         self.session = WalletSession(bridge, ui.wallet_lock_minutes, self)
-        self.dashboard = DashboardPage(bridge)
+        self.history = WorkHistory(config.data_dir)
+        bridge.step.connect(self.history.on_step)
+        bridge.proof.connect(self.history.on_proof)
+        self.dashboard = DashboardPage(bridge, training_schedule(config.training), self.history)
         self.contribute = ContributePage(bridge)
         self.wallet = WalletPage(bridge, self.session, config.data_dir, keystore_factory)
         self.governance = GovernancePage(bridge, self.session)
-        self.network = NetworkPage(bridge)
+        self.network = NetworkPage(bridge, self.history)
         self.settings = SettingsPage(bridge, config, ui)
         self.logs = LogsPage(bridge, config)
         self.pages = [self.dashboard, self.contribute, self.wallet, self.governance, self.network,
@@ -132,6 +137,7 @@ class MainWindow(QMainWindow):
             self.message_bar.show_message(f"The node stopped: {event.detail}", "error")
 
     def save_state(self) -> None:
+        self.history.flush()
         self.ui.geometry = self.saveGeometry()
         self.ui.last_page = self.stack.currentIndex()
         self.ui.sync()

@@ -61,6 +61,10 @@ class WorkHistory:
             self.points.clear()
             self._since, self._steps, self._tokens, self._proofs = time.time(), 0, 0, 0
 
+    def relocate(self, data_dir: Path) -> None:
+        """The data dir moved (its copy carries this file): write there from now on."""
+        self.path = Path(data_dir) / HISTORY_FILE
+
     def totals(self) -> Totals:
         return Totals(self._since, self._steps, self._tokens, self._proofs)
 

@@ -83,6 +83,7 @@ class ContributePage(QWidget):
         intro = QLabel("Choose how this computer helps. A mode earns NEURO only for work the network "
                        "accepted; each shows what it earned since the node started.")
         intro.setProperty("role", "subtitle")
+        intro.setWordWrap(True)  # a long sentence must not widen the window
         layout.addWidget(intro)
         for row in self.rows.values():
             row.toggle.toggled.connect(self._on_toggled)

@@ -31,6 +31,7 @@ from app.node.events import (
     StatusChanged,
     StepDone,
 )
+from app.node.values import TrainingSchedule
 from app.ui import plain_words
 from app.ui.bridge import EngineBridge
 from app.ui.format import format_bytes, format_neuro
@@ -38,6 +39,8 @@ from app.ui.records import BadAnswer, read_earnings
 from app.ui.snooze import CHOICES, snooze_until, until_words
 from app.ui.widgets.live_chart import LiveChart
 from app.ui.widgets.state_badge import StateBadge
+from app.ui.widgets.work_view import WorkView
+from app.ui.work_history import WorkHistory
 
 EARNINGS_REFRESH_MS = 30_000  # the ledger validates proofs per 60 s epoch; twice per epoch is enough
 PAUSABLE = (NodeState.JOINING, NodeState.TRAINING)
@@ -50,9 +53,11 @@ def today_key() -> str:
 class DashboardPage(QWidget):
     title = "Dashboard"
 
-    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
+    def __init__(self, bridge: EngineBridge, schedule: TrainingSchedule, history: WorkHistory,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
+        self.work = WorkView(schedule)
         self.badge = StateBadge()
         self.pause_button = QPushButton("Pause")
         self.pause_button.setProperty("role", "primary")
@@ -87,6 +92,9 @@ class DashboardPage(QWidget):
                                    "from the real text (cross-entropy).")
         self.speed_chart = LiveChart("Speed", "tokens per second")
         self.speed_chart.setToolTip("Pieces of text (tokens) this computer trains on per second.")
+        for step, loss, speed in history.points:  # the charts continue where the last run ended
+            self.loss_chart.add_point(step, loss)
+            self.speed_chart.add_point(step, speed)
         self._paused = False
         self._earned_base_units = 0
         self._earned_live_units = 0
@@ -122,6 +130,7 @@ class DashboardPage(QWidget):
         layout.addWidget(self.activity_label)
         layout.addWidget(self.hold_label)
         layout.addWidget(self.snoozed_label)
+        layout.addWidget(self.work)
         layout.addWidget(facts)
         layout.addLayout(charts, 1)
 
@@ -184,6 +193,7 @@ class DashboardPage(QWidget):
     def on_step(self, event: StepDone) -> None:
         self.loss_chart.add_point(event.step, event.loss)
         self.speed_chart.add_point(event.step, event.tokens_per_s)
+        self.work.on_step(event)
 
     def set_hold_reason(self, reason: str) -> None:
         """The volunteer's own rules hold the node (idle-only, schedule, battery, programs)."""

@@ -24,6 +24,8 @@ from app.ui.bridge import EngineBridge
 from app.ui.format import short_id
 from app.ui.records import BadAnswer, PeerInfo, read_peers
 from app.ui.widgets.coverage_bar import MIN_REPLICAS, CoverageBar
+from app.ui.widgets.model_piece import ModelPiece
+from app.ui.work_history import WorkHistory
 
 PEER_COLUMNS = ("Computer", "Address", "Speed tier", "Layers", "Latency")
 
@@ -31,9 +33,10 @@ PEER_COLUMNS = ("Computer", "Address", "Speed tier", "Layers", "Latency")
 class NetworkPage(QWidget):
     title = "Network"
 
-    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
+    def __init__(self, bridge: EngineBridge, history: WorkHistory, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
+        self.piece = ModelPiece(history)
         self.peers: dict[str, PeerInfo] = {}
         self.peers_loaded = False  # the node's own list answered at least once
         self.reach_label = QLabel("Not tested yet")
@@ -71,6 +74,7 @@ class NetworkPage(QWidget):
         peers = QGroupBox("Peers")
         QVBoxLayout(peers).addWidget(self.table)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.piece)
         layout.addWidget(facts)
         layout.addWidget(coverage)
         layout.addWidget(peers, 1)
@@ -81,11 +85,18 @@ class NetworkPage(QWidget):
         self.retest_button.clicked.connect(self.retest)
         b.network.connect(self.on_network)
         b.layers.connect(self.on_layers)
+        b.network.connect(self.piece.on_network)
+        b.layers.connect(self.piece.on_layers)
+        b.earnings.connect(self.piece.on_earnings)
+        b.step.connect(lambda _event: self.piece.show_contribution())
+        b.proof.connect(lambda _event: self.piece.show_contribution())
         b.activity.connect(self.on_activity)
         b.peer_joined.connect(self.on_peer_joined)
         b.peer_left.connect(self.on_peer_left)
         b.ready.connect(self.refresh_peers)
-        for kind, slot in (("network", self.on_network), ("layers", self.on_layers), ("activity", self.on_activity)):
+        for kind, slot in (("network", self.on_network), ("layers", self.on_layers), ("activity", self.on_activity),
+                           ("network", self.piece.on_network), ("layers", self.piece.on_layers),
+                           ("earnings", self.piece.on_earnings)):
             latest = b.latest(kind)
             if latest is not None:
                 slot(latest)
