@@ -88,7 +88,6 @@ def test_architecture_counts_inl_parameters_and_names_the_block_type() -> None:
     assert ModelArchitecture.from_dict(INL.to_dict()) == INL
     assert ModelArchitecture.from_dict({k: v for k, v in ModelArchitecture.tiny().to_dict().items()
                                         if k not in ("block_type", "inl_iterations")}).block_type == "transformer"
-    assert INL.fingerprint() != INL.with_changes(block_type="transformer").fingerprint()
     with pytest.raises(ValueError, match="block_type"):
         ModelArchitecture.from_dict({**INL.to_dict(), "block_type": "mamba"})
     with pytest.raises(ValueError, match="block_type"):

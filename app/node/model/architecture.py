@@ -10,8 +10,6 @@ The scale is anchored at 1 node with 2 GB -> 11 layers × 512 hidden (seed 000's
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -159,11 +157,6 @@ class ModelArchitecture:
 
     def with_changes(self, **changes: Any) -> ModelArchitecture:
         return replace(self, **changes)
-
-    def fingerprint(self) -> str:
-        """SHA-256 of every field (block type included): two nodes may exchange weights or
-        activations only when their fingerprints agree."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def _validate(a: ModelArchitecture) -> list[str]:

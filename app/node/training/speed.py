@@ -139,10 +139,6 @@ class _CompiledOrEager:
         self._compiled: Callable[..., Any] | None = torch.compile(eager)
         self._on_fallback = on_fallback
 
-    @property
-    def compiled(self) -> bool:
-        return self._compiled is not None
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._compiled is not None:
             try:
