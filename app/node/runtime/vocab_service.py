@@ -188,15 +188,15 @@ class VocabService:
             for attempt in range(ADOPT_ATTEMPTS):
                 if attempt:  # the peer had not closed the round yet when we asked
                     await asyncio.sleep(ADOPT_RETRY_S)
-                await stage.gate.wait()
-                stage.gate.clear()
+                await stage.gate.wait_open()
+                stage.gate.close()
                 try:
                     for peer in refused:
                         if await sync.catch_up_with(peer) and sync.rounds >= closed:
                             log.info("took %s's DiLoCo state after growing the vocabulary late", peer[:12])
                             return
                 finally:
-                    stage.gate.set()
+                    stage.gate.reopen()
             log.warning("no grown replica's DiLoCo state after %d tries; staying on our own", ADOPT_ATTEMPTS)
 
         self._tasks.add(task := asyncio.ensure_future(adopt()))
@@ -271,7 +271,7 @@ class VocabService:
         if not self._steps_to(theirs):
             return
         if self.stage is not None:
-            await self.stage.gate.wait()  # never during an outer step
+            await self.stage.gate.wait_open()  # never during an outer step
         steps = self._steps_to(theirs)  # again: a boundary may have switched us meanwhile
         if steps:
             self._activate(steps)

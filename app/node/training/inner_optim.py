@@ -6,14 +6,20 @@ decay; a test pins the equality). It exists because constructing ``torch.optim.A
 of a devnet at once and by the GUI's engine thread at start. State per parameter is
 ``{"step", "exp_avg", "exp_avg_sq"}`` like torch's, so checkpoints read the same. The moments
 live on their parameter's device; ``step`` is a CPU scalar on every device (it is read with
-``float()`` each step, which on a GPU tensor would wait for the device).
+``float()`` each step, which on a GPU tensor would wait for the device). ``lr_at`` is the
+schedule a stage sets before each inner step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from app.node.training.config import TrainingConfig
 
 
 class InnerAdamW:
@@ -44,3 +50,11 @@ class InnerAdamW:
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
+
+
+def lr_at(step: int, config: TrainingConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak over ``decay_steps``."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.decay_steps))
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))

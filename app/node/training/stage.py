@@ -30,7 +30,6 @@ different devices agree.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import threading
 from collections import OrderedDict, deque
@@ -45,8 +44,10 @@ from app.node.model.shard import ModelShard, lm_loss
 from app.node.training.arch_guard import arch_refusal
 from app.node.training.config import TrainingConfig
 from app.node.training.inl_losses import attach_penalty, schedule_for
-from app.node.training.inner_optim import InnerAdamW
+from app.node.training.inner_optim import InnerAdamW, lr_at
+from app.node.training.round_gate import RoundGate
 from app.node.training.speed import SpeedPlan, apply_speed, autocast, plan_speed
+from app.node.training.stage_weights import StageWeights, state_hash
 from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, GiveUp, Meta, Tensors
 from app.node.training.vocab_growth import VOCAB_KEY, VOCAB_MISMATCH, VocabGuard
 
@@ -56,7 +57,7 @@ ample, and the bound keeps a driver that vanished from leaking memory."""
 
 REMEMBERED_COMMITS = 1024
 
-__all__ = ["VOCAB_KEY", "VOCAB_MISMATCH", "CommitInfo", "StageWorker", "build_shard"]
+__all__ = ["VOCAB_KEY", "VOCAB_MISMATCH", "CommitInfo", "StageWorker", "build_shard", "lr_at", "state_hash"]
 
 
 def build_shard(arch: ModelArchitecture, layer_range: tuple[int, int], *, with_embedding: bool,
@@ -79,23 +80,6 @@ def build_shard(arch: ModelArchitecture, layer_range: tuple[int, int], *, with_e
             torch.manual_seed(seed * 100_003 + 10 + layer)
             shard.block(layer).init_weights(arch.layers)
     return shard
-
-
-def lr_at(step: int, config: TrainingConfig) -> float:
-    """Linear warm-up, then cosine decay to 10 % of the peak over ``decay_steps``."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.decay_steps))
-    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def state_hash(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names and float32 CPU bytes: the same on every device."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().to("cpu").contiguous().float().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def to_transport(t: torch.Tensor) -> torch.Tensor:
@@ -176,8 +160,8 @@ class StageWorker:
         self._on_forward = on_forward
         self.vocab_guard = vocab if vocab is not None else VocabGuard()
         self.lock = threading.Lock()
-        self.gate = asyncio.Event()  # cleared while DiLoCo rewrites the weights
-        self.gate.set()
+        self.gate = RoundGate()  # closed while DiLoCo rewrites the weights
+        self.weights = StageWeights(self.shard, self.lock, on_loaded=self.drop_graphs)
         self.finished_drivers: set[str] = set()
         self.seen_drivers: set[str] = set()
         # forward graphs awaiting their backward: (input leaf, output, parameter versions at forward)
@@ -185,7 +169,6 @@ class StageWorker:
             = OrderedDict()
         self._acc: dict[tuple[str, int], _Accumulator] = {}
         self._committed: deque[tuple[str, int]] = deque(maxlen=REMEMBERED_COMMITS)
-        self._hash_cache: tuple[tuple, str] | None = None
 
     @property
     def vocab(self) -> str:
@@ -206,7 +189,7 @@ class StageWorker:
 
     # --- async entry point (what the transport calls) ------------------------------------------
     async def handle(self, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
-        await self.gate.wait()
+        await self.gate.wait_open()
         loop = asyncio.get_running_loop()
         out = await loop.run_in_executor(self.executor, self.handle_sync, op, meta, tensors)
         if out[0].get("status") == VOCAB_MISMATCH:
@@ -371,42 +354,18 @@ class StageWorker:
         self._acc.clear()
         self._graphs.clear()
 
+    # weights as other parts see them (stage_weights.py): PoNW hashes, agreement checks, transfer
     def weights_hash(self) -> str:
-        """SHA-256 of the stage's weights. Every commit needs it twice (PoNW's before/after), and
-        hashing a large stage costs more than its step on a GPU: so the hash is remembered until
-        a tensor changes (autograd's in-place counter, storage or shape: every weight write moves
-        one of them), which makes a step's "before" the previous step's "after" for free."""
-        state = self.shard.state_dict()
-        key = tuple((name, t._version, t.data_ptr(), tuple(t.shape)) for name, t in state.items())
-        if self._hash_cache is None or self._hash_cache[0] != key:
-            self._hash_cache = (key, state_hash(state))
-        return self._hash_cache[1]
+        return self.weights.hash()
 
     def layer_hashes(self) -> dict[str, str]:
-        """SHA-256 per global layer (plus "embedding" / "head"), for cross-node agreement checks."""
-        groups: dict[str, dict[str, torch.Tensor]] = {}
-        for name, tensor in self.shard.state_dict().items():
-            parts = name.split(".")
-            key = parts[1] if parts[0] == "blocks" else parts[0]
-            groups.setdefault(key, {})[name] = tensor
-        return {key: state_hash(state) for key, state in sorted(groups.items())}
+        return self.weights.layer_hashes()
 
     def state_for_transfer(self) -> dict[str, torch.Tensor]:
-        with self.lock:  # a CPU copy in every case: the caller may keep it while we train on
-            return {k: v.detach().to("cpu", copy=True) for k, v in self.shard.state_dict().items()}
+        return self.weights.for_transfer()
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.shard.state_dict()
-        if set(state) != set(own):
-            raise GiveUp(f"weights for {self.layer_range} have keys {sorted(set(state) ^ set(own))[:4]} "
-                                    "that do not match this stage")
-        for name, tensor in state.items():
-            if tensor.shape != own[name].shape:
-                raise GiveUp(f"{name}: shape {tuple(tensor.shape)} != {tuple(own[name].shape)}")
-        with self.lock, torch.no_grad():
-            for name, tensor in state.items():
-                own[name].copy_(tensor)
-            self.drop_graphs()
+        self.weights.load(state)
 
 
 @torch.no_grad()

@@ -95,7 +95,7 @@ class StageSync:
         began = loop.time()
         if self.on_start is not None:
             self.on_start()
-        self.stage.gate.clear()
+        self.stage.gate.close()
         try:
             encoded = await loop.run_in_executor(self.stage.executor, self._encode)
             mine = CohortPayload(self.node_id, self.rounds, self.replica.inner_steps_done, 0.0, encoded)
@@ -113,7 +113,7 @@ class StageSync:
                     if await self.catch_up_with(peer):
                         break
         finally:
-            self.stage.gate.set()
+            self.stage.gate.reopen()
         self.bytes_sent += sent
         self.reports.append(report)
         if self.on_report is not None:
