@@ -203,3 +203,21 @@ def test_tracker_with_a_data_dir_keeps_its_pinned_identity_across_restarts(tmp_p
         assert (tmp_path / "tracker.key").stat().st_mode & 0o077 == 0
 
     run(scenario())
+
+
+def test_an_unavailable_answer_from_a_connected_peer_keeps_its_pinned_channel():
+    from app.node.p2p.errors import BUSY_PREFIX, PeerBusy, RpcRefusal
+
+    async def busy(sender, payloads):
+        raise RpcRefusal(grpc.StatusCode.UNAVAILABLE, BUSY_PREFIX + "paused by its volunteer")
+
+    async def scenario():
+        async with swarm(2, tracker=False) as (_, (target, caller)):
+            target.set_gossip_handler("ledger", busy)
+            await caller.ping(target.address)
+            channel = await caller.client.channel(Route(target.address))
+            with pytest.raises(PeerBusy):
+                await caller.gossip(target.address, "ledger", [b"x"], timeout=3)
+            assert await caller.client.channel(Route(target.address)) is channel  # not re-dialled
+
+    run(scenario())

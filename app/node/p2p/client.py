@@ -194,6 +194,17 @@ class PeerClient:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def _drop_if_disconnected(self, address: str) -> None:
+        """After UNAVAILABLE: a channel that is not connected may be pinned to a stale certificate
+        (the node restarted without its data dir, or another node took the port), so the next
+        call dials afresh, with a new check. A connected one answered UNAVAILABLE itself (busy,
+        a relay without the target) and stays; calls still on a dropped one may finish."""
+        pinned = self._channels.get(address)
+        if pinned is None or pinned.channel.get_state() == grpc.ChannelConnectivity.READY:
+            return
+        del self._channels[address]
+        self._retire(pinned.channel)
+
     def pinned_node(self, address: str) -> bytes | None:
         """The node id the open channel to ``address`` is pinned to, if one is open."""
         pinned = self._channels.get(address)
@@ -235,9 +246,7 @@ class PeerClient:
                 yield response
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                # the pinned certificate may be stale (the node restarted without its data dir,
-                # or another node took the port): dial afresh next time, with a new check
-                await self.forget(route.dial)
+                self._drop_if_disconnected(route.dial)
             raise error_from_status(exc.code(), exc.details(), route.dial) from None
         except (asyncio.TimeoutError, TimeoutError):
             raise RequestTimeout(f"{route.dial} did not answer within {timeout:.2f} s") from None
