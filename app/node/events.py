@@ -201,6 +201,10 @@ class UpgradeAvailable(Event):
     candidate_version: int
     current_parameters: int
     candidate_parameters: int
+    layers_held_after: int = 0  # what the upgrade means for this computer (migration.node_impact)
+    memory_needed_bytes: int = 0
+    memory_budget_bytes: int = 0
+    fits_here: bool = True
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class P2PNode:
         self.bandwidth = Bandwidth()  # the volunteer's upload/download caps on tensor streams
         self.latency: dict[bytes, float] = {}
         self.relay_address = ""
-        self.offer: dict[str, Any] = {"tier": "", "capacity": 0.0, "load": 0.0}
+        self.offer: dict[str, Any] = {"tier": "", "capacity": 0.0, "load": 0.0, "memory": 0}
         self._record: PeerRecord | None = None
         self.upnp_mapping: upnp.Mapping | None = None
         self._server: grpc.aio.Server | None = None
@@ -116,22 +116,24 @@ class P2PNode:
     def record(self) -> PeerRecord | None:
         """Our signed peer record, re-signed when address, relay or offer changed; None while the
         node can be reached neither directly nor through a relay."""
-        want = (*self._where(), self.offer["tier"], self.offer["capacity"], self.offer["load"])
+        want = (*self._where(), self.offer["tier"], self.offer["capacity"], self.offer["load"],
+                self.offer.get("memory", 0))
         if not want[0] and not want[1]:
             return None
         rec = self._record
-        if rec is None or (rec.address, rec.relay, rec.tier, rec.capacity, rec.load) != want:
+        if rec is None or (rec.address, rec.relay, rec.tier, rec.capacity, rec.load, rec.memory) != want:
             tls = self.tls.fingerprint if want[0] else b""
-            self._record = sign_peer_record(self.key, want[0], want[1], want[2], want[3], want[4], tls)
+            self._record = sign_peer_record(self.key, want[0], want[1], want[2], want[3], want[4], tls,
+                                            memory=want[5])
         return self._record
 
     def _record_via(self, relay: str) -> PeerRecord:
         return sign_peer_record(self.key, "", relay, self.offer["tier"], self.offer["capacity"],
-                                self.offer["load"])
+                                self.offer["load"], memory=self.offer.get("memory", 0))
 
-    def set_offer(self, tier: str = "", capacity: float = 0.0, load: float = 0.0) -> None:
-        """What the node advertises in its peer record (tier, capacity, current load)."""
-        self.offer = {"tier": tier, "capacity": float(capacity), "load": float(load)}
+    def set_offer(self, tier: str = "", capacity: float = 0.0, load: float = 0.0, memory: int = 0) -> None:
+        """What the node advertises in its peer record (tier, capacity, current load, memory budget)."""
+        self.offer = {"tier": tier, "capacity": float(capacity), "load": float(load), "memory": int(memory)}
 
     def _on_rtt(self, node_id: bytes, rtt_ms: float) -> None:
         old = self.latency.get(node_id)

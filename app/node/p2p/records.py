@@ -29,6 +29,8 @@ KIND_PEER, KIND_LAYER, KIND_VALUE = 1, 2, 3
 MAX_PAYLOAD = 64 * 1024
 """A DHT value or record larger than this is refused: the DHT holds small pointers, not data."""
 MAX_ADDRESS = 255
+MAX_MEMORY = 2**50
+"""A peer claiming more memory than this (1 PiB) is lying; the record is refused."""
 _HEAD = 2 + 1 + 1 + PUBLIC_KEY_SIZE + 4
 
 
@@ -111,6 +113,9 @@ class PeerRecord:
     layer_end: int = 0
     latency_ms: float | None = None
     tls: bytes = b""
+    memory: int = 0
+    """Bytes of memory the node gives the model (its budget); the layer pool sums them to size
+    the architecture. 0 when the node does not say (an older node)."""
     raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
@@ -127,12 +132,14 @@ class PeerRecord:
 
 
 def sign_peer_record(key: PrivateKey, address: str, relay: str = "", tier: str = "",
-                     capacity: float = 0.0, load: float = 0.0, tls: bytes = b"") -> PeerRecord:
+                     capacity: float = 0.0, load: float = 0.0, tls: bytes = b"", memory: int = 0) -> PeerRecord:
     ts = int(time.time() * 1000)
     fields: dict[str, Any] = {"addr": address, "relay": relay, "tier": tier, "cap": capacity, "load": load,
                               "ts": ts}
     if tls:
         fields["tls"] = tls.hex()
+    if memory:
+        fields["mem"] = int(memory)
     payload = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
     return parse_peer_record(_seal(key, KIND_PEER, payload))
 
@@ -167,7 +174,8 @@ def _parse_peer_record(raw: bytes) -> PeerRecord:
         raise InvalidRecord("tier too long")
     return PeerRecord(public_key=pub, address=address, relay=relay, tier=tier,
                       capacity=_number(obj, "cap", 0, 1e12), load=_number(obj, "load", 0, 1e6),
-                      timestamp=_number(obj, "ts", 0, 1e15) / 1000.0, tls=_fingerprint(obj), raw=bytes(raw))
+                      timestamp=_number(obj, "ts", 0, 1e15) / 1000.0, tls=_fingerprint(obj),
+                      memory=int(_number(obj, "mem", 0, MAX_MEMORY)) if "mem" in obj else 0, raw=bytes(raw))
 
 
 def _fingerprint(obj: dict[str, Any]) -> bytes:

@@ -105,8 +105,8 @@ class NetworkService:
         """No tracker answered (or none configured): this node is the whole network."""
         return not self.trackers or not self.node.tracker_client.reachable
 
-    async def start(self, tier: str, layers_fit: int) -> None:
-        self.node.set_offer(tier=tier, capacity=float(layers_fit))
+    async def start(self, tier: str, layers_fit: int, memory_bytes: int = 0) -> None:
+        self.node.set_offer(tier=tier, capacity=float(layers_fit), memory=memory_bytes)
         await self.node.start()
         self._watch = asyncio.ensure_future(self._watch_peers())
 

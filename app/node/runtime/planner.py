@@ -28,15 +28,19 @@ EXPECTED_NODES_TIMEOUT_FACTOR = 10
 
 
 def offer_of(record: PeerRecord) -> NodeOffer:
-    return NodeOffer(record.node_id.hex(), int(record.capacity), tier=record.tier or "T3")
+    return NodeOffer(record.node_id.hex(), int(record.capacity), record.memory, tier=record.tier or "T3")
 
 
 class Planner:
     def __init__(self, net: NetworkService, arch: ModelArchitecture, config: TrainingConfig,
-                 on_activity: Callable[[str], None]) -> None:
+                 on_activity: Callable[[str], None], *, version_nodes: int = 1) -> None:
+        """``version_nodes``: the node count at which ``arch`` was decided (1 for genesis, else
+        the count in its upgrade record), from which recalculations are counted."""
         self.net, self.arch, self.config = net, arch, config
         self.on_activity = on_activity
-        self.pool = DynamicLayerPool(arch, max_layers_per_node=config.max_layers_per_node)
+        self.version_nodes = version_nodes
+        self.pool = DynamicLayerPool(arch, max_layers_per_node=config.max_layers_per_node,
+                                     recalc_interval=config.recalc_interval_nodes)
         self.upgrade: UpgradeNotice | None = None
 
     async def assign(self, me: NodeOffer) -> Assignment:
@@ -49,10 +53,7 @@ class Planner:
             planned = _row_of_shared_plan(self.arch, self.config, me, peers, bounds, holders)
             if planned is not None:
                 return planned
-            self.pool.bounds = bounds
-            self.pool.holders = holders
-            self.pool.offers = {o.node_id: o for o in map(offer_of, peers)}
-            self.pool.joins = self.pool.last_recalc_nodes = len(peers)
+            self.pool.adopt(bounds, holders, map(offer_of, peers), version_nodes=self.version_nodes)
             joined = self.pool.join(me)
             if joined is not None:
                 self.upgrade = self.pool.check_upgrade()

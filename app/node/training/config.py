@@ -87,6 +87,9 @@ class TrainingConfig:
     """A private corpus built by ``python -m app.node.data.build`` instead of the bundled sample;
     ``genesis_public_key`` (hex, printed by the build and saved beside it) must sign its manifest."""
     genesis_public_key: str = ""
+    recalc_interval_nodes: Positive = 50
+    """Seed 000: the layer pool re-computes the architecture every 50 joined nodes (a devnet
+    lowers it so an upgrade is reachable with a handful of nodes)."""
     heal_interval_s: Seconds = 30.0
     """How often a node checks that every stage still has MIN_REPLICAS live holders (the original
     implementation's 30 s heartbeat; a holder counts as gone when its announcement expires)."""

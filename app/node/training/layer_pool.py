@@ -14,9 +14,10 @@ list, so every node that sees the same peers computes the same assignment.
 Joining (``join``) puts a newcomer on the stage with the fewest holders it can afford; healing
 (``remove``) moves a spare holder (from a stage with more than MIN_REPLICAS) onto a stage that
 dropped below it, and names a live replica to download the weights from. Every
-``RECALC_EVERY_JOINS`` joins the architecture is re-computed from the network's memory
-(architecture.calculate_optimal_architecture) and an upgrade is announced when the 1.3× rule of
-seed 000 holds (``should_upgrade``); the migration itself is migration.py's job.
+``recalc_interval`` joined nodes (RECALC_EVERY_JOINS, seed 000) the architecture is re-computed
+from the memory the offers report (architecture.calculate_optimal_architecture) and an upgrade is
+announced when the shape growth can reach from the current one has ≥ 1.3× the parameters
+(training/upgrade.py); the migration itself is migration.py's job.
 """
 
 from __future__ import annotations
@@ -25,12 +26,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from app.node.model.architecture import (
-    MIN_REPLICAS,
-    ModelArchitecture,
-    calculate_optimal_architecture,
-    should_upgrade,
-)
+from app.node.model.architecture import MIN_REPLICAS, ModelArchitecture, calculate_optimal_architecture
+from app.node.training.upgrade import GrowthPlan, plan_upgrade
 
 RECALC_EVERY_JOINS = 50
 """Seed 000: re-calculate the architecture every 50 joined nodes."""
@@ -48,7 +45,7 @@ class PoolError(RuntimeError):
 class NodeOffer:
     node_id: str
     layers_fit: int  # whole layers of the current architecture this node's memory allows
-    memory_bytes: int = 0
+    memory_bytes: int = 0  # the node's memory budget for the model (hardware.memory_budget_bytes)
     tier: str = "T3"
 
 
@@ -72,8 +69,9 @@ class Assignment:
 @dataclass(frozen=True)
 class UpgradeNotice:
     current: ModelArchitecture
-    candidate: ModelArchitecture
+    candidate: ModelArchitecture  # the reachable target of ``plan`` (what nodes migrate to)
     nodes: int
+    plan: GrowthPlan
 
 
 def stage_bounds(layers: int, stages: int) -> list[tuple[int, int]]:
@@ -102,8 +100,9 @@ class DynamicLayerPool:
     bounds: list[tuple[int, int]] = field(default_factory=list)
     holders: dict[int, list[str]] = field(default_factory=dict)
     offers: dict[str, NodeOffer] = field(default_factory=dict)
-    joins: int = 0
-    last_recalc_nodes: int = 0
+    joins: int = 0  # nodes the network has had, counting this pool's joins
+    last_recalc_nodes: int = 0  # node count at the last recalculation
+    recalc_interval: int = RECALC_EVERY_JOINS
 
     # --- planning ------------------------------------------------------------------------------
     def _fits(self, offer: NodeOffer, stage: int) -> bool:
@@ -147,6 +146,20 @@ class DynamicLayerPool:
                         f"(largest offer: {nodes[0].layers_fit} layers)")
 
     # --- membership ----------------------------------------------------------------------------
+    def adopt(self, bounds: list[tuple[int, int]], holders: dict[int, list[str]],
+              registry: Iterable[NodeOffer], *, version_nodes: int = 1) -> None:
+        """Take over the stages the network announces, with the offers of every node the registry
+        lists, before this node joins. ``version_nodes`` is the node count at which the current
+        architecture was decided (1 for genesis, else its upgrade record's): recalculations fall
+        on every ``recalc_interval`` nodes from there, so the last one is the latest such point
+        at or below the registry's size, and the next join that reaches the next point fires one."""
+        self.bounds, self.holders = bounds, holders
+        self.offers = {o.node_id: o for o in registry}
+        self.joins = len(self.offers)
+        base = max(1, version_nodes)
+        passed = max(0, self.joins - base) // self.recalc_interval
+        self.last_recalc_nodes = base + passed * self.recalc_interval
+
     def join(self, offer: NodeOffer) -> Assignment | None:
         """Place a newcomer on the least-replicated stage it fits; None if it fits none."""
         if not self.bounds:
@@ -220,13 +233,18 @@ class DynamicLayerPool:
         return tuple(len(self.holders[s]) for s in sorted(self.holders))
 
     # --- architecture ----------------------------------------------------------------------------
-    def check_upgrade(self) -> UpgradeNotice | None:
-        """Every RECALC_EVERY_JOINS joins: the architecture the network's memory now affords,
-        announced only when it has ≥ 1.3× the parameters (seed 000)."""
-        nodes = len(self.offers)
-        if self.joins - self.last_recalc_nodes < RECALC_EVERY_JOINS:
+    def check_upgrade(self, *, force: bool = False) -> UpgradeNotice | None:
+        """Every ``recalc_interval`` joins (or when ``force``d, a devnet's ``--upgrade-at``): the
+        architecture the network's memory now affords, announced only when the shape growth can
+        reach has ≥ 1.3× the parameters (seed 000)."""
+        if not force and self.joins - self.last_recalc_nodes < self.recalc_interval:
             return None
         self.last_recalc_nodes = self.joins
+        return self.recalculate()
+
+    def recalculate(self) -> UpgradeNotice | None:
+        """The upgrade the offers' memory affords now, or None (pure in the pool's content)."""
+        nodes = len(self.offers)
         memory = sum(o.memory_bytes for o in self.offers.values())
         if memory <= 0:
             return None
@@ -234,9 +252,10 @@ class DynamicLayerPool:
                                                    max_seq=self.arch.max_seq, version=self.arch.version + 1,
                                                    block_type=self.arch.block_type,
                                                    embedding_rank=self.arch.embedding_rank)
-        if should_upgrade(self.arch, candidate):
-            return UpgradeNotice(self.arch, candidate, nodes)
-        return None
+        plan = plan_upgrade(self.arch, candidate)
+        if plan is None:
+            return None
+        return UpgradeNotice(self.arch, plan.target, nodes, plan)
 
 
 def layers_fit_for(memory_bytes: int, arch: ModelArchitecture) -> int:
