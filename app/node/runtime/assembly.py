@@ -20,7 +20,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from app.node.events import CheckpointSetAside, ErrorOccurred, LayersAssigned, UpgradeAvailable
+from app.node.events import CheckpointSetAside, ErrorOccurred, LayersAssigned
 from app.node.hardware import layers_that_fit, measure_ms_per_layer, memory_budget_bytes, tier_for_ms
 from app.node.model.checkpoint import CheckpointError, CheckpointsUnusable
 from app.node.runtime.async_service import AsyncService
@@ -35,6 +35,7 @@ from app.node.runtime.planner import Planner
 from app.node.runtime.quorum_service import QuorumService
 from app.node.runtime.stage_host import StageHooks, StageHost
 from app.node.runtime.status import Activity, StepReports, StepSink, emit_vocabulary
+from app.node.runtime.upgrade_service import UpgradeService
 from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RuntimeContext
 from app.node.training.arch_guard import ArchTaggedTransport
@@ -102,7 +103,7 @@ async def assemble(base: NodeBase, capacity: Capacity) -> NodeParts:
     # Async mode when the volunteer chose it over pipeline, or, left to the policy, on a T5 machine
     # (too slow for a live pipeline, modes.py); async nodes offer no layers, so planners skip them.
     wants_async = "async" in capacity.modes.active and "pipeline" not in capacity.modes.active
-    await net.start(capacity.tier, 0 if wants_async else capacity.layers_fit)
+    await net.start(capacity.tier, 0 if wants_async else capacity.layers_fit, capacity.memory)
     base.economy.start(verify_arch=base.architecture if "verify" in capacity.modes.active else None)
     data = DataService(config.data_dir, net.node_id, seed=config.seed, corpus_dir=base.training.corpus_dir,
                        genesis_public_key=base.training.genesis_public_key)
@@ -148,11 +149,11 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                      offer=(capacity.tier, capacity.layers_fit), hooks=StageHooks(on_commit, after_commit, base.economy.on_forward),
                      memory_budget=capacity.memory)
     await host.start(resume, lost)
+    upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
+                              holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),
+                              emit=ctx.emit, interval_s=t.heal_interval_s)
     if planner.upgrade is not None:
-        u = planner.upgrade
-        ctx.emit(UpgradeAvailable(current_version=u.current.version, candidate_version=u.candidate.version,
-                                  current_parameters=u.current.param_count(),
-                                  candidate_parameters=u.candidate.param_count()))
+        await upgrades.publish(planner.upgrade)
     driver, quorums = None, None
     if host.stage.is_first:
         arch = base.architecture()
@@ -181,7 +182,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
 
         heal = HealService(net, base.architecture(), t, move, current=lambda: host.stage.layer_range)
         heal.start()
-    return PipelineJob(host, trainer, driver, quorums, heal)
+        upgrades.start()
+    return PipelineJob(host, trainer, driver, quorums, heal, upgrades if not net.solo else None)
 
 
 def _resume_point(base: NodeBase) -> tuple[ResumePoint | None, CheckpointsUnusable | None]:

@@ -121,6 +121,8 @@ class NodeRuntime:
             pause_watch.cancel()
             if job.heal is not None:
                 await job.heal.stop()
+            if job.upgrades is not None:
+                await job.upgrades.stop()
         base.activity("finished; staying a moment for peers")
         await self.ctx.control.sleep(base.training.linger_s)
         self.write_summary()
@@ -131,6 +133,8 @@ class NodeRuntime:
         job = self._parts.job if self._parts is not None else None
         if isinstance(job, PipelineJob) and job.heal is not None:
             await job.heal.stop()
+        if isinstance(job, PipelineJob) and job.upgrades is not None:
+            await job.upgrades.stop()
         if self._base is not None:
             await self._base.economy.stop()
             await self._base.vocab.stop()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from app.node.runtime.quorum_service import QuorumService
     from app.node.runtime.stage_host import StageHost
     from app.node.runtime.status import Activity, StepReports
+    from app.node.runtime.upgrade_service import UpgradeService
     from app.node.runtime.vocab_service import VocabService
     from app.node.runtime_api import RuntimeContext
     from app.node.training.config import TrainingConfig
@@ -54,6 +55,7 @@ class PipelineJob:
     driver: PipelineDriver | None  # the driver this node started with (kept after a move, for the figures)
     quorums: QuorumService | None  # the driver's quorum
     heal: HealService | None  # None on a solo network
+    upgrades: UpgradeService | None = None  # hears architecture upgrades (None on a solo network)
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,12 @@ class Planner:
         existing = await self._announced_stages()
         if existing is not None:
             bounds, holders = existing
+            self.pool.adopt(bounds, holders, map(offer_of, peers), version_nodes=self.version_nodes)
             planned = _row_of_shared_plan(self.arch, self.config, me, peers, bounds, holders)
             if planned is not None:
+                self.pool.note_join(me)
+                self.upgrade = self.pool.check_upgrade()
                 return planned
-            self.pool.adopt(bounds, holders, map(offer_of, peers), version_nodes=self.version_nodes)
             joined = self.pool.join(me)
             if joined is not None:
                 self.upgrade = self.pool.check_upgrade()

@@ -160,12 +160,17 @@ class DynamicLayerPool:
         passed = max(0, self.joins - base) // self.recalc_interval
         self.last_recalc_nodes = base + passed * self.recalc_interval
 
+    def note_join(self, offer: NodeOffer) -> None:
+        """Count a node that joined the network (placed by ``join`` or by a shared plan)."""
+        if offer.node_id not in self.offers:
+            self.joins += 1
+        self.offers[offer.node_id] = offer
+
     def join(self, offer: NodeOffer) -> Assignment | None:
         """Place a newcomer on the least-replicated stage it fits; None if it fits none."""
         if not self.bounds:
             return self.plan([offer])[0]
-        self.offers[offer.node_id] = offer
-        self.joins += 1
+        self.note_join(offer)
         fitting = [s for s in range(len(self.bounds)) if self._fits(offer, s)]
         if not fitting:
             return None

@@ -1,0 +1,100 @@
+"""UpgradeService: publish and hear architecture upgrade records, and say what they mean here.
+
+The node whose join makes the layer pool's recalculation fire signs the upgrade record with its
+node key and stores it in the DHT under the new version (training/upgrade.py ``dht_key``). Every
+pipeline node looks there each ``heal_interval_s``; the first record that verifies, is the
+deterministic growth of this node's current architecture and carries the next version is kept in
+the data dir (``migration.save_pending``, so ``main.py migrate`` and the app's dialog can read it
+offline) and announced once as ``UpgradeAvailable`` with this computer's figures
+(migration.node_impact). A record that fails to verify is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from app.node.events import Event, UpgradeAvailable
+from app.node.migration import node_impact, save_pending
+from app.node.model.architecture import ModelArchitecture
+from app.node.runtime.network import NetworkService
+from app.node.training.layer_pool import UpgradeNotice
+from app.node.training.upgrade import InvalidUpgrade, UpgradeRecord, dht_key, parse_upgrade, sign_upgrade
+
+log = logging.getLogger("neuroshard.runtime.upgrade")
+RECORD_TTL_S = 7 * 86400.0
+"""An upgrade record stays in the DHT a week (republished by the DHT until then), long enough for
+volunteers who are offline for days to hear of it."""
+
+
+class UpgradeService:
+    def __init__(self, net: NetworkService, arch: ModelArchitecture, data_dir: Path, *, memory_budget: int,
+                 holding: Callable[[], tuple[tuple[int, int], bool, bool]], emit: Callable[[Event], None],
+                 interval_s: float) -> None:
+        """``holding``: this node's layer range, whether it holds the embedding, the head."""
+        self.net, self.arch, self.data_dir = net, arch, data_dir
+        self.memory_budget, self.holding, self.emit = memory_budget, holding, emit
+        self.interval_s = interval_s
+        self.announced: UpgradeRecord | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self, notice: UpgradeNotice) -> UpgradeRecord:
+        """Sign the pool's upgrade with our node key, store it in the DHT and announce it here."""
+        record = sign_upgrade(self.net.node.key, notice.plan, notice.nodes)
+        stored = await self.net.node.dht.store(dht_key(record.target.version), record.to_bytes(), ttl=RECORD_TTL_S)
+        log.info("architecture version %d published (%d -> %d parameters, stored on %d peers)",
+                 record.target.version, notice.current.param_count(), record.target.param_count(), stored)
+        self._announce(record)
+        return record
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def _loop(self) -> None:
+        while self.announced is None:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # hearing of an upgrade is best effort; training goes on
+                log.exception("upgrade check failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def check(self) -> UpgradeRecord | None:
+        """Look for the record of the next version in the DHT; announce the first valid one."""
+        if self.announced is not None:
+            return self.announced
+        for raw in await self.net.node.dht.get(dht_key(self.arch.version + 1)):
+            try:
+                record = parse_upgrade(raw)
+            except InvalidUpgrade as exc:
+                log.warning("ignoring an upgrade record: %s", exc)
+                continue
+            if record.plan.source.to_dict() == self.arch.to_dict():
+                self._announce(record)
+                return record
+        return None
+
+    def _announce(self, record: UpgradeRecord) -> None:
+        if self.announced is not None:
+            return
+        self.announced = record
+        save_pending(self.data_dir, record)
+        layer_range, with_embedding, with_head = self.holding()
+        impact = node_impact(record.plan, layer_range, with_embedding=with_embedding, with_head=with_head,
+                             memory_budget_bytes=self.memory_budget)
+        self.emit(UpgradeAvailable(
+            current_version=record.plan.source.version, candidate_version=record.target.version,
+            current_parameters=record.plan.source.param_count(), candidate_parameters=record.target.param_count(),
+            layers_held_after=impact.layers_after[1] - impact.layers_after[0],
+            memory_needed_bytes=impact.memory_needed_bytes, memory_budget_bytes=self.memory_budget,
+            fits_here=impact.fits))
