@@ -141,8 +141,7 @@ def restore_training_state(point: ResumePoint, stage: StageWorker, sync: StageSy
     model = {k[len("model."):]: v for k, v in checkpoint.state.items() if k.startswith("model.")}
     stage.load_weights(model)
     _load_optimizer(stage, checkpoint.state)
-    stage.inner_step = int(point.counters["inner_step"])
-    stage.tokens_trained = int(point.counters["tokens_trained"])
+    stage.restore_counters(int(point.counters["inner_step"]), int(point.counters["tokens_trained"]))
     if sync is not None:
         diloco = {k[len("diloco."):]: v for k, v in checkpoint.state.items() if k.startswith("diloco.")}
         sync.restore(diloco, int(point.counters["diloco_inner"]), int(point.counters["diloco_outer"]),

@@ -354,6 +354,10 @@ class StageWorker:
         self._acc.clear()
         self._graphs.clear()
 
+    def restore_counters(self, inner_step: int, tokens_trained: int) -> None:
+        """Resume the counts of a checkpoint (with its weights and optimizer state)."""
+        self.inner_step, self.tokens_trained = inner_step, tokens_trained
+
     # weights as other parts see them (stage_weights.py): PoNW hashes, agreement checks, transfer
     def weights_hash(self) -> str:
         return self.weights.hash()
