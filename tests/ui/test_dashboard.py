@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from app.node.events import NodeState
+from app.node.events import NodeState, ProofAccepted, ProofRefused
 from app.ui import plain_words
+from app.ui.widgets.state_badge import WARNING_COLOUR
 from tests.ui.helpers import wait_training
 
 
@@ -46,3 +47,20 @@ def test_pause_stops_training_and_resume_restarts_it(qtbot, shared_gui) -> None:
     qtbot.waitUntil(lambda: len(steps) > held + 2, timeout=60_000)
     qtbot.waitUntil(lambda: shared_gui.bridge.state == NodeState.TRAINING, timeout=30_000)
     assert page.pause_button.text() == "Pause"
+
+
+def test_refused_work_turns_the_badge_amber_until_that_kind_is_accepted_again(qtbot, gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, gui)
+    page, engine = gui.window.dashboard, gui.controller.engine
+    green = page.badge.styleSheet()
+    engine.emit(ProofRefused(proof_kind="training", epoch=7, reason="claimed more work than it did"))
+    qtbot.waitUntil(lambda: "training work refused: claimed more work" in page.badge.text(), timeout=5_000)
+    assert page.badge.styleSheet() != green and WARNING_COLOUR in page.badge.styleSheet()
+    seen = []
+    gui.bridge.proof.connect(seen.append)
+    engine.emit(ProofAccepted(proof_kind="uptime", epoch=8, reward_units=1))
+    qtbot.waitUntil(lambda: any(e.proof_kind == "uptime" and e.epoch == 8 for e in seen), timeout=5_000)
+    assert "training work refused" in page.badge.text()  # uptime does not excuse refused training
+    engine.emit(ProofAccepted(proof_kind="training", epoch=8, reward_units=1))
+    qtbot.waitUntil(lambda: "refused" not in page.badge.text(), timeout=5_000)
+    assert WARNING_COLOUR not in page.badge.styleSheet()

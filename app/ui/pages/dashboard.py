@@ -25,6 +25,7 @@ from app.node.events import (
     NodeState,
     Pause,
     ProofAccepted,
+    ProofRefused,
     Query,
     QuorumChanged,
     Resume,
@@ -96,6 +97,7 @@ class DashboardPage(QWidget):
             self.loss_chart.add_point(step, loss)
             self.speed_chart.add_point(step, speed)
         self._paused = False
+        self._refused: dict[str, str] = {}  # proof kind -> the ledger's reason, until accepted again
         self._earned_base_units = 0
         self._earned_live_units = 0
         self._build()
@@ -144,6 +146,7 @@ class DashboardPage(QWidget):
         b.activity.connect(self.on_activity)
         b.proof.connect(self.on_proof)
         b.earnings.connect(self.on_earnings)
+        b.proof_refused.connect(self.on_proof_refused)
         b.ready.connect(self.refresh_earnings)
         for kind, slot in (("status", self.on_status), ("hardware", self.on_hardware), ("layers", self.on_layers),
                            ("quorum", self.on_quorum), ("activity", self.on_activity)):
@@ -215,7 +218,19 @@ class DashboardPage(QWidget):
             text += f" · {event.refused} proof(s) refused, last: {event.last_refusal}"
         self.lifetime_label.setText(text)
 
+    def on_proof_refused(self, event: ProofRefused) -> None:
+        """Refused work turns the badge amber with the ledger's reason until a proof of that kind
+        is accepted again (an accepted uptime proof does not excuse refused training proofs)."""
+        self._refused[event.proof_kind] = event.reason
+        self._show_refusals()
+
+    def _show_refusals(self) -> None:
+        kind, reason = next(iter(self._refused.items()), ("", ""))
+        self.badge.set_warning(f"{kind} work refused: {reason}" if kind else "")
+
     def on_proof(self, event: ProofAccepted) -> None:
+        if self._refused.pop(event.proof_kind, None) is not None:
+            self._show_refusals()
         if dt.date.fromtimestamp(event.timestamp).isoformat() == today_key():
             self._earned_live_units += event.reward_units
             self._show_earned()

@@ -88,8 +88,8 @@ class NetworkPage(QWidget):
         b.network.connect(self.piece.on_network)
         b.layers.connect(self.piece.on_layers)
         b.earnings.connect(self.piece.on_earnings)
-        b.step.connect(lambda _event: self.piece.show_contribution())
-        b.proof.connect(lambda _event: self.piece.show_contribution())
+        b.step.connect(self.piece.on_work)  # bound slots: disconnected when the page is deleted
+        b.proof.connect(self.piece.on_work)
         b.activity.connect(self.on_activity)
         b.peer_joined.connect(self.on_peer_joined)
         b.peer_left.connect(self.on_peer_left)

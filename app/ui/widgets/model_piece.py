@@ -74,6 +74,10 @@ class ModelPiece(QGroupBox):
         self.earned_units = event.lifetime_units
         self.show_contribution()
 
+    def on_work(self, _event: object) -> None:
+        """A step or a proof: the window's counters grew (the history counted it first)."""
+        self.show_contribution()
+
     def show_contribution(self) -> None:
         totals = self.history.totals()
         since = dt.datetime.fromtimestamp(totals.since).strftime("%d %b %Y")
