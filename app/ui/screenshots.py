@@ -1,7 +1,8 @@
-"""Render every page and every wizard step offscreen to PNG files, from a demo engine state.
+"""Render every page, wizard step and dialog offscreen to PNG files, from a demo engine state.
 
-    python -m app.ui.screenshots --out DIR [--theme light|dark] [--size 1100x760]
+    python -m app.ui.screenshots --out DIR [--theme light|dark|both] [--size 1100x760]
 
+With ``both`` (the default) the light set goes to DIR/light and the dark one to DIR/dark.
 Anyone can review the UI this way without running a network. No torch, no sockets.
 """
 
@@ -14,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 WIZARD_STEPS = ("welcome", "wallet", "phrase", "confirm", "hardware", "modes", "limits", "join")
+DIALOGS = ("start-failure", "unlock", "send", "stake", "propose")
+THEMES = ("light", "dark")
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -96,10 +99,47 @@ def render_wizard(out: Path, data_dir: Path) -> list[Path]:
     return written
 
 
+def render_dialogs(out: Path) -> list[Path]:
+    """The dialogs a volunteer meets, each filled as it would be (demo values, no real key)."""
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    from app.node.values import UNITS_PER_NEURO
+    from app.ui.widgets.proposal_dialog import ProposalDialog
+    from app.ui.widgets.start_failure import StartFailureDialog
+    from app.ui.widgets.wallet_dialogs import PasswordDialog, SendDialog, StakeDialog
+
+    app = QApplication.instance()
+    dialogs: dict[str, QWidget] = {
+        "start-failure": StartFailureDialog("cannot listen on 0.0.0.0:7450: Failed to bind to address 0.0.0.0:7450"),
+        "unlock": PasswordDialog("Unlock your wallet", "The node signs its proofs of work with your wallet key. "
+                                 "Type your wallet password to start it; the password stays in memory only."),
+        "send": SendDialog(125 * UNITS_PER_NEURO),
+        "stake": StakeDialog("stake", 125 * UNITS_PER_NEURO),
+        "propose": ProposalDialog(1_000 * UNITS_PER_NEURO),
+    }
+    written = []
+    for index, name in enumerate(DIALOGS, start=1):
+        dialog = dialogs[name]
+        dialog.show()
+        _settle(app)
+        path = out / f"dialog-{index}-{name}.png"
+        dialog.grab().save(str(path))
+        written.append(path)
+        dialog.hide()
+        dialog.deleteLater()
+    return written
+
+
+def render_all(out: Path, size: tuple[int, int]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="neuroshard-shots-") as tmp:
+        return render_pages(out, Path(tmp), size) + render_wizard(out, Path(tmp)) + render_dialogs(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.ui.screenshots", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
-    parser.add_argument("--theme", choices=("light", "dark"), default="light")
+    parser.add_argument("--theme", choices=(*THEMES, "both"), default="both")
     parser.add_argument("--size", type=_parse_size, default=(1100, 760), help="window size, e.g. 1100x760")
     args = parser.parse_args(argv)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -108,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui.theme import apply_theme
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    apply_theme(app, args.theme)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="neuroshard-shots-") as tmp:
-        written = render_pages(args.out, Path(tmp), args.size) + render_wizard(args.out, Path(tmp))
+    themes = THEMES if args.theme == "both" else (args.theme,)
+    written = []
+    for theme in themes:
+        apply_theme(app, theme)
+        written += render_all(args.out / theme if args.theme == "both" else args.out, args.size)
     for path in written:
         print(path)
     return 0
