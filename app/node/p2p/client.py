@@ -30,7 +30,7 @@ from app.node.p2p.errors import P2PError, PeerRejected, PeerUnavailable, Request
 from app.node.p2p.protocol import METHODS, PROTOCOL_VERSION, Method, Shape, pb2
 from app.node.p2p.records import PeerRecord
 from app.node.p2p.stats import TrafficStats
-from app.node.p2p.tls import TlsIdentityError, bound_node_id, fingerprint, pinned_channel, probe
+from app.node.p2p.tls import TlsIdentityError, bound_node_id, pinned_channel, probe
 from app.node.p2p.wire import counting, parser, serialize
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,13 @@ class IdentityMismatch(PeerRejected):
 class Route:
     """Where a call goes: ``dial`` is the address to connect to; ``target`` is set when ``dial``
     is a relay passing the call to the hidden node with that id. ``expect`` is the node id the
-    server at ``dial`` must prove in TLS (empty: any validly bound node), ``tls`` the certificate
-    fingerprint its signed record announced (empty: not known)."""
+    server at ``dial`` must prove in TLS (empty: any validly bound node). The certificate's
+    binding is what proves it; a record's ``tls`` fingerprint is not compared, since a record
+    may be older than a certificate its node made since, and only that node's key can bind one."""
 
     dial: str
     target: bytes = b""
     expect: bytes = b""
-    tls: bytes = b""
 
     @classmethod
     def of(cls, peer: PeerRecord | str | Route) -> Route:
@@ -67,7 +67,7 @@ class Route:
         if isinstance(peer, str):
             return cls.parse(peer)
         if peer.address:
-            return cls(peer.address, expect=peer.node_id, tls=peer.tls)
+            return cls(peer.address, expect=peer.node_id)
         if peer.relay:
             return cls(peer.relay, peer.node_id)
         raise PeerUnavailable("peer record has neither an address nor a relay")
@@ -93,7 +93,6 @@ class _Pinned:
 
     channel: grpc.aio.Channel
     node_id: bytes
-    fingerprint: bytes
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
@@ -146,8 +145,7 @@ class PeerClient:
 
     @staticmethod
     def _fits(pinned: _Pinned, route: Route) -> bool:
-        return ((not route.expect or pinned.node_id == route.expect)
-                and (not route.tls or pinned.fingerprint == route.tls))
+        return not route.expect or pinned.node_id == route.expect
 
     async def _dial(self, address: str) -> _Pinned:
         """Probe, check and pin one address; concurrent callers share one handshake."""
@@ -179,7 +177,7 @@ class PeerClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
-        pinned = _Pinned(channel, node_id, fingerprint(der))
+        pinned = _Pinned(channel, node_id)
         old = self._channels.pop(address, None)
         if old is not None:
             self._retire(old.channel)

@@ -133,7 +133,7 @@ class Tracker:
     async def _dial_back(self, record: PeerRecord) -> bool:
         request = pb2.PingRequest(protocol_version=PROTOCOL_VERSION)
         try:
-            route = Route(record.address, expect=record.node_id, tls=record.tls)  # TLS proves who answers
+            route = Route(record.address, expect=record.node_id)  # TLS proves who answers
             answer = await self.client.unary(route, PING, request, min(2.0, self.config.dht_rpc_timeout_s))
             return parse_peer_record(answer.record).node_id == record.node_id
         except (P2PError, ValueError):
