@@ -9,6 +9,7 @@ import torch
 
 from app.node.p2p.errors import PeerRejected, ProtocolMismatch
 from app.node.p2p.protocol import STAGE_PROTOCOL_VERSION
+from app.node.p2p.records import LayerAnnouncement
 from app.node.runtime import stage_protocol
 from app.node.runtime.p2p_transport import P2PCohort, stage_server, to_wire, weights_server
 from tests.p2p.helpers import run, swarm
@@ -52,9 +53,10 @@ def _requests() -> dict[str, tuple[str, object, dict]]:
 @pytest.mark.parametrize("rpc", ["Forward", "Backward", "Commit", "Finish", "Exchange", "Weights"])
 def test_each_stage_rpc_refuses_an_unknown_stage_protocol_version_naming_both(rpc: str) -> None:
     async def scenario() -> None:
-        async with swarm(2, tracker=False) as (_, (caller, target)):
+        async with swarm(2) as (_, (caller, target)):
             stage = make_stage(STAGE, CONFIG)
             calls = await _served(target, stage)
+            await caller.registry.announce(LayerAnnouncement(*STAGE, "T3", 1.0))  # a cohort member
             kind, request, tensors = _requests()[rpc]
             request.stage_version = WRONG
             with pytest.raises(ProtocolMismatch) as err:

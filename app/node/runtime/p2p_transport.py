@@ -45,7 +45,7 @@ MAX_ASYNC_PER_RANGE = 64
 """Async contributions held per layer range between two syncs (one per sender)."""
 
 MAX_MAILBOX_ROUNDS = 8
-"""Rounds of pseudo-gradients kept per node; a peer more than this far ahead is refused."""
+"""Rounds ahead of ours a cohort member's payload is kept for; one further ahead is refused."""
 
 
 HEARTBEATS_MISSED = 3.0
@@ -227,15 +227,24 @@ def weights_server(fn: Callable[[bytes, Meta], Awaitable[dict[str, torch.Tensor]
 
 
 class P2PCohort:
-    """Pseudo-gradient exchange with the other holders of a layer range, via per-round mailboxes."""
+    """Pseudo-gradient exchange with the other holders of a layer range, via per-round mailboxes.
+
+    Membership is proven, not claimed: a contribution is taken only from a caller whose signed
+    layer announcement (the DHT registry) shows it holding exactly this range, for this round or
+    the few ahead of it, at most one per node per round; the exchange merges only the holders it
+    asked; a claimed batch count is bounded by the round's length (no holder trains more inner
+    steps in a round than that), so no one buys weight by saying a bigger number.
+    """
 
     def __init__(self, node: P2PNode, holds: Callable[[], tuple[int, int]] | None = None,
                  position: Callable[[], tuple[int, int]] | None = None,
-                 on_idle_payload: Callable[[str, tuple[int, int]], None] | None = None) -> None:
+                 on_idle_payload: Callable[[str, tuple[int, int]], None] | None = None,
+                 round_length: Callable[[], int] | None = None) -> None:
         self.node = node
         self.holds = holds  # the range this node serves now; payloads for others are refused
         self.position = position  # (DiLoCo round, inner steps done in it) of our stage
         self.on_idle_payload = on_idle_payload  # a replica trained while we were idle
+        self.round_length = round_length  # inner steps per DiLoCo round: the most a member can claim
         self.me = node.node_id.hex()
         self._boxes: dict[tuple[tuple[int, int], int], dict[str, CohortPayload]] = {}
         self._arrived = asyncio.Event()
@@ -261,6 +270,8 @@ class P2PCohort:
             raise as_refusal(exc) from exc
         if self.holds is not None and tuple(self.holds()) != layer_range:
             raise as_refusal(GiveUp(f"this node does not hold layers {layer_range} (any more)"))
+        if self.round_length is not None:
+            batches = min(batches, max(1, self.round_length()))
         payload = CohortPayload(sender, round_, batches, age, dict(tensors))
         if is_async:  # an async (T5) node's snapshot work: folded in at the next round
             inbox = self._async.setdefault(layer_range, {})
@@ -271,14 +282,28 @@ class P2PCohort:
         my_round, my_inner = self.position() if self.position is not None else (round_, 1)
         if round_ < my_round:
             return stage_protocol.sync_reply("stale", my_round, my_inner), {}  # we closed that round already
+        if round_ > my_round + MAX_MAILBOX_ROUNDS:
+            raise as_refusal(GiveUp(f"round {round_} is more than {MAX_MAILBOX_ROUNDS} rounds ahead of this "
+                                    f"node's round {my_round}", status="OUT_OF_RANGE"))
+        box = self._boxes.get((layer_range, round_), {})
+        if sender in box:
+            raise as_refusal(GiveUp(f"{sender[:12]} already contributed to round {round_}", status="ALREADY_EXISTS"))
+        if not await self._holds_range(caller, layer_range):
+            raise as_refusal(GiveUp(f"{sender[:12]} is not a registered holder of layers {layer_range}: "
+                                    "only the cohort's members contribute", status="PERMISSION_DENIED"))
         if my_inner == 0 and self.on_idle_payload is not None:
             self.on_idle_payload(sender, layer_range)
-        rounds = sorted({r for (rng, r) in self._boxes if rng == layer_range})
-        if len(rounds) >= MAX_MAILBOX_ROUNDS and round_ not in rounds:
-            self._boxes.pop((layer_range, rounds[0]), None)
         self._boxes.setdefault((layer_range, round_), {})[sender] = payload
         self._arrived.set()
         return stage_protocol.sync_reply("ok", my_round, my_inner), {}
+
+    async def _holds_range(self, caller: bytes, layer_range: tuple[int, int]) -> bool:
+        """The signed layer registry shows ``caller`` holding exactly ``layer_range`` now."""
+        try:
+            records = await self.node.who_holds(layer_range[0])
+        except P2PError:
+            return False
+        return any(r.node_id == caller and (r.layer_start, r.layer_end) == layer_range for r in records)
 
     async def exchange(self, layer_range: tuple[int, int], round_: int, payload: CohortPayload,
                        timeout_s: float) -> list[CohortPayload]:
@@ -302,8 +327,11 @@ class P2PCohort:
                 await asyncio.wait_for(self._arrived.wait(), timeout=max(0.01, deadline - loop.time()))
             except asyncio.TimeoutError:
                 break
-        got = [box[p] for p in sorted(box) if p != self.me]
+        asked = {peer_id(r) for r in records}  # a payload from anyone else is not merged
+        got = [box[p] for p in sorted(box) if p in asked]
         self._boxes.pop((tuple(layer_range), round_), None)
+        for key in [k for k in self._boxes if k[0] == tuple(layer_range) and k[1] < round_]:
+            del self._boxes[key]  # rounds we closed: nobody will collect them
         return got
 
 

@@ -88,7 +88,8 @@ class StageHost:
         self._swapping = False  # between replacing the stage and announcing it (see _busy)
         self.moved = False
         self.cohort = P2PCohort(self._net.node, holds=lambda: self.stage.layer_range, position=self._sync_position,
-                                on_idle_payload=self._on_idle_payload)
+                                on_idle_payload=self._on_idle_payload,
+                                round_length=lambda: self._training.inner_steps)
         self.assignment = assignment
         self.stage, self.sync = self._build(assignment)
 
