@@ -72,18 +72,39 @@ def test_plain_text_http2_gets_no_answer_while_a_pinned_tls_client_does():
     run(scenario())
 
 
-def test_wrong_pinned_identity_is_refused_and_the_address_banned_while_the_target_keeps_serving():
+def test_wrong_pinned_identity_is_refused_and_the_claimed_node_banned_while_the_target_keeps_serving():
     async def scenario():
         async with swarm(3, tracker=False) as (_, (target, caller, bystander)):
-            impostor_id = PrivateKey.generate().node_id  # whom the caller thinks listens there
+            claimed = PrivateKey.generate().node_id  # whom the caller was told listens there
             with pytest.raises(IdentityMismatch) as err:
-                await caller.client.unary(Route(target.address, expect=impostor_id), PING, _ping(), 3)
+                await caller.client.unary(Route(target.address, expect=claimed), PING, _ping(), 3)
             assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
-            assert caller.client.banned(target.address)
-            with pytest.raises(IdentityMismatch):  # banned: not dialled again, even unpinned
-                await caller.client.unary(target.address, PING, _ping(), 3)
-            # the target itself is fine: others still reach it
+            assert caller.client.banned(claimed) and not caller.client.banned(target.address)
+            with pytest.raises(IdentityMismatch):  # banned: refused without dialling
+                await caller.client.unary(Route(bystander.address, expect=claimed), PING, _ping(), 3)
+            # the honest server at that address is not punished for someone's false claim
+            assert (await caller.ping(target.address)).node_id == target.node_id
             assert (await bystander.ping(target.address)).node_id == target.node_id
+
+    run(scenario())
+
+
+def test_tracker_dial_back_refuses_a_node_claiming_another_nodes_address():
+    from app.node.p2p.auth import sign_message
+    from app.node.p2p.records import sign_peer_record
+    from app.node.p2p.tracker import REGISTER
+
+    async def scenario():
+        async with swarm(2) as (tracker, (honest, liar)):
+            forged = sign_peer_record(liar.key, honest.address)  # "I am at the honest node's port"
+            request = pb2.RegisterRequest(protocol_version=PROTOCOL_VERSION, record=forged.raw)
+            sign_message(liar.key, REGISTER, request, b"")
+            answer = await liar.client.unary(tracker.address, REGISTER, request, 5)
+            assert not answer.reachable
+            assert tracker.entries[liar.node_id].record.address == liar.address  # the claim was not kept
+            honest.tracker_client.reachable = False
+            await honest.tracker_client.register(tracker.address)  # the honest node is not banned
+            assert honest.tracker_client.reachable and tracker.entries[honest.node_id].reachable
 
     run(scenario())
 

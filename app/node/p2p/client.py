@@ -9,7 +9,7 @@ node the caller meant to reach: the node of a peer record, or the id pinned in a
 ``<node id hex>@host:port``. A plain ``host:port`` trusts whichever node answers there first
 (its binding still has to be valid); the channel stays pinned to it. A server whose certificate
 has no valid binding, or is bound to another node than the one expected, is refused with
-PERMISSION_DENIED and its address banned for ``ban_max_s``.
+PERMISSION_DENIED and banned for ``ban_max_s`` (see :meth:`PeerClient.channel` for whom).
 """
 
 from __future__ import annotations
@@ -110,37 +110,49 @@ class PeerClient:
         self.stats = stats
         self._channels: OrderedDict[str, _Pinned] = OrderedDict()
         self._dialing: dict[str, asyncio.Future[_Pinned]] = {}
-        self._banned: dict[str, float] = {}
+        self._banned: dict[str | bytes, float] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def banned(self, address: str) -> bool:
-        """Whether ``address`` presented a certificate not bound to the node expected there."""
-        until = self._banned.get(address)
+    def banned(self, who: str | bytes) -> bool:
+        """Whether an address (a server whose certificate has no valid binding) or a node id (whose
+        record led to a server that proved another node) is banned for now."""
+        until = self._banned.get(who)
         if until is None:
             return False
         if until <= time.monotonic():
-            del self._banned[address]
+            del self._banned[who]
             return False
         return True
 
+    def _ban(self, who: str | bytes) -> None:
+        self._banned[who] = time.monotonic() + self.config.ban_max_s
+
     async def channel(self, route: Route) -> grpc.aio.Channel:
-        """The TLS channel to ``route.dial``, after checking the server is the node expected."""
+        """The TLS channel to ``route.dial``, after checking the server is the node expected.
+
+        A mismatch bans the *expected* node, not the address: the server there proved, with a
+        valid binding, that it is someone else, so the record (or pin) that sent us there is what
+        lied or went stale; banning the address would let anyone's forged claim cut an honest
+        node off."""
         address = route.dial
         if self.banned(address):
-            raise IdentityMismatch(f"{address} is banned: it presented a certificate not bound to the "
-                                   "node expected there")
+            raise IdentityMismatch(f"{address} is banned: its certificate carries no valid node binding")
+        if route.expect and self.banned(route.expect):
+            raise IdentityMismatch(f"node {route.expect.hex()[:16]} is banned: its address proved another node")
         pinned = self._channels.get(address)
         if pinned is not None and self._fits(pinned, route):
             self._channels.move_to_end(address)
             return pinned.channel
-        if pinned is not None:  # another node now answers there, or a newer record: check again
-            await self.forget(address)
-        pinned = await self._dial(address)
+        if pinned is not None and pinned.channel.get_state() != grpc.ChannelConnectivity.READY:
+            del self._channels[address]  # maybe another node answers there now: check again
+            self._retire(pinned.channel)
+            pinned = None
+        if pinned is None:
+            pinned = await self._dial(address)
         if not self._fits(pinned, route):
-            await self.forget(address)
-            self._banned[address] = time.monotonic() + self.config.ban_max_s
-            want = route.expect.hex()[:16] or "the announced certificate"
-            raise IdentityMismatch(f"{address} proved node {pinned.node_id.hex()[:16]}, not {want}")
+            self._ban(route.expect)
+            raise IdentityMismatch(f"{address} proved node {pinned.node_id.hex()[:16]}, "
+                                   f"not {route.expect.hex()[:16]}")
         return pinned.channel
 
     @staticmethod
@@ -168,7 +180,7 @@ class PeerClient:
         try:
             node_id = bound_node_id(der)
         except TlsIdentityError as exc:
-            self._banned[address] = time.monotonic() + self.config.ban_max_s
+            self._ban(address)
             raise IdentityMismatch(f"{address}: {exc}") from None
         channel = pinned_channel(address, der, [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
