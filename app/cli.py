@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "devnet": ("app.node.devnet", "train on a local network of N node processes"),
     "arch": ("app.node.model.cli", "print the architecture the scaler picks for a network"),
     "ledger": ("app.wallet.ledger_cli", "inspect and verify the NEURO ledger"),
+    "migrate": ("app.node.migration_cli", "review or run a waiting architecture upgrade on a stopped node"),
 }
 
 

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 from app.node.events import CheckpointSetAside, ErrorOccurred, LayersAssigned
 from app.node.hardware import layers_that_fit, measure_ms_per_layer, memory_budget_bytes, tier_for_ms
+from app.node.migration import adopted_architecture
+from app.node.migration import recover as recover_migration
 from app.node.model.checkpoint import CheckpointError, CheckpointsUnusable
 from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
@@ -55,6 +57,10 @@ STAGE_LOOKUP_S = 0.3
 async def open_base(ctx: RuntimeContext, step_sinks: Sequence[StepSink] = ()) -> NodeBase:
     config = ctx.config
     training = TrainingConfig.from_dict(config.training)
+    rolled_back = recover_migration(config.data_dir)  # a migration stopped midway: back on the old version
+    if rolled_back:
+        log.warning("%s", rolled_back)
+        ctx.emit(ErrorOccurred(message=rolled_back, fatal=False))
     key = await asyncio.get_running_loop().run_in_executor(None, load_identity, config)
     net = NetworkService.open(key, host=config.host, port=config.port, trackers=config.trackers, listen=config.listen,
                               p2p=dict(config.p2p), emit=ctx.emit, tls_dir=config.data_dir / "tls",
@@ -65,7 +71,8 @@ async def open_base(ctx: RuntimeContext, step_sinks: Sequence[StepSink] = ()) ->
     vocab = VocabService(config.data_dir, economy.proposals, on_change=lambda _tok: emit_vocabulary(vocab, ctx.emit))
     emit_vocabulary(vocab, ctx.emit)
     vocab.start()
-    return NodeBase(ctx, training, training.architecture(), net, economy, vocab, Activity(ctx.emit),
+    arch = adopted_architecture(config.data_dir, training.architecture())  # the version it migrated to
+    return NodeBase(ctx, training, arch, net, economy, vocab, Activity(ctx.emit),
                     StepReports(ctx.emit, (economy.on_work, *step_sinks)))
 
 
@@ -147,7 +154,7 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
 
     host = StageHost(ctx, net, base.vocab, t, base.activity, assignment, device=capacity.device,
                      offer=(capacity.tier, capacity.layers_fit), hooks=StageHooks(on_commit, after_commit, base.economy.on_forward),
-                     memory_budget=capacity.memory)
+                     memory_budget=capacity.memory, base_arch=base.genesis_arch)
     await host.start(resume, lost)
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),

@@ -76,11 +76,14 @@ class StageHooks:
 class StageHost:
     def __init__(self, ctx: RuntimeContext, net: NetworkService, vocab: VocabService, training: TrainingConfig,
                  activity: Callable[[str], None], assignment: Assignment, *, device: str, offer: tuple[str, int],
-                 hooks: StageHooks, memory_budget: int | None = None) -> None:
+                 hooks: StageHooks, memory_budget: int | None = None,
+                 base_arch: ModelArchitecture | None = None) -> None:
         """Build the stage of ``assignment`` (genesis weights; ``start`` fills and serves it).
-        ``memory_budget``: bytes the model may take here (the speed plan's memory savers)."""
+        ``memory_budget``: bytes the model may take here (the speed plan's memory savers).
+        ``base_arch``: the architecture before the vocabulary (the configured one, or the version
+        this node migrated to: migration.adopted_architecture)."""
         self._ctx, self._net, self._vocab, self._training, self._activity = ctx, net, vocab, training, activity
-        self._genesis_arch = training.architecture()
+        self._genesis_arch = base_arch or training.architecture()
         self._device, self._hooks, self._memory_budget = device, hooks, memory_budget
         self.offer = offer  # (tier, whole layers that fit): what the announcements advertise
         self._following: asyncio.Future[None] | None = None
