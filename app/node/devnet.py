@@ -104,10 +104,11 @@ def _spawn(name: str, argv: list[str], log_path: Path, lines: queue.Queue[tuple[
     return proc
 
 
-def _write_node_config(data_dir: Path, training: dict[str, Any], tracker: str, modes: list[str]) -> None:
+def _write_node_config(data_dir: Path, training: dict[str, Any], tracker: str, modes: list[str],
+                       economics: dict[str, Any] | None = None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = {"node": {"host": "127.0.0.1", "port": 0, "trackers": [tracker], "modes": modes},
-              "training": training, "p2p": DEVNET_P2P, "economics": {"preset": "devnet"}}
+              "training": training, "p2p": DEVNET_P2P, "economics": economics or {"preset": "devnet"}}
     (data_dir / "config.toml").write_bytes(tomli_w.dumps(config).encode())
 
 
@@ -136,6 +137,9 @@ class Devnet:
     restart: bool = False  # start the killed node again on its data dir (it resumes and rejoins)
     restarted: list[str] = field(default_factory=list)
     training_overrides: dict[str, Any] = field(default_factory=dict)
+    verify_nodes: int = 0  # the last N pipeline nodes also run mode "verify", staked at genesis
+    lazy_nodes: int = 0  # the first N nodes are lazy: they claim a made-up step per real one
+    economics_overrides: dict[str, Any] = field(default_factory=dict)
     procs: list[_Proc] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     lines: queue.Queue[tuple[str, str]] = field(default_factory=queue.Queue)
@@ -172,11 +176,20 @@ class Devnet:
         pipeline_nodes = self.nodes - self.async_nodes
         training = {**devnet_training(pipeline_nodes, self.steps, self.inner_steps), **self.training_overrides}
         dirs = [self.workdir / f"node{i}" for i in range(self.nodes)]
+        verifiers = list(range(pipeline_nodes - self.verify_nodes, pipeline_nodes)) if self.verify_nodes else []
+        economics: dict[str, Any] = {"preset": "devnet", **self.economics_overrides}
+        if verifiers:  # runtime/devnet_funding.py: wallets, genesis grant and stake for the verifiers
+            from app.node.runtime.devnet_funding import devnet_genesis_settings, fund_verifiers
+
+            economics = {**devnet_genesis_settings(), **self.economics_overrides}
+            fund_verifiers([dirs[i] for i in verifiers], dirs, economics, int(time.time() * 1000))
         for i, d in enumerate(dirs):
             # Modes are explicit: a loaded laptop may measure T5, which would otherwise send every
             # devnet node to async mode and leave no pipeline to train.
             modes = ["async", "data"] if i >= self.nodes - self.async_nodes else ["pipeline", "data"]
-            _write_node_config(d, training, tracker, modes)
+            modes += ["verify"] if i in verifiers else []
+            lazy = {"fault_lazy_steps": 1} if i < self.lazy_nodes else {}
+            _write_node_config(d, training, tracker, modes, {**economics, **lazy})
         _seed_hardware_cache(dirs)
         for i, d in enumerate(dirs):
             argv = ["--headless", "--json-events", "--data-dir", str(d), "--max-steps", str(self.steps)]
@@ -342,11 +355,15 @@ def summarize(dirs: list[Path], steps: int, elapsed: float, *, killed: list[str]
 def _proof_report(dirs: list[Path]) -> dict[str, Any]:
     """Per proof kind over every node's ledger: made, accepted, refused (reasons), checked,
     challenged, slashed (economics/report.py)."""
+    import tomllib
+
     from app.node.economics.constants import from_settings
     from app.node.economics.report import report_from_dirs
 
-    try:
-        return report_from_dirs(dirs, from_settings({}, devnet=True))
+    try:  # the nodes' own [economics] (genesis key, windows): the same rules their ledgers ran
+        settings = tomllib.loads((dirs[0] / "config.toml").read_text()).get("economics", {}) if dirs else {}
+        settings = {k: v for k, v in settings.items() if k != "fault_lazy_steps"}
+        return report_from_dirs(dirs, from_settings(settings, devnet=True))
     except Exception as exc:  # a summary must not fail on one unreadable ledger
         return {"error": str(exc)}
 
@@ -417,7 +434,8 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
                base_port: int = 0, inner_steps: int | None = None, timeout_s: float = 600.0,
                progress: bool = False, json_events: bool = False, kill: tuple[str, int] | None = None,
                training_overrides: dict[str, Any] | None = None, async_nodes: int = 0,
-               restart: bool = False) -> dict[str, Any]:
+               restart: bool = False, verify_nodes: int = 0, lazy_nodes: int = 0,
+               economics_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
         raise DevnetError("a devnet needs at least 1 node and 1 step")
@@ -426,7 +444,8 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
     try:
         net = Devnet(nodes, steps, root, base_port=base_port, inner_steps=inner_steps, timeout_s=timeout_s,
                      progress=progress, json_events=json_events, kill=kill, async_nodes=async_nodes,
-                     restart=restart,
+                     restart=restart, verify_nodes=verify_nodes, lazy_nodes=lazy_nodes,
+                     economics_overrides=dict(economics_overrides or {}),
                      training_overrides=dict(training_overrides or {}))
         summary = net.run()
         summary["restarted"] = net.restarted

@@ -166,6 +166,9 @@ class EconomicsConfig:
     (the cost is the fastest step it measured in that time); the margin absorbs the gap between
     the training thread's clock and the economy's under load, never a tier's table speed."""
     max_work_span_epochs: int = 3
+    fault_lazy_steps: int = 0
+    """Devnet fault injection only (refused on the main network): the node claims this many
+    made-up steps for every step it ran, so verify mode has a lazy node to catch."""
     """How far back before its epoch a training proof's credited time may start: a step longer
     than an epoch is credited whole to the epoch it finished in, but nobody claims an afternoon."""
 
@@ -179,6 +182,10 @@ class EconomicsConfig:
         missing = set(_default_rewards()) - set(self.rewards)
         if missing:
             raise ConfigError(f"economics.rewards lacks {sorted(missing)}")
+        if self.fault_lazy_steps and self.network_id == "neuroshard-main":
+            raise ConfigError("economics.fault_lazy_steps is devnet fault injection; the main network refuses it")
+        if self.fault_lazy_steps < 0:
+            raise ConfigError("economics.fault_lazy_steps must not be negative")
         if self.min_layer_us <= 0 or self.max_work_span_epochs <= 0 or self.work_time_margin < 1.0:
             raise ConfigError("economics.min_layer_us and max_work_span_epochs must be positive, "
                               "work_time_margin at least 1")

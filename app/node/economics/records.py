@@ -15,6 +15,7 @@ node derives them from the proofs and challenges it holds (``state.py``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -159,6 +160,8 @@ class Record:
     signature: bytes = b""
     version: int = VERSION
     _id: str = field(default="", compare=False, repr=False)
+    _payload: bytes = field(default=b"", compare=False, repr=False)
+    _raw: bytes = field(default=b"", compare=False, repr=False)
 
     @classmethod
     def create(cls, key: PrivateKey, kind: str, network: str, timestamp_ms: int, body: Mapping[str, Any],
@@ -176,7 +179,11 @@ class Record:
                 "ts": self.timestamp_ms, "seq": self.seq, "body": dict(self.body)}
 
     def signing_payload(self) -> bytes:
-        return SIGN_PREFIX + canonical_json(self._unsigned_dict())
+        # Computed once: the id, the signature check and storage all need it, and re-encoding the
+        # JSON was most of the ledger's own cost per record (benchmarks/ledger.py).
+        if not self._payload:
+            object.__setattr__(self, "_payload", SIGN_PREFIX + canonical_json(self._unsigned_dict()))
+        return self._payload
 
     @property
     def record_id(self) -> str:
@@ -190,9 +197,11 @@ class Record:
         return PublicKey(self.author).address
 
     def to_bytes(self) -> bytes:
-        data = self._unsigned_dict()
-        data["sig"] = self.signature.hex()
-        return canonical_json(data)
+        if not self._raw:  # a parsed record keeps the exact bytes it came as (they are canonical)
+            data = self._unsigned_dict()
+            data["sig"] = self.signature.hex()
+            object.__setattr__(self, "_raw", canonical_json(data))
+        return self._raw
 
     def verify_signature(self) -> bool:
         return verify(self.author, self.signing_payload(), self.signature)
@@ -202,9 +211,15 @@ class Record:
         """Strict parse of untrusted bytes; raises ``InvalidRecord`` with the reason."""
         data = _decode(raw)
         _check_fields(data)
+        raw = bytes(raw)
+        # The signed payload is these canonical bytes without the "sig" member: keys are sorted and
+        # only "ts" and "v" (integers) follow "sig", and no body field is named "sig", so its last
+        # occurrence is the member. Cutting it out saves re-encoding the record.
+        cut = raw.rfind(b',"sig":"')
+        payload = SIGN_PREFIX + raw[:cut] + raw[cut + len(b',"sig":"') + len(data["sig"]) + 1:]
         record = cls(kind=data["kind"], network=data["net"], author=bytes.fromhex(data["author"]),
                      timestamp_ms=data["ts"], seq=data["seq"], body=data["body"],
-                     signature=bytes.fromhex(data["sig"]))
+                     signature=bytes.fromhex(data["sig"]), _raw=raw, _payload=payload)
         if check_signature:
             record.check_signature()
         return record
@@ -276,7 +291,15 @@ def _check_fields(data: Mapping[str, Any]) -> None:
             check(body[name])
         except InvalidRecord as exc:
             raise InvalidRecord(f"{kind}.{name}: {exc.reason}") from None
+    if not _is_public_key(data["author"]):
+        raise InvalidRecord("author is not a secp256k1 public key")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_public_key(author_hex: str) -> bool:
+    """The on-curve check is pure Python and authors repeat (one key, many records): cache it."""
     try:
-        PublicKey(bytes.fromhex(data["author"]))
-    except ValueError as exc:
-        raise InvalidRecord("author is not a secp256k1 public key") from exc
+        PublicKey(bytes.fromhex(author_hex))
+    except ValueError:
+        return False
+    return True

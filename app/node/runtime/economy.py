@@ -30,7 +30,7 @@ from typing import Any
 
 from app.crypto.keys import PrivateKey
 from app.node.config import NodeConfig
-from app.node.economics.constants import ConfigError, EconomicsConfig, from_settings
+from app.node.economics.constants import from_settings
 from app.node.economics.ledger import Ledger
 from app.node.economics.ponw import WorkFigures, make_proof
 from app.node.economics.report import OWN_PROOFS_FILE
@@ -119,11 +119,8 @@ class EconomyService:
         """``lazy_steps`` > 0 is devnet fault injection: a lazy node that claims that many steps it
         never computed for every step it ran (verify mode must catch and slash it)."""
         self.key = key
-        settings = dict(config.economics)
-        lazy_steps = lazy_steps or int(settings.pop("fault_lazy_steps", 0) or 0)
-        self.config = from_settings(settings)
-        if lazy_steps and self.config.network_id == EconomicsConfig().network_id:
-            raise ConfigError("economics.fault_lazy_steps is devnet fault injection; the main network refuses it")
+        self.config = from_settings(config.economics)
+        lazy_steps = lazy_steps or self.config.fault_lazy_steps
         self.steps = StepLog(self.config, phantom_steps=lazy_steps)
         """What this node's training proofs commit to; the stage's forward hook feeds it."""
         self.verifier: Verifier | None = None
