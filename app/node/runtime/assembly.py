@@ -20,10 +20,13 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from app.node.data.loader import BatchLoader
+from app.node.data.manifest import DataError
 from app.node.events import CheckpointSetAside, ErrorOccurred, LayersAssigned
 from app.node.hardware import layers_that_fit, measure_ms_per_layer, memory_budget_bytes, tier_for_ms
 from app.node.migration import adopted_architecture
 from app.node.migration import recover as recover_migration
+from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import CheckpointError, CheckpointsUnusable
 from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
@@ -131,6 +134,24 @@ def _async_job(base: NodeBase, capacity: Capacity, data: DataService) -> AsyncJo
     return AsyncJob(service)
 
 
+HELD_OUT_SEED, HELD_OUT_BATCHES = 7_777_777, 2
+
+
+def _held_out_batches(data: DataService, t: TrainingConfig, arch: ModelArchitecture) -> list:
+    """Genesis windows for scoring DiLoCo contributions before merging (training/scoring.py): a
+    fixed draw, the same on every node, with a seed of its own (the manifest reserves no shard, so
+    these windows can also appear in training). None without the shards yet: no screening."""
+    if data.store is None:
+        return []
+    try:
+        loader = BatchLoader(data.store, data.store.manifest, batch_size=t.batch_size,
+                             seq_len=min(t.seq_len, arch.max_seq), seed=HELD_OUT_SEED)
+        return [loader.next_batch() for _ in range(HELD_OUT_BATCHES)]
+    except DataError as exc:
+        log.info("no held-out scoring of DiLoCo contributions yet: %s", exc)
+        return []
+
+
 async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -> PipelineJob:
     ctx, net, t = base.ctx, base.net, base.training
     resume, lost = _resume_point(base)
@@ -154,7 +175,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
 
     host = StageHost(ctx, net, base.vocab, t, base.activity, assignment, device=capacity.device,
                      offer=(capacity.tier, capacity.layers_fit), hooks=StageHooks(on_commit, after_commit, base.economy.on_forward),
-                     memory_budget=capacity.memory, base_arch=base.genesis_arch)
+                     memory_budget=capacity.memory, base_arch=base.genesis_arch,
+                     held_out=_held_out_batches(data, t, base.architecture()))
     await host.start(resume, lost)
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),

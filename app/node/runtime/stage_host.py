@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from app.node.events import LayersAssigned
 from app.node.faults import resolve_policy
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import CheckpointsUnusable
+from app.node.model.shard import lm_loss
 from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import (
     SYNC_POSITION,
@@ -39,6 +40,7 @@ from app.node.runtime_api import RuntimeContext
 from app.node.training.checkpointing import ResumePoint, checkpoint_path, restore_training_state
 from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment
+from app.node.training.scoring import whole_model_loss
 from app.node.training.speed import plan_speed
 from app.node.training.stage import CommitInfo, ForwardHook, StageWorker, build_shard
 from app.node.training.sync import StageSync
@@ -77,14 +79,18 @@ class StageHost:
     def __init__(self, ctx: RuntimeContext, net: NetworkService, vocab: VocabService, training: TrainingConfig,
                  activity: Callable[[str], None], assignment: Assignment, *, device: str, offer: tuple[str, int],
                  hooks: StageHooks, memory_budget: int | None = None,
-                 base_arch: ModelArchitecture | None = None) -> None:
+                 base_arch: ModelArchitecture | None = None,
+                 held_out: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
         """Build the stage of ``assignment`` (genesis weights; ``start`` fills and serves it).
         ``memory_budget``: bytes the model may take here (the speed plan's memory savers).
         ``base_arch``: the architecture before the vocabulary (the configured one, or the version
-        this node migrated to: migration.adopted_architecture)."""
+        this node migrated to: migration.adopted_architecture).
+        ``held_out``: genesis batches nobody trains on; a stage holding the whole model scores each
+        DiLoCo contribution on them before merging (training/scoring.py)."""
         self._ctx, self._net, self._vocab, self._training, self._activity = ctx, net, vocab, training, activity
         self._genesis_arch = base_arch or training.architecture()
         self._device, self._hooks, self._memory_budget = device, hooks, memory_budget
+        self._held_out = list(held_out)
         self.offer = offer  # (tier, whole layers that fit): what the announcements advertise
         self._following: asyncio.Future[None] | None = None
         self._move_lock = asyncio.Lock()
@@ -109,8 +115,11 @@ class StageHost:
         stage = StageWorker(shard, t, executor=self._ctx.executor, device=self._device, speed=speed,
                             on_commit=self._hooks.on_commit, after_commit=self._hooks.after_commit,
                             on_forward=self._hooks.on_forward, vocab=self._vocab.guard())
+        whole = a.with_embedding and a.with_head and self._held_out
+        held_out = whole_model_loss(lambda: stage.shard, self._held_out, lm_loss) if whole else None
         sync = StageSync(self._net.node_id, stage, self.cohort, self._training, on_report=self._vocab.round_closed,
-                         on_start=lambda: self._activity("averaging"), fetch_peer_state=self._fetch_peer_state)
+                         on_start=lambda: self._activity("averaging"), fetch_peer_state=self._fetch_peer_state,
+                         held_out=held_out)
         self._vocab.attach(stage, sync)
         return stage, sync
 
