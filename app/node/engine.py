@@ -299,7 +299,17 @@ class NodeEngine:
                 raise self._fault
             self.emit(RunFinished(steps=self._runtime.steps_done, exit_code=code))
         except asyncio.CancelledError:
-            code = 0
+            task = asyncio.current_task()
+            if (task is not None and task.cancelling()) or self._control is None or self._control.stop_requested:
+                code = 0  # a real stop: the engine (or the loop closing) cancelled us
+            else:  # a CancelledError leaked out of some await while nobody asked to stop: a fault
+                log.error("the node's work ended with a CancelledError nobody asked for", exc_info=True)
+                message = ("the node's work was cancelled although no stop was requested (a bug; the "
+                           "traceback is in the log); the node stopped")
+                self.emit(ErrorOccurred(message=message, fatal=True))
+                self._state = StatusChanged(state=NodeState.ERROR, detail=message)
+                self.emit(self._state)
+                code = 1
         except FaultStop as exc:  # a deliberate stop: the message says why and what to do
             stopped_for = exc
         except Exception as exc:

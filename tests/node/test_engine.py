@@ -4,6 +4,7 @@ The runtime here is a small real one (it counts steps on the loop and in the exe
 engine's behaviour with the real training runtime is covered in tests/integration.
 """
 
+import asyncio
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from app.node.config import NodeConfig
 from app.node.engine import EngineError, NodeEngine
 from app.node.events import (
+    ErrorOccurred,
     FinishStepThenStop,
     NodeState,
     Pause,
@@ -206,3 +208,24 @@ def test_calling_from_the_loop_thread_is_refused(tmp_path, cached_hardware) -> N
     assert engine.wait(60)
     engine.stop()
     assert seen and "deadlock" in str(seen[0])
+
+
+class LeakingCancelRuntime(CountingRuntime):
+    """Its work awaits a future that some other party cancelled (a call to a peer that died)."""
+
+    async def run(self) -> int:
+        self.ctx.set_state(NodeState.TRAINING, "")
+        doomed = asyncio.get_running_loop().create_future()
+        doomed.cancel()
+        await doomed  # raises CancelledError although nobody cancelled the engine's task
+        return 0
+
+
+def test_a_cancelled_error_nobody_asked_for_is_a_failure_not_a_clean_stop(tmp_path, cached_hardware) -> None:
+    engine = NodeEngine(NodeConfig(data_dir=tmp_path, max_steps=3), runtime_factory=LeakingCancelRuntime)
+    events, _ = collect(engine)
+    engine.start()
+    assert engine.wait(60)
+    assert engine.exit_code == 1
+    fatal = [e for e in events if isinstance(e, ErrorOccurred) and e.fatal]
+    assert fatal and "cancelled although no stop was requested" in fatal[-1].message
