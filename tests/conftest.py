@@ -1,15 +1,66 @@
-"""Shared test settings: no display, no network beyond loopback, fast key derivation."""
+"""Shared test settings: no display, no network beyond loopback, fast key derivation; and a run that
+fails when something crashed behind the tests' backs.
 
+Crashes that no test asserts on still fail the run (exit status 1, listed in the summary):
+
+- an exception that ended a thread (an engine, a gRPC server, a worker) or one raised where
+  Python can only print it (``__del__``, a callback): pytest records these as
+  PytestUnhandledThreadExceptionWarning / PytestUnraisableExceptionWarning; here they count as
+  failures, whichever test was running when they surfaced;
+- a non-daemon thread still alive when the session ends (it would hang a normal exit); the idle
+  workers of thread pools are not counted, an interpreter exit shuts their pools down and joins them.
+
+The process then leaves with ``os._exit`` carrying that status, because PySide's interpreter-exit
+cleanup can deadlock after a GUI suite (see ``pytest_unconfigure``), but it leaves only after the
+checks above have run, so skipping the interpreter's own teardown hides nothing that matters.
+"""
+
+import concurrent.futures.thread
+import gc
 import os
 import sys
+import threading
+
+import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+_CRASH_WARNINGS = (pytest.PytestUnhandledThreadExceptionWarning, pytest.PytestUnraisableExceptionWarning)
+_crashes: list[str] = []
 _exit_status = {"code": 0}
 
 
+def pytest_warning_recorded(warning_message, when, nodeid, location) -> None:  # noqa: ANN001
+    if issubclass(warning_message.category, _CRASH_WARNINGS):
+        first_line = str(warning_message.message).strip().splitlines()[0] if str(warning_message.message) else ""
+        _crashes.append(f"{nodeid or when}: {warning_message.category.__name__}: {first_line}")
+
+
+def _lingering_threads() -> list[str]:
+    # concurrent.futures keeps its workers here so that interpreter exit can stop and join them
+    pool_workers = set(getattr(concurrent.futures.thread, "_threads_queues", {}).keys())
+    return [t.name for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon and t not in pool_workers]
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001
-    _exit_status["code"] = int(exitstatus)
+    gc.collect()  # objects whose __del__ raises report now, while pytest still listens
+    problems = list(_crashes)
+    lingering = _lingering_threads()
+    if lingering:
+        problems.append(f"non-daemon threads still running at the end: {', '.join(lingering)}")
+    if problems and int(exitstatus) in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _exit_status["code"] = int(session.exitstatus)
+    _exit_status["problems"] = problems
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    problems = _exit_status.get("problems") or []
+    if problems:
+        terminalreporter.section("crashes outside the tests' assertions (they fail the run)", red=True)
+        for line in problems:
+            terminalreporter.line(line)
 
 
 def pytest_unconfigure(config) -> None:  # noqa: ANN001
@@ -18,7 +69,8 @@ def pytest_unconfigure(config) -> None:  # noqa: ANN001
     After a suite that ran Qt windows beside engine and gRPC threads, PySide's atexit hook
     destroys the QApplication and can block for ever in QWidget's destructor on Qt's posted-event
     mutex (seen here: py-spy showed the main thread in PySide::destroyQCoreApplication). Each
-    test already closed its windows and stopped its engine; only the process exit is skipped.
+    test already closed its windows and stopped its engine; only the process exit is skipped,
+    with pytest's exit status (including the crash checks of ``pytest_sessionfinish``).
     """
     if "PySide6" in sys.modules:
         sys.stdout.flush()

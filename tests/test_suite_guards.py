@@ -1,0 +1,45 @@
+"""The suite's own guard (tests/conftest.py): crashes no test asserts on still fail the run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFTEST = Path(__file__).with_name("conftest.py")
+
+CASES = {
+    "clean": ("def test_fine():\n    assert True\n", 0),
+    "thread_crash": ("import threading\n\ndef test_thread():\n"
+                     "    t = threading.Thread(target=lambda: 1 / 0, name='doomed')\n    t.start()\n    t.join()\n", 1),
+    "unraisable": ("class Bad:\n    def __del__(self):\n        raise RuntimeError('boom in __del__')\n\n"
+                   "def test_unraisable():\n    Bad()\n", 1),
+    "lingering_thread": ("import threading\n\nSTOP = threading.Event()\n\ndef test_leaks_a_thread():\n"
+                         "    threading.Thread(target=STOP.wait, args=(20,), name='left-running').start()\n\n"
+                         "def teardown_module():\n    pass\n", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_crashes_outside_assertions_fail_the_run(tmp_path: Path, case: str) -> None:
+    body, expected = CASES[case]
+    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    (tmp_path / f"test_{case}.py").write_text(body)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == expected, done.stdout[-3000:]
+    if expected:
+        assert "crashes outside the tests' assertions" in done.stdout
+
+
+def test_idle_thread_pool_workers_are_not_counted_as_lingering(tmp_path: Path) -> None:
+    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    (tmp_path / "test_pool.py").write_text(
+        "from concurrent.futures import ThreadPoolExecutor\n\nPOOL = ThreadPoolExecutor(2)\n\n"
+        "def test_uses_a_pool():\n    assert POOL.submit(lambda: 2).result() == 2\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
