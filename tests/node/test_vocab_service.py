@@ -192,8 +192,9 @@ def _pipeline(tmp_path: Path, driver_ledger: list, head_ledger: list, on_change=
         sync = syncs[name] = StageSync(name, s, None, CONFIG, on_report=services[name].round_closed)
         services[name].attach(s, sync)
     net.add_peer("head", (2, ARCH.layers), last.handle)
+    net.attempts = 3
     driver = PipelineDriver("driver", first, [2], services["driver"].transport(net),
-                            micro_batches=CONFIG.micro_batches, max_attempts=3)
+                            micro_batches=CONFIG.micro_batches)
     return driver, first, last, services
 
 

@@ -200,3 +200,22 @@ def test_grpcs_own_internal_failure_is_retryable_but_a_handlers_internal_error_i
     assert isinstance(error_from_status(grpc_.StatusCode.INTERNAL, GRPC_CORE_INTERNAL, "p"), PeerUnavailable)
     handler = error_from_status(grpc_.StatusCode.INTERNAL, "internal error while handling the request", "p")
     assert isinstance(handler, PeerRejected) and handler.code == grpc_.StatusCode.INTERNAL
+
+
+def test_the_router_is_the_one_holder_cache_and_back_off() -> None:
+    """The stage transport keeps no holder list or back-off of its own: it reads the router's."""
+    from app.node.p2p.router import REPLAY_MAX_S, SwarmRouter
+    from app.node.runtime.p2p_transport import P2PStageTransport
+
+    async def scenario():
+        async with swarm(2) as (_, (server, caller)):
+            await _holders([server], 0, 2)
+            transport = P2PStageTransport(caller, attempts=3)
+            assert transport.holders(0) == []  # nothing looked up yet
+            await caller.router.holders(0)
+            assert transport.holders(0) == [server.node_id.hex()]
+            assert [transport.retry_delay(a) for a in range(3)] == [
+                SwarmRouter.replay_delay(0), SwarmRouter.replay_delay(1), None]
+            assert SwarmRouter.replay_delay(50) == REPLAY_MAX_S
+
+    run(scenario())

@@ -3,6 +3,8 @@ stage-protocol version with FAILED_PRECONDITION naming both versions, and comput
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 import torch
@@ -11,9 +13,10 @@ from app.node.p2p.errors import PeerRejected, ProtocolMismatch
 from app.node.p2p.protocol import STAGE_PROTOCOL_VERSION
 from app.node.p2p.records import LayerAnnouncement
 from app.node.runtime import stage_protocol
-from app.node.runtime.p2p_transport import P2PCohort, stage_server, to_wire, weights_server
+from app.node.runtime.p2p_transport import P2PCohort, P2PStageTransport, stage_server, to_wire, weights_server
+from app.node.training.arch_guard import ArchitectureMismatch, ArchTaggedTransport
 from tests.p2p.helpers import run, swarm
-from tests.training.training_helpers import make_stage, tiny_config
+from tests.training.training_helpers import ARCH, make_stage, tiny_config
 
 WRONG = STAGE_PROTOCOL_VERSION + 98
 CONFIG = tiny_config()
@@ -90,5 +93,24 @@ def test_json_meta_is_not_a_stage_request() -> None:
                 await caller.call_stage(target.address, "forward", {"op": "commit", "step": 0, "mb": 0},
                                         to_wire([torch.zeros(1, 4, 64)]), 5)
             assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and calls == []
+
+    run(scenario())
+
+
+def test_the_architecture_tag_crosses_the_wire_and_a_mismatch_comes_back_typed() -> None:
+    async def scenario() -> None:
+        async with swarm(2) as (_, (caller, target)):
+            stage = make_stage(STAGE, CONFIG)
+            calls = await _served(target, stage)
+            await target.registry.announce(LayerAnnouncement(*STAGE, "T3", 1.0))
+            other = dataclasses.replace(ARCH, version=ARCH.version + 1)
+            transport = ArchTaggedTransport(P2PStageTransport(caller), lambda: other)
+            with pytest.raises(ArchitectureMismatch, match="runs architecture"):
+                await transport.call(STAGE[0], "forward", {"driver": "x", "step": 0, "mb": 0},
+                                     [torch.zeros(1, 4, 64)])
+            same = ArchTaggedTransport(P2PStageTransport(caller), lambda: ARCH)
+            reply = await same.call(STAGE[0], "forward", {"driver": "x", "step": 0, "mb": 0}, [torch.zeros(1, 4, 64)])
+            assert reply.meta["status"] == "ok" and reply.tensors[0].shape == (1, 4, 64)
+            assert calls == ["forward", "forward"] and stage.inner_step == 0
 
     run(scenario())

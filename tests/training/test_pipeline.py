@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import torch
 from training_helpers import ARCH, build_pipeline, patterned_batch, random_batch, tiny_config
 
 from app.node.model.shard import lm_loss
+from app.node.training.pipeline import PipelineStalled
 from app.node.training.stage import build_shard
 
 
@@ -112,3 +114,19 @@ def test_a_commit_with_a_malformed_gradient_norm_is_refused() -> None:
         with pytest.raises(GiveUp, match="grad_norm"):
             stage.handle_sync(OP_COMMIT, {"driver": "d", "step": 0, "microbatches": 1, "loss": 1.0,
                                           "grad_norm": bad}, [])
+
+
+def test_the_driver_replays_as_often_and_as_late_as_its_transport_says() -> None:
+    """One owner of retries: the driver keeps no attempt count or back-off of its own."""
+    driver, net, _ = build_pipeline([(0, 2), (2, 4)], tiny_config())
+    asked: list[int] = []
+
+    def retry_delay(attempt: int) -> float | None:
+        asked.append(attempt)
+        return None if attempt >= 2 else 0.0
+
+    net.retry_delay = retry_delay  # type: ignore[method-assign]
+    net.kill("s2r0")  # the only holder of the second stage: every micro-batch fails
+    with pytest.raises(PipelineStalled, match="failed 3 times"):
+        asyncio.run(driver.train_step(0, patterned_batch(tiny_config(), 0)))
+    assert set(asked) == {0, 1, 2}  # asked after each failure; the third answer (None) ended the step

@@ -236,7 +236,7 @@ def test_tagged_transport_turns_a_refusal_into_a_retryable_error_and_reports_it(
         heard.append(theirs)
 
     driver.transport = VocabTaggedTransport(parts["net"], lambda: TOK.version, on_mismatch)
-    driver.max_attempts = 2
+    parts["net"].attempts = 2
     with pytest.raises(PipelineStalled):
         asyncio.run(driver.train_step(0, patterned_batch(CONFIG, 0)))
     assert heard and set(heard) == {NeuroTokenizer.genesis().version}

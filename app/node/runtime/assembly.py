@@ -187,10 +187,10 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
     if host.stage.is_first:
         arch = base.architecture()
         starts = await _stage_starts(base, host.stage.layer_range[1])
-        transport = ArchTaggedTransport(base.vocab.transport(P2PStageTransport(net.node)), base.architecture)
+        transport = ArchTaggedTransport(base.vocab.transport(
+            P2PStageTransport(net.node, attempts=t.max_microbatch_attempts)), base.architecture)
         driver = PipelineDriver(net.node_id, host.stage, starts, transport if starts else None,
-                                micro_batches=t.micro_batches, max_attempts=t.max_microbatch_attempts,
-                                proceed=ctx.control.proceed)
+                                micro_batches=t.micro_batches, proceed=ctx.control.proceed)
         base.vocab.attach_loader(data.open_loader(t.batch_size, min(t.seq_len, arch.max_seq)))
         if resume is not None:
             data.restore_loader(resume.counters.get("loader") or {})

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import torch
 
-from app.node.p2p.errors import BUSY_PREFIX, NoHolders, P2PError, PeerBusy, PeerRejected, RpcRefusal
+from app.node.p2p.errors import BUSY_PREFIX, P2PError, PeerBusy, PeerRejected, ProtocolMismatch, RpcRefusal
 from app.node.p2p.node import P2PNode
 from app.node.p2p.protocol import pb2
 from app.node.p2p.records import PeerRecord
@@ -37,9 +37,6 @@ from app.node.training.transport import (
 )
 
 log = logging.getLogger("neuroshard.runtime.transport")
-
-HOLDERS_TTL_S = 2.0
-"""How long a stage's holder list is reused; holders that die are caught by the failed call."""
 
 MAX_ASYNC_PER_RANGE = 64
 """Async contributions held per layer range between two syncs (one per sender)."""
@@ -118,63 +115,39 @@ def from_wire(tensors: dict[str, torch.Tensor]) -> Tensors:
 
 
 class P2PStageTransport:
-    def __init__(self, node: P2PNode, timeout_s: float | None = None) -> None:
+    """Training's StageTransport over the node's swarm router, which owns holders, bans,
+    re-routing and the back-off between replays; ``attempts`` is how many times a failed
+    micro-batch or commit is replayed before the driver's step stalls."""
+
+    def __init__(self, node: P2PNode, timeout_s: float | None = None, attempts: int = 4) -> None:
         self.node = node
         self.timeout_s = timeout_s
-        self._holders: dict[int, tuple[float, list[PeerRecord]]] = {}
+        self.attempts = attempts
 
     def holders(self, layer_start: int) -> list[str]:
-        return [peer_id(r) for r in self._holders.get(layer_start, (0.0, []))[1]]
+        return [peer_id(r) for r in self.node.router.cached_holders(layer_start) if r.layer_start == layer_start]
 
-    async def refresh(self, layer_start: int, *, force: bool = False) -> list[PeerRecord]:
-        """Holders of the stage, from the DHT at most every HOLDERS_TTL_S (a lookup per call
-        would cost more than a tiny stage's compute); ``force`` after a failure."""
-        now = time.monotonic()
-        cached = self._holders.get(layer_start)
-        if cached is not None and not force and now - cached[0] < HOLDERS_TTL_S and cached[1]:
-            return cached[1]
-        records = [r for r in await self.node.who_holds(layer_start) if r.layer_start == layer_start]
-        self._holders[layer_start] = (now, records)
-        return records
+    def retry_delay(self, attempt: int) -> float | None:
+        return None if attempt + 1 >= self.attempts else self.node.router.replay_delay(attempt)
 
     async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
                    prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
-        try:
-            return await self._call(await self.refresh(layer_start), layer_start, op, meta, tensors,
-                                    prefer=prefer, exclude=exclude)
-        except RetryElsewhere:  # the cached holder list may be stale: look again once
-            return await self._call(await self.refresh(layer_start, force=True), layer_start, op, meta,
-                                    tensors, prefer=prefer, exclude=exclude)
-
-    async def _call(self, records: list[PeerRecord], layer_start: int, op: str, meta: Meta, tensors: Tensors,
-                    *, prefer: str | None, exclude: frozenset[str]) -> StageReply:
         request = stage_protocol.stage_request(op, layer_start, meta)
-        tries: list[set[bytes]] = []
-        others = {r.node_id for r in records if peer_id(r) != prefer}
-        if prefer is not None and any(peer_id(r) == prefer for r in records):
-            tries.append(others | {r.node_id for r in records if peer_id(r) in exclude})
-        tries.append({r.node_id for r in records if peer_id(r) in exclude or peer_id(r) == prefer})
-        last: Exception | None = None
-        for excluded in tries:
-            if len(excluded) >= len(records):
-                continue
-            try:
-                result = await self.node.router.run_stage(layer_start, op, request, to_wire(tensors),
-                                                          exclude=excluded, timeout=self.timeout_s)
-            except PeerRejected as exc:
-                raise GiveUp(str(exc), prefer, exc.code.name) from exc
-            except (NoHolders, P2PError) as exc:
-                last = exc
-                continue
-            try:
-                return StageReply(peer_id(result.peer), stage_protocol.reply_meta(result.meta),
-                                  from_wire(result.tensors))
-            except (GiveUp, AttributeError) as exc:  # the holder's answer does not parse: not its to give
-                raise RetryElsewhere(f"{peer_id(result.peer)[:12]} answered nonsense: {exc}",
-                                     peer_id(result.peer)) from exc
-        if isinstance(last, PeerBusy):
-            raise WaitAndRetry(f"the holders of the stage at layer {layer_start} are busy: {last}", None)
-        raise RetryElsewhere(f"no holder of the stage at layer {layer_start} answered: {last}", prefer)
+        try:
+            result = await self.node.router.run_stage(
+                layer_start, op, request, to_wire(tensors), prefer=bytes.fromhex(prefer) if prefer else None,
+                exclude=frozenset(bytes.fromhex(p) for p in exclude), timeout=self.timeout_s)
+        except (PeerRejected, ProtocolMismatch) as exc:
+            code = exc.code.name if isinstance(exc, PeerRejected) else "FAILED_PRECONDITION"
+            raise GiveUp(str(exc), prefer, code) from exc
+        except PeerBusy as exc:
+            raise WaitAndRetry(f"the holders of the stage at layer {layer_start} are busy: {exc}", None) from exc
+        except P2PError as exc:
+            raise RetryElsewhere(f"no holder of the stage at layer {layer_start} answered: {exc}", prefer) from exc
+        try:
+            return StageReply(peer_id(result.peer), stage_protocol.reply_meta(result.meta), from_wire(result.tensors))
+        except (GiveUp, AttributeError) as exc:  # the holder's answer does not parse: not its to give
+            raise RetryElsewhere(f"{peer_id(result.peer)[:12]} answered nonsense: {exc}", peer_id(result.peer)) from exc
 
 
 def stage_server(handler: StageHandler, *, busy: Callable[[], str | None] | None = None,

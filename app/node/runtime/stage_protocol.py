@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from app.node.p2p.protocol import STAGE_PROTOCOL_VERSION, pb2
+from app.node.training.arch_guard import ARCH_KEY
 from app.node.training.stage import GRAD_MBS, GRAD_NORM, GRAD_SQ, VOCAB_KEY
 from app.node.training.transport import OP_BACKWARD, OP_COMMIT, OP_FINISH, OP_FORWARD, GiveUp, Meta
 
@@ -28,9 +29,11 @@ MAX_BATCHES = 1 << 32
 MAX_TOKENS = 1 << 48
 MAX_AGE_S = 1e9
 MAX_VOCAB_TAG = 128
+MAX_ARCH_TAG = 128
 
 _STATUS_NAMES = {"ok": pb2.STAGE_OK, "need_input": pb2.STAGE_NEED_INPUT, "missing": pb2.STAGE_MISSING,
-                 "already": pb2.STAGE_ALREADY, "vocab_mismatch": pb2.STAGE_VOCAB_MISMATCH, "stale": pb2.STAGE_STALE}
+                 "already": pb2.STAGE_ALREADY, "vocab_mismatch": pb2.STAGE_VOCAB_MISMATCH, "stale": pb2.STAGE_STALE,
+                 "arch_mismatch": pb2.STAGE_ARCH_MISMATCH}
 _STATUS_OF = {v: k for k, v in _STATUS_NAMES.items()}
 REQUEST_TYPES = {OP_FORWARD: pb2.ForwardRequest, OP_BACKWARD: pb2.BackwardRequest,
                  OP_COMMIT: pb2.CommitRequest, OP_FINISH: pb2.FinishRequest}
@@ -68,11 +71,18 @@ def _vocab(tag: str) -> str:
     return tag
 
 
+def _arch(tag: str) -> str:
+    if len(tag) > MAX_ARCH_TAG:
+        raise invalid(f"architecture tag of {len(tag)} characters, limit {MAX_ARCH_TAG}")
+    return tag
+
+
 # --- client side: training's call -> request; reply -> training's meta ----------------------------
 def stage_request(op: str, layer: int, meta: Meta) -> Any:
     """The typed request for one of training's stage operations (its ``driver`` is not sent: the
     signature says who drives)."""
-    common: dict[str, Any] = {"stage_version": STAGE_PROTOCOL_VERSION, "layer": layer}
+    common: dict[str, Any] = {"stage_version": STAGE_PROTOCOL_VERSION, "layer": layer,
+                              "arch": str(meta.get(ARCH_KEY, ""))}
     if op == OP_FINISH:
         return pb2.FinishRequest(**common)
     vocab = str(meta.get(VOCAB_KEY, ""))
@@ -110,6 +120,8 @@ def reply_meta(reply: Any) -> Meta:
         out["missing"] = [bounded("missing", m, MAX_MICROBATCHES) for m in reply.missing[:MAX_MICROBATCHES]]
     if "vocab" in fields and reply.vocab:
         out[VOCAB_KEY] = _vocab(reply.vocab)
+    if "arch" in fields and reply.arch:
+        out[ARCH_KEY] = _arch(reply.arch)
     if "reason" in fields and reply.reason:
         out["error"] = reply.reason[:400]
     return out
@@ -124,6 +136,8 @@ def stage_call(kind: str, request: Any, caller: bytes) -> tuple[str, int, Meta]:
     check_version(request)
     layer = bounded("layer", request.layer, MAX_LAYER)
     meta: Meta = {"driver": caller.hex(), "step": 0}
+    if request.arch:
+        meta[ARCH_KEY] = _arch(request.arch)
     if kind == OP_FINISH:
         return kind, layer, meta
     meta["step"] = bounded("step", request.step, MAX_STEP)
@@ -144,12 +158,15 @@ def stage_reply(op: str, out: Meta) -> Any:
     """The typed reply for what StageWorker.handle answered."""
     status = _STATUS_NAMES.get(str(out.get("status", "ok")), pb2.STAGE_OK)
     vocab, reason = str(out.get(VOCAB_KEY, "")), str(out.get("error", ""))[:400]
+    arch = str(out.get(ARCH_KEY, ""))
     if op == OP_FINISH:
-        return pb2.FinishReply(status=status)
+        return pb2.FinishReply(status=status, arch=arch, reason=reason)
     if op == OP_COMMIT:
         return pb2.CommitReply(status=status, inner_step=int(out.get("inner_step", 0)),
-                               missing=[int(m) for m in out.get("missing", [])], vocab=vocab, reason=reason)
-    reply = (pb2.ForwardReply if op == OP_FORWARD else pb2.BackwardReply)(status=status, vocab=vocab, reason=reason)
+                               missing=[int(m) for m in out.get("missing", [])], vocab=vocab, reason=reason,
+                               arch=arch)
+    reply = (pb2.ForwardReply if op == OP_FORWARD else pb2.BackwardReply)(status=status, vocab=vocab, reason=reason,
+                                                                          arch=arch)
     if GRAD_SQ in out:
         reply.grad_sq = float(out[GRAD_SQ])
     if GRAD_MBS in out:

@@ -81,7 +81,6 @@ class PipelineDriver:
     stage_starts: list[int]  # first layer of each remote stage, in order
     transport: StageTransport | None
     micro_batches: int = 4
-    max_attempts: int = 4
     proceed: Callable[[], Awaitable[bool]] | None = None
     routes: dict[int, str | None] = field(default_factory=dict)
     failovers: int = 0
@@ -134,7 +133,10 @@ class PipelineDriver:
 
     # --- micro-batches -------------------------------------------------------------------------
     async def _run_with_retries(self, step: int, mb: _MicroBatch) -> None:
-        for attempt in range(self.max_attempts):
+        """Run the micro-batch, replaying it when a stage failed or its route changed, as long and
+        as often as the transport's router says (``retry_delay``)."""
+        attempt = 0
+        while True:
             if self.proceed is not None and not await self.proceed():
                 raise asyncio.CancelledError("stop requested")
             try:
@@ -144,9 +146,15 @@ class PipelineDriver:
                 self.replays += 1
                 if isinstance(exc, RetryElsewhere) and exc.peer is not None:
                     self._forget(exc.peer)
-                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
-        raise PipelineStalled(f"micro-batch {mb.index} of step {step} failed {self.max_attempts} times; "
-                              "waiting for the missing stage to get a new holder")
+                delay = self._retry_delay(attempt)
+                if delay is None:
+                    raise PipelineStalled(f"micro-batch {mb.index} of step {step} failed {attempt + 1} times; "
+                                          "waiting for the missing stage to get a new holder") from exc
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    def _retry_delay(self, attempt: int) -> float | None:
+        return self.transport.retry_delay(attempt) if self.transport is not None else None
 
     async def _run_once(self, step: int, mb: _MicroBatch) -> None:
         meta = {"driver": self.driver_id, "step": step, "mb": mb.index}
@@ -236,16 +244,21 @@ class PipelineDriver:
             raise PipelineStalled(f"local stage misses micro-batches {out['missing']} of step {step}")
 
     async def _commit_remote(self, step: int, start: int, meta: Meta, mbs: list[_MicroBatch]) -> None:
-        for _ in range(self.max_attempts):
+        attempt = 0
+        while True:
             try:
                 out, _ = await self._call(start, OP_COMMIT, meta, [])
             except (RetryElsewhere, WaitAndRetry) as exc:
                 if isinstance(exc, RetryElsewhere) and exc.peer is not None:
                     self._forget(exc.peer)
-                continue
-            if out.get("status") in ("ok", "already"):
-                return
-            missing = [i for i in out.get("missing", []) if isinstance(i, int) and 0 <= i < len(mbs)]
-            self.replays += len(missing)
-            await asyncio.gather(*(self._run_with_retries(step, mbs[i]) for i in missing))
-        raise PipelineStalled(f"stage {start} did not accept step {step}")
+            else:
+                if out.get("status") in ("ok", "already"):
+                    return
+                missing = [i for i in out.get("missing", []) if isinstance(i, int) and 0 <= i < len(mbs)]
+                self.replays += len(missing)
+                await asyncio.gather(*(self._run_with_retries(step, mbs[i]) for i in missing))
+            delay = self._retry_delay(attempt)
+            if delay is None:
+                raise PipelineStalled(f"stage {start} did not accept step {step}")
+            await asyncio.sleep(delay)
+            attempt += 1

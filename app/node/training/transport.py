@@ -93,6 +93,11 @@ class StageTransport(Protocol):
         Raises RetryElsewhere when no holder answered, WaitAndRetry when the holders are busy,
         GiveUp when one refused the request."""
 
+    def retry_delay(self, attempt: int) -> float | None:
+        """Seconds to wait before replaying work that failed ``attempt + 1`` times, or None to give
+        up: the transport's router owns this policy (bans, back-off, attempts); callers ask it
+        rather than retrying on their own."""
+
 
 class CohortTransport(Protocol):
     async def exchange(self, layer_range: tuple[int, int], round_: int, payload: CohortPayload,
@@ -133,10 +138,12 @@ class LocalTransport:
     """Every peer in one process: handlers are called directly, a killed peer stops answering.
 
     ``calls`` counts operations per peer so tests can see where work went; ``delay_s`` adds a
-    fixed latency per stage call to imitate a network (and let 1F1B overlap show).
+    fixed latency per stage call to imitate a network (and let 1F1B overlap show); ``attempts``
+    is how many times failed work is tried in all before the driver's step stalls.
     """
 
     delay_s: float = 0.0
+    attempts: int = 4
     peers: dict[str, _LocalPeer] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     failovers: int = 0
@@ -152,6 +159,10 @@ class LocalTransport:
 
     def holders(self, layer_start: int) -> list[str]:
         return sorted(p for p, rec in self.peers.items() if rec.alive and rec.stage_start == layer_start)
+
+    def retry_delay(self, attempt: int) -> float | None:
+        """``attempts`` tries in all, with no wait: every peer is in this process."""
+        return None if attempt + 1 >= self.attempts else 0.0
 
     async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
                    prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:

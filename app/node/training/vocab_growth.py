@@ -142,6 +142,9 @@ class VocabTaggedTransport:
     def holders(self, layer_start: int) -> list[str]:
         return self.inner.holders(layer_start)
 
+    def retry_delay(self, attempt: int) -> float | None:
+        return self.inner.retry_delay(attempt)
+
     async def call(self, layer_start: int, op: str, meta: Meta, tensors: Tensors, *,
                    prefer: str | None = None, exclude: frozenset[str] = frozenset()) -> StageReply:
         mine = self.version()
