@@ -172,6 +172,19 @@ class ResourceLimits:
         check(self, prefix="limits")
 
 
+@dataclass(frozen=True, kw_only=True)
+class MigrationSettings:
+    """The ``[migration]`` section: what the node does when the network publishes a larger
+    architecture (app/node/migration.py)."""
+
+    __pydantic_config__ = STRICT
+    automatic: bool = False
+    """True: a headless (server) node stops, migrates and restarts on the new version by itself;
+    False: the app asks the volunteer (the upgrade banner) and ``main.py migrate`` runs it."""
+    distill_steps: Annotated[int, Ge(0)] = 0
+    """Steps of distillation from the frozen old model after growth (whole-model nodes only)."""
+
+
 @dataclass(kw_only=True)
 class NodeConfig:
     """Every setting of a running node. The fields ``[node]`` may set are :class:`NodeSettings`;
@@ -196,6 +209,7 @@ class NodeConfig:
     seed: int | None = None
     on_corrupt_checkpoint: Literal["ask", "restart", "stop"] | None = None  # None: ask in the app, stop headless
     limits: ResourceLimits = field(default_factory=ResourceLimits)
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
     training: dict[str, Any] = field(default_factory=dict)
     economics: dict[str, Any] = field(default_factory=dict)
     p2p: dict[str, Any] = field(default_factory=dict)
@@ -241,6 +255,7 @@ class ConfigFile:
     __pydantic_config__ = STRICT
     node: NodeSettings = field(default_factory=lambda: NodeSettings())
     limits: ResourceLimits = field(default_factory=ResourceLimits)
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
     p2p: P2PConfig = field(default_factory=P2PConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     economics: dict[str, Any] = field(default_factory=dict)
@@ -294,8 +309,9 @@ def apply_file_settings(config: NodeConfig, settings: Mapping[str, Any]) -> Node
     if "limits" in settings:
         limits = parse(ResourceLimits, {**dataclasses.asdict(config.limits), **settings["limits"]},
                        prefix="limits")
+    migration = parsed.migration if "migration" in settings else config.migration
     return dataclasses.replace(
-        config, **parsed.node, limits=limits,
+        config, **parsed.node, limits=limits, migration=migration,
         training={**config.training, **settings.get("training", {})},
         economics={**config.economics, **settings.get("economics", {})},
         p2p={**config.p2p, **settings.get("p2p", {})},
@@ -312,6 +328,8 @@ def to_toml_dict(config: NodeConfig) -> dict[str, Any]:
     if config.limits.in_use is not None:  # a [limits.in_use] table; unset caps are left out
         limits["in_use"] = {k: v for k, v in dataclasses.asdict(config.limits.in_use).items() if v is not None}
     out: dict[str, Any] = {"node": node, "limits": limits}
+    if config.migration != MigrationSettings():
+        out["migration"] = dataclasses.asdict(config.migration)
     for section in ("training", "economics", "p2p"):
         if getattr(config, section):
             out[section] = getattr(config, section)

@@ -28,6 +28,7 @@ from app.node.events import (
     Event,
     FinishStepThenStop,
     HardwareMeasured,
+    MigrationProgress,
     NodeState,
     Pause,
     Remeasure,
@@ -414,3 +415,52 @@ class NodeEngine:
 def _describe_error(exc: BaseException) -> str:
     text = str(exc) or exc.__class__.__name__
     return text if isinstance(exc, (ConfigError, EngineError, OSError)) else f"{exc.__class__.__name__}: {text}"
+
+
+# --- architecture migration (app/node/migration.py), for a stopped node -----------------------------
+
+def _memory_budget(config: NodeConfig) -> int:
+    report = hardware.load_cached(config.data_dir)
+    if report is None:
+        return 0  # never measured here: the dry run says "not checked" rather than guess
+    return hardware.memory_budget_bytes(report.device, config.limits.memory_fraction, config.limits.memory_bytes)
+
+
+def migration_plan(config: NodeConfig) -> dict[str, Any]:
+    """The dry run of the waiting upgrade on ``config``'s data dir (changes nothing; any thread).
+    Raises EngineError with a message for the volunteer when there is nothing to migrate."""
+    from app.node.migration import MigrationError, dry_run
+
+    try:
+        return dry_run(config.data_dir, memory_budget_bytes=_memory_budget(config)).to_dict()
+    except (MigrationError, ValueError) as exc:
+        raise EngineError(str(exc)) from exc
+
+
+def run_migration(config: NodeConfig, on_progress: Callable[[Event], None], *, reset_ledger: bool = False,
+                  fresh: bool = False, distill_steps: int = 0) -> dict[str, Any]:
+    """Migrate the stopped node's data dir (worker thread; holds the data dir's lock meanwhile).
+    Progress arrives as MigrationProgress events; returns the result (migration.MigrationResult)."""
+    from app.node.migration import MigrationError, apply, recover
+
+    lock = DataDirLock(config.data_dir)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        raise EngineError(f"{exc}; stop the node first") from exc
+    try:
+        restored = recover(config.data_dir)
+        if restored:
+            on_progress(ErrorOccurred(message=restored, fatal=False))
+        result = apply(config.data_dir, memory_budget_bytes=_memory_budget(config), reset_ledger=reset_ledger,
+                       fresh=fresh, distill_steps=distill_steps,
+                       progress=lambda phase, fraction, text: on_progress(
+                           MigrationProgress(phase=phase, fraction=fraction, message=text)))
+    except (MigrationError, ValueError) as exc:
+        raise EngineError(str(exc)) from exc
+    except Exception as exc:  # a failure midway (disk full, a crash in growth): roll back now
+        raise EngineError(f"the migration failed ({_describe_error(exc)}); "
+                          f"{recover(config.data_dir) or 'nothing was changed'}") from exc
+    finally:
+        lock.release()
+    return result.to_dict()

@@ -32,7 +32,7 @@ import torch
 from app.node.model.architecture import BYTES_PER_TRAINED_PARAM, ModelArchitecture
 from app.node.model.checkpoint import load_checkpoint, save_checkpoint
 from app.node.model.growth import grow_depth, grow_width
-from app.node.model.shard import ModelShard
+from app.node.model.shard import ModelShard, lm_loss
 from app.node.training.checkpointing import ResumePoint, checkpoint_path, read_resume_point
 from app.node.training.upgrade import GrowthPlan, UpgradeRecord, parse_upgrade
 
@@ -319,6 +319,17 @@ class MigrationResult:
     backup_dir: Path
     ledger_reset: bool
     distill_steps: int
+    fresh: bool = False  # the new version starts from fresh weights (old checkpoints in the backup)
+    loss_before: float | None = None  # held-out loss of the whole model (whole-model nodes only)
+    loss_after: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version_before": self.version_before, "version_after": self.version_after,
+                "parameters_before": self.parameters_before, "parameters_after": self.parameters_after,
+                "layers_after": list(self.layers_after) if self.layers_after else None,
+                "backup_dir": str(self.backup_dir), "ledger_reset": self.ledger_reset,
+                "distill_steps": self.distill_steps, "fresh": self.fresh,
+                "held_out_loss_before": self.loss_before, "held_out_loss_after": self.loss_after}
 
 
 Progress = Callable[[str, float, str], None]
@@ -333,9 +344,11 @@ def _write_journal(data_dir: Path, **state: Any) -> None:
 
 
 def apply(data_dir: Path, *, memory_budget_bytes: int = 0, reset_ledger: bool = False, distill_steps: int = 0,
-          progress: Progress | None = None) -> MigrationResult:
+          fresh: bool = False, progress: Progress | None = None) -> MigrationResult:
     """Migrate this data dir to the waiting upgrade. A journal is written before anything changes;
-    a migration that stops before its end is rolled back by ``recover`` at the next start."""
+    a migration that stops before its end is rolled back by ``recover`` at the next start.
+    ``fresh``: seed 000's reset instead of growth: the node adopts the new version and starts its
+    layers from the genesis weights (the trained checkpoints stay in the backup)."""
     data_dir = Path(data_dir)
     report = progress or (lambda _phase, _fraction, _message: None)
     plan = dry_run(data_dir, memory_budget_bytes=memory_budget_bytes)
@@ -352,9 +365,12 @@ def apply(data_dir: Path, *, memory_budget_bytes: int = 0, reset_ledger: bool = 
     _write_journal(data_dir, state="grow", backup=str(backup), to_version=plan.record.target.version)
     report("grow", 0.3, "growing this node's layers")
     point = read_resume_point(data_dir)
-    layers = None
-    if point is not None:
-        layers = _grow_checkpoint(data_dir, point, plan.record, distill_steps, report)
+    layers, losses = None, (None, None)
+    if point is not None and fresh:
+        for path in _checkpoint_files(data_dir):
+            path.unlink()  # copied into the backup above
+    elif point is not None:
+        layers, losses = _grow_checkpoint(data_dir, point, plan.record, distill_steps, report)
     report("adopt", 0.9, f"adopting architecture version {plan.record.target.version}")
     _write_atomic(data_dir / MIGRATION_DIR / ADOPTED_FILE, plan.record.to_bytes())
     if reset_ledger:
@@ -367,7 +383,7 @@ def apply(data_dir: Path, *, memory_budget_bytes: int = 0, reset_ledger: bool = 
     report("done", 1.0, f"now on architecture version {plan.record.target.version}")
     source, target = plan.record.plan.source, plan.record.target
     return MigrationResult(source.version, target.version, source.param_count(), target.param_count(), layers,
-                           backup, reset_ledger, distill_steps)
+                           backup, reset_ledger, distill_steps, fresh, *losses)
 
 
 def _backup(data_dir: Path, backup: Path) -> None:
@@ -388,7 +404,7 @@ def _backup(data_dir: Path, backup: Path) -> None:
 
 
 def _grow_checkpoint(data_dir: Path, point: ResumePoint, record: UpgradeRecord, distill_steps: int,
-                     report: Progress) -> tuple[int, int]:
+                     report: Progress) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
     checkpoint = load_checkpoint(point.path)
     plan = record.plan
     state = grow_training_state(checkpoint.state, plan, point.layer_range, with_embedding=point.with_embedding,
@@ -396,6 +412,9 @@ def _grow_checkpoint(data_dir: Path, point: ResumePoint, record: UpgradeRecord, 
     if distill_steps:
         report("distil", 0.5, f"distilling the old model into the new one ({distill_steps} steps)")
         state = distil(checkpoint.state, state, plan, distill_steps, data_dir)
+    losses: tuple[float | None, float | None] = (None, None)
+    if point.layer_range == (0, plan.source.layers) and point.with_embedding and point.with_head:
+        losses = (held_out_loss(plan.source, checkpoint.state, data_dir), held_out_loss(plan.target, state, data_dir))
     report("save", 0.7, "writing the grown checkpoint")
     after = layers_after(plan, point.layer_range)
     counters = dict(point.counters)
@@ -403,7 +422,7 @@ def _grow_checkpoint(data_dir: Path, point: ResumePoint, record: UpgradeRecord, 
     extra = dict(checkpoint.extra)
     extra["training"] = json.dumps(counters)
     save_checkpoint(point.path, state, plan.target, tokenizer_hash=checkpoint.tokenizer_hash, extra=extra)
-    return after
+    return after, losses
 
 
 def recover(data_dir: Path) -> str | None:
@@ -453,6 +472,29 @@ def adopted_architecture(data_dir: Path, configured: ModelArchitecture) -> Model
 DISTILL_LR = 1e-4
 DISTILL_BATCH = 4
 DISTILL_SEQ = 64
+HELD_OUT_SEED = 0xE7A1
+"""The held-out batch: a fixed draw from the bundled genesis corpus, the same before and after."""
+
+
+def _whole(arch: ModelArchitecture, state: dict[str, torch.Tensor]) -> ModelShard:
+    model = ModelShard(arch, 0, arch.layers, with_embedding=True, with_head=True)
+    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    return model
+
+
+def _genesis_loader(data_dir: Path, seq_len: int, seed: int) -> Any:
+    from app.node.data.bundled import load_bundled_manifest, open_bundled_store
+    from app.node.data.loader import BatchLoader
+
+    return BatchLoader(open_bundled_store(data_dir), load_bundled_manifest(), batch_size=DISTILL_BATCH,
+                       seq_len=seq_len, seed=seed)
+
+
+def held_out_loss(arch: ModelArchitecture, state: dict[str, torch.Tensor], data_dir: Path) -> float:
+    """Next-token loss of a whole model on the fixed held-out batch."""
+    inputs, targets = _genesis_loader(data_dir, min(DISTILL_SEQ, arch.max_seq), HELD_OUT_SEED).next_batch()
+    with torch.no_grad():
+        return float(lm_loss(_whole(arch, state).eval()(inputs), targets))
 
 
 def distil(old_state: dict[str, torch.Tensor], grown_state: dict[str, torch.Tensor], plan: GrowthPlan,
@@ -460,18 +502,9 @@ def distil(old_state: dict[str, torch.Tensor], grown_state: dict[str, torch.Tens
     """Train the grown model to match the frozen old one on genesis data for ``steps`` steps
     (KL divergence between their next-token distributions). Whole models only: the logits exist
     only where the whole model is. Returns ``grown_state`` with the distilled weights."""
-    from app.node.data.bundled import load_bundled_manifest, open_bundled_store
-    from app.node.data.loader import BatchLoader
-
-    def whole(arch: ModelArchitecture, state: dict[str, torch.Tensor]) -> ModelShard:
-        model = ModelShard(arch, 0, arch.layers, with_embedding=True, with_head=True)
-        model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
-        return model
-
-    teacher = whole(plan.source, old_state).eval().requires_grad_(False)
-    student = whole(plan.target, grown_state).train()
-    loader = BatchLoader(open_bundled_store(data_dir), load_bundled_manifest(), batch_size=DISTILL_BATCH,
-                         seq_len=min(DISTILL_SEQ, plan.source.max_seq), seed=seed)
+    teacher = _whole(plan.source, old_state).eval().requires_grad_(False)
+    student = _whole(plan.target, grown_state).train()
+    loader = _genesis_loader(data_dir, min(DISTILL_SEQ, plan.source.max_seq), seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=DISTILL_LR, weight_decay=0.0)
     for _ in range(steps):
         inputs, _targets = loader.next_batch()

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also start a new ledger (the old one is kept in the backup); not recommended")
     parser.add_argument("--distill-steps", type=_non_negative_int, default=0,
                         help="train the grown model against the old one for N steps (whole-model nodes only)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="reset instead of growing: adopt the new version with fresh weights "
+                             "(what was learned stays only in the backup); not recommended")
     parser.add_argument("--memory-gb", type=float, default=0.0,
                         help="the node's memory budget in GiB, to say whether its layers still fit "
                              "(default: not checked)")
@@ -59,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.reset_ledger:
             print(f"migrate: warning: {RESET_WARNING}", file=sys.stderr)
+        if args.fresh:
+            print("migrate: warning: --fresh: the grown model is not kept; this node's layers start again "
+                  "from the genesis weights (the trained ones stay in the backup)", file=sys.stderr)
         result = apply(args.data_dir, memory_budget_bytes=budget, reset_ledger=args.reset_ledger,
-                       distill_steps=args.distill_steps,
+                       distill_steps=args.distill_steps, fresh=args.fresh,
                        progress=lambda phase, fraction, message: print(
                            f"migrate: [{fraction:4.0%}] {phase}: {message}", file=sys.stderr, flush=True))
     except MigrationError as exc:
@@ -68,9 +74,5 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         lock.release()
-    print(json.dumps({"version_before": result.version_before, "version_after": result.version_after,
-                      "parameters_before": result.parameters_before, "parameters_after": result.parameters_after,
-                      "layers_after": list(result.layers_after) if result.layers_after else None,
-                      "backup_dir": str(result.backup_dir), "ledger_reset": result.ledger_reset,
-                      "distill_steps": result.distill_steps}, indent=2))
+    print(json.dumps(result.to_dict(), indent=2))
     return EXIT_OK

@@ -24,7 +24,7 @@ from app.node.config import (
     load_config_file,
     remember_data_dir,
 )
-from app.node.events import ErrorOccurred
+from app.node.events import ErrorOccurred, UpgradeAvailable
 from app.node.runtime_api import RuntimeFactory
 from app.ui.activity_guard import ActivityGuard
 from app.ui.bridge import EngineBridge
@@ -33,6 +33,7 @@ from app.ui.data_dir_move import DataDirMove
 from app.ui.gc_tuning import freeze_when_ready
 from app.ui.icons import app_icon
 from app.ui.main_window import MainWindow
+from app.ui.migration_dialog import MigrationDialog
 from app.ui.session_end import SessionEnd
 from app.ui.start_checks import display_problem
 from app.ui.theme import apply_theme
@@ -92,7 +93,16 @@ class GuiApp:
         self.wizard: FirstRunWizard | None = None
         self.unlock: StartupUnlock | None = None
         self.quitting = False
+        self.migration: MigrationDialog | None = None  # the open migration dialog, if any
         self._connect()
+
+    def review_upgrade(self, event: UpgradeAvailable | None) -> None:
+        """The banner's "Review": the migration dialog for the waiting upgrade."""
+        if event is None:
+            return
+        self.migration = MigrationDialog(self.controller, event, self.tray.notify, parent=self.window)
+        self.migration.migrated.connect(lambda _result: self.window.upgrade_banner.hide())
+        self.migration.show()
 
     def _connect(self) -> None:
         self.tray.open_requested.connect(self.show_window)
@@ -100,6 +110,7 @@ class GuiApp:
         self.controller.notice.connect(lambda text: self.window.message_bar.show_message(text, "warning"))
         self.window.quit_requested.connect(self.quit)
         self.window.restart_requested.connect(self._restart_node)
+        self.window.upgrade_banner.review_requested.connect(self.review_upgrade)
         self.window.settings.saved.connect(self._on_settings_saved)
         self.window.settings.theme_changed.connect(lambda theme: apply_theme(self.qapp, theme))
         settings = self.window.settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -17,11 +18,12 @@ import torch
 from app.cli import main as cli_main
 from app.crypto.keys import PrivateKey
 from app.node import hardware
-from app.node.config import NodeConfig
+from app.node.config import MigrationSettings, NodeConfig
 from app.node.data.bundled import load_bundled_manifest, open_bundled_store
 from app.node.data.loader import BatchLoader
 from app.node.engine import NodeEngine
 from app.node.events import ErrorOccurred, Event, LayersAssigned, StepDone
+from app.node.headless import run_headless
 from app.node.migration import MIGRATION_DIR, MigrationError, apply, dry_run, recover, save_pending
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import load_checkpoint
@@ -117,6 +119,8 @@ def test_apply_keeps_held_out_loss_and_the_node_resumes_on_the_new_version(train
     assert cli_main(["migrate", "--data-dir", str(data_dir), "--apply"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["version_before"], result["version_after"]) == (1, 2) and result["ledger_reset"] is False
+    reported = result["held_out_loss_before"], result["held_out_loss_after"]
+    assert abs(reported[1] - reported[0]) <= 1e-4 * reported[0]
     version, loss_after = _held_out_loss(data_dir)
     assert version == 2
     assert abs(loss_after - loss_before) <= 1e-4 * loss_before
@@ -181,3 +185,15 @@ def test_distillation_trains_the_grown_model_against_the_old_one(trained: Path, 
     assert result.distill_steps == 3
     version, loss_after = _held_out_loss(data_dir)
     assert version == 2 and abs(loss_after - loss_before) < 0.05 * loss_before
+
+
+def test_a_server_with_automatic_migration_migrates_by_itself(trained: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = _copy(trained, tmp_path)  # the upgrade heard in an earlier run waits in the data dir
+    config = dataclasses.replace(_config(data_dir, 2), headless=True, json_events=True,
+                                 migration=MigrationSettings(automatic=True))
+    assert run_headless(config) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [e["architecture_version"] for e in events if e["event"] == "layers"] == [1, 2]
+    assert [e["phase"] for e in events if e["event"] == "migration"][-1] == "done"
+    assert _held_out_loss(data_dir)[0] == 2

@@ -183,6 +183,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                               emit=ctx.emit, interval_s=t.heal_interval_s)
     if planner.upgrade is not None:
         await upgrades.publish(planner.upgrade)
+    else:
+        upgrades.announce_pending()
     driver, quorums = None, None
     if host.stage.is_first:
         arch = base.architecture()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.node.events import Event, UpgradeAvailable
-from app.node.migration import node_impact, save_pending
+from app.node.migration import load_pending, node_impact, save_pending
 from app.node.model.architecture import ModelArchitecture
 from app.node.runtime.network import NetworkService
 from app.node.training.layer_pool import UpgradeNotice
@@ -49,6 +49,18 @@ class UpgradeService:
                  record.target.version, notice.current.param_count(), record.target.param_count(), stored)
         self._announce(record)
         return record
+
+    def announce_pending(self) -> UpgradeRecord | None:
+        """An upgrade kept in the data dir from an earlier run (not migrated yet): announce it again,
+        so a restarted node (a server with ``[migration] automatic``, the app) hears of it."""
+        try:
+            record = load_pending(self.data_dir)
+        except InvalidUpgrade as exc:
+            log.warning("ignoring the upgrade kept in the data dir: %s", exc)
+            return None
+        if record is not None and record.plan.source.to_dict() == self.arch.to_dict():
+            self._announce(record)
+        return self.announced
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._loop())
