@@ -468,6 +468,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on your own text: a folder made by 'python -m app.node.data.build'")
     parser.add_argument("--block", choices=("transformer", "inl"), default="transformer",
                         help="block type of the model: transformer (default) or inl (seed 003's integrator blocks)")
+    parser.add_argument("--verifiers", type=count_argument(0), default=0,
+                        help="the last N pipeline nodes also run verify mode, staked at genesis")
+    parser.add_argument("--lazy", type=count_argument(0), default=0,
+                        help="the first N nodes are lazy (claim a made-up step per real one), for verify mode to catch")
     parser.add_argument("--kill", metavar="ROLE:STEP", help="SIGKILL the first node with ROLE (driver, "
                         "worker, validator), preferring one whose stage has a replica, once a driver reached STEP, "
                         "to watch failover")
