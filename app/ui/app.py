@@ -28,6 +28,7 @@ from app.node.events import ErrorOccurred, UpgradeAvailable
 from app.node.runtime_api import RuntimeFactory
 from app.ui.activity_guard import ActivityGuard
 from app.ui.bridge import EngineBridge
+from app.ui.checkpoint_prompt import CorruptCheckpointPrompt
 from app.ui.controller import NodeController
 from app.ui.data_dir_move import DataDirMove
 from app.ui.gc_tuning import freeze_when_ready
@@ -83,6 +84,7 @@ class GuiApp:
         self.controller = NodeController(self.bridge, config, runtime_factory)
         self.window = MainWindow(self.bridge, config, self.ui, keystore_factory)
         self.tray = NodeTray(self.bridge)
+        self.checkpoint_prompt = CorruptCheckpointPrompt(self.bridge, self.window)
         self.guard = ActivityGuard(self.bridge, config.limits, parent=self.window)
         self.guard.changed.connect(self.window.dashboard.set_hold_reason)
         self.guard.caps_changed.connect(self.window.dashboard.set_caps_in_force)
