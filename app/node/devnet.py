@@ -504,6 +504,7 @@ def run(args: argparse.Namespace) -> int:
                              inner_steps=args.inner_steps, timeout_s=args.timeout,
                              progress=sys.stderr.isatty(), json_events=args.json_events,
                              kill=_parse_kill(args.kill, args.steps),
+                             verify_nodes=args.verifiers, lazy_nodes=args.lazy,
                              training_overrides={**_corpus_overrides(args.corpus), "block_type": args.block})
     except DevnetUsageError as exc:
         print(f"devnet: error: {exc}", file=sys.stderr)
