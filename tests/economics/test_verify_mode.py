@@ -192,3 +192,26 @@ def test_a_single_griefing_verifier_cannot_slash_an_honest_node(tmp_path: Path, 
     griefer, referee = out["verifier_balances"][1], out["verifier_balances"][0]
     assert griefer.available < referee.available  # the refuted bond is gone
     assert out["lazy_status"][0] == "slashed"  # the griefer's own honest checks still count
+
+
+def test_the_step_log_keeps_within_its_memory_budget_and_frees_expired_samples() -> None:
+    from types import SimpleNamespace
+
+    from app.node.economics.constants import from_settings
+    from app.node.runtime.verification import StepLog
+
+    layer = torch.nn.Linear(64, 64)  # 4160 floats: 16.6 kB of weights per snapshot
+    stage = SimpleNamespace(shard=layer, layer_range=(1, 2), is_first=False, is_last=False)
+    log = StepLog(from_settings({"preset": "devnet"}), max_bytes_kept=40_000)
+    kept = []
+    for step in range(4):
+        x = torch.randn(2, 3, 64)
+        log.on_forward(stage, "d", step, 0, [x], layer(x))
+        kept.append(log.seal("d", step))
+    assert [s is not None for s in kept] == [True, True, False, False]  # the third would pass 40 kB
+    assert log.seal("d", 99) == []  # nothing recorded for it: not a budget refusal
+    log.publish("p", 0, kept[0] + kept[1])
+    log.expire(current_epoch=100)  # long after the window
+    x = torch.randn(2, 3, 64)
+    log.on_forward(stage, "d", 5, 0, [x], layer(x))
+    assert log.seal("d", 5) is not None  # the budget came back

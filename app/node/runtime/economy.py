@@ -139,6 +139,7 @@ class EconomyService:
         self._last_balance: tuple[int, int, int] | None = None
         self._proposal_phases: dict[str, str] = {}
         self.proofs_submitted = 0
+        self._warned_budget = False
         self._refused: list[str] = []  # own proofs refused or slashed, oldest first
         self._seen_slashes: set[str] = set()
         self._last_earnings: tuple | None = None
@@ -165,6 +166,12 @@ class EconomyService:
                     return
             self._work_mark_ms = now_ms
             samples = self.steps.seal(str(getattr(step, "driver", "")), int(step.step))
+            if samples is None:  # over the step log's memory budget: uncommitted work is not claimed
+                if not self._warned_budget:
+                    self._warned_budget = True
+                    log.warning("training steps beyond the verification memory budget are not claimed "
+                                "(they could not be checked)")
+                return
             claimed = max(1, len(samples))  # a lazy node claims its phantom steps as work too
             self._work.setdefault(epoch, _EpochWork()).add(step, start_ms, now_ms, samples, claimed)
 
@@ -196,6 +203,7 @@ class EconomyService:
         oldest_open = current - self.config.challenge_window_ms // self.config.epoch_ms
         for worked, work in sorted(self._take_work(current).items()):
             if worked < oldest_open or not work.batches or work.hash_before == work.hash_after:
+                self.steps.release(work.samples)
                 continue
             figures = WorkFigures(batches=work.batches, tokens=work.tokens, layers=max(1, work.layers),
                                   role=work.role, tier=self._tier, work_start_ms=work.start_ms,

@@ -15,9 +15,11 @@ griefer). It fetches the sample from the prover (``fetch``), re-runs the forward
 copy of the model code on the served weights, signs the verdict with its evidence into the
 ledger, and counts the check for its verification proof.
 
-Memory: the log keeps one weights copy per step of the open window (``max_steps_kept``), which is
-cheap for the devnet's tiny model and bounded for large ones; steps beyond the cap are not
-committed (and their proof covers fewer leaves than steps).
+Memory: the log keeps one weights copy per step of the open window, at most ``max_bytes_kept``
+(1 GiB) in all: cheap for the devnet's tiny model (about 1 MiB a step), a few steps per window
+for a large stage. A step that would pass the budget is not committed, and the economy does not
+claim it either (``seal`` returns None): unchecked work is not paid, so a large model's node is
+paid for fewer steps than it ran until samples get smaller (one layer instead of the stage).
 
 Transport: samples travel as one safetensors blob (never a pickle) with a JSON header on the
 ledger service's topic-routed ``Gossip`` call (``VERIFY_TOPIC``), authenticated like any gossip.
@@ -60,6 +62,11 @@ class _Pending:
     with_embedding: bool
     with_head: bool
 
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.weights.values(), *self.inputs, self.output]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def leaf(self) -> bytes:
         return spotcheck.leaf(spotcheck.tensor_hash(self.weights), spotcheck.tensor_hash(list(self.inputs)),
                               spotcheck.tensor_hash([self.output]))
@@ -75,11 +82,11 @@ class _Published:
 class StepLog:
     """The prover's record of its committed steps (see the module docstring)."""
 
-    def __init__(self, config: EconomicsConfig, *, max_steps_kept: int = 512, phantom_steps: int = 0) -> None:
+    def __init__(self, config: EconomicsConfig, *, max_bytes_kept: int = 2**30, phantom_steps: int = 0) -> None:
         """``phantom_steps`` > 0 makes a *lazy* node (devnet fault injection only): for every
         step it ran it also claims that many steps it never computed, committing made-up outputs."""
         self.config = config
-        self.max_steps_kept = max_steps_kept
+        self.max_bytes_kept = max_bytes_kept
         self.phantom_steps = phantom_steps
         self._lock = threading.Lock()
         self._pending: OrderedDict[tuple[str, int], _Pending] = OrderedDict()
@@ -102,16 +109,25 @@ class StepLog:
             while len(self._pending) > 8:  # forwards whose step never committed
                 self._pending.popitem(last=False)
 
-    def seal(self, driver: str, step: int) -> list[_Pending]:
-        """The step was credited: its sample (plus phantoms, for a lazy node) leaves the pending set."""
+    def seal(self, driver: str, step: int) -> list[_Pending] | None:
+        """The step is being credited: its sample (plus phantoms, for a lazy node) leaves the
+        pending set. [] when no sample was recorded for it (no forward hook); None when keeping it
+        would pass the memory budget: the step cannot be committed and must not be claimed."""
         with self._lock:
             sample = self._pending.pop((driver, step), None)
-        if sample is None or self._kept >= self.max_steps_kept:
+        if sample is None:
             return []
+        if self._kept + sample.nbytes > self.max_bytes_kept:
+            return None
         made_up = [_Pending(sample.weights, sample.inputs, torch.randn_like(sample.output), sample.layer_range,
                             sample.with_embedding, sample.with_head) for _ in range(self.phantom_steps)]
-        self._kept += 1 + len(made_up)
+        self._kept += sample.nbytes  # the phantoms share the real sample's tensors
         return [sample, *made_up]
+
+    def release(self, samples: list[_Pending]) -> None:
+        """Samples sealed but never published (their epoch made no proof): free their budget."""
+        with self._lock:
+            self._kept -= sum(s.nbytes for s in _distinct(samples))
 
     def publish(self, proof_id: str, epoch: int, samples: list[_Pending]) -> None:
         with self._lock:
@@ -125,7 +141,7 @@ class StepLog:
         window = self.config.challenge_window_ms // self.config.epoch_ms + 2
         with self._lock:
             for proof_id in [p for p, pub in self._published.items() if pub.epoch < current_epoch - window]:
-                self._kept -= len(self._published.pop(proof_id).samples)
+                self._kept -= sum(s.nbytes for s in _distinct(self._published.pop(proof_id).samples))
 
     def serve(self, request: list[bytes]) -> list[bytes]:
         """Answers a verifier: [header] -> [header, safetensors blob], or [] if not held."""
@@ -148,6 +164,17 @@ class StepLog:
                   "layer_range": list(sample.layer_range), "with_embedding": sample.with_embedding,
                   "with_head": sample.with_head}
         return [json.dumps(header).encode(), save_tensors(tensors)]
+
+
+def _distinct(samples: list[_Pending]) -> list[_Pending]:
+    """One per weights copy: a lazy node's phantoms share their real sample's tensors."""
+    seen: set[int] = set()
+    out = []
+    for s in samples:
+        if id(s.weights) not in seen:
+            seen.add(id(s.weights))
+            out.append(s)
+    return out
 
 
 @dataclass(frozen=True)
