@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.ui.helpers import runtime, wait_training
+from tests.ui.helpers import wait_training
+
+
+def node_modes(gui) -> tuple[str, ...]:  # noqa: ANN001
+    """The modes the node itself last reported (the engine's own record, not the window's)."""
+    latest = gui.controller.engine.latest("modes")
+    return latest.active if latest is not None else ()
 
 
 def test_toggling_a_mode_reaches_the_engine(qtbot, shared_gui) -> None:  # noqa: ANN001 (the real runtime)
@@ -11,11 +17,11 @@ def test_toggling_a_mode_reaches_the_engine(qtbot, shared_gui) -> None:  # noqa:
     row = page.rows["data"]
     row.toggle.setChecked(not row.toggle.isChecked())
     wanted = row.toggle.isChecked()
-    qtbot.waitUntil(lambda: ("data" in runtime(shared_gui).modes) == wanted, timeout=5_000)
+    qtbot.waitUntil(lambda: ("data" in node_modes(shared_gui)) == wanted, timeout=5_000)
     qtbot.waitUntil(lambda: shared_gui.bridge.latest("modes") is not None
                     and ("data" in shared_gui.bridge.latest("modes").active) == wanted, timeout=5_000)
     row.toggle.setChecked(not wanted)
-    qtbot.waitUntil(lambda: ("data" in runtime(shared_gui).modes) == (not wanted), timeout=5_000)
+    qtbot.waitUntil(lambda: ("data" in node_modes(shared_gui)) == (not wanted), timeout=5_000)
     assert row.toggle.isChecked() == (not wanted)
 
 
@@ -34,7 +40,7 @@ def test_unavailable_mode_is_greyed_with_reason_and_a_refusal_reverts(qtbot, sha
     row.toggle.setChecked(True)
     qtbot.waitUntil(lambda: "refused" in page.status.text(), timeout=5_000)
     assert not row.toggle.isChecked()
-    assert mode not in runtime(shared_gui).modes
+    assert mode not in node_modes(shared_gui)
 
 
 def test_each_mode_shows_what_it_earned_since_start_or_that_it_had_no_paid_work(qtbot, shared_gui) -> None:  # noqa: ANN001

@@ -36,8 +36,8 @@ from app.wallet.keystore import Keystore
 
 BALANCE_EXPLAINED = (
     "Available can be sent or staked. Staked is locked to verify work and vote, and earns a bonus. "
-    "Pending rewards are claimed by your proofs but not yet checked by validators (one 60 s epoch, "
-    "up to a 600 s challenge window); they become available once validated."
+    "Pending rewards are claimed by your proofs of work but not yet checked by other computers (about a "
+    "minute, up to ten while others may still challenge them); they become available once checked."
 )
 DialogT = TypeVar("DialogT", bound=QDialog)
 REFRESH_MIN_INTERVAL_S = 10.0  # proofs can arrive each epoch; re-reading history faster adds nothing
