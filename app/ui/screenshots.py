@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 WIZARD_STEPS = ("welcome", "wallet", "phrase", "confirm", "hardware", "modes", "limits", "join")
-DIALOGS = ("start-failure", "unlock", "send", "stake", "propose")
+DIALOGS = ("start-failure", "unlock", "send", "stake", "propose", "damaged-checkpoint")
 THEMES = ("light", "dark")
 
 
@@ -103,12 +103,18 @@ def render_dialogs(out: Path) -> list[Path]:
     """The dialogs a volunteer meets, each filled as it would be (demo values, no real key)."""
     from PySide6.QtWidgets import QApplication, QWidget
 
+    from app.node.events import CheckpointDecisionNeeded
     from app.node.values import UNITS_PER_NEURO
+    from app.ui.bridge import EngineBridge
+    from app.ui.checkpoint_prompt import CorruptCheckpointPrompt
     from app.ui.widgets.proposal_dialog import ProposalDialog
     from app.ui.widgets.start_failure import StartFailureDialog
     from app.ui.widgets.wallet_dialogs import PasswordDialog, SendDialog, StakeDialog
 
     app = QApplication.instance()
+    prompt = CorruptCheckpointPrompt(EngineBridge())
+    prompt.ask(CheckpointDecisionNeeded(reason="checkpoints/stage.safetensors: hash mismatch; the copy too"))
+    assert prompt.dialog is not None
     dialogs: dict[str, QWidget] = {
         "start-failure": StartFailureDialog("cannot listen on 0.0.0.0:7450: Failed to bind to address 0.0.0.0:7450"),
         "unlock": PasswordDialog("Unlock your wallet", "The node signs its proofs of work with your wallet key. "
@@ -116,6 +122,7 @@ def render_dialogs(out: Path) -> list[Path]:
         "send": SendDialog(125 * UNITS_PER_NEURO),
         "stake": StakeDialog("stake", 125 * UNITS_PER_NEURO),
         "propose": ProposalDialog(1_000 * UNITS_PER_NEURO),
+        "damaged-checkpoint": prompt.dialog,
     }
     written = []
     for index, name in enumerate(DIALOGS, start=1):
