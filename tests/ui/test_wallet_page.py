@@ -10,6 +10,7 @@ from app.crypto.keys import PrivateKey
 from app.node.economics.constants import neuro
 from app.ui.estimate import EarningsEstimator
 from app.ui.format import format_neuro
+from app.ui.widgets.history_table import PROOF_AMOUNT
 from tests.ui.funded_ledger import GRANT_UNITS, PASSWORD, STAKE_UNITS, fast_keystore
 from tests.ui.helpers import economy, wait_training
 
@@ -121,3 +122,19 @@ def test_earnings_estimate_waits_for_a_few_minutes_of_work() -> None:
     assert est.seconds_until_ready(now=1100) == 80
     est.add(1300, now=1360)
     assert est.per_day_units(now=1360) == int(1800 / 360 * 86400)
+
+
+def test_a_proof_row_says_its_reward_comes_as_its_own_row(qtbot, shared_gui) -> None:  # noqa: ANN001
+    wait_training(qtbot, shared_gui)
+    page = shared_gui.window.wallet
+    # devnet epochs are short: the node's own proofs reach its ledger history within seconds
+    def has_proof() -> bool:
+        page.refresh()
+        return any(r.kind == "proof" for r in page.history.rows)
+
+    qtbot.waitUntil(has_proof, timeout=60_000)
+    page.history.search.clear()
+    page.history.kind_filter.setCurrentText("proof")  # an earlier test of this module left "stake" chosen
+    index = next(i for i, r in enumerate(page.history.visible_rows()) if r.kind == "proof")
+    assert page.history.visible_rows()[index].amount_units == 0  # a proof moves no NEURO itself
+    assert page.history.table.item(index, 2).text() == PROOF_AMOUNT

@@ -34,6 +34,19 @@ def _cells(row: HistoryRow) -> tuple[str, ...]:
             f"{row.fee_units / UNITS_PER_NEURO:.6f}", row.counterparty, row.status, row.record_id)
 
 
+# A proof moves no NEURO itself: its reward is a row of its own once paid. Shown as 0.000000 it read
+# as "this work earned nothing" beside a non-zero Pending balance.
+PROOF_AMOUNT = "— (its reward is a row of its own when paid)"
+
+
+def _shown_cells(row: HistoryRow) -> tuple[str, ...]:
+    """The table's words for a row (the CSV keeps the plain numbers of ``_cells``)."""
+    cells = _cells(row)
+    if row.kind == "proof" and row.amount_units == 0:
+        cells = (*cells[:2], PROOF_AMOUNT, *cells[3:])
+    return cells
+
+
 class HistoryTable(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -81,7 +94,7 @@ class HistoryTable(QWidget):
         shown = self.visible_rows()
         self.table.setRowCount(len(shown))
         for index, row in enumerate(shown):
-            for column, text in enumerate(_cells(row)):
+            for column, text in enumerate(_shown_cells(row)):
                 self.table.setItem(index, column, QTableWidgetItem(text))
 
     def export_csv(self, path: Path) -> int:
