@@ -234,6 +234,10 @@ class P2PNode:
     def set_data_handler(self, fn: Callable[[str], Awaitable[bytes | None]]) -> None:
         self.handlers.data = fn
 
+    def set_inference_handler(self, fn: Callable[[str, bytes, Any], Awaitable[Any]] | None) -> None:
+        """Serve inference sessions with ``fn(path, caller, request)``; None stops serving them."""
+        self.handlers.inference = fn
+
     # ------------------------------------------------------------------ client calls
     async def recipient(self, peer: PeerRecord | str | Route) -> bytes:
         """The node id a request to ``peer`` is signed for: a record's own id, a relayed route's
@@ -284,6 +288,11 @@ class P2PNode:
 
     async def gossip(self, peer: PeerRecord | str, topic: str, payloads: list[bytes], timeout: float) -> list[bytes]:
         return await services.call_gossip(self.client, self.key, Route.of(peer), topic, payloads, timeout,
+                                          recipient=await self.recipient(peer))
+
+    async def call_inference(self, peer: PeerRecord | str, path: str, request: Any, timeout: float) -> Any:
+        """One inference-session call (services.INFERENCE_*), signed for ``peer``."""
+        return await services.call_signed(self.client, self.key, Route.of(peer), path, request, timeout,
                                           recipient=await self.recipient(peer))
 
     async def fetch_data(self, peer: PeerRecord | str, shard_id: str, timeout: float) -> bytes | None:

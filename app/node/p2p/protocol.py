@@ -77,6 +77,9 @@ METHODS: dict[str, Method] = {
         _m("Sync", "Weights", _B, pb2.TensorChunk, pb2.TensorChunk, "weights"),
         _m("Ledger", "Gossip", _U, pb2.GossipRequest, pb2.GossipResponse, "ledger"),
         _m("Data", "Shard", _S, pb2.ShardRequest, pb2.ShardChunk, "data"),
+        _m("Inference", "Open", _U, pb2.InferenceOpenRequest, pb2.InferenceOpenReply, "activations"),
+        _m("Inference", "Step", _U, pb2.InferenceStepRequest, pb2.InferenceStepReply, "activations"),
+        _m("Inference", "Close", _U, pb2.InferenceCloseRequest, pb2.InferenceCloseReply, "activations"),
         _m("Relay", "Forward", _B, pb2.RelayFrame, pb2.RelayFrame, "dht"),
         _m("Relay", "Tunnel", _B, pb2.RelayFrame, pb2.RelayFrame, "dht"),
     )

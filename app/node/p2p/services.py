@@ -23,6 +23,9 @@ FORWARD, BACKWARD = "/neuroshard.v1.Pipeline/Forward", "/neuroshard.v1.Pipeline/
 COMMIT, FINISH = "/neuroshard.v1.Pipeline/Commit", "/neuroshard.v1.Pipeline/Finish"
 EXCHANGE, WEIGHTS = "/neuroshard.v1.Sync/Exchange", "/neuroshard.v1.Sync/Weights"
 GOSSIP, SHARD = "/neuroshard.v1.Ledger/Gossip", "/neuroshard.v1.Data/Shard"
+INFERENCE_OPEN, INFERENCE_STEP = "/neuroshard.v1.Inference/Open", "/neuroshard.v1.Inference/Step"
+INFERENCE_CLOSE = "/neuroshard.v1.Inference/Close"
+INFERENCE_METHODS = (INFERENCE_OPEN, INFERENCE_STEP, INFERENCE_CLOSE)
 MAX_TOPIC = 64
 MAX_SHARD_ID = 256
 MAX_SHARD_BYTES = 1 << 30
@@ -39,6 +42,8 @@ class Handlers:
     """Each tensor handler is called with the caller's verified node id first (tensor_rpc.py)."""
     gossip: dict[str, Callable[[bytes, list[bytes]], Awaitable[list[bytes]]]] = field(default_factory=dict)
     data: Callable[[str], Awaitable[bytes | None]] | None = None
+    inference: Callable[[str, bytes, Any], Awaitable[Any]] | None = None
+    """Inference sessions: ``(method path, verified caller, request) -> reply`` (runtime/inference_service.py)."""
 
 
 def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, config: P2PConfig,
@@ -70,6 +75,27 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
     dispatcher.register(FINISH, unary(_stage_control(FINISH, "finish", handlers, replay)))
     dispatcher.register(GOSSIP, unary(_gossip_handler(handlers, replay, config)))
     dispatcher.register(SHARD, _shard_handler(handlers, config, bandwidth))
+    for path in INFERENCE_METHODS:
+        dispatcher.register(path, unary(_inference_handler(path, handlers, replay)))
+
+
+def _inference_handler(path: str, handlers: Handlers, replay: ReplayGuard) -> Callable[..., Any]:
+    """Inference session calls: signed unary requests; the handler is given the verified caller."""
+
+    async def call(request: Any, info: CallInfo) -> Any:
+        caller = verify_message(path, request, replay).node_id
+        if handlers.inference is None:
+            raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, "this node serves no inference sessions")
+        return await handlers.inference(path, caller, request)
+
+    return call
+
+
+async def call_signed(client: PeerClient, key: Any, route: Route, path: str, request: Any, timeout: float,
+                      *, recipient: bytes) -> Any:
+    """Sign ``request`` for ``recipient`` and send it as a unary call; returns the typed reply."""
+    sign_message(key, path, request, recipient)
+    return await client.unary(route, path, request, timeout)
 
 
 def _stage_control(path: str, kind: str, handlers: Handlers, replay: ReplayGuard) -> Callable[..., Any]:

@@ -176,7 +176,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
     host = StageHost(ctx, net, base.vocab, t, base.activity, assignment, device=capacity.device,
                      offer=(capacity.tier, capacity.layers_fit), hooks=StageHooks(on_commit, after_commit, base.economy.on_forward),
                      memory_budget=capacity.memory, base_arch=base.genesis_arch,
-                     held_out=_held_out_batches(data, t, base.architecture()))
+                     held_out=_held_out_batches(data, t, base.architecture()),
+                     serves_inference=lambda: "inference" in capacity.modes.active)
     await host.start(resume, lost)
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),

@@ -69,7 +69,8 @@ class NetworkService:
     def node_id(self) -> str:
         return self.node.node_id.hex()
 
-    def serve(self, *, stage: Any = None, sync: Any = None, weights: Any = None, data: Any = None) -> None:
+    def serve(self, *, stage: Any = None, sync: Any = None, weights: Any = None, data: Any = None,
+              inference: Any = None) -> None:
         """Answer these requests with these handlers from now on (the P2P node's handler types;
         a handler not given stays as it is)."""
         if stage is not None:
@@ -80,6 +81,8 @@ class NetworkService:
             self.node.set_weights_handler(weights)
         if data is not None:
             self.node.set_data_handler(data)
+        if inference is not None:
+            self.node.set_inference_handler(inference)
 
     async def announce(self, layer_range: tuple[int, int], *, tier: str, layers_fit: int) -> None:
         """Announce that this node holds ``layer_range`` (refreshed by the heartbeat until replaced)."""

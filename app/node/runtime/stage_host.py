@@ -27,6 +27,7 @@ from app.node.faults import resolve_policy
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import CheckpointsUnusable
 from app.node.model.shard import lm_loss
+from app.node.runtime.inference_service import InferenceService
 from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import (
     SYNC_POSITION,
@@ -80,13 +81,16 @@ class StageHost:
                  activity: Callable[[str], None], assignment: Assignment, *, device: str, offer: tuple[str, int],
                  hooks: StageHooks, memory_budget: int | None = None,
                  base_arch: ModelArchitecture | None = None,
-                 held_out: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+                 held_out: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+                 serves_inference: Callable[[], bool] = lambda: True) -> None:
         """Build the stage of ``assignment`` (genesis weights; ``start`` fills and serves it).
         ``memory_budget``: bytes the model may take here (the speed plan's memory savers).
         ``base_arch``: the architecture before the vocabulary (the configured one, or the version
         this node migrated to: migration.adopted_architecture).
         ``held_out``: genesis batches nobody trains on; a stage holding the whole model scores each
-        DiLoCo contribution on them before merging (training/scoring.py)."""
+        DiLoCo contribution on them before merging (training/scoring.py).
+        ``serves_inference()``: whether the volunteer's inference mode is on (sessions are refused
+        as busy while it is off, so clients take another holder)."""
         self._ctx, self._net, self._vocab, self._training, self._activity = ctx, net, vocab, training, activity
         self._genesis_arch = base_arch or training.architecture()
         self._device, self._hooks, self._memory_budget = device, hooks, memory_budget
@@ -101,6 +105,8 @@ class StageHost:
                                 round_length=lambda: self._training.inner_steps)
         self.assignment = assignment
         self.stage, self.sync = self._build(assignment)
+        # the key/value caches of inference sessions through this stage (runtime/inference_service.py)
+        self.inference = InferenceService(lambda: self.stage, serving=lambda: serves_inference() and not self._busy())
 
     def _build(self, a: Assignment) -> tuple[StageWorker, StageSync]:
         arch, t = self.architecture(), self._training
@@ -143,7 +149,8 @@ class StageHost:
                 log.warning("could not take layers %s from a replica (%s); starting from their genesis weights",
                             a.layer_range, exc)
         self._serve_stage(self.stage)
-        self._net.serve(sync=self.cohort.handle, weights=weights_server(self._serve_weights))
+        self._net.serve(sync=self.cohort.handle, weights=weights_server(self._serve_weights),
+                        inference=self.inference.handle)
         if lost is not None:
             await self._recover_lost_checkpoints(lost)
         await self._announce()

@@ -1,0 +1,209 @@
+"""Inference sessions served by a stage: the key/value cache of its layers, per client session.
+
+As in Petals' servers, a session lives on each holder of a chain: the client opens it, sends the
+prompt's inputs (prefill), then one position per token (decode), and each holder keeps only the
+keys and values of its own layers. What a stage holds is bounded:
+
+- at most ``max_sessions`` sessions, and their caches, reserved at open for the whole length the
+  client asked for (positions x layers x keys+values x kv heads x head size x 4 bytes), within
+  ``cache_bytes``; an open that does not fit is refused RESOURCE_EXHAUSTED, naming what is free;
+- a session idle for ``idle_timeout_s`` is forgotten (the client rebuilds it from its history);
+- a session belongs to the key that opened it: anyone else is answered NOT_FOUND;
+- a step must say how many positions the client believes are cached (``position``): a repeated
+  or skipped step is refused OUT_OF_RANGE instead of silently corrupting the cache.
+
+The compute runs on the stage's executor under its lock, so it never interleaves with an optimizer
+step; with inference mode off (``serving()`` false) every call is refused as busy, so the client
+goes to another holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from app.node.model.shard import ModelShard, ShardCache
+from app.node.p2p.errors import BUSY_PREFIX
+from app.node.p2p.protocol import pb2
+from app.node.p2p.services import INFERENCE_CLOSE, INFERENCE_OPEN, INFERENCE_STEP
+from app.node.runtime.inference_protocol import (
+    MAX_STEP_POSITIONS,
+    check_common,
+    check_range,
+    parse_tensor,
+    refuse,
+    tensor_fields,
+)
+from app.node.training.stage import StageWorker
+
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class InferenceLimits:
+    """What one stage gives to inference sessions (defaults for a volunteer's machine)."""
+
+    max_sessions: int = 16
+    cache_bytes: int = 256 * 1024 * 1024
+    idle_timeout_s: float = 120.0
+
+
+@dataclass
+class _Session:
+    owner: bytes
+    max_length: int
+    reserved: int
+    last_used: float
+    cache: ShardCache
+    position: int = 0
+    positions_served: int = 0
+    computing: bool = False
+
+
+@dataclass(frozen=True)
+class Served:
+    """One step served: who asked, how many positions, over how many layers (inference proofs)."""
+
+    caller: bytes
+    positions: int
+    layers: int
+
+
+def cache_bytes_per_position(shard: ModelShard) -> int:
+    """Keys and values of one position in every layer this shard holds (float32)."""
+    arch = shard.architecture
+    first, last = shard.layer_range
+    return (last - first) * 2 * arch.kv_heads * arch.head_dim * FLOAT_BYTES
+
+
+@dataclass
+class InferenceService:
+    stage: Callable[[], StageWorker]
+    """The stage this node serves now (a healing move replaces it; sessions on the old one end)."""
+    limits: InferenceLimits = field(default_factory=InferenceLimits)
+    serving: Callable[[], bool] = lambda: True
+    clock: Callable[[], float] = time.monotonic
+    on_served: Callable[[Served], None] | None = None
+    _sessions: dict[bytes, _Session] = field(default_factory=dict)
+    _stage_of_sessions: StageWorker | None = None
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    def reserved_bytes(self) -> int:
+        return sum(s.reserved for s in self._sessions.values())
+
+    # ------------------------------------------------------------------ the handler
+    async def handle(self, path: str, caller: bytes, request: object) -> object:
+        """``services.Handlers.inference``: one verified, signed session call."""
+        if not self.serving():
+            raise refuse(BUSY_PREFIX + "this node does not serve inference now", grpc.StatusCode.UNAVAILABLE)
+        stage = self.stage()
+        if stage is not self._stage_of_sessions:  # the node moved to another stage: old caches are void
+            self._sessions.clear()
+            self._stage_of_sessions = stage
+        self._expire()
+        if path == INFERENCE_OPEN:
+            return self._open(stage, caller, request)  # type: ignore[arg-type]
+        if path == INFERENCE_STEP:
+            return await self._step(stage, caller, request)  # type: ignore[arg-type]
+        if path == INFERENCE_CLOSE:
+            return self._close(caller, request)  # type: ignore[arg-type]
+        raise refuse(f"{path} is not an inference call", grpc.StatusCode.UNIMPLEMENTED)
+
+    def _open(self, stage: StageWorker, caller: bytes, request: pb2.InferenceOpenRequest) -> pb2.InferenceOpenReply:
+        session_id = check_common(request)
+        shard = stage.shard
+        arch = shard.architecture
+        if (request.layer_start, request.layer_end) != shard.layer_range:
+            raise refuse(f"this node serves layers {shard.layer_range}, not "
+                         f"[{request.layer_start}, {request.layer_end})", grpc.StatusCode.NOT_FOUND)
+        max_length = check_range("max_length", int(request.max_length), 1, arch.max_seq)
+        if session_id in self._sessions:
+            raise refuse("a session with this id is open already", grpc.StatusCode.ALREADY_EXISTS)
+        reserved = max_length * cache_bytes_per_position(shard)
+        free = self.limits.cache_bytes - self.reserved_bytes()
+        if len(self._sessions) >= self.limits.max_sessions or reserved > free:
+            raise refuse(f"no room for the session: {len(self._sessions)} of {self.limits.max_sessions} sessions "
+                         f"open, {max(0, free)} bytes of cache free, {reserved} needed for {max_length} positions",
+                         grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self._sessions[session_id] = _Session(caller, max_length, reserved, self.clock(), shard.new_cache())
+        return pb2.InferenceOpenReply(max_length=max_length,
+                                      expires_after_ms=int(self.limits.idle_timeout_s * 1000))
+
+    def _session(self, caller: bytes, session_id: bytes) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != caller:  # another caller learns nothing about it
+            raise refuse("no such session here (expired, closed, or never opened)", grpc.StatusCode.NOT_FOUND)
+        return session
+
+    async def _step(self, stage: StageWorker, caller: bytes, request: pb2.InferenceStepRequest) -> pb2.InferenceStepReply:
+        session = self._session(caller, check_common(request))
+        shard = stage.shard
+        arch = shard.architecture
+        if request.position != session.position:
+            raise refuse(f"the step starts at position {request.position}, the session is at {session.position}",
+                         grpc.StatusCode.OUT_OF_RANGE)
+        if shard.with_embedding:
+            x = parse_tensor(request.input, request.data, dtype=torch.int64, shape=(1, None), what="input")
+            if int(x.min()) < 0 or int(x.max()) >= arch.vocab:
+                raise refuse(f"token ids must lie in [0, {arch.vocab - 1}]")
+        else:
+            x = parse_tensor(request.input, request.data, dtype=torch.float32, shape=(1, None, arch.hidden),
+                             what="input")
+        positions = x.shape[1]
+        if session.position + positions > session.max_length:
+            raise refuse(f"{positions} positions from {session.position} exceed the session's length "
+                         f"{session.max_length}", grpc.StatusCode.OUT_OF_RANGE)
+        if session.computing:
+            raise refuse("a step of this session is being computed; send steps one at a time",
+                         grpc.StatusCode.ABORTED)
+        session.last_used, session.computing = self.clock(), True
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(stage.executor, _forward, stage, session.cache, x)
+        except (RuntimeError, ValueError) as exc:  # a half-extended cache is worthless: drop the session
+            self._sessions.pop(bytes(request.session_id), None)
+            raise refuse(f"the step failed ({str(exc)[:200]}); the session is closed", grpc.StatusCode.ABORTED) from exc
+        finally:
+            session.computing = False
+        if self._sessions.get(bytes(request.session_id)) is not session:
+            raise refuse("the session was closed while it computed", grpc.StatusCode.NOT_FOUND)
+        session.position += positions
+        session.positions_served += positions
+        session.last_used = self.clock()
+        if self.on_served is not None:
+            first, last = shard.layer_range
+            self.on_served(Served(caller, positions, last - first))
+        spec, data = tensor_fields(out[:, -1] if shard.with_head else out)
+        return pb2.InferenceStepReply(position=session.position, output=spec, data=data)
+
+    def _close(self, caller: bytes, request: pb2.InferenceCloseRequest) -> pb2.InferenceCloseReply:
+        session_id = check_common(request)
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != caller:
+            return pb2.InferenceCloseReply(closed=False)
+        del self._sessions[session_id]
+        return pb2.InferenceCloseReply(closed=True)
+
+    def _expire(self) -> None:
+        horizon = self.clock() - self.limits.idle_timeout_s
+        for session_id in [k for k, s in self._sessions.items() if s.last_used < horizon]:
+            del self._sessions[session_id]
+
+
+def _forward(stage: StageWorker, cache: ShardCache, x: torch.Tensor) -> torch.Tensor:
+    """One prefill or decode step of the stage's layers (its lock held: no optimizer step meanwhile).
+    As in model/generation.py: inference mode, INL blocks stop early once settled."""
+    if x.shape[1] > MAX_STEP_POSITIONS:
+        raise ValueError(f"a step carries at most {MAX_STEP_POSITIONS} positions")
+    shard = stage.shard
+    with stage.lock, torch.inference_mode(), shard.adaptive_stopping(True):
+        return shard(x.to(stage.device), cache).float().cpu()
