@@ -81,3 +81,28 @@ def test_validator_killed_and_restarted_resumes_and_rejoins_the_running_network(
     assert restarted["roles"] == ["validator"] and restarted["inner_steps"] >= 5  # from its checkpoint
     # Replica agreement after a failover is best effort (a DiLoCo round a member missed stays
     # missed); the summary reports it per layer, the clean 3-node test requires it.
+
+
+def test_driver_killed_mid_run_every_planned_step_is_committed_or_reported_lost() -> None:
+    """SIGKILL a driver: the summary still accounts for all of its planned steps and names it.
+
+    No replica driver takes over a dead driver's remaining steps yet (issue 15 item 1), so they are
+    reported as lost with the reason, never dropped silently; the surviving driver finishes its own."""
+    steps = 12
+    summary = run_devnet(4, steps, timeout_s=300, kill=("driver", 4))
+    assert len(summary["killed"]) == 1, summary
+    (victim,) = summary["killed"]
+    accounted = summary["steps_accounted"]
+    assert accounted["planned"] == accounted["committed"] + accounted["lost"], accounted
+    assert accounted["planned"] == steps * len(summary["committed_steps"]), summary
+    assert victim in summary["committed_steps"]
+    # killed once some driver reached step 4 (the victim may have been behind): it never finished
+    assert summary["committed_steps"][victim] < steps, summary
+    lost = {item["driver"]: item for item in summary["lost_steps"]}
+    assert lost[victim]["steps"] == steps - summary["committed_steps"][victim]
+    assert "was killed after committing step" in lost[victim]["reason"]
+    dead = {d["node"]: d for d in summary["dead_nodes"]}
+    assert dead[victim]["cause"] == "killed by --kill (SIGKILL)" and "driver" in dead[victim]["roles"]
+    survivors = {k: v for k, v in summary["exit_codes"].items() if k not in summary["killed"]}
+    # a survivor that failed is listed as dead too, with its cause: nothing disappears from the summary
+    assert all(code == 0 or name in dead for name, code in survivors.items()), summary
