@@ -209,9 +209,27 @@ def test_the_step_log_keeps_within_its_memory_budget_and_frees_expired_samples()
         log.on_forward(stage, "d", step, 0, [x], layer(x))
         kept.append(log.seal("d", step))
     assert [s is not None for s in kept] == [True, True, False, False]  # the third would pass 40 kB
-    assert log.seal("d", 99) == []  # nothing recorded for it: not a budget refusal
+    assert log.seal("d", 99) is None  # its first micro-batch never ran here: not claimable
+    assert StepLog(from_settings({"preset": "devnet"})).seal("d", 1) == []  # no stage feeds that log
     log.publish("p", 0, kept[0] + kept[1])
     log.expire(current_epoch=100)  # long after the window
     x = torch.randn(2, 3, 64)
     log.on_forward(stage, "d", 5, 0, [x], layer(x))
     assert log.seal("d", 5) is not None  # the budget came back
+
+
+def test_a_stage_that_numbers_steps_locally_still_finds_its_driver_s_sample() -> None:
+    from types import SimpleNamespace
+
+    from app.node.economics.constants import from_settings
+    from app.node.runtime.verification import StepLog
+
+    layer = torch.nn.Linear(8, 8)
+    stage = SimpleNamespace(shard=layer, layer_range=(1, 2), is_first=False, is_last=False)
+    log = StepLog(from_settings({"preset": "devnet"}))
+    for driver_step in (40, 41):
+        x = torch.randn(1, 2, 8)
+        log.on_forward(stage, "driver-a", driver_step, 0, [x], layer(x))
+        sealed = log.seal("driver-a", driver_step - 40)  # the worker's own count: 0, 1
+        assert sealed is not None and len(sealed) == 1
+        assert torch.equal(sealed[0].inputs[0], x)

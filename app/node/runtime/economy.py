@@ -166,11 +166,11 @@ class EconomyService:
                     return
             self._work_mark_ms = now_ms
             samples = self.steps.seal(str(getattr(step, "driver", "")), int(step.step))
-            if samples is None:  # over the step log's memory budget: uncommitted work is not claimed
+            if samples is None:  # the step log could not commit it: work a verifier cannot check is not claimed
                 if not self._warned_budget:
                     self._warned_budget = True
-                    log.warning("training steps beyond the verification memory budget are not claimed "
-                                "(they could not be checked)")
+                    log.warning("a training step without a committed sample (memory budget, or taken over "
+                                "mid-step) is not claimed: a verifier could not check it")
                 return
             claimed = max(1, len(samples))  # a lazy node claims its phantom steps as work too
             self._work.setdefault(epoch, _EpochWork()).add(step, start_ms, now_ms, samples, claimed)

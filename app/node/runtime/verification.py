@@ -92,10 +92,12 @@ class StepLog:
         self._pending: OrderedDict[tuple[str, int], _Pending] = OrderedDict()
         self._published: dict[str, _Published] = {}
         self._kept = 0
+        self._wired = False  # a stage feeds this log: from then on every claimed step needs a sample
 
     def on_forward(self, stage: Any, driver: str, step: int, mb: int, inputs: list[torch.Tensor],
                    output: torch.Tensor) -> None:
         """StageWorker's forward hook (lock held): keeps micro-batch 0 of each step."""
+        self._wired = True
         if mb != 0 or (driver, step) in self._pending:
             return
         shard = stage.shard
@@ -111,12 +113,20 @@ class StepLog:
 
     def seal(self, driver: str, step: int) -> list[_Pending] | None:
         """The step is being credited: its sample (plus phantoms, for a lazy node) leaves the
-        pending set. [] when no sample was recorded for it (no forward hook); None when keeping it
-        would pass the memory budget: the step cannot be committed and must not be claimed."""
+        pending set. [] when no stage feeds this log (no forward hook: nothing is ever committed);
+        None when the step cannot be committed, so it must not be claimed: keeping it would pass
+        the memory budget, or its first micro-batch never ran here (a replica took the step over
+        mid-way), since a verifier would find the claim without its sample."""
         with self._lock:
             sample = self._pending.pop((driver, step), None)
+            if sample is None:
+                # A worker's or validator's StepInfo counts steps locally, not in the driver's
+                # numbering: its commit is the driver's newest step here (a driver commits a step
+                # before it starts the next one).
+                newest = [key for key in self._pending if key[0] == driver]
+                sample = self._pending.pop(newest[-1]) if newest else None
         if sample is None:
-            return []
+            return None if self._wired else []
         if self._kept + sample.nbytes > self.max_bytes_kept:
             return None
         made_up = [_Pending(sample.weights, sample.inputs, torch.randn_like(sample.output), sample.layer_range,
