@@ -209,3 +209,18 @@ def test_sampling_checks_about_the_configured_share_of_proofs():
     assert 140 <= picked <= 260
     steps = [spotcheck.sampled_step(f"{i:064x}", b"checker", 5) for i in range(1000)]
     assert set(steps) == set(range(5))
+
+
+def test_bf16_outputs_pass_with_the_bf16_bound_and_noise_still_fails(net, layer):
+    """A GPU prover computes under bf16 autocast; a CPU verifier re-runs in float32."""
+    weights = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    inputs = (torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(3)),)
+    with torch.no_grad():
+        honest = run(layer)(weights, inputs).to(torch.bfloat16).to(torch.float32)
+    noise = torch.randn_like(honest)
+    for outputs, bf16, should_pass in ((honest, False, False), (honest, True, True), (noise, True, False)):
+        leaves = (spotcheck.leaf(spotcheck.tensor_hash(weights), spotcheck.tensor_hash(list(inputs)),
+                                 spotcheck.tensor_hash([outputs])),)
+        body = {"work_root": spotcheck.work_root(leaves).hex()}
+        sample = spotcheck.StepSample(0, leaves, weights, inputs, outputs, bf16)
+        assert spotcheck.check_sample(body, sample, 0, run(layer), net.config).passed is should_pass

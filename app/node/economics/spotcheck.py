@@ -12,8 +12,11 @@ own copy of the model code, and compares its output with the prover's:
   case between CPU nodes of one build), reported in the evidence;
 * otherwise within a bound: ``|mine - claimed| <= atol + rtol * |mine|`` elementwise with
   ``rtol = 1e-3, atol = 1e-4``. The same fp32 layer differs between machines by reduction order,
-  about 1e-6 relative; bf16/TF32 kernels about 1e-3. A prover that did not compute the step
-  (noise, zeros, another step's output) is off by O(1).
+  about 1e-6 relative. A prover that computed in bf16 autocast (CUDA) says so in its sample, and
+  its output is compared with ``BF16_TOLERANCE`` (5e-2 both ways): bf16 keeps 8 bits of mantissa,
+  about 4e-3 relative per operation, compounding over a block. A prover that did not compute the
+  step (noise, zeros, another step's output) is off by O(1) either way, which is also why the
+  flag need not be committed: claiming bf16 only widens the bound to 5e-2.
 
 A sample that does not match the commitment, or that the prover cannot serve, fails: committed
 work must be available for checking during its window. The verdict becomes a signed
@@ -39,6 +42,8 @@ from app.node.economics.records import Record
 NO_SAMPLE = b"\0" * 32
 """Leaf and output hash of a challenge whose prover served nothing (or something uncommitted)."""
 MAX_ERROR_PPM = 10**12
+BF16_TOLERANCE = 5e-2
+"""rtol and atol for outputs the prover computed in bf16 autocast (see the module docstring)."""
 
 
 def tensor_hash(tensors: Sequence[Any] | dict[str, Any]) -> bytes:
@@ -74,6 +79,7 @@ class StepSample:
     weights: dict[str, Any]  # name -> tensor: the weights before the step
     inputs: tuple[Any, ...]  # the micro-batch: token ids (+ targets) or hidden states
     outputs: Any  # what the prover computed from them (loss or activations)
+    bf16: bool = False  # computed under bf16 autocast: compared with BF16_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,10 @@ def check_sample(proof_body: dict, sample: StepSample | None, step: int,
                            Evidence(step, committed, mine_hash, MAX_ERROR_PPM))
     error = float((mine - claimed).abs().max()) if mine.numel() else 0.0
     bitwise = bool(torch.equal(mine, claimed))
-    passed = bitwise or bool(torch.allclose(claimed, mine, rtol=config.spot_check_rtol, atol=config.spot_check_atol))
+    rtol, atol = config.spot_check_rtol, config.spot_check_atol
+    if sample.bf16:
+        rtol, atol = max(rtol, BF16_TOLERANCE), max(atol, BF16_TOLERANCE)
+    passed = bitwise or bool(torch.allclose(claimed, mine, rtol=rtol, atol=atol))
     evidence = Evidence(step, committed, mine_hash, min(int(error * 1e6), MAX_ERROR_PPM))
     reason = "bitwise equal" if bitwise else (f"within tolerance (max error {error:.3g})" if passed
                                               else f"output differs by {error:.3g}")

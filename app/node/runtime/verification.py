@@ -61,6 +61,7 @@ class _Pending:
     layer_range: tuple[int, int]
     with_embedding: bool
     with_head: bool
+    bf16: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -105,7 +106,8 @@ class StepLog:
             weights={k: v.detach().to("cpu", copy=True) for k, v in shard.state_dict().items()},
             inputs=tuple(t.detach().to("cpu", copy=True) for t in inputs),
             output=output.detach().to("cpu", torch.float32, copy=True),
-            layer_range=tuple(stage.layer_range), with_embedding=stage.is_first, with_head=stage.is_last)
+            layer_range=tuple(stage.layer_range), with_embedding=stage.is_first, with_head=stage.is_last,
+            bf16=bool(getattr(getattr(stage, "speed", None), "autocast_bf16", False)))
         with self._lock:
             self._pending[(driver, step)] = sample
             while len(self._pending) > 8:  # forwards whose step never committed
@@ -130,7 +132,7 @@ class StepLog:
         if self._kept + sample.nbytes > self.max_bytes_kept:
             return None
         made_up = [_Pending(sample.weights, sample.inputs, torch.randn_like(sample.output), sample.layer_range,
-                            sample.with_embedding, sample.with_head) for _ in range(self.phantom_steps)]
+                            sample.with_embedding, sample.with_head, sample.bf16) for _ in range(self.phantom_steps)]
         self._kept += sample.nbytes  # the phantoms share the real sample's tensors
         return [sample, *made_up]
 
@@ -172,7 +174,7 @@ class StepLog:
         tensors["out"] = sample.output.contiguous()
         header = {"v": 1, "step": step, "leaves": [x.hex() for x in published.leaves],
                   "layer_range": list(sample.layer_range), "with_embedding": sample.with_embedding,
-                  "with_head": sample.with_head}
+                  "with_head": sample.with_head, "bf16": sample.bf16}
         return [json.dumps(header).encode(), save_tensors(tensors)]
 
 
@@ -204,6 +206,7 @@ def parse_served(reply: list[bytes], step: int) -> ServedStep | None:
         leaves = tuple(bytes.fromhex(x) for x in header["leaves"])
         first, last = (int(x) for x in header["layer_range"])
         with_embedding, with_head = bool(header["with_embedding"]), bool(header["with_head"])
+        bf16 = header.get("bf16", False) is True
         tensors = load_tensors(reply[1])
     except (ValueError, KeyError, TypeError, RuntimeError):
         return None
@@ -213,7 +216,7 @@ def parse_served(reply: list[bytes], step: int) -> ServedStep | None:
     inputs = tuple(tensors[f"in.{i}"] for i in range(sum(k.startswith("in.") for k in tensors)) if f"in.{i}" in tensors)
     if "out" not in tensors:
         return None
-    return ServedStep(spotcheck.StepSample(step, leaves, weights, inputs, tensors["out"]), (first, last),
+    return ServedStep(spotcheck.StepSample(step, leaves, weights, inputs, tensors["out"], bf16), (first, last),
                       with_embedding, with_head)
 
 
