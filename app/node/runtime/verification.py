@@ -264,6 +264,8 @@ class Verifier:
         """One pass over the open proofs; returns how many it checked."""
         now_ms = int(self.clock() * 1000)
         done = 0
+        if self.ledger.balance(self.key.address).staked < self.config.min_verifier_stake:
+            return 0  # verdicts without stake are refused: nothing to do until the volunteer stakes
         for proof, challenged_step in self.ledger.open_training_proofs(now_ms, exclude=self.key.public_key.data):
             if proof.record_id in self._judged or self.ledger.judged_by(proof.record_id, self.key.address):
                 continue
