@@ -40,6 +40,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "arch": ("app.node.model.cli", "print the architecture the scaler picks for a network"),
     "ledger": ("app.wallet.ledger_cli", "inspect and verify the NEURO ledger"),
     "migrate": ("app.node.migration_cli", "review or run a waiting architecture upgrade on a stopped node"),
+    "generate": ("app.node.generate_cli", "generate text with the network's model (or the local checkpoint)"),
 }
 
 

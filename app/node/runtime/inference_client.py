@@ -11,6 +11,7 @@ touched, so no token is lost or repeated and the output equals the one an unbrok
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -23,6 +24,7 @@ import torch
 
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.generation import sample_next
+from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError, PeerBusy, PeerRejected
 from app.node.p2p.node import P2PNode
 from app.node.p2p.protocol import pb2
@@ -244,3 +246,35 @@ class RemoteGenerator:
             with contextlib.suppress(P2PError):  # a dead holder forgets the session anyway; a live one expires it
                 await self.node.call_inference(hop.holder, INFERENCE_CLOSE, close_request(hop.session_id),
                                                min(self.timeout_s, 5.0))
+
+
+async def generate_via_trackers(trackers: list[str], arch: ModelArchitecture, prompt_ids: list[int],
+                                max_new_tokens: int, *, temperature: float = 1.0, top_p: float = 1.0,
+                                seed: int | None = None, eos_id: int | None = None, join_wait_s: float = 10.0,
+                                on_token: Callable[[int, int], None] | None = None,
+                                config: P2PConfig | None = None) -> RemoteGeneration:
+    """Join the network through ``trackers`` as a client with a fresh key, wait up to
+    ``join_wait_s`` for a chain covering every layer, generate, leave. GenerationFailed when no
+    tracker answers or no chain forms in time."""
+    from app.crypto.keys import PrivateKey
+
+    node = P2PNode(PrivateKey.generate(), trackers=list(trackers), config=config or P2PConfig(use_upnp=False))
+    try:
+        await node.start()
+        generator = RemoteGenerator(node, arch)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + join_wait_s
+        while True:
+            try:
+                await generator.plan()
+                break
+            except GenerationFailed:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+        return await generator.generate(prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p,
+                                        seed=seed, eos_id=eos_id, on_token=on_token)
+    except (OSError, P2PError) as exc:
+        raise GenerationFailed(f"the network could not be reached: {exc}") from exc
+    finally:
+        await node.stop()
