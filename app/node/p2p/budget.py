@@ -2,7 +2,7 @@
 
 A stream's declared size (its header's ``total_bytes``, already checked against the hard cap
 ``max_stream_bytes``) is reserved before a single payload byte is buffered, against three caps:
-``max_streams_per_peer`` concurrent streams and ``max_inflight_bytes_per_peer`` bytes for one
+``max_streams_per_peer`` (32) concurrent streams and ``max_inflight_bytes_per_peer`` bytes for one
 peer, and ``max_inflight_bytes`` for the whole node (fresh keys and addresses are cheap, so the
 per-peer caps alone would not bound memory). The reservation is held until the stream's handler
 has finished (its tensors are views of the receive buffer) and released however it ends. A

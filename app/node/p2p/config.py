@@ -38,7 +38,7 @@ class P2PConfig:
     max_tensor_elements: Size = 1 << 30  # 1 G elements (the stream cap below binds first)
     max_stream_bytes: Size = 1024 * MIB  # the sum of all tensors in one stream (hard cap, budget.py)
     # --- bounded resources per peer (budget.py): declared bytes are reserved before buffering
-    max_streams_per_peer: Size = 8
+    max_streams_per_peer: Size = 32  # a driver keeps several micro-batches in flight per stage
     max_inflight_bytes_per_peer: Size = 1024 * MIB
     max_inflight_bytes: Size = 2048 * MIB  # every peer together: fresh keys and addresses are cheap
     stream_stall_timeout_s: Seconds = 30.0  # no chunk for this long ends a tensor stream
