@@ -136,10 +136,15 @@ class Devnet:
     async_nodes: int = 0  # the last N nodes run async mode (T5-style) instead of the pipeline
     restart: bool = False  # start the killed node again on its data dir (it resumes and rejoins)
     restarted: list[str] = field(default_factory=list)
+    _tracker: str = ""
+    _training: dict[str, Any] = field(default_factory=dict)
     training_overrides: dict[str, Any] = field(default_factory=dict)
     verify_nodes: int = 0  # the last N pipeline nodes also run mode "verify", staked at genesis
     lazy_nodes: int = 0  # the first N nodes are lazy: they claim a made-up step per real one
     economics_overrides: dict[str, Any] = field(default_factory=dict)
+    generate: str | None = None  # at the end, generate from this prompt through the network (#17)
+    generate_tokens: int = 16
+    generation: dict[str, Any] | None = None
     procs: list[_Proc] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     lines: queue.Queue[tuple[str, str]] = field(default_factory=queue.Queue)
@@ -147,7 +152,7 @@ class Devnet:
     def run(self) -> dict[str, Any]:
         began = time.time()
         try:
-            tracker = self._start_tracker()
+            tracker = self._tracker = self._start_tracker()
             self._start_nodes(tracker)
             self._watch(began)
         finally:
@@ -175,6 +180,9 @@ class Devnet:
     def _start_nodes(self, tracker: str) -> None:
         pipeline_nodes = self.nodes - self.async_nodes
         training = {**devnet_training(pipeline_nodes, self.steps, self.inner_steps), **self.training_overrides}
+        if self.generate is not None:  # the nodes stay up after training until the generation is done
+            training["linger_s"] = max(float(training.get("linger_s", 0.0)), self.timeout_s)
+        self._training = training
         dirs = [self.workdir / f"node{i}" for i in range(self.nodes)]
         verifiers = list(range(pipeline_nodes - self.verify_nodes, pipeline_nodes)) if self.verify_nodes else []
         economics: dict[str, Any] = {"preset": "devnet", **self.economics_overrides}
@@ -188,6 +196,7 @@ class Devnet:
             # devnet node to async mode and leave no pipeline to train.
             modes = ["async", "data"] if i >= self.nodes - self.async_nodes else ["pipeline", "data"]
             modes += ["verify"] if i in verifiers else []
+            modes += ["inference"] if self.generate is not None and "pipeline" in modes else []
             lazy = {"fault_lazy_steps": 1} if i < self.lazy_nodes else {}
             _write_node_config(d, training, tracker, modes, {**economics, **lazy})
         _seed_hardware_cache(dirs)
@@ -204,6 +213,9 @@ class Devnet:
         while True:
             nodes = self._nodes()
             if all(p.popen.poll() is not None for p in nodes):
+                return
+            if self.generate is not None and all(p.finished or p.popen.poll() is not None for p in nodes):
+                self._generate()
                 return
             self._refuse_impossible_kill()
             if time.time() - began > self.timeout_s:
@@ -234,6 +246,25 @@ class Devnet:
             proc.served += 1
         elif kind == "error":
             proc.errors.append(str(event.get("message", ""))[:300])
+        elif kind == "activity" and str(event.get("activity", "")).startswith("finished"):
+            proc.finished = True
+
+    def _generate(self) -> None:
+        """Every node trained its steps and lingers: generate through them, compare in process."""
+        import asyncio
+
+        from app.node.p2p.config import P2PConfig
+        from app.node.runtime.inference_check import generate_and_compare
+        from app.node.runtime.inference_client import GenerationFailed
+        from app.node.training.config import TrainingConfig
+
+        arch = TrainingConfig.from_dict(self._training).architecture()
+        config = P2PConfig(use_upnp=False, **DEVNET_P2P)
+        try:
+            self.generation = asyncio.run(generate_and_compare([self._tracker], arch, str(self.generate),
+                                                               self.generate_tokens, config=config))
+        except GenerationFailed as exc:
+            self.generation = {"prompt": self.generate, "error": str(exc)}
 
     def _refuse_impossible_kill(self) -> None:
         """Once every node said which roles it has, a --kill of a role nobody has is refused."""
@@ -435,7 +466,8 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
                progress: bool = False, json_events: bool = False, kill: tuple[str, int] | None = None,
                training_overrides: dict[str, Any] | None = None, async_nodes: int = 0,
                restart: bool = False, verify_nodes: int = 0, lazy_nodes: int = 0,
-               economics_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               economics_overrides: dict[str, Any] | None = None, generate: str | None = None,
+               generate_tokens: int = 16) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
         raise DevnetError("a devnet needs at least 1 node and 1 step")
@@ -446,8 +478,11 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
                      progress=progress, json_events=json_events, kill=kill, async_nodes=async_nodes,
                      restart=restart, verify_nodes=verify_nodes, lazy_nodes=lazy_nodes,
                      economics_overrides=dict(economics_overrides or {}),
-                     training_overrides=dict(training_overrides or {}))
+                     training_overrides=dict(training_overrides or {}), generate=generate,
+                     generate_tokens=generate_tokens)
         summary = net.run()
+        if generate is not None:
+            summary["generation"] = net.generation
         summary["restarted"] = net.restarted
         summary["workdir"] = str(root) if keep else None
         return summary
@@ -472,6 +507,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the last N pipeline nodes also run verify mode, staked at genesis")
     parser.add_argument("--lazy", type=count_argument(0), default=0,
                         help="the first N nodes are lazy (claim a made-up step per real one), for verify mode to catch")
+    parser.add_argument("--generate", metavar="PROMPT", help="after training, generate greedily from PROMPT through "
+                        "the network and report tokens, tokens/s and whether they equal in-process generation")
+    parser.add_argument("--generate-tokens", type=count_argument(1), default=16, help="tokens for --generate")
     parser.add_argument("--kill", metavar="ROLE:STEP", help="SIGKILL the first node with ROLE (driver, "
                         "worker, validator), preferring one whose stage has a replica, once a driver reached STEP, "
                         "to watch failover")
@@ -505,6 +543,7 @@ def run(args: argparse.Namespace) -> int:
                              progress=sys.stderr.isatty(), json_events=args.json_events,
                              kill=_parse_kill(args.kill, args.steps),
                              verify_nodes=args.verifiers, lazy_nodes=args.lazy,
+                             generate=args.generate, generate_tokens=args.generate_tokens,
                              training_overrides={**_corpus_overrides(args.corpus), "block_type": args.block})
     except DevnetUsageError as exc:
         print(f"devnet: error: {exc}", file=sys.stderr)
@@ -516,5 +555,9 @@ def run(args: argparse.Namespace) -> int:
     ok = all(code == 0 for name, code in summary["exit_codes"].items() if name not in summary["killed"])
     for item in summary["lost_steps"]:
         print(f"devnet: {item['steps']} planned steps lost: {item['reason']}", file=sys.stderr)
+    generated = summary.get("generation")
+    if args.generate is not None and (generated is None or not generated.get("equals_in_process")):
+        print(f"devnet: generation through the network failed or differed: {generated}", file=sys.stderr)
+        ok = False
     # a lost step is a failure, even when every survivor exited cleanly
     return 0 if ok and summary["loss_end"] is not None and not summary["lost_steps"] else 1

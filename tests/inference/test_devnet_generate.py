@@ -1,0 +1,17 @@
+"""``devnet --generate``: after training, generation through the running network equals in-process
+greedy generation with the weights of the holders that served it."""
+
+from __future__ import annotations
+
+from app.node.devnet import run_devnet
+
+
+def test_devnet_generates_through_the_network_after_training() -> None:
+    summary = run_devnet(3, 4, timeout_s=300, generate="hello", generate_tokens=6)
+    generated = summary["generation"]
+    assert generated is not None and "error" not in generated, generated
+    assert len(generated["tokens"]) == 6
+    assert generated["equals_in_process"] is True
+    assert len(generated["holders"]) >= 2  # a chain of stages, not one node holding everything
+    assert generated["tokens_per_s"] > 0
+    assert all(code == 0 for code in summary["exit_codes"].values())
