@@ -70,18 +70,6 @@ def as_refusal(exc: TransportError) -> RpcRefusal:
     return RpcRefusal(grpc.StatusCode.UNAVAILABLE, BUSY_PREFIX + str(exc)[:400])
 
 
-def refusals_as_status(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Wrap a served handler so the training errors it raises reach the caller as their status."""
-
-    async def serve(*args: Any) -> Any:
-        try:
-            return await fn(*args)
-        except TransportError as exc:
-            raise as_refusal(exc) from exc
-
-    return serve
-
-
 MAX_EXACT_FLOAT_ID = 1 << 24
 """float32 holds every integer below 2^24 exactly: ample for token ids (vocabularies of 10^5)."""
 

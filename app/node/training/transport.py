@@ -25,12 +25,11 @@ Meta = dict[str, Any]
 Tensors = list[torch.Tensor]
 
 # Stage operations (the "op" of a stage call). Forward and backward carry activations; commit and
-# finish carry only metadata and are sent as small forward-kind messages below this interface.
+# finish carry only metadata (below this interface each is a typed message of its own).
 OP_FORWARD = "forward"
 OP_BACKWARD = "backward"
 OP_COMMIT = "commit"
 OP_FINISH = "finish"
-STAGE_OPS = frozenset({OP_FORWARD, OP_BACKWARD, OP_COMMIT, OP_FINISH})
 
 
 class TransportError(Exception):
