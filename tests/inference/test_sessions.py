@@ -34,7 +34,7 @@ class Clock:
 
 
 @contextlib.asynccontextmanager
-async def network(services: list[InferenceService | None] | None = None
+async def network(services: list[InferenceService | None] | None = None, client_key: PrivateKey | None = None
                   ) -> AsyncIterator[tuple[P2PNode, list[P2PNode], list[InferenceService]]]:
     """A tracker, one holder per stage of RANGES (serving ``services`` when given) and a client."""
     tracker = Tracker(0, config=FAST)
@@ -53,7 +53,7 @@ async def network(services: list[InferenceService | None] | None = None
             await node.registry.announce(LayerAnnouncement(*layer_range, "T3", 1.0, ttl=FAST.heartbeat_timeout_s))
             nodes.append(node)
             served.append(service)
-        client = P2PNode(PrivateKey.generate(), trackers=[tracker.address], config=FAST)
+        client = P2PNode(client_key or PrivateKey.generate(), trackers=[tracker.address], config=FAST)
         await client.start()
         nodes.append(client)
 

@@ -43,7 +43,8 @@ class Handlers:
     gossip: dict[str, Callable[[bytes, list[bytes]], Awaitable[list[bytes]]]] = field(default_factory=dict)
     data: Callable[[str], Awaitable[bytes | None]] | None = None
     inference: Callable[[str, bytes, Any], Awaitable[Any]] | None = None
-    """Inference sessions: ``(method path, verified caller, request) -> reply`` (runtime/inference_service.py)."""
+    """Inference sessions: ``(method path, verified caller's public key, request) -> reply``
+    (runtime/inference_service.py)."""
 
 
 def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, config: P2PConfig,
@@ -80,10 +81,11 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
 
 
 def _inference_handler(path: str, handlers: Handlers, replay: ReplayGuard) -> Callable[..., Any]:
-    """Inference session calls: signed unary requests; the handler is given the verified caller."""
+    """Inference session calls: signed unary requests; the handler is given the verified caller's
+    public key (its ledger address pays for the session)."""
 
     async def call(request: Any, info: CallInfo) -> Any:
-        caller = verify_message(path, request, replay).node_id
+        caller = verify_message(path, request, replay).public_key
         if handlers.inference is None:
             raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, "this node serves no inference sessions")
         return await handlers.inference(path, caller, request)

@@ -12,7 +12,6 @@ touched, so no token is lost or repeated and the output equals the one an unbrok
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
+from app.node.economics.constants import EconomicsConfig
+from app.node.economics.pricing import Quote, charge_record
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.generation import sample_next
 from app.node.p2p.config import P2PConfig
@@ -30,6 +31,7 @@ from app.node.p2p.node import P2PNode
 from app.node.p2p.protocol import pb2
 from app.node.p2p.records import PeerRecord
 from app.node.p2p.services import INFERENCE_CLOSE, INFERENCE_OPEN, INFERENCE_STEP
+from app.node.runtime.inference_market import QUOTE_TTL_MS
 from app.node.runtime.inference_protocol import (
     MAX_STEP_POSITIONS,
     SESSION_ID_BYTES,
@@ -63,6 +65,8 @@ class _Hop:
     history: list[torch.Tensor] = field(default_factory=list)
     tried: set[bytes] = field(default_factory=set)
     reopened: bool = False
+    quote: Quote | None = None  # the price the holder locked for this session (None: free)
+    tokens: int = 0  # tokens this session charges: inputs sent to it (a prefill's pieces count once)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class RemoteGeneration:
     replacements: int
     first_token_s: float
     seconds: float
+    paid: int = 0
+    """micro-NEURO moved by the payments the holders accepted (price x tokens, per stage)."""
+    prices: tuple[int, ...] = ()
+    """The locked price per token of each stage's last holder."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -82,8 +90,13 @@ class RemoteGeneration:
 class RemoteGenerator:
     """Generates through ``node``'s network for the model ``arch``."""
 
-    def __init__(self, node: P2PNode, arch: ModelArchitecture, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, node: P2PNode, arch: ModelArchitecture, *, timeout_s: float = 30.0,
+                 economics: EconomicsConfig | None = None, next_seq: Callable[[], int] | None = None) -> None:
+        """``economics``: the ledger rules payments are signed under (the node's key pays);
+        ``next_seq()``: the sequence number of the payer's next spending record."""
         self.node, self.arch, self.timeout_s = node, arch, timeout_s
+        self.economics, self._next_seq = economics, next_seq
+        self._seq_used = 0
         self._hops: list[_Hop] = []
 
     def holders_now(self) -> list[bytes]:
@@ -114,9 +127,14 @@ class RemoteGenerator:
 
     async def _open(self, hop: _Hop, max_length: int) -> None:
         hop.session_id = secrets.token_bytes(SESSION_ID_BYTES)
-        await self.node.call_inference(hop.holder, INFERENCE_OPEN,
-                                       open_request(hop.session_id, hop.layer_range, max_length), self.timeout_s)
-        hop.position = 0
+        reply = await self.node.call_inference(hop.holder, INFERENCE_OPEN,
+                                               open_request(hop.session_id, hop.layer_range, max_length),
+                                               self.timeout_s)
+        hop.position, hop.tokens = 0, 0
+        hop.quote = None
+        if reply.price_per_token:
+            hop.quote = Quote(reply.quote_id[:64], reply.provider[:128], int(reply.price_per_token),
+                              int(reply.max_tokens), int(time.time() * 1000) + QUOTE_TTL_MS)
 
     # ------------------------------------------------------------------ one step of one stage
     async def _send(self, hop: _Hop, x: torch.Tensor, last: bool) -> torch.Tensor:
@@ -125,12 +143,15 @@ class RemoteGenerator:
         outs = []
         for start in range(0, x.shape[1], MAX_STEP_POSITIONS):
             piece = x[:, start:start + MAX_STEP_POSITIONS]
+            more = start + MAX_STEP_POSITIONS < x.shape[1]  # a full piece with more of this input to come
             reply = await self.node.call_inference(hop.holder, INFERENCE_STEP,
-                                                   step_request(hop.session_id, hop.position, piece), self.timeout_s)
+                                                   step_request(hop.session_id, hop.position, piece, more=more),
+                                                   self.timeout_s)
             if reply.position != hop.position + piece.shape[1]:
                 raise PeerRejected(f"the holder reports position {reply.position}, expected "
                                    f"{hop.position + piece.shape[1]}", grpc.StatusCode.DATA_LOSS)
             hop.position = reply.position
+            hop.tokens += 0 if more else 1
             outs.append(self._output(reply, piece.shape[1], last))
         return outs[-1] if last else torch.cat(outs, dim=1)
 
@@ -186,6 +207,7 @@ class RemoteGenerator:
                 await self._open(hop, max_length)
                 return
             except P2PError as exc:
+                _end_on_refusal(exc, hop)
                 log.info("replica %s could not open a session: %s", hop.holder.node_id.hex()[:12], exc)
                 hop.tried.add(hop.holder.node_id)
                 self.node.router.ban(hop.holder.node_id)
@@ -216,7 +238,8 @@ class RemoteGenerator:
             for i, hop in enumerate(hops):
                 try:
                     await self._open(hop, max_length)
-                except P2PError:
+                except P2PError as exc:
+                    _end_on_refusal(exc, hop)
                     hop.tried.add(hop.holder.node_id)
                     await self._replace(hop, max_length)
                     seen[i] = [hop.holder.node_id.hex()]
@@ -236,16 +259,40 @@ class RemoteGenerator:
                     break
                 tokens = torch.tensor([[token]], dtype=torch.long)
         finally:
-            await self._close_all(hops)
-        return RemoteGeneration(out, seen, replacements, first_token_s, time.monotonic() - started)
+            paid = await self._close_all(hops)
+        return RemoteGeneration(out, seen, replacements, first_token_s, time.monotonic() - started, paid,
+                                tuple(h.quote.price_per_token if h.quote else 0 for h in hops))
 
-    async def _close_all(self, hops: list[_Hop]) -> None:
+    def _payment(self, hop: _Hop) -> bytes:
+        """The signed transfer of exactly price x tokens to the hop's holder (empty when free)."""
+        if hop.quote is None or hop.tokens == 0:
+            return b""
+        if self.economics is None or self._next_seq is None:
+            raise GenerationFailed("a holder charges for inference but this client has no ledger to pay from")
+        seq = max(self._next_seq(), self._seq_used + 1)
+        self._seq_used = seq
+        return charge_record(self.node.key, self.economics, hop.quote, hop.tokens, seq=seq,
+                             timestamp_ms=int(time.time() * 1000)).to_bytes()
+
+    async def _close_all(self, hops: list[_Hop]) -> int:
+        paid = 0
         for hop in hops:
             if not hop.session_id:
                 continue
-            with contextlib.suppress(P2PError):  # a dead holder forgets the session anyway; a live one expires it
-                await self.node.call_inference(hop.holder, INFERENCE_CLOSE, close_request(hop.session_id),
-                                               min(self.timeout_s, 5.0))
+            try:
+                reply = await self.node.call_inference(hop.holder, INFERENCE_CLOSE,
+                                                       close_request(hop.session_id, self._payment(hop)),
+                                                       min(self.timeout_s, 5.0))
+                paid += int(reply.paid)
+            except P2PError as exc:  # a dead holder forgets the session; a refused payment is logged
+                log.info("closing the session on %s: %s", hop.holder.node_id.hex()[:12], exc)
+        return paid
+
+
+def _end_on_refusal(exc: P2PError, hop: _Hop) -> None:
+    """A refusal another holder would repeat (our balance, our request) ends the generation, saying why."""
+    if isinstance(exc, PeerRejected) and exc.code in _REFUSALS_THAT_END:
+        raise GenerationFailed(f"the holder of layers {hop.layer_range} refused the session: {exc.reason}") from exc
 
 
 async def generate_via_trackers(trackers: list[str], arch: ModelArchitecture, prompt_ids: list[int],

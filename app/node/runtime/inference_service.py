@@ -10,7 +10,10 @@ keys and values of its own layers. What a stage holds is bounded:
 - a session idle for ``idle_timeout_s`` is forgotten (the client rebuilds it from its history);
 - a session belongs to the key that opened it: anyone else is answered NOT_FOUND;
 - a step must say how many positions the client believes are cached (``position``): a repeated
-  or skipped step is refused OUT_OF_RANGE instead of silently corrupting the cache.
+  or skipped step is refused OUT_OF_RANGE instead of silently corrupting the cache;
+- with a market (runtime/inference_market.py) Open quotes the price and checks the caller's
+  balance before any work, every step that ends an input is one token charged (a ``more`` piece
+  of a long prompt, exactly MAX_STEP_POSITIONS long, is not), and Close takes the payment.
 
 The compute runs on the stage's executor under its lock, so it never interleaves with an optimizer
 step; with inference mode off (``serving()`` false) every call is refused as busy, so the client
@@ -27,10 +30,12 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
+from app.node.economics.pricing import Quote
 from app.node.model.shard import ModelShard, ShardCache
 from app.node.p2p.errors import BUSY_PREFIX
 from app.node.p2p.protocol import pb2
 from app.node.p2p.services import INFERENCE_CLOSE, INFERENCE_OPEN, INFERENCE_STEP
+from app.node.runtime.inference_market import InferenceMarket
 from app.node.runtime.inference_protocol import (
     MAX_STEP_POSITIONS,
     check_common,
@@ -63,6 +68,9 @@ class _Session:
     position: int = 0
     positions_served: int = 0
     computing: bool = False
+    quote: Quote | None = None
+    payer: str = ""
+    tokens: int = 0  # steps that ended an input: one generated token each
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class InferenceService:
     serving: Callable[[], bool] = lambda: True
     clock: Callable[[], float] = time.monotonic
     on_served: Callable[[Served], None] | None = None
+    market: InferenceMarket | None = None
     _sessions: dict[bytes, _Session] = field(default_factory=dict)
     _stage_of_sessions: StageWorker | None = None
 
@@ -134,9 +143,15 @@ class InferenceService:
             raise refuse(f"no room for the session: {len(self._sessions)} of {self.limits.max_sessions} sessions "
                          f"open, {max(0, free)} bytes of cache free, {reserved} needed for {max_length} positions",
                          grpc.StatusCode.RESOURCE_EXHAUSTED)
-        self._sessions[session_id] = _Session(caller, max_length, reserved, self.clock(), shard.new_cache())
-        return pb2.InferenceOpenReply(max_length=max_length,
-                                      expires_after_ms=int(self.limits.idle_timeout_s * 1000))
+        session = _Session(caller, max_length, reserved, self.clock(), shard.new_cache())
+        reply = pb2.InferenceOpenReply(max_length=max_length, expires_after_ms=int(self.limits.idle_timeout_s * 1000))
+        if self.market is not None:
+            quote = self.market.quote(len(self._sessions) / self.limits.max_sessions, max_length)
+            session.payer, session.quote = self.market.admit(caller, quote), quote
+            reply.price_per_token, reply.quote_id = quote.price_per_token, quote.quote_id
+            reply.provider, reply.max_tokens = quote.provider, quote.max_tokens
+        self._sessions[session_id] = session
+        return reply
 
     def _session(self, caller: bytes, session_id: bytes) -> _Session:
         session = self._sessions.get(session_id)
@@ -159,6 +174,8 @@ class InferenceService:
             x = parse_tensor(request.input, request.data, dtype=torch.float32, shape=(1, None, arch.hidden),
                              what="input")
         positions = x.shape[1]
+        if request.more and positions != MAX_STEP_POSITIONS:
+            raise refuse(f"a piece marked 'more' carries exactly {MAX_STEP_POSITIONS} positions, not {positions}")
         if session.position + positions > session.max_length:
             raise refuse(f"{positions} positions from {session.position} exceed the session's length "
                          f"{session.max_length}", grpc.StatusCode.OUT_OF_RANGE)
@@ -178,6 +195,7 @@ class InferenceService:
             raise refuse("the session was closed while it computed", grpc.StatusCode.NOT_FOUND)
         session.position += positions
         session.positions_served += positions
+        session.tokens += 0 if request.more else 1
         session.last_used = self.clock()
         if self.on_served is not None:
             first, last = shard.layer_range
@@ -191,12 +209,17 @@ class InferenceService:
         if session is None or session.owner != caller:
             return pb2.InferenceCloseReply(closed=False)
         del self._sessions[session_id]
-        return pb2.InferenceCloseReply(closed=True)
+        paid = 0
+        if self.market is not None and session.quote is not None:
+            paid = self.market.settle(session.payer, session.quote, session.tokens, bytes(request.payment))
+        return pb2.InferenceCloseReply(closed=True, tokens=session.tokens, paid=paid)
 
     def _expire(self) -> None:
         horizon = self.clock() - self.limits.idle_timeout_s
         for session_id in [k for k, s in self._sessions.items() if s.last_used < horizon]:
-            del self._sessions[session_id]
+            session = self._sessions.pop(session_id)
+            if self.market is not None and session.tokens:
+                self.market.owes(session.payer)  # served and never paid
 
 
 def _forward(stage: StageWorker, cache: ShardCache, x: torch.Tensor) -> torch.Tensor:

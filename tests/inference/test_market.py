@@ -1,0 +1,96 @@
+"""The inference market: a quote locked at Open, balance checked before any work, payment of
+exactly price x tokens at Close through signed ledger records."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from app.crypto.keys import PrivateKey
+from app.node.economics.constants import from_settings
+from app.node.economics.genesis import genesis_record
+from app.node.economics.ledger import Ledger
+from app.node.economics.pricing import price_per_token
+from app.node.runtime.devnet_funding import DEVNET_GENESIS, GRANT, devnet_genesis_settings
+from app.node.runtime.inference_client import GenerationFailed, RemoteGenerator
+from app.node.runtime.inference_market import InferenceMarket
+from app.node.runtime.inference_service import InferenceService
+from app.node.training.config import TrainingConfig
+from app.node.training.stage import StageWorker
+from tests.inference.helpers import ARCH, PROMPT, RANGES, genesis_stage, reference_tokens
+from tests.inference.test_sessions import network
+from tests.p2p.helpers import run
+
+CONFIG = from_settings(devnet_genesis_settings())
+MS_PER_LAYER = (20.0, 80.0, 300.0)  # each provider measured another speed: three prices
+
+
+def _markets(tmp_path: Path, funded: PrivateKey | None) -> tuple[list[InferenceService], list[Ledger], list[str]]:
+    now = int(time.time() * 1000)
+    services, ledgers, providers = [], [], []
+    for n, layer_range in enumerate(RANGES):
+        ledger = Ledger(tmp_path / f"provider{n}", CONFIG)
+        if funded is not None:
+            assert ledger.submit(genesis_record(DEVNET_GENESIS, CONFIG, {funded.address: GRANT}, now).to_bytes(),
+                                 now + 1).accepted
+        provider = PrivateKey.generate().address
+        stage = StageWorker(genesis_stage(layer_range), TrainingConfig())
+        market = InferenceMarket(ledger, CONFIG, provider, ms_per_layer=lambda ms=MS_PER_LAYER[n]: ms)
+        services.append(InferenceService(lambda s=stage: s, market=market))
+        ledgers.append(ledger)
+        providers.append(provider)
+    return services, ledgers, providers
+
+
+def test_ledger_balances_move_by_exactly_price_times_tokens(tmp_path: Path) -> None:
+    client_key = PrivateKey.generate()
+    services, ledgers, providers = _markets(tmp_path, client_key)
+    tokens = 5
+
+    async def scenario() -> tuple[list[int], int, list[int]]:
+        async with network(services, client_key=client_key) as (client, _nodes, _services):
+            generator = RemoteGenerator(client, ARCH, economics=CONFIG,
+                                        next_seq=lambda: ledgers[0].next_seq(client_key.address))
+            result = await generator.generate(PROMPT, tokens, temperature=0)
+            assert result.tokens == reference_tokens(tokens)
+            return result.tokens, result.paid, list(result.prices)
+
+    try:
+        _, paid, prices = run(scenario(), timeout=120)
+        # each price is seed 001's formula for what that provider measured, at its utilisation
+        assert prices == [price_per_token(CONFIG, utilisation=0.0, ms_per_layer=ms, accepted_proofs=0, slashes=0)
+                          for ms in MS_PER_LAYER]
+        assert len(set(prices)) == 3
+        assert paid == sum(p * tokens for p in prices)
+        # gossip: every ledger sees every payment record; balances then agree everywhere
+        records = [raw for ledger in ledgers for raw in ledger.records_since(0)[0]]
+        for ledger in ledgers:
+            ledger.submit_many(records)
+        for ledger in ledgers:
+            for provider, price in zip(providers, prices, strict=True):
+                assert ledger.balance(provider).available == price * tokens
+            fees = len(RANGES) * CONFIG.min_transfer_fee
+            assert ledger.balance(client_key.address).available == GRANT - paid - fees
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
+def test_insufficient_balance_is_refused_before_any_work_with_the_price(tmp_path: Path) -> None:
+    services, ledgers, _ = _markets(tmp_path, None)  # nobody funded the client
+
+    async def scenario() -> None:
+        async with network(services) as (client, _nodes, _services):
+            with pytest.raises(GenerationFailed, match=r"insufficient balance: the price is \d+ micro-NEURO per token"):
+                await RemoteGenerator(client, ARCH, economics=CONFIG, next_seq=lambda: 1).generate(
+                    PROMPT, 5, temperature=0)
+
+    try:
+        run(scenario(), timeout=120)
+        assert all(s.sessions == 0 for s in services)
+        assert all(ledger.records_since(0)[0] == [] for ledger in ledgers)  # nothing was paid or charged
+    finally:
+        for ledger in ledgers:
+            ledger.close()
