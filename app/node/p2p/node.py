@@ -266,8 +266,8 @@ class P2PNode:
                                 on_silence: Callable[[], None] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         if kind in ("commit", "finish"):  # small typed unary calls; ``meta`` is the request
             path = services.COMMIT if kind == "commit" else services.FINISH
-            reply = await services.call_stage_control(self.client, self.key, Route.of(peer), path, meta, timeout,
-                                                      recipient=await self.recipient(peer))
+            reply = await services.call_signed(self.client, self.key, Route.of(peer), path, meta, timeout,
+                                              recipient=await self.recipient(peer))
             return reply, {}
         if kind not in ("forward", "backward"):
             raise ValueError(f"stage kind must be forward, backward, commit or finish, not {kind!r}")

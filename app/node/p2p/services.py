@@ -114,13 +114,6 @@ def _stage_control(path: str, kind: str, handlers: Handlers, replay: ReplayGuard
     return control
 
 
-async def call_stage_control(client: PeerClient, key: Any, route: Route, path: str, request: Any,
-                             timeout: float, *, recipient: bytes) -> Any:
-    """Send a Commit or Finish request signed for ``recipient``; returns the typed reply."""
-    sign_message(key, path, request, recipient)
-    return await client.unary(route, path, request, timeout)
-
-
 def _gossip_handler(handlers: Handlers, replay: ReplayGuard, config: P2PConfig) -> Callable[..., Any]:
     async def gossip(request: Any, info: CallInfo) -> Any:
         check_version(request)
