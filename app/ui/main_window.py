@@ -21,6 +21,7 @@ from app.ui.pages.logs import LogsPage
 from app.ui.pages.network import NetworkPage
 from app.ui.pages.settings import SettingsPage
 from app.ui.pages.wallet import WalletPage
+from app.ui.tasks import run_background
 from app.ui.ui_settings import UiSettings
 from app.ui.wallet_session import WalletSession
 from app.ui.widgets.message_bar import MessageBar
@@ -47,7 +48,7 @@ class MainWindow(QMainWindow):
         self.tray_available = False  # set by the app once the tray is shown
         self.start_failure: StartFailureDialog | None = None  # the last "could not start" dialog
         self.session = WalletSession(bridge, ui.wallet_lock_minutes, self)
-        self.history = WorkHistory(config.data_dir)
+        self.history = WorkHistory(config.data_dir, background=run_background)
         bridge.step.connect(self.history.on_step)
         bridge.proof.connect(self.history.on_proof)
         self.dashboard = DashboardPage(bridge, training_schedule(config.training), self.history)

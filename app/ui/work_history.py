@@ -4,7 +4,8 @@
 the window counted: training steps, tokens and accepted proofs, since the date it started
 counting. The node's step numbers continue across restarts (a checkpoint restores them), so
 loaded points and new ones form one curve. Written atomically every ``FLUSH_S`` and when the
-window closes; a damaged file is set aside and counting starts again (the ledger stays the
+window closes (the periodic writes on a worker thread when one is given: an fsync must not stall
+the GUI thread); a damaged file is set aside and counting starts again (the ledger stays the
 record of what was earned).
 """
 
@@ -15,6 +16,7 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,9 @@ class Totals:
 
 
 class WorkHistory:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, background: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.path = Path(data_dir) / HISTORY_FILE
+        self._background = background
         self.points: deque[tuple[int, float, float]] = deque(maxlen=MAX_POINTS)
         self._since = time.time()
         self._steps = self._tokens = self._proofs = 0
@@ -85,15 +88,24 @@ class WorkHistory:
     def _changed(self) -> None:
         self._dirty = True
         if time.monotonic() - self._flushed_at >= FLUSH_S:
-            self.flush()
+            self.flush(in_background=self._background is not None)
 
-    def flush(self) -> None:
-        """Write the file now if anything changed (a full disk loses only what it could not write)."""
+    def flush(self, in_background: bool = False) -> None:
+        """Write the file if anything changed, now or (``in_background``) on the worker; a full
+        disk loses only what it could not write."""
         if not self._dirty:
             return
         doc: dict[str, Any] = {"since": self._since, "steps": self._steps, "tokens": self._tokens,
                                "proofs": self._proofs, "points": [list(p) for p in self.points]}
-        with contextlib.suppress(OSError):
-            atomic_write_bytes(self.path, json.dumps(doc).encode())
-            self._dirty = False
+        data, path = json.dumps(doc).encode(), self.path
+        self._dirty = False
         self._flushed_at = time.monotonic()
+
+        def write() -> None:
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(path, data)
+
+        if in_background and self._background is not None:
+            self._background(write)
+        else:
+            write()
