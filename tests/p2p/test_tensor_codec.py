@@ -95,3 +95,14 @@ def test_pre_encoded_data_chunk_is_wire_identical_to_protobuf():
     header = pb2.TensorChunk(header=pb2.StreamHeader(kind="forward")).SerializeToString()
     assert parser(pb2.TensorChunk)(header).WhichOneof("part") == "header"
     assert parser(pb2.TensorChunk)(encode_data(b"ab") + b"\x18\x01").WhichOneof("part") == "keepalive"
+
+
+def test_snapshot_buffers_do_not_change_when_the_tensor_does():
+    from app.node.p2p.tensor_codec import build_header
+
+    weights = torch.zeros(1024)
+    _, live = build_header("weights", {}, {"w": weights})
+    _, frozen = build_header("weights", {}, {"w": weights}, snapshot=True)
+    weights.add_(1.0)  # training moves on while the stream is being sent
+    assert bytes(live[0]) == torch.ones(1024).numpy().tobytes()  # a view: would tear
+    assert bytes(frozen[0]) == torch.zeros(1024).numpy().tobytes()

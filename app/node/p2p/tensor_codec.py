@@ -66,8 +66,10 @@ class Limits:
     max_meta_bytes: int = 64 * 1024
 
 
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+def _raw_bytes(tensor: torch.Tensor, snapshot: bool = False) -> memoryview:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if snapshot and flat.data_ptr() == tensor.data_ptr():
+        flat = flat.clone()  # still the caller's memory: copy it now, once, so later writes do not tear it
     if sys.byteorder != "little" and flat.element_size() > 1:  # pragma: no cover - big-endian hosts
         flat = flat.view(torch.uint8).reshape(-1, flat.element_size()).flip(1).reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
@@ -82,16 +84,19 @@ def trailer_bytes(header_signature: bytes, digest: bytes) -> bytes:
 
 
 def build_header(kind: str, meta: Mapping[str, Any] | Any, tensors: Mapping[str, torch.Tensor],
-                 compression: str = "", digest: bool = True) -> tuple[Any, list[memoryview]]:
+                 compression: str = "", digest: bool = True, snapshot: bool = False,
+                 ) -> tuple[Any, list[memoryview]]:
     """Header (without auth) and the raw buffers of ``tensors`` in order; ``digest=False`` leaves
     ``payload_sha256`` empty (direct TLS streams and relayed ones with a trailer). ``meta`` is a
-    JSON object, or a typed stage-protocol message (placed in the header's ``call``)."""
+    JSON object, or a typed stage-protocol message (placed in the header's ``call``). The
+    buffers are views of the tensors' memory unless ``snapshot``: then each is copied first, for
+    tensors training may update while the stream is sent (live weights, DiLoCo deltas)."""
     specs, buffers = [], []
     for name, tensor in tensors.items():
         if tensor.dtype not in _NAMES:
             raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}; allowed: {sorted(DTYPES)}")
         specs.append(pb2.TensorSpec(name=name, dtype=_NAMES[tensor.dtype], shape=list(tensor.shape)))
-        buffers.append(_raw_bytes(tensor))
+        buffers.append(_raw_bytes(tensor, snapshot))
     payload_sha256 = b""
     if digest:
         hasher = hashlib.sha256()

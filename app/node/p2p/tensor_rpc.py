@@ -50,11 +50,17 @@ def limits_of(config: P2PConfig) -> Limits:
     return Limits(config.max_tensor_elements, config.max_stream_bytes, config.max_meta_bytes)
 
 
-async def _encode(kind: str, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> tuple[Any, list]:
+_SNAPSHOT_KINDS = frozenset({"sync", "weights"})
+"""Streams of live state (weights, DiLoCo deltas) are copied before sending: their tensors may be
+updated by training while the chunks leave. Activations and gradients are fresh per micro-batch."""
+
+
+async def _encode(kind: str, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                  snapshot: bool = False) -> tuple[Any, list]:
     """Header without payload digest (TLS protects direct streams) and the raw buffers."""
     if sum(t.numel() * t.element_size() for t in tensors.values()) > _OFFLOAD_BYTES:
-        return await asyncio.to_thread(build_header, kind, meta, tensors, "", False)
-    return build_header(kind, meta, tensors, digest=False)
+        return await asyncio.to_thread(build_header, kind, meta, tensors, "", False, snapshot)
+    return build_header(kind, meta, tensors, digest=False, snapshot=snapshot)
 
 
 def _hash_all(buffers: list[memoryview]) -> bytes:
@@ -166,7 +172,7 @@ async def _serve(caller: bytes, header: Any, requests: AsyncIterator[Any], callb
         else:
             yield item
     out_meta, out_tensors = result
-    out_header, buffers = await _encode("result", out_meta, out_tensors)
+    out_header, buffers = await _encode("result", out_meta, out_tensors, header.kind in _SNAPSHOT_KINDS)
     yield pb2.TensorChunk(header=out_header)
     for chunk in data_chunks(buffers, config.chunk_bytes):
         if bandwidth is not None and bandwidth.upload.reserve(len(chunk)) > 0:
@@ -233,7 +239,7 @@ async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | s
     chunk arrived for ``config.failover_timeout_s``; the call itself keeps waiting until
     ``timeout`` so a hedging caller can take whichever answer comes first. ``bandwidth`` paces
     the chunks sent and read (the volunteer's caps)."""
-    header, buffers = await _encode(kind, meta, tensors)
+    header, buffers = await _encode(kind, meta, tensors, kind in _SNAPSHOT_KINDS)
     sign_message(key, path, header, recipient)
 
     def requests() -> Any:
