@@ -138,6 +138,8 @@ class Devnet:
     restarted: list[str] = field(default_factory=list)
     _tracker: str = ""
     _training: dict[str, Any] = field(default_factory=dict)
+    _economics: dict[str, Any] = field(default_factory=dict)
+    _client_key: Any = None
     training_overrides: dict[str, Any] = field(default_factory=dict)
     verify_nodes: int = 0  # the last N pipeline nodes also run mode "verify", staked at genesis
     lazy_nodes: int = 0  # the first N nodes are lazy: they claim a made-up step per real one
@@ -191,6 +193,13 @@ class Devnet:
 
             economics = {**devnet_genesis_settings(), **self.economics_overrides}
             fund_verifiers([dirs[i] for i in verifiers], dirs, economics, int(time.time() * 1000))
+        elif self.generate is not None:  # a funded client pays for the tokens it generates at the end
+            from app.node.runtime.devnet_funding import devnet_genesis_settings
+            from app.node.runtime.inference_check import fund_inference_client
+
+            economics = {**devnet_genesis_settings(), **self.economics_overrides}
+            self._client_key = fund_inference_client(dirs, economics, int(time.time() * 1000))
+        self._economics = economics
         for i, d in enumerate(dirs):
             # Modes are explicit: a loaded laptop may measure T5, which would otherwise send every
             # devnet node to async mode and leave no pipeline to train.
@@ -260,9 +269,12 @@ class Devnet:
 
         arch = TrainingConfig.from_dict(self._training).architecture()
         config = P2PConfig(use_upnp=False, **DEVNET_P2P)
+        from app.node.economics.constants import from_settings
+
         try:
-            self.generation = asyncio.run(generate_and_compare([self._tracker], arch, str(self.generate),
-                                                               self.generate_tokens, config=config))
+            self.generation = asyncio.run(generate_and_compare(
+                [self._tracker], arch, str(self.generate), self.generate_tokens, config=config,
+                key=self._client_key, economics=from_settings(self._economics)))
         except GenerationFailed as exc:
             self.generation = {"prompt": self.generate, "error": str(exc)}
 

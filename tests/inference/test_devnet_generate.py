@@ -14,4 +14,7 @@ def test_devnet_generates_through_the_network_after_training() -> None:
     assert generated["equals_in_process"] is True
     assert len(generated["holders"]) >= 2  # a chain of stages, not one node holding everything
     assert generated["tokens_per_s"] > 0
+    # the funded client paid every stage its locked price for each of the 6 tokens
+    assert all(price > 0 for price in generated["prices_per_token"])
+    assert generated["price_paid"] == 6 * sum(generated["prices_per_token"])
     assert all(code == 0 for code in summary["exit_codes"].values())

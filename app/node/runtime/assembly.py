@@ -32,6 +32,7 @@ from app.node.runtime.async_service import AsyncService
 from app.node.runtime.data_service import DataService
 from app.node.runtime.economy_link import EconomyLink
 from app.node.runtime.heal_service import HealService
+from app.node.runtime.inference_market import InferenceMarket
 from app.node.runtime.mode_service import ModeService, free_disk_bytes
 from app.node.runtime.network import NetworkService, load_identity
 from app.node.runtime.p2p_transport import P2PStageTransport
@@ -177,7 +178,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                      offer=(capacity.tier, capacity.layers_fit), hooks=StageHooks(on_commit, after_commit, base.economy.on_forward),
                      memory_budget=capacity.memory, base_arch=base.genesis_arch,
                      held_out=_held_out_batches(data, t, base.architecture()),
-                     serves_inference=lambda: "inference" in capacity.modes.active)
+                     serves_inference=lambda: "inference" in capacity.modes.active,
+                     market=_inference_market(base))
     await host.start(resume, lost)
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),
@@ -216,6 +218,17 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         heal.start()
         upgrades.start()
     return PipelineJob(host, trainer, driver, quorums, heal, upgrades if not net.solo else None)
+
+
+def _inference_market(base: NodeBase) -> InferenceMarket | None:
+    """Quotes and payments for the sessions this node serves, on its ledger (none without one:
+    rewards are off, so sessions are served for free)."""
+    economy = base.economy.service
+    if economy is None:
+        return None
+    hardware = base.ctx.hardware
+    return InferenceMarket(economy.ledger, economy.config, economy.key.address,
+                           ms_per_layer=lambda: hardware.ms_per_layer)
 
 
 def _resume_point(base: NodeBase) -> tuple[ResumePoint | None, CheckpointsUnusable | None]:
