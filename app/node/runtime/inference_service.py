@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -56,6 +56,40 @@ class InferenceLimits:
     max_sessions: int = 16
     cache_bytes: int = 256 * 1024 * 1024
     idle_timeout_s: float = 120.0
+    compute_share: float = 0.5
+    """Most of this node's compute time inference may take: the rest stays with training."""
+    share_window_s: float = 10.0
+    """The share is kept over any window this long (a burst may use one window's budget)."""
+    max_wait_s: float = 5.0
+    """A step waits at most this long for budget, then is refused as busy (the client fails over)."""
+
+
+class ComputeShare:
+    """A token bucket of compute seconds: it fills at ``share`` seconds per second of wall time, up
+    to ``share x window``; each step's compute time is taken out after it ran. So over any long
+    stretch inference computes at most ``share`` of the time, whatever the requests do."""
+
+    def __init__(self, share: float, window_s: float, clock: Callable[[], float]) -> None:
+        if not 0.0 < share <= 1.0 or window_s <= 0:
+            raise ValueError("compute_share must be in (0, 1] and share_window_s positive")
+        self.share, self.capacity, self._clock = share, share * window_s, clock
+        self._level, self._at = self.capacity, clock()
+
+    def available(self) -> float:
+        """Compute seconds in the bucket now (negative after a long step: wait before the next)."""
+        now = self._clock()
+        self._level = min(self.capacity, self._level + (now - self._at) * self.share)
+        self._at = now
+        return self._level
+
+    def wait_s(self) -> float:
+        """Wall seconds until the bucket is positive again (0 when a step may run now)."""
+        level = self.available()
+        return 0.0 if level > 0 else -level / self.share + 1e-3
+
+    def spend(self, seconds: float) -> None:
+        self.available()
+        self._level -= max(0.0, seconds)
 
 
 @dataclass
@@ -98,8 +132,14 @@ class InferenceService:
     clock: Callable[[], float] = time.monotonic
     on_served: Callable[[Served], None] | None = None
     market: InferenceMarket | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _sessions: dict[bytes, _Session] = field(default_factory=dict)
     _stage_of_sessions: StageWorker | None = None
+    compute: ComputeShare | None = None
+    """The compute budget inference draws on (built from ``limits``)."""
+
+    def __post_init__(self) -> None:
+        self.compute = ComputeShare(self.limits.compute_share, self.limits.share_window_s, self.clock)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -185,7 +225,11 @@ class InferenceService:
         session.last_used, session.computing = self.clock(), True
         loop = asyncio.get_running_loop()
         try:
+            await self._wait_for_budget()
+            began = self.clock()
             out = await loop.run_in_executor(stage.executor, _forward, stage, session.cache, x)
+            assert self.compute is not None
+            self.compute.spend(self.clock() - began)
         except (RuntimeError, ValueError) as exc:  # a half-extended cache is worthless: drop the session
             self._sessions.pop(bytes(request.session_id), None)
             raise refuse(f"the step failed ({str(exc)[:200]}); the session is closed", grpc.StatusCode.ABORTED) from exc
@@ -202,6 +246,16 @@ class InferenceService:
             self.on_served(Served(caller, positions, last - first))
         spec, data = tensor_fields(out[:, -1] if shard.with_head else out)
         return pb2.InferenceStepReply(position=session.position, output=spec, data=data)
+
+    async def _wait_for_budget(self) -> None:
+        """Inference has used its share of compute: wait for budget, or refuse as busy."""
+        assert self.compute is not None
+        wait = self.compute.wait_s()
+        if wait > self.limits.max_wait_s:
+            raise refuse(BUSY_PREFIX + f"inference used its {self.limits.compute_share:.0%} share of this node's "
+                         "compute; try another holder", grpc.StatusCode.UNAVAILABLE)
+        if wait > 0:
+            await self.sleep(wait)
 
     def _close(self, caller: bytes, request: pb2.InferenceCloseRequest) -> pb2.InferenceCloseReply:
         session_id = check_common(request)
