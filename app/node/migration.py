@@ -459,6 +459,13 @@ def recover(data_dir: Path) -> str | None:
             f"this node is back on its previous version with its checkpoints restored from {backup}")
 
 
+def adopted_nodes(data_dir: Path) -> int:
+    """The node count at which this node's architecture was decided (its upgrade record's; 1 for
+    genesis): the layer pool counts the next recalculation from there."""
+    path = Path(data_dir) / MIGRATION_DIR / ADOPTED_FILE
+    return parse_upgrade(path.read_bytes()).nodes if path.exists() else 1
+
+
 def adopted_architecture(data_dir: Path, configured: ModelArchitecture) -> ModelArchitecture:
     """The architecture this node migrated to, or ``configured`` when it never migrated. The
     vocabulary stays the configured one: the vocabulary service applies the voted size on top."""

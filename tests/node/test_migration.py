@@ -24,7 +24,15 @@ from app.node.data.loader import BatchLoader
 from app.node.engine import NodeEngine
 from app.node.events import ErrorOccurred, Event, LayersAssigned, StepDone
 from app.node.headless import run_headless
-from app.node.migration import MIGRATION_DIR, MigrationError, apply, dry_run, recover, save_pending
+from app.node.migration import (
+    MIGRATION_DIR,
+    MigrationError,
+    adopted_nodes,
+    apply,
+    dry_run,
+    recover,
+    save_pending,
+)
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import load_checkpoint
 from app.node.model.shard import ModelShard, lm_loss
@@ -125,6 +133,7 @@ def test_apply_keeps_held_out_loss_and_the_node_resumes_on_the_new_version(train
     assert version == 2
     assert abs(loss_after - loss_before) <= 1e-4 * loss_before
     assert (data_dir / "ledger.sqlite").exists()  # the ledger is kept by default
+    assert adopted_nodes(data_dir) == 51  # the next recalculation counts from the record's 51 nodes
     assert (Path(result["backup_dir"]) / "checkpoints" / "stage.safetensors").exists()
     events = _run_node(data_dir, 2)  # the node starts on the grown model and goes on training
     (layers,) = [e for e in events if isinstance(e, LayersAssigned)]

@@ -128,3 +128,21 @@ def test_node_impact_counts_the_inserted_blocks_on_the_shard_that_holds_the_inse
     assert whole.parameters_after == plan.target.param_count() and not whole.fits
     assert node_impact(plan, (0, TINY.layers), with_embedding=True, with_head=True,
                        memory_budget_bytes=8 * GIB).fits
+
+
+def test_shards_grown_one_by_one_compose_to_the_same_function() -> None:
+    from app.node.migration import grow_shard
+
+    plan = plan_upgrade(TINY, TINY.with_changes(hidden=128, heads=8, kv_heads=4, ffn=512, layers=6))
+    assert plan is not None
+    torch.manual_seed(0)
+    whole = ModelShard(TINY, 0, TINY.layers, with_embedding=True, with_head=True).eval()
+    first = ModelShard(TINY, 0, 2, with_embedding=True, with_head=False)
+    second = ModelShard(TINY, 2, TINY.layers, with_embedding=False, with_head=True)
+    first.load_state_dict({k: v for k, v in whole.state_dict().items() if k in first.state_dict()})
+    second.load_state_dict({k: v for k, v in whole.state_dict().items() if k in second.state_dict()})
+    grown = [grow_shard(first, plan).eval(), grow_shard(second, plan).eval()]
+    assert [g.layer_range for g in grown] == [(0, 2), (2, plan.target.layers)]  # the second holds layer 2
+    tokens = torch.randint(0, TINY.vocab, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(grown[1](grown[0](tokens)), whole(tokens), rtol=1e-4, atol=1e-5)

@@ -24,7 +24,7 @@ from app.node.data.loader import BatchLoader
 from app.node.data.manifest import DataError
 from app.node.events import CheckpointSetAside, ErrorOccurred, LayersAssigned
 from app.node.hardware import layers_that_fit, measure_ms_per_layer, memory_budget_bytes, tier_for_ms
-from app.node.migration import adopted_architecture
+from app.node.migration import adopted_architecture, adopted_nodes
 from app.node.migration import recover as recover_migration
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import CheckpointError, CheckpointsUnusable
@@ -156,7 +156,7 @@ def _held_out_batches(data: DataService, t: TrainingConfig, arch: ModelArchitect
 async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -> PipelineJob:
     ctx, net, t = base.ctx, base.net, base.training
     resume, lost = _resume_point(base)
-    planner = Planner(net, base.architecture(), t, base.activity)
+    planner = Planner(net, base.architecture(), t, base.activity, version_nodes=adopted_nodes(ctx.config.data_dir))
     log.info("network up as %s; planning layers", net.node_id[:12])
     me = NodeOffer(net.node_id, capacity.layers_fit, capacity.memory, capacity.tier)
     assignment = _assignment_from(resume, net.node_id) if resume else await planner.assign(me)
