@@ -206,3 +206,16 @@ def test_a_server_with_automatic_migration_migrates_by_itself(trained: Path, tmp
     assert [e["architecture_version"] for e in events if e["event"] == "layers"] == [1, 2]
     assert [e["phase"] for e in events if e["event"] == "migration"][-1] == "done"
     assert _held_out_loss(data_dir)[0] == 2
+
+
+def test_reset_instead_adopts_the_new_version_with_fresh_weights_and_keeps_the_old_ones(
+        trained: Path, tmp_path: Path) -> None:
+    data_dir = _copy(trained, tmp_path)
+    before = _digests(data_dir)
+    result = apply(data_dir, fresh=True)
+    assert result.fresh and result.version_after == 2 and result.loss_before is None
+    assert not checkpoint_path(data_dir).exists()
+    assert _digests(result.backup_dir) == before  # what was learned is kept in the backup
+    events = _run_node(data_dir, 1)
+    (layers,) = [e for e in events if isinstance(e, LayersAssigned)]
+    assert layers.architecture_version == 2 and layers.parameters == PLAN.target.param_count()
