@@ -94,3 +94,35 @@ def test_insufficient_balance_is_refused_before_any_work_with_the_price(tmp_path
     finally:
         for ledger in ledgers:
             ledger.close()
+
+
+def test_inference_served_becomes_an_accepted_inference_proof(tmp_path: Path) -> None:
+    """Serving nodes earn inference proofs (tokens served per layer held), checked by the ledger's
+    PoNW rules like any other proof."""
+    from app.node.config import NodeConfig
+    from app.node.events import ProofAccepted
+    from app.node.runtime.economy import EconomyService
+    from app.wallet.keystore import Keystore
+
+    class Clock:
+        now = 1_800_000_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock, events = Clock(), []
+    keystore = Keystore(tmp_path / "server", use_keyring=False, scrypt_n=2**10)
+    key = keystore.create("pw for tests")
+    economy = EconomyService(key, NodeConfig(data_dir=tmp_path / "server", economics={"preset": "devnet"}),
+                             events.append, "T3", keystore=keystore, clock=clock)
+    try:
+        for _ in range(6):
+            clock.now += 0.01
+            economy.on_inference(1, 2)  # one generated token through 2 layers held
+        economy.on_inference(0, 2)  # a piece of a long prompt: no token, nothing claimed
+        clock.now += 1.0  # the devnet epoch ended
+        assert sorted(economy.close_epoch()) == ["inference", "uptime"]
+        proof = next(e for e in events if isinstance(e, ProofAccepted) and e.proof_kind == "inference")
+        assert proof.reward_units > 0
+    finally:
+        economy.close()

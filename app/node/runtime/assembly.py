@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from app.node.data.loader import BatchLoader
 from app.node.data.manifest import DataError
@@ -33,6 +33,7 @@ from app.node.runtime.data_service import DataService
 from app.node.runtime.economy_link import EconomyLink
 from app.node.runtime.heal_service import HealService
 from app.node.runtime.inference_market import InferenceMarket
+from app.node.runtime.inference_service import Served
 from app.node.runtime.mode_service import ModeService, free_disk_bytes
 from app.node.runtime.network import NetworkService, load_identity
 from app.node.runtime.p2p_transport import P2PStageTransport
@@ -179,7 +180,7 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                      memory_budget=capacity.memory, base_arch=base.genesis_arch,
                      held_out=_held_out_batches(data, t, base.architecture()),
                      serves_inference=lambda: "inference" in capacity.modes.active,
-                     market=_inference_market(base))
+                     market=_inference_market(base), on_served=_inference_proofs(base))
     await host.start(resume, lost)
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),
@@ -229,6 +230,14 @@ def _inference_market(base: NodeBase) -> InferenceMarket | None:
     hardware = base.ctx.hardware
     return InferenceMarket(economy.ledger, economy.config, economy.key.address,
                            ms_per_layer=lambda: hardware.ms_per_layer)
+
+
+def _inference_proofs(base: NodeBase) -> Callable[[Served], None] | None:
+    """Session steps served become the economy's inference proofs (tokens per layer held)."""
+    economy = base.economy.service
+    if economy is None:
+        return None
+    return lambda served: economy.on_inference(served.tokens, served.layers)
 
 
 def _resume_point(base: NodeBase) -> tuple[ResumePoint | None, CheckpointsUnusable | None]:

@@ -95,6 +95,32 @@ class _EpochWork:
         self.steps.append(int(step.step))
 
 
+@dataclass
+class _InferenceWork:
+    """Inference steps served in one epoch (runtime/inference_service.py): generated tokens, the
+    steps that carried them, the most layers held, their span and cheapest cost per layer-step."""
+
+    tokens: int = 0
+    steps: int = 0
+    layers: int = 0
+    start_ms: int = 0
+    end_ms: int = 0
+    layer_us: int = 0
+
+    def add(self, tokens: int, layers: int, start_ms: int, end_ms: int) -> None:
+        layers = max(1, layers)
+        if not self.steps:
+            self.start_ms = start_ms
+        self.end_ms = end_ms
+        self.tokens += tokens
+        self.steps += 1
+        self.layers = max(self.layers, layers)
+        # rounded down, so steps x layers x layer_us never exceeds the spans: the proof's bound
+        # (ponw.check_work: INFERENCE_TOKENS_PER_LAYER_STEP tokens per layer-step) then holds
+        cost_us = (end_ms - start_ms) * 1000 // layers
+        self.layer_us = cost_us if not self.layer_us else min(self.layer_us, cost_us)
+
+
 def _hash32(text: str) -> bytes:
     """Weight hashes arrive as hex of any length; proofs carry exactly 32 bytes."""
     try:
@@ -130,6 +156,7 @@ class EconomyService:
         self._tier = int(tier.lstrip("T")) if tier[1:].isdigit() else 5
         self._clock = clock
         self._work: dict[int, _EpochWork] = {}  # epoch -> work credited to it
+        self._inference: dict[int, _InferenceWork] = {}  # epoch -> inference served in it
         self._work_lock = threading.Lock()
         self._started_ms = int(clock() * 1000)
         self._work_mark_ms = self._started_ms  # when the last credited step ended
@@ -175,6 +202,30 @@ class EconomyService:
             claimed = max(1, len(samples))  # a lazy node claims its phantom steps as work too
             self._work.setdefault(epoch, _EpochWork()).add(step, start_ms, now_ms, samples, claimed)
 
+    def on_inference(self, tokens: int, layers: int) -> None:
+        """Inference work: one session step served (any thread), ``tokens`` generated tokens
+        through the ``layers`` this node holds. Credited like a training step: to the epoch it
+        finished in, its span starting where the last credited work ended (never overlapping it)."""
+        if tokens <= 0:
+            return
+        now_ms = int(self._clock() * 1000)
+        epoch = self._epoch_of(now_ms)
+        with self._work_lock:
+            start_ms = max(self._work_mark_ms, (epoch - self.config.max_work_span_epochs) * self.config.epoch_ms)
+            if now_ms <= start_ms:
+                now_ms = start_ms + 1
+                if self._epoch_of(now_ms) != epoch:
+                    return
+            self._work_mark_ms = now_ms
+            self._inference.setdefault(epoch, _InferenceWork()).add(tokens, layers, start_ms, now_ms)
+
+    def _take_inference(self, before_epoch: int) -> dict[int, _InferenceWork]:
+        with self._work_lock:
+            done = {epoch: work for epoch, work in self._inference.items() if epoch < before_epoch}
+            for epoch in done:
+                del self._inference[epoch]
+            return done
+
     def _take_work(self, before_epoch: int) -> dict[int, _EpochWork]:
         """Removes and returns the work of every epoch that has ended before ``before_epoch``."""
         with self._work_lock:
@@ -211,6 +262,11 @@ class EconomyService:
                                   work_root=self.steps.root(work.samples))
             proofs.append((worked, "training", figures, _hash32(work.hash_before), _hash32(work.hash_after),
                            work.samples))
+        for worked, served in sorted(self._take_inference(current).items()):
+            if worked >= oldest_open:
+                proofs.append((worked, "inference", WorkFigures(
+                    tokens=served.tokens, batches=served.steps, layers=served.layers, role="worker", tier=self._tier,
+                    work_start_ms=served.start_ms, work_end_ms=served.end_ms, layer_us=served.layer_us), b"", b""))
         checks = self.ledger.checks_done(self.key.address, epoch) if self.verifier is not None else 0
         if checks:
             proofs.append((epoch, "verification", WorkFigures(samples=checks, tier=self._tier), b"", b""))

@@ -114,6 +114,8 @@ class Served:
     caller: bytes
     positions: int
     layers: int
+    tokens: int
+    """Generated tokens the step carried (1, or 0 for a 'more' piece of a long prompt)."""
 
 
 def cache_bytes_per_position(shard: ModelShard) -> int:
@@ -243,7 +245,7 @@ class InferenceService:
         session.last_used = self.clock()
         if self.on_served is not None:
             first, last = shard.layer_range
-            self.on_served(Served(caller, positions, last - first))
+            self.on_served(Served(caller, positions, last - first, 0 if request.more else 1))
         spec, data = tensor_fields(out[:, -1] if shard.with_head else out)
         return pb2.InferenceStepReply(position=session.position, output=spec, data=data)
 

@@ -28,7 +28,7 @@ from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import CheckpointsUnusable
 from app.node.model.shard import lm_loss
 from app.node.runtime.inference_market import InferenceMarket
-from app.node.runtime.inference_service import InferenceService
+from app.node.runtime.inference_service import InferenceService, Served
 from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import (
     SYNC_POSITION,
@@ -84,7 +84,8 @@ class StageHost:
                  base_arch: ModelArchitecture | None = None,
                  held_out: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
                  serves_inference: Callable[[], bool] = lambda: True,
-                 market: InferenceMarket | None = None) -> None:
+                 market: InferenceMarket | None = None,
+                 on_served: Callable[[Served], None] | None = None) -> None:
         """Build the stage of ``assignment`` (genesis weights; ``start`` fills and serves it).
         ``memory_budget``: bytes the model may take here (the speed plan's memory savers).
         ``base_arch``: the architecture before the vocabulary (the configured one, or the version
@@ -93,7 +94,8 @@ class StageHost:
         DiLoCo contribution on them before merging (training/scoring.py).
         ``serves_inference()``: whether the volunteer's inference mode is on (sessions are refused
         as busy while it is off, so clients take another holder); ``market``: its quotes and
-        payments (runtime/inference_market.py; None serves for free)."""
+        payments (runtime/inference_market.py; None serves for free); ``on_served``: each session
+        step served (the economy's inference proofs)."""
         self._ctx, self._net, self._vocab, self._training, self._activity = ctx, net, vocab, training, activity
         self._genesis_arch = base_arch or training.architecture()
         self._device, self._hooks, self._memory_budget = device, hooks, memory_budget
@@ -110,7 +112,7 @@ class StageHost:
         self.stage, self.sync = self._build(assignment)
         # the key/value caches of inference sessions through this stage (runtime/inference_service.py)
         self.inference = InferenceService(lambda: self.stage, serving=lambda: serves_inference() and not self._busy(),
-                                          market=market)
+                                          market=market, on_served=on_served)
 
     def _build(self, a: Assignment) -> tuple[StageWorker, StageSync]:
         arch, t = self.architecture(), self._training
