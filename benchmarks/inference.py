@@ -1,0 +1,148 @@
+"""Inference benchmark on loopback; prints one JSON object.
+
+A small model (8 layers x 256 hidden, max_seq 640) is split into 2 and into 4 stages, each served
+by its own P2P node (real gRPC + TLS, signed session calls, one process; the stages compute on
+this process's executor, so the figures show the protocol's cost, not parallel hardware). In the
+same run, in-process ``model.generation.generate`` of the same weights is the baseline:
+
+- ``tokens_per_s``: greedy generation through the network vs in process, with ``ratio``;
+- decode tokens/s at prompt lengths 16 and 512 (the KV cache should keep them within 1.5x), both
+  through the 4-stage network and in process;
+- time to first token (prompt sent, first token sampled), through the network and in process;
+- ``same_tokens``: whether the network's tokens equal the in-process ones.
+
+Field reference: Petals serves a 70B model at up to 6 tokens/s per session.
+
+    .venv/bin/python benchmarks/inference.py [--tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app.crypto.keys import PrivateKey  # noqa: E402
+from app.node.model.architecture import ModelArchitecture  # noqa: E402
+from app.node.model.generation import generate  # noqa: E402
+from app.node.model.shard import ModelShard  # noqa: E402
+from app.node.p2p.config import P2PConfig  # noqa: E402
+from app.node.p2p.node import P2PNode  # noqa: E402
+from app.node.p2p.records import LayerAnnouncement  # noqa: E402
+from app.node.p2p.tracker import Tracker  # noqa: E402
+from app.node.runtime.inference_client import RemoteGenerator  # noqa: E402
+from app.node.runtime.inference_service import InferenceService  # noqa: E402
+from app.node.training.config import TrainingConfig  # noqa: E402
+from app.node.training.stage import StageWorker, build_shard  # noqa: E402
+
+ARCH = ModelArchitecture(hidden=256, layers=8, heads=4, kv_heads=2, head_dim=64, ffn=1024, vocab=266, max_seq=640)
+CONFIG = P2PConfig(heartbeat_interval_s=2.0, heartbeat_timeout_s=20.0, rpc_timeout_s=30.0, use_upnp=False)
+
+
+def _split(stages: int) -> list[tuple[int, int]]:
+    per = ARCH.layers // stages
+    return [(i * per, (i + 1) * per) for i in range(stages)]
+
+
+def _shard(layer_range: tuple[int, int]) -> ModelShard:
+    return build_shard(ARCH, layer_range, with_embedding=layer_range[0] == 0,
+                       with_head=layer_range[1] == ARCH.layers, seed=1)
+
+
+@contextlib.asynccontextmanager
+async def _network(stages: int) -> AsyncIterator[RemoteGenerator]:
+    tracker = Tracker(0, config=CONFIG)
+    await tracker.start()
+    nodes = []
+    try:
+        for layer_range in _split(stages):
+            stage = StageWorker(_shard(layer_range), TrainingConfig())
+            node = P2PNode(PrivateKey.generate(), trackers=[tracker.address], config=CONFIG)
+            node.set_inference_handler(InferenceService(lambda s=stage: s).handle)
+            await node.start()
+            await node.registry.announce(LayerAnnouncement(*layer_range, "T3", 1.0, ttl=CONFIG.heartbeat_timeout_s))
+            nodes.append(node)
+        client = P2PNode(PrivateKey.generate(), trackers=[tracker.address], config=CONFIG)
+        await client.start()
+        nodes.append(client)
+        generator = RemoteGenerator(client, ARCH)
+        for _ in range(200):
+            try:
+                await generator.plan()
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        yield generator
+    finally:
+        for node in nodes:
+            await node.stop()
+        await tracker.stop()
+
+
+def _prompt(length: int) -> list[int]:
+    return [int(i) for i in torch.randint(0, 256, (length,), generator=torch.Generator().manual_seed(length))]
+
+
+def _local(stages: list[ModelShard], prompt: list[int], tokens: int) -> tuple[list[int], float, float]:
+    """(tokens, seconds for all, seconds to the first token) in process."""
+    began = time.perf_counter()
+    generate(stages, prompt, 1, temperature=0)
+    first = time.perf_counter() - began
+    began = time.perf_counter()
+    out = generate(stages, prompt, tokens, temperature=0)
+    return out, time.perf_counter() - began, first
+
+
+async def _remote(generator: RemoteGenerator, prompt: list[int], tokens: int) -> tuple[list[int], float, float]:
+    result = await generator.generate(prompt, tokens, temperature=0)
+    return result.tokens, result.seconds, result.first_token_s
+
+
+async def main(tokens: int) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    local_stages = [_shard(r) for r in _split(4)]
+    report: dict = {"model": {"layers": ARCH.layers, "hidden": ARCH.hidden, "max_seq": ARCH.max_seq},
+                    "tokens": tokens, "networks": {}}
+    same = True
+    for stages in (2, 4):
+        async with _network(stages) as generator:
+            entry: dict = {}
+            for length in (16, 512):
+                prompt = _prompt(length)
+                # in the executor: the nodes' heartbeats keep running on this loop meanwhile
+                want, local_s, local_first = await asyncio.get_running_loop().run_in_executor(
+                    None, _local, local_stages, prompt, tokens)
+                got, remote_s, remote_first = await _remote(generator, prompt, tokens)
+                same = same and got == want
+                # decode rate: the tokens after the first, over the time after the first
+                entry[f"prompt_{length}"] = {
+                    "tokens_per_s": round(len(got) / remote_s, 2),
+                    "in_process_tokens_per_s": round(len(want) / local_s, 2),
+                    "ratio": round((len(got) / remote_s) / (len(want) / local_s), 3),
+                    "decode_tokens_per_s": round((len(got) - 1) / max(remote_s - remote_first, 1e-9), 2),
+                    "in_process_decode_tokens_per_s": round((len(want) - 1) / max(local_s - local_first, 1e-9), 2),
+                    "first_token_s": round(remote_first, 4),
+                    "in_process_first_token_s": round(local_first, 4),
+                }
+            short, long = entry["prompt_16"], entry["prompt_512"]
+            entry["decode_16_over_512"] = round(short["decode_tokens_per_s"] / long["decode_tokens_per_s"], 3)
+            report["networks"][f"{stages}_stages"] = entry
+    report["same_tokens"] = same
+    report["field_reference"] = "Petals: a 70B model at up to 6 tokens/s per session"
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.tokens))))
