@@ -85,6 +85,8 @@ class P2PConfig:
     use_upnp: bool = True
     upnp_timeout_s: Seconds = 2.0
     upnp_ssdp: str = "239.255.255.250:1900"  # SSDP multicast group; tests point it at a local gateway
+    # --- LAN discovery (lan.py): advertise on mDNS and dial nodes found there, checked like any peer
+    lan_discovery: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_bytes > self.max_message_bytes:

@@ -19,6 +19,7 @@ from app.node.config import UsageCaps
 from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
+from app.node.p2p.lan import SERVICE_TYPE, LanDiscovery
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import LayerAnnouncement, PeerRecord
 
@@ -33,9 +34,12 @@ def p2p_config_from(raw: dict[str, Any]) -> P2PConfig:
 
 
 class NetworkService:
-    def __init__(self, node: P2PNode, *, trackers: tuple[str, ...], emit: Callable[[Event], None]) -> None:
-        """Around ``node`` (not started yet: ``start`` does), joining through ``trackers``."""
+    def __init__(self, node: P2PNode, *, trackers: tuple[str, ...], emit: Callable[[Event], None],
+                 lan: LanDiscovery | None = None) -> None:
+        """Around ``node`` (not started yet: ``start`` does), joining through ``trackers`` and, when
+        given, through the peers ``lan`` finds on this network."""
         self.node = node
+        self.lan = lan
         self.emit = emit
         self.trackers = trackers
         self.known: dict[bytes, PeerRecord] = {}
@@ -45,11 +49,18 @@ class NetworkService:
     @classmethod
     def open(cls, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
              p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "",
-             tls_dir: Path | None = None, data_dir: Path | None = None) -> NetworkService:
-        """A P2P node for ``key`` with the ``[p2p]`` settings (checked here), and its service."""
+             tls_dir: Path | None = None, data_dir: Path | None = None,
+             lan_interfaces: tuple[str, ...] = (), lan_service: str = "") -> NetworkService:
+        """A P2P node for ``key`` with the ``[p2p]`` settings (checked here), and its service.
+        ``lan_interfaces`` / ``lan_service`` override where LAN discovery advertises and under which
+        service type (tests: 127.0.0.1 and a type of their own); ``[p2p] lan_discovery`` turns it off."""
+        config = p2p_config_from(p2p)
         node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
-                       config=p2p_config_from(p2p), advertise=advertise, tls_dir=tls_dir, data_dir=data_dir)
-        return cls(node, trackers=trackers, emit=emit)
+                       config=config, advertise=advertise, tls_dir=tls_dir, data_dir=data_dir)
+        lan = None
+        if config.lan_discovery:
+            lan = LanDiscovery(node, interfaces=lan_interfaces, service_type=lan_service or SERVICE_TYPE)
+        return cls(node, trackers=trackers, emit=emit, lan=lan)
 
     def apply_caps(self, caps: UsageCaps) -> None:
         """The volunteer's upload/download caps on tensor streams, live (subscribe this to the
@@ -111,6 +122,11 @@ class NetworkService:
     async def start(self, tier: str, layers_fit: int, memory_bytes: int = 0) -> None:
         self.node.set_offer(tier=tier, capacity=float(layers_fit), memory=memory_bytes)
         await self.node.start()
+        if self.lan is not None:
+            try:
+                await self.lan.start()
+            except OSError as exc:  # no multicast on this network: the node still works without it
+                log.warning("LAN discovery could not start: %s", exc)
         self._watch = asyncio.ensure_future(self._watch_peers())
 
     async def stop(self) -> None:
@@ -118,6 +134,8 @@ class NetworkService:
             self._watch.cancel()
             with contextlib.suppress(BaseException):
                 await self._watch
+        if self.lan is not None:
+            await self.lan.stop()
         await self.node.stop()
 
     async def peers(self) -> list[PeerRecord]:
