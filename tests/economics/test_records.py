@@ -56,7 +56,7 @@ def test_high_s_signature_is_refused():
 
 
 @pytest.mark.parametrize("change, reason", [
-    (lambda d: d.update(v=2), "unknown version"),
+    (lambda d: d.update(v=3), "unknown version"),
     (lambda d: d.update(kind="reward"), "derived"),
     (lambda d: d.update(kind="teleport"), "unknown kind"),
     (lambda d: d["body"].update(amount="5000"), "transfer.amount"),

@@ -31,7 +31,7 @@ def test_mutated_records_raise_only_invalid_record(data):
 
 def test_ledger_answers_garbage_with_a_rejection(tmp_path):
     ledger = NET.ledger(tmp_path)
-    results = ledger.submit_many([b"", b"{}", b"\x00" * 100, VALID[:-3], VALID.replace(b'"v":1', b'"v":9')])
+    results = ledger.submit_many([b"", b"{}", b"\x00" * 100, VALID[:-3], VALID.replace(b'"v":2', b'"v":9')])
     assert [r.status for r in results] == ["rejected"] * 5
     assert all(r.reason for r in results)
     ledger.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 
 from app.crypto.keys import address_from_public_key
-from app.node.economics import governance, ponw, rewards
+from app.node.economics import governance, legacy, ponw, rewards
 from app.node.economics.records import Record
 from app.node.economics.state import FEE_POOL, PPM, LedgerState, ProofState
 
@@ -26,6 +26,8 @@ def apply_record(state: LedgerState, record: Record, at_ms: int) -> None:
         state.statuses[record.record_id] = ("rejected", exc.reason)
     except governance.VoteRefused as exc:
         state.statuses[record.record_id] = ("rejected", exc.reason)
+    except legacy.LegacyRefused as exc:
+        state.statuses[record.record_id] = ("rejected", str(exc))
     else:
         state.statuses[record.record_id] = ("applied", "")
 
@@ -89,6 +91,9 @@ def _unstake(state: LedgerState, record: Record, at_ms: int) -> None:
 
 def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
     config = state.config
+    v1 = legacy.is_v1(record)
+    if v1:
+        legacy.check_still_open(state.v2_proof_applied)
     ponw.check_proof(record, config)
     body = record.body
     address = _author(record)
@@ -98,9 +103,9 @@ def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
     recent = bisect.bisect_right(accepted, epoch) - bisect.bisect_right(accepted, epoch - window)
     if recent >= config.max_proofs_per_hour:
         raise Refused(f"more than {config.max_proofs_per_hour} proofs in one hour")
-    if body["proof_kind"] in ("training", "inference"):
+    if not v1 and body["proof_kind"] in ("training", "inference"):
         _claim_span(state, address, body["work_start_ms"], body["work_end_ms"])
-    if body["proof_kind"] == "verification":
+    if not v1 and body["proof_kind"] == "verification":
         done = state.checks_by_epoch.get((address, epoch), 0)
         if body["samples"] > done:
             raise Refused(f"claims {body['samples']} checks, but this verifier's ledger shows {done} in epoch {epoch}")
@@ -113,6 +118,7 @@ def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
     settle_at = (epoch + 1) * config.epoch_ms + config.challenge_window_ms
     state.schedule(settle_at, 0, "settle", str(epoch))
     state.note(address, at_ms, "proof", 0, record.record_id, f"{body['proof_kind']} pending {reward}")
+    state.v2_proof_applied = state.v2_proof_applied or not v1
 
 
 def _claim_span(state: LedgerState, address: str, start: int, end: int) -> None:
@@ -136,6 +142,9 @@ def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:
     settle_at = (proof.record.body["epoch"] + 1) * config.epoch_ms + config.challenge_window_ms
     if proof.settled or at_ms >= settle_at:
         raise Refused("challenge window of this proof has closed")
+    if legacy.is_v1(record):
+        legacy.check_still_open(state.v2_proof_applied)
+    legacy.check_same_rules(record, proof.record)
     if record.author == proof.record.author:
         raise Refused("a node cannot judge its own proof")
     if _author(record) in proof.fails or _author(record) in proof.passes:
@@ -143,6 +152,9 @@ def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:
     checker = state.account(_author(record))
     if checker.staked < config.min_verifier_stake:
         raise Refused(f"verifiers need at least {config.min_verifier_stake} micro-NEURO staked")
+    if legacy.is_v1(record):
+        _v1_verdict(state, record, proof, at_ms)
+        return
     if checker.available < config.challenge_bond:
         raise Refused("insufficient available balance for the verdict's bond")
     checker.available -= config.challenge_bond
@@ -154,6 +166,22 @@ def _challenge(state: LedgerState, record: Record, at_ms: int) -> None:
     state.checks_by_epoch[(_author(record), at_ms // config.epoch_ms)] += 1
     state.note(_author(record), at_ms, "challenge" if body["verdict"] == "fail" else "check",
                -config.challenge_bond, record.record_id, f"{body['verdict']}: bond locked")
+
+
+def _v1_verdict(state: LedgerState, record: Record, proof: ProofState, at_ms: int) -> None:
+    """A version-1 verdict as the previous release applied it (``legacy.py``): a pass locks no
+    bond, a fail locks the challenge bond."""
+    checker = state.account(_author(record))
+    if record.body["verdict"] == "pass":
+        proof.passes[_author(record)] = 0
+        state.note(_author(record), at_ms, "check", 0, record.record_id, "pass")
+        return
+    if checker.available < state.config.challenge_bond:
+        raise Refused("insufficient available balance for the challenge bond")
+    checker.available -= state.config.challenge_bond
+    checker.locked += state.config.challenge_bond
+    proof.fails[_author(record)] = state.config.challenge_bond
+    state.note(_author(record), at_ms, "challenge", -state.config.challenge_bond, record.record_id, "bond locked")
 
 
 def _proposal(state: LedgerState, record: Record, at_ms: int) -> None:

@@ -27,7 +27,7 @@ from app.crypto.keys import address_from_public_key
 from app.node.economics import ponw, replay
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.governance import Proposal, merges_due
-from app.node.economics.records import SEQUENCED_KINDS, InvalidRecord, Record
+from app.node.economics.records import SEQUENCED_KINDS, V1, InvalidRecord, Record
 from app.node.economics.schema import LedgerError, connect, migrate, transaction
 from app.node.economics.state import Entry, LedgerState, slots
 from app.node.economics.verify import VerifyReport, verify_database
@@ -171,6 +171,8 @@ class Ledger:
                 body = proof.record.body
                 closes = (body["epoch"] + 1) * config.epoch_ms + config.challenge_window_ms
                 if proof.settled or body["proof_kind"] != "training" or proof.record.author == exclude:
+                    continue
+                if proof.record.version == V1:  # commits to no step a verifier could re-run
                     continue
                 if now_ms >= closes - config.epoch_ms:  # leave a verdict time to spread before it closes
                     continue

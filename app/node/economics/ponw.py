@@ -28,6 +28,7 @@ import secrets
 from dataclasses import dataclass
 
 from app.crypto.keys import PrivateKey
+from app.node.economics import legacy
 from app.node.economics.constants import PROOF_KINDS, EconomicsConfig
 from app.node.economics.records import Record
 
@@ -170,7 +171,45 @@ def _check_training(body: dict, config: EconomicsConfig, timestamp_ms: int) -> N
         raise ProofRejected("model hash did not change: no training step was applied")
 
 
+def check_v1_work(body: dict, config: EconomicsConfig) -> None:
+    """The previous release's stateless rules for a version-1 proof (``legacy.py``): the same
+    checks as ``check_work`` except that training and inference are bounded by the seed-001
+    tier table, since a version-1 proof carries no span or measured cost."""
+    kind = body["proof_kind"]
+    epoch_s = config.epoch_ms / 1000
+    if body["uptime_ms"] > config.epoch_ms:
+        raise ProofRejected("uptime longer than the epoch")
+    if kind == "uptime" and body["uptime_ms"] == 0:
+        raise ProofRejected("uptime proof with zero uptime")
+    if body["samples"] > MAX_SAMPLES_PER_SECOND * epoch_s:
+        raise ProofRejected("more samples than any node serves in one epoch")
+    bound = legacy.max_batches(body["tier"], body["layers"], config)
+    if kind == "training":
+        if body["batches"] <= 0 or body["layers"] <= 0:
+            raise ProofRejected("training proof without batches or layers")
+        if body["batches"] > bound:
+            raise ProofRejected(
+                f"{body['batches']} batches over {body['layers']} layers is impossible for tier "
+                f"T{body['tier']} (at most {bound} per epoch)")
+        if body["tokens"] > body["batches"] * MAX_TOKENS_PER_BATCH:
+            raise ProofRejected("more tokens than the claimed batches can hold")
+        if not body["model_before"] or not body["model_after"]:
+            raise ProofRejected("training proof without model hashes")
+        if body["model_before"] == body["model_after"]:
+            raise ProofRejected("model hash did not change: no training step was applied")
+    elif kind == "inference":
+        if body["tokens"] > bound * INFERENCE_TOKENS_PER_LAYER_STEP:
+            raise ProofRejected(f"{body['tokens']} tokens exceed tier T{body['tier']}'s bound of "
+                                f"{bound * INFERENCE_TOKENS_PER_LAYER_STEP}")
+    elif body["batches"] or body["tokens"]:
+        raise ProofRejected(f"a {kind} proof claims training batches or tokens")
+
+
 def check_proof(record: Record, config: EconomicsConfig, now_ms: int | None = None) -> None:
-    """All stateless PoNW rules; raises ``ProofRejected`` with the first rule broken."""
+    """All stateless PoNW rules; raises ``ProofRejected`` with the first rule broken. A version-1
+    proof is judged by the rules it was made under (``legacy.py``)."""
     check_timing(record, config, now_ms)
-    check_work(dict(record.body), config, record.timestamp_ms)
+    if legacy.is_v1(record):
+        check_v1_work(dict(record.body), config)
+    else:
+        check_work(dict(record.body), config, record.timestamp_ms)

@@ -1,9 +1,15 @@
 """Signed ledger records: one canonical byte encoding, parsed strictly.
 
-Wire format (version 1): compact JSON with sorted keys, ASCII only, integers only (no floats)::
+Wire format (version 2): compact JSON with sorted keys, ASCII only, integers only (no floats)::
 
     {"author":"02..","body":{...},"kind":"transfer","net":"neuroshard-main","seq":3,
-     "sig":"<64-byte r||s hex>","ts":1700000000000,"v":1}
+     "sig":"<64-byte r||s hex>","ts":1700000000000,"v":2}
+
+Versions. 2 (this release) added to proofs their work span, measured layer cost and work root,
+and to challenges the committed step a verifier re-ran and its evidence. Records of version 1
+(the previous release, whose ledgers volunteers still hold) parse with the version-1 bodies
+(``V1_SCHEMAS``; every other kind is unchanged) and count under the rules they were made under
+(``legacy.py``). This release writes version 2 only.
 
 The signature covers ``b"NSREC1\\n"`` + the same object without ``sig``; the record id is the
 SHA-256 of that signed payload, so it does not depend on the signature encoding. ``from_bytes``
@@ -26,7 +32,9 @@ from app.crypto.errors import InvalidRecord
 from app.crypto.keys import PrivateKey, PublicKey, is_valid_address, verify
 from app.node.economics.constants import MAX_SUPPLY_UNITS, PROOF_KINDS, ROLES
 
-VERSION = 1
+VERSION = 2
+"""The version this release signs; see the module docstring for what changed since 1."""
+V1 = 1
 MAX_RECORD_BYTES = 16_384
 """A proposal of 256 merges is ~8 KiB; anything larger is refused before parsing."""
 SIGN_PREFIX = b"NSREC1\n"
@@ -139,6 +147,14 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "proposal": {"title": _text(200), "merges": _merges},
     "vote": {"proposal_id": _hex(32), "approve": _bool},
 }
+V1_SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    **SCHEMAS,
+    "proof": {name: check for name, check in SCHEMAS["proof"].items()
+              if name not in ("work_start_ms", "work_end_ms", "layer_us", "work_root")},
+    "challenge": {"proof_id": _hex(32), "verdict": _choice(("fail", "pass")), "evidence": _hex(32)},
+}
+"""Version 1 bodies, exactly as the previous release wrote them (git 8a0f18d)."""
+SCHEMAS_BY_VERSION = {V1: V1_SCHEMAS, VERSION: SCHEMAS}
 TOP_LEVEL = {"v", "net", "kind", "author", "ts", "seq", "body", "sig"}
 
 
@@ -219,7 +235,7 @@ class Record:
         payload = SIGN_PREFIX + raw[:cut] + raw[cut + len(b',"sig":"') + len(data["sig"]) + 1:]
         record = cls(kind=data["kind"], network=data["net"], author=bytes.fromhex(data["author"]),
                      timestamp_ms=data["ts"], seq=data["seq"], body=data["body"],
-                     signature=bytes.fromhex(data["sig"]), _raw=raw, _payload=payload)
+                     signature=bytes.fromhex(data["sig"]), version=data["v"], _raw=raw, _payload=payload)
         if check_signature:
             record.check_signature()
         return record
@@ -268,12 +284,13 @@ def _decode(raw: bytes) -> dict[str, Any]:
 
 
 def _check_fields(data: Mapping[str, Any]) -> None:
-    if data["v"] != VERSION or type(data["v"]) is not int:
+    if type(data["v"]) is not int or data["v"] not in SCHEMAS_BY_VERSION:
         raise InvalidRecord(f"unknown version {data['v']!r:.20}")
+    schemas = SCHEMAS_BY_VERSION[data["v"]]
     kind = data["kind"]
     if kind in DERIVED_KINDS:
         raise InvalidRecord(f"'{kind}' entries are derived by every node, never accepted from peers")
-    if kind not in SCHEMAS:
+    if kind not in schemas:
         raise InvalidRecord(f"unknown kind {kind!r:.40}")
     _text(64)(data["net"])
     _hex(33)(data["author"])
@@ -283,7 +300,7 @@ def _check_fields(data: Mapping[str, Any]) -> None:
     elif data["seq"] != 0 or type(data["seq"]) is not int:
         raise InvalidRecord(f"'{kind}' records carry seq 0")
     body = data["body"]
-    schema = SCHEMAS[kind]
+    schema = schemas[kind]
     if not isinstance(body, dict) or set(body) != set(schema):
         raise InvalidRecord(f"'{kind}' body must have exactly the fields {sorted(schema)}")
     for name, check in schema.items():

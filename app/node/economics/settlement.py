@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 
 from app.crypto.keys import address_from_public_key
-from app.node.economics import governance, rewards
+from app.node.economics import governance, legacy, rewards
 from app.node.economics.state import PPM, LedgerState, ProofState
 
 DAY_MS = 86_400_000
@@ -52,6 +52,10 @@ def settle_epoch(state: LedgerState, epoch: int, at_ms: int) -> None:
         proof.settled = True
         owner = state.account(address_from_public_key(proof.record.author))
         owner.pending_rewards -= proof.reward
+        if legacy.is_v1(proof.record):
+            if _settle_v1(state, rid, proof, at_ms):
+                payable[rid] = proof.reward
+            continue
         upheld = proof.upheld_steps(config.challenge_confirmations)
         if upheld:
             _slash(state, rid, proof, upheld, at_ms)
@@ -108,6 +112,33 @@ def _slash(state: LedgerState, rid: str, proof: ProofState, upheld: set[int], at
         state.account(checker).locked -= bond
         state.burned += bond
         state.note(checker, at_ms, "check_lost", 0, rid, f"passed a proof that was slashed, bond {bond} burned")
+
+
+def _settle_v1(state: LedgerState, rid: str, proof: ProofState, at_ms: int) -> bool:
+    """A version-1 proof settles as the previous release settled it (``legacy.py``): slashed if
+    at least ``V1_CHALLENGE_CONFIRMATIONS`` checkers failed it and fails outnumber passes; the
+    fails forfeit their bonds if passes are at least as many; else bonds come back. True: paid."""
+    fails, passes = len(proof.fails), len(proof.passes)
+    if fails >= legacy.V1_CHALLENGE_CONFIRMATIONS and fails > passes:
+        config = state.config
+        cheater = address_from_public_key(proof.record.author)
+        taken = _take(state, cheater, config.slash_multiplier * config.cheat_penalty)
+        state.statuses[rid] = ("slashed", "a spot-check found the claimed work wrong")
+        state.note(cheater, at_ms, "slash", -taken, rid, "failed spot-check")
+        checkers = sorted(proof.fails)
+        share = taken * round(config.reporter_share * PPM) // PPM // len(checkers)
+        for checker in checkers:
+            account = state.account(checker)
+            account.locked -= proof.fails[checker]
+            account.available += proof.fails[checker] + share
+            state.note(checker, at_ms, "slash_reward", proof.fails[checker] + share, rid, "bond back + reward")
+        state.burned += taken - share * len(checkers)
+        return False
+    if fails and passes >= fails:
+        _forfeit_bonds(state, rid, proof, dict(proof.fails), at_ms)
+    else:
+        _return_bonds(state, rid, proof.fails, at_ms)
+    return True
 
 
 def _forfeit_bonds(state: LedgerState, rid: str, proof: ProofState, refuted: dict[str, int], at_ms: int) -> None:

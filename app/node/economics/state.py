@@ -104,6 +104,9 @@ class LedgerState:
     proof for that epoch may claim."""
     """Per node, the sorted (start, end) wall-time spans its accepted training and inference
     proofs claim: a node computes in each moment once (``handlers._claim_span``)."""
+    v2_proof_applied: bool = False
+    """A version-2 proof has been applied: later version-1 proofs and challenges are refused
+    (``legacy.py``)."""
     minted_by_day: dict[tuple[str, int], int] = field(default_factory=dict)
     proposals: dict[str, governance.Proposal] = field(default_factory=dict)
     burned: int = 0
