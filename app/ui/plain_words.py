@@ -52,6 +52,13 @@ PHASE_WORDS = {
     "growing": "a growing network (100–499 computers)",
     "large": "a large network (500+ computers)",
 }
+TRAINING_ALONE = (
+    "Training alone: no other computer is connected, so this one trains its own copy of the genesis "
+    "network. To train with others, either start NeuroShard on another computer on this network (nodes "
+    "that listen on the local network find each other by themselves while \"Find other computers on "
+    "this network\" is on in Settings), or add a tracker address in Settings.")
+"""What the dashboard says while the node has no peers; the wizard's summary says the same."""
+
 PHASE_TERM = ("Network phase (seed 001): genesis, micro, small, medium, growing, large. The model grows "
               "as the network does.")
 

@@ -26,6 +26,8 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     page.theme.setCurrentText("dark")
     page.close_to_tray.setChecked(False)
     page.lock_minutes.setValue(3)
+    assert page.lan_discovery.isChecked()  # on by default
+    page.lan_discovery.setChecked(False)
     assert page.save(), page.message.text()
     gui.window.resize(760, 700)
     gui.window.move(30, 40)
@@ -40,6 +42,7 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     assert limits.memory_fraction == 0.3 and limits.only_when_idle and limits.idle_minutes == 12
     assert limits.pause_when_running == ("blender", "steam") and limits.gpu_ids == (0, 1)
     assert limits.schedule == ((5, 9, 17),)
+    assert reloaded.p2p["lan_discovery"] is False
     again = GuiApp(reloaded, keystore_factory=fast_keystore)
     assert again.ui.theme == "dark" and not again.ui.close_to_tray and again.ui.wallet_lock_minutes == 3
     assert again.qapp.property("neuroshard_theme") == "dark"
@@ -47,6 +50,7 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     assert again.window.stack.currentIndex() == 4
     assert again.window.settings.port.value() == 7555
     assert again.window.settings.limits.memory.value() == 30
+    assert not again.window.settings.lan_discovery.isChecked()
     again.dispose()
 
 

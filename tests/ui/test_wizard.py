@@ -7,6 +7,7 @@ from PySide6.QtWidgets import QWizard
 
 from app.node.config import apply_file_settings, load_config_file
 from app.node.events import NodeState
+from app.ui import plain_words
 from app.ui.app import GuiApp, needs_wizard
 from app.ui.wizard.state import PageId
 from tests.ui.funded_ledger import PASSWORD, fast_keystore
@@ -66,6 +67,9 @@ def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> No
     wizard.limits.form.schedule.rows[0][0].setChecked(True)
     next_page(qtbot, wizard, PageId.JOIN)
     assert "Join" in wizard.buttonText(QWizard.WizardButton.FinishButton)
+    # no tracker: the summary says the node will train alone and how to connect, never "finds a network"
+    assert plain_words.TRAINING_ALONE in wizard.join.summary.text()
+    assert "finds or starts" not in wizard.join.summary.text()
     wizard.button(QWizard.WizardButton.FinishButton).click()
     qtbot.waitUntil(lambda: app.controller.engine is not None, timeout=5_000)
     saved = apply_file_settings(config, load_config_file(config.config_path))

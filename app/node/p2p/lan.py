@@ -83,6 +83,14 @@ class LanDiscovery:
     def active(self) -> bool:
         return self._zc is not None
 
+    def describe(self) -> str:
+        """In a few words: where discovery looks, or why it does not."""
+        if self.active:
+            return "looking on " + ", ".join(self.addresses())
+        if not self.node.address:
+            return "off: this node accepts no connections"
+        return f"off: the node listens on {self.node.address}, which no other computer can dial"
+
     def addresses(self) -> tuple[str, ...]:
         """Where we advertise and browse; empty when the node cannot be dialled on the LAN."""
         if not self.node.address:

@@ -154,6 +154,7 @@ class NetworkService:
         return list(found.values())
 
     async def _watch_peers(self) -> None:
+        first = True  # the first look is always reported, so "no peers" is said, not left unsaid
         while True:
             try:
                 current = {r.node_id: r for r in await self.peers()}
@@ -166,7 +167,8 @@ class NetworkService:
                                      layers=(r.layer_start, r.layer_end), latency_ms=r.latency_ms or 0.0))
             for node_id in self.known.keys() - current.keys():
                 self.emit(PeerLeft(node_id=node_id.hex()))
-            changed = current.keys() != self.known.keys()
+            changed = first or current.keys() != self.known.keys()
+            first = False
             self.known = current
             if changed:
                 self._emit_network(len(current))

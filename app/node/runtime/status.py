@@ -141,7 +141,11 @@ async def answer_query(what: str, base: NodeBase | None, parts: NodeParts | None
     if what == "reachability":
         node = net.node if net else None
         reachable = bool(node and not net.solo and node.tracker_client.reachable)
-        return {"reachable": reachable, "relay": node.relay_address if node else ""}
+        peers = len(await net.peers()) if net else 0
+        # alone: no other node known, by tracker, DHT or LAN; the node trains its own genesis copy
+        lan = net.lan.describe() if net and net.lan else "off in Settings" if net else "off: not started"
+        return {"reachable": reachable, "relay": node.relay_address if node else "", "peers": peers,
+                "alone": peers == 0, "lan_discovery": lan}
     raise ValueError(f"unknown query {what!r}; ask for status, peers, layers or reachability")
 
 

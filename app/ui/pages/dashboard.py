@@ -22,6 +22,7 @@ from app.node.events import (
     EarningsChanged,
     HardwareMeasured,
     LayersAssigned,
+    NetworkChanged,
     NodeState,
     Pause,
     ProofAccepted,
@@ -76,6 +77,9 @@ class DashboardPage(QWidget):
         self.snoozed_label = QLabel()
         self.snoozed_label.hide()
         self.activity_label = QLabel("Waiting for the node to start")
+        self.alone_label = QLabel(plain_words.TRAINING_ALONE)
+        self.alone_label.setWordWrap(True)
+        self.alone_label.hide()
         self.hold_label = QLabel()
         self.hold_label.setStyleSheet("color: #b05a00;")
         self.hold_label.hide()
@@ -130,6 +134,7 @@ class DashboardPage(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.activity_label)
+        layout.addWidget(self.alone_label)
         layout.addWidget(self.hold_label)
         layout.addWidget(self.snoozed_label)
         layout.addWidget(self.work)
@@ -148,8 +153,9 @@ class DashboardPage(QWidget):
         b.earnings.connect(self.on_earnings)
         b.proof_refused.connect(self.on_proof_refused)
         b.ready.connect(self.refresh_earnings)
+        b.network.connect(self.on_network)
         for kind, slot in (("status", self.on_status), ("hardware", self.on_hardware), ("layers", self.on_layers),
-                           ("quorum", self.on_quorum), ("activity", self.on_activity)):
+                           ("quorum", self.on_quorum), ("activity", self.on_activity), ("network", self.on_network)):
             latest = b.latest(kind)
             if latest is not None:
                 slot(latest)
@@ -164,6 +170,10 @@ class DashboardPage(QWidget):
             self._paused = False
             self.snoozed_label.hide()  # the snooze ended (or Resume was pressed)
         self._update_button(event.state)
+
+    def on_network(self, event: NetworkChanged) -> None:
+        """Say so while no other node is connected: the node then trains its own copy, not a network."""
+        self.alone_label.setVisible(event.peers == 0)
 
     def _update_button(self, state: NodeState) -> None:
         self.pause_button.setText("Resume" if self._paused else "Pause")

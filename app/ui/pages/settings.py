@@ -67,6 +67,10 @@ class SettingsPage(QWidget):
         self.trackers = QPlainTextEdit()
         self.trackers.setPlaceholderText("one HOST:PORT per line; empty = start or join a local genesis network")
         self.trackers.setMaximumHeight(70)
+        self.lan_discovery = QCheckBox("Find other computers on this network (LAN discovery)")
+        self.lan_discovery.setToolTip("Announces this node on the local network (mDNS) and connects to the "
+                                      "nodes it hears there, each checked like any peer. Works while the node "
+                                      "listens on a local network address.")
         self.theme = QComboBox()
         self.theme.addItems(THEMES)
         self.log_level = QComboBox()
@@ -107,6 +111,7 @@ class SettingsPage(QWidget):
         form.addRow(move_row)
         form.addRow("Port", self.port)
         form.addRow("Trackers", self.trackers)
+        form.addRow(self.lan_discovery)
         form.addRow("Theme", self.theme)
         form.addRow("Log level", self.log_level)
         form.addRow(self.start_at_login)
@@ -140,6 +145,7 @@ class SettingsPage(QWidget):
         c = self.config
         self.port.setValue(c.port)
         self.trackers.setPlainText("\n".join(c.trackers))
+        self.lan_discovery.setChecked(bool(c.p2p.get("lan_discovery", True)))
         self.theme.setCurrentText(self.ui.theme)
         self.log_level.setCurrentText(c.log_level.upper() if c.log_level.upper() in LOG_LEVELS else "INFO")
         self.start_at_login.setChecked(self.ui.start_at_login)
@@ -158,6 +164,7 @@ class SettingsPage(QWidget):
         for tracker in trackers:
             parse_host_port(tracker)
         config = dataclasses.replace(self.config, port=self.port.value(), trackers=trackers,
+                                     p2p={**self.config.p2p, "lan_discovery": self.lan_discovery.isChecked()},
                                      log_level=self.log_level.currentText(), limits=self.limits.limits())
         return validate_settings(config)
 
@@ -177,8 +184,8 @@ class SettingsPage(QWidget):
         self._save_ui()
         self.config = config
         self.saved.emit(config)
-        self.say(warning or "Saved. Limits apply at once where the node supports it; port and trackers "
-                 "at the next start.", error=bool(warning))
+        self.say(warning or "Saved. Limits apply at once where the node supports it; port, trackers "
+                 "and LAN discovery at the next start.", error=bool(warning))
         return True
 
     def _apply_autostart(self) -> str:

@@ -197,9 +197,10 @@ class JoinPage(QWizardPage):
         s = self.state
         hw = f"{s.hardware.tier} ({s.hardware.device_name})" if s.hardware else "measured at start"
         modes = ", ".join(s.modes) if s.modes else "chosen by the node"
-        trackers = ", ".join(s.config.trackers) or "none: the node finds or starts a network on its own"
+        trackers = ", ".join(s.config.trackers) or "none yet"
+        alone = "" if s.config.trackers else f"<br><br>{plain_words.TRAINING_ALONE}"
         self.summary.setText(
             f"<b>Wallet:</b> {s.address or '—'}<br><b>This computer:</b> {hw}<br><b>Modes:</b> {modes}"
             f"<br><b>Memory:</b> up to {s.config.limits.memory_fraction:.0%}<br><b>Trackers:</b> {trackers}"
-            "<br><br>Press Join to start. The node keeps running in the tray when the window is closed.")
+            f"{alone}<br><br>Press Join to start. The node keeps running in the tray when the window is closed.")
         self.wizard().setButtonText(self.wizard().WizardButton.FinishButton, "Join")
