@@ -105,6 +105,11 @@ def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
         raise Refused(f"more than {config.max_proofs_per_hour} proofs in one hour")
     if not v1 and body["proof_kind"] in ("training", "inference"):
         _claim_span(state, address, body["work_start_ms"], body["work_end_ms"])
+    if not v1 and body["proof_kind"] == "data":
+        receipted = sum(state.receipts.get((address, epoch), {}).values())
+        if body["samples"] > receipted:
+            raise Refused(f"claims {body['samples']} samples served, but receivers signed receipts for "
+                          f"{receipted} in epoch {epoch}")
     if not v1 and body["proof_kind"] == "verification":
         done = state.checks_by_epoch.get((address, epoch), 0)
         if body["samples"] > done:
@@ -184,6 +189,37 @@ def _v1_verdict(state: LedgerState, record: Record, proof: ProofState, at_ms: in
     state.note(_author(record), at_ms, "challenge", -state.config.challenge_bond, record.record_id, "bond locked")
 
 
+RECEIPT_TRAINING_EPOCHS = 3
+"""A receipt counts when its signer had a training proof accepted for its epoch or one of the
+three before: whoever receives training data trains on it, and a receiver made up to pay a data
+server would first have to do training work that verifiers re-run."""
+
+
+def _receipt(state: LedgerState, record: Record, at_ms: int) -> None:
+    """A receiver's signed count of the samples a data server sent it in one epoch: what the
+    server's data proof for that epoch may claim (``_proof``)."""
+    config = state.config
+    body = record.body
+    receiver, server, epoch = _author(record), body["server"], body["epoch"]
+    if receiver == server:
+        raise Refused("a node cannot sign a receipt for data it served itself")
+    if not epoch * config.epoch_ms <= record.timestamp_ms < (epoch + 1) * config.epoch_ms:
+        raise Refused("a receipt is signed inside the epoch it counts")
+    if body["samples"] > ponw.MAX_SAMPLES_PER_SECOND * config.epoch_ms // 1000:
+        raise Refused("more samples than any node serves in one epoch")
+    trained = any(state.proofs[rid].record.author == record.author
+                  and state.proofs[rid].record.body["proof_kind"] == "training"
+                  for e in range(epoch - RECEIPT_TRAINING_EPOCHS, epoch + 1) for rid in state.epoch_proofs.get(e, []))
+    if not trained:
+        raise Refused(f"the receiver has no accepted training proof in epochs {epoch - RECEIPT_TRAINING_EPOCHS}"
+                      f"..{epoch}; only a training node's receipts count")
+    signed = state.receipts.setdefault((server, epoch), {})
+    if receiver in signed:
+        raise Refused("this receiver already signed a receipt for this server and epoch")
+    signed[receiver] = body["samples"]
+    state.note(receiver, at_ms, "receipt", 0, record.record_id, f"{body['samples']} samples from {server}")
+
+
 def _proposal(state: LedgerState, record: Record, at_ms: int) -> None:
     config = state.config
     account = state.account(_author(record))
@@ -215,5 +251,5 @@ def _vote(state: LedgerState, record: Record, at_ms: int) -> None:
 
 _HANDLERS = {
     "genesis": _genesis, "transfer": _transfer, "stake": _stake, "unstake": _unstake,
-    "proof": _proof, "challenge": _challenge, "proposal": _proposal, "vote": _vote,
+    "proof": _proof, "challenge": _challenge, "proposal": _proposal, "vote": _vote, "receipt": _receipt,
 }

@@ -18,6 +18,11 @@ layer of the actual model shape on one micro-batch (its fastest step in that spa
 * a node claims each moment once: the ledger refuses a span that overlaps one of the same node's
   accepted spans (``handlers.py``), so the wall time a node claims is at most the time it exists.
 
+A data proof claims the samples it served in its epoch; it is paid for at most the samples its
+receivers signed for in ``receipt`` records of that epoch applied before it, and a receipt counts
+only from a node with a recent accepted training proof (``handlers._receipt``), so a server
+cannot pay itself through made-up receivers without doing verified training work for each.
+
 What the node claims it computed is then checked by re-execution (verify mode): the proof's
 ``work_root`` commits to the steps it did, and a verifier re-runs a sampled one.
 """
@@ -78,6 +83,14 @@ def make_proof(key: PrivateKey, config: EconomicsConfig, *, epoch: int, kind: st
             "model_after": model_after.hex(), "work_start_ms": work.work_start_ms,
             "work_end_ms": work.work_end_ms, "layer_us": work.layer_us, "work_root": work.work_root.hex()}
     return Record.create(key, "proof", config.network_id, timestamp_ms, body)
+
+
+def make_receipt(key: PrivateKey, config: EconomicsConfig, *, server: str, epoch: int, samples: int,
+                 timestamp_ms: int) -> Record:
+    """The receiver's signed count of the samples ``server`` sent it in ``epoch`` (stamped inside
+    that epoch): a data proof is paid for at most what its receivers signed (``handlers._receipt``)."""
+    return Record.create(key, "receipt", config.network_id, timestamp_ms,
+                         {"server": server, "epoch": epoch, "samples": samples})
 
 
 def max_layer_batches(body: dict, config: EconomicsConfig) -> int:

@@ -7,7 +7,7 @@ Wire format (version 2): compact JSON with sorted keys, ASCII only, integers onl
 
 Versions. 2 (this release) added to proofs their work span, measured layer cost and work root,
 and to challenges the committed step a verifier re-ran and its evidence. Records of version 1
-(the previous release, whose ledgers volunteers still hold) parse with the version-1 bodies
+(the previous release, whose ledgers volunteers still hold; it had no ``receipt``) parse with the version-1 bodies
 (``V1_SCHEMAS``; every other kind is unchanged) and count under the rules they were made under
 (``legacy.py``). This release writes version 2 only.
 
@@ -146,6 +146,7 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
                   "leaf": _hex(32), "output_hash": _hex(32), "error_ppm": _int_in(0, 10**12)},
     "proposal": {"title": _text(200), "merges": _merges},
     "vote": {"proposal_id": _hex(32), "approve": _bool},
+    "receipt": {"server": _address, "epoch": _int_in(0, 10**12), "samples": _int_in(1, 10**9)},
 }
 V1_SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
     **SCHEMAS,
@@ -153,6 +154,7 @@ V1_SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
               if name not in ("work_start_ms", "work_end_ms", "layer_us", "work_root")},
     "challenge": {"proof_id": _hex(32), "verdict": _choice(("fail", "pass")), "evidence": _hex(32)},
 }
+del V1_SCHEMAS["receipt"]  # new in version 2
 """Version 1 bodies, exactly as the previous release wrote them (git 8a0f18d)."""
 SCHEMAS_BY_VERSION = {V1: V1_SCHEMAS, VERSION: SCHEMAS}
 TOP_LEVEL = {"v", "net", "kind", "author", "ts", "seq", "body", "sig"}

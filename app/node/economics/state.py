@@ -104,6 +104,8 @@ class LedgerState:
     proof for that epoch may claim."""
     """Per node, the sorted (start, end) wall-time spans its accepted training and inference
     proofs claim: a node computes in each moment once (``handlers._claim_span``)."""
+    receipts: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+    """(server, epoch) -> receiver -> samples it signed for: what a data proof may claim."""
     v2_proof_applied: bool = False
     """A version-2 proof has been applied: later version-1 proofs and challenges are refused
     (``legacy.py``)."""
