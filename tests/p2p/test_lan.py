@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from app.crypto.keys import PrivateKey
 from app.node.events import Event, PeerJoined
-from app.node.p2p.lan import LanDiscovery, lan_address, parse_txt
+from app.node.p2p.lan import LanDiscovery, lan_address, local_networks, on_networks, parse_txt
 from app.node.runtime.network import NetworkService
 from tests.p2p.helpers import FAST, eventually, run
 
@@ -137,3 +138,27 @@ def test_discovery_of_a_node_that_is_not_listening_advertises_nothing():
     net = NetworkService.open(PrivateKey.generate(), host="127.0.0.1", port=0, trackers=(), listen=False,
                               p2p=FAST_P2P, emit=lambda _e: None, lan_interfaces=LOOPBACK)
     assert isinstance(net.lan, LanDiscovery) and net.lan.addresses() == ()
+
+
+def test_an_interface_without_multicast_leaves_discovery_off_and_says_why():
+    async def scenario() -> None:
+        net = NetworkService.open(PrivateKey.generate(), host="127.0.0.1", port=0, trackers=(), listen=True,
+                                  p2p=FAST_P2P, emit=lambda _e: None, lan_interfaces=("10.255.255.1",),
+                                  lan_service=private_service_type())
+        await net.start("T3", 2)  # the node itself starts and serves
+        try:
+            assert net.lan is not None and not net.lan.active
+            assert net.lan.describe().startswith("off: mDNS could not start on 10.255.255.1")
+            assert net.node.address
+        finally:
+            await net.stop()
+
+    run(scenario(), timeout=60)
+
+
+def test_advertised_addresses_are_dialled_only_on_the_networks_the_node_listens_on():
+    loopback = local_networks(LOOPBACK)
+    assert loopback == (ipaddress.IPv4Network("127.0.0.0/8"),)
+    assert on_networks("127.0.0.2", loopback)
+    assert not on_networks("8.8.8.8", loopback) and not on_networks("not-an-ip", loopback)
+    assert local_networks(("10.255.255.1",)) == (ipaddress.IPv4Network("10.255.255.1/32"),)  # no such interface

@@ -20,6 +20,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 
+import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -50,6 +51,23 @@ def lan_address(host: str) -> str:
     return host
 
 
+def local_networks(addresses: Sequence[str]) -> tuple[ipaddress.IPv4Network, ...]:
+    """The IPv4 networks of our interfaces that carry ``addresses`` (a /32 each when unknown)."""
+    wanted = set(addresses)
+    found = {a: ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+             for adapter in ifaddr.get_adapters() for ip in adapter.ips
+             if isinstance(ip.ip, str) and (a := ip.ip) in wanted}
+    return tuple(found.get(a, ipaddress.IPv4Network(f"{a}/32")) for a in addresses)
+
+
+def on_networks(host: str, networks: Sequence[ipaddress.IPv4Network]) -> bool:
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
 def parse_txt(properties: dict[bytes, bytes | None]) -> tuple[bytes, bytes] | None:
     """(node id, TLS fingerprint) from an advertisement's TXT record, or None when malformed."""
     try:
@@ -78,6 +96,8 @@ class LanDiscovery:
         self._info: AsyncServiceInfo | None = None
         self._checking: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._failed = ""  # why start could not open mDNS, when it could not
+        self._networks: tuple[ipaddress.IPv4Network, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -87,6 +107,8 @@ class LanDiscovery:
         """In a few words: where discovery looks, or why it does not."""
         if self.active:
             return "looking on " + ", ".join(self.addresses())
+        if self._failed:
+            return f"off: {self._failed}"
         if not self.node.address:
             return "off: this node accepts no connections"
         return f"off: the node listens on {self.node.address}, which no other computer can dial"
@@ -108,7 +130,14 @@ class LanDiscovery:
                      self.node.address or "nothing")
             return False
         self._loop = asyncio.get_running_loop()
-        self._zc = AsyncZeroconf(interfaces=list(addresses), ip_version=IPVersion.V4Only)
+        try:
+            zc = AsyncZeroconf(interfaces=list(addresses), ip_version=IPVersion.V4Only)
+        except OSError as exc:  # no multicast on that interface: the node works on without it
+            self._failed = f"mDNS could not start on {', '.join(addresses)} ({exc.strerror or exc})"
+            log.warning("LAN discovery %s", self._failed)
+            return False
+        self._zc = zc
+        self._networks = local_networks(addresses)
         node_hex = self.node.node_id.hex()
         self._info = AsyncServiceInfo(
             self.service_type, f"{node_hex[:32]}.{self.service_type}",
@@ -163,10 +192,15 @@ class LanDiscovery:
         node_id, _tls = claim
         # The TXT fingerprint is not compared: the certificate's binding, checked by the pinned
         # dial, is what proves the node; a fingerprint would only go stale when it renews.
-        if node_id == self.node.node_id or node_id in self.verified:
-            return
-        why = "no IPv4 address"
-        for host in info.parsed_addresses(IPVersion.V4Only):
+        known = self.verified.get(node_id)
+        # an advertisement may name any address: dial only those on the networks we listen on,
+        # so a stranger on the LAN cannot turn us into a prober of other hosts
+        hosts = [h for h in info.parsed_addresses(IPVersion.V4Only) if on_networks(h, self._networks)]
+        if node_id == self.node.node_id or (known is not None and known.address in
+                                            {f"{h}:{info.port}" for h in hosts}):
+            return  # ourselves, or a peer already checked at this address
+        why = "no IPv4 address on this network"
+        for host in hosts:
             try:
                 record = await self.node.ping(f"{node_id.hex()}@{host}:{info.port}")
             except P2PError as exc:

@@ -123,10 +123,7 @@ class NetworkService:
         self.node.set_offer(tier=tier, capacity=float(layers_fit), memory=memory_bytes)
         await self.node.start()
         if self.lan is not None:
-            try:
-                await self.lan.start()
-            except OSError as exc:  # no multicast on this network: the node still works without it
-                log.warning("LAN discovery could not start: %s", exc)
+            await self.lan.start()  # False when it cannot look; describe() says why
         self._watch = asyncio.ensure_future(self._watch_peers())
 
     async def stop(self) -> None:
