@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from app.crypto.keys import PrivateKey
 from app.node.config import NodeConfig
+from app.node.economics import ponw
 from app.node.economics.records import Record
 from app.node.events import ProofAccepted, Query, WalletCommand
 from app.node.p2p.node import P2PNode
@@ -14,6 +16,7 @@ from app.node.runtime.economy import GOSSIP_TOPIC, EconomyService, _parse_batch
 from app.ui import records
 from app.wallet.errors import WalletError, WrongPassword
 from app.wallet.keystore import Keystore
+from tests.economics.helpers import Devnet
 
 PASSWORD = "pw for tests"
 
@@ -199,3 +202,26 @@ def test_settled_earnings_reach_the_app_as_events_per_mode(tmp_path) -> None:
     assert latest.lifetime_units == latest.since_start_units == sum(by_mode.values())
     assert latest.lifetime_units == economy.query("wallet")["available_units"]
     economy.close()
+
+
+def test_served_data_is_proven_from_the_receipts_receivers_signed(tmp_path) -> None:
+    clock, events = Clock(), []
+    economy = make_service(tmp_path, "server", clock, events)
+    config = economy.config
+    receiver = PrivateKey((4242).to_bytes(32, "big"))
+    net = Devnet(genesis=receiver, config=config)
+    epoch = int(clock.now * 1000) // config.epoch_ms
+    # The receiver trains (a training proof accepted before its receipt) and signs for 30 samples.
+    trained = net.proof(receiver, epoch, "training", offset_ms=100)
+    receipt = ponw.make_receipt(receiver, config, server=economy.key.address, epoch=epoch, samples=30,
+                                timestamp_ms=epoch * config.epoch_ms + 200)
+    for record in (trained, receipt):
+        assert economy.ledger.submit(record.to_bytes(), epoch * config.epoch_ms + 300).accepted
+    clock.now = (epoch + 1) * config.epoch_ms / 1000 + 0.01
+    assert "data" not in economy.close_epoch()  # receipts of the epoch still get time to spread
+    clock.now += config.epoch_ms / 1000
+    assert "data" in economy.close_epoch()
+    data = [e for e in events if isinstance(e, ProofAccepted) and e.proof_kind == "data"]
+    assert [(d.epoch, d.reward_units) for d in data] == [(epoch, 30 * config.rewards["data_per_sample"])]
+    clock.now += config.epoch_ms / 1000
+    assert "data" not in economy.close_epoch()  # each epoch's data is proven once

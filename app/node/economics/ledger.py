@@ -190,6 +190,12 @@ class Ledger:
         with self._lock:
             return self._current().checks_by_epoch.get((address, epoch), 0)
 
+    def receipted_samples(self, server: str, epoch: int) -> int:
+        """Samples receivers signed receipts for, served by ``server`` in ``epoch``: what its data
+        proof for that epoch may claim."""
+        with self._lock:
+            return sum(self._current().receipts.get((server, epoch), {}).values())
+
     def proof_reward(self, record_id: str) -> int | None:
         """The provisional reward this ledger granted the proof ``record_id`` when it applied it
         (None: no applied proof of that id)."""

@@ -7,6 +7,9 @@ every epoch the node signs one uptime proof and, when it trained, one training p
 weight hashes before and after, its work span and the fastest cost per layer it measured (the
 bound the ledger checks, ``economics/ponw.py``), and submits them to its own ledger. Rewards follow from accepted
 proofs inside the ledger after the challenge window (``app/node/economics``), never from here.
+A data proof claims exactly the samples receivers signed ``receipt`` records for in this
+node's ledger (``DATA_PROOF_DELAY_EPOCHS`` after the epoch); receivers do not sign receipts yet
+in this release, so data mode earns only uptime until they do.
 
 Ledger records spread by push-pull gossip on the P2P layer's ``ledger`` topic: each round the
 node sends a random peer the records it has not sent that peer yet, together with the cursor of
@@ -55,6 +58,9 @@ MODE_OF_KIND = {"training": "pipeline", "uptime": "uptime", "data": "data", "ver
 """Contribution mode a reward of each proof kind pays; uptime is paid to any mode that keeps the
 node online. Async mode makes no proofs of its own yet (its steps are not reported to the
 economy), so it shows no earnings, and the Contribute page says so."""
+DATA_PROOF_DELAY_EPOCHS = 2
+"""A data proof for epoch e is made in epoch e + 2: receipts signed in e (by the receivers) get
+an epoch to reach this node by gossip, and the proof is still well inside e's challenge window."""
 GOSSIP_TOPIC = "ledger"
 GOSSIP_BATCH = 500
 GOSSIP_TIMEOUT_S = 5.0
@@ -161,6 +167,7 @@ class EconomyService:
         self._started_ms = int(clock() * 1000)
         self._work_mark_ms = self._started_ms  # when the last credited step ended
         self._last_epoch = self._epoch_of(self._started_ms) - 1
+        self._last_data_epoch = self._last_epoch  # the last epoch whose served data was proven
         self._sent_cursor: dict[str, int] = {}  # peer id -> our cursor already pushed to it
         self._seen_cursor: dict[str, int] = {}  # peer id -> their cursor we already pulled
         self._last_balance: tuple[int, int, int] | None = None
@@ -267,6 +274,7 @@ class EconomyService:
                 proofs.append((worked, "inference", WorkFigures(
                     tokens=served.tokens, batches=served.steps, layers=served.layers, role="worker", tier=self._tier,
                     work_start_ms=served.start_ms, work_end_ms=served.end_ms, layer_us=served.layer_us), b"", b""))
+        proofs.extend(self._data_proofs(current, oldest_open))
         checks = self.ledger.checks_done(self.key.address, epoch) if self.verifier is not None else 0
         if checks:
             proofs.append((epoch, "verification", WorkFigures(samples=checks, tier=self._tier), b"", b""))
@@ -295,6 +303,18 @@ class EconomyService:
                 self._emit(ProofRefused(proof_kind=kind, epoch=epoch, reason=result.reason))
         self._write_own_proofs()
         return accepted
+
+    def _data_proofs(self, current: int, oldest_open: int) -> list[tuple]:
+        """Data proofs for the epochs ``DATA_PROOF_DELAY_EPOCHS`` ago (and any missed since the
+        last), each claiming exactly the samples its receivers signed for in this node's ledger."""
+        proofs = []
+        last = current - DATA_PROOF_DELAY_EPOCHS
+        for epoch in range(max(self._last_data_epoch + 1, oldest_open + 1), last + 1):
+            served = self.ledger.receipted_samples(self.key.address, epoch)
+            if served:
+                proofs.append((epoch, "data", WorkFigures(samples=served, tier=self._tier), b"", b""))
+        self._last_data_epoch = max(self._last_data_epoch, last)
+        return proofs
 
     def _write_own_proofs(self) -> None:
         tmp = self._own_proofs_path.with_suffix(".tmp")
