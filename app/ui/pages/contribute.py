@@ -26,7 +26,8 @@ NEEDS = {
 EARNS = {
     "pipeline": "Earns: 0.0005 NEURO per batch per layer held, more when it holds the first or last layer.",
     "async": "Earns: only its uptime in this version; pay for accepted async updates is not proven yet.",
-    "data": "Earns: only its uptime in this version; pay per sample served is not proven yet.",
+    "data": "Earns: only its uptime in this version. The ledger can pay per sample served, counted from "
+            "the receivers' signed receipts, but nodes do not sign receipts yet.",
     "verify": "Earns: 0.0005 NEURO per check, and a share of what a caught cheater loses.",
     "inference": "Earns: only its uptime in this version; pay per generated token comes with inference.",
 }
