@@ -39,7 +39,9 @@ def fund_verifiers(verifier_dirs: Iterable[Path], all_dirs: Iterable[Path], sett
     keys = []
     for d in verifier_dirs:
         d.mkdir(parents=True, exist_ok=True)
-        store = Keystore(d)
+        # A file keystore even where an OS keyring answers: the node processes must open it by
+        # themselves, and devnet keys do not belong in the volunteer's own keyring.
+        store = Keystore(d, use_keyring=False)
         keys.append(store.unlock(UNPROTECTED_PASSPHRASE) if store.has_key() else store.create(UNPROTECTED_PASSPHRASE))
     records = [genesis_record(DEVNET_GENESIS, config, {k.address: GRANT for k in keys}, now_ms)]
     records += [Record.create(k, "stake", config.network_id, now_ms + 1, {"amount": STAKE}, seq=1) for k in keys]
