@@ -25,7 +25,8 @@ from app.node.economics.constants import neuro
 from app.node.economics.genesis import genesis_record
 from app.node.economics.records import Record
 from app.node.p2p.node import P2PNode
-from app.node.runtime.economy import GOSSIP_TOPIC, EconomyService
+from app.node.runtime.economy import EconomyService
+from app.node.runtime.ledger_gossip import GOSSIP_TOPIC
 from app.node.runtime.verification import VERIFY_TOPIC
 from app.node.training.pipeline import PipelineDriver
 from app.node.training.stage import StageWorker, build_shard

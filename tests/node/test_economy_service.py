@@ -12,7 +12,8 @@ from app.node.economics import ponw
 from app.node.economics.records import Record
 from app.node.events import ProofAccepted, Query, WalletCommand
 from app.node.p2p.node import P2PNode
-from app.node.runtime.economy import GOSSIP_TOPIC, EconomyService, _parse_batch
+from app.node.runtime.economy import EconomyService
+from app.node.runtime.ledger_gossip import GOSSIP_TOPIC, parse_batch
 from app.ui import records
 from app.wallet.errors import WalletError, WrongPassword
 from app.wallet.keystore import Keystore
@@ -97,11 +98,11 @@ def test_wallet_commands_need_the_password(tmp_path) -> None:
 
 
 def test_gossip_batches_with_bad_headers_are_dropped() -> None:
-    assert _parse_batch([]) == (None, [])
-    assert _parse_batch([b"not json", b"rec"]) == (None, [])
-    assert _parse_batch([b'{"v": 1, "cursor": -1}']) == (None, [])
-    assert _parse_batch([b'{"v": 1, "cursor": true}']) == (None, [])
-    assert _parse_batch([b'{"v": 1, "cursor": 3}', b"r"]) == (3, [b"r"])
+    assert parse_batch([]) == (None, [])
+    assert parse_batch([b"not json", b"rec"]) == (None, [])
+    assert parse_batch([b'{"v": 1, "cursor": -1}']) == (None, [])
+    assert parse_batch([b'{"v": 1, "cursor": true}']) == (None, [])
+    assert parse_batch([b'{"v": 1, "cursor": 3}', b"r"]) == (3, [b"r"])
 
 
 def test_two_nodes_agree_on_the_ledger_after_gossip_over_grpc(tmp_path) -> None:

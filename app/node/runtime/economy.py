@@ -11,24 +11,19 @@ A data proof claims exactly the samples receivers signed ``receipt`` records for
 node's ledger (``DATA_PROOF_DELAY_EPOCHS`` after the epoch); receivers do not sign receipts yet
 in this release, so data mode earns only uptime until they do.
 
-Ledger records spread by push-pull gossip on the P2P layer's ``ledger`` topic: each round the
-node sends a random peer the records it has not sent that peer yet, together with the cursor of
-that peer's records it has already seen; the peer stores what it lacks and answers with its own
-records after that cursor. Because balances are a pure function of the record set, nodes that
-have exchanged everything agree on ``state_hash``.
+Ledger records spread by push-pull gossip (ledger_gossip.py); what an epoch's proofs claim is
+gathered in epoch_work.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from app.crypto.keys import PrivateKey
@@ -48,6 +43,8 @@ from app.node.events import (
     WalletCommand,
 )
 from app.node.runtime import wallet_api
+from app.node.runtime.epoch_work import EpochWork, InferenceWork, hash32
+from app.node.runtime.ledger_gossip import GossipSend, LedgerGossip
 from app.node.runtime.verification import StepLog, Verifier
 from app.wallet.keystore import Keystore
 from app.wallet.wallet import Wallet
@@ -61,87 +58,6 @@ economy), so it shows no earnings, and the Contribute page says so."""
 DATA_PROOF_DELAY_EPOCHS = 2
 """A data proof for epoch e is made in epoch e + 2: receipts signed in e (by the receivers) get
 an epoch to reach this node by gossip, and the proof is still well inside e's challenge window."""
-GOSSIP_TOPIC = "ledger"
-GOSSIP_BATCH = 500
-GOSSIP_TIMEOUT_S = 5.0
-GossipSend = Callable[[Any, list[bytes]], Awaitable[list[bytes]]]
-
-
-@dataclass
-class _EpochWork:
-    """The steps credited to one epoch: their sums, span and fastest measured cost per layer."""
-
-    batches: int = 0
-    tokens: int = 0
-    layers: int = 0
-    role: str = "none"
-    hash_before: str = ""
-    hash_after: str = ""
-    start_ms: int = 0
-    end_ms: int = 0
-    layer_us: int = 0
-    steps: list[int] = field(default_factory=list)
-    samples: list[Any] = field(default_factory=list)  # what the proof's work_root commits to
-
-    def add(self, step: Any, start_ms: int, end_ms: int, samples: list[Any], claimed_steps: int = 1) -> None:
-        first, last = step.layers
-        layers = max(1, last - first)
-        batches = max(1, int(step.batches))
-        if not self.hash_before:
-            self.hash_before, self.start_ms = step.hash_before, start_ms
-        self.hash_after, self.end_ms = step.hash_after, end_ms
-        self.batches += int(step.batches) * claimed_steps
-        self.tokens += int(step.tokens) * claimed_steps
-        self.samples.extend(samples)
-        self.layers = max(self.layers, last - first)
-        self.role = _role_for_proof(step.role)
-        # Rounded down, so batches x layers x layer_us never exceeds the measured time.
-        cost_us = (end_ms - start_ms) * 1000 // (batches * claimed_steps * layers)
-        self.layer_us = cost_us if not self.layer_us else min(self.layer_us, cost_us)
-        self.steps.append(int(step.step))
-
-
-@dataclass
-class _InferenceWork:
-    """Inference steps served in one epoch (runtime/inference_service.py): generated tokens, the
-    steps that carried them, the most layers held, their span and cheapest cost per layer-step."""
-
-    tokens: int = 0
-    steps: int = 0
-    layers: int = 0
-    start_ms: int = 0
-    end_ms: int = 0
-    layer_us: int = 0
-
-    def add(self, tokens: int, layers: int, start_ms: int, end_ms: int) -> None:
-        layers = max(1, layers)
-        if not self.steps:
-            self.start_ms = start_ms
-        self.end_ms = end_ms
-        self.tokens += tokens
-        self.steps += 1
-        self.layers = max(self.layers, layers)
-        # rounded down, so steps x layers x layer_us never exceeds the spans: the proof's bound
-        # (ponw.check_work: INFERENCE_TOKENS_PER_LAYER_STEP tokens per layer-step) then holds
-        cost_us = (end_ms - start_ms) * 1000 // layers
-        self.layer_us = cost_us if not self.layer_us else min(self.layer_us, cost_us)
-
-
-def _hash32(text: str) -> bytes:
-    """Weight hashes arrive as hex of any length; proofs carry exactly 32 bytes."""
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = text.encode()
-    return raw if len(raw) == 32 else hashlib.sha256(raw).digest()
-
-
-def _role_for_proof(role: str) -> str:
-    # Proof records name one role; a solo node holding embedding and head is the driver.
-    for candidate in ("driver", "validator", "worker"):
-        if candidate in role:
-            return candidate
-    return "none"
 
 
 class EconomyService:
@@ -161,15 +77,14 @@ class EconomyService:
         self._emit = emit
         self._tier = int(tier.lstrip("T")) if tier[1:].isdigit() else 5
         self._clock = clock
-        self._work: dict[int, _EpochWork] = {}  # epoch -> work credited to it
-        self._inference: dict[int, _InferenceWork] = {}  # epoch -> inference served in it
+        self._work: dict[int, EpochWork] = {}  # epoch -> work credited to it
+        self._inference: dict[int, InferenceWork] = {}  # epoch -> inference served in it
         self._work_lock = threading.Lock()
         self._started_ms = int(clock() * 1000)
         self._work_mark_ms = self._started_ms  # when the last credited step ended
         self._last_epoch = self._epoch_of(self._started_ms) - 1
         self._last_data_epoch = self._last_epoch  # the last epoch whose served data was proven
-        self._sent_cursor: dict[str, int] = {}  # peer id -> our cursor already pushed to it
-        self._seen_cursor: dict[str, int] = {}  # peer id -> their cursor we already pulled
+        self._gossip = LedgerGossip(self.ledger)
         self._last_balance: tuple[int, int, int] | None = None
         self._proposal_phases: dict[str, str] = {}
         self.proofs_submitted = 0
@@ -207,7 +122,7 @@ class EconomyService:
                                 "mid-step) is not claimed: a verifier could not check it")
                 return
             claimed = max(1, len(samples))  # a lazy node claims its phantom steps as work too
-            self._work.setdefault(epoch, _EpochWork()).add(step, start_ms, now_ms, samples, claimed)
+            self._work.setdefault(epoch, EpochWork()).add(step, start_ms, now_ms, samples, claimed)
 
     def on_inference(self, tokens: int, layers: int) -> None:
         """Inference work: one session step served (any thread), ``tokens`` generated tokens
@@ -224,16 +139,16 @@ class EconomyService:
                 if self._epoch_of(now_ms) != epoch:
                     return
             self._work_mark_ms = now_ms
-            self._inference.setdefault(epoch, _InferenceWork()).add(tokens, layers, start_ms, now_ms)
+            self._inference.setdefault(epoch, InferenceWork()).add(tokens, layers, start_ms, now_ms)
 
-    def _take_inference(self, before_epoch: int) -> dict[int, _InferenceWork]:
+    def _take_inference(self, before_epoch: int) -> dict[int, InferenceWork]:
         with self._work_lock:
             done = {epoch: work for epoch, work in self._inference.items() if epoch < before_epoch}
             for epoch in done:
                 del self._inference[epoch]
             return done
 
-    def _take_work(self, before_epoch: int) -> dict[int, _EpochWork]:
+    def _take_work(self, before_epoch: int) -> dict[int, EpochWork]:
         """Removes and returns the work of every epoch that has ended before ``before_epoch``."""
         with self._work_lock:
             done = {epoch: work for epoch, work in self._work.items() if epoch < before_epoch}
@@ -267,7 +182,7 @@ class EconomyService:
                                   role=work.role, tier=self._tier, work_start_ms=work.start_ms,
                                   work_end_ms=work.end_ms, layer_us=work.layer_us,
                                   work_root=self.steps.root(work.samples))
-            proofs.append((worked, "training", figures, _hash32(work.hash_before), _hash32(work.hash_after),
+            proofs.append((worked, "training", figures, hash32(work.hash_before), hash32(work.hash_after),
                            work.samples))
         for worked, served in sorted(self._take_inference(current).items()):
             if worked >= oldest_open:
@@ -399,34 +314,11 @@ class EconomyService:
 
     async def gossip_round(self, peer: Any, send: GossipSend) -> int:
         """Push what ``peer`` has not had from us, pull what we have not had from it; returns new records."""
-        peer_id = getattr(peer, "node_id", str(peer))
-        peer_id = peer_id.hex() if isinstance(peer_id, bytes) else str(peer_id)
-        loop = asyncio.get_running_loop()
-        records, our_cursor = await loop.run_in_executor(
-            None, self.ledger.records_since, self._sent_cursor.get(peer_id, 0), GOSSIP_BATCH)
-        header = json.dumps({"v": 1, "cursor": self._seen_cursor.get(peer_id, 0)}).encode()
-        try:
-            reply = await send(peer, [header, *records])
-        except Exception as exc:  # peers come and go; the next round picks another
-            log.debug("ledger gossip with %s failed: %s", peer_id[:12], exc)
-            return 0
-        self._sent_cursor[peer_id] = our_cursor
-        cursor, incoming = _parse_batch(reply)
-        if cursor is None:
-            return 0
-        self._seen_cursor[peer_id] = cursor
-        results = await loop.run_in_executor(None, self.ledger.submit_many, incoming)
-        return sum(r.accepted for r in results)
+        return await self._gossip.round(peer, send)
 
     async def on_gossip(self, sender_id: bytes, payloads: list[bytes]) -> list[bytes]:
         """Server side of ``gossip_round``: store what came, answer with records after their cursor."""
-        cursor, incoming = _parse_batch(payloads)
-        if cursor is None:
-            return []
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.ledger.submit_many, incoming)
-        records, next_cursor = await loop.run_in_executor(None, self.ledger.records_since, cursor, GOSSIP_BATCH)
-        return [json.dumps({"v": 1, "cursor": next_cursor}).encode(), *records]
+        return await self._gossip.serve(payloads)
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -459,16 +351,3 @@ class EconomyService:
     def close(self) -> None:
         self.ledger.close()
 
-
-def _parse_batch(payloads: list[bytes]) -> tuple[int | None, list[bytes]]:
-    """A gossip batch: a JSON header with a cursor, then raw records. Anything else is dropped."""
-    if not payloads:
-        return None, []
-    try:
-        header = json.loads(payloads[0])
-        cursor = header["cursor"]
-    except (ValueError, KeyError, TypeError):
-        return None, []
-    if header.get("v") != 1 or not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
-        return None, []
-    return cursor, list(payloads[1:])

@@ -29,7 +29,8 @@ class EconomyLink:
         self.service: Any = None
         self._task: asyncio.Task[None] | None = None
         try:
-            from app.node.runtime.economy import GOSSIP_TIMEOUT_S, GOSSIP_TOPIC, EconomyService
+            from app.node.runtime.economy import EconomyService
+            from app.node.runtime.ledger_gossip import GOSSIP_TIMEOUT_S, GOSSIP_TOPIC
             from app.node.runtime.verification import VERIFY_TOPIC
 
             self.service = EconomyService(key, ctx.config, ctx.emit, ctx.hardware.tier.value)
