@@ -86,7 +86,10 @@ class MigrationDialog(QDialog):
     migrated = Signal(object)  # the result dict, once the node runs the new version
 
     def __init__(self, controller: NodeController, event: UpgradeAvailable, notify: Notify,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, *,
+                 dry_run: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``dry_run`` gives the plan to review (default: engine.migration_plan on the node's data
+        dir, on a worker thread); the screenshot script passes demo figures instead."""
         super().__init__(parent)
         self.controller, self.upgrade, self._notify = controller, event, notify
         self.setWindowTitle("Model upgrade")
@@ -124,7 +127,7 @@ class MigrationDialog(QDialog):
             layout.addWidget(widget)
         layout.addLayout(buttons)
         self.progressed.connect(self._on_progress, Qt.ConnectionType.QueuedConnection)
-        run_background(lambda: migration_plan(controller.config), self._show_plan, self._no_plan)
+        run_background(dry_run or (lambda: migration_plan(controller.config)), self._show_plan, self._no_plan)
 
     def _show_plan(self, plan: dict[str, Any]) -> None:
         self.plan = plan

@@ -12,10 +12,11 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 WIZARD_STEPS = ("welcome", "wallet", "phrase", "confirm", "hardware", "modes", "limits", "join")
-DIALOGS = ("start-failure", "unlock", "send", "stake", "propose", "damaged-checkpoint")
+DIALOGS = ("start-failure", "unlock", "send", "stake", "propose", "damaged-checkpoint", "migration")
 THEMES = ("light", "dark")
 
 
@@ -99,20 +100,36 @@ def render_wizard(out: Path, data_dir: Path) -> list[Path]:
     return written
 
 
-def render_dialogs(out: Path) -> list[Path]:
+DEMO_PLAN = {  # a dry run as engine.migration_plan returns it (figures of a 16 -> 18 layer upgrade)
+    "from": {"version": 1, "layers": 16, "hidden": 768, "parameters": 99_500_000},
+    "to": {"version": 2, "layers": 18, "hidden": 896, "parameters": 131_200_000},
+    "growth": {"depth": {"inserted": 2, "insert_at": 8}},
+    "this_node": {"layers_after": [0, 9], "fits": True, "memory_budget_bytes": 6 * 1024**3,
+                  "memory_needed_bytes": int(2.4 * 1024**3)},
+    "disk": {"needed_bytes": int(1.1 * 1024**3), "free_bytes": 48 * 1024**3, "enough": True},
+    "estimated_seconds": 14.0, "estimate_assumes": "100 MB/s disk writes",
+    "backup_dir": "~/.local/share/neuroshard/migration/backup-v1",
+}
+
+
+def render_dialogs(out: Path, data_dir: Path) -> list[Path]:
     """The dialogs a volunteer meets, each filled as it would be (demo values, no real key)."""
     from PySide6.QtWidgets import QApplication, QWidget
 
-    from app.node.events import CheckpointDecisionNeeded
+    from app.node.config import NodeConfig
+    from app.node.events import CheckpointDecisionNeeded, UpgradeAvailable
     from app.node.values import UNITS_PER_NEURO
     from app.ui.bridge import EngineBridge
     from app.ui.checkpoint_prompt import CorruptCheckpointPrompt
+    from app.ui.controller import NodeController
+    from app.ui.migration_dialog import MigrationDialog
     from app.ui.widgets.proposal_dialog import ProposalDialog
     from app.ui.widgets.start_failure import StartFailureDialog
     from app.ui.widgets.wallet_dialogs import PasswordDialog, SendDialog, StakeDialog
 
     app = QApplication.instance()
-    prompt = CorruptCheckpointPrompt(EngineBridge())
+    bridge = EngineBridge()
+    prompt = CorruptCheckpointPrompt(bridge)
     prompt.ask(CheckpointDecisionNeeded(reason="checkpoints/stage.safetensors: hash mismatch; the copy too"))
     assert prompt.dialog is not None
     dialogs: dict[str, QWidget] = {
@@ -123,8 +140,19 @@ def render_dialogs(out: Path) -> list[Path]:
         "stake": StakeDialog("stake", 125 * UNITS_PER_NEURO),
         "propose": ProposalDialog(1_000 * UNITS_PER_NEURO),
         "damaged-checkpoint": prompt.dialog,
+        "migration": MigrationDialog(
+            NodeController(bridge, NodeConfig(data_dir=data_dir)),
+            UpgradeAvailable(current_version=1, candidate_version=2, current_parameters=DEMO_PLAN["from"]["parameters"],
+                             candidate_parameters=DEMO_PLAN["to"]["parameters"]),
+            notify=lambda _title, _text: None, dry_run=lambda: DEMO_PLAN),
     }
     written = []
+    migration = dialogs["migration"]
+    for _ in range(200):  # its dry run arrives from a worker thread
+        if getattr(migration, "plan", None) is not None:
+            break
+        _settle(app)
+        time.sleep(0.01)
     for index, name in enumerate(DIALOGS, start=1):
         dialog = dialogs[name]
         dialog.show()
@@ -140,7 +168,7 @@ def render_dialogs(out: Path) -> list[Path]:
 def render_all(out: Path, size: tuple[int, int]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="neuroshard-shots-") as tmp:
-        return render_pages(out, Path(tmp), size) + render_wizard(out, Path(tmp)) + render_dialogs(out)
+        return render_pages(out, Path(tmp), size) + render_wizard(out, Path(tmp)) + render_dialogs(out, Path(tmp))
 
 
 def main(argv: list[str] | None = None) -> int:
