@@ -53,11 +53,12 @@ PHASE_WORDS = {
     "large": "a large network (500+ computers)",
 }
 TRAINING_ALONE = (
-    "Training alone: no other computer is connected, so this one trains its own copy of the genesis "
-    "network. To train with others, either start NeuroShard on another computer on this network (nodes "
+    "Training alone: no other computer is connected, so this one trains its own copy of the model on "
+    "the text that comes with the app. To train with others, either start NeuroShard on another computer on this network (nodes "
     "that listen on the local network find each other by themselves while \"Find other computers on "
     "this network\" is on in Settings), or add a tracker address in Settings.")
 """What the dashboard says while the node has no peers; the wizard's summary says the same."""
+TRAINING_ALONE_TERM = "A solo genesis network: this node holds every layer and trains on the bundled genesis data."
 
 PHASE_TERM = ("Network phase (seed 001): genesis, micro, small, medium, growing, large. The model grows "
               "as the network does.")

@@ -64,7 +64,9 @@ def test_a_node_without_peers_says_it_trains_alone_until_a_peer_appears(qtbot, g
     page = gui.window.dashboard
     qtbot.waitUntil(lambda: page.alone_label.isVisible(), timeout=15_000)
     assert page.alone_label.text() == plain_words.TRAINING_ALONE
-    assert "genesis" in page.alone_label.text() and "tracker address" in page.alone_label.text()
+    # plain words on the page (#19), the expert term in the tooltip
+    assert "its own copy" in page.alone_label.text() and "tracker address" in page.alone_label.text()
+    assert "genesis" in page.alone_label.toolTip()
     answer = ask(qtbot, gui, "reachability")
     assert isinstance(answer, dict) and answer["alone"] is True and answer["peers"] == 0
     # the GUI tests' node listens on 127.0.0.1 only: discovery says why it is not looking

@@ -79,6 +79,7 @@ class DashboardPage(QWidget):
         self.activity_label = QLabel("Waiting for the node to start")
         self.alone_label = QLabel(plain_words.TRAINING_ALONE)
         self.alone_label.setWordWrap(True)
+        self.alone_label.setToolTip(plain_words.TRAINING_ALONE_TERM)
         self.alone_label.hide()
         self.hold_label = QLabel()
         self.hold_label.setStyleSheet("color: #b05a00;")
