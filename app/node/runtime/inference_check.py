@@ -9,7 +9,6 @@ what the model computes.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -62,16 +61,7 @@ async def generate_and_compare(trackers: list[str], arch: ModelArchitecture, pro
     try:
         await node.start()
         generator = RemoteGenerator(node, arch, economics=economics, next_seq=lambda: 1)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + join_wait_s
-        while True:
-            try:
-                await generator.plan()
-                break
-            except GenerationFailed:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        await generator.plan_within(join_wait_s, poll_s=0.5)
         result = await generator.generate(prompt_ids, max_tokens, temperature=0)
         stages = []
         for served_by in result.holders:

@@ -125,6 +125,19 @@ class RemoteGenerator:
             layer = holders[0].layer_end
         return chain
 
+    async def plan_within(self, wait_s: float, poll_s: float = 0.3) -> list[PeerRecord]:
+        """``plan``, retried while the network is still forming (holders announce themselves a
+        little after they start), for at most ``wait_s``; then the last GenerationFailed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            try:
+                return await self.plan()
+            except GenerationFailed:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(poll_s)
+
     async def _open(self, hop: _Hop, max_length: int) -> None:
         hop.session_id = secrets.token_bytes(SESSION_ID_BYTES)
         reply = await self.node.call_inference(hop.holder, INFERENCE_OPEN,
@@ -309,16 +322,7 @@ async def generate_via_trackers(trackers: list[str], arch: ModelArchitecture, pr
     try:
         await node.start()
         generator = RemoteGenerator(node, arch)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + join_wait_s
-        while True:
-            try:
-                await generator.plan()
-                break
-            except GenerationFailed:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+        await generator.plan_within(join_wait_s)
         return await generator.generate(prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p,
                                         seed=seed, eos_id=eos_id, on_token=on_token)
     except (OSError, P2PError) as exc:
