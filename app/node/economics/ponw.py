@@ -176,6 +176,11 @@ def _check_training(body: dict, config: EconomicsConfig, timestamp_ms: int) -> N
         raise ProofRejected(
             f"{body['batches']} batches over {body['layers']} layers at {body['layer_us']} us each do "
             f"not fit in {span_ms} ms of work (at most {bound} layer passes)")
+    _check_training_claim(body)
+
+
+def _check_training_claim(body: dict) -> None:
+    """What every training proof must hold, whatever rules bound its work (both record versions)."""
     if body["tokens"] > body["batches"] * MAX_TOKENS_PER_BATCH:
         raise ProofRejected("more tokens than the claimed batches can hold")
     if not body["model_before"] or not body["model_after"]:
@@ -204,12 +209,7 @@ def check_v1_work(body: dict, config: EconomicsConfig) -> None:
             raise ProofRejected(
                 f"{body['batches']} batches over {body['layers']} layers is impossible for tier "
                 f"T{body['tier']} (at most {bound} per epoch)")
-        if body["tokens"] > body["batches"] * MAX_TOKENS_PER_BATCH:
-            raise ProofRejected("more tokens than the claimed batches can hold")
-        if not body["model_before"] or not body["model_after"]:
-            raise ProofRejected("training proof without model hashes")
-        if body["model_before"] == body["model_after"]:
-            raise ProofRejected("model hash did not change: no training step was applied")
+        _check_training_claim(body)
     elif kind == "inference":
         if body["tokens"] > bound * INFERENCE_TOKENS_PER_LAYER_STEP:
             raise ProofRejected(f"{body['tokens']} tokens exceed tier T{body['tier']}'s bound of "
