@@ -112,7 +112,7 @@ def test_recovery_phrase_restores_the_key(file_keystore, tmp_path):
     assert fresh.import_phrase(words, "new-pass").address == key.address
 
 
-def test_phrase_typo_and_swapped_words_are_caught_without_echoing_the_word(file_keystore):
+def test_phrase_typo_is_caught_without_echoing_the_word(file_keystore):
     file_keystore.create(PASSWORD)
     words = file_keystore.recovery_phrase(PASSWORD).split()
     typo = words.copy()
@@ -120,11 +120,17 @@ def test_phrase_typo_and_swapped_words_are_caught_without_echoing_the_word(file_
     with pytest.raises(phrase.InvalidPhrase, match="word 5") as caught:
         phrase.decode(" ".join(typo))
     assert "qqqq" not in str(caught.value)
-    swapped = words.copy()
-    i = next(i for i in range(23) if swapped[i] != swapped[i + 1])
-    swapped[i], swapped[i + 1] = swapped[i + 1], swapped[i]
-    with pytest.raises(phrase.InvalidPhrase, match="checksum"):
-        phrase.decode(" ".join(swapped))
+
+
+def test_swapped_words_are_caught_by_the_checksum():
+    # The checksum is 8 bits, so a random wallet's swap slips through 1 time in 256: a fixed
+    # secret keeps the test deterministic, and every adjacent swap of it must be caught.
+    words = phrase.encode(bytes(range(32))).split()
+    for i in range(23):
+        swapped = words.copy()
+        swapped[i], swapped[i + 1] = swapped[i + 1], swapped[i]
+        with pytest.raises(phrase.InvalidPhrase, match="checksum"):
+            phrase.decode(" ".join(swapped))
 
 
 def test_word_list_matches_its_generation_rule():
