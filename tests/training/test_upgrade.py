@@ -146,3 +146,30 @@ def test_shards_grown_one_by_one_compose_to_the_same_function() -> None:
     tokens = torch.randint(0, TINY.vocab, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(grown[1](grown[0](tokens)), whole(tokens), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [1.5, 2.0, 40.0])
+def test_a_growth_cap_keeps_one_upgrade_within_its_factor_and_the_record_still_verifies(factor: float) -> None:
+    offers = [NodeOffer(f"n{i}", 100, 8 * GIB) for i in range(4)]
+    pool = DynamicLayerPool(TINY, max_upgrade_factor=factor)
+    pool.plan(offers)
+    notice = pool.check_upgrade(force=True)
+    assert notice is not None
+    target = notice.plan.target
+    assert 1.3 * TINY.param_count() <= target.param_count() <= factor * TINY.param_count()
+    uncapped = DynamicLayerPool(TINY)
+    uncapped.plan(offers)
+    scaler = uncapped.check_upgrade(force=True)
+    assert scaler is not None and scaler.plan.target.param_count() > 40 * TINY.param_count()
+    assert target.layers <= scaler.plan.target.layers and target.hidden <= scaler.plan.target.hidden
+    # every node re-derives the plan from the record: the capped shape is plain growth of its base
+    again = parse_upgrade(sign_upgrade(PrivateKey.generate(), notice.plan, nodes=4).to_bytes())
+    assert again.plan == notice.plan
+
+
+def test_the_devnet_cap_grows_the_tiny_model_by_identity_blocks_only() -> None:
+    pool = DynamicLayerPool(TINY, max_upgrade_factor=1.5)
+    pool.plan([NodeOffer(f"n{i}", 100, 8 * GIB) for i in range(4)])
+    notice = pool.check_upgrade(force=True)
+    assert notice is not None and not notice.plan.widens
+    assert (notice.plan.inserted, notice.plan.insert_at, notice.plan.target.layers) == (2, 2, 6)

@@ -40,7 +40,8 @@ class Planner:
         self.on_activity = on_activity
         self.version_nodes = version_nodes
         self.pool = DynamicLayerPool(arch, max_layers_per_node=config.max_layers_per_node,
-                                     recalc_interval=config.recalc_interval_nodes)
+                                     recalc_interval=config.recalc_interval_nodes,
+                                     max_upgrade_factor=config.max_upgrade_factor)
         self.upgrade: UpgradeNotice | None = None
 
     async def assign(self, me: NodeOffer) -> Assignment:

@@ -90,6 +90,15 @@ class TrainingConfig:
     recalc_interval_nodes: Positive = 50
     """Seed 000: the layer pool re-computes the architecture every 50 joined nodes (a devnet
     lowers it so an upgrade is reachable with a handful of nodes)."""
+    max_upgrade_factor: Annotated[float, Ge(0)] = 0.0
+    """0 = an upgrade takes the shape the network's memory affords (the scaler's); > 0 caps one
+    upgrade at this many times the current parameters (training/upgrade.py ``capped_candidate``):
+    a devnet's tiny model would otherwise jump to the hundreds of times larger shape that the
+    machines' gigabytes afford."""
+    upgrade_at_step: Count = 0
+    """0 = recalculate only every ``recalc_interval_nodes`` joins; N > 0 (a devnet's
+    ``--upgrade-at``, for tests and demos): a driver on the configured (never migrated)
+    architecture forces the recalculation once it committed step N."""
     heal_interval_s: Seconds = 30.0
     """How often a node checks that every stage still has MIN_REPLICAS live holders (the original
     implementation's 30 s heartbeat; a holder counts as gone when its announcement expires)."""

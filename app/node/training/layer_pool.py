@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from app.node.model.architecture import MIN_REPLICAS, ModelArchitecture, calculate_optimal_architecture
-from app.node.training.upgrade import GrowthPlan, plan_upgrade
+from app.node.training.upgrade import GrowthPlan, capped_candidate, plan_upgrade
 
 RECALC_EVERY_JOINS = 50
 """Seed 000: re-calculate the architecture every 50 joined nodes."""
@@ -103,6 +103,7 @@ class DynamicLayerPool:
     joins: int = 0  # nodes the network has had, counting this pool's joins
     last_recalc_nodes: int = 0  # node count at the last recalculation
     recalc_interval: int = RECALC_EVERY_JOINS
+    max_upgrade_factor: float = 0.0  # 0 = the scaler's candidate; else one upgrade's parameter cap
 
     # --- planning ------------------------------------------------------------------------------
     def _fits(self, offer: NodeOffer, stage: int) -> bool:
@@ -257,6 +258,8 @@ class DynamicLayerPool:
                                                    max_seq=self.arch.max_seq, version=self.arch.version + 1,
                                                    block_type=self.arch.block_type,
                                                    embedding_rank=self.arch.embedding_rank)
+        if self.max_upgrade_factor > 0:
+            candidate = capped_candidate(self.arch, candidate, self.max_upgrade_factor)
         plan = plan_upgrade(self.arch, candidate)
         if plan is None:
             return None

@@ -79,6 +79,35 @@ def reachable_target(current: ModelArchitecture, candidate: ModelArchitecture) -
         norm_eps=current.norm_eps * current.hidden / hidden if widened else current.norm_eps)
 
 
+def capped_candidate(current: ModelArchitecture, candidate: ModelArchitecture, factor: float) -> ModelArchitecture:
+    """``candidate`` cut down so one upgrade multiplies the parameters by at most ``factor``.
+
+    The scaler sizes the model for the network's memory, which for a test model (tiny, 4 × 64)
+    on machines with gigabytes is hundreds of times larger: one upgrade would then jump to a
+    model no devnet trains in seconds. Depth grows first, one identity block at a time up to the
+    candidate's depth (inserted blocks are exactly the identity and need no fresh random
+    weights), then width by whole query groups up to the candidate's width, each step taken only
+    while the cap holds. The result is always reachable by growth (``reachable_target``) and
+    never smaller than ``current``; ``plan_upgrade`` still applies seed 000's 1.3× rule to it."""
+    limit = factor * current.param_count()
+    best = current.with_changes(version=current.version + 1)
+    for layers in range(current.layers + 1, max(current.layers, candidate.layers) + 1):
+        deeper = best.with_changes(layers=layers)
+        if deeper.param_count() > limit:
+            break
+        best = deeper
+    group = current.heads // current.kv_heads
+    target_heads = max(current.heads, math.ceil(candidate.hidden / current.head_dim))
+    heads = best.heads + group
+    while heads <= target_heads:
+        wider = reachable_target(current, best.with_changes(hidden=heads * current.head_dim,
+                                                            heads=heads, kv_heads=heads // group))
+        if wider.param_count() > limit:
+            break
+        best, heads = wider, heads + group
+    return best
+
+
 def plan_upgrade(current: ModelArchitecture, candidate: ModelArchitecture) -> GrowthPlan | None:
     """The growth plan to the reachable form of ``candidate``, or None when it is not worth it
     (below seed 000's 1.3× parameters) or not growable (INL blocks cannot be widened exactly)."""
