@@ -23,6 +23,7 @@ from app.node.runtime import stage_protocol
 from app.node.runtime.data_service import DataService
 from app.node.runtime.network import NetworkService
 from app.node.runtime.p2p_transport import P2PWeights, peer_id
+from app.node.training.arch_guard import arch_tag
 from app.node.training.async_mode import AsyncConfig, AsyncResult, AsyncTrainer
 from app.node.training.compression import encode_pseudo_gradient
 from app.node.training.config import TrainingConfig
@@ -94,7 +95,7 @@ class AsyncService:
         return bounds
 
     async def _snapshot(self, bounds: list[tuple[int, int]]) -> tuple[dict, dict[tuple[int, int], list[str]]]:
-        weights = P2PWeights(self.net.node)
+        weights = P2PWeights(self.net.node, arch=arch_tag(self.arch))
         snapshot, parts = {}, {}
         for layer_range in bounds:
             state = await weights.fetch(layer_range)
@@ -108,7 +109,7 @@ class AsyncService:
         for layer_range, names in parts.items():
             encoded = encode_pseudo_gradient({n: contribution.tensors[n] for n in names}, scheme)
             meta = stage_protocol.sync_request(layer_range, 0, contribution.batches, contribution.age_s,
-                                               is_async=True)
+                                               is_async=True, arch=arch_tag(self.arch))
             for record in await self.net.node.who_holds(layer_range[0]):
                 if (record.layer_start, record.layer_end) != layer_range:
                     continue

@@ -200,8 +200,10 @@ class P2PCohort:
     def __init__(self, node: P2PNode, holds: Callable[[], tuple[int, int]] | None = None,
                  position: Callable[[], tuple[int, int]] | None = None,
                  on_idle_payload: Callable[[str, tuple[int, int]], None] | None = None,
-                 round_length: Callable[[], int] | None = None) -> None:
+                 round_length: Callable[[], int] | None = None,
+                 arch: Callable[[], str] | None = None) -> None:
         self.node = node
+        self.arch = arch  # our architecture tag (arch_guard.arch_tag): a payload of another is refused
         self.holds = holds  # the range this node serves now; payloads for others are refused
         self.position = position  # (DiLoCo round, inner steps done in it) of our stage
         self.on_idle_payload = on_idle_payload  # a replica trained while we were idle
@@ -231,6 +233,11 @@ class P2PCohort:
             raise as_refusal(exc) from exc
         if self.holds is not None and tuple(self.holds()) != layer_range:
             raise as_refusal(GiveUp(f"this node does not hold layers {layer_range} (any more)"))
+        if self.arch is not None and (theirs := stage_protocol.request_arch(request)) != (mine := self.arch()):
+            # DESIGN.md §8: weights of different versions never mix. Retryable: the sender may be
+            # on its way to our version (or we to its), and the round goes on without its payload.
+            raise as_refusal(RetryElsewhere(f"this node trains architecture {mine}, the pseudo-gradient is for "
+                                            f"{theirs[:60] or 'an untagged architecture'}; versions never mix"))
         if self.round_length is not None:
             batches = min(batches, max(1, self.round_length()))
         payload = CohortPayload(sender, round_, batches, age, dict(tensors))
@@ -272,7 +279,8 @@ class P2PCohort:
         deadline = loop.time() + timeout_s
         records = [r for r in await self.node.who_holds(layer_range[0])
                    if (r.layer_start, r.layer_end) == tuple(layer_range) and peer_id(r) != self.me]
-        request = stage_protocol.sync_request(layer_range, round_, payload.batches, payload.age_s)
+        request = stage_protocol.sync_request(layer_range, round_, payload.batches, payload.age_s,
+                                              arch=self.arch() if self.arch is not None else "")
         results = await asyncio.gather(*(self.node.call_sync(r, request, dict(payload.tensors), timeout_s)
                                          for r in records), return_exceptions=True)
         # Wait only for peers in this round that trained in it: an idle replica (no driver routes
@@ -313,9 +321,11 @@ joins its cohort's rounds in step."""
 class P2PWeights:
     """Download a layer range's current weights (and DiLoCo position) from a live holder."""
 
-    def __init__(self, node: P2PNode, timeout_s: float = 60.0) -> None:
+    def __init__(self, node: P2PNode, timeout_s: float = 60.0, arch: str = "") -> None:
+        """``arch``: the architecture tag the weights must be of (a holder of another refuses)."""
         self.node = node
         self.timeout_s = timeout_s
+        self.arch = arch
         self.last_position: tuple[int, int] | None = None
 
     async def fetch_diloco(self, layer_range: tuple[int, int], peer: str
@@ -326,7 +336,7 @@ class P2PWeights:
                 continue
             try:
                 flat = await self.node.fetch_weights(
-                    record, stage_protocol.weights_request(layer_range, diloco=True), self.timeout_s)
+                    record, stage_protocol.weights_request(layer_range, diloco=True, arch=self.arch), self.timeout_s)
             except P2PError as exc:
                 log.info("DiLoCo state download from %s failed: %s", peer[:12], exc)
                 return None
@@ -347,7 +357,7 @@ class P2PWeights:
         records.sort(key=lambda r: peer_id(r) != prefer)
         for record in records:
             try:
-                state = await self.node.fetch_weights(record, stage_protocol.weights_request(layer_range),
+                state = await self.node.fetch_weights(record, stage_protocol.weights_request(layer_range, arch=self.arch),
                                                       self.timeout_s)
             except P2PError as exc:
                 log.info("weights download from %s failed: %s", peer_id(record)[:12], exc)

@@ -39,6 +39,7 @@ from app.node.runtime.p2p_transport import (
 )
 from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RuntimeContext
+from app.node.training.arch_guard import ARCH_KEY, arch_tag
 from app.node.training.checkpointing import ResumePoint, checkpoint_path, restore_training_state
 from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment
@@ -107,7 +108,8 @@ class StageHost:
         self.moved = False
         self.cohort = P2PCohort(self._net.node, holds=lambda: self.stage.layer_range, position=self._sync_position,
                                 on_idle_payload=self._on_idle_payload,
-                                round_length=lambda: self._training.inner_steps)
+                                round_length=lambda: self._training.inner_steps,
+                                arch=lambda: arch_tag(self.architecture()))
         self.assignment = assignment
         self.stage, self.sync = self._build(assignment)
         # the key/value caches of inference sessions through this stage (runtime/inference_service.py)
@@ -193,7 +195,7 @@ class StageHost:
                              prefer: str | None = None) -> None:
         """Weights and DiLoCo position of a live replica, so this node syncs in step with it."""
         self._activity("downloading layers")
-        weights = P2PWeights(self._net.node)
+        weights = P2PWeights(self._net.node, arch=arch_tag(self.architecture()))
         state = await weights.fetch(layer_range, prefer=prefer)
         peer_vocab = _vocab_rows(state)
         if peer_vocab is not None and not self._vocab.reach_size(peer_vocab):
@@ -205,7 +207,7 @@ class StageHost:
         sync.adopt_position(*(weights.last_position or (None, 0)))
 
     async def _fetch_peer_state(self, layer_range: tuple[int, int], peer: str) -> tuple[dict, dict, int] | None:
-        return await P2PWeights(self._net.node).fetch_diloco(layer_range, peer)
+        return await P2PWeights(self._net.node, arch=arch_tag(self.architecture())).fetch_diloco(layer_range, peer)
 
     # --- serving -------------------------------------------------------------------------------
     def _serve_stage(self, stage: StageWorker) -> None:
@@ -224,6 +226,10 @@ class StageHost:
         stage, sync = self.stage, self.sync
         if list(meta.get("range", [])) != list(stage.layer_range):
             raise RetryElsewhere(f"this node holds layers {stage.layer_range}, not {meta.get('range')}")
+        mine, theirs = arch_tag(self.architecture()), str(meta.get(ARCH_KEY) or "")
+        if theirs and theirs != mine:  # untagged: an inference client taking whatever is held
+            raise RetryElsewhere(f"this node holds layers {stage.layer_range} of architecture {mine}, "
+                                 f"not {theirs[:60]}; versions never mix")
         loop = asyncio.get_running_loop()
         if meta.get("diloco") is True:  # a late cohort member rejoining our anchor
             state = await loop.run_in_executor(self._ctx.executor, sync.replica.flat_state)
@@ -259,7 +265,7 @@ class StageHost:
         stage, sync = self.stage, self.sync
         if stage.layer_range != layer_range or not _idle(stage):
             return
-        weights = P2PWeights(self._net.node)
+        weights = P2PWeights(self._net.node, arch=arch_tag(self.architecture()))
         try:
             state = await weights.fetch(layer_range, prefer=sender)
         except RetryElsewhere:

@@ -181,10 +181,15 @@ def stage_reply(op: str, out: Meta) -> Any:
 
 # --- DiLoCo exchange and weight transfer ---------------------------------------------------------
 def sync_request(layer_range: tuple[int, int], round_: int, batches: int, age_s: float,
-                 *, is_async: bool = False) -> Any:
+                 *, is_async: bool = False, arch: str = "") -> Any:
     return pb2.SyncRequest(stage_version=STAGE_PROTOCOL_VERSION, layer_start=layer_range[0],
                            layer_end=layer_range[1], round=round_, batches=batches, age_s=age_s,
-                           **{"async": is_async})
+                           arch=arch, **{"async": is_async})
+
+
+def request_arch(request: Any) -> str:
+    """The architecture tag a SyncRequest or WeightsRequest names ("" when none), length-checked."""
+    return _arch(str(getattr(request, "arch", "")))
 
 
 def parse_sync(request: Any) -> tuple[tuple[int, int], int, int, float, bool]:
@@ -202,16 +207,16 @@ def sync_reply(status: str, round_: int, inner: int) -> Any:
     return pb2.SyncReply(status=_STATUS_NAMES[status], round=round_, inner=inner)
 
 
-def weights_request(layer_range: tuple[int, int], *, diloco: bool = False) -> Any:
+def weights_request(layer_range: tuple[int, int], *, diloco: bool = False, arch: str = "") -> Any:
     return pb2.WeightsRequest(stage_version=STAGE_PROTOCOL_VERSION, layer_start=layer_range[0],
-                              layer_end=layer_range[1], diloco=diloco)
+                              layer_end=layer_range[1], diloco=diloco, arch=arch)
 
 
 def parse_weights(request: Any) -> Meta:
-    """Training's meta (``range``, ``diloco``) of a typed WeightsRequest, checked."""
+    """Training's meta (``range``, ``diloco``, ``arch``) of a typed WeightsRequest, checked."""
     if not isinstance(request, pb2.WeightsRequest):
         raise invalid("a weights download takes a typed WeightsRequest message")
     check_version(request)
     start = bounded("layer_start", request.layer_start, MAX_LAYER)
     end = bounded("layer_end", request.layer_end, MAX_LAYER, lo=start + 1)
-    return {"range": [start, end], "diloco": bool(request.diloco)}
+    return {"range": [start, end], "diloco": bool(request.diloco), ARCH_KEY: request_arch(request)}
