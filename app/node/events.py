@@ -431,3 +431,41 @@ class EarningsChanged(Event):
     by_mode: tuple[tuple[str, int], ...]  # (mode, settled since start): pipeline, async, data, verify, ...
     refused: int
     last_refusal: str = ""
+
+
+# --- trying the model (#17): generation for the app's "Try the model" page ----------------------
+
+
+@dataclass(frozen=True)
+class Generate(Command):
+    """Generate text with the network's model (runtime/generation_service.py): on this node when it
+    holds every layer (nothing is paid), else through the network, paid from this node's wallet.
+    The text streams as ``TextGenerated`` events with this ``request_id``; the result is a dict
+    (text, tokens, cost_units, where, tokens_per_s)."""
+
+    name: ClassVar[str] = "generate"
+    prompt: str
+    max_tokens: int = 64
+    temperature: float = 0.8
+    top_p: float = 0.95
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class QuoteGeneration(Command):
+    """The price of ``max_tokens`` tokens before anything is sent: asked of the computers that
+    would serve it now (nothing is charged); the result is a dict (where, price per token, most it
+    can cost)."""
+
+    name: ClassVar[str] = "quote_generation"
+    max_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class TextGenerated(Event):
+    """A piece of generated text (``index``: the token that completed it), as soon as it exists."""
+
+    kind: ClassVar[str] = "generated_text"
+    request_id: str
+    index: int
+    text: str

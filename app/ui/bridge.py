@@ -56,6 +56,7 @@ class EngineBridge(QObject):
     log = Signal(object)
     error = Signal(object)
     finished = Signal(object)
+    generated_text = Signal(object)  # a piece of text the model wrote (Try the model)
     attached = Signal()
     ready = Signal()  # the node's runtime answers queries now (first training/paused after attach)
     command_failed = Signal(str)  # a request without its own error handler failed
@@ -163,4 +164,5 @@ _SIGNAL_FOR_KIND = {
     "proof_refused": "proof_refused", "earnings": "earnings",
     "vocabulary": "vocabulary",
     "upgrade": "upgrade", "migration": "migration", "log": "log", "error": "error", "finished": "finished",
+    "generated_text": "generated_text",
 }

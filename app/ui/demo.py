@@ -68,6 +68,10 @@ def _answers(now: float) -> dict[str, Any]:
                    "pending_units": 3_125_000, "validated_units": 11_400_000},
         "history": history, "earnings": earnings, "proposals": proposals, "peers": _peers(),
         "reachability": {"reachable": False, "relay": "relay-eu-2.neuroshard.net:7450"},
+        "model_state": {"architecture_version": 3, "layers": 24, "hidden": 1024, "training_step": 3120,
+                        "held_out_loss": None, "holds_whole_model": False},
+        "quote_generation": {"where": "the network", "price_per_token_units": 312, "most_units": 312 * 64,
+                             "stages": 4},
     }
 
 
@@ -130,6 +134,8 @@ class DemoEngine:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         if isinstance(command, Query) and command.what in self.answers:
             future.set_result(self.answers[command.what])
+        elif command.name in self.answers:
+            future.set_result(self.answers[command.name])
         else:
             future.set_result(True)
         return future

@@ -20,6 +20,7 @@ from app.ui.pages.governance import GovernancePage
 from app.ui.pages.logs import LogsPage
 from app.ui.pages.network import NetworkPage
 from app.ui.pages.settings import SettingsPage
+from app.ui.pages.try_model import TryModelPage
 from app.ui.pages.wallet import WalletPage
 from app.ui.tasks import run_background
 from app.ui.ui_settings import UiSettings
@@ -56,10 +57,11 @@ class MainWindow(QMainWindow):
         self.wallet = WalletPage(bridge, self.session, config.data_dir, keystore_factory)
         self.governance = GovernancePage(bridge, self.session)
         self.network = NetworkPage(bridge, self.history)
+        self.try_model = TryModelPage(bridge)
         self.settings = SettingsPage(bridge, config, ui)
         self.logs = LogsPage(bridge, config)
         self.pages = [self.dashboard, self.contribute, self.wallet, self.governance, self.network,
-                      self.settings, self.logs]
+                      self.try_model, self.settings, self.logs]
         self.message_bar = MessageBar()
         self.upgrade_banner = UpgradeBanner()
         self.nav = QListWidget()

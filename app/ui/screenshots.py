@@ -60,7 +60,7 @@ def render_pages(out: Path, data_dir: Path, size: tuple[int, int]) -> list[Path]
     for index, page in enumerate(window.pages):
         window.show_page(index)
         _settle(app)
-        path = out / f"page-{index + 1:02d}-{page.title.lower()}.png"
+        path = out / f"page-{index + 1:02d}-{page.title.lower().replace(' ', '-')}.png"
         window.grab().save(str(path))
         written.append(path)
     window.hide()

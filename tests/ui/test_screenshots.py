@@ -7,7 +7,7 @@ from PySide6.QtGui import QImage
 
 from app.ui import screenshots
 
-PAGES = ["dashboard", "contribute", "wallet", "governance", "network", "settings", "logs"]
+PAGES = ["dashboard", "contribute", "wallet", "governance", "network", "try-the-model", "settings", "logs"]
 
 
 def test_screenshot_script_renders_every_page_and_wizard_step(qtbot, tmp_path) -> None:  # noqa: ANN001

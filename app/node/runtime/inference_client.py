@@ -248,14 +248,7 @@ class RemoteGenerator:
         replacements, first_token_s = 0, 0.0
         out: list[int] = []
         try:
-            for i, hop in enumerate(hops):
-                try:
-                    await self._open(hop, max_length)
-                except P2PError as exc:
-                    _end_on_refusal(exc, hop)
-                    hop.tried.add(hop.holder.node_id)
-                    await self._replace(hop, max_length)
-                    seen[i] = [hop.holder.node_id.hex()]
+            await self._open_chain(hops, max_length, seen)
             tokens = torch.tensor([prompt_ids], dtype=torch.long)
             while len(out) < max_new_tokens:
                 h: torch.Tensor = tokens
@@ -275,6 +268,30 @@ class RemoteGenerator:
             paid = await self._close_all(hops)
         return RemoteGeneration(out, seen, replacements, first_token_s, time.monotonic() - started, paid,
                                 tuple(h.quote.price_per_token if h.quote else 0 for h in hops))
+
+    async def _open_chain(self, hops: list[_Hop], max_length: int, seen: list[list[str]]) -> None:
+        """A session on every hop, a replica taking the place of a holder that cannot open one."""
+        for i, hop in enumerate(hops):
+            try:
+                await self._open(hop, max_length)
+            except P2PError as exc:
+                _end_on_refusal(exc, hop)
+                hop.tried.add(hop.holder.node_id)
+                await self._replace(hop, max_length)
+                seen[i] = [hop.holder.node_id.hex()]
+
+    async def quote(self, prompt_tokens: int, max_new_tokens: int) -> list[tuple[tuple[int, int], int]]:
+        """(layers, price per token) of each stage of the chain that would serve this now: a session
+        is opened on each holder, which locks its quote and checks our balance before any work, and
+        closed at once (nothing generated, nothing charged). GenerationFailed with the holder's
+        words when one refuses (an insufficient balance names the price)."""
+        max_length = min(self.arch.max_seq, prompt_tokens + max_new_tokens)
+        hops = [_Hop((r.layer_start, r.layer_end), r, b"") for r in await self.plan()]
+        try:
+            await self._open_chain(hops, max_length, [[h.holder.node_id.hex()] for h in hops])
+        finally:
+            await self._close_all(hops)
+        return [(hop.layer_range, hop.quote.price_per_token if hop.quote else 0) for hop in hops]
 
     def _payment(self, hop: _Hop) -> bytes:
         """The signed transfer of exactly price x tokens to the hop's holder (empty when free)."""

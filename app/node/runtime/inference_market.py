@@ -54,6 +54,11 @@ class InferenceMarket:
                                 ms_per_layer=self.ms_per_layer(), accepted_proofs=accepted, slashes=slashes)
         return Quote(secrets.token_hex(8), self.provider, price, max_tokens, self.clock_ms() + QUOTE_TTL_MS)
 
+    def is_own(self, caller_key: bytes) -> bool:
+        """Whether the caller is this node itself (its "Try the model" page through its own stage):
+        a node does not charge itself, so such a session is served without a quote."""
+        return PublicKey(caller_key).address == self.provider
+
     def admit(self, caller_key: bytes, quote: Quote) -> str:
         """The caller's address, when its balance covers the quote; refused before any work."""
         payer = PublicKey(caller_key).address

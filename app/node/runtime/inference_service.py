@@ -187,7 +187,7 @@ class InferenceService:
                          grpc.StatusCode.RESOURCE_EXHAUSTED)
         session = _Session(caller, max_length, reserved, self.clock(), shard.new_cache())
         reply = pb2.InferenceOpenReply(max_length=max_length, expires_after_ms=int(self.limits.idle_timeout_s * 1000))
-        if self.market is not None:
+        if self.market is not None and not self.market.is_own(caller):
             quote = self.market.quote(len(self._sessions) / self.limits.max_sessions, max_length)
             session.payer, session.quote = self.market.admit(caller, quote), quote
             reply.price_per_token, reply.quote_id = quote.price_per_token, quote.quote_id
@@ -229,7 +229,7 @@ class InferenceService:
         try:
             await self._wait_for_budget()
             began = self.clock()
-            out = await loop.run_in_executor(stage.executor, _forward, stage, session.cache, x)
+            out = await loop.run_in_executor(stage.executor, session_forward, stage, session.cache, x)
             assert self.compute is not None
             self.compute.spend(self.clock() - began)
         except (RuntimeError, ValueError) as exc:  # a half-extended cache is worthless: drop the session
@@ -278,7 +278,7 @@ class InferenceService:
                 self.market.owes(session.payer)  # served and never paid
 
 
-def _forward(stage: StageWorker, cache: ShardCache, x: torch.Tensor) -> torch.Tensor:
+def session_forward(stage: StageWorker, cache: ShardCache, x: torch.Tensor) -> torch.Tensor:
     """One prefill or decode step of the stage's layers (its lock held: no optimizer step meanwhile).
     As in model/generation.py: inference mode, INL blocks stop early once settled."""
     if x.shape[1] > MAX_STEP_POSITIONS:

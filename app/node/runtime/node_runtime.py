@@ -15,11 +15,12 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from app.node.events import Command, NodeState, Query, SetModes
+from app.node.events import Command, Generate, NodeState, Query, QuoteGeneration, SetModes
 from app.node.model.architecture import ModelArchitecture
 from app.node.runtime.assembly import assemble, measure_capacity, open_base
 from app.node.runtime.data_service import DataService
 from app.node.runtime.economy_link import EconomyLink
+from app.node.runtime.generation_service import GenerationService, NodeView
 from app.node.runtime.network import NetworkService
 from app.node.runtime.parts import AsyncJob, Capacity, NodeBase, NodeParts, PipelineJob
 from app.node.runtime.status import StepSink, answer_query, summary, watch_pause, write_summary
@@ -152,8 +153,26 @@ class NodeRuntime:
             # Switching between pipeline and async takes effect at the next start (layers move then).
             return await asyncio.get_running_loop().run_in_executor(None, self._capacity.modes.set,
                                                                     tuple(command.modes))
+        if isinstance(command, (Generate, QuoteGeneration)) or (isinstance(command, Query)
+                                                                and command.what == "model_state"):
+            return await self._try_model(command)
         if self._base is not None and self._base.economy.handles(command):
             return await self._base.economy.handle(command)
         if isinstance(command, Query):
             return await answer_query(command.what, self._base, self._parts, self._activity_text())
         raise ValueError(f"this node does not handle the command {command.name!r}")
+
+    async def _try_model(self, command: Command) -> Any:
+        """The "Try the model" page's commands (runtime/generation_service.py)."""
+        base = self._base
+        if base is None:
+            raise ValueError("the node is still starting; try again in a moment")
+        service = GenerationService(NodeView(
+            architecture=base.architecture, tokenizer=lambda: base.vocab.tokenizer, stage=lambda: self.stage,
+            sync=lambda: self.sync, p2p=lambda: base.net.node if self._parts is not None else None,
+            economy=lambda: base.economy.service, emit=self.ctx.emit))
+        if isinstance(command, Generate):
+            return await service.generate(command)
+        if isinstance(command, QuoteGeneration):
+            return await service.quote(command)
+        return await service.model_state()
