@@ -32,12 +32,19 @@ class RunControl:
         self._running = asyncio.Event()
         self._running.set()
         self._stop = asyncio.Event()
+        self._held = 0  # callers of proceed() waiting at the pause gate right now
         self.finish_step_then_stop = False
         self.duty = duty if duty is not None else DutyCycle()
 
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
+
+    @property
+    def held(self) -> bool:
+        """True while work waits at the pause gate: what was in flight past the gate when the
+        pause came has ended or is parked there too, so nothing more is computed until ``resume``."""
+        return self._held > 0
 
     @property
     def stop_requested(self) -> bool:
@@ -58,7 +65,11 @@ class RunControl:
         """Wait while paused or while the share owes idle time; False once a stop was requested
         (the caller then winds down)."""
         if not self._running.is_set():
-            await self._running.wait()
+            self._held += 1
+            try:
+                await self._running.wait()
+            finally:
+                self._held -= 1
         await self.duty.idle(self._stop.is_set)
         return not self._stop.is_set()
 

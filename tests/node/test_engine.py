@@ -34,7 +34,6 @@ class CountingRuntime:
         self.steps_done = 0
         self.work_threads: set[str] = set()
         self.shut_down = False
-        self.held = False  # paused between steps (what a test waits for instead of sleeping)
 
     def _work(self) -> int:
         self.work_threads.add(threading.current_thread().name)
@@ -45,10 +44,8 @@ class CountingRuntime:
         self.ctx.set_state(NodeState.TRAINING, "")
         limit = self.ctx.config.max_steps
         while limit is None or self.steps_done < limit:
-            self.held = self.ctx.control.paused  # about to wait at the gate: no step in flight
             if not await self.ctx.control.proceed():
                 break
-            self.held = False
             self.steps_done += await self.ctx.loop.run_in_executor(self.ctx.executor, self._work)
             self.ctx.emit(StepDone(step=self.steps_done, loss=1.0 / self.steps_done, tokens_per_s=1.0,
                                    tokens_total=self.steps_done))
@@ -60,7 +57,7 @@ class CountingRuntime:
         if isinstance(command, Query) and command.what == "steps":
             return self.steps_done
         if isinstance(command, Query) and command.what == "held":
-            return self.held
+            return self.ctx.control.held  # waiting at the pause gate: no step in flight
         raise ValueError(f"unsupported {command!r}")
 
     async def shutdown(self) -> None:

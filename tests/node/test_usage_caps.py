@@ -117,14 +117,40 @@ def test_proceed_waits_out_the_owed_idle_time_and_a_stop_ends_the_wait() -> None
         await asyncio.sleep(0.6)  # real time passes, the fake clock does not: still owed
         assert not waiting.done()
         clock.now += 5.0
-        assert await asyncio.wait_for(waiting, 5) is True
+        assert await asyncio.wait_for(waiting, 60) is True
         duty.charge(5.0)
         waiting = asyncio.ensure_future(control.proceed())
         await asyncio.sleep(0.05)
         control.request_stop()  # stopping must not wait for the share
-        assert await asyncio.wait_for(waiting, 5) is False
+        assert await asyncio.wait_for(waiting, 60) is False
 
     asyncio.run(main())
+
+
+def test_held_says_when_work_waits_at_the_pause_gate() -> None:
+    async def main() -> None:
+        control = RunControl()
+        assert await control.proceed() is True and not control.held  # running: the gate is open
+        control.pause()
+        assert not control.held  # paused, but nobody reached the gate yet (a step in flight)
+        waiting = [asyncio.ensure_future(control.proceed()) for _ in range(2)]  # two micro-batches
+        await asyncio.wait_for(_until(lambda: control.held), 60)
+        assert not any(w.done() for w in waiting)
+        control.resume()
+        assert await asyncio.wait_for(asyncio.gather(*waiting), 60) == [True, True]
+        assert not control.held
+        control.pause()
+        stopped = asyncio.ensure_future(control.proceed())
+        await asyncio.wait_for(_until(lambda: control.held), 60)
+        control.request_stop()  # a stop opens the gate: the caller winds down
+        assert await asyncio.wait_for(stopped, 60) is False and not control.held
+
+    asyncio.run(main())
+
+
+async def _until(condition) -> None:  # noqa: ANN001
+    while not condition():
+        await asyncio.sleep(0)
 
 
 def test_the_executor_meters_its_jobs_and_sets_torch_threads_per_worker() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,12 @@ def _config(tmp_path: Path, max_steps: int) -> NodeConfig:
 
 
 class _Recorder:
-    def __init__(self) -> None:
+    def __init__(self, *sinks: Callable[[StepInfo], None]) -> None:
         self.events: list[Event] = []
         self.work: list[StepInfo] = []
         self.lock = threading.Lock()
         self.runtime = None
+        self.sinks = sinks
 
     def __call__(self, event: Event) -> None:
         with self.lock:
@@ -55,7 +57,7 @@ class _Recorder:
             return [e for e in self.events if isinstance(e, kind)]
 
     def factory(self, ctx: RuntimeContext):  # noqa: ANN201
-        self.runtime = create_runtime(ctx, step_sinks=(self.work.append,))
+        self.runtime = create_runtime(ctx, step_sinks=(self.work.append, *self.sinks))
         return self.runtime
 
 
@@ -82,21 +84,32 @@ def test_max_steps_zero_starts_everything_then_stops_cleanly(tmp_path: Path) -> 
 
 
 def test_solo_node_trains_pauses_resumes_and_reports_work(tmp_path: Path) -> None:
-    rec = _Recorder()
+    first_step, paused = threading.Event(), threading.Event()
+
+    def pause_after_the_first_step(info: StepInfo) -> None:
+        # runs in the worker thread that applied the step: the volunteer presses pause right after
+        # step 1 however fast or slow this machine is, and step 2 cannot start before it
+        if info.step == 0:
+            first_step.set()
+            assert paused.wait(60), "the test never paused"
+
+    rec = _Recorder(pause_after_the_first_step)
     engine = NodeEngine(_config(tmp_path, 6), runtime_factory=rec.factory)
     engine.subscribe(rec)
     engine.start()
-    _wait_for(lambda: len(rec.of(StepDone)) >= 1)
+    assert first_step.wait(90), "no first step"
     engine.call(Pause())
-    _wait_for(lambda: any(e.state == NodeState.PAUSED for e in rec.of(StatusChanged)), timeout=5)
-    time.sleep(0.5)  # a step already in flight may still land
-    held = len(rec.of(StepDone))
-    time.sleep(1.5)
-    assert len(rec.of(StepDone)) == held  # paused: no step in 1.5 s
-    status = engine.call(Query("status"))
+    paused.set()
+    _wait_for(lambda: any(e.state == NodeState.PAUSED for e in rec.of(StatusChanged)))
+    control = rec.runtime.ctx.control
+    _wait_for(lambda: control.held)  # step 1 landed; training waits at the gate before step 2
+    _wait_for(lambda: len(rec.of(StepDone)) == 1)  # its event may trail the gate by a moment
+    status = engine.call(Query("status"))  # the loop answers while paused...
     assert status["layer_range"] == [0, 4] and status["solo"] is True
     ledger = engine.call(Query("ledger"))  # answered by the economy service the runtime wires in
     assert "state_hash" in ledger
+    assert control.held and len(rec.of(StepDone)) == 1  # ...and still holds: no step while paused
+    assert engine.call(Query("status"))["steps"] == 1
     engine.call(Resume())
     assert engine.wait(timeout=90) and engine.exit_code == 0
     steps = rec.of(StepDone)
