@@ -262,6 +262,15 @@ class PeerClient:
             raise RequestTimeout(f"{route.dial} did not answer within {timeout:.2f} s") from None
         except P2PError:
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the caller itself is being cancelled
+            # gRPC raises a bare CancelledError for a call cancelled on this side: its channel was
+            # closed under it (retired after UNAVAILABLE, replaced, evicted, or the client closed).
+            # For the caller that is a failed call to fail over from; let through, it would end the
+            # caller's task as if cancelled (a driver's step, a hedged attempt, a gather's siblings).
+            raise PeerUnavailable(f"{route.dial}: the call was cut off when its channel closed") from None
         except Exception as exc:  # grpc's own errors outside AioRpcError (a call torn down mid-write)
             raise PeerUnavailable(f"{route.dial}: call failed: {exc!r}") from None
 
