@@ -110,6 +110,11 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Port = Annotated[int, Interval(ge=0, le=65535)]
 Tracker = Annotated[str, rule("HOST:PORT (for example 127.0.0.1:7450)")(_is_host_port)]
+Reach = Literal["this_computer", "home_network", "internet"]
+"""Who may connect to the node, as the volunteer chose in the wizard or Settings: only programs on
+this computer (loopback), computers on the same home or office network (every interface, no
+router port opened), or anyone on the internet (every interface, UPnP asked to open the port)."""
+REACH_CHOICES: tuple[str, ...] = get_args(Reach)
 Share = Annotated[float, Interval(ge=0.05, le=1.0)]
 """A fraction of wall-clock time; below 5 % the node could not finish a step before peers give up."""
 Rate = Annotated[int, rule("at least 65536 (64 KiB/s) or unset")(_is_pace)]
@@ -198,6 +203,7 @@ class NodeConfig:
     port: Port = DEFAULT_PORT
     advertise_host: str | None = None
     listen: bool = True
+    reach: Reach | None = None  # None: ``host`` alone decides (a config from before the question)
     trackers: tuple[Tracker, ...] = ()
     max_steps: Annotated[int, Ge(0)] | None = None  # None: train until stopped
     modes: tuple[Mode, ...] | None = None  # None: the policy in modes.py decides
@@ -238,6 +244,7 @@ class NodeSettings(TypedDict, total=False):
     port: Port
     advertise_host: str
     listen: bool
+    reach: Reach
     trackers: tuple[Tracker, ...]
     modes: tuple[Mode, ...]
     device: Device
@@ -272,6 +279,24 @@ def validate_settings(settings: Mapping[str, Any]) -> ConfigFile:
     parsed.training.validate()
     from_settings(parsed.economics)
     return parsed
+
+
+def listening(config: NodeConfig) -> tuple[str, dict[str, Any]]:
+    """(host to bind, ``[p2p]`` section) for the volunteer's choice of who may connect.
+
+    A concrete address in ``host`` is kept (the volunteer named an interface); the default
+    loopback one opens to every interface once the volunteer allowed more than this computer.
+    On a home network the router is not asked to open a port (UPnP off): only computers on that
+    network are meant to connect."""
+    p2p = dict(config.p2p)
+    if config.reach is None:
+        return config.host, p2p
+    if config.reach == "this_computer":
+        return "127.0.0.1", p2p
+    host = config.host if config.host not in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
+    if config.reach == "home_network":
+        p2p["use_upnp"] = False
+    return host, p2p
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

@@ -216,3 +216,19 @@ def test_diloco_settings_read_through_the_same_schema_with_the_training_defaults
         DiLoCoConfig.from_dict({"outer_l": 0.5})
     with pytest.raises(ValueError, match="outer_momentum must be in"):
         DiLoCoConfig.from_dict({"outer_momentum": 1.0})
+
+
+def test_who_may_connect_is_a_setting_that_decides_where_the_node_listens(tmp_path) -> None:
+    from app.node.config import listening
+
+    save_config(NodeConfig(data_dir=tmp_path, reach="home_network"))
+    loaded = apply_file_settings(NodeConfig(data_dir=tmp_path), load_config_file(tmp_path / "config.toml"))
+    assert loaded.reach == "home_network"
+    # a home network: every interface, but the router is not asked to open the port
+    assert listening(loaded) == ("0.0.0.0", {"use_upnp": False})
+    assert listening(NodeConfig(reach="internet", p2p={"lan_discovery": True})) == ("0.0.0.0", {"lan_discovery": True})
+    assert listening(NodeConfig(reach="this_computer", host="0.0.0.0"))[0] == "127.0.0.1"
+    assert listening(NodeConfig(reach="internet", host="192.168.1.20"))[0] == "192.168.1.20"  # named interface kept
+    assert listening(NodeConfig())[0] == "127.0.0.1"  # a config from before the question: host decides
+    with pytest.raises(ConfigError, match="reach"):
+        validate_settings({"node": {"reach": "everyone"}})

@@ -20,7 +20,7 @@ from tests.p2p.helpers import FAST, eventually, run
 
 LOOPBACK = ("127.0.0.1",)
 FAST_P2P = {"heartbeat_interval_s": FAST.heartbeat_interval_s, "heartbeat_timeout_s": FAST.heartbeat_timeout_s,
-            "use_upnp": False}
+            "use_upnp": False, "lan_wait_s": 0.0}
 
 
 def private_service_type() -> str:
@@ -62,7 +62,28 @@ def test_two_nodes_without_a_tracker_find_each_other_by_mdns_and_become_peers():
                 return any(isinstance(e, PeerJoined) and e.node_id == b.node_id for e in events_a)
 
             await eventually(joined_events, what="the UI hears PeerJoined for the LAN peer")
-            assert a.solo and b.solo  # no tracker: each still trains on its own genesis copy
+            # no tracker, but a peer on this network: neither is a network of its own any more
+            assert not a.solo and not b.solo
+
+    run(scenario(), timeout=120)
+
+
+def test_a_node_with_no_tracker_looks_on_the_lan_before_starting_alone_and_finds_a_peer_there():
+    async def scenario() -> None:
+        service = private_service_type()
+        async with lan_node(service, []) as first:
+            assert first.solo  # nobody else yet: it starts a genesis network of its own
+            # the second one waits for discovery (the bound is only a hang guard): when start()
+            # returns it has verified the first, so its planner joins instead of planning alone
+            async with lan_node(service, [], lan_wait_s=60.0) as second:
+                assert first.node.node_id in second.lan.verified
+                assert not second.solo
+
+                async def first_noticed() -> bool:
+                    return second.node.node_id in first.lan.verified
+
+                await eventually(first_noticed, what="the first node verifies the second")
+                assert not first.solo  # the lone node now trains with the one it found
 
     run(scenario(), timeout=120)
 

@@ -91,3 +91,23 @@ def test_node_bound_to_all_interfaces_advertises_the_address_the_tracker_saw():
                 await node.stop()
 
     run(scenario())
+
+
+def test_a_node_bound_to_every_interface_names_a_dialable_address_never_0000():
+    async def scenario():
+        from app.node.p2p.addresses import primary_address
+
+        node = P2PNode(PrivateKey.generate(), host="0.0.0.0", config=FAST)
+        named = P2PNode(PrivateKey.generate(), host="0.0.0.0", config=FAST, advertise_host="127.0.0.1")
+        await node.start()
+        await named.start()
+        try:
+            host = node.record().address.rpartition(":")[0]
+            assert host == (primary_address() or "127.0.0.1") and host != "0.0.0.0"
+            assert named.record().address == f"127.0.0.1:{named.port}"  # the volunteer's advertise_host
+            assert (await named.ping(node.record())).node_id == node.node_id  # and it answers there
+        finally:
+            await node.stop()
+            await named.stop()
+
+    run(scenario())

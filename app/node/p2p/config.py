@@ -87,6 +87,10 @@ class P2PConfig:
     upnp_ssdp: str = "239.255.255.250:1900"  # SSDP multicast group; tests point it at a local gateway
     # --- LAN discovery (lan.py): advertise on mDNS and dial nodes found there, checked like any peer
     lan_discovery: bool = True
+    lan_wait_s: Annotated[float, Ge(0)] = 5.0
+    """A node no tracker answered looks for peers on this network this long (ending at the first
+    one found) before it starts a genesis network of its own: mDNS answers within a second or two
+    on a home network, and a node found later still joins (it trains with the one it found)."""
 
     def __post_init__(self) -> None:
         if self.chunk_bytes > self.max_message_bytes:

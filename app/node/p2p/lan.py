@@ -98,6 +98,7 @@ class LanDiscovery:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed = ""  # why start could not open mDNS, when it could not
         self._networks: tuple[ipaddress.IPv4Network, ...] = ()
+        self._found: asyncio.Event | None = None  # set once the first peer is verified (wait_for_peer)
 
     @property
     def active(self) -> bool:
@@ -119,7 +120,7 @@ class LanDiscovery:
             return ()
         if self.interfaces:
             return self.interfaces
-        host = lan_address(self.node.address.rpartition(":")[0])
+        host = lan_address(self.node.local_host)
         return (host,) if host else ()
 
     async def start(self) -> bool:
@@ -130,6 +131,9 @@ class LanDiscovery:
                      self.node.address or "nothing")
             return False
         self._loop = asyncio.get_running_loop()
+        self._found = asyncio.Event()
+        if self.verified:
+            self._found.set()
         try:
             zc = AsyncZeroconf(interfaces=list(addresses), ip_version=IPVersion.V4Only)
         except OSError as exc:  # no multicast on that interface: the node works on without it
@@ -147,6 +151,17 @@ class LanDiscovery:
         await self._zc.async_register_service(self._info)
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [self.service_type], handlers=[self._on_change])
         log.info("LAN discovery on %s", ", ".join(addresses))
+        return True
+
+    async def wait_for_peer(self, timeout_s: float) -> bool:
+        """Wait until the first peer on this network is verified, at most ``timeout_s``; True when one
+        was. A node with no tracker gives discovery this long before it starts a network of its own."""
+        if self._found is None or self._zc is None:
+            return bool(self.verified)
+        try:
+            await asyncio.wait_for(self._found.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
         return True
 
     async def stop(self) -> None:
@@ -222,6 +237,8 @@ class LanDiscovery:
     async def _learn(self, record: PeerRecord) -> None:
         if len(self.verified) < MAX_KNOWN:
             self.verified[record.node_id] = record
+        if self._found is not None:
+            self._found.set()
         log.info("found LAN peer %s at %s", record.node_id.hex()[:12], record.dial)
         try:
             await self.node.dht.bootstrap([record])  # join through it, as through a tracker's list

@@ -22,6 +22,7 @@ import torch
 
 from app.crypto.keys import PrivateKey
 from app.node.p2p import services, upnp
+from app.node.p2p.addresses import is_unspecified, primary_address
 from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard
 from app.node.p2p.bandwidth import Bandwidth
@@ -56,9 +57,12 @@ class P2PNode:
     def __init__(self, key: PrivateKey, *, host: str = "127.0.0.1", port: int = 0,
                  trackers: list[str] | None = None, listen: bool = True, config: P2PConfig | None = None,
                  on_failover: Callable[[FailoverEvent], None] | None = None, advertise: str = "",
-                 tls_dir: Path | None = None, data_dir: Path | None = None) -> None:
+                 advertise_host: str = "", tls_dir: Path | None = None, data_dir: Path | None = None) -> None:
         """``advertise`` is the host:port others should dial when it differs from the bound one
         (a public address in front of NAT port forwarding); the tracker checks it by dialling.
+        ``advertise_host`` is the host others dial at the bound port (the volunteer's setting);
+        without one a node bound to every interface names its address on this network
+        (addresses.primary_address), never 0.0.0.0.
         ``tls_dir`` keeps the node's TLS certificate across restarts (the data dir); without one
         a fresh certificate, bound to the same key, is made in memory. ``data_dir`` keeps the
         replay window across restarts (auth.ReplayGuard)."""
@@ -66,6 +70,7 @@ class P2PNode:
         self.tls = TlsIdentity.load_or_create(key, tls_dir)
         self.advertise = advertise
         self.host, self.port, self.listen = host, port, listen
+        self._local_host = advertise_host
         self.trackers = list(trackers or [])
         self.config = config or P2PConfig()
         self.stats = TrafficStats()
@@ -106,7 +111,16 @@ class P2PNode:
         node that does not listen."""
         if not self.listen or self._server is None:
             return ""
-        return self.advertise or f"{self.host}:{self.port}"
+        return self.advertise or f"{self.local_host}:{self.port}"
+
+    @property
+    def local_host(self) -> str:
+        """The host peers on this network dial at our bound port: the configured one, the bound one
+        when concrete, else this computer's address on its network (loopback when it has none)."""
+        if not self._local_host:
+            self._local_host = (self.host if not is_unspecified(self.host)
+                                else primary_address() or "127.0.0.1")
+        return self._local_host
 
     def _where(self) -> tuple[str, str]:
         if self.relay_address and not self.tracker_client.reachable:

@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from app.node.p2p import upnp
+from app.node.p2p.addresses import is_unspecified
 from app.node.p2p.auth import sign_message
 from app.node.p2p.errors import P2PError, PeerUnavailable
 from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
@@ -85,18 +86,26 @@ class TrackerClient:
     async def _try_observed_address(self) -> bool:
         """A node bound to every interface (0.0.0.0) does not know its public address: try the
         one the tracker saw us come from (a public server, or NAT with the port forwarded)."""
-        if self.node.advertise or self.node.host not in ("0.0.0.0", "::", "") or not self.observed_host:
+        if self.node.advertise or not is_unspecified(self.node.host) or not self.observed_host:
             return False
+        if self.node.local_host == self.observed_host:
+            return self.reachable  # the tracker sees us where we already said we are
+        lan_reachable = self.reachable  # our address on this network, dialled back before
         self.node.advertise = f"{self.observed_host}:{self.node.port}"
-        self.reachable = False  # "0.0.0.0" dialled back means nothing: the tracker may share our host
+        self.reachable = False
+        await self._register_everywhere()
+        if not self.reachable:
+            self.node.advertise = ""  # back to our address on this network
+            if lan_reachable:
+                await self._register_everywhere()
+        return self.reachable
+
+    async def _register_everywhere(self) -> None:
         for tracker in self.node.trackers:
             try:
                 await self.register(tracker)
             except P2PError as exc:
                 log.info("tracker %s unavailable: %s", tracker, exc)
-        if not self.reachable:
-            self.node.advertise = ""
-        return self.reachable
 
     async def try_upnp(self) -> bool:
         """Ask the gateway to forward our port, then let the trackers dial the public address."""

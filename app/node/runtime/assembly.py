@@ -20,6 +20,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
+from app.node.config import listening
 from app.node.data.loader import BatchLoader
 from app.node.data.manifest import DataError
 from app.node.events import CheckpointSetAside, ErrorOccurred, LayersAssigned
@@ -67,9 +68,10 @@ async def open_base(ctx: RuntimeContext, step_sinks: Sequence[StepSink] = ()) ->
         log.warning("%s", rolled_back)
         ctx.emit(ErrorOccurred(message=rolled_back, fatal=False))
     key = await asyncio.get_running_loop().run_in_executor(None, load_identity, config)
-    net = NetworkService.open(key, host=config.host, port=config.port, trackers=config.trackers, listen=config.listen,
-                              p2p=dict(config.p2p), emit=ctx.emit, tls_dir=config.data_dir / "tls",
-                              data_dir=config.data_dir)
+    host, p2p = listening(config)  # who the volunteer allows to connect (the wizard's question)
+    net = NetworkService.open(key, host=host, port=config.port, trackers=config.trackers, listen=config.listen,
+                              p2p=p2p, emit=ctx.emit, advertise_host=config.advertise_host or "",
+                              tls_dir=config.data_dir / "tls", data_dir=config.data_dir)
     ctx.usage.subscribe(net.apply_caps)  # the volunteer's upload/download caps, live
     economy = EconomyLink(ctx, net, key)
     # voted merges took effect: later stages are built at the new size (NodeBase.architecture), the UI hears it

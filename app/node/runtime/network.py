@@ -1,7 +1,8 @@
 """NetworkService: the node's P2P presence as the runtime sees it.
 
-Starts the P2P node, joins through the trackers (or reports that none answered, which makes the
-runtime start a solo genesis network), advertises what the node offers (tier, whole layers that
+Starts the P2P node, joins through the trackers and the peers LAN discovery finds on this network
+(or reports that none answered and none was found, which makes the runtime start a solo genesis
+network; a peer found later on the LAN still joins it, and the two train together), advertises what the node offers (tier, whole layers that
 fit), and watches the peer set so the UI gets PeerJoined / PeerLeft / NetworkChanged events.
 """
 
@@ -49,14 +50,17 @@ class NetworkService:
     @classmethod
     def open(cls, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
              p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "",
-             tls_dir: Path | None = None, data_dir: Path | None = None,
+             advertise_host: str = "", tls_dir: Path | None = None, data_dir: Path | None = None,
              lan_interfaces: tuple[str, ...] = (), lan_service: str = "") -> NetworkService:
         """A P2P node for ``key`` with the ``[p2p]`` settings (checked here), and its service.
+        ``advertise_host``: the host others dial (the ``advertise_host`` setting); by default the
+        bound one, or for a node bound to every interface its address on this network.
         ``lan_interfaces`` / ``lan_service`` override where LAN discovery advertises and under which
         service type (tests: 127.0.0.1 and a type of their own); ``[p2p] lan_discovery`` turns it off."""
         config = p2p_config_from(p2p)
         node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
-                       config=config, advertise=advertise, tls_dir=tls_dir, data_dir=data_dir)
+                       config=config, advertise=advertise, advertise_host=advertise_host, tls_dir=tls_dir,
+                       data_dir=data_dir)
         lan = None
         if config.lan_discovery:
             lan = LanDiscovery(node, interfaces=lan_interfaces, service_type=lan_service or SERVICE_TYPE)
@@ -116,14 +120,22 @@ class NetworkService:
 
     @property
     def solo(self) -> bool:
-        """No tracker answered (or none configured): this node is the whole network."""
-        return not self.trackers or not self.node.tracker_client.reachable
+        """No tracker answered (or none configured) and no peer was found on this network: this node
+        is the whole network. It stops being solo when LAN discovery finds a peer later on."""
+        tracked = bool(self.trackers) and self.node.tracker_client.reachable
+        return not tracked and not (self.lan is not None and self.lan.verified)
 
     async def start(self, tier: str, layers_fit: int, memory_bytes: int = 0) -> None:
         self.node.set_offer(tier=tier, capacity=float(layers_fit), memory=memory_bytes)
         await self.node.start()
-        if self.lan is not None:
-            await self.lan.start()  # False when it cannot look; describe() says why
+        lan = self.lan
+        looking = lan is not None and await lan.start()  # False when it cannot; describe() says why
+        if lan is not None and looking and self.solo and self.node.config.lan_wait_s > 0:
+            log.info("no tracker answered; looking for peers on this network for up to %.0f s",
+                     self.node.config.lan_wait_s)
+            found = await lan.wait_for_peer(self.node.config.lan_wait_s)
+            log.info("%s", "found a peer on this network" if found else
+                     "no peer on this network yet: starting a network of our own")
         self._watch = asyncio.ensure_future(self._watch_peers())
 
     async def stop(self) -> None:

@@ -201,6 +201,6 @@ class StageSync:
             self.replica.apply_outer(result.tensors)
         if result.rejected:
             log.warning("rejected pseudo-gradients: %s", result.rejected)
-        log.info("outer round %d on layers %s: %d contributions accepted", self.rounds, self.stage.layer_range,
-                 len(result.accepted))
+        log.info("outer round %d on layers %s: %d contributions accepted (from %s)", self.rounds,
+                 self.stage.layer_range, len(result.accepted), ", ".join(n[:12] for n in result.accepted))
         return result.accepted, rejected + list(result.rejected)
