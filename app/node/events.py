@@ -469,3 +469,22 @@ class TextGenerated(Event):
     request_id: str
     index: int
     text: str
+
+
+# --- reachability (#18): the node's self-test (p2p/reachability.py) -------------------------------
+
+
+@dataclass(frozen=True)
+class ReachabilityTested(Event):
+    """How other computers can connect to this node, as the last self-test found (at start and
+    whenever the volunteer re-runs it). ``verdict``: not_listening, this_computer, local_network,
+    direct, upnp, relay or unreachable."""
+
+    kind: ClassVar[str] = "reachability"
+    verdict: str
+    address: str = ""  # what peers dial
+    observed: str = ""  # the host a tracker saw this node come from
+    relay: str = ""
+    port: int = 0  # the port to forward on the router
+    lan_peers: int = 0  # computers on this network that found each other with this one
+    trackers_answered: int = 0

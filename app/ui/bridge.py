@@ -20,7 +20,7 @@ from app.ui.tasks import ErrorCallback, Handle, ResultCallback, watch
 REQUEST_TIMEOUT_S = 30.0
 # Replayed to a new bridge from ``engine.latest``, so a window attached late is up to date.
 REPLAYED_KINDS = ("status", "hardware", "modes", "layers", "step", "activity", "network", "quorum",
-                  "balance", "upgrade", "migration", "vocabulary")
+                  "balance", "upgrade", "migration", "vocabulary", "reachability")
 
 
 class EngineLike(Protocol):
@@ -57,6 +57,7 @@ class EngineBridge(QObject):
     error = Signal(object)
     finished = Signal(object)
     generated_text = Signal(object)  # a piece of text the model wrote (Try the model)
+    reachability = Signal(object)  # the reachability self-test's result (ReachabilityTested)
     attached = Signal()
     ready = Signal()  # the node's runtime answers queries now (first training/paused after attach)
     command_failed = Signal(str)  # a request without its own error handler failed
@@ -164,5 +165,5 @@ _SIGNAL_FOR_KIND = {
     "proof_refused": "proof_refused", "earnings": "earnings",
     "vocabulary": "vocabulary",
     "upgrade": "upgrade", "migration": "migration", "log": "log", "error": "error", "finished": "finished",
-    "generated_text": "generated_text",
+    "generated_text": "generated_text", "reachability": "reachability",
 }

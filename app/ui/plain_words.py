@@ -104,3 +104,53 @@ def state_detail(detail: str) -> str:
     if detail and all(part in ROLE_WORDS for part in detail.split("+")):
         return ""
     return activity(detail)
+
+
+REACH_CHOICE_WORDS = {
+    "home_network": "Computers on my home or office network",
+    "internet": "Computers anywhere on the internet",
+    "this_computer": "Only this computer (no other computer can train with it)",
+}
+"""The wizard's and Settings' answers to "who may connect to this computer" (config ``reach``)."""
+REACH_CHOICE_TERMS = {
+    "home_network": "Listens on every network interface; the router is not asked to open a port (UPnP off).",
+    "internet": "Listens on every network interface and asks the router to forward the port (UPnP); "
+                "when that fails, other computers reach it through a relay.",
+    "this_computer": "Listens on 127.0.0.1 only (loopback).",
+}
+FIREWALL_NOTE = (
+    "When NeuroShard starts, your computer's firewall may ask whether to let it accept connections. "
+    "Allow it for the networks you chose here; if you refuse, other computers cannot connect and this "
+    "one trains alone or through another volunteer's computer.")
+
+
+def reachability(verdict: str, *, address: str = "", relay: str = "", port: int = 0, observed: str = "",
+                 lan_peers: int = 0) -> Plain:
+    """The self-test's result in plain words, with what to do about it; the test itself in the tooltip."""
+    here = f" ({lan_peers} found on this network)" if lan_peers else ""
+    forward = f"forward port {port} on your router to this computer" if port else "forward the node's port on your router"
+    texts = {
+        "not_listening": ("This computer accepts no connections, so other computers cannot start training "
+                          "with it. To change it, choose who may connect in Settings.",
+                          "The node does not listen (--no-listen)."),
+        "this_computer": ("Only this computer can connect (you chose \"this computer only\"), so it trains "
+                          "alone. To train with others, choose your home network or the internet in Settings.",
+                          "Bound to loopback."),
+        "local_network": (f"Computers on this network can connect at {address}{here}. Whether computers "
+                          "elsewhere on the internet can reach it is not known: add a tracker address in "
+                          "Settings to test that.",
+                          "No tracker to dial the node back from outside; LAN address advertised."),
+        "direct": (f"Reachable: other computers connect directly to {address}.",
+                   f"A tracker dialled the advertised address back; it saw this computer as {observed or '?'}."),
+        "upnp": (f"Reachable: your router opened a port for NeuroShard, and other computers connect to {address}.",
+                 "UPnP port mapping, dialled back by a tracker."),
+        "relay": (f"Other computers cannot call this one directly, so they reach it through another "
+                  f"volunteer's computer ({relay}). That works, but more slowly: to connect directly, {forward}.",
+                  f"Behind NAT: relayed; the tracker saw this computer as {observed or '?'}."),
+        "unreachable": (f"No other computer can connect to this one right now. To fix it, {forward}, or allow "
+                        "UPnP in your router's settings, then test again. The node keeps training meanwhile.",
+                        f"The tracker could not dial {address or 'the node'} back and no relay is open; "
+                        f"it saw this computer as {observed or '?'}."),
+    }
+    words, tip = texts.get(verdict, (f"Reachability: {verdict}", ""))
+    return Plain(words, tip)

@@ -8,7 +8,7 @@ it opens a tunnel to a reachable peer and registers again advertising that relay
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.node.p2p import upnp
 from app.node.p2p.addresses import is_unspecified
@@ -41,15 +41,21 @@ class TrackerClient:
         self.observed_host = ""
 
     async def register(self, tracker: str) -> list[PeerRecord]:
+        answer = await self._register(tracker)
+        self.reachable = self.reachable or answer.reachable
+        return _parse(list(answer.peers))
+
+    async def _register(self, tracker: str) -> Any:
+        """The tracker's RegisterResponse (it dialled our record's address back); notes the host it
+        saw us come from."""
         record = self.node.record()
         if record is None:
             raise PeerUnavailable("this node has neither an address nor a relay to register")
         request = pb2.RegisterRequest(protocol_version=PROTOCOL_VERSION, record=record.raw)
         sign_message(self.node.key, REGISTER, request, b"")  # a tracker is dialled by address
         answer = await self.node.client.unary(tracker, REGISTER, request, self.node.config.rpc_timeout_s)
-        self.reachable = self.reachable or answer.reachable
         self.observed_host = answer.observed_host[:64] or self.observed_host
-        return _parse(list(answer.peers))
+        return answer
 
     async def peers(self, tracker: str) -> list[PeerRecord]:
         request = pb2.PeersRequest(protocol_version=PROTOCOL_VERSION)
@@ -99,6 +105,22 @@ class TrackerClient:
             if lan_reachable:
                 await self._register_everywhere()
         return self.reachable
+
+    async def dial_back(self) -> int:
+        """Register again with every tracker and take their fresh verdict on whether they can dial
+        us back (the reachability self-test); returns how many answered."""
+        answered, reachable = 0, False
+        for tracker in self.node.trackers:
+            try:
+                answer = await self._register(tracker)
+            except P2PError as exc:
+                log.info("tracker %s unavailable for the reachability test: %s", tracker, exc)
+                continue
+            answered += 1
+            reachable = reachable or answer.reachable
+        if answered:
+            self.reachable = reachable
+        return answered
 
     async def _register_everywhere(self) -> None:
         for tracker in self.node.trackers:

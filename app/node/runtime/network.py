@@ -17,11 +17,12 @@ from typing import Any
 
 from app.crypto.keys import PrivateKey
 from app.node.config import UsageCaps
-from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft
+from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft, ReachabilityTested
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
 from app.node.p2p.lan import SERVICE_TYPE, LanDiscovery
 from app.node.p2p.node import P2PNode
+from app.node.p2p.reachability import Reachability, self_test
 from app.node.p2p.records import LayerAnnouncement, PeerRecord
 
 log = logging.getLogger("neuroshard.runtime.network")
@@ -45,6 +46,8 @@ class NetworkService:
         self.trackers = trackers
         self.known: dict[bytes, PeerRecord] = {}
         self._watch: asyncio.Task[None] | None = None
+        self._first_test: asyncio.Task[Reachability] | None = None
+        self.reachability: Reachability | None = None  # the last self-test's result
         self.replicas: tuple[int, ...] = ()  # live holders of each layer, as the last heal check saw
 
     @classmethod
@@ -137,12 +140,24 @@ class NetworkService:
             log.info("%s", "found a peer on this network" if found else
                      "no peer on this network yet: starting a network of our own")
         self._watch = asyncio.ensure_future(self._watch_peers())
+        self._first_test = asyncio.ensure_future(self.test_reachability())
+
+    async def test_reachability(self) -> Reachability:
+        """Run the reachability self-test now (p2p/reachability.py); the UI hears the result."""
+        lan_peers = len(self.lan.verified) if self.lan is not None else 0
+        result = await self_test(self.node, lan_peers=lan_peers)
+        self.reachability = result
+        self.emit(ReachabilityTested(verdict=result.verdict, address=result.address, observed=result.observed,
+                                     relay=result.relay, port=result.port, lan_peers=result.lan_peers,
+                                     trackers_answered=result.trackers_answered))
+        return result
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(BaseException):
-                await self._watch
+        for task in (self._watch, self._first_test):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self.lan is not None:
             await self.lan.stop()
         await self.node.stop()

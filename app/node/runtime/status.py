@@ -138,14 +138,16 @@ async def answer_query(what: str, base: NodeBase | None, parts: NodeParts | None
     if what == "layers":
         job = parts.job if parts is not None else None
         return job.host.stage.layer_hashes() if isinstance(job, PipelineJob) else {}
-    if what == "reachability":
+    if what == "reachability":  # re-runs the self-test (p2p/reachability.py); its event goes out too
         node = net.node if net else None
-        reachable = bool(node and not net.solo and node.tracker_client.reachable)
+        tested = await net.test_reachability() if net else None
         peers = len(await net.peers()) if net else 0
         # alone: no other node known, by tracker, DHT or LAN; the node trains its own genesis copy
         lan = net.lan.describe() if net and net.lan else "off in Settings" if net else "off: not started"
-        return {"reachable": reachable, "relay": node.relay_address if node else "", "peers": peers,
-                "alone": peers == 0, "lan_discovery": lan}
+        return {"reachable": bool(tested and tested.reachable), "verdict": tested.verdict if tested else "not_listening",
+                "address": tested.address if tested else "", "observed": tested.observed if tested else "",
+                "relay": node.relay_address if node else "", "port": tested.port if tested else 0,
+                "peers": peers, "alone": peers == 0, "lan_discovery": lan}
     raise ValueError(f"unknown query {what!r}; ask for status, peers, layers or reachability")
 
 

@@ -1,4 +1,4 @@
-"""Network: reachability (direct or relayed) with a re-test, peers, layer coverage, the model's
+"""Network: reachability (the node's self-test, in plain words with what to do) with a re-test, peers, layer coverage, the model's
 architecture and the network's phase (seed 001: genesis, micro, small, ...), and what the node
 is doing now."""
 
@@ -18,7 +18,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.node.events import ActivityChanged, LayersAssigned, NetworkChanged, PeerJoined, PeerLeft, Query
+from app.node.events import (
+    ActivityChanged,
+    LayersAssigned,
+    NetworkChanged,
+    PeerJoined,
+    PeerLeft,
+    Query,
+    ReachabilityTested,
+)
 from app.ui import plain_words
 from app.ui.bridge import EngineBridge
 from app.ui.format import short_id
@@ -40,7 +48,11 @@ class NetworkPage(QWidget):
         self.peers: dict[str, PeerInfo] = {}
         self.peers_loaded = False  # the node's own list answered at least once
         self.reach_label = QLabel("Not tested yet")
-        self.retest_button = QPushButton("Re-test reachability")
+        self.reach_label.setWordWrap(True)
+        self.retest_button = QPushButton("Test again")
+        self.retest_button.setToolTip("Asks the tracker (when one is set) to call this computer back, and the "
+                                      "router to open a port (UPnP) when allowed.")
+        self.tested: ReachabilityTested | None = None
         self.phase_label, self.arch_label = QLabel("—"), QLabel("—")
         self.activity_label = QLabel("—")
         self.coverage = CoverageBar()
@@ -84,6 +96,7 @@ class NetworkPage(QWidget):
         b = self.bridge
         self.retest_button.clicked.connect(self.retest)
         b.network.connect(self.on_network)
+        b.reachability.connect(self.on_reachability)
         b.layers.connect(self.on_layers)
         b.network.connect(self.piece.on_network)
         b.layers.connect(self.piece.on_layers)
@@ -94,7 +107,8 @@ class NetworkPage(QWidget):
         b.peer_joined.connect(self.on_peer_joined)
         b.peer_left.connect(self.on_peer_left)
         b.ready.connect(self.refresh_peers)
-        for kind, slot in (("network", self.on_network), ("layers", self.on_layers), ("activity", self.on_activity),
+        for kind, slot in (("network", self.on_network), ("reachability", self.on_reachability),
+                           ("layers", self.on_layers), ("activity", self.on_activity),
                            ("network", self.piece.on_network), ("layers", self.piece.on_layers),
                            ("earnings", self.piece.on_earnings)):
             latest = b.latest(kind)
@@ -102,7 +116,10 @@ class NetworkPage(QWidget):
                 slot(latest)
 
     def on_network(self, event: NetworkChanged) -> None:
-        self.show_reachability(event.reachable, event.relay)
+        if event.relay and (self.tested is None or self.tested.relay != event.relay):
+            self._say_reach(plain_words.reachability("relay", relay=event.relay))  # a relay newer than the test
+        elif self.tested is None:
+            self.show_reachability(event.reachable, event.relay)
         phase = plain_words.phase(event.phase)
         self.phase_label.setText(f"{phase.words[0].upper() + phase.words[1:]}; {event.peers} other "
                                  f"computer{'s' if event.peers != 1 else ''} seen")
@@ -120,6 +137,16 @@ class NetworkPage(QWidget):
             self.reach_label.setText(f"Behind NAT: reachable through relay {relay}")
         else:
             self.reach_label.setText("Not reachable from outside: only outgoing connections work")
+
+    def on_reachability(self, event: ReachabilityTested) -> None:
+        self.tested = event
+        self._say_reach(plain_words.reachability(event.verdict, address=event.address, relay=event.relay,
+                                                 port=event.port, observed=event.observed,
+                                                 lan_peers=event.lan_peers))
+
+    def _say_reach(self, plain: plain_words.Plain) -> None:
+        self.reach_label.setText(plain.words)
+        self.reach_label.setToolTip(plain.tooltip)
 
     def on_layers(self, event: LayersAssigned) -> None:
         self.arch_label.setText(f"version {event.architecture_version}: {event.total_layers} layers × "
@@ -162,10 +189,13 @@ class NetworkPage(QWidget):
         self.reach_label.setText("Testing…")
 
         def done(answer: object) -> None:
+            # the node's ReachabilityTested event carries the result (on_reachability); the answer
+            # only says the test ran
             self.retest_button.setEnabled(True)
-            if isinstance(answer, dict) and isinstance(answer.get("reachable"), bool):
-                relay = answer.get("relay")
-                self.show_reachability(answer["reachable"], relay if isinstance(relay, str) else "")
+            if not isinstance(answer, dict) or not isinstance(answer.get("verdict"), str):
+                self.reach_label.setText("The node sent a test result the app cannot read.")
+            elif self.tested is not None:
+                self.on_reachability(self.tested)
 
         def failed(message: str) -> None:
             self.retest_button.setEnabled(True)
