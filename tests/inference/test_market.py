@@ -1,5 +1,5 @@
 """The inference market: a quote locked at Open, balance checked before any work, payment of
-exactly price x tokens at Close through signed ledger records."""
+exactly price x tokens through signed ledger records, one per token as the tokens are served."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from app.node.economics.constants import from_settings
 from app.node.economics.genesis import genesis_record
 from app.node.economics.ledger import Ledger
 from app.node.economics.pricing import price_per_token
+from app.node.economics.records import Record
 from app.node.runtime.devnet_funding import DEVNET_GENESIS, GRANT, devnet_genesis_settings
 from app.node.runtime.inference_client import GenerationFailed, RemoteGenerator
 from app.node.runtime.inference_market import InferenceMarket
@@ -49,11 +50,20 @@ def test_ledger_balances_move_by_exactly_price_times_tokens(tmp_path: Path) -> N
     services, ledgers, providers = _markets(tmp_path, client_key)
     tokens = 5
 
+    paid_so_far: list[list[int]] = []
+
+    def transfers(ledger: Ledger) -> int:
+        return sum(1 for raw in ledger.records_since(0)[0] if Record.from_bytes(raw).kind == "transfer")
+
+    def on_token(index: int, _token: int) -> None:
+        # token `index` was just served by every stage, whose step carried the payment for the one before
+        paid_so_far.append([transfers(ledger) for ledger in ledgers])
+
     async def scenario() -> tuple[list[int], int, list[int]]:
         async with network(services, client_key=client_key) as (client, _nodes, _services):
             generator = RemoteGenerator(client, ARCH, economics=CONFIG,
                                         next_seq=lambda: ledgers[0].next_seq(client_key.address))
-            result = await generator.generate(PROMPT, tokens, temperature=0)
+            result = await generator.generate(PROMPT, tokens, temperature=0, on_token=on_token)
             assert result.tokens == reference_tokens(tokens)
             return result.tokens, result.paid, list(result.prices)
 
@@ -64,6 +74,9 @@ def test_ledger_balances_move_by_exactly_price_times_tokens(tmp_path: Path) -> N
                           for ms in MS_PER_LAYER]
         assert len(set(prices)) == 3
         assert paid == sum(p * tokens for p in prices)
+        # paid as served: one record per token, at most one token on credit, the last paid at Close
+        assert paid_so_far == [[index] * len(RANGES) for index in range(tokens)]
+        assert [transfers(ledger) for ledger in ledgers] == [tokens] * len(RANGES)
         # gossip: every ledger sees every payment record; balances then agree everywhere
         records = [raw for ledger in ledgers for raw in ledger.records_since(0)[0]]
         for ledger in ledgers:
@@ -71,7 +84,7 @@ def test_ledger_balances_move_by_exactly_price_times_tokens(tmp_path: Path) -> N
         for ledger in ledgers:
             for provider, price in zip(providers, prices, strict=True):
                 assert ledger.balance(provider).available == price * tokens
-            fees = len(RANGES) * CONFIG.min_transfer_fee
+            fees = len(RANGES) * tokens * CONFIG.min_transfer_fee
             assert ledger.balance(client_key.address).available == GRANT - paid - fees
     finally:
         for ledger in ledgers:
@@ -91,6 +104,34 @@ def test_insufficient_balance_is_refused_before_any_work_with_the_price(tmp_path
         run(scenario(), timeout=120)
         assert all(s.sessions == 0 for s in services)
         assert all(ledger.records_since(0)[0] == [] for ledger in ledgers)  # nothing was paid or charged
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
+def test_a_client_that_stops_paying_gets_no_further_token(tmp_path: Path) -> None:
+    client_key = PrivateKey.generate()
+    services, ledgers, _ = _markets(tmp_path, client_key)
+
+    class StopsPaying(RemoteGenerator):
+        def _payment(self, hop):  # noqa: ANN001, ANN202 (pays for nothing after the first token)
+            payment, amount = super()._payment(hop)
+            return (payment, amount) if hop.paid_tokens == 0 and hop.tokens == 0 else (b"", 0)
+
+    async def scenario() -> list[int]:
+        served: list[int] = []
+        async with network(services, client_key=client_key) as (client, _nodes, _services):
+            generator = StopsPaying(client, ARCH, economics=CONFIG, next_seq=lambda: 1)
+            with pytest.raises(GenerationFailed, match=r"pay for the 1 token\(s\) served before asking for the next"):
+                await generator.generate(PROMPT, 5, temperature=0, on_token=lambda i, _t: served.append(i))
+        return served
+
+    try:
+        assert run(scenario(), timeout=120) == [0]  # one token on credit, then nothing more is computed
+        assert all(ledger.records_since(0)[0][1:] == [] for ledger in ledgers)  # only the grant: nothing paid
+        assert all(service.sessions == 0 for service in services)  # closed; the debt stays on record
+        with pytest.raises(Exception, match="unpaid"):
+            services[0].market.admit(client_key.public_key.data, services[0].market.quote(0.0, 4))
     finally:
         for ledger in ledgers:
             ledger.close()

@@ -13,8 +13,8 @@ Each factor comes from something the node measures and is clamped to the seed's 
   a thousand clean proofs, and one slash weighs as ten proofs.
 
 The price is locked in a quote when the request arrives (original implementation) and charged
-per token actually generated, through an ordinary signed transfer, so the ledger needs no special
-rule for inference payments. Amounts are integer micro-NEURO per token.
+per token actually generated, through ordinary signed transfers as the tokens are served, so the
+ledger needs no special rule for inference payments. Amounts are integer micro-NEURO per token.
 """
 
 from __future__ import annotations
@@ -98,11 +98,15 @@ class Quote:
 
 
 def charge_record(payer: PrivateKey, config: EconomicsConfig, quote: Quote, tokens: int, *, seq: int,
-                  timestamp_ms: int, fee: int | None = None) -> Record:
-    """The payer's signed transfer for ``tokens`` generated under ``quote``."""
+                  timestamp_ms: int, fee: int | None = None, paid_before: int = 0) -> Record:
+    """The payer's signed transfer for tokens ``paid_before + 1 .. tokens`` generated under
+    ``quote`` (all of them by default); the memo names the quote and ``tokens``, the count paid
+    up to, so each record of a session paid token by token is distinct."""
     if timestamp_ms > quote.expires_ms:
         raise ValueError("quote expired: ask the provider for a new quote")
+    if not 0 <= paid_before < tokens:
+        raise ValueError(f"nothing to pay: tokens {paid_before + 1} .. {tokens}")
     fee = config.min_transfer_fee if fee is None else fee
-    body = {"to": quote.provider, "amount": max(quote.cost(tokens), 1), "fee": fee,
+    body = {"to": quote.provider, "amount": max(quote.cost(tokens) - quote.cost(paid_before), 1), "fee": fee,
             "memo": f"inference:{quote.quote_id}:{tokens}"}
     return Record.create(payer, "transfer", config.network_id, timestamp_ms, body, seq=seq)

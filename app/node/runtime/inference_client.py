@@ -67,6 +67,7 @@ class _Hop:
     reopened: bool = False
     quote: Quote | None = None  # the price the holder locked for this session (None: free)
     tokens: int = 0  # tokens this session charges: inputs sent to it (a prefill's pieces count once)
+    paid_tokens: int = 0  # tokens of this session our accepted payments cover
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class RemoteGeneration:
     first_token_s: float
     seconds: float
     paid: int = 0
-    """micro-NEURO moved by the payments the holders accepted (price x tokens, per stage)."""
+    """micro-NEURO moved by the payments the holders took, token by token (price x tokens, per stage)."""
     prices: tuple[int, ...] = ()
     """The locked price per token of each stage's last holder."""
 
@@ -97,6 +98,7 @@ class RemoteGenerator:
         self.node, self.arch, self.timeout_s = node, arch, timeout_s
         self.economics, self._next_seq = economics, next_seq
         self._seq_used = 0
+        self._paid = 0  # micro-NEURO of the payments the holders took in the generation in progress
         self._hops: list[_Hop] = []
 
     def holders_now(self) -> list[bytes]:
@@ -143,7 +145,7 @@ class RemoteGenerator:
         reply = await self.node.call_inference(hop.holder, INFERENCE_OPEN,
                                                open_request(hop.session_id, hop.layer_range, max_length),
                                                self.timeout_s)
-        hop.position, hop.tokens = 0, 0
+        hop.position, hop.tokens, hop.paid_tokens = 0, 0, 0
         hop.quote = None
         if reply.price_per_token:
             hop.quote = Quote(reply.quote_id[:64], reply.provider[:128], int(reply.price_per_token),
@@ -157,9 +159,11 @@ class RemoteGenerator:
         for start in range(0, x.shape[1], MAX_STEP_POSITIONS):
             piece = x[:, start:start + MAX_STEP_POSITIONS]
             more = start + MAX_STEP_POSITIONS < x.shape[1]  # a full piece with more of this input to come
-            reply = await self.node.call_inference(hop.holder, INFERENCE_STEP,
-                                                   step_request(hop.session_id, hop.position, piece, more=more),
-                                                   self.timeout_s)
+            payment, amount = self._payment(hop)  # for the tokens served before this step
+            reply = await self.node.call_inference(
+                hop.holder, INFERENCE_STEP,
+                step_request(hop.session_id, hop.position, piece, more=more, payment=payment), self.timeout_s)
+            hop.paid_tokens, self._paid = hop.tokens, self._paid + amount  # served: the payment was taken
             if reply.position != hop.position + piece.shape[1]:
                 raise PeerRejected(f"the holder reports position {reply.position}, expected "
                                    f"{hop.position + piece.shape[1]}", grpc.StatusCode.DATA_LOSS)
@@ -240,6 +244,7 @@ class RemoteGenerator:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         max_length = min(arch.max_seq, len(prompt_ids) + max_new_tokens)
+        self._paid = 0
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         started = time.monotonic()
         hops = [_Hop((r.layer_start, r.layer_end), r, b"") for r in await self.plan()]
@@ -265,8 +270,8 @@ class RemoteGenerator:
                     break
                 tokens = torch.tensor([[token]], dtype=torch.long)
         finally:
-            paid = await self._close_all(hops)
-        return RemoteGeneration(out, seen, replacements, first_token_s, time.monotonic() - started, paid,
+            await self._close_all(hops)
+        return RemoteGeneration(out, seen, replacements, first_token_s, time.monotonic() - started, self._paid,
                                 tuple(h.quote.price_per_token if h.quote else 0 for h in hops))
 
     async def _open_chain(self, hops: list[_Hop], max_length: int, seen: list[list[str]]) -> None:
@@ -290,33 +295,35 @@ class RemoteGenerator:
         try:
             await self._open_chain(hops, max_length, [[h.holder.node_id.hex()] for h in hops])
         finally:
-            await self._close_all(hops)
+            await self._close_all(hops)  # nothing was served: nothing is paid
         return [(hop.layer_range, hop.quote.price_per_token if hop.quote else 0) for hop in hops]
 
-    def _payment(self, hop: _Hop) -> bytes:
-        """The signed transfer of exactly price x tokens to the hop's holder (empty when free)."""
-        if hop.quote is None or hop.tokens == 0:
-            return b""
+    def _payment(self, hop: _Hop) -> tuple[bytes, int]:
+        """The signed transfer for the tokens the hop's holder served and we have not paid yet, and
+        its amount: (b"", 0) when nothing is due or the holder charges nothing."""
+        if hop.quote is None or hop.tokens <= hop.paid_tokens:
+            return b"", 0
         if self.economics is None or self._next_seq is None:
             raise GenerationFailed("a holder charges for inference but this client has no ledger to pay from")
         seq = max(self._next_seq(), self._seq_used + 1)
         self._seq_used = seq
-        return charge_record(self.node.key, self.economics, hop.quote, hop.tokens, seq=seq,
-                             timestamp_ms=int(time.time() * 1000)).to_bytes()
+        record = charge_record(self.node.key, self.economics, hop.quote, hop.tokens, seq=seq,
+                               timestamp_ms=int(time.time() * 1000), paid_before=hop.paid_tokens)
+        return record.to_bytes(), int(record.body["amount"])
 
-    async def _close_all(self, hops: list[_Hop]) -> int:
-        paid = 0
+    async def _close_all(self, hops: list[_Hop]) -> None:
         for hop in hops:
             if not hop.session_id:
                 continue
             try:
+                payment, amount = self._payment(hop)  # the last token
                 reply = await self.node.call_inference(hop.holder, INFERENCE_CLOSE,
-                                                       close_request(hop.session_id, self._payment(hop)),
+                                                       close_request(hop.session_id, payment),
                                                        min(self.timeout_s, 5.0))
-                paid += int(reply.paid)
+                if reply.closed:
+                    self._paid += amount
             except P2PError as exc:  # a dead holder forgets the session; a refused payment is logged
                 log.info("closing the session on %s: %s", hop.holder.node_id.hex()[:12], exc)
-        return paid
 
 
 def _end_on_refusal(exc: P2PError, hop: _Hop) -> None:

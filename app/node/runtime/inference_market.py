@@ -1,16 +1,19 @@
-"""The inference market on the serving side: a quote locked at Open, payment checked at Close.
+"""The inference market on the serving side: a quote locked at Open, payment token by token.
 
 - **Quote** (seed 001, economics/pricing.py): price per token = BASE x demand x speed x
   reputation, demand from this node's real utilisation (the share of its session slots in use,
   smoothed by pricing.DemandMeter), speed from its measured time per layer, reputation from its
   accepted proofs and slashes on the ledger. The quote is locked for the whole session.
 - **Admission**: before any work, the caller's available balance on this node's ledger must cover
-  the quote for every token the session may generate plus the transfer fee; otherwise Open is
-  refused PERMISSION_DENIED with the price, the cost and the balance in the message.
-- **Payment**: at Close the caller hands a signed ledger transfer of exactly price x tokens charged
-  (the memo names the quote and the count, economics/pricing.charge_record) to this node's
-  address; it is checked field by field and submitted to the ledger (gossip spreads it). A caller
-  that closes without paying, or lets a charged session expire, is refused new sessions here.
+  the quote for every token the session may generate plus a transfer fee per token; otherwise
+  Open is refused PERMISSION_DENIED with the price, the cost and the balance in the message.
+- **Payment** as tokens are served: with each step the caller hands a signed ledger transfer for
+  the tokens served so far and not yet paid (price x those tokens; the memo names the quote and
+  the count paid up to, economics/pricing.charge_record) to this node's address; it is checked
+  field by field and submitted to the ledger (gossip spreads it). The service serves a new token
+  only once every earlier one is paid, so it gives at most one token on credit; Close pays the
+  last. A caller that closes without paying, or lets a session expire unpaid, is refused new
+  sessions here.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class InferenceMarket:
         if payer in self._debtors:
             raise refuse(f"{payer} left a session here unpaid; pay it before opening another",
                          grpc.StatusCode.PERMISSION_DENIED)
-        need = quote.cost(quote.max_tokens) + self.config.min_transfer_fee
+        need = quote.cost(quote.max_tokens) + quote.max_tokens * self.config.min_transfer_fee  # a record per token
         have = self.ledger.balance(payer).available
         if have < need:
             raise refuse(f"insufficient balance: the price is {quote.price_per_token} micro-NEURO per token, "
@@ -73,12 +76,12 @@ class InferenceMarket:
                          grpc.StatusCode.PERMISSION_DENIED)
         return payer
 
-    def settle(self, payer: str, quote: Quote, tokens: int, payment: bytes) -> int:
-        """Check and submit the payer's transfer for ``tokens``; returns the amount it moved.
-        A missing or wrong payment makes the payer a debtor here, and is refused."""
-        if tokens == 0:
+    def pay(self, payer: str, quote: Quote, paid_before: int, tokens: int, payment: bytes) -> int:
+        """Check and submit the payer's transfer for tokens ``paid_before + 1 .. tokens``; returns the
+        amount it moved. A missing or wrong payment makes the payer a debtor here, and is refused."""
+        if tokens <= paid_before:
             return 0
-        expected = quote.cost(tokens)
+        expected = quote.cost(tokens) - quote.cost(paid_before)
         try:
             record = Record.from_bytes(payment)
             body = record.body
@@ -86,7 +89,8 @@ class InferenceMarket:
             if record.kind != "transfer" or record.author_address != payer:
                 problem = "the payment is not a transfer signed by the session's caller"
             elif body.get("to") != self.provider or body.get("amount") != expected:
-                problem = f"the payment must move exactly {expected} micro-NEURO to {self.provider}"
+                problem = (f"the payment for tokens {paid_before + 1}-{tokens} must move exactly {expected} "
+                           f"micro-NEURO to {self.provider}")
             elif body.get("memo") != f"inference:{quote.quote_id}:{tokens}":
                 problem = f"the payment's memo must name quote {quote.quote_id} and {tokens} tokens"
         except (InvalidRecord, ValueError, KeyError, TypeError) as exc:

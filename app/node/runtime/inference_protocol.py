@@ -85,10 +85,11 @@ def open_request(session_id: bytes, layer_range: tuple[int, int], max_length: in
                                     layer_start=layer_range[0], layer_end=layer_range[1], max_length=max_length)
 
 
-def step_request(session_id: bytes, position: int, x: torch.Tensor, *, more: bool = False) -> pb2.InferenceStepRequest:
+def step_request(session_id: bytes, position: int, x: torch.Tensor, *, more: bool = False,
+                 payment: bytes = b"") -> pb2.InferenceStepRequest:
     spec, data = tensor_fields(x)
     return pb2.InferenceStepRequest(stage_version=STAGE_PROTOCOL_VERSION, session_id=session_id,
-                                    position=position, input=spec, data=data, more=more)
+                                    position=position, input=spec, data=data, more=more, payment=payment)
 
 
 def close_request(session_id: bytes, payment: bytes = b"") -> pb2.InferenceCloseRequest:

@@ -12,8 +12,11 @@ keys and values of its own layers. What a stage holds is bounded:
 - a step must say how many positions the client believes are cached (``position``): a repeated
   or skipped step is refused OUT_OF_RANGE instead of silently corrupting the cache;
 - with a market (runtime/inference_market.py) Open quotes the price and checks the caller's
-  balance before any work, every step that ends an input is one token charged (a ``more`` piece
-  of a long prompt, exactly MAX_STEP_POSITIONS long, is not), and Close takes the payment.
+  balance before any work; every step that ends an input is one token charged (a ``more`` piece
+  of a long prompt, exactly MAX_STEP_POSITIONS long, is not), paid by the signed transfer the
+  next step carries: a step that would produce a token while an earlier one is unpaid is refused
+  PERMISSION_DENIED before any compute, so a caller gets at most one token on credit, which
+  Close's payment covers. The caller's own node is not charged.
 
 The compute runs on the stage's executor under its lock, so it never interleaves with an optimizer
 step; with inference mode off (``serving()`` false) every call is refused as busy, so the client
@@ -105,6 +108,8 @@ class _Session:
     quote: Quote | None = None
     payer: str = ""
     tokens: int = 0  # steps that ended an input: one generated token each
+    paid_tokens: int = 0  # tokens the caller's accepted payments cover
+    paid: int = 0  # micro-NEURO those payments moved
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ class InferenceService:
         if path == INFERENCE_STEP:
             return await self._step(stage, caller, request)  # type: ignore[arg-type]
         if path == INFERENCE_CLOSE:
-            return self._close(caller, request)  # type: ignore[arg-type]
+            return await self._close(caller, request)  # type: ignore[arg-type]
         raise refuse(f"{path} is not an inference call", grpc.StatusCode.UNIMPLEMENTED)
 
     def _open(self, stage: StageWorker, caller: bytes, request: pb2.InferenceOpenRequest) -> pb2.InferenceOpenReply:
@@ -227,6 +232,7 @@ class InferenceService:
         session.last_used, session.computing = self.clock(), True
         loop = asyncio.get_running_loop()
         try:
+            await self._take_payment(session, bytes(request.payment), token_step=not request.more)
             await self._wait_for_budget()
             began = self.clock()
             out = await loop.run_in_executor(stage.executor, session_forward, stage, session.cache, x)
@@ -249,6 +255,22 @@ class InferenceService:
         spec, data = tensor_fields(out[:, -1] if shard.with_head else out)
         return pb2.InferenceStepReply(position=session.position, output=spec, data=data)
 
+    async def _take_payment(self, session: _Session, payment: bytes, *, token_step: bool) -> None:
+        """Apply the step's payment (tokens served and unpaid so far); before a step that produces a
+        token, every earlier token must be paid."""
+        if self.market is None or session.quote is None:
+            return
+        market, quote, due_from = self.market, session.quote, session.paid_tokens
+        if payment and session.tokens > due_from:
+            amount = await asyncio.get_running_loop().run_in_executor(
+                None, market.pay, session.payer, quote, due_from, session.tokens, payment)
+            session.paid_tokens, session.paid = session.tokens, session.paid + amount
+        if token_step and session.tokens > session.paid_tokens:
+            market.owes(session.payer)
+            unpaid = session.tokens - session.paid_tokens
+            raise refuse(f"pay for the {unpaid} token(s) served before asking for the next: "
+                         f"{quote.price_per_token} micro-NEURO per token", grpc.StatusCode.PERMISSION_DENIED)
+
     async def _wait_for_budget(self) -> None:
         """Inference has used its share of compute: wait for budget, or refuse as busy."""
         assert self.compute is not None
@@ -259,22 +281,24 @@ class InferenceService:
         if wait > 0:
             await self.sleep(wait)
 
-    def _close(self, caller: bytes, request: pb2.InferenceCloseRequest) -> pb2.InferenceCloseReply:
+    async def _close(self, caller: bytes, request: pb2.InferenceCloseRequest) -> pb2.InferenceCloseReply:
         session_id = check_common(request)
         session = self._sessions.get(session_id)
         if session is None or session.owner != caller:
             return pb2.InferenceCloseReply(closed=False)
         del self._sessions[session_id]
-        paid = 0
-        if self.market is not None and session.quote is not None:
-            paid = self.market.settle(session.payer, session.quote, session.tokens, bytes(request.payment))
-        return pb2.InferenceCloseReply(closed=True, tokens=session.tokens, paid=paid)
+        if self.market is not None and session.quote is not None and session.tokens > session.paid_tokens:
+            amount = await asyncio.get_running_loop().run_in_executor(
+                None, self.market.pay, session.payer, session.quote, session.paid_tokens, session.tokens,
+                bytes(request.payment))
+            session.paid_tokens, session.paid = session.tokens, session.paid + amount
+        return pb2.InferenceCloseReply(closed=True, tokens=session.tokens, paid=session.paid)
 
     def _expire(self) -> None:
         horizon = self.clock() - self.limits.idle_timeout_s
         for session_id in [k for k, s in self._sessions.items() if s.last_used < horizon]:
             session = self._sessions.pop(session_id)
-            if self.market is not None and session.tokens:
+            if self.market is not None and session.tokens > session.paid_tokens:
                 self.market.owes(session.payer)  # served and never paid
 
 
