@@ -2,8 +2,8 @@
 
 Precedence: built-in defaults < ``config.toml`` in the data dir < command-line flags. Every
 section is read through one schema, :class:`ConfigFile` (app/node/schema.py says how): ``[node]``,
-``[limits]`` with ``[limits.in_use]``, and the ``[training]``, ``[economics]`` and ``[p2p]``
-sections whose dataclasses live in those packages (a devnet shrinks 7-day governance windows and
+``[limits]`` with ``[limits.in_use]``, ``[migration]``, ``[inference]`` (inference_limits.py), and the
+``[training]``, ``[economics]`` and ``[p2p]`` sections whose dataclasses live in those packages (a devnet shrinks 7-day governance windows and
 500-step DiLoCo rounds there; the code path stays the same). A wrong type, an unknown key or
 section, an out-of-range number or a bad choice is one ConfigError line naming the key, what it
 got and what it expects. :func:`validate_settings` is the same check for the Settings page.
@@ -32,6 +32,7 @@ from platformdirs import user_config_dir, user_data_dir
 from typing_extensions import TypedDict
 
 from app.node.economics.constants import from_settings
+from app.node.inference_limits import InferenceLimits
 from app.node.p2p.config import P2PConfig
 from app.node.schema import STRICT, ConfigError, check, parse, rule
 from app.node.training.config import TrainingConfig
@@ -216,6 +217,7 @@ class NodeConfig:
     on_corrupt_checkpoint: Literal["ask", "restart", "stop"] | None = None  # None: ask in the app, stop headless
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     migration: MigrationSettings = field(default_factory=MigrationSettings)
+    inference: InferenceLimits = field(default_factory=InferenceLimits)
     training: dict[str, Any] = field(default_factory=dict)
     economics: dict[str, Any] = field(default_factory=dict)
     p2p: dict[str, Any] = field(default_factory=dict)
@@ -263,6 +265,7 @@ class ConfigFile:
     node: NodeSettings = field(default_factory=lambda: NodeSettings())
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     migration: MigrationSettings = field(default_factory=MigrationSettings)
+    inference: InferenceLimits = field(default_factory=InferenceLimits)
     p2p: P2PConfig = field(default_factory=P2PConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     economics: dict[str, Any] = field(default_factory=dict)
@@ -335,8 +338,12 @@ def apply_file_settings(config: NodeConfig, settings: Mapping[str, Any]) -> Node
         limits = parse(ResourceLimits, {**dataclasses.asdict(config.limits), **settings["limits"]},
                        prefix="limits")
     migration = parsed.migration if "migration" in settings else config.migration
+    inference = config.inference
+    if "inference" in settings:
+        inference = parse(InferenceLimits, {**dataclasses.asdict(config.inference), **settings["inference"]},
+                          prefix="inference")
     return dataclasses.replace(
-        config, **parsed.node, limits=limits, migration=migration,
+        config, **parsed.node, limits=limits, migration=migration, inference=inference,
         training={**config.training, **settings.get("training", {})},
         economics={**config.economics, **settings.get("economics", {})},
         p2p={**config.p2p, **settings.get("p2p", {})},
@@ -355,6 +362,8 @@ def to_toml_dict(config: NodeConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"node": node, "limits": limits}
     if config.migration != MigrationSettings():
         out["migration"] = dataclasses.asdict(config.migration)
+    if config.inference != InferenceLimits():
+        out["inference"] = dataclasses.asdict(config.inference)
     for section in ("training", "economics", "p2p"):
         if getattr(config, section):
             out[section] = getattr(config, section)

@@ -182,7 +182,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                      memory_budget=capacity.memory, base_arch=base.genesis_arch,
                      held_out=_held_out_batches(data, t, base.architecture()),
                      serves_inference=lambda: "inference" in capacity.modes.active,
-                     market=_inference_market(base), on_served=_inference_proofs(base))
+                     market=_inference_market(base), on_served=_inference_proofs(base),
+                     inference_limits=ctx.config.inference)
     await host.start(resume, lost)
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),

@@ -34,6 +34,7 @@ import grpc
 import torch
 
 from app.node.economics.pricing import Quote
+from app.node.inference_limits import InferenceLimits
 from app.node.model.shard import ModelShard, ShardCache
 from app.node.p2p.errors import BUSY_PREFIX
 from app.node.p2p.protocol import pb2
@@ -50,21 +51,6 @@ from app.node.runtime.inference_protocol import (
 from app.node.training.stage import StageWorker
 
 FLOAT_BYTES = 4
-
-
-@dataclass(frozen=True)
-class InferenceLimits:
-    """What one stage gives to inference sessions (defaults for a volunteer's machine)."""
-
-    max_sessions: int = 16
-    cache_bytes: int = 256 * 1024 * 1024
-    idle_timeout_s: float = 120.0
-    compute_share: float = 0.5
-    """Most of this node's compute time inference may take: the rest stays with training."""
-    share_window_s: float = 10.0
-    """The share is kept over any window this long (a burst may use one window's budget)."""
-    max_wait_s: float = 5.0
-    """A step waits at most this long for budget, then is refused as busy (the client fails over)."""
 
 
 class ComputeShare:

@@ -24,6 +24,7 @@ import torch
 from app.node.checkpoint_recovery import recover_unusable_checkpoints
 from app.node.events import LayersAssigned
 from app.node.faults import resolve_policy
+from app.node.inference_limits import InferenceLimits
 from app.node.model.architecture import ModelArchitecture
 from app.node.model.checkpoint import CheckpointsUnusable
 from app.node.model.shard import lm_loss
@@ -86,7 +87,8 @@ class StageHost:
                  held_out: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
                  serves_inference: Callable[[], bool] = lambda: True,
                  market: InferenceMarket | None = None,
-                 on_served: Callable[[Served], None] | None = None) -> None:
+                 on_served: Callable[[Served], None] | None = None,
+                 inference_limits: InferenceLimits | None = None) -> None:
         """Build the stage of ``assignment`` (genesis weights; ``start`` fills and serves it).
         ``memory_budget``: bytes the model may take here (the speed plan's memory savers).
         ``base_arch``: the architecture before the vocabulary (the configured one, or the version
@@ -96,7 +98,8 @@ class StageHost:
         ``serves_inference()``: whether the volunteer's inference mode is on (sessions are refused
         as busy while it is off, so clients take another holder); ``market``: its quotes and
         payments (runtime/inference_market.py; None serves for free); ``on_served``: each session
-        step served (the economy's inference proofs)."""
+        step served (the economy's inference proofs); ``inference_limits``: the ``[inference]``
+        settings (sessions, cache memory, expiry, compute share)."""
         self._ctx, self._net, self._vocab, self._training, self._activity = ctx, net, vocab, training, activity
         self._genesis_arch = base_arch or training.architecture()
         self._device, self._hooks, self._memory_budget = device, hooks, memory_budget
@@ -114,7 +117,8 @@ class StageHost:
         self.stage, self.sync = self._build(assignment)
         # the key/value caches of inference sessions through this stage (runtime/inference_service.py)
         self.inference = InferenceService(lambda: self.stage, serving=lambda: serves_inference() and not self._busy(),
-                                          market=market, on_served=on_served)
+                                          limits=inference_limits or InferenceLimits(), market=market,
+                                          on_served=on_served)
 
     def _build(self, a: Assignment) -> tuple[StageWorker, StageSync]:
         arch, t = self.architecture(), self._training
