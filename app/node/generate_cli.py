@@ -1,9 +1,13 @@
 """``main.py generate "PROMPT"``: text from the network's model, or from the local checkpoint.
 
 Through the network when a tracker (``--tracker`` or the data dir's config.toml) answers and a
-chain of holders covers every layer (runtime/inference_client.py); otherwise from this data dir's
-checkpoint when it holds the whole model (a solo node). It says which on stderr, prints the text
-on stdout, and exits 1 when neither is possible, saying why.
+chain of holders covers every layer (runtime/inference_client.py), paid from the data dir's wallet
+(its key unlocked as the node unlocks it, app/node/identity.py; each payment kept in the data dir's
+ledger, so the node's gossip spreads it and the next sequence number follows it; the data dir is
+locked meanwhile, as the node itself would use the same key); without a wallet only holders that
+charge nothing serve it. Otherwise from this data dir's checkpoint when it holds the whole model (a
+solo node). It says which on stderr, prints the text on stdout, and exits 1 when neither is
+possible, saying why.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.node.flags import count_argument
 
@@ -29,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from app.node.config import ConfigError, NodeConfig, apply_file_settings, load_config_file, start_data_dir
+    from app.node.datadir_lock import DataDirBusy
+    from app.node.identity import IdentityError
     from app.node.migration import adopted_architecture
+    from app.node.modes import UNITS_PER_NEURO
     from app.node.tokenizer import NeuroTokenizer
     from app.node.training.config import TrainingConfig
 
@@ -53,15 +62,24 @@ def run(args: argparse.Namespace) -> int:
         from app.node.runtime.inference_client import GenerationFailed, generate_via_trackers
 
         try:
+            wallet = _Wallet.open(config)
+        except (DataDirBusy, IdentityError) as exc:
+            print(f"generate: error: cannot pay from the wallet in {config.data_dir}: {exc}", file=sys.stderr)
+            return 1
+        try:
             result = asyncio.run(generate_via_trackers(trackers, arch, prompt, args.max_tokens,
-                                                       join_wait_s=args.join_wait, **sampling))
+                                                       join_wait_s=args.join_wait, payer=wallet.payer, **sampling))
         except GenerationFailed as exc:
-            why_not_network = str(exc)
+            why_not_network = str(exc) + ("" if wallet.payer else f" (no wallet in {config.data_dir} to pay from)")
         else:
+            paid = (f", paid {result.paid / UNITS_PER_NEURO:.6f} NEURO from wallet {wallet.payer.key.address}"
+                    if wallet.payer and result.paid else "")
             print(f"generate: through the network ({len(result.holders)} stages, {len(result.tokens)} tokens, "
-                  f"{result.tokens_per_s:.1f} tokens/s)", file=sys.stderr)
+                  f"{result.tokens_per_s:.1f} tokens/s{paid})", file=sys.stderr)
             print(tokenizer.decode(result.tokens))
             return 0
+        finally:
+            wallet.close()
     tokens, why_not_local = _local(config.data_dir, arch, prompt, args.max_tokens, sampling)
     if tokens is None:
         print(f"generate: error: not through the network ({why_not_network}) and not locally ({why_not_local})",
@@ -71,6 +89,48 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     print(tokenizer.decode(tokens))
     return 0
+
+
+@dataclass
+class _Wallet:
+    """The data dir's wallet as a payer for the network, with the data dir locked and its ledger open
+    for as long as the generation runs; ``payer`` None where the data dir has no wallet."""
+
+    payer: Any = None
+    ledger: Any = None
+    lock: Any = None
+
+    @classmethod
+    def open(cls, config: Any) -> _Wallet:
+        import time
+
+        from app.node.datadir_lock import DataDirLock
+        from app.node.economics.constants import from_settings
+        from app.node.economics.ledger import Ledger
+        from app.node.identity import load_node_key
+        from app.node.runtime.inference_client import Payer
+        from app.wallet.keystore import Keystore
+
+        if not Keystore(config.data_dir).has_key():
+            return cls()
+        lock = DataDirLock(config.data_dir)
+        lock.acquire()  # the running node would use the same key and ledger: one of them at a time
+        try:
+            key = load_node_key(config)
+            economics = from_settings(config.economics)
+            ledger = Ledger(config.data_dir, economics)
+        except BaseException:
+            lock.release()
+            raise
+        payer = Payer(key, economics, next_seq=lambda: ledger.next_seq(key.address),
+                      keep_payment=lambda raw: ledger.submit(raw, int(time.time() * 1000)))
+        return cls(payer, ledger, lock)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _local(data_dir: Path, arch: object, prompt: list[int], max_tokens: int,

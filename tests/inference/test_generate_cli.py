@@ -71,3 +71,51 @@ def test_generate_goes_through_the_network_when_a_tracker_answers(tmp_path: Path
     assert code == 0
     assert out == expected + "\n"
     assert "through the network (3 stages, 6 tokens" in err
+
+
+def test_generate_through_the_network_pays_from_the_data_dirs_wallet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from app.node.economics.ledger import Ledger
+    from app.node.economics.records import Record
+    from app.node.runtime.devnet_funding import devnet_genesis_settings
+    from app.wallet.keystore import Keystore
+    from tests.inference.test_market import CONFIG, _markets
+
+    data_dir = tmp_path / "wallet"
+    data_dir.mkdir()
+    (data_dir / "config.toml").write_bytes(tomli_w.dumps({"training": {"model": "tiny"},
+                                                          "economics": devnet_genesis_settings()}).encode())
+    key = Keystore(data_dir, use_keyring=False, scrypt_n=2**10).create("wallet pw")
+    monkeypatch.setenv("NEUROSHARD_PASSWORD", "wallet pw")
+    services, ledgers, providers = _markets(tmp_path / "providers", key)  # the providers know the grant
+    prompt = TOKENIZER.encode("hello")
+    expected = TOKENIZER.decode(reference_tokens(6, prompt))
+
+    async def scenario() -> int:
+        async with network(services) as (_client, nodes, _services):
+            argv = ["generate", "hello", "--max-tokens", "6", "--temperature", "0", "--data-dir", str(data_dir),
+                    "--tracker", nodes[0].trackers[0]]
+            return await asyncio.get_running_loop().run_in_executor(None, main, argv)
+
+    try:
+        code = run(scenario(), timeout=120)
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert out == expected + "\n"
+        assert f"from wallet {key.address}" in err
+        for ledger, provider in zip(ledgers, providers, strict=True):
+            payments = [Record.from_bytes(raw) for raw in ledger.records_since(0)[0]]
+            payments = [r for r in payments if r.kind == "transfer"]
+            assert len(payments) == 6 and all(r.author_address == key.address for r in payments)
+            assert all(r.body["to"] == provider for r in payments)
+        own = Ledger(data_dir, CONFIG)  # the wallet's own ledger kept every payment it signed
+        try:
+            kept = [Record.from_bytes(raw) for raw in own.records_since(0)[0]]
+            assert len(kept) == 6 * len(ledgers)
+            assert sorted(r.seq for r in kept) == list(range(1, 6 * len(ledgers) + 1))  # no gap, no reuse
+            assert own.next_seq(key.address) == 6 * len(ledgers) + 1
+        finally:
+            own.close()
+    finally:
+        for ledger in ledgers:
+            ledger.close()

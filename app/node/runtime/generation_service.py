@@ -96,9 +96,10 @@ class GenerationService:
         economy = self.view.economy()
         if economy is None:
             return RemoteGenerator(node, self.view.architecture())
-        address = economy.key.address
+        address, ledger = economy.key.address, economy.ledger
         return RemoteGenerator(node, self.view.architecture(), economics=economy.config,
-                               next_seq=lambda: economy.ledger.next_seq(address))
+                               next_seq=lambda: ledger.next_seq(address),
+                               keep_payment=lambda raw: ledger.submit(raw, int(time.time() * 1000)))
 
     # ------------------------------------------------------------------ commands
     async def quote(self, command: QuoteGeneration) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
+from app.crypto.keys import PrivateKey
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.pricing import Quote, charge_record
 from app.node.model.architecture import ModelArchitecture
@@ -92,11 +93,15 @@ class RemoteGenerator:
     """Generates through ``node``'s network for the model ``arch``."""
 
     def __init__(self, node: P2PNode, arch: ModelArchitecture, *, timeout_s: float = 30.0,
-                 economics: EconomicsConfig | None = None, next_seq: Callable[[], int] | None = None) -> None:
+                 economics: EconomicsConfig | None = None, next_seq: Callable[[], int] | None = None,
+                 keep_payment: Callable[[bytes], None] | None = None) -> None:
         """``economics``: the ledger rules payments are signed under (the node's key pays);
-        ``next_seq()``: the sequence number of the payer's next spending record."""
+        ``next_seq()``: the sequence number of the payer's next spending record;
+        ``keep_payment(record)``: hears every payment as it is signed (the payer's own ledger keeps
+        it, so its gossip delivers a payment whose holder died before storing it: sequence numbers
+        leave no gap)."""
         self.node, self.arch, self.timeout_s = node, arch, timeout_s
-        self.economics, self._next_seq = economics, next_seq
+        self.economics, self._next_seq, self._keep_payment = economics, next_seq, keep_payment
         self._seq_used = 0
         self._paid = 0  # micro-NEURO of the payments the holders took in the generation in progress
         self._hops: list[_Hop] = []
@@ -309,7 +314,10 @@ class RemoteGenerator:
         self._seq_used = seq
         record = charge_record(self.node.key, self.economics, hop.quote, hop.tokens, seq=seq,
                                timestamp_ms=int(time.time() * 1000), paid_before=hop.paid_tokens)
-        return record.to_bytes(), int(record.body["amount"])
+        raw = record.to_bytes()
+        if self._keep_payment is not None:
+            self._keep_payment(raw)
+        return raw, int(record.body["amount"])
 
     async def _close_all(self, hops: list[_Hop]) -> None:
         for hop in hops:
@@ -332,20 +340,32 @@ def _end_on_refusal(exc: P2PError, hop: _Hop) -> None:
         raise GenerationFailed(f"the holder of layers {hop.layer_range} refused the session: {exc.reason}") from exc
 
 
+@dataclass(frozen=True)
+class Payer:
+    """Who pays for a generation: a wallet key, the ledger rules, its own ledger's next sequence
+    number and a place that keeps each signed payment (that ledger)."""
+
+    key: PrivateKey
+    economics: EconomicsConfig
+    next_seq: Callable[[], int]
+    keep_payment: Callable[[bytes], None] | None = None
+
+
 async def generate_via_trackers(trackers: list[str], arch: ModelArchitecture, prompt_ids: list[int],
                                 max_new_tokens: int, *, temperature: float = 1.0, top_p: float = 1.0,
                                 seed: int | None = None, eos_id: int | None = None, join_wait_s: float = 10.0,
                                 on_token: Callable[[int, int], None] | None = None,
-                                config: P2PConfig | None = None) -> RemoteGeneration:
-    """Join the network through ``trackers`` as a client with a fresh key, wait up to
+                                config: P2PConfig | None = None, payer: Payer | None = None) -> RemoteGeneration:
+    """Join the network through ``trackers`` as a client (``payer``'s key, which pays the holders;
+    without one a fresh key, served only by holders that charge nothing), wait up to
     ``join_wait_s`` for a chain covering every layer, generate, leave. GenerationFailed when no
     tracker answers or no chain forms in time."""
-    from app.crypto.keys import PrivateKey
-
-    node = P2PNode(PrivateKey.generate(), trackers=list(trackers), config=config or P2PConfig(use_upnp=False))
+    node = P2PNode(payer.key if payer else PrivateKey.generate(), trackers=list(trackers),
+                   config=config or P2PConfig(use_upnp=False))
     try:
         await node.start()
-        generator = RemoteGenerator(node, arch)
+        generator = (RemoteGenerator(node, arch, economics=payer.economics, next_seq=payer.next_seq,
+                                     keep_payment=payer.keep_payment) if payer else RemoteGenerator(node, arch))
         await generator.plan_within(join_wait_s)
         return await generator.generate(prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p,
                                         seed=seed, eos_id=eos_id, on_token=on_token)
