@@ -33,6 +33,8 @@ def test_a_new_volunteer_starts_with_half_the_computer_while_in_use(qtbot, confi
     wizard.hardware.cancel()
     next_page(qtbot, wizard, PageId.MODES)
     next_page(qtbot, wizard, PageId.LIMITS)
+    next_page(qtbot, wizard, PageId.REACH)
+    wizard.reach.choices["this_computer"].setChecked(True)  # tests talk to 127.0.0.0/8 only
     next_page(qtbot, wizard, PageId.JOIN)
     wizard.accept()
     saved = apply_file_settings(config, load_config_file(config.config_path)).limits

@@ -28,6 +28,10 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     page.lock_minutes.setValue(3)
     assert page.lan_discovery.isChecked()  # on by default
     page.lan_discovery.setChecked(False)
+    # a config from before the question: where it listens is shown and kept until an answer is picked
+    assert page.reach.currentData() is None and "127.0.0.1" in page.reach.currentText()
+    assert "firewall" in page.reach_note.text()
+    page.reach.setCurrentIndex(page.reach.findData("home_network"))  # saved only: this node is not restarted
     assert page.save(), page.message.text()
     gui.window.resize(760, 700)
     gui.window.move(30, 40)
@@ -43,6 +47,7 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     assert limits.pause_when_running == ("blender", "steam") and limits.gpu_ids == (0, 1)
     assert limits.schedule == ((5, 9, 17),)
     assert reloaded.p2p["lan_discovery"] is False
+    assert reloaded.reach == "home_network"
     again = GuiApp(reloaded, keystore_factory=fast_keystore)
     assert again.ui.theme == "dark" and not again.ui.close_to_tray and again.ui.wallet_lock_minutes == 3
     assert again.qapp.property("neuroshard_theme") == "dark"
@@ -51,6 +56,8 @@ def test_settings_and_geometry_persist_across_restarts(qtbot, gui, config) -> No
     assert again.window.settings.port.value() == 7555
     assert again.window.settings.limits.memory.value() == 30
     assert not again.window.settings.lan_discovery.isChecked()
+    reach = again.window.settings.reach
+    assert reach.currentData() == "home_network" and reach.findData(None) < 0  # answered: no "as the file says"
     again.dispose()
 
 

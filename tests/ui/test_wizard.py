@@ -65,7 +65,13 @@ def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> No
     next_page(qtbot, wizard, PageId.LIMITS)
     wizard.limits.form.memory.setValue(40)
     wizard.limits.form.schedule.rows[0][0].setChecked(True)
+    next_page(qtbot, wizard, PageId.REACH)
+    # asked, not assumed: Next waits for an answer; the firewall prompt is explained
+    assert not wizard.button(QWizard.WizardButton.NextButton).isEnabled()
+    assert "firewall" in wizard.reach.firewall.text()
+    wizard.reach.choices["this_computer"].setChecked(True)  # tests talk to 127.0.0.0/8 only
     next_page(qtbot, wizard, PageId.JOIN)
+    assert plain_words.REACH_CHOICE_WORDS["this_computer"] in wizard.join.summary.text()
     assert "Join" in wizard.buttonText(QWizard.WizardButton.FinishButton)
     # no tracker: the summary says the node will train alone and how to connect, never "finds a network"
     assert plain_words.TRAINING_ALONE in wizard.join.summary.text()
@@ -76,6 +82,7 @@ def test_first_run_wizard_creates_wallet_measures_and_joins(qtbot, config) -> No
     assert saved.limits.memory_fraction == 0.4
     assert saved.limits.schedule == ((0, 0, 24),)
     assert saved.modes is not None and "data" not in saved.modes
+    assert saved.reach == "this_computer"
     qtbot.waitUntil(lambda: app.bridge.state == NodeState.TRAINING, timeout=30_000)
     assert fast_keystore(config.data_dir.parent / "restored").restore_backup(backup, PASSWORD).address == \
         wizard.state.address

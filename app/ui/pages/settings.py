@@ -29,8 +29,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.node import autostart
-from app.node.config import ConfigError, NodeConfig, parse_host_port, save_config
+from app.node.config import REACH_CHOICES, ConfigError, NodeConfig, parse_host_port, save_config
 from app.node.events import FinishStepThenStop, Remeasure
+from app.ui import plain_words
 from app.ui.bridge import EngineBridge
 from app.ui.data_dir_copy import MoveError, check_target
 from app.ui.settings_check import validate_settings
@@ -67,6 +68,13 @@ class SettingsPage(QWidget):
         self.trackers = QPlainTextEdit()
         self.trackers.setPlaceholderText("one HOST:PORT per line; empty = start or join a local genesis network")
         self.trackers.setMaximumHeight(70)
+        self.reach = QComboBox()  # who may connect (the wizard's question); data: the config value
+        for choice in REACH_CHOICES:
+            self.reach.addItem(plain_words.REACH_CHOICE_WORDS[choice], choice)
+            self.reach.setItemData(self.reach.count() - 1, plain_words.REACH_CHOICE_TERMS[choice],
+                                   Qt.ItemDataRole.ToolTipRole)
+        self.reach_note = QLabel(plain_words.FIREWALL_NOTE)
+        self.reach_note.setWordWrap(True)
         self.lan_discovery = QCheckBox("Find other computers on this network (LAN discovery)")
         self.lan_discovery.setToolTip("Announces this node on the local network (mDNS) and connects to the "
                                       "nodes it hears there, each checked like any peer. Works while the node "
@@ -110,6 +118,8 @@ class SettingsPage(QWidget):
         move_row.addWidget(self.cancel_move_button)
         form.addRow(move_row)
         form.addRow("Port", self.port)
+        form.addRow("Who may connect", self.reach)
+        form.addRow(self.reach_note)
         form.addRow("Trackers", self.trackers)
         form.addRow(self.lan_discovery)
         form.addRow("Theme", self.theme)
@@ -145,6 +155,7 @@ class SettingsPage(QWidget):
         c = self.config
         self.port.setValue(c.port)
         self.trackers.setPlainText("\n".join(c.trackers))
+        self._show_reach(c)
         self.lan_discovery.setChecked(bool(c.p2p.get("lan_discovery", True)))
         self.theme.setCurrentText(self.ui.theme)
         self.log_level.setCurrentText(c.log_level.upper() if c.log_level.upper() in LOG_LEVELS else "INFO")
@@ -153,6 +164,16 @@ class SettingsPage(QWidget):
         self.notify.setChecked(self.ui.notify_rewards)
         self.lock_minutes.setValue(self.ui.wallet_lock_minutes)
         self.limits.set_limits(c.limits)
+
+    def _show_reach(self, config: NodeConfig) -> None:
+        """The saved answer; a config from before the question shows where it listens, unchanged
+        until the volunteer picks an answer."""
+        legacy = self.reach.findData(None)
+        if config.reach is None and legacy < 0:
+            self.reach.insertItem(0, f"As the settings file says (listens on {config.host})", None)
+        elif config.reach is not None and legacy >= 0:
+            self.reach.removeItem(legacy)
+        self.reach.setCurrentIndex(self.reach.findData(config.reach))
 
     def say(self, text: str, error: bool = False) -> None:
         self.message.setStyleSheet("color: #d0342c;" if error else "")
@@ -163,7 +184,7 @@ class SettingsPage(QWidget):
         trackers = tuple(t.strip() for t in self.trackers.toPlainText().split() if t.strip())
         for tracker in trackers:
             parse_host_port(tracker)
-        config = dataclasses.replace(self.config, port=self.port.value(), trackers=trackers,
+        config = dataclasses.replace(self.config, port=self.port.value(), trackers=trackers, reach=self.reach.currentData(),
                                      p2p={**self.config.p2p, "lan_discovery": self.lan_discovery.isChecked()},
                                      log_level=self.log_level.currentText(), limits=self.limits.limits())
         return validate_settings(config)
@@ -184,8 +205,8 @@ class SettingsPage(QWidget):
         self._save_ui()
         self.config = config
         self.saved.emit(config)
-        self.say(warning or "Saved. Limits apply at once where the node supports it; port, trackers "
-                 "and LAN discovery at the next start.", error=bool(warning))
+        self.say(warning or "Saved. Limits apply at once where the node supports it; port, who may "
+                 "connect, trackers and LAN discovery at the next start.", error=bool(warning))
         return True
 
     def _apply_autostart(self) -> str:

@@ -1,20 +1,23 @@
-"""Wizard pages after the wallet: welcome, hardware check, contribution modes, limits, join."""
+"""Wizard pages after the wallet: welcome, hardware check, contribution modes, limits, who may
+connect, join."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from PySide6.QtWidgets import (
+    QButtonGroup,
     QCheckBox,
     QLabel,
     QProgressBar,
     QPushButton,
+    QRadioButton,
     QScrollArea,
     QVBoxLayout,
     QWizardPage,
 )
 
-from app.node.config import ConfigError
+from app.node.config import REACH_CHOICES, ConfigError
 from app.node.events import HardwareMeasured
 from app.node.values import DESCRIPTIONS, MODES, estimate_plan
 from app.ui import plain_words
@@ -180,6 +183,44 @@ class LimitsPage(QWizardPage):
         return True
 
 
+class ReachPage(QWizardPage):
+    """Asked once: who may connect to this computer (config ``reach``; Settings changes it later)."""
+
+    def __init__(self, state: WizardState) -> None:
+        super().__init__()
+        self.state = state
+        self.setTitle("Who may connect to this computer")
+        self.setSubTitle("Other computers must be able to connect to this one to train with it. "
+                         "You can change this later in Settings.")
+        self.group = QButtonGroup(self)
+        self.choices: dict[str, QRadioButton] = {}
+        layout = QVBoxLayout(self)
+        for choice in REACH_CHOICES:
+            button = QRadioButton(plain_words.REACH_CHOICE_WORDS[choice])
+            button.setToolTip(plain_words.REACH_CHOICE_TERMS[choice])
+            self.group.addButton(button)
+            self.choices[choice] = button
+            layout.addWidget(button)
+            button.toggled.connect(lambda _on: self.completeChanged.emit())
+        self.firewall = _wrapped(plain_words.FIREWALL_NOTE)
+        layout.addWidget(self.firewall)
+        layout.addStretch(1)
+
+    def initializePage(self) -> None:  # noqa: N802 (Qt override)
+        if self.state.config.reach is not None:  # the wizard shown again: the earlier answer stands
+            self.choices[self.state.config.reach].setChecked(True)
+
+    def choice(self) -> str | None:
+        return next((name for name, button in self.choices.items() if button.isChecked()), None)
+
+    def isComplete(self) -> bool:  # noqa: N802 (Qt override)
+        return self.choice() is not None  # asked, not assumed: no answer is preselected
+
+    def validatePage(self) -> bool:  # noqa: N802 (Qt override)
+        self.state.config = dataclasses.replace(self.state.config, reach=self.choice())
+        return True
+
+
 class JoinPage(QWizardPage):
     def __init__(self, state: WizardState) -> None:
         super().__init__()
@@ -199,8 +240,9 @@ class JoinPage(QWizardPage):
         modes = ", ".join(s.modes) if s.modes else "chosen by the node"
         trackers = ", ".join(s.config.trackers) or "none yet"
         alone = "" if s.config.trackers else f"<br><br>{plain_words.TRAINING_ALONE}"
+        reach = plain_words.REACH_CHOICE_WORDS.get(s.config.reach or "", "as the settings file says")
         self.summary.setText(
             f"<b>Wallet:</b> {s.address or '—'}<br><b>This computer:</b> {hw}<br><b>Modes:</b> {modes}"
-            f"<br><b>Memory:</b> up to {s.config.limits.memory_fraction:.0%}<br><b>Trackers:</b> {trackers}"
-            f"{alone}<br><br>Press Join to start. The node keeps running in the tray when the window is closed.")
+            f"<br><b>Memory:</b> up to {s.config.limits.memory_fraction:.0%}<br><b>Who may connect:</b> {reach}"
+            f"<br><b>Trackers:</b> {trackers}{alone}<br><br>Press Join to start. The node keeps running in the tray when the window is closed.")
         self.wizard().setButtonText(self.wizard().WizardButton.FinishButton, "Join")

@@ -21,7 +21,8 @@ class PageId(enum.IntEnum):
     HARDWARE = 4
     MODES = 5
     LIMITS = 6
-    JOIN = 7
+    REACH = 7
+    JOIN = 8
 
 
 MIN_PASSWORD_LENGTH = 8  # the keystore file is only as strong as this password (scrypt slows guessing)

@@ -13,7 +13,7 @@ from app.node.config import ConfigError, NodeConfig, save_config
 from app.ui.icons import app_pixmap
 from app.ui.settings_check import validate_settings
 from app.ui.widgets.limits_form import first_run_limits
-from app.ui.wizard.setup_pages import HardwarePage, JoinPage, LimitsPage, ModesPage, WelcomePage
+from app.ui.wizard.setup_pages import HardwarePage, JoinPage, LimitsPage, ModesPage, ReachPage, WelcomePage
 from app.ui.wizard.state import PageId, WizardState
 from app.ui.wizard.wallet_pages import ConfirmPhrasePage, PhrasePage, WalletSetupPage
 from app.wallet.keystore import Keystore
@@ -36,11 +36,13 @@ class FirstRunWizard(QWizard):
         self.hardware = HardwarePage(self.state)
         self.modes = ModesPage(self.state)
         self.limits = LimitsPage(self.state)
+        self.reach = ReachPage(self.state)
         self.join = JoinPage(self.state)
         for page_id, page in ((PageId.WELCOME, self.welcome), (PageId.WALLET, self.wallet),
                               (PageId.PHRASE, self.phrase), (PageId.CONFIRM, self.confirm),
                               (PageId.HARDWARE, self.hardware), (PageId.MODES, self.modes),
-                              (PageId.LIMITS, self.limits), (PageId.JOIN, self.join)):
+                              (PageId.LIMITS, self.limits), (PageId.REACH, self.reach),
+                              (PageId.JOIN, self.join)):
             self.setPage(page_id, page)
         self.setStartId(PageId.WELCOME)
         self.resize(760, 620)
