@@ -37,6 +37,19 @@ if [ "$profile" != "run" ] && ! command -v Xvfb >/dev/null 2>&1 && [ "$(id -u)" 
     || echo "bootstrap: could not install xvfb; the X11 tests will skip" >&2
 fi
 
+# The NAT namespace tests and benchmarks/nat.py build routers in network namespaces: they need
+# `ip` (iproute2) and `iptables` (MASQUERADE). Best effort, root only: without them they skip.
+if [ "$profile" != "run" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  net_missing=""
+  command -v ip >/dev/null 2>&1 || net_missing="$net_missing iproute2"
+  command -v iptables >/dev/null 2>&1 || net_missing="$net_missing iptables"
+  if [ -n "$net_missing" ]; then
+    echo "bootstrap: installing$net_missing for the NAT namespace tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $net_missing) >&2 \
+      || echo "bootstrap: could not install$net_missing; the NAT namespace tests will skip" >&2
+  fi
+fi
+
 python_bin="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 py=.venv/bin/python

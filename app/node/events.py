@@ -488,3 +488,25 @@ class ReachabilityTested(Event):
     port: int = 0  # the port to forward on the router
     lan_peers: int = 0  # computers on this network that found each other with this one
     trackers_answered: int = 0
+
+
+@dataclass(frozen=True)
+class HolePunched(Event):
+    """How an attempt to reach a relayed peer directly ended (p2p/holepunch.py): ``direct`` with
+    the address the direct path runs to, or not, with ``reason`` (the last attempt's); ``seconds``
+    from the first contact to the first call answered directly (or to giving up)."""
+
+    kind: ClassVar[str] = "hole_punch"
+    peer: str
+    direct: bool
+    attempts: int
+    seconds: float
+    address: str = ""
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.direct:
+            return (f"direct connection to {self.peer[:16]} at {self.address} after {self.attempts} "
+                    f"attempt(s), {self.seconds:.2f} s; it no longer goes through the relay")
+        return (f"no direct connection to {self.peer[:16]} after {self.attempts} attempt(s): {self.reason}; "
+                f"it stays on the relay")

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +112,11 @@ class PeerClient:
         self._dialing: dict[str, asyncio.Future[_Pinned]] = {}
         self._banned: dict[str | bytes, float] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.direct: dict[bytes, str] = {}
+        """Hidden node id -> the local end of a hole-punched path to it (holepunch.py): calls
+        that would go through its relay go there instead, over a channel pinned by ``adopt``."""
+        self.on_relayed: Callable[[Route], None] | None = None
+        """Told of each call that goes through a relay (the hole puncher starts from these)."""
 
     def banned(self, who: str | bytes) -> bool:
         """Whether an address (a server whose certificate has no valid binding) or a node id (whose
@@ -182,14 +187,31 @@ class PeerClient:
         except TlsIdentityError as exc:
             self._ban(address)
             raise IdentityMismatch(f"{address}: {exc}") from None
-        channel = pinned_channel(address, der, [
+        return self._keep(address, _Pinned(self._pinned_channel(address, der), node_id))
+
+    def _pinned_channel(self, address: str, der: bytes) -> grpc.aio.Channel:
+        return pinned_channel(address, der, [
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.enable_retries", 0),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
-        pinned = _Pinned(channel, node_id)
+
+    def adopt(self, address: str, cert_der: bytes, expect: bytes) -> None:
+        """Pin a channel to ``address`` on a certificate learned another way (a hole punch's
+        signed answer) instead of probing it: it must be validly bound to ``expect``, and gRPC's
+        own handshake then accepts only that certificate there."""
+        try:
+            node_id = bound_node_id(cert_der)
+        except TlsIdentityError as exc:
+            raise IdentityMismatch(f"{address}: {exc}") from None
+        if node_id != expect:
+            raise IdentityMismatch(f"certificate for {address} is bound to node {node_id.hex()[:16]}, "
+                                   f"not {expect.hex()[:16]}")
+        self._keep(address, _Pinned(self._pinned_channel(address, cert_der), node_id))
+
+    def _keep(self, address: str, pinned: _Pinned) -> _Pinned:
         old = self._channels.pop(address, None)
         if old is not None:
             self._retire(old.channel)
@@ -231,6 +253,18 @@ class PeerClient:
             with contextlib.suppress(Exception):
                 await pinned.channel.close(grace=None)
 
+    def route(self, peer: PeerRecord | str | Route) -> Route:
+        """Where a call to ``peer`` goes now: a relayed peer with a hole-punched path is dialled
+        there (pinned on its identity), otherwise as ``Route.of`` says."""
+        route = Route.of(peer)
+        if route.target:
+            bridged = self.direct.get(route.target)
+            if bridged is not None:
+                return Route(bridged, expect=route.target)
+            if self.on_relayed is not None:
+                self.on_relayed(route)
+        return route
+
     async def unary(self, peer: PeerRecord | str | Route, path: str, request: Any, timeout: float) -> Any:
         responses = self.stream(peer, path, [request], timeout)
         try:
@@ -244,7 +278,7 @@ class PeerClient:
     async def stream(self, peer: PeerRecord | str | Route, path: str,
                      requests: Iterable[Any] | AsyncIterable[Any], timeout: float) -> AsyncIterator[Any]:
         """Responses of one call, any shape; every gRPC failure becomes a typed P2PError."""
-        route = Route.of(peer)
+        route = self.route(peer)
         method = METHODS[path]
         try:
             channel = await asyncio.wait_for(self.channel(route), timeout)

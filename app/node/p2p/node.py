@@ -31,6 +31,7 @@ from app.node.p2p.config import P2PConfig
 from app.node.p2p.dht import KademliaNode
 from app.node.p2p.dht_service import PING, DhtService, GrpcDhtTransport, raw_record
 from app.node.p2p.errors import P2PError
+from app.node.p2p.holepunch import HolePuncher, PunchOutcome
 from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
 from app.node.p2p.ratelimit import PeerGuard
 from app.node.p2p.records import PeerRecord, parse_peer_record, sign_peer_record
@@ -57,7 +58,8 @@ class P2PNode:
     def __init__(self, key: PrivateKey, *, host: str = "127.0.0.1", port: int = 0,
                  trackers: list[str] | None = None, listen: bool = True, config: P2PConfig | None = None,
                  on_failover: Callable[[FailoverEvent], None] | None = None, advertise: str = "",
-                 advertise_host: str = "", tls_dir: Path | None = None, data_dir: Path | None = None) -> None:
+                 advertise_host: str = "", tls_dir: Path | None = None, data_dir: Path | None = None,
+                 on_punch: Callable[[PunchOutcome], None] | None = None) -> None:
         """``advertise`` is the host:port others should dial when it differs from the bound one
         (a public address in front of NAT port forwarding); the tracker checks it by dialling.
         ``advertise_host`` is the host others dial at the bound port (the volunteer's setting);
@@ -65,7 +67,8 @@ class P2PNode:
         (addresses.primary_address), never 0.0.0.0.
         ``tls_dir`` keeps the node's TLS certificate across restarts (the data dir); without one
         a fresh certificate, bound to the same key, is made in memory. ``data_dir`` keeps the
-        replay window across restarts (auth.ReplayGuard)."""
+        replay window across restarts (auth.ReplayGuard). ``on_punch`` hears how each hole punch
+        towards a relayed peer ended (holepunch.py)."""
         self.key = key
         self.tls = TlsIdentity.load_or_create(key, tls_dir)
         self.advertise = advertise
@@ -99,6 +102,12 @@ class P2PNode:
         services.install(self.dispatcher, self.handlers, self.replay, self.config, self.bandwidth)
         if listen:
             RelayService(self.replay).install(self.dispatcher)
+        self.puncher: HolePuncher | None = None
+        if listen and self.config.hole_punching:
+            self.puncher = HolePuncher(key, self.client, self.config, self.replay, self.tls, local_host=host,
+                                       server_address=self._server_address,
+                                       observed_host=lambda: self.tracker_client.observed_host, on_outcome=on_punch)
+            self.puncher.install(self.dispatcher)
 
     # ------------------------------------------------------------------ identity and address
     @property
@@ -121,6 +130,12 @@ class P2PNode:
             self._local_host = (self.host if not is_unspecified(self.host)
                                 else primary_address() or "127.0.0.1")
         return self._local_host
+
+    def _server_address(self) -> tuple[str, int] | None:
+        """Where this process reaches its own gRPC server (punched connections are spliced there)."""
+        if self._server is None:
+            return None
+        return ("127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host), self.port
 
     def _where(self) -> tuple[str, str]:
         if self.relay_address and not self.tracker_client.reachable:
@@ -175,6 +190,8 @@ class P2PNode:
         """Stop serving and calling; quick (well under a second) and safe to call twice."""
         loops, self._loops = self._loops, []
         await cancel_and_wait(loops)
+        if self.puncher is not None:
+            await self.puncher.close()
         await self.tunnel.close()
         await self.dht.stop()
         if self.upnp_mapping is not None:

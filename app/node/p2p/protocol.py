@@ -82,6 +82,7 @@ METHODS: dict[str, Method] = {
         _m("Inference", "Close", _U, pb2.InferenceCloseRequest, pb2.InferenceCloseReply, "activations"),
         _m("Relay", "Forward", _B, pb2.RelayFrame, pb2.RelayFrame, "dht"),
         _m("Relay", "Tunnel", _B, pb2.RelayFrame, pb2.RelayFrame, "dht"),
+        _m("Punch", "Connect", _B, pb2.PunchMessage, pb2.PunchMessage, "dht"),
     )
 }
 

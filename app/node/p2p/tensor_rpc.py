@@ -271,11 +271,12 @@ async def call_tensors(client: PeerClient, key: PrivateKey, peer: PeerRecord | s
     # Uncapped streams keep the plain generator: gRPC writes it out without yielding to the loop
     # between chunks, so a peer's early refusal arrives as its status, not as a failed write.
     capped = bandwidth is not None and bandwidth.upload.rate is not None
-    if Route.of(peer).target:
+    route = client.route(peer)  # a hole-punched path is direct: no trailer then
+    if route.target:
         outgoing: Any = relayed_requests()
     else:
         outgoing = paced_requests() if capped else requests()
-    stream = client.stream(peer, path, outgoing, timeout)
+    stream = client.stream(route, path, outgoing, timeout)
     try:
         reader = await _read_answer(stream, config, time.monotonic() + timeout, timeout, on_silence, bandwidth)
     except MalformedMessage as exc:

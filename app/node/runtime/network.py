@@ -17,9 +17,10 @@ from typing import Any
 
 from app.crypto.keys import PrivateKey
 from app.node.config import UsageCaps
-from app.node.events import Event, NetworkChanged, PeerJoined, PeerLeft, ReachabilityTested
+from app.node.events import Event, HolePunched, NetworkChanged, PeerJoined, PeerLeft, ReachabilityTested
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
+from app.node.p2p.holepunch import PunchOutcome
 from app.node.p2p.lan import SERVICE_TYPE, LanDiscovery
 from app.node.p2p.node import P2PNode
 from app.node.p2p.reachability import Reachability, self_test
@@ -63,7 +64,7 @@ class NetworkService:
         config = p2p_config_from(p2p)
         node = P2PNode(key, host=host, port=port, trackers=list(trackers), listen=listen,
                        config=config, advertise=advertise, advertise_host=advertise_host, tls_dir=tls_dir,
-                       data_dir=data_dir)
+                       data_dir=data_dir, on_punch=lambda o: emit(_hole_punched(o)))
         lan = None
         if config.lan_discovery:
             lan = LanDiscovery(node, interfaces=lan_interfaces, service_type=lan_service or SERVICE_TYPE)
@@ -197,6 +198,11 @@ class NetworkService:
             if changed:
                 self._emit_network(len(current))
             await asyncio.sleep(PEER_WATCH_INTERVAL_S)
+
+
+def _hole_punched(outcome: PunchOutcome) -> HolePunched:
+    return HolePunched(peer=outcome.peer.hex(), direct=outcome.direct, attempts=outcome.attempts,
+                       seconds=outcome.seconds, address=outcome.address, reason=outcome.reason)
 
 
 def phase_for(nodes: int) -> str:

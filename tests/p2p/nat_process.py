@@ -1,0 +1,150 @@
+"""One process of the NAT lab (tests/p2p/nat_lab.py); JSON lines on stdout, stops when stdin closes.
+
+``public HOST``: a tracker and a relay node on HOST; prints ``{"tracker": addr}``.
+``home HOST TRACKER STAGE STEPS``: a node in a home, holding stage STAGE (0 or 1) of a two-stage
+model. The stage-1 node computes the loss and its own step for every micro-batch it is sent; the
+stage-0 node drives STEPS training steps through it and prints each step's loss and whether the
+peer was reached directly. Each node also pings the other, so each punches its own direct path.
+Every hole-punch outcome is printed as ``{"punch": {...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+from app.crypto.keys import PrivateKey
+from app.node.p2p.config import P2PConfig
+from app.node.p2p.errors import P2PError
+from app.node.p2p.holepunch import PunchOutcome
+from app.node.p2p.node import P2PNode
+from app.node.p2p.records import LayerAnnouncement
+from app.node.p2p.tracker import Tracker
+
+CONFIG = P2PConfig(heartbeat_interval_s=0.5, heartbeat_timeout_s=10.0, rpc_timeout_s=5.0, use_upnp=False,
+                   lan_discovery=False)
+BATCH, WIDTH = 32, 64
+
+
+def say(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def _outcome(o: PunchOutcome) -> None:
+    say(punch={"peer": o.peer.hex(), "direct": o.direct, "attempts": o.attempts, "seconds": o.seconds,
+               "address": o.address, "reason": o.reason, "at": time.monotonic()})
+
+
+async def until_stdin_closes() -> None:
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def public(host: str) -> None:
+    tracker = Tracker(0, host=host, config=CONFIG)
+    await tracker.start()
+    relay = P2PNode(PrivateKey.generate(), host=host, trackers=[tracker.address], config=CONFIG)
+    await relay.start()
+    say(tracker=tracker.address, relay=relay.address)
+    try:
+        await until_stdin_closes()
+    finally:
+        await relay.stop()
+        await tracker.stop()
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed regression task both stages agree on by step number (the target is a function of x)."""
+    gen = torch.Generator().manual_seed(step % 8)
+    x = torch.randn(BATCH, WIDTH, generator=gen)
+    return x, torch.tanh(x[:, :1] - x[:, 1:2])
+
+
+def stage_one(node: P2PNode) -> None:
+    torch.manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Linear(WIDTH, 1))
+    opt = torch.optim.SGD(head.parameters(), lr=0.2)
+
+    async def serve(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):  # noqa: ANN202
+        h = tensors["h"].detach().requires_grad_(True)
+        _, target = batch(int(meta["step"]))
+        loss = torch.nn.functional.mse_loss(head(h), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss), "step": meta["step"]}, {"grad": h.grad}
+
+    node.set_stage_handler(serve)
+
+
+async def drive(node: P2PNode, peer_layer: int, steps: int) -> None:
+    torch.manual_seed(0)
+    body = torch.nn.Linear(WIDTH, WIDTH)
+    opt = torch.optim.SGD(body.parameters(), lr=0.2)
+    peer = await find(node, peer_layer)
+    for step in range(steps):
+        x, _ = batch(step)
+        h = body(x)
+        direct = peer.node_id in node.client.direct
+        meta, tensors = await node.call_stage(peer, "forward", {"step": step}, {"h": h.detach()}, timeout=30)
+        opt.zero_grad()
+        h.backward(tensors["grad"])
+        opt.step()
+        say(step=step, loss=meta["loss"], direct=direct)
+
+
+async def punched(node: P2PNode, peer: bytes, patience_s: float = 30.0) -> None:
+    """Until the punch towards ``peer`` ended either way (bounded: the outcome is printed anyway)."""
+    deadline = time.monotonic() + patience_s
+    assert node.puncher is not None
+    while time.monotonic() < deadline and not any(o.peer == peer for o in node.puncher.outcomes):
+        await asyncio.sleep(0.05)
+
+
+async def find(node: P2PNode, layer: int):  # noqa: ANN201
+    while True:
+        try:
+            found = [r for r in await node.who_holds(layer) if r.node_id != node.node_id]
+        except P2PError:
+            found = []
+        if found:
+            return found[0]
+        await asyncio.sleep(0.2)
+
+
+async def home(host: str, tracker: str, stage: int, steps: int) -> None:
+    node = P2PNode(PrivateKey.generate(), host=host, trackers=[tracker], config=CONFIG, on_punch=_outcome)
+    if stage == 1:
+        stage_one(node)
+    await node.start()
+    await node.registry.announce(LayerAnnouncement(stage, stage + 1, "T4", 1.0, ttl=30.0))
+    record = node.record()
+    say(node_id=node.node_id.hex(), address=record.address if record else "", relay=node.relay_address,
+        reachable=node.tracker_client.reachable, observed=node.tracker_client.observed_host)
+    stop = asyncio.ensure_future(until_stdin_closes())
+    try:
+        other = await find(node, 1 - stage)
+        await node.ping(other)  # a relayed call: this node punches towards the other one
+        if stage == 0:
+            await punched(node, other.node_id)
+            await drive(node, 1, steps)
+            say(done=True)
+        await stop
+    finally:
+        stop.cancel()
+        await node.stop()
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "public":
+        asyncio.run(public(argv[1]))
+    else:
+        asyncio.run(home(argv[1], argv[2], int(argv[3]), int(argv[4])))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
