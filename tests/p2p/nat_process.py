@@ -6,6 +6,9 @@ model. The stage-1 node computes the loss and its own step for every micro-batch
 stage-0 node drives STEPS training steps through it and prints each step's loss and whether the
 peer was reached directly. Each node also pings the other, so each punches its own direct path.
 Every hole-punch outcome is printed as ``{"punch": {...}}``.
+``bench HOST TRACKER TRIALS`` (stage 0 of benchmarks/nat.py, against a ``home ... 1 0`` peer):
+TRIALS fresh punches towards the peer, each after closing the last direct path, then tensor
+transfer timed over the relay and over a direct path; prints ``{"bench": {...}}``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 
 from app.crypto.keys import PrivateKey
+from app.node.p2p.client import Route
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
 from app.node.p2p.holepunch import PunchOutcome
@@ -70,6 +74,8 @@ def stage_one(node: P2PNode) -> None:
     opt = torch.optim.SGD(head.parameters(), lr=0.2)
 
     async def serve(caller: bytes, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):  # noqa: ANN202
+        if meta.get("sink"):  # transfer benchmark: take the tensor, answer small
+            return {"elements": tensors["h"].numel()}, {"grad": torch.zeros(1)}
         h = tensors["h"].detach().requires_grad_(True)
         _, target = batch(int(meta["step"]))
         loss = torch.nn.functional.mse_loss(head(h), target)
@@ -116,7 +122,38 @@ async def find(node: P2PNode, layer: int):  # noqa: ANN201
         await asyncio.sleep(0.2)
 
 
-async def home(host: str, tracker: str, stage: int, steps: int) -> None:
+async def transfer(node: P2PNode, peer: Any, mib: int, rounds: int) -> float:
+    """MiB/s of ``rounds`` tensors of ``mib`` MiB sent to ``peer`` (answered small)."""
+    payload = torch.randn(mib << 18)
+    await node.call_stage(peer, "forward", {"sink": True}, {"h": payload}, timeout=120)  # warm the path
+    start = time.perf_counter()
+    for _ in range(rounds):
+        await node.call_stage(peer, "forward", {"sink": True}, {"h": payload}, timeout=120)
+    return mib * rounds / (time.perf_counter() - start)
+
+
+async def bench(node: P2PNode, trials: int) -> None:
+    assert node.puncher is not None
+    node.client.on_relayed = None  # punches happen only when this benchmark asks
+    peer = await find(node, 1)
+    while node.puncher.in_progress:  # one the node's own start may have begun
+        await asyncio.sleep(0.05)
+    route = Route.of(peer)
+    await node.puncher.drop(peer.node_id)
+    outcomes = []
+    for _ in range(trials):
+        await node.puncher.drop(peer.node_id)
+        outcomes.append(await node.puncher.upgrade(route))
+    await node.puncher.drop(peer.node_id)
+    relayed = await transfer(node, peer, 8, 8)
+    direct_ok = (await node.puncher.upgrade(route)).direct
+    direct = await transfer(node, peer, 8, 8) if direct_ok else 0.0
+    say(bench={"outcomes": [{"direct": o.direct, "attempts": o.attempts, "seconds": o.seconds,
+                             "address": o.address, "reason": o.reason} for o in outcomes],
+               "relayed_mib_s": relayed, "direct_mib_s": direct, "transfer_direct": direct_ok})
+
+
+async def home(host: str, tracker: str, stage: int, steps: int, mode: str = "home") -> None:
     node = P2PNode(PrivateKey.generate(), host=host, trackers=[tracker], config=CONFIG, on_punch=_outcome)
     if stage == 1:
         stage_one(node)
@@ -127,7 +164,14 @@ async def home(host: str, tracker: str, stage: int, steps: int) -> None:
         reachable=node.tracker_client.reachable, observed=node.tracker_client.observed_host)
     stop = asyncio.ensure_future(until_stdin_closes())
     try:
+        if mode == "bench":
+            await bench(node, steps)
+            await stop
+            return
         other = await find(node, 1 - stage)
+        if stage == 1 and steps == 0:  # the benchmark's peer: serves, punches nothing itself
+            await stop
+            return
         await node.ping(other)  # a relayed call: this node punches towards the other one
         if stage == 0:
             await punched(node, other.node_id)
@@ -142,6 +186,8 @@ async def home(host: str, tracker: str, stage: int, steps: int) -> None:
 def main(argv: list[str]) -> None:
     if argv[0] == "public":
         asyncio.run(public(argv[1]))
+    elif argv[0] == "bench":
+        asyncio.run(home(argv[1], argv[2], 0, int(argv[3]), mode="bench"))
     else:
         asyncio.run(home(argv[1], argv[2], int(argv[3]), int(argv[4])))
 

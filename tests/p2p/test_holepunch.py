@@ -81,7 +81,7 @@ def test_peer_that_does_not_punch_stays_on_the_relay_after_bounded_attempts():
             meta, _ = await a.call_stage(b.record(), "forward", {"microbatch": 2}, {"x": torch.ones(4)}, timeout=5)
             assert meta["microbatch"] == 2
             await asyncio.sleep(0)
-            assert len(outcomes) == 1 and b.node_id not in a.puncher._busy
+            assert len(outcomes) == 1 and b.node_id not in a.puncher.in_progress
 
     run(scenario())
 

@@ -94,7 +94,7 @@ class HolePuncher:
         self.outcomes: list[PunchOutcome] = []
         self._busy: set[bytes] = set()
         self._resting: dict[bytes, float] = {}  # peer -> monotonic time it may be tried again
-        self._answering: set[bytes] = set()
+        self._answering: dict[bytes, asyncio.Task[Any]] = {}  # caller -> its punch being answered
         self._splices = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -111,6 +111,11 @@ class HolePuncher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    @property
+    def in_progress(self) -> frozenset[bytes]:
+        """Peers an upgrade is being tried towards right now."""
+        return frozenset(self._busy)
 
     @property
     def _loopback(self) -> bool:
@@ -273,6 +278,12 @@ class HolePuncher:
         address = format_address("127.0.0.1", server.sockets[0].getsockname()[1])
         return address
 
+    async def drop(self, peer: bytes) -> None:
+        """Close the direct path to ``peer``, if any: its calls go through the relay again."""
+        address = self.client.direct.pop(peer, None)
+        if address is not None:
+            await self.client.forget(address)  # closing the channel ends the splice and the socket
+
     def _path_closed(self, peer: bytes, address: str) -> None:
         if self.client.direct.get(peer) == address:
             del self.client.direct[peer]
@@ -288,7 +299,10 @@ class HolePuncher:
         caller = verify_message(PUNCH, hello, self.replay).node_id
         if self.server_address() is None:
             raise RpcRefusal(grpc.StatusCode.FAILED_PRECONDITION, "this node serves no direct connections")
-        if caller in self._answering or len(self._answering) >= MAX_ANSWERING:
+        previous = self._answering.pop(caller, None)
+        if previous is not None:
+            previous.cancel()  # the caller's next attempt supersedes its last (splices made stay)
+        if len(self._answering) >= MAX_ANSWERING:
             raise RpcRefusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many hole punches at once")
         try:
             targets = parse_candidates(list(hello.addresses), allow_loopback=self._loopback)
@@ -298,7 +312,9 @@ class HolePuncher:
             port = PunchPort(self.local_host)
         except OSError as exc:
             raise RpcRefusal(grpc.StatusCode.UNAVAILABLE, f"no local port to punch from: {exc}") from None
-        self._answering.add(caller)
+        me = asyncio.current_task()
+        assert me is not None
+        self._answering[caller] = me
         handed_over = False
         try:
             reply = pb2.PunchMessage(protocol_version=PROTOCOL_VERSION, type=CONNECT, attempt=hello.attempt,
@@ -309,19 +325,23 @@ class HolePuncher:
             sync = await asyncio.wait_for(anext(requests, None), self.config.rpc_timeout_s)
             if sync is None or sync.type != SYNC:
                 return
-            self._spawn(self._meet_and_serve(caller, port, targets))
+            self._answering[caller] = self._spawn(self._meet_and_serve(caller, port, targets))
             handed_over = True
         finally:
             if not handed_over:
                 port.close()
-                self._answering.discard(caller)
+                self._forget_answering(caller)
 
     async def _meet_and_serve(self, caller: bytes, port: PunchPort, targets: list[tuple[str, int]]) -> None:
         try:
             await port.meet(targets, self.config.punch_window_s, self._serve_connection)
         finally:
             port.close()
-            self._answering.discard(caller)
+            self._forget_answering(caller)
+
+    def _forget_answering(self, caller: bytes) -> None:
+        if self._answering.get(caller) in (asyncio.current_task(), None):
+            self._answering.pop(caller, None)
 
     def _serve_connection(self, sock: socket.socket) -> bool:
         if self._splices >= MAX_SPLICES:
