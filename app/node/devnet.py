@@ -147,6 +147,7 @@ class Devnet:
     generate: str | None = None  # at the end, generate from this prompt through the network (#17)
     generate_tokens: int = 16
     generation: dict[str, Any] | None = None
+    upgrade_at: int | None = None  # force the architecture recalculation at this driver step (devnet_upgrade.py)
     procs: list[_Proc] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     lines: queue.Queue[tuple[str, str]] = field(default_factory=queue.Queue)
@@ -182,6 +183,10 @@ class Devnet:
     def _start_nodes(self, tracker: str) -> None:
         pipeline_nodes = self.nodes - self.async_nodes
         training = {**devnet_training(pipeline_nodes, self.steps, self.inner_steps), **self.training_overrides}
+        if self.upgrade_at is not None:
+            from app.node.devnet_upgrade import upgrade_training
+
+            training.update(upgrade_training(self.upgrade_at))
         if self.generate is not None:  # the nodes stay up after training until the generation is done
             training["linger_s"] = max(float(training.get("linger_s", 0.0)), self.timeout_s)
         self._training = training
@@ -208,6 +213,10 @@ class Devnet:
             modes += ["inference"] if self.generate is not None and "pipeline" in modes else []
             lazy = {"fault_lazy_steps": 1} if i < self.lazy_nodes else {}
             _write_node_config(d, training, tracker, modes, {**economics, **lazy})
+            if self.upgrade_at is not None:
+                from app.node.devnet_upgrade import enable_automatic_migration
+
+                enable_automatic_migration(d)
         _seed_hardware_cache(dirs)
         for i, d in enumerate(dirs):
             argv = ["--headless", "--json-events", "--data-dir", str(d), "--max-steps", str(self.steps)]
@@ -341,10 +350,15 @@ class Devnet:
         dirs = list(dict.fromkeys(p.data_dir for p in self._nodes() if p.data_dir is not None))
         seen = {p.name: {"roles": list(p.roles), "layers": list(p.layers), "last_step": p.step,
                          "data_dir": p.data_dir.name if p.data_dir else p.name} for p in self._nodes()}
-        return summarize(dirs, self.steps,
-                         elapsed, killed=self.killed,
-                         exit_codes={p.name: p.popen.returncode for p in self._nodes()},
-                         errors={p.name: p.errors for p in self._nodes() if p.errors}, seen=seen)
+        out = summarize(dirs, self.steps,
+                        elapsed, killed=self.killed,
+                        exit_codes={p.name: p.popen.returncode for p in self._nodes()},
+                        errors={p.name: p.errors for p in self._nodes() if p.errors}, seen=seen)
+        if self.upgrade_at is not None:
+            from app.node.devnet_upgrade import upgrade_report
+
+            out["upgrade"] = upgrade_report(dirs)
+        return out
 
 
 def with_kill(proc: _Proc) -> None:
@@ -479,7 +493,7 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
                training_overrides: dict[str, Any] | None = None, async_nodes: int = 0,
                restart: bool = False, verify_nodes: int = 0, lazy_nodes: int = 0,
                economics_overrides: dict[str, Any] | None = None, generate: str | None = None,
-               generate_tokens: int = 16) -> dict[str, Any]:
+               generate_tokens: int = 16, upgrade_at: int | None = None) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
         raise DevnetError("a devnet needs at least 1 node and 1 step")
@@ -491,7 +505,7 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
                      restart=restart, verify_nodes=verify_nodes, lazy_nodes=lazy_nodes,
                      economics_overrides=dict(economics_overrides or {}),
                      training_overrides=dict(training_overrides or {}), generate=generate,
-                     generate_tokens=generate_tokens)
+                     generate_tokens=generate_tokens, upgrade_at=upgrade_at)
         summary = net.run()
         if generate is not None:
             summary["generation"] = net.generation
@@ -522,6 +536,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generate", metavar="PROMPT", help="after training, generate greedily from PROMPT through "
                         "the network and report tokens, tokens/s and whether they equal in-process generation")
     parser.add_argument("--generate-tokens", type=count_argument(1), default=16, help="tokens for --generate")
+    parser.add_argument("--upgrade-at", type=count_argument(1), metavar="STEP",
+                        help="force the architecture recalculation once a driver committed STEP: every node "
+                             "migrates its layers to the grown model and training goes on (devnet_upgrade.py)")
     parser.add_argument("--kill", metavar="ROLE:STEP", help="SIGKILL the first node with ROLE (driver, "
                         "worker, validator), preferring one whose stage has a replica, once a driver reached STEP, "
                         "to watch failover")
@@ -537,6 +554,13 @@ def _parse_kill(text: str | None, steps: int | None = None) -> tuple[str, int] |
         raise DevnetUsageError(f"--kill {text}: STEP must be between 1 and {steps - 1} (the run has {steps} steps), "
                                "or nothing would be killed")
     return role, int(step)
+
+
+def _upgrade_step(step: int | None, steps: int) -> int | None:
+    if step is not None and not 1 <= step < steps:
+        raise DevnetUsageError(f"--upgrade-at {step}: STEP must be between 1 and {steps - 1} (the run has {steps} "
+                               "steps), or no training would follow the upgrade")
+    return step
 
 
 def _corpus_overrides(corpus: Path | None) -> dict[str, Any]:
@@ -556,6 +580,7 @@ def run(args: argparse.Namespace) -> int:
                              kill=_parse_kill(args.kill, args.steps),
                              verify_nodes=args.verifiers, lazy_nodes=args.lazy,
                              generate=args.generate, generate_tokens=args.generate_tokens,
+                             upgrade_at=_upgrade_step(args.upgrade_at, args.steps),
                              training_overrides={**_corpus_overrides(args.corpus), "block_type": args.block})
     except DevnetUsageError as exc:
         print(f"devnet: error: {exc}", file=sys.stderr)
@@ -570,6 +595,10 @@ def run(args: argparse.Namespace) -> int:
     generated = summary.get("generation")
     if args.generate is not None and (generated is None or not generated.get("equals_in_process")):
         print(f"devnet: generation through the network failed or differed: {generated}", file=sys.stderr)
+        ok = False
+    upgrade = summary.get("upgrade")
+    if args.upgrade_at is not None and not (upgrade or {}).get("all_migrated"):
+        print(f"devnet: not every node migrated to the new architecture: {upgrade}", file=sys.stderr)
         ok = False
     # a lost step is a failure, even when every survivor exited cleanly
     return 0 if ok and summary["loss_end"] is not None and not summary["lost_steps"] else 1

@@ -10,6 +10,7 @@ a failure is rolled back) and starts again on the new version, without anyone at
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -19,7 +20,15 @@ from types import FrameType
 
 from app.node.config import NodeConfig
 from app.node.engine import EngineError, NodeEngine, run_migration
-from app.node.events import ErrorOccurred, Event, LogLine, StepDone, UpgradeAvailable, event_to_json
+from app.node.events import (
+    ErrorOccurred,
+    Event,
+    LayersAssigned,
+    LogLine,
+    StepDone,
+    UpgradeAvailable,
+    event_to_json,
+)
 
 _QUIET_KINDS = frozenset({"log"})  # already written to the log file; shown only at WARNING and up
 
@@ -57,9 +66,17 @@ def run_headless(config: NodeConfig) -> int:
             raise SystemExit(130)  # second Ctrl-C: the volunteer wants out now
         stop_requested.set()
 
+    # A driver's ``--max-steps`` counts its steps over the whole run, across a migration's restart
+    # (the engine may be cancelled mid-step when it stops, so its own count is not reported then).
+    driving, driver_steps = threading.Event(), [0]
+
     def on_event(event: Event) -> None:
         if isinstance(event, UpgradeAvailable) and config.migration.automatic and event.fits_here:
             upgrade.set()
+        elif isinstance(event, LayersAssigned):
+            driving.set() if "driver" in event.roles else driving.clear()
+        elif isinstance(event, StepDone) and driving.is_set():
+            driver_steps[0] += 1
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -87,6 +104,11 @@ def run_headless(config: NodeConfig) -> int:
                 return engine.exit_code or 0
             upgrade.clear()
             _migrate(config, show)
+            if config.max_steps is not None and driver_steps[0]:  # the new version trains the steps left
+                left = config.max_steps - driver_steps[0]
+                if left <= 0:
+                    return engine.exit_code or 0
+                config, driver_steps[0] = dataclasses.replace(config, max_steps=left), 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -19,6 +19,7 @@ A migration killed or failing before step 5 is rolled back by ``recover`` at the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -307,6 +308,7 @@ JOURNAL_FILE = "journal.json"
 ADOPTED_FILE = "architecture.json"
 LEDGER_FILE = "ledger.sqlite"
 PHASES = ("backup", "grow", "distil", "save", "adopt", "done")
+RESULT_PREFIX = "migrated-v"
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,7 @@ class MigrationResult:
     fresh: bool = False  # the new version starts from fresh weights (old checkpoints in the backup)
     loss_before: float | None = None  # held-out loss of the whole model (whole-model nodes only)
     loss_after: float | None = None
+    grown_digest: str | None = None  # model_digest of the grown weights this node adopted
 
     def to_dict(self) -> dict[str, Any]:
         return {"version_before": self.version_before, "version_after": self.version_after,
@@ -329,7 +332,8 @@ class MigrationResult:
                 "layers_after": list(self.layers_after) if self.layers_after else None,
                 "backup_dir": str(self.backup_dir), "ledger_reset": self.ledger_reset,
                 "distill_steps": self.distill_steps, "fresh": self.fresh,
-                "held_out_loss_before": self.loss_before, "held_out_loss_after": self.loss_after}
+                "held_out_loss_before": self.loss_before, "held_out_loss_after": self.loss_after,
+                "grown_digest": self.grown_digest}
 
 
 Progress = Callable[[str, float, str], None]
@@ -365,12 +369,12 @@ def apply(data_dir: Path, *, memory_budget_bytes: int = 0, reset_ledger: bool = 
     _write_journal(data_dir, state="grow", backup=str(backup), to_version=plan.record.target.version)
     report("grow", 0.3, "growing this node's layers")
     point = read_resume_point(data_dir)
-    layers, losses = None, (None, None)
+    layers, losses, digest = None, (None, None), None
     if point is not None and fresh:
         for path in _checkpoint_files(data_dir):
             path.unlink()  # copied into the backup above
     elif point is not None:
-        layers, losses = _grow_checkpoint(data_dir, point, plan.record, distill_steps, report)
+        layers, losses, digest = _grow_checkpoint(data_dir, point, plan.record, distill_steps, report)
     report("adopt", 0.9, f"adopting architecture version {plan.record.target.version}")
     _write_atomic(data_dir / MIGRATION_DIR / ADOPTED_FILE, plan.record.to_bytes())
     if reset_ledger:
@@ -382,8 +386,32 @@ def apply(data_dir: Path, *, memory_budget_bytes: int = 0, reset_ledger: bool = 
     _journal(data_dir).unlink(missing_ok=True)
     report("done", 1.0, f"now on architecture version {plan.record.target.version}")
     source, target = plan.record.plan.source, plan.record.target
-    return MigrationResult(source.version, target.version, source.param_count(), target.param_count(), layers,
-                           backup, reset_ledger, distill_steps, fresh, *losses)
+    result = MigrationResult(source.version, target.version, source.param_count(), target.param_count(), layers,
+                             backup, reset_ledger, distill_steps, fresh, *losses, grown_digest=digest)
+    # what this migration did, kept beside the backup (a devnet reads it to check what each node adopted)
+    _write_atomic(data_dir / MIGRATION_DIR / f"{RESULT_PREFIX}{target.version}.json",
+                  json.dumps(result.to_dict(), sort_keys=True).encode())
+    return result
+
+
+def model_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a checkpoint's model tensors (``model.*``: names, shapes and bytes, sorted)."""
+    digest = hashlib.sha256()
+    for name in sorted(k for k in state if k.startswith("model.")):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def read_result(data_dir: Path, version: int) -> dict[str, Any] | None:
+    """What the migration to ``version`` recorded on this data dir (``apply``), None if it never ran."""
+    path = Path(data_dir) / MIGRATION_DIR / f"{RESULT_PREFIX}{version}.json"
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _backup(data_dir: Path, backup: Path) -> None:
@@ -404,7 +432,7 @@ def _backup(data_dir: Path, backup: Path) -> None:
 
 
 def _grow_checkpoint(data_dir: Path, point: ResumePoint, record: UpgradeRecord, distill_steps: int,
-                     report: Progress) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
+                     report: Progress) -> tuple[tuple[int, int], tuple[float | None, float | None], str]:
     checkpoint = load_checkpoint(point.path)
     plan = record.plan
     state = grow_training_state(checkpoint.state, plan, point.layer_range, with_embedding=point.with_embedding,
@@ -422,7 +450,7 @@ def _grow_checkpoint(data_dir: Path, point: ResumePoint, record: UpgradeRecord, 
     extra = dict(checkpoint.extra)
     extra["training"] = json.dumps(counters)
     save_checkpoint(point.path, state, plan.target, tokenizer_hash=checkpoint.tokenizer_hash, extra=extra)
-    return after, losses
+    return after, losses, model_digest(state)
 
 
 def recover(data_dir: Path) -> str | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from app.node.config import listening
 from app.node.data.loader import BatchLoader
@@ -185,9 +185,12 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                      market=_inference_market(base), on_served=_inference_proofs(base),
                      inference_limits=ctx.config.inference)
     await host.start(resume, lost)
+    never_migrated = base.architecture().version == t.architecture().version  # --upgrade-at forces v1 -> v2 only
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),
-                              emit=ctx.emit, interval_s=t.heal_interval_s)
+                              emit=ctx.emit, interval_s=t.heal_interval_s,
+                              force_at_step=t.upgrade_at_step if never_migrated else 0,
+                              max_upgrade_factor=t.max_upgrade_factor)
     if planner.upgrade is not None:
         await upgrades.publish(planner.upgrade)
     else:
@@ -209,7 +212,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         net.node_id, host.stage, t, sync=host.sync, driver=driver, batches=data.next_batch if driver else None,
         proceed=ctx.control.proceed, data_dir=ctx.config.data_dir, loader_state=data.loader_state,
         on_activity=base.activity, on_step=base.reports.record, live_drivers=net.live_drivers,
-        after_step=quorums.tick if quorums else None, driver_step=resume.driver_step if resume else 0,
+        after_step=_after_driver_step(quorums, upgrades, lambda: trainer.driver_step if trainer else 0, me),
+        driver_step=resume.driver_step if resume else 0,
         checkpointed_at=host.stage.inner_step if resume else -1)
     heal = None
     if not net.solo:
@@ -222,6 +226,18 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         heal.start()
         upgrades.start()
     return PipelineJob(host, trainer, driver, quorums, heal, upgrades if not net.solo else None)
+
+
+def _after_driver_step(quorums: QuorumService | None, upgrades: UpgradeService, committed: Callable[[], int],
+                       me: NodeOffer) -> Callable[[], Awaitable[None]]:
+    """What a driver does after each committed step: the quorum's bookkeeping, then a forced
+    architecture recalculation when the step is the devnet's ``--upgrade-at``."""
+    async def after() -> None:
+        if quorums is not None:
+            await quorums.tick()
+        await upgrades.after_driver_step(committed(), me)
+
+    return after
 
 
 def _inference_market(base: NodeBase) -> InferenceMarket | None:
@@ -270,19 +286,23 @@ def _resume_point(base: NodeBase) -> tuple[ResumePoint | None, CheckpointsUnusab
 async def _stage_starts(base: NodeBase, first_later: int) -> list[int]:
     """First layers of the later stages, from the announcements (the plan's bounds)."""
     arch, loop = base.architecture(), asyncio.get_running_loop()
-    starts, layer = [], first_later
     deadline = loop.time() + max(10.0, base.training.join_wait_s * 10)
-    while layer < arch.layers:
-        holders = await base.net.holders_from(layer)
-        if not holders:
-            if loop.time() > deadline:
-                raise RuntimeError(f"no node holds layer {layer}; the network cannot train yet")
-            base.activity(f"waiting for a holder of layer {layer}")
-            await asyncio.sleep(STAGE_LOOKUP_S)
-            continue
-        starts.append(layer)
-        layer = max(r.layer_end for r in holders)
-    return starts
+    while True:
+        # Walked afresh each time: while a network migrates, an old version's announcement (its
+        # stage ends elsewhere) can lead the walk to a layer no stage of ours starts at.
+        starts, layer = [], first_later
+        while layer < arch.layers:
+            holders = [r for r in await base.net.holders_from(layer) if r.layer_end <= arch.layers]
+            if not holders:
+                break
+            starts.append(layer)
+            layer = max(r.layer_end for r in holders)
+        if layer >= arch.layers:
+            return starts
+        if loop.time() > deadline:
+            raise RuntimeError(f"no node holds layer {layer}; the network cannot train yet")
+        base.activity(f"waiting for a holder of layer {layer}")
+        await asyncio.sleep(STAGE_LOOKUP_S)
 
 
 def _assignment_from(point: ResumePoint, node_id: str) -> Assignment:

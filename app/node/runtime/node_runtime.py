@@ -124,6 +124,8 @@ class NodeRuntime:
                 await job.heal.stop()
             if job.upgrades is not None:
                 await job.upgrades.stop()
+                with contextlib.suppress(Exception):  # drivers that stopped to migrate: hear why before leaving
+                    await job.upgrades.check()
         base.activity("finished; staying a moment for peers")
         await self.ctx.control.sleep(base.training.linger_s)
         self.write_summary()

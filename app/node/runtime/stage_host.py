@@ -106,6 +106,7 @@ class StageHost:
         self._held_out = list(held_out)
         self.offer = offer  # (tier, whole layers that fit): what the announcements advertise
         self._following: asyncio.Future[None] | None = None
+        self._follow_next: tuple[str, tuple[int, int]] | None = None  # a payload that came during a follow
         self._move_lock = asyncio.Lock()
         self._swapping = False  # between replacing the stage and announcing it (see _busy)
         self.moved = False
@@ -261,8 +262,19 @@ class StageHost:
     def _on_idle_payload(self, sender: str, layer_range: tuple[int, int]) -> None:
         """A replica synced while no driver routed to us: adopt its weights after its round, so an
         idle replica stays a usable failover target instead of keeping stale weights."""
-        if _idle(self.stage) and (self._following is None or self._following.done()):
-            self._following = asyncio.ensure_future(self._follow(sender, layer_range))
+        if not _idle(self.stage):
+            return
+        if self._following is None or self._following.done():
+            self._following = asyncio.ensure_future(self._follow_latest(sender, layer_range))
+        else:  # a follow is under way: take this later round too once it is done (the last one counts)
+            self._follow_next = (sender, layer_range)
+
+    async def _follow_latest(self, sender: str | None, layer_range: tuple[int, int]) -> None:
+        while True:
+            await self._follow(sender, layer_range)
+            if self._follow_next is None:
+                return
+            (sender, layer_range), self._follow_next = self._follow_next, None
 
     async def _follow(self, sender: str | None, layer_range: tuple[int, int], delay_s: float = FOLLOW_DELAY_S) -> None:
         await asyncio.sleep(delay_s)

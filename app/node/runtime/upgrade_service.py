@@ -7,6 +7,12 @@ deterministic growth of this node's current architecture and carries the next ve
 the data dir (``migration.save_pending``, so ``main.py migrate`` and the app's dialog can read it
 offline) and announced once as ``UpgradeAvailable`` with this computer's figures
 (migration.node_impact). A record that fails to verify is logged and ignored.
+
+``force_at_step`` (a devnet's ``--upgrade-at``, training.upgrade_at_step): a driver that has
+committed that step recalculates the architecture from the offers in the registry right away,
+instead of waiting for the 50th join, and publishes the upgrade when there is one. A node that
+stops looks once more (``check`` from the runtime), so a worker whose drivers stopped to migrate
+hears of the upgrade before it leaves.
 """
 
 from __future__ import annotations
@@ -21,23 +27,29 @@ from app.node.events import Event, UpgradeAvailable
 from app.node.migration import load_pending, node_impact, save_pending
 from app.node.model.architecture import ModelArchitecture
 from app.node.runtime.network import NetworkService
-from app.node.training.layer_pool import UpgradeNotice
+from app.node.runtime.planner import offer_of
+from app.node.training.layer_pool import DynamicLayerPool, NodeOffer, UpgradeNotice
 from app.node.training.upgrade import InvalidUpgrade, UpgradeRecord, dht_key, parse_upgrade, sign_upgrade
 
 log = logging.getLogger("neuroshard.runtime.upgrade")
-RECORD_TTL_S = 7 * 86400.0
-"""An upgrade record stays in the DHT a week (republished by the DHT until then), long enough for
-volunteers who are offline for days to hear of it."""
+RECORD_TTL_S = 86400.0
+"""An upgrade record stays in the DHT a day, the longest a DHT node stores a value (p2p/dht.py
+refuses a longer TTL, so a week made every publish fail); every node that heard it also keeps it
+in its data dir (``save_pending``) until it migrated."""
 
 
 class UpgradeService:
     def __init__(self, net: NetworkService, arch: ModelArchitecture, data_dir: Path, *, memory_budget: int,
                  holding: Callable[[], tuple[tuple[int, int], bool, bool]], emit: Callable[[Event], None],
-                 interval_s: float) -> None:
-        """``holding``: this node's layer range, whether it holds the embedding, the head."""
+                 interval_s: float, force_at_step: int = 0, max_upgrade_factor: float = 0.0) -> None:
+        """``holding``: this node's layer range, whether it holds the embedding, the head.
+        ``force_at_step``: recalculate once a driver committed this step (0: never forced);
+        ``max_upgrade_factor``: the growth cap of that recalculation (training/upgrade.py)."""
         self.net, self.arch, self.data_dir = net, arch, data_dir
         self.memory_budget, self.holding, self.emit = memory_budget, holding, emit
         self.interval_s = interval_s
+        self.force_at_step, self.max_upgrade_factor = force_at_step, max_upgrade_factor
+        self._forced = False
         self.announced: UpgradeRecord | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -49,6 +61,23 @@ class UpgradeService:
                  record.target.version, notice.current.param_count(), record.target.param_count(), stored)
         self._announce(record)
         return record
+
+    async def after_driver_step(self, committed_steps: int, me: NodeOffer) -> UpgradeRecord | None:
+        """Called after each committed driver step: at ``force_at_step`` recalculate the
+        architecture over the registry's offers (``me`` included) and publish what it gives."""
+        if not self.force_at_step or self._forced or committed_steps < self.force_at_step or self.announced:
+            return None
+        self._forced = True
+        offers = {o.node_id: o for o in [me, *map(offer_of, await self.net.peers())] if o.layers_fit >= 1}
+        pool = DynamicLayerPool(self.arch, max_upgrade_factor=self.max_upgrade_factor)
+        pool.adopt([], {}, offers.values())
+        notice = pool.check_upgrade(force=True)
+        if notice is None:
+            log.info("recalculation forced at step %d: no upgrade of at least 1.3x fits %d nodes",
+                     committed_steps, len(offers))
+            return None
+        log.info("recalculation forced at step %d over %d nodes", committed_steps, len(offers))
+        return await self.publish(notice)
 
     def announce_pending(self) -> UpgradeRecord | None:
         """An upgrade kept in the data dir from an earlier run (not migrated yet): announce it again,

@@ -201,10 +201,10 @@ class StageWorker:
     def handle_sync(self, op: str, meta: Meta, tensors: Tensors) -> tuple[Meta, Tensors]:
         driver, step = _str(meta, "driver"), _int(meta, "step")
         with self.lock:
-            self.seen_drivers.add(driver)
             refusal = arch_refusal(meta, self.shard.architecture, self.layer_range)  # training/arch_guard.py
             if refusal is not None:
-                return refusal, []
+                return refusal, []  # a driver of another version is not one of ours (an idle replica stays idle)
+            self.seen_drivers.add(driver)
             if op != OP_FINISH and (self.is_first or self.is_last):
                 refusal = self.vocab_guard.refusal(meta, self.layer_range)
                 if refusal is not None:
