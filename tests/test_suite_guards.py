@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -43,3 +44,32 @@ def test_idle_thread_pool_workers_are_not_counted_as_lingering(tmp_path: Path) -
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def _run_copy(tmp_path: Path, name: str, body: str) -> subprocess.CompletedProcess[str]:
+    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    (tmp_path / name).write_text(body)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_random_draws_repeat_from_run_to_run_and_differ_between_tests(tmp_path: Path) -> None:
+    body = ("import random\n\n"
+            "def test_a():\n    print('draw a', random.random())\n\n"
+            "def test_b():\n    print('draw b', random.random())\n")
+    runs = [_run_copy(tmp_path, "test_draws.py", body) for _ in range(2)]
+    draws = [dict(re.findall(r"draw (\w) ([0-9.e-]+)", run.stdout)) for run in runs]
+    assert all(run.returncode == 0 for run in runs), runs[0].stdout[-3000:]
+    assert len(draws[0]) == 2 and draws[0] == draws[1]  # the same on every run
+    assert draws[0]["a"] != draws[0]["b"]  # each test its own stream
+
+
+def test_hypothesis_examples_have_no_wall_clock_deadline_and_repeat(tmp_path: Path) -> None:
+    """Hypothesis' default 200 ms per example (and its 'too slow' check) fail a loaded machine."""
+    body = ("import time\nfrom hypothesis import given, settings, strategies as st\n\n"
+            "@settings(max_examples=3)\n@given(st.integers())\n"
+            "def test_slow_examples(n):\n    print('example', n)\n    time.sleep(0.25)\n")
+    runs = [_run_copy(tmp_path, "test_slow_property.py", body) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stdout[-3000:]
+    examples = [re.findall(r"example (-?\d+)", run.stdout) for run in runs]
+    assert examples[0] and examples[0] == examples[1]  # derandomized: the same examples every run
