@@ -7,6 +7,10 @@ in the node's own ledger, written before the node starts), so the wallet and gov
 coins to send, stake and vote with. ``gui`` is a fresh app per test; ``shared_gui`` is one app
 shared by a whole test module (a node takes seconds to start on a 2-core machine), for tests that
 only add records, so its tests compare before and after rather than expect exact balances.
+
+A wait in these tests only bounds a hang (``qtbot`` below): each one lasts up to at least
+``HANG_MS``, whatever the call site names, because a real node's answer takes seconds on a
+loaded 2-core machine and a loaded machine must still pass.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from PySide6.QtWidgets import QApplication  # noqa: E402
+from pytestqt.qtbot import QtBot  # noqa: E402
 
 # One QApplication for the whole session, made at collection: a test elsewhere that creates a bare
 # QGuiApplication first (app/selftest.py's offscreen grab) would leave no way to make widgets.
@@ -29,6 +34,47 @@ _QAPP = QApplication.instance() or QApplication(["neuroshard-tests"])
 from app.node import identity  # noqa: E402
 from app.node.config import NodeConfig  # noqa: E402
 from tests.ui.funded_ledger import PASSWORD, devnet_economics, fast_keystore, fund_at_genesis  # noqa: E402
+
+HANG_MS = 120_000
+"""The least a qtbot wait lasts in GUI tests before it fails: long enough to mean a hang."""
+
+
+class PatientQtBot(QtBot):
+    """pytest-qt's bot whose waits never fail on a slow machine before ``HANG_MS``: the numbers
+    written at the call sites (2-10 s, from quiet machines) become at least ``HANG_MS``. A wait
+    with ``raising=False`` is a deliberate bounded wait and keeps its own timeout."""
+
+    def waitUntil(self, callback, *, timeout: int = HANG_MS) -> None:  # noqa: ANN001, N802 (pytest-qt's names)
+        super().waitUntil(callback, timeout=max(timeout, HANG_MS))
+
+    def waitSignal(self, signal, *, timeout: int = HANG_MS, raising: bool | None = None,  # noqa: ANN001, ANN201, N802
+                   check_params_cb=None):  # noqa: ANN001
+        return super().waitSignal(signal, timeout=_patient(timeout, raising), raising=raising,
+                                  check_params_cb=check_params_cb)
+
+    def waitSignals(self, signals, *, timeout: int = HANG_MS, raising: bool | None = None,  # noqa: ANN001, ANN201, N802
+                    check_params_cbs=None, order="none"):  # noqa: ANN001
+        return super().waitSignals(signals, timeout=_patient(timeout, raising), raising=raising,
+                                   check_params_cbs=check_params_cbs, order=order)
+
+    def waitCallback(self, *, timeout: int = HANG_MS, raising: bool | None = None):  # noqa: ANN201, N802
+        return super().waitCallback(timeout=_patient(timeout, raising), raising=raising)
+
+    def waitExposed(self, widget, *, timeout: int = HANG_MS):  # noqa: ANN001, ANN201, N802
+        return super().waitExposed(widget, timeout=max(timeout, HANG_MS))
+
+    def waitActive(self, widget, *, timeout: int = HANG_MS):  # noqa: ANN001, ANN201, N802
+        return super().waitActive(widget, timeout=max(timeout, HANG_MS))
+
+
+def _patient(timeout: int, raising: bool | None) -> int:
+    return timeout if raising is False or timeout <= 0 else max(timeout, HANG_MS)
+
+
+@pytest.fixture
+def qtbot(qapp, request: pytest.FixtureRequest) -> PatientQtBot:  # noqa: ANN001 (pytest-qt's qapp)
+    return PatientQtBot(request)
+
 
 SET_MS_PER_LAYER = 300.0
 """The speed every GUI test's node believes it measured: tier T4 (pipeline yes, inference no), the
