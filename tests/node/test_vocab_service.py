@@ -326,7 +326,12 @@ def test_started_service_reads_a_refreshed_copy_of_the_ledger(tmp_path: Path) ->
         await service.refresh()
         assert service.on_round() and service.tokenizer.vocab_size == 268
         service.start(interval_s=0.01)  # the same refresh, on a timer, until stopped
-        await asyncio.sleep(0.1)
+
+        async def timer_refreshed() -> None:
+            while len(reads) <= count + 1:  # a read beyond the two refreshes awaited above
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(timer_refreshed(), 60)  # a hang bound: a loaded machine only takes longer
         await service.stop()
         assert len(reads) > count + 1
 
