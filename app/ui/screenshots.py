@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-WIZARD_STEPS = ("welcome", "wallet", "phrase", "confirm", "hardware", "modes", "limits", "join")
+WIZARD_STEPS = ("welcome", "wallet", "phrase", "confirm", "hardware", "modes", "limits", "reach", "join")
 DIALOGS = ("start-failure", "unlock", "send", "stake", "propose", "damaged-checkpoint", "migration")
 THEMES = ("light", "dark")
 
