@@ -18,10 +18,48 @@ def layer() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
 
 
-def run(layer):  # noqa: ANN201 - the verifier's own copy of the model code
-    def forward(weights, inputs):
-        return torch.func.functional_call(layer, weights, (inputs[0],))
-    return forward
+LR = 0.1
+META = {"bf16": False}
+
+
+def rerun(layer):  # noqa: ANN201 - the verifier's own copy of the training code, here forward, backward, SGD
+    def run(sample: spotcheck.StepSample) -> spotcheck.ReRun:
+        weights = sample.part(spotcheck.WEIGHTS)
+        params = {k: v.clone().requires_grad_() for k, v in weights.items()}
+        out = torch.func.functional_call(layer, params, (sample.tensors["in.0.0"],))
+        grads = torch.autograd.grad(out, list(params.values()), sample.tensors["g.0"])
+        after = {k: (params[k] - LR * g).detach() for k, g in zip(params, grads, strict=True)}
+        return spotcheck.ReRun({"out.0": out.detach()}, after, weights)
+    return run
+
+
+def step_tensors(layer, weights: dict, seed: int, variant: str = "honest") -> dict:
+    """One step's committed tensors; a lazy prover's variants: noise for outputs, the update
+    skipped (weights after = before), random weights after."""
+    x = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(seed))
+    g = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(seed + 100))
+    tensors = {**{"w." + k: v for k, v in weights.items()}, "in.0.0": x, "g.0": g}
+    mine = rerun(layer)(spotcheck.StepSample(0, (), tensors, META))
+    out, after = mine.outputs["out.0"], mine.weights_after
+    if variant == "noise":
+        out = torch.randn_like(out)
+    elif variant == "skipped":
+        after = weights
+    elif variant == "random":
+        after = {k: torch.randn_like(v) for k, v in weights.items()}
+    return {**tensors, "out.0": out, **{"a." + k: v for k, v in after.items()}}
+
+
+def committed_steps(layer, lazy: bool, steps: int = 3) -> list[spotcheck.StepSample]:
+    """What a prover keeps for its steps; a lazy one commits steps it never computed."""
+    weights = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    raw = []
+    for i in range(steps):
+        tensors = step_tensors(layer, weights, i, ("noise", "skipped", "random")[i % 3] if lazy else "honest")
+        raw.append(tensors)
+        weights = {k[2:]: v for k, v in tensors.items() if k.startswith("a.")}
+    leaves = tuple(spotcheck.step_leaf(t, META) for t in raw)
+    return [spotcheck.StepSample(i, leaves, t, META) for i, t in enumerate(raw)]
 
 
 @pytest.fixture()
@@ -41,21 +79,6 @@ def ledger(net, tmp_path):
     ledger.close()
 
 
-def committed_steps(layer, lazy: bool, steps: int = 3) -> list[spotcheck.StepSample]:
-    """What a prover keeps for its steps; a lazy one commits outputs it never computed."""
-    weights = {k: v.detach().clone() for k, v in layer.named_parameters()}
-    raw = []
-    for i in range(steps):
-        inputs = (torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(i)),)
-        with torch.no_grad():
-            outputs = torch.randn(4, 8, 16) if lazy else run(layer)(weights, inputs)
-        raw.append((weights, inputs, outputs))
-        weights = {k: v + 0.01 for k, v in weights.items()}  # the step moved the weights
-    leaves = tuple(spotcheck.leaf(spotcheck.tensor_hash(w), spotcheck.tensor_hash(list(x)), spotcheck.tensor_hash([y]))
-                   for w, x, y in raw)
-    return [spotcheck.StepSample(i, leaves, w, x, y) for i, (w, x, y) in enumerate(raw)]
-
-
 def training_proof(net, author, samples, epoch):
     root = spotcheck.work_root(samples[0].leaves)
     return net.proof(author, epoch, work_root=root)
@@ -73,7 +96,7 @@ def verdict(net, checker, proof, result, ts):
 
 
 def check(net, layer, proof, samples, step):
-    return spotcheck.check_sample(dict(proof.body), samples[step], step, run(layer), net.config)
+    return spotcheck.check_sample(dict(proof.body), samples[step], step, rerun(layer), net.config)
 
 
 def test_honest_steps_pass_bitwise_and_lazy_ones_fail(net, layer):
@@ -90,9 +113,9 @@ def test_honest_steps_pass_bitwise_and_lazy_ones_fail(net, layer):
 def test_a_sample_that_is_not_the_committed_one_fails(net, layer):
     samples = committed_steps(layer, lazy=False)
     proof = training_proof(net, BOB, samples, net.epoch_of(T0) + 1)
-    swapped = spotcheck.StepSample(1, samples[1].leaves, samples[0].weights, samples[1].inputs, samples[1].outputs)
+    swapped = spotcheck.StepSample(1, samples[1].leaves, samples[0].tensors, META)
     assert "not the committed" in check(net, layer, proof, [None, swapped], 1).reason
-    assert not spotcheck.check_sample(dict(proof.body), None, 0, run(layer), net.config).passed
+    assert not spotcheck.check_sample(dict(proof.body), None, 0, rerun(layer), net.config).passed
     other_root = training_proof(net, BOB, committed_steps(layer, lazy=False, steps=2), net.epoch_of(T0) + 1)
     assert "work_root" in check(net, layer, other_root, samples, 0).reason
 
@@ -204,23 +227,57 @@ def test_verification_proofs_are_bounded_by_the_checks_in_the_ledger(net, ledger
     assert status == "rejected" and "shows 0" in reason
 
 
-def test_sampling_checks_about_the_configured_share_of_proofs():
-    picked = sum(spotcheck.should_check(f"{i:064x}", b"checker", 0.05) for i in range(4000))
-    assert 140 <= picked <= 260
-    steps = [spotcheck.sampled_step(f"{i:064x}", b"checker", 5) for i in range(1000)]
-    assert set(steps) == set(range(5))
+def test_a_lazy_step_with_real_outputs_fails_on_its_update(net, layer):
+    """Outputs right but the backward and update skipped, or random weights after: only the
+    re-executed optimizer step shows it (a forward-only check would pass both)."""
+    weights = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    for variant, error in (("skipped", 1.0), ("random", None)):
+        tensors = step_tensors(layer, weights, 7, variant)
+        leaves = (spotcheck.step_leaf(tensors, META),)
+        body = {"work_root": spotcheck.work_root(leaves).hex()}
+        result = spotcheck.check_sample(body, spotcheck.StepSample(0, leaves, tensors, META), 0, rerun(layer),
+                                        net.config)
+        assert not result.passed and "update differs" in result.reason
+        assert result.max_abs_error == pytest.approx(error) if error else result.max_abs_error > 1.5
 
 
-def test_bf16_outputs_pass_with_the_bf16_bound_and_noise_still_fails(net, layer):
+def test_an_honest_step_computed_elsewhere_passes_within_the_bound_not_bitwise(net, layer):
+    """Another machine's reduction order: outputs and update off by ~1e-6 relative."""
+    weights = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    tensors = step_tensors(layer, weights, 8)
+    tensors["out.0"] = tensors["out.0"] * (1 + 1e-6)
+    tensors.update({k: weights[k[2:]] + (v - weights[k[2:]]) * (1 + 1e-4) for k, v in tensors.items()
+                    if k.startswith("a.")})
+    leaves = (spotcheck.step_leaf(tensors, META),)
+    body = {"work_root": spotcheck.work_root(leaves).hex()}
+    result = spotcheck.check_sample(body, spotcheck.StepSample(0, leaves, tensors, META), 0, rerun(layer), net.config)
+    assert result.passed and not result.bitwise and "within tolerance" in result.reason
+
+
+def test_sampling_draws_about_the_configured_share_of_steps_unpredictably():
+    proof_id = "ab" * 32
+    picked = spotcheck.drawn_steps(b"salt-1", proof_id, 4000, 0.05, 10**6)
+    assert 140 <= len(picked) <= 260 and picked == sorted(set(picked))
+    other = spotcheck.drawn_steps(b"salt-2", proof_id, 4000, 0.05, 10**6)
+    assert len(set(picked) & set(other)) < 40  # another verifier's salt draws other steps
+    assert len(spotcheck.drawn_steps(b"salt-1", proof_id, 4000, 0.05, 3)) == 3  # at most the cap
+    assert spotcheck.drawn_steps(b"salt-1", proof_id, 50, 1.0, 100) == list(range(50))
+
+
+def test_bf16_steps_pass_with_the_bf16_bounds_and_lazy_ones_still_fail(net, layer):
     """A GPU prover computes under bf16 autocast; a CPU verifier re-runs in float32."""
     weights = {k: v.detach().clone() for k, v in layer.named_parameters()}
-    inputs = (torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(3)),)
-    with torch.no_grad():
-        honest = run(layer)(weights, inputs).to(torch.bfloat16).to(torch.float32)
-    noise = torch.randn_like(honest)
-    for outputs, bf16, should_pass in ((honest, False, False), (honest, True, True), (noise, True, False)):
-        leaves = (spotcheck.leaf(spotcheck.tensor_hash(weights), spotcheck.tensor_hash(list(inputs)),
-                                 spotcheck.tensor_hash([outputs])),)
+    honest = step_tensors(layer, weights, 3)
+    honest["out.0"] = honest["out.0"].to(torch.bfloat16).to(torch.float32)
+    noise = torch.Generator().manual_seed(9)
+    honest.update({k: weights[k[2:]] + (v - weights[k[2:]]) * (1 + 0.05 * torch.randn(v.shape, generator=noise))
+                   for k, v in honest.items() if k.startswith("a.")})
+    noisy = {**honest, "out.0": torch.randn_like(honest["out.0"])}
+    skipped = {**honest, **{"a." + k: v for k, v in weights.items()}}
+    for tensors, bf16, should_pass in ((honest, False, False), (honest, True, True), (noisy, True, False),
+                                       (skipped, True, False)):
+        meta = {"bf16": bf16}
+        leaves = (spotcheck.step_leaf(tensors, meta),)
         body = {"work_root": spotcheck.work_root(leaves).hex()}
-        sample = spotcheck.StepSample(0, leaves, weights, inputs, outputs, bf16)
-        assert spotcheck.check_sample(body, sample, 0, run(layer), net.config).passed is should_pass
+        sample = spotcheck.StepSample(0, leaves, tensors, meta)
+        assert spotcheck.check_sample(body, sample, 0, rerun(layer), net.config).passed is should_pass

@@ -1,6 +1,7 @@
 """Verify mode end to end in one process: real stages train the tiny model, real economies make
 proofs, real ledgers gossip over real gRPC on loopback, and two staked verifiers fetch committed
-steps from the provers over the ledger service and re-run them.
+steps from the provers with the stage protocol's VerifyStep and re-execute them (forward,
+backward, optimizer step).
 
 An honest prover and a lazy one (it claims one made-up step for every step it ran) are checked;
 the lazy one is slashed on every ledger and the honest one paid, and the verifiers earn
@@ -11,7 +12,6 @@ honest one and loses its bond, and the honest prover is paid in full.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from app.node.economics.records import Record
 from app.node.p2p.node import P2PNode
 from app.node.runtime.economy import EconomyService
 from app.node.runtime.ledger_gossip import GOSSIP_TOPIC
-from app.node.runtime.verification import VERIFY_TOPIC
+from app.node.runtime.verification import LEAVES_ONLY, MAX_SAMPLE_BYTES
 from app.node.training.pipeline import PipelineDriver
 from app.node.training.stage import StageWorker, build_shard
 from app.wallet.keystore import Keystore
@@ -60,7 +60,7 @@ class Node:
                                       lambda e: None, "T4", keystore=keystore, clock=clock, lazy_steps=lazy_steps)
         self.p2p = P2PNode(self.key)
         self.p2p.set_gossip_handler(GOSSIP_TOPIC, self.economy.on_gossip)
-        self.p2p.set_gossip_handler(VERIFY_TOPIC, self.economy.on_verify_request)
+        self.p2p.set_verify_handler(self.economy.on_verify_step)
         self.stage: StageWorker | None = None
         self.driver: PipelineDriver | None = None
 
@@ -72,7 +72,9 @@ class Node:
                                                        driver=info.driver))())
 
         shard = build_shard(ARCH, (0, ARCH.layers), with_embedding=True, with_head=True, seed=seed)
-        self.stage = StageWorker(shard, TRAINING, on_commit=committed, on_forward=self.economy.steps.on_forward)
+        steps = self.economy.steps
+        self.stage = StageWorker(shard, TRAINING, on_commit=committed, on_forward=steps.on_forward,
+                                 on_backward=steps.on_backward, on_applied=steps.on_applied)
         self.driver = PipelineDriver(self.name, self.stage, [], None, micro_batches=TRAINING.micro_batches)
 
 
@@ -118,9 +120,10 @@ async def _scenario(tmp_path: Path, griefer: bool) -> dict:
     try:
         for v in verifiers:
             async def fetch(author: bytes, proof_id: str, step: int, v=v) -> list[bytes]:  # noqa: ANN001
-                return await v.p2p.gossip(routes[author].p2p.address, VERIFY_TOPIC,
-                                          [json.dumps({"proof_id": proof_id, "step": step}).encode()], 10.0)
-            v.economy.start_verifying(ARCH, fetch)
+                header, blob = await v.p2p.verify_step(routes[author].p2p.address, proof_id,
+                                                       None if step == LEAVES_ONLY else step, 10.0, MAX_SAMPLE_BYTES)
+                return [header] if step == LEAVES_ONLY else [header, blob]
+            v.economy.start_verifying(ARCH, fetch, TRAINING)
         epoch_s = honest.economy.config.epoch_ms / 1000
         clock.now = (int(clock.now / epoch_s) + 1) * epoch_s + 0.1  # start of an epoch
         for step in range(3):
@@ -131,24 +134,29 @@ async def _scenario(tmp_path: Path, griefer: bool) -> dict:
         for node in nodes:
             node.economy.close_epoch()
         await gossip_all(nodes)
-        proofs = {p: [r for r, _ in verifiers[0].economy.ledger.open_training_proofs(int(clock() * 1000))
-                      if r.author == p.key.public_key.data] for p in (honest, lazy)}
+        stored, _, _ = verifiers[0].economy.ledger.verification_work_since(0)
+        proofs = {p: [r for r in stored if r.author == p.key.public_key.data] for p in (honest, lazy)}
         assert len(proofs[honest]) == len(proofs[lazy]) == 1
         if griefer:  # verifier 1 forges a fail on the honest proof before anyone checks it
             target = proofs[honest][0]
             forged = spotcheck.CheckResult(False, "forged", spotcheck.Evidence(0, b"\1" * 32, b"\1" * 32, 10**9))
             g = verifiers[1]
-            g.economy.ledger.submit(spotcheck.challenge_record(
+            forged_record = spotcheck.challenge_record(  # 1 ms after the proofs: applied after them
                 g.key, g.economy.config, target.record_id, forged, g.economy.ledger.next_seq(g.key.address),
-                int(clock() * 1000)).to_bytes())
+                int(clock() * 1000) + 1)
+            g.economy.ledger.submit(forged_record.to_bytes())
             g.economy.verifier._judged.add(target.record_id)
             await gossip_all(nodes)
+            assert honest.economy.ledger.proof_standing(target.record_id) == (True, 0)
         for v in verifiers:  # verifier 0 first; verifier 1 then referees what 0 failed
             clock.now += 0.2
             await v.economy.verifier.round()
             await gossip_all(nodes)
-        clock.now += epoch_s  # the verifiers' verification proofs
-        for node in nodes:
+        clock.now += epoch_s  # late in the windows: the passes the verifiers held back are signed
+        for v in verifiers:
+            await v.economy.verifier.round()
+        await gossip_all(nodes)
+        for node in nodes:  # the verifiers' verification proofs
             node.economy.close_epoch()
         await gossip_all(nodes)
         clock.now += honest.economy.config.challenge_window_ms / 1000 + 2 * epoch_s
@@ -183,6 +191,9 @@ def test_verifiers_slash_the_lazy_node_and_pay_the_honest_one(tmp_path: Path, on
         assert earned.get("verification", 0) > 0
     reasons = [reason for verdicts in out["verdicts"] for _, passed, reason in verdicts if passed]
     assert reasons and all(r == "bitwise equal" for r in reasons)  # same build, same threads
+    # The lazy node's made-up steps have real outputs: only re-running the update catches them.
+    fails = [reason for verdicts in out["verdicts"] for _, passed, reason in verdicts if not passed]
+    assert fails and all("update differs" in r for r in fails), fails
 
 
 def test_a_single_griefing_verifier_cannot_slash_an_honest_node(tmp_path: Path, one_thread) -> None:
@@ -195,42 +206,82 @@ def test_a_single_griefing_verifier_cannot_slash_an_honest_node(tmp_path: Path, 
     assert out["lazy_status"][0] == "slashed"  # the griefer's own honest checks still count
 
 
+def _one_step(log, stage, driver: str, step: int, width: int) -> None:
+    """What a stage without the head tells its step log for a one-micro-batch step."""
+    from app.node.training.stage import CommitInfo
+    from app.node.training.stage_weights import state_hash
+
+    x = torch.randn(2, 3, width)
+    before = state_hash(stage.shard.state_dict())
+    log.on_forward(stage, driver, step, 0, [x], stage.shard(x))
+    log.on_backward(stage, driver, step, 0, torch.ones(2, 3, width))
+    with torch.no_grad():
+        stage.shard.weight.add_(0.01)
+    log.on_applied(stage, CommitInfo(driver, step, 1, 6, 0.0, step + 1, before,
+                                     state_hash(stage.shard.state_dict()), 1e-3, None))
+
+
 def test_the_step_log_keeps_within_its_memory_budget_and_frees_expired_samples() -> None:
     from types import SimpleNamespace
 
     from app.node.economics.constants import from_settings
     from app.node.runtime.verification import StepLog
 
-    layer = torch.nn.Linear(64, 64)  # 4160 floats: 16.6 kB of weights per snapshot
+    layer = torch.nn.Linear(64, 64)  # 4160 floats: 16.6 kB of weights per snapshot, 33 kB a step
     stage = SimpleNamespace(shard=layer, layer_range=(1, 2), is_first=False, is_last=False)
-    log = StepLog(from_settings({"preset": "devnet"}), max_bytes_kept=40_000)
+    log = StepLog(from_settings({"preset": "devnet"}), max_bytes_kept=80_000)
     kept = []
     for step in range(4):
-        x = torch.randn(2, 3, 64)
-        log.on_forward(stage, "d", step, 0, [x], layer(x))
+        _one_step(log, stage, "d", step, 64)
         kept.append(log.seal("d", step))
-    assert [s is not None for s in kept] == [True, True, False, False]  # the third would pass 40 kB
-    assert log.seal("d", 99) is None  # its first micro-batch never ran here: not claimable
+    assert [s is not None for s in kept] == [True, True, False, False]  # the third would pass 80 kB
+    assert log.seal("d", 99) is None  # it never ran here: not claimable
     assert StepLog(from_settings({"preset": "devnet"})).seal("d", 1) == []  # no stage feeds that log
     log.publish("p", 0, kept[0] + kept[1])
     log.expire(current_epoch=100)  # long after the window
-    x = torch.randn(2, 3, 64)
-    log.on_forward(stage, "d", 5, 0, [x], layer(x))
+    _one_step(log, stage, "d", 5, 64)
     assert log.seal("d", 5) is not None  # the budget came back
+
+
+def test_a_step_whose_weights_changed_mid_way_or_that_ran_partly_elsewhere_is_not_claimed() -> None:
+    from types import SimpleNamespace
+
+    from app.node.economics.constants import from_settings
+    from app.node.runtime.verification import StepLog
+    from app.node.training.stage import CommitInfo
+    from app.node.training.stage_weights import state_hash
+
+    layer = torch.nn.Linear(8, 8)
+    stage = SimpleNamespace(shard=layer, layer_range=(1, 2), is_first=False, is_last=False)
+    log = StepLog(from_settings({"preset": "devnet"}))
+    x = torch.randn(1, 2, 8)
+    log.on_forward(stage, "d", 0, 0, [x], layer(x))
+    log.on_backward(stage, "d", 0, 0, torch.ones(1, 2, 8))
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # another driver's commit between this step's forward and its commit
+    now = state_hash(layer.state_dict())
+    log.on_applied(stage, CommitInfo("d", 0, 1, 2, 0.0, 1, now, now, 1e-3, None))
+    assert log.seal("d", 0) is None
+    log.on_forward(stage, "d", 1, 0, [x], layer(x))  # micro-batch 1 ran on another replica
+    log.on_backward(stage, "d", 1, 0, torch.ones(1, 2, 8))
+    log.on_applied(stage, CommitInfo("d", 1, 2, 4, 0.0, 2, now, now, 1e-3, None))
+    assert log.seal("d", 1) is None
+    _one_step(log, stage, "d", 2, 8)
+    assert log.seal("d", 2) is not None
 
 
 def test_a_stage_that_numbers_steps_locally_still_finds_its_driver_s_sample() -> None:
     from types import SimpleNamespace
 
     from app.node.economics.constants import from_settings
+    from app.node.economics.spotcheck import INPUT
     from app.node.runtime.verification import StepLog
 
     layer = torch.nn.Linear(8, 8)
     stage = SimpleNamespace(shard=layer, layer_range=(1, 2), is_first=False, is_last=False)
     log = StepLog(from_settings({"preset": "devnet"}))
     for driver_step in (40, 41):
-        x = torch.randn(1, 2, 8)
-        log.on_forward(stage, "driver-a", driver_step, 0, [x], layer(x))
+        _one_step(log, stage, "driver-a", driver_step, 8)
         sealed = log.seal("driver-a", driver_step - 40)  # the worker's own count: 0, 1
         assert sealed is not None and len(sealed) == 1
-        assert torch.equal(sealed[0].inputs[0], x)
+        assert sealed[0].meta["inner_step"] == driver_step and f"{INPUT}0.0" in sealed[0].tensors

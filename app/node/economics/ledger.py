@@ -159,26 +159,28 @@ class Ledger:
             account = self._current().accounts.get(address)
             return max(stored + 1, account.next_seq if account else 1)
 
-    def open_training_proofs(self, now_ms: int, exclude: bytes = b"") -> list[tuple[Record, int | None]]:
-        """Accepted training proofs whose challenge window is still open at ``now_ms`` (not by
-        ``exclude``), each with the step of a standing fail verdict (None if nobody failed it):
-        what a verifier samples and referees."""
-        config = self.config
+    def verification_work_since(self, cursor: int, limit: int = 500) -> tuple[list[Record], int, bool]:
+        """Training proofs a verifier could re-run (version 2: they commit to steps) stored after
+        ``cursor``, the cursor to ask next time, and whether more are waiting: a verifier reads
+        each proof once, however long the ledger grows."""
+        limit = max(1, min(limit, MAX_PAGE))
         with self._lock:
-            state = self._current()
-            out = []
-            for proof in state.proofs.values():
-                body = proof.record.body
-                closes = (body["epoch"] + 1) * config.epoch_ms + config.challenge_window_ms
-                if proof.settled or body["proof_kind"] != "training" or proof.record.author == exclude:
-                    continue
-                if proof.record.version == V1:  # commits to no step a verifier could re-run
-                    continue
-                if now_ms >= closes - config.epoch_ms:  # leave a verdict time to spread before it closes
-                    continue
-                failed = sorted(proof.steps[c] for c in proof.fails)
-                out.append((proof.record, failed[0] if failed else None))
-            return out
+            rows = self._db.execute(
+                "SELECT cursor, record_id FROM records WHERE cursor > ? AND kind = 'proof' ORDER BY cursor LIMIT ?",
+                (cursor, limit)).fetchall()
+            records = [self._records[rid] for _, rid in rows if rid in self._records]
+        proofs = [r for r in records if r.body.get("proof_kind") == "training" and r.version != V1]
+        return proofs, (rows[-1][0] if rows else cursor), len(rows) == limit
+
+    def proof_standing(self, proof_id: str) -> tuple[bool, int | None]:
+        """(whether the proof is applied and its window still open, the committed step of a
+        standing fail verdict or None if nobody failed it): what a verifier referees."""
+        with self._lock:
+            proof = self._current().proofs.get(proof_id)
+            if proof is None or proof.settled:
+                return False, None
+            failed = sorted(proof.steps[c] for c in proof.fails)
+            return True, (failed[0] if failed else None)
 
     def judged_by(self, proof_id: str, address: str) -> bool:
         with self._lock:

@@ -265,6 +265,18 @@ class P2PNode:
     def set_data_handler(self, fn: Callable[[str], Awaitable[bytes | None]]) -> None:
         self.handlers.data = fn
 
+    def set_verify_handler(self, fn: Callable[[bytes, str, int | None], Awaitable[tuple[bytes, bytes] | None]] | None
+                           ) -> None:
+        """Serve verifiers the committed steps of this node's training proofs (services.VERIFY_STEP)."""
+        self.handlers.verify = fn
+
+    async def verify_step(self, peer: PeerRecord | str, proof_id: str, step: int | None, timeout: float,
+                          max_bytes: int) -> tuple[bytes, bytes]:
+        """Ask ``peer`` for committed step ``step`` of its proof ``proof_id`` (None: the leaves only)."""
+        return await services.call_verify_step(self.client, self.key, Route.of(peer), proof_id, step, timeout,
+                                               recipient=await self.recipient(peer), max_bytes=max_bytes,
+                                               bandwidth=self.bandwidth)
+
     def set_inference_handler(self, fn: Callable[[str, bytes, Any], Awaitable[Any]] | None) -> None:
         """Serve inference sessions with ``fn(path, caller, request)``; None stops serving them."""
         self.handlers.inference = fn

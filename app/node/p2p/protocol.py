@@ -73,6 +73,7 @@ METHODS: dict[str, Method] = {
         _m("Pipeline", "Backward", _B, pb2.TensorChunk, pb2.TensorChunk, "activations"),
         _m("Pipeline", "Commit", _U, pb2.CommitRequest, pb2.CommitReply, "activations"),
         _m("Pipeline", "Finish", _U, pb2.FinishRequest, pb2.FinishReply, "activations"),
+        _m("Pipeline", "VerifyStep", _S, pb2.VerifyStepRequest, pb2.VerifyStepChunk, "weights"),
         _m("Sync", "Exchange", _B, pb2.TensorChunk, pb2.TensorChunk, "pseudo_gradients"),
         _m("Sync", "Weights", _B, pb2.TensorChunk, pb2.TensorChunk, "weights"),
         _m("Ledger", "Gossip", _U, pb2.GossipRequest, pb2.GossipResponse, "ledger"),

@@ -15,7 +15,7 @@ from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.dht_service import check_version
 from app.node.p2p.errors import MalformedMessage, PeerRejected, RpcRefusal
-from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
+from app.node.p2p.protocol import PROTOCOL_VERSION, STAGE_PROTOCOL_VERSION, pb2
 from app.node.p2p.server import CallInfo, Dispatcher, unary
 from app.node.p2p.tensor_rpc import tensor_handler
 
@@ -26,6 +26,12 @@ GOSSIP, SHARD = "/neuroshard.v1.Ledger/Gossip", "/neuroshard.v1.Data/Shard"
 INFERENCE_OPEN, INFERENCE_STEP = "/neuroshard.v1.Inference/Open", "/neuroshard.v1.Inference/Step"
 INFERENCE_CLOSE = "/neuroshard.v1.Inference/Close"
 INFERENCE_METHODS = (INFERENCE_OPEN, INFERENCE_STEP, INFERENCE_CLOSE)
+VERIFY_STEP = "/neuroshard.v1.Pipeline/VerifyStep"
+PROOF_ID_BYTES = 32
+MAX_VERIFY_STEP = 10**6
+"""Steps one proof may commit to (the challenge record's own bound on its step)."""
+MAX_VERIFY_HEADER = 64 * 2**20 // 16
+"""The header carries 32 bytes (64 hex digits) per leaf and a few scalars: 4 MiB is ~60k steps."""
 MAX_TOPIC = 64
 MAX_SHARD_ID = 256
 MAX_SHARD_BYTES = 1 << 30
@@ -45,6 +51,9 @@ class Handlers:
     inference: Callable[[str, bytes, Any], Awaitable[Any]] | None = None
     """Inference sessions: ``(method path, verified caller's public key, request) -> reply``
     (runtime/inference_service.py)."""
+    verify: Callable[[bytes, str, int | None], Awaitable[tuple[bytes, bytes] | None]] | None = None
+    """Verification requests: ``(verified caller's public key, proof id hex, step or None for the
+    leaves only) -> (header, blob)``, or None when no such proof is held (runtime/verification.py)."""
 
 
 def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, config: P2PConfig,
@@ -78,6 +87,76 @@ def install(dispatcher: Dispatcher, handlers: Handlers, replay: ReplayGuard, con
     dispatcher.register(SHARD, _shard_handler(handlers, config, bandwidth))
     for path in INFERENCE_METHODS:
         dispatcher.register(path, unary(_inference_handler(path, handlers, replay)))
+    dispatcher.register(VERIFY_STEP, _verify_handler(handlers, replay, config, bandwidth))
+
+
+def check_verify_request(request: Any) -> tuple[str, int | None]:
+    """The proof id (hex) and step (None: leaves only) of a VerifyStep request, or a refusal with
+    the specific status (neuroshard.proto)."""
+    if request.stage_version != STAGE_PROTOCOL_VERSION:
+        raise RpcRefusal(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"stage protocol version {request.stage_version} is not supported: this node speaks "
+                         f"version {STAGE_PROTOCOL_VERSION}")
+    if len(request.proof_id) != PROOF_ID_BYTES:
+        raise RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"proof_id must be {PROOF_ID_BYTES} bytes, got {len(request.proof_id)}")
+    if request.leaves_only and request.step:
+        raise RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT, "leaves_only asks for no step: step must be 0")
+    if request.step > MAX_VERIFY_STEP:
+        raise RpcRefusal(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"step = {request.step} is out of range [0, {MAX_VERIFY_STEP}]")
+    return bytes(request.proof_id).hex(), (None if request.leaves_only else int(request.step))
+
+
+def _verify_handler(handlers: Handlers, replay: ReplayGuard, config: P2PConfig,
+                    bandwidth: Bandwidth | None = None) -> Callable[..., AsyncIterator[Any]]:
+    async def verify_step(requests: AsyncIterator[Any], info: CallInfo) -> AsyncIterator[Any]:
+        request = await anext(requests, None)
+        if request is None:
+            raise MalformedMessage("empty request")
+        caller = verify_message(VERIFY_STEP, request, replay).public_key
+        proof_id, step = check_verify_request(request)
+        if handlers.verify is None:
+            raise RpcRefusal(grpc.StatusCode.UNIMPLEMENTED, "this node keeps no committed training steps")
+        served = await handlers.verify(caller, proof_id, step)
+        if served is None:
+            raise RpcRefusal(grpc.StatusCode.NOT_FOUND,
+                             f"no committed step {step} of proof {proof_id[:16]} is held here (window closed?)")
+        header, blob = served
+        yield pb2.VerifyStepChunk(header=header)
+        view = memoryview(blob)
+        for offset in range(0, len(view), config.chunk_bytes):
+            part = bytes(view[offset:offset + config.chunk_bytes])
+            if bandwidth is not None:
+                await bandwidth.upload.take(len(part))  # the volunteer's upload cap covers samples too
+            yield pb2.VerifyStepChunk(data=part)
+
+    return verify_step
+
+
+async def call_verify_step(client: PeerClient, key: Any, route: Route, proof_id: str, step: int | None,
+                           timeout: float, *, recipient: bytes, max_bytes: int,
+                           bandwidth: Bandwidth | None = None) -> tuple[bytes, bytes]:
+    """Asks a prover for committed step ``step`` of ``proof_id`` (None: the leaves only), signed for
+    ``recipient``; returns (header, blob). Refuses a reply larger than ``max_bytes`` unread past it."""
+    request = pb2.VerifyStepRequest(stage_version=STAGE_PROTOCOL_VERSION, proof_id=bytes.fromhex(proof_id),
+                                    step=step or 0, leaves_only=step is None)
+    sign_message(key, VERIFY_STEP, request, recipient)
+    header, parts, size = b"", [], 0
+    async for chunk in client.stream(route, VERIFY_STEP, [request], timeout):
+        if not header:
+            header = chunk.header
+            if not header or len(header) > MAX_VERIFY_HEADER:
+                raise PeerRejected("verification reply without a header or with one too large",
+                                   grpc.StatusCode.RESOURCE_EXHAUSTED)
+            continue
+        size += len(chunk.data)
+        if size > max_bytes:
+            raise PeerRejected("verification sample exceeds the size limit", grpc.StatusCode.RESOURCE_EXHAUSTED)
+        parts.append(chunk.data)
+        if bandwidth is not None:
+            await bandwidth.download.take(len(chunk.data))
+    return header, b"".join(parts)
 
 
 def _inference_handler(path: str, handlers: Handlers, replay: ReplayGuard) -> Callable[..., Any]:

@@ -67,6 +67,7 @@ class EconomyService:
         """``lazy_steps`` > 0 is devnet fault injection: a lazy node that claims that many steps it
         never computed for every step it ran (verify mode must catch and slash it)."""
         self.key = key
+        self._node_config = config
         self.config = from_settings(config.economics)
         lazy_steps = lazy_steps or self.config.fault_lazy_steps
         self.steps = StepLog(self.config, phantom_steps=lazy_steps)
@@ -295,20 +296,24 @@ class EconomyService:
 
     # --- verification -----------------------------------------------------------------------
 
-    def start_verifying(self, arch: Any, fetch: Any) -> Verifier:
+    def start_verifying(self, arch: Any, fetch: Any, training: Any = None) -> Verifier:
         """Verify mode: re-check sampled and challenged proofs of others each round (needs stake;
-        ``fetch(prover public key, proof id, step)`` asks the prover for a committed step)."""
+        ``fetch(prover public key, proof id, step)`` asks the prover for a committed step;
+        ``training``: the TrainingConfig steps are re-run with, by default this node's)."""
         def submit(record: Any) -> None:
             result = self.ledger.submit(record.to_bytes(), int(self._clock() * 1000))
             if not result.accepted:
                 log.warning("own verdict refused: %s", result.reason)
 
-        self.verifier = Verifier(self.key, self.ledger, arch, fetch, self.config, submit, self._clock)
+        from app.node.training.config import TrainingConfig
+
+        training = training or TrainingConfig.from_dict(self._node_config.training)
+        self.verifier = Verifier(self.key, self.ledger, arch, fetch, self.config, submit, self._clock, training)
         return self.verifier
 
-    async def on_verify_request(self, sender_id: bytes, payloads: list[bytes]) -> list[bytes]:
-        """Serves a verifier the committed step it asks for (``VERIFY_TOPIC``)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.steps.serve, payloads)
+    async def on_verify_step(self, caller: bytes, proof_id: str, step: int | None) -> tuple[bytes, bytes] | None:
+        """Serves a verifier the committed step it asks for (the stage protocol's VerifyStep)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.steps.serve, proof_id, step)
 
     # --- gossip ---------------------------------------------------------------------------------
 

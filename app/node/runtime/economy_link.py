@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +30,6 @@ class EconomyLink:
         try:
             from app.node.runtime.economy import EconomyService
             from app.node.runtime.ledger_gossip import GOSSIP_TIMEOUT_S, GOSSIP_TOPIC
-            from app.node.runtime.verification import VERIFY_TOPIC
 
             self.service = EconomyService(key, ctx.config, ctx.emit, ctx.hardware.tier.value)
         except Exception as exc:  # rewards are optional; training is not
@@ -39,8 +37,8 @@ class EconomyLink:
             ctx.emit(ErrorOccurred(message=f"rewards are off for this run: {exc}", fatal=False))
             return
         net.node.set_gossip_handler(GOSSIP_TOPIC, self.service.on_gossip)
-        net.node.set_gossip_handler(VERIFY_TOPIC, self.service.on_verify_request)
-        self._topic, self._timeout, self._verify_topic = GOSSIP_TOPIC, GOSSIP_TIMEOUT_S, VERIFY_TOPIC
+        net.node.set_verify_handler(self.service.on_verify_step)
+        self._topic, self._timeout = GOSSIP_TOPIC, GOSSIP_TIMEOUT_S
 
     def start(self, verify_arch: Callable[[], Any] | None = None) -> None:
         """Starts the epoch/gossip loop; with ``verify_arch`` (mode "verify": the network's current
@@ -58,12 +56,15 @@ class EconomyLink:
         self._task.add_done_callback(_report_end)
 
     async def _fetch_sample(self, author: bytes, proof_id: str, step: int) -> list[bytes]:
-        """Asks the prover (by its public key) for one committed step over the ledger service."""
+        """Asks the prover (by its public key) for one committed step (the stage protocol's VerifyStep)."""
+        from app.node.runtime.verification import LEAVES_ONLY, MAX_SAMPLE_BYTES
+
         peer = self.net.known.get(PublicKey(author).node_id)
         if peer is None:
             return []  # not reachable from here: the check fails as unavailable
-        request = json.dumps({"proof_id": proof_id, "step": step}).encode()
-        return await self.net.node.gossip(peer, self._verify_topic, [request], self._timeout * 4)
+        header, blob = await self.net.node.verify_step(peer, proof_id, None if step == LEAVES_ONLY else step,
+                                                       self._timeout * 4, MAX_SAMPLE_BYTES)
+        return [header] if step == LEAVES_ONLY else [header, blob]
 
     def on_work(self, step: Any) -> None:
         """A step this node applied (any thread): the work of the next training proof."""
@@ -83,6 +84,16 @@ class EconomyLink:
         (runtime/verification.py)."""
         if self.service is not None:
             self.service.steps.on_forward(stage, driver, step, mb, inputs, output)
+
+    def on_backward(self, stage: Any, driver: str, step: int, mb: int, grad_out: Any) -> None:
+        """The stage's backward hook (the output gradients a verifier re-runs the backward with)."""
+        if self.service is not None:
+            self.service.steps.on_backward(stage, driver, step, mb, grad_out)
+
+    def on_applied(self, stage: Any, info: Any) -> None:
+        """The stage's hook after each optimizer step (the weights after, for the step's proof)."""
+        if self.service is not None:
+            self.service.steps.on_applied(stage, info)
 
     def handles(self, command: Event | Any) -> bool:
         return self.service is not None and self.service.handles(command)

@@ -46,7 +46,14 @@ from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment
 from app.node.training.scoring import whole_model_loss
 from app.node.training.speed import plan_speed
-from app.node.training.stage import CommitInfo, ForwardHook, StageWorker, build_shard
+from app.node.training.stage import (
+    AppliedHook,
+    BackwardHook,
+    CommitInfo,
+    ForwardHook,
+    StageWorker,
+    build_shard,
+)
 from app.node.training.sync import StageSync
 from app.node.training.trainer import NodeTrainer
 from app.node.training.transport import RetryElsewhere
@@ -77,6 +84,8 @@ class StageHooks:
     on_commit: Callable[[StageWorker, CommitInfo], None] = _no_report
     after_commit: Callable[[StageWorker], Awaitable[None]] = _nothing_after
     on_forward: ForwardHook = _forget_forward  # PoNW's step log (runtime/verification.py)
+    on_backward: BackwardHook = _forget_forward
+    on_applied: AppliedHook = _forget_forward
 
 
 class StageHost:
@@ -133,7 +142,8 @@ class StageHost:
             log.info("stage %s-%s: %s", first, last - 1, reason)
         stage = StageWorker(shard, t, executor=self._ctx.executor, device=self._device, speed=speed,
                             on_commit=self._hooks.on_commit, after_commit=self._hooks.after_commit,
-                            on_forward=self._hooks.on_forward, vocab=self._vocab.guard())
+                            on_forward=self._hooks.on_forward, on_backward=self._hooks.on_backward,
+                            on_applied=self._hooks.on_applied, vocab=self._vocab.guard())
         whole = a.with_embedding and a.with_head and self._held_out
         held_out = whole_model_loss(lambda: stage.shard, self._held_out, lm_loss) if whole else None
         sync = StageSync(self._net.node_id, stage, self.cohort, self._training, on_report=self._vocab.round_closed,

@@ -118,6 +118,8 @@ class CommitInfo:
     inner_step: int
     hash_before: str
     hash_after: str
+    lr: float = 0.0  # the inner learning rate this step applied
+    grad_norm: float | None = None  # the whole model's gradient norm the driver sent (None: clipped alone)
 
 
 CommitHook = Callable[["StageWorker", CommitInfo], None]
@@ -131,12 +133,20 @@ round due waits for it)."""
 ForwardHook = Callable[["StageWorker", str, int, int, list[torch.Tensor], torch.Tensor], None]
 """Called with (stage, driver, step, micro-batch, inputs, output or loss) after each forward, lock
 held, before the step commits: PoNW's step log keeps what the step's proof will commit to."""
+BackwardHook = Callable[["StageWorker", str, int, int, torch.Tensor], None]
+"""Called with (stage, driver, step, micro-batch, gradient of the output) when a backward adds a
+micro-batch's gradients (lock held; never for a replayed micro-batch already in): with the
+forwards, what a verifier needs to re-run the step's backward."""
+AppliedHook = Callable[["StageWorker", CommitInfo], None]
+"""Called like CommitHook, right after the optimizer step (lock held): PoNW's step log takes the
+weights after the step (runtime/verification.py)."""
 
 
 class StageWorker:
     def __init__(self, shard: ModelShard, config: TrainingConfig, *, executor: Executor | None = None,
                  on_commit: CommitHook | None = None, after_commit: AfterCommitHook | None = None,
-                 on_forward: ForwardHook | None = None,
+                 on_forward: ForwardHook | None = None, on_backward: BackwardHook | None = None,
+                 on_applied: AppliedHook | None = None,
                  vocab: VocabGuard | None = None, device: torch.device | str = "cpu",
                  speed: SpeedPlan | None = None) -> None:
         self.device = torch.device(device)
@@ -158,6 +168,8 @@ class StageWorker:
         self._on_commit = on_commit
         self._after_commit = after_commit
         self._on_forward = on_forward
+        self._on_backward = on_backward
+        self._on_applied = on_applied
         self.vocab_guard = vocab if vocab is not None else VocabGuard()
         self.lock = threading.Lock()
         self.gate = RoundGate()  # closed while DiLoCo rewrites the weights
@@ -278,7 +290,11 @@ class StageWorker:
         x_leaf, out, _ = graph
         if out.shape != grad_out.shape:
             raise GiveUp(f"gradient shape {tuple(grad_out.shape)} != output {tuple(out.shape)}")
+        acc = self._acc.get((driver, step))
+        fresh = (acc is None or mb not in acc.microbatches) and (driver, step) not in self._committed
         grad_in = self._accumulate(driver, step, mb, out, grad_out, x_leaf, 0)
+        if fresh and self._on_backward is not None:
+            self._on_backward(self, driver, step, mb, tensors[0])
         return {"status": "ok", **self._acc[(driver, step)].norm_meta()}, grad_in
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -308,6 +324,14 @@ class StageWorker:
             acc.tokens += tokens
         return grad_in
 
+    def local_grad_norm(self, driver: str, step: int) -> float | None:
+        """This stage's own share of the gradient norm of a step not yet committed (the norm of its
+        mean gradient over the micro-batches in so far); None when none are in."""
+        acc = self._acc.get((driver, step))
+        if acc is None or not acc.microbatches:
+            return None
+        return math.sqrt(acc.sumsq) / len(acc.microbatches)
+
     def _commit(self, driver: str, step: int, microbatches: int, loss: float, tokens: int,
                 grad_norm: float | None = None) -> Meta:
         if (driver, step) in self._committed:
@@ -331,7 +355,9 @@ class StageWorker:
         self._committed.append((driver, step))
         self._drop_driver_state(driver, up_to_step=step)
         info = CommitInfo(driver, step, microbatches, tokens, loss, self.inner_step, before,
-                          self.weights_hash())
+                          self.weights_hash(), self.optimizer.lr, grad_norm)
+        if self._on_applied is not None:
+            self._on_applied(self, info)
         if self._on_commit is not None:
             self._on_commit(self, info)
         return {"status": "ok", "inner_step": self.inner_step}
