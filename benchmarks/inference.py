@@ -7,9 +7,11 @@ same run, in-process ``model.generation.generate`` of the same weights is the ba
 
 - ``tokens_per_s``: greedy generation through the network vs in process, with ``ratio``;
 - decode tokens/s at prompt lengths 16 and 512 (the KV cache should keep them within 1.5x), both
-  through the 4-stage network and in process;
+  through each network and in process (``decode_16_over_512``, ``in_process_decode_16_over_512``);
 - time to first token (prompt sent, first token sampled), through the network and in process;
-- ``same_tokens``: whether the network's tokens equal the in-process ones.
+- ``same_tokens``: whether the network's tokens equal the in-process ones;
+- ``cache_append``: appending 1024 positions one at a time to a layer's key/value cache, the
+  model's grown buffer against concatenating the whole cache per token (``concatenated_over_grown``).
 
 Field reference: Petals serves a 70B model at up to 6 tokens/s per session.
 
@@ -93,18 +95,44 @@ def _prompt(length: int) -> list[int]:
 
 
 def _local(stages: list[ModelShard], prompt: list[int], tokens: int) -> tuple[list[int], float, float]:
-    """(tokens, seconds for all, seconds to the first token) in process."""
+    """(tokens, seconds for all, seconds to the first token) in process, from the same run."""
+    first: list[float] = []
     began = time.perf_counter()
-    generate(stages, prompt, 1, temperature=0)
-    first = time.perf_counter() - began
-    began = time.perf_counter()
-    out = generate(stages, prompt, tokens, temperature=0)
-    return out, time.perf_counter() - began, first
+    out = generate(stages, prompt, tokens, temperature=0,
+                   on_token=lambda i, _t: first.append(time.perf_counter() - began) if i == 0 else None)
+    return out, time.perf_counter() - began, first[0]
 
 
 async def _remote(generator: RemoteGenerator, prompt: list[int], tokens: int) -> tuple[list[int], float, float]:
     result = await generator.generate(prompt, tokens, temperature=0)
     return result.tokens, result.seconds, result.first_token_s
+
+
+def _cache_append(positions: int = 1024, kv_heads: int = 8, head_dim: int = 128) -> dict:
+    """Appending one position at a time to a layer's key/value cache, as decoding does: the
+    model's LayerCache (a buffer grown by doubling) against concatenating the whole cache each
+    time, in the same run. Seconds for ``positions`` appends of keys and values."""
+    from app.node.model.layers import LayerCache
+
+    rows = torch.randn(1, kv_heads, positions, head_dim)
+
+    def grown() -> float:
+        cache = LayerCache(max_positions=positions)
+        began = time.perf_counter()
+        for t in range(positions):
+            cache.extend(rows[:, :, t:t + 1], rows[:, :, t:t + 1])
+        return time.perf_counter() - began
+
+    def concatenated() -> float:
+        keys = values = rows[:, :, :0]
+        began = time.perf_counter()
+        for t in range(positions):
+            keys, values = torch.cat((keys, rows[:, :, t:t + 1]), dim=2), torch.cat((values, rows[:, :, t:t + 1]), dim=2)
+        return time.perf_counter() - began
+
+    grow_s, cat_s = min(grown() for _ in range(3)), concatenated()  # the slow one once: it takes seconds
+    return {"positions": positions, "kv_heads": kv_heads, "head_dim": head_dim, "grown_s": round(grow_s, 4),
+            "concatenated_s": round(cat_s, 4), "concatenated_over_grown": round(cat_s / grow_s, 2)}
 
 
 async def main(tokens: int) -> dict:
@@ -135,8 +163,11 @@ async def main(tokens: int) -> dict:
                 }
             short, long = entry["prompt_16"], entry["prompt_512"]
             entry["decode_16_over_512"] = round(short["decode_tokens_per_s"] / long["decode_tokens_per_s"], 3)
+            entry["in_process_decode_16_over_512"] = round(
+                short["in_process_decode_tokens_per_s"] / long["in_process_decode_tokens_per_s"], 3)
             report["networks"][f"{stages}_stages"] = entry
     report["same_tokens"] = same
+    report["cache_append"] = _cache_append()
     report["field_reference"] = "Petals: a 70B model at up to 6 tokens/s per session"
     return report
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -78,3 +80,20 @@ def test_generate_refuses_incomplete_pipeline() -> None:
         generate([stages[0], stages[2]], [1, 2], 3)
     with pytest.raises(ValueError, match="first stage"):
         generate(stages[1:], [1, 2], 3)
+
+
+def test_the_layer_cache_grows_geometrically_and_holds_exactly_what_was_appended() -> None:
+    from app.node.model.layers import LayerCache
+
+    cache, max_positions = LayerCache(max_positions=300), 300
+    keys, values = torch.randn(1, 2, max_positions, 8), torch.randn(1, 2, max_positions, 8)
+    capacities = []
+    k, v = cache.extend(keys[:, :, :5], values[:, :, :5])  # a prompt, then one position per token
+    for t in range(5, max_positions):
+        k, v = cache.extend(keys[:, :, t:t + 1], values[:, :, t:t + 1])
+        capacities.append(cache.capacity)
+    assert torch.equal(k, keys) and torch.equal(v, values) and cache.length == max_positions
+    assert torch.equal(cache.keys, keys)
+    grown = sorted(set(capacities))
+    assert grown == [16, 32, 64, 128, 256, 300]  # doubled each time, never past the model's max_seq
+    assert len(grown) <= math.ceil(math.log2(max_positions))

@@ -8,7 +8,7 @@ token costs one position of compute per layer instead of re-running the whole se
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -53,12 +53,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
 
 def generate(stages: Sequence[ModelShard], prompt_ids: list[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-             eos_id: int | None = None, adaptive_stop: bool = True) -> list[int]:
+             eos_id: int | None = None, adaptive_stop: bool = True,
+             on_token: Callable[[int, int], None] | None = None) -> list[int]:
     """The new token ids (the prompt is not repeated). Stops after ``max_new_tokens``, after
     ``eos_id`` (included), or when prompt + output reach the architecture's ``max_seq``.
 
     INL blocks stop iterating once every token is at equilibrium unless ``adaptive_stop`` is
-    False; ``inference_stats(stages)`` then tells how many steps they used."""
+    False; ``inference_stats(stages)`` then tells how many steps they used. ``on_token(index,
+    token)`` hears each token as soon as it is sampled."""
     check_pipeline(stages)
     arch = stages[0].architecture
     if not prompt_ids or any(not 0 <= i < arch.vocab for i in prompt_ids):
@@ -79,6 +81,8 @@ def generate(stages: Sequence[ModelShard], prompt_ids: list[int], max_new_tokens
                 h = stage(h, cache)
             token = sample_next(h[0, -1], temperature, top_p, generator)
             out.append(token)
+            if on_token is not None:
+                on_token(len(out) - 1, token)
             if token == eos_id or len(prompt_ids) + len(out) >= arch.max_seq:
                 break
             tokens = torch.tensor([[token]], dtype=torch.long, device=device)

@@ -8,7 +8,6 @@ and head stages are separate modules because, in the network, they live on diffe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -51,24 +50,58 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
-@dataclass
 class LayerCache:
-    """Keys and values one attention layer has seen, for incremental decoding."""
+    """Keys and values one attention layer has seen, for incremental decoding.
 
-    keys: torch.Tensor | None = None
-    values: torch.Tensor | None = None
+    They live in a buffer with room to spare, grown geometrically (at least doubled) when full, so
+    a decode step writes its one position in place instead of copying the whole cache: appending
+    n positions one at a time copies O(n) elements in all, where concatenating copied O(n^2).
+    Growth stops at ``max_positions`` (the model's max_seq), so a full cache is never larger than
+    the session's positions need. ``keys``/``values`` are views of the filled part."""
+
+    MIN_CAPACITY = 16
+
+    def __init__(self, max_positions: int | None = None) -> None:
+        self.max_positions = max_positions
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+        self._length = 0
 
     @property
     def length(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        return self._length
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._keys is None else self._keys.shape[2]
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._keys is None else self._keys[:, :, :self._length]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._values is None else self._values[:, :, :self._length]
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys is None or self.values is None:
-            self.keys, self.values = k, v
-        else:
-            self.keys = torch.cat((self.keys, k), dim=2)
-            self.values = torch.cat((self.values, v), dim=2)
-        return self.keys, self.values
+        """Append positions k, v [B, H, T, D]; returns every key and value cached so far."""
+        need = self._length + k.shape[2]
+        if self._keys is None or self._values is None or need > self._keys.shape[2]:
+            wanted = max(2 * self.capacity, self.MIN_CAPACITY)
+            self._grow(k, v, max(need, min(wanted, self.max_positions or wanted)))
+        assert self._keys is not None and self._values is not None
+        self._keys[:, :, self._length:need] = k
+        self._values[:, :, self._length:need] = v
+        self._length = need
+        return self._keys[:, :, :need], self._values[:, :, :need]
+
+    def _grow(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> None:
+        keys = k.new_empty((*k.shape[:2], capacity, k.shape[3]))
+        values = v.new_empty((*v.shape[:2], capacity, v.shape[3]))
+        if self._keys is not None and self._values is not None:
+            keys[:, :, :self._length] = self._keys[:, :, :self._length]
+            values[:, :, :self._length] = self._values[:, :, :self._length]
+        self._keys, self._values = keys, values
 
 
 class Attention(nn.Module):

@@ -154,7 +154,7 @@ class ModelShard(nn.Module):
 
     # -- compute ---------------------------------------------------------------------------------
     def new_cache(self) -> ShardCache:
-        return ShardCache(layers={i: LayerCache() for i in range(*self._range)})
+        return ShardCache(layers={i: LayerCache(self.architecture.max_seq) for i in range(*self._range)})
 
     def forward(self, x: torch.Tensor, cache: ShardCache | None = None) -> torch.Tensor:
         """Token ids [B, T] (with embedding) or hidden states [B, T, hidden] -> hidden states,
