@@ -34,6 +34,7 @@ from typing_extensions import TypedDict
 from app.node.economics.constants import from_settings
 from app.node.inference_limits import InferenceLimits
 from app.node.p2p.config import P2PConfig
+from app.node.p2p.invite import InvalidInvite, parse_invite
 from app.node.schema import STRICT, ConfigError, check, parse, rule
 from app.node.training.config import TrainingConfig
 
@@ -111,6 +112,16 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Port = Annotated[int, Interval(ge=0, le=65535)]
 Tracker = Annotated[str, rule("HOST:PORT (for example 127.0.0.1:7450)")(_is_host_port)]
+def _is_invite(text: str) -> bool:
+    try:
+        parse_invite(text)
+    except InvalidInvite:
+        return False
+    return True
+
+
+InviteCode = Annotated[str, rule("an invite code (ns1- and 69 letters and digits)")(_is_invite)]
+"""A friend's node to join through (p2p/invite.py): its address and the identity it must prove."""
 Reach = Literal["this_computer", "home_network", "internet"]
 """Who may connect to the node, as the volunteer chose in the wizard or Settings: only programs on
 this computer (loopback), computers on the same home or office network (every interface, no
@@ -206,6 +217,7 @@ class NodeConfig:
     listen: bool = True
     reach: Reach | None = None  # None: ``host`` alone decides (a config from before the question)
     trackers: tuple[Tracker, ...] = ()
+    invites: tuple[InviteCode, ...] = ()  # friends' nodes pasted as invite codes: joined like a tracker's peers
     max_steps: Annotated[int, Ge(0)] | None = None  # None: train until stopped
     modes: tuple[Mode, ...] | None = None  # None: the policy in modes.py decides
     device: Device = "auto"
@@ -248,6 +260,7 @@ class NodeSettings(TypedDict, total=False):
     listen: bool
     reach: Reach
     trackers: tuple[Tracker, ...]
+    invites: tuple[InviteCode, ...]
     modes: tuple[Mode, ...]
     device: Device
     log_level: LogLevel

@@ -54,9 +54,11 @@ PHASE_WORDS = {
 }
 TRAINING_ALONE = (
     "Training alone: no other computer is connected, so this one trains its own copy of the model on "
-    "the text that comes with the app. To train with others, either start NeuroShard on another computer on this network (nodes "
-    "that listen on the local network find each other by themselves while \"Find other computers on "
-    "this network\" is on in Settings), or add a tracker address in Settings.")
+    "the text that comes with the app. To train with others, do one of these: "
+    "(1) start NeuroShard on another computer on this network, with \"Who may connect\" set to your home "
+    "network or the internet on both, and they find each other by themselves; "
+    "(2) add a tracker address in Settings; "
+    "(3) paste a friend's invite code in Settings (your own code, for friends, is on the Network page).")
 """What the dashboard says while the node has no peers; the wizard's summary says the same."""
 TRAINING_ALONE_TERM = "A solo genesis network: this node holds every layer and trains on the bundled genesis data."
 
@@ -118,6 +120,16 @@ REACH_CHOICE_TERMS = {
                 "when that fails, other computers reach it through a relay.",
     "this_computer": "Listens on 127.0.0.1 only (loopback).",
 }
+INVITE_WORDS = {
+    "": "Give this code to a friend: pasted into their Settings, their computer connects to this one and "
+        "checks that it really is this one.",
+    "this_computer": "No invite code: only this computer may connect. Choose your home network or the "
+                     "internet under \"Who may connect\" in Settings first.",
+    "not_listening": "No invite code: this computer accepts no connections.",
+    "unreachable": "No invite code: the last test found that no other computer can connect to this one. "
+                   "Fix that first (see above), then try again.",
+}
+INVITE_TERM = "An invite code holds this node's address and its identity (node id); the joiner's TLS check pins it."
 FIREWALL_NOTE = (
     "When NeuroShard starts, your computer's firewall may ask whether to let it accept connections. "
     "Allow it for the networks you chose here; if you refuse, other computers cannot connect and this "

@@ -51,9 +51,12 @@ def test_two_nodes_without_a_tracker_find_each_other_by_mdns_and_become_peers():
             async def each_sees_the_other() -> bool:
                 ids_a = {r.node_id.hex() for r in await a.peers()}
                 ids_b = {r.node_id.hex() for r in await b.peers()}
-                return b.node_id in ids_a and a.node_id in ids_b
+                # each also verified the other's advertisement itself (a ping from the other side
+                # alone puts it in the DHT table first)
+                verified = b.node.node_id in a.lan.verified and a.node.node_id in b.lan.verified
+                return b.node_id in ids_a and a.node_id in ids_b and verified
 
-            await eventually(each_sees_the_other, what="both nodes list each other as peers")
+            await eventually(each_sees_the_other, what="both nodes list and verified each other as peers")
             # learned through a verified ping: the record is the peer's own, signed, TLS-bound one
             record = a.lan.verified[b.node.node_id]
             assert record.address == b.node.address and record.tls == b.node.tls.fingerprint

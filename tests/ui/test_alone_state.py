@@ -66,6 +66,8 @@ def test_a_node_without_peers_says_it_trains_alone_until_a_peer_appears(qtbot, g
     assert page.alone_label.text() == plain_words.TRAINING_ALONE
     # plain words on the page (#19), the expert term in the tooltip
     assert "its own copy" in page.alone_label.text() and "tracker address" in page.alone_label.text()
+    # the three ways to connect: another computer on this network, a tracker, a friend's invite code
+    assert "another computer on this network" in page.alone_label.text() and "invite code" in page.alone_label.text()
     assert "genesis" in page.alone_label.toolTip()
     answer = ask(qtbot, gui, "reachability")
     assert isinstance(answer, dict) and answer["alone"] is True and answer["peers"] == 0
@@ -80,5 +82,9 @@ def test_a_node_without_peers_says_it_trains_alone_until_a_peer_appears(qtbot, g
         assert answer["alone"] is False and answer["peers"] >= 1
         peers = ask(qtbot, gui, "peers")
         assert visitor.node_id in {p["node_id"] for p in peers}
+        # the peer appears on the Network page too, in its table of computers
+        network = gui.window.network
+        qtbot.waitUntil(lambda: visitor.node_id in network.peers, timeout=15_000)
+        assert network.table.rowCount() >= 1
     finally:
         visitor.stop()

@@ -71,7 +71,7 @@ async def open_base(ctx: RuntimeContext, step_sinks: Sequence[StepSink] = ()) ->
     host, p2p = listening(config)  # who the volunteer allows to connect (the wizard's question)
     net = NetworkService.open(key, host=host, port=config.port, trackers=config.trackers, listen=config.listen,
                               p2p=p2p, emit=ctx.emit, advertise_host=config.advertise_host or "",
-                              tls_dir=config.data_dir / "tls", data_dir=config.data_dir)
+                              tls_dir=config.data_dir / "tls", data_dir=config.data_dir, invites=config.invites)
     ctx.usage.subscribe(net.apply_caps)  # the volunteer's upload/download caps, live
     economy = EconomyLink(ctx, net, key)
     # voted merges took effect: later stages are built at the new size (NodeBase.architecture), the UI hears it

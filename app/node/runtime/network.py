@@ -21,6 +21,7 @@ from app.node.events import Event, HolePunched, NetworkChanged, PeerJoined, Peer
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import P2PError
 from app.node.p2p.holepunch import PunchOutcome
+from app.node.p2p.invite import parse_invite
 from app.node.p2p.lan import SERVICE_TYPE, LanDiscovery
 from app.node.p2p.node import P2PNode
 from app.node.p2p.reachability import Reachability, self_test
@@ -38,11 +39,14 @@ def p2p_config_from(raw: dict[str, Any]) -> P2PConfig:
 
 class NetworkService:
     def __init__(self, node: P2PNode, *, trackers: tuple[str, ...], emit: Callable[[Event], None],
-                 lan: LanDiscovery | None = None) -> None:
-        """Around ``node`` (not started yet: ``start`` does), joining through ``trackers`` and, when
-        given, through the peers ``lan`` finds on this network."""
+                 lan: LanDiscovery | None = None, invites: tuple[str, ...] = ()) -> None:
+        """Around ``node`` (not started yet: ``start`` does), joining through ``trackers``, the
+        friends' nodes of ``invites`` (invite codes, p2p/invite.py) and, when given, the peers
+        ``lan`` finds on this network."""
         self.node = node
         self.lan = lan
+        self.invites = tuple(parse_invite(code) for code in invites)
+        self.invited: dict[bytes, PeerRecord] = {}  # invited nodes that answered as themselves
         self.emit = emit
         self.trackers = trackers
         self.known: dict[bytes, PeerRecord] = {}
@@ -55,7 +59,8 @@ class NetworkService:
     def open(cls, key: PrivateKey, *, host: str, port: int, trackers: tuple[str, ...], listen: bool,
              p2p: dict[str, Any], emit: Callable[[Event], None], advertise: str = "",
              advertise_host: str = "", tls_dir: Path | None = None, data_dir: Path | None = None,
-             lan_interfaces: tuple[str, ...] = (), lan_service: str = "") -> NetworkService:
+             lan_interfaces: tuple[str, ...] = (), lan_service: str = "",
+             invites: tuple[str, ...] = ()) -> NetworkService:
         """A P2P node for ``key`` with the ``[p2p]`` settings (checked here), and its service.
         ``advertise_host``: the host others dial (the ``advertise_host`` setting); by default the
         bound one, or for a node bound to every interface its address on this network.
@@ -68,7 +73,7 @@ class NetworkService:
         lan = None
         if config.lan_discovery:
             lan = LanDiscovery(node, interfaces=lan_interfaces, service_type=lan_service or SERVICE_TYPE)
-        return cls(node, trackers=trackers, emit=emit, lan=lan)
+        return cls(node, trackers=trackers, emit=emit, lan=lan, invites=invites)
 
     def apply_caps(self, caps: UsageCaps) -> None:
         """The volunteer's upload/download caps on tensor streams, live (subscribe this to the
@@ -124,14 +129,16 @@ class NetworkService:
 
     @property
     def solo(self) -> bool:
-        """No tracker answered (or none configured) and no peer was found on this network: this node
-        is the whole network. It stops being solo when LAN discovery finds a peer later on."""
+        """No tracker answered (or none configured), no invited node answered and no peer was found
+        on this network: this node is the whole network. It stops being solo when LAN discovery
+        finds a peer later on."""
         tracked = bool(self.trackers) and self.node.tracker_client.reachable
-        return not tracked and not (self.lan is not None and self.lan.verified)
+        return not tracked and not self.invited and not (self.lan is not None and self.lan.verified)
 
     async def start(self, tier: str, layers_fit: int, memory_bytes: int = 0) -> None:
         self.node.set_offer(tier=tier, capacity=float(layers_fit), memory=memory_bytes)
         await self.node.start()
+        await self._join_invited()
         lan = self.lan
         looking = lan is not None and await lan.start()  # False when it cannot; describe() says why
         if lan is not None and looking and self.solo and self.node.config.lan_wait_s > 0:
@@ -142,6 +149,20 @@ class NetworkService:
                      "no peer on this network yet: starting a network of our own")
         self._watch = asyncio.ensure_future(self._watch_peers())
         self._first_test = asyncio.ensure_future(self.test_reachability())
+
+    async def _join_invited(self) -> None:
+        """Dial each invited node pinned to the id its code names, and join the DHT through those
+        that prove it (as through a tracker's list)."""
+        for invite in self.invites:
+            try:
+                record = await self.node.ping(invite.dial)
+            except P2PError as exc:
+                log.warning("the invited node at %s:%d did not answer as itself: %s", invite.host, invite.port, exc)
+                continue
+            if record.node_id == invite.node_id:  # a pinned channel ensures it; fail closed anyway
+                self.invited[record.node_id] = record
+        if self.invited:
+            await self.node.dht.bootstrap(list(self.invited.values()))
 
     async def test_reachability(self) -> Reachability:
         """Run the reachability self-test now (p2p/reachability.py); the UI hears the result."""

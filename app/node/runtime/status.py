@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.node.config import atomic_write_bytes
 from app.node.events import ActivityChanged, Event, NodeState, StepDone, VocabularyChanged
+from app.node.p2p.invite import InvalidInvite, make_invite
 from app.node.runtime.parts import AsyncJob, NodeBase, NodeParts, PipelineJob
 from app.node.runtime_api import RunControl
 from app.node.training.trainer import StepInfo
@@ -148,7 +149,23 @@ async def answer_query(what: str, base: NodeBase | None, parts: NodeParts | None
                 "address": tested.address if tested else "", "observed": tested.observed if tested else "",
                 "relay": node.relay_address if node else "", "port": tested.port if tested else 0,
                 "peers": peers, "alone": peers == 0, "lan_discovery": lan}
-    raise ValueError(f"unknown query {what!r}; ask for status, peers, layers or reachability")
+    if what == "invite":  # a code a friend pastes to join through this node (p2p/invite.py)
+        return _invite_for(net)
+    raise ValueError(f"unknown query {what!r}; ask for status, peers, layers, reachability or invite")
+
+
+def _invite_for(net: Any) -> dict[str, Any]:
+    """This node's invite code, or why there is none (a friend's computer could not dial it)."""
+    tested = net.reachability if net is not None else None
+    if net is None or not net.node.address:
+        return {"code": "", "why": "this node accepts no connections"}
+    if tested is not None and tested.verdict in ("this_computer", "not_listening", "unreachable"):
+        return {"code": "", "why": tested.verdict}
+    try:
+        invite = make_invite(net.node.node_id, net.node.address)
+    except InvalidInvite as exc:
+        return {"code": "", "why": str(exc)}
+    return {"code": invite.code, "address": net.node.address, "why": ""}
 
 
 def write_summary(data_dir: Path, status: dict[str, Any]) -> None:

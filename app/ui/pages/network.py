@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -53,6 +54,13 @@ class NetworkPage(QWidget):
         self.retest_button.setToolTip("Asks the tracker (when one is set) to call this computer back, and the "
                                       "router to open a port (UPnP) when allowed.")
         self.tested: ReachabilityTested | None = None
+        self.invite_button = QPushButton("Show my invite code")
+        self.invite_code = QLineEdit()
+        self.invite_code.setReadOnly(True)
+        self.invite_code.setPlaceholderText("an invite code for a friend appears here")
+        self.invite_code.setToolTip(plain_words.INVITE_TERM)
+        self.invite_label = QLabel()
+        self.invite_label.setWordWrap(True)
         self.phase_label, self.arch_label = QLabel("—"), QLabel("—")
         self.activity_label = QLabel("—")
         self.coverage = CoverageBar()
@@ -83,18 +91,27 @@ class NetworkPage(QWidget):
         cov_layout = QVBoxLayout(coverage)
         cov_layout.addWidget(self.coverage)
         cov_layout.addWidget(self.coverage_label)
+        invite = QGroupBox("Invite a friend")
+        invite_layout = QVBoxLayout(invite)
+        invite_row = QHBoxLayout()
+        invite_row.addWidget(self.invite_code, 1)
+        invite_row.addWidget(self.invite_button)
+        invite_layout.addLayout(invite_row)
+        invite_layout.addWidget(self.invite_label)
         peers = QGroupBox("Peers")
         QVBoxLayout(peers).addWidget(self.table)
         layout = QVBoxLayout(self)
         layout.addWidget(self.piece)
         layout.addWidget(facts)
         layout.addWidget(coverage)
+        layout.addWidget(invite)
         layout.addWidget(peers, 1)
         layout.addWidget(self.message)
 
     def _connect(self) -> None:
         b = self.bridge
         self.retest_button.clicked.connect(self.retest)
+        self.invite_button.clicked.connect(self.show_invite)
         b.network.connect(self.on_network)
         b.reachability.connect(self.on_reachability)
         b.layers.connect(self.on_layers)
@@ -202,3 +219,23 @@ class NetworkPage(QWidget):
             self.reach_label.setText(f"Test failed: {message}")
 
         self.bridge.request(Query("reachability"), done, failed)
+
+    def show_invite(self) -> None:
+        """Ask the node for its invite code; without one, say why in plain words."""
+        self.invite_button.setEnabled(False)
+
+        def done(answer: object) -> None:
+            self.invite_button.setEnabled(True)
+            code = answer.get("code") if isinstance(answer, dict) else None
+            why = answer.get("why") if isinstance(answer, dict) else None
+            if not isinstance(code, str) or not isinstance(why, str):
+                self.invite_label.setText("The node sent an answer the app cannot read.")
+                return
+            self.invite_code.setText(code)
+            self.invite_label.setText(plain_words.INVITE_WORDS.get(why, f"No invite code: {why}."))
+
+        def failed(message: str) -> None:
+            self.invite_button.setEnabled(True)
+            self.invite_label.setText(f"No invite code: {message}")
+
+        self.bridge.request(Query("invite"), done, failed)

@@ -73,6 +73,10 @@ class SettingsPage(QWidget):
             self.reach.addItem(plain_words.REACH_CHOICE_WORDS[choice], choice)
             self.reach.setItemData(self.reach.count() - 1, plain_words.REACH_CHOICE_TERMS[choice],
                                    Qt.ItemDataRole.ToolTipRole)
+        self.invites = QPlainTextEdit()
+        self.invites.setPlaceholderText("a friend's invite code (starts with ns1-), one per line")
+        self.invites.setMaximumHeight(60)
+        self.invites.setToolTip(plain_words.INVITE_TERM)
         self.reach_note = QLabel(plain_words.FIREWALL_NOTE)
         self.reach_note.setWordWrap(True)
         self.lan_discovery = QCheckBox("Find other computers on this network (LAN discovery)")
@@ -121,6 +125,7 @@ class SettingsPage(QWidget):
         form.addRow("Who may connect", self.reach)
         form.addRow(self.reach_note)
         form.addRow("Trackers", self.trackers)
+        form.addRow("Invite codes", self.invites)
         form.addRow(self.lan_discovery)
         form.addRow("Theme", self.theme)
         form.addRow("Log level", self.log_level)
@@ -155,6 +160,7 @@ class SettingsPage(QWidget):
         c = self.config
         self.port.setValue(c.port)
         self.trackers.setPlainText("\n".join(c.trackers))
+        self.invites.setPlainText("\n".join(c.invites))
         self._show_reach(c)
         self.lan_discovery.setChecked(bool(c.p2p.get("lan_discovery", True)))
         self.theme.setCurrentText(self.ui.theme)
@@ -184,7 +190,9 @@ class SettingsPage(QWidget):
         trackers = tuple(t.strip() for t in self.trackers.toPlainText().split() if t.strip())
         for tracker in trackers:
             parse_host_port(tracker)
-        config = dataclasses.replace(self.config, port=self.port.value(), trackers=trackers, reach=self.reach.currentData(),
+        invites = tuple(code.strip().lower() for code in self.invites.toPlainText().split() if code.strip())
+        config = dataclasses.replace(self.config, port=self.port.value(), trackers=trackers, invites=invites,
+                                     reach=self.reach.currentData(),
                                      p2p={**self.config.p2p, "lan_discovery": self.lan_discovery.isChecked()},
                                      log_level=self.log_level.currentText(), limits=self.limits.limits())
         return validate_settings(config)
@@ -206,7 +214,7 @@ class SettingsPage(QWidget):
         self.config = config
         self.saved.emit(config)
         self.say(warning or "Saved. Limits apply at once where the node supports it; port, who may "
-                 "connect, trackers and LAN discovery at the next start.", error=bool(warning))
+                 "connect, trackers, invite codes and LAN discovery at the next start.", error=bool(warning))
         return True
 
     def _apply_autostart(self) -> str:
