@@ -29,7 +29,9 @@ EARNS = {
     "data": "Earns: only its uptime in this version. The ledger can pay per sample served, counted from "
             "the receivers' signed receipts, but nodes do not sign receipts yet.",
     "verify": "Earns: 0.0005 NEURO per check, and a share of what a caught cheater loses.",
-    "inference": "Earns: only its uptime in this version; pay per generated token comes with inference.",
+    "inference": "Earns: about 0.0001 NEURO for every word (token) it writes for someone, more when it is busy "
+                 "or fast, paid by the asker as each word is written, plus about 0.01 NEURO per 1000 words for the "
+                 "proven work.",
 }
 
 
