@@ -270,9 +270,10 @@ class Ledger:
         except (InvalidRecord, ponw.ProofRejected) as exc:
             return SubmitResult("rejected", reason=exc.reason), None
         rid = record.record_id
-        taken = [self._slots[s] for s in slots(record) if s in self._slots]
+        claimed = slots(record)
+        taken = [self._slots[s] for s in claimed if s in self._slots]
         self._records[rid] = record
-        for slot in slots(record):
+        for slot in claimed:
             self._slots.setdefault(slot, rid)
         self._note_seq(record)
         if taken:

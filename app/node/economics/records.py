@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,15 +63,15 @@ def _text(max_len: int) -> Callable[[Any], str]:
 
 
 def _hex(n_bytes: int, allow_empty: bool = False) -> Callable[[Any], str]:
+    exact = re.compile(f"[0-9a-f]{{{2 * n_bytes}}}").fullmatch  # one C call per field
+
     def check(value: Any) -> str:
         if allow_empty and value == "":
             return value
-        if not isinstance(value, str) or len(value) != 2 * n_bytes or value != value.lower():
+        if not isinstance(value, str) or len(value) != 2 * n_bytes:
             raise InvalidRecord(f"expected {n_bytes} bytes as lowercase hex")
-        try:
-            bytes.fromhex(value)
-        except ValueError as exc:
-            raise InvalidRecord("not hexadecimal") from exc
+        if exact(value) is None:
+            raise InvalidRecord("not lowercase hexadecimal")
         return value
     return check
 
@@ -157,12 +158,19 @@ V1_SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
 del V1_SCHEMAS["receipt"]  # new in version 2
 """Version 1 bodies, exactly as the previous release wrote them (git 8a0f18d)."""
 SCHEMAS_BY_VERSION = {V1: V1_SCHEMAS, VERSION: SCHEMAS}
+_FIELDS = {v: {kind: frozenset(schema) for kind, schema in s.items()} for v, s in SCHEMAS_BY_VERSION.items()}
+_NET, _AUTHOR, _SIG, _TS, _SEQ = _text(64), _hex(33), _hex(64), _int_in(0, 2**53), _int_in(1, 2**53)
+"""The envelope's validators, built once (``_check_fields`` runs for every record received)."""
 TOP_LEVEL = {"v", "net", "kind", "author", "ts", "seq", "body", "sig"}
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+"""Built once: ``json.dumps`` with options builds a new encoder per call (benchmarks/ledger.py)."""
 
 
 def canonical_json(obj: Mapping[str, Any]) -> bytes:
     """The one encoding that is signed and hashed: sorted keys, no spaces, ASCII."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _ENCODER.encode(obj).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,6 @@ class Record:
     body: Mapping[str, Any]
     signature: bytes = b""
     version: int = VERSION
-    _id: str = field(default="", compare=False, repr=False)
     _payload: bytes = field(default=b"", compare=False, repr=False)
     _raw: bytes = field(default=b"", compare=False, repr=False)
 
@@ -203,12 +210,11 @@ class Record:
             object.__setattr__(self, "_payload", SIGN_PREFIX + canonical_json(self._unsigned_dict()))
         return self._payload
 
-    @property
+    @functools.cached_property
     def record_id(self) -> str:
-        """Hex SHA-256 of the signed payload: the record's name in gossip and in the database."""
-        if not self._id:
-            object.__setattr__(self, "_id", hashlib.sha256(self.signing_payload()).hexdigest())
-        return self._id
+        """Hex SHA-256 of the signed payload: the record's name in gossip and in the database
+        (cached in the instance: a replay reads it a dozen times per record)."""
+        return hashlib.sha256(self.signing_payload()).hexdigest()
 
     @property
     def author_address(self) -> str:
@@ -263,6 +269,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_DECODER = json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_constant,
+                            object_pairs_hook=_unique_keys)
+"""Built once: ``json.loads`` with hooks builds a new decoder (and its scanner) per call."""
+
+
 def _decode(raw: bytes) -> dict[str, Any]:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise InvalidRecord("record must be bytes")
@@ -271,8 +282,7 @@ def _decode(raw: bytes) -> dict[str, Any]:
         raise InvalidRecord(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}")
     try:
         text = raw.decode("ascii")
-        data = json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant,
-                          object_pairs_hook=_unique_keys)
+        data = _DECODER.decode(text)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidRecord(f"not canonical JSON: {type(exc).__name__}") from exc
     if not isinstance(data, dict):
@@ -281,7 +291,7 @@ def _decode(raw: bytes) -> dict[str, Any]:
         raise InvalidRecord(f"fields must be exactly {sorted(TOP_LEVEL)}")
     if canonical_json(data) != raw:
         raise InvalidRecord("not in canonical encoding (sorted keys, no spaces, ASCII)")
-    _hex(64)(data["sig"])
+    _SIG(data["sig"])
     return data
 
 
@@ -294,16 +304,16 @@ def _check_fields(data: Mapping[str, Any]) -> None:
         raise InvalidRecord(f"'{kind}' entries are derived by every node, never accepted from peers")
     if kind not in schemas:
         raise InvalidRecord(f"unknown kind {kind!r:.40}")
-    _text(64)(data["net"])
-    _hex(33)(data["author"])
-    _int_in(0, 2**53)(data["ts"])
+    _NET(data["net"])
+    _AUTHOR(data["author"])
+    _TS(data["ts"])
     if kind in SEQUENCED_KINDS:
-        _int_in(1, 2**53)(data["seq"])
+        _SEQ(data["seq"])
     elif data["seq"] != 0 or type(data["seq"]) is not int:
         raise InvalidRecord(f"'{kind}' records carry seq 0")
     body = data["body"]
     schema = schemas[kind]
-    if not isinstance(body, dict) or set(body) != set(schema):
+    if not isinstance(body, dict) or body.keys() != _FIELDS[data["v"]][kind]:
         raise InvalidRecord(f"'{kind}' body must have exactly the fields {sorted(schema)}")
     for name, check in schema.items():
         try:
