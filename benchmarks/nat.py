@@ -7,8 +7,8 @@ behind their own MASQUERADE routers), starts one node in each home, and from hom
 ``--trials`` fresh hole punches towards home 2 (each after closing the previous direct path, each
 on a new punch port). Reports the success rate, attempts until success, the time from the first
 CONNECT to the first call answered over the direct path, every failure's reason, and tensor
-transfer (8 MiB tensors to a stage) over the relay and over the punched path in the same run,
-as a ratio. ``--rst-nat`` makes the routers answer unsolicited SYNs with a reset (Linux's
+transfer (8 MiB tensors to a stage) and the round trip of a small call over the relay and over
+the punched path, alternating three times in the same run, as ratios. ``--rst-nat`` makes the routers answer unsolicited SYNs with a reset (Linux's
 default) instead of dropping them as RFC 5382 asks, to show what that costs.
 """
 
@@ -25,6 +25,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.p2p.nat_lab import HOME_IPS, PUBLIC_IP, LabProcess, NatLab, why_not  # noqa: E402
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def _ratio(top: list[float], bottom: list[float]) -> float | None:
+    """Median of the per-round ratios (each pair measured back to back)."""
+    pairs = [t / b for t, b in zip(top, bottom, strict=False) if b]
+    return round(statistics.median(pairs), 2) if pairs else None
 
 
 def main() -> None:
@@ -67,9 +77,10 @@ def main() -> None:
         "seconds_to_direct": {"p50": statistics.median(seconds) if seconds else None,
                               "max": seconds[-1] if seconds else None},
         "failures": [o["reason"] for o in outcomes if not o["direct"]],
-        "transfer_mib_s": {"relayed": round(result["relayed_mib_s"], 1), "direct": round(result["direct_mib_s"], 1)},
-        "direct_over_relayed": (round(result["direct_mib_s"] / result["relayed_mib_s"], 2)
-                                if result["relayed_mib_s"] and result["transfer_direct"] else None),
+        "transfer_mib_s": {path: _median(result[f"{path}_mib_s"]) for path in ("relayed", "direct")},
+        "transfer_direct_over_relayed": _ratio(result["direct_mib_s"], result["relayed_mib_s"]),
+        "ping_ms": {path: _median(result[f"{path}_ping_ms"]) for path in ("relayed", "direct")},
+        "ping_relayed_over_direct": _ratio(result["relayed_ping_ms"], result["direct_ping_ms"]),
         "packets_leaving_the_lab": leaked,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),

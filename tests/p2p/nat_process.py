@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import sys
 import time
 from typing import Any
@@ -36,12 +37,12 @@ BATCH, WIDTH = 32, 64
 
 
 def say(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
+    print(json.dumps({**fields, "t": time.monotonic()}), flush=True)
 
 
 def _outcome(o: PunchOutcome) -> None:
     say(punch={"peer": o.peer.hex(), "direct": o.direct, "attempts": o.attempts, "seconds": o.seconds,
-               "address": o.address, "reason": o.reason, "at": time.monotonic()})
+               "address": o.address, "reason": o.reason})
 
 
 async def until_stdin_closes() -> None:
@@ -82,7 +83,7 @@ def stage_one(node: P2PNode) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"loss": float(loss), "step": meta["step"]}, {"grad": h.grad}
+        return {"loss": loss.detach().item(), "step": meta["step"]}, {"grad": h.grad}
 
     node.set_stage_handler(serve)
 
@@ -144,13 +145,31 @@ async def bench(node: P2PNode, trials: int) -> None:
     for _ in range(trials):
         await node.puncher.drop(peer.node_id)
         outcomes.append(await node.puncher.upgrade(route))
-    await node.puncher.drop(peer.node_id)
-    relayed = await transfer(node, peer, 8, 8)
-    direct_ok = (await node.puncher.upgrade(route)).direct
-    direct = await transfer(node, peer, 8, 8) if direct_ok else 0.0
+    # relayed and direct alternate, so the machine's load changes weigh on both alike
+    figures: dict[str, list[float]] = {"relayed_mib_s": [], "direct_mib_s": [], "relayed_ping_ms": [],
+                                       "direct_ping_ms": []}
+    direct_ok = True
+    for _ in range(3):
+        await node.puncher.drop(peer.node_id)
+        figures["relayed_ping_ms"].append(await ping_ms(node, peer))
+        figures["relayed_mib_s"].append(await transfer(node, peer, 8, 4))
+        direct_ok = direct_ok and (await node.puncher.upgrade(route)).direct
+        if direct_ok:
+            figures["direct_ping_ms"].append(await ping_ms(node, peer))
+            figures["direct_mib_s"].append(await transfer(node, peer, 8, 4))
     say(bench={"outcomes": [{"direct": o.direct, "attempts": o.attempts, "seconds": o.seconds,
                              "address": o.address, "reason": o.reason} for o in outcomes],
-               "relayed_mib_s": relayed, "direct_mib_s": direct, "transfer_direct": direct_ok})
+               "transfer_direct": direct_ok, **figures})
+
+
+async def ping_ms(node: P2PNode, peer: Any, rounds: int = 20) -> float:
+    """Median round trip of a DHT ping (a small signed call and its answer)."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        await node.ping(peer)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
 
 
 async def home(host: str, tracker: str, stage: int, steps: int, mode: str = "home") -> None:

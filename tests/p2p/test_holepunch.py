@@ -9,13 +9,18 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 import torch
 
 from app.crypto.keys import PrivateKey
-from app.node.p2p.holepunch import PunchOutcome
+from app.node.p2p.auth import sign_message
+from app.node.p2p.client import Route
+from app.node.p2p.errors import PeerRejected
+from app.node.p2p.holepunch import CONNECT, PUNCH, SYNC, PunchOutcome
 from app.node.p2p.holepunch_net import InvalidCandidate, own_candidates, parse_candidates
 from app.node.p2p.node import P2PNode
+from app.node.p2p.protocol import PROTOCOL_VERSION, pb2
 from app.node.p2p.records import LayerAnnouncement
 from app.node.p2p.tls import TlsIdentity
 
@@ -130,5 +135,31 @@ def test_hidden_node_without_a_server_never_punches():
                 await node.registry.announce(LayerAnnouncement(0, 1, "T4", 1.0))
             finally:
                 await node.stop()
+
+    run(scenario())
+
+
+def test_hostile_connects_are_refused_before_any_port_is_opened():
+    async def scenario():
+        async with hidden_pair() as (a, b, relay, _outcomes):
+            route = Route(relay.address, target=b.node_id)
+
+            async def connect(message) -> grpc.StatusCode:  # noqa: ANN001
+                with pytest.raises(PeerRejected) as err:
+                    await a.client.unary(route, PUNCH, message, timeout=5)
+                return err.value.code
+
+            unsigned = pb2.PunchMessage(protocol_version=PROTOCOL_VERSION, type=CONNECT, addresses=["127.0.0.1:9"])
+            assert await connect(unsigned) == grpc.StatusCode.UNAUTHENTICATED
+            too_many = pb2.PunchMessage(protocol_version=PROTOCOL_VERSION, type=CONNECT,
+                                        addresses=[f"127.0.0.{i}:9" for i in range(1, 10)])
+            sign_message(a.key, PUNCH, too_many, b.node_id)
+            assert await connect(too_many) == grpc.StatusCode.INVALID_ARGUMENT
+            names = pb2.PunchMessage(protocol_version=PROTOCOL_VERSION, type=CONNECT, addresses=["localhost:9"])
+            sign_message(a.key, PUNCH, names, b.node_id)
+            assert await connect(names) == grpc.StatusCode.INVALID_ARGUMENT
+            sync_first = pb2.PunchMessage(protocol_version=PROTOCOL_VERSION, type=SYNC)
+            assert await connect(sync_first) == grpc.StatusCode.INVALID_ARGUMENT
+            assert not b.puncher._answering  # nothing was left waiting or dialling
 
     run(scenario())

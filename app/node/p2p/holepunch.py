@@ -53,6 +53,10 @@ PUNCH = "/neuroshard.v1.Punch/Connect"
 CONNECT, SYNC = 1, 2
 MAX_ANSWERING = 8
 """Punches this node answers at once: each holds a port and dials for ``punch_window_s``."""
+MAX_PUNCHING = 4
+"""Upgrades this node tries at once; relayed calls to further peers wait for a later call."""
+MAX_DIRECT_PATHS = 64
+"""Punched paths this node keeps open (two sockets and a splice each); past it peers stay relayed."""
 MAX_SPLICES = 64
 """Direct connections spliced into our server at once (peers that punched to us)."""
 _MAX_RTT_S = 5.0
@@ -128,6 +132,8 @@ class HolePuncher:
         peer = route.target
         if peer in self._busy or peer in self.client.direct or self.server_address() is None:
             return
+        if len(self._busy) >= MAX_PUNCHING or len(self.client.direct) >= MAX_DIRECT_PATHS:
+            return
         if self._resting.get(peer, 0.0) > time.monotonic():
             return
         self._busy.add(peer)
@@ -185,8 +191,8 @@ class HolePuncher:
         finally:
             port.close()
         if not chosen:
-            raise PunchFailed(f"no direct connection within {self.config.punch_window_s:g} s "
-                              f"(dialled {', '.join(format_address(*t) for t in targets)})")
+            raise PunchFailed(f"no direct connection within {self.config.punch_window_s:g} s: "
+                              + ", ".join(f"{format_address(*t)}: {port.why(t)}" for t in targets))
         sock = chosen[0]
         remote = format_address(*sock.getpeername()[:2])
         bridge = await self._bridge(peer, sock)
@@ -217,19 +223,18 @@ class HolePuncher:
         answers = self.client.stream(route, PUNCH, requests(), timeout=timeout + self.config.punch_window_s)
         started = time.monotonic()
         try:
-            answer = await asyncio.wait_for(anext(answers, None), timeout)
-        except (P2PError, asyncio.TimeoutError) as exc:
-            await answers.aclose()
-            raise PunchFailed(f"the relayed CONNECT got no answer: {exc or 'timeout'}") from None
-        rtt = time.monotonic() - started
-        try:
+            try:
+                answer = await asyncio.wait_for(anext(answers, None), timeout)
+            except (P2PError, asyncio.TimeoutError) as exc:
+                raise PunchFailed(f"the relayed CONNECT got no answer: {exc or 'timeout'}") from None
+            rtt = time.monotonic() - started
             cert, targets = self._check_answer(answer, route.target)
-        except PunchFailed:
+            if rtt > _MAX_RTT_S:
+                raise PunchFailed(f"relayed round trip {rtt:.1f} s is too slow to time a simultaneous open")
+        except BaseException:
+            outgoing.put_nowait(None)
             await answers.aclose()
             raise
-        if rtt > _MAX_RTT_S:
-            await answers.aclose()
-            raise PunchFailed(f"relayed round trip {rtt:.1f} s is too slow to time a simultaneous open")
         outgoing.put_nowait(pb2.PunchMessage(protocol_version=PROTOCOL_VERSION, type=SYNC, attempt=attempt))
         outgoing.put_nowait(None)
         self._spawn(_drain(answers, timeout))
@@ -263,16 +268,19 @@ class HolePuncher:
         direct path ends (and calls go back to the relay) when that splice ends."""
         taken = asyncio.Event()
 
-        async def on_local(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await splice((reader, writer), sock)
+            finally:
+                self._path_closed(peer, address)
+
+        def on_local(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             if taken.is_set():
                 writer.close()
                 return
             taken.set()
             server.close()
-            try:
-                await splice((reader, writer), sock)
-            finally:
-                self._path_closed(peer, address)
+            self._spawn(carry(reader, writer))  # ours to cancel at close, not the server's
 
         server = await asyncio.start_server(on_local, "127.0.0.1", 0)
         address = format_address("127.0.0.1", server.sockets[0].getsockname()[1])

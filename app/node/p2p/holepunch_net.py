@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -135,6 +136,17 @@ class PunchPort:
         self.listener.listen(8)
         self.port: int = self.listener.getsockname()[1]
         self._open: set[socket.socket] = set()
+        self.refused: dict[tuple[str, int], int] = {}  # target -> SYNs answered with a reset
+        self.errors: dict[tuple[str, int], str] = {}  # target -> the last other error dialling it
+
+    def why(self, target: tuple[str, int]) -> str:
+        """What dialling ``target`` met, in words (for the failure's reason)."""
+        parts = []
+        if self.refused.get(target):
+            parts.append(f"reset {self.refused[target]}x (a NAT or host answered our SYN with RST)")
+        if target in self.errors:
+            parts.append(self.errors[target])
+        return "; ".join(parts) or "no answer (SYNs dropped, no SYN from the peer arrived)"
 
     def close(self) -> None:
         for sock in (self.listener, *self._open):
@@ -182,6 +194,7 @@ class PunchPort:
                 await asyncio.wait_for(loop.sock_connect(sock, target), left)
             except ConnectionRefusedError:
                 self._drop(sock)
+                self.refused[target] = self.refused.get(target, 0) + 1
                 await asyncio.sleep(_RETRY_REFUSED_S)
                 continue
             except TimeoutError:  # asyncio's timeout is an OSError too: caught before it
@@ -194,6 +207,7 @@ class PunchPort:
                 self._drop(sock)
                 if exc.errno == errno.EADDRNOTAVAIL:
                     return  # this very 4-tuple is already connected: our listener accepted it
+                self.errors[target] = os.strerror(exc.errno) if exc.errno else repr(exc)
                 await asyncio.sleep(_RETRY_REFUSED_S)  # unreachable for now: the route may appear
                 continue
             found.put_nowait(sock)
