@@ -51,8 +51,10 @@ class EconomyLink:
         async def send(peer: Any, payloads: list[bytes]) -> list[bytes]:
             return await self.net.node.gossip(peer, self._topic, payloads, self._timeout)
 
+        # Gossip goes to the peers known at each round: none while the node is alone, and a lone
+        # node that finds one later (on the LAN, runtime/network.py) starts sharing its ledger then.
         self._task = asyncio.ensure_future(self.service.run(
-            self.ctx.control.sleep, lambda: list(self.net.known.values()), None if self.net.solo else send))
+            self.ctx.control.sleep, lambda: list(self.net.known.values()), send))
         self._task.add_done_callback(_report_end)
 
     async def _fetch_sample(self, author: bytes, proof_id: str, step: int) -> list[bytes]:
