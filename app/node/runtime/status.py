@@ -150,6 +150,8 @@ async def answer_query(what: str, base: NodeBase | None, parts: NodeParts | None
                 "relay": node.relay_address if node else "", "port": tested.port if tested else 0,
                 "peers": peers, "alone": peers == 0, "lan_discovery": lan}
     if what == "invite":  # a code a friend pastes to join through this node (p2p/invite.py)
+        if net is not None and net.reachability is None:
+            await net.test_reachability()  # asked before the start-up test finished: test first
         return _invite_for(net)
     raise ValueError(f"unknown query {what!r}; ask for status, peers, layers, reachability or invite")
 
