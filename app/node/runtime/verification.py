@@ -28,8 +28,11 @@ re-checked on the failed step (refereeing: one honest verifier answers a griefer
 
 Memory: the log keeps, per step of the open window, the weights before and after, the two AdamW
 moments and the micro-batches, at most ``max_bytes_kept`` (1 GiB) in all: about 4 MiB a step for the
-devnet's tiny model. A step that would pass the budget is not committed, and the economy does not
-claim it either (``seal`` returns None): unchecked work is not paid.
+devnet's tiny model. A step that would pass the budget is not recorded (nothing is copied: the
+check comes before the first copy) and the economy does not claim it (``seal`` returns None):
+unchecked work is not paid. A large stage therefore claims few steps per window: 11 x 512 layers
+(~134 MB of weights, ~540 MB a step) claim one per window until samples get smaller (one
+layer instead of the stage, or weights after shared with the next step's weights before).
 
 Transport: the verifier calls the stage protocol's ``VerifyStep`` method (p2p/neuroshard.proto);
 samples travel as one safetensors blob (never a pickle) with a JSON header.
@@ -150,6 +153,8 @@ class StepLog:
             record = self._open.get((driver, step))
         if record is None:
             shard = stage.shard
+            if self._kept + self._in_flight() + _step_bytes(stage) > self.max_bytes_kept:
+                return  # no room for this step's copies: it will not be claimed, so copy nothing
             record = _Open(weights={k: _cpu(v) for k, v in shard.state_dict().items()},
                            moments=_moments(stage), layer_range=tuple(stage.layer_range),
                            with_embedding=stage.is_first, with_head=stage.is_last,
@@ -163,6 +168,13 @@ class StepLog:
         record.forwards[mb] = (tuple(_cpu(t) for t in inputs), output.detach().to("cpu", torch.float32, copy=True))
         if record.with_head:
             record.order.append(mb)  # the head adds each micro-batch's gradients in its forward
+
+    def _in_flight(self) -> int:
+        """Bytes held for steps not yet credited: open ones (with the weights after still to come)
+        and applied ones waiting for ``seal``."""
+        with self._lock:
+            opened = sum(_nbytes(r.weights) * 2 + _nbytes(r.moments) for r in self._open.values())
+            return opened + sum(p.nbytes for p in self._ready.values() if p is not None)
 
     def on_backward(self, stage: Any, driver: str, step: int, mb: int, grad_out: torch.Tensor) -> None:
         with self._lock:
@@ -282,6 +294,20 @@ def encode_sample(step: int, leaves: tuple[bytes, ...], sample: _Pending) -> tup
         tensors[name] = t.clone() if ptr in seen and t.numel() else t
         seen.add(ptr)
     return json.dumps(header).encode(), save_tensors(tensors)
+
+
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _step_bytes(stage: Any) -> int:
+    """What recording a step of ``stage`` will hold, before copying anything: the weights before
+    and after and the AdamW moments (the micro-batches are small beside them)."""
+    weights = _nbytes(stage.shard.state_dict())
+    optimizer = getattr(stage, "optimizer", None)
+    moments = sum(_nbytes({k: v for k, v in st.items() if k != "step"}) for st in optimizer.state.values()) \
+        if optimizer is not None else 0
+    return 2 * weights + moments
 
 
 def _moments(stage: Any) -> dict[str, torch.Tensor]:
