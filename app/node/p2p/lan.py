@@ -237,12 +237,12 @@ class LanDiscovery:
     async def _learn(self, record: PeerRecord) -> None:
         if len(self.verified) < MAX_KNOWN:
             self.verified[record.node_id] = record
-        if self._found is not None:
-            self._found.set()
         log.info("found LAN peer %s at %s", record.node_id.hex()[:12], record.dial)
         try:
             await self.node.dht.bootstrap([record])  # join through it, as through a tracker's list
         except P2PError as exc:
             log.info("DHT bootstrap through LAN peer %s failed: %s", record.node_id.hex()[:12], exc)
+        if self._found is not None:  # after the bootstrap: a waiting planner sees the peer's stages
+            self._found.set()
         if self.on_peer is not None:
             self.on_peer(record)
