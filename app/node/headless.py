@@ -69,6 +69,9 @@ def run_headless(config: NodeConfig) -> int:
     # A driver's ``--max-steps`` counts its steps over the whole run, across a migration's restart
     # (the engine may be cancelled mid-step when it stops, so its own count is not reported then).
     driving, driver_steps = threading.Event(), [0]
+    # A forced upgrade (a devnet's --upgrade-at) is migrated to when the run stops by itself: its
+    # drivers stop right after that step (assembly.py), the other stages once their drivers left.
+    forced = bool((config.training or {}).get("upgrade_at_step"))
 
     def on_event(event: Event) -> None:
         if isinstance(event, UpgradeAvailable) and config.migration.automatic and event.fits_here:
@@ -93,7 +96,7 @@ def run_headless(config: NodeConfig) -> int:
                 if stop_requested.is_set():
                     sys.stderr.write("stopping (finishing the current step)...\n")
                     break
-                if upgrade.is_set():
+                if upgrade.is_set() and not forced:
                     sys.stderr.write("migrating to the new architecture (automatic = true)...\n")
                     break
             if not engine.stop(timeout=10.0):

@@ -201,6 +201,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
     if host.stage.is_first:
         arch = base.architecture()
         starts = await _stage_starts(base, host.stage.layer_range[1])
+        if resume is not None and t.expected_nodes and not never_migrated:  # back from a devnet's migration
+            await _wait_for_expected_holders(base, starts)
         transport = ArchTaggedTransport(base.vocab.transport(
             P2PStageTransport(net.node, attempts=t.max_microbatch_attempts)), base.architecture)
         driver = PipelineDriver(net.node_id, host.stage, starts, transport if starts else None,
@@ -214,7 +216,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         net.node_id, host.stage, t, sync=host.sync, driver=driver, batches=data.next_batch if driver else None,
         proceed=ctx.control.proceed, data_dir=ctx.config.data_dir, loader_state=data.loader_state,
         on_activity=base.activity, on_step=base.reports.record, live_drivers=net.live_drivers,
-        after_step=_after_driver_step(quorums, upgrades, lambda: trainer.driver_step if trainer else 0, me),
+        after_step=_after_driver_step(quorums, upgrades, lambda: trainer.driver_step if trainer else 0, me,
+                                      stop=ctx.control.request_stop if ctx.config.migration.automatic else None),
         driver_step=resume.driver_step if resume else 0,
         checkpointed_at=host.stage.inner_step if resume else -1)
     heal = None
@@ -231,13 +234,16 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
 
 
 def _after_driver_step(quorums: QuorumService | None, upgrades: UpgradeService, committed: Callable[[], int],
-                       me: NodeOffer) -> Callable[[], Awaitable[None]]:
+                       me: NodeOffer, *, stop: Callable[[], None] | None) -> Callable[[], Awaitable[None]]:
     """What a driver does after each committed step: the quorum's bookkeeping, then a forced
-    architecture recalculation when the step is the devnet's ``--upgrade-at``."""
+    architecture recalculation when the step is the devnet's ``--upgrade-at``; with automatic
+    migration (``stop``) the driver ends its run right there, to migrate and come back."""
     async def after() -> None:
         if quorums is not None:
             await quorums.tick()
         await upgrades.after_driver_step(committed(), me)
+        if stop is not None and upgrades.forced_upgrade_due(committed()):
+            stop()
 
     return after
 
@@ -304,6 +310,24 @@ async def _stage_starts(base: NodeBase, first_later: int) -> list[int]:
         if loop.time() > deadline:
             raise RuntimeError(f"no node holds layer {layer}; the network cannot train yet")
         base.activity(f"waiting for a holder of layer {layer}")
+        await asyncio.sleep(STAGE_LOOKUP_S)
+
+
+async def _wait_for_expected_holders(base: NodeBase, starts: list[int]) -> None:
+    """A driver back from a migration in a network that expects ``expected_nodes`` (a devnet) waits,
+    up to the join window, until that many nodes announce the stages it trains
+    with: quorums are formed by rank over the holders each driver sees, so drivers that formed
+    theirs while only the first replica was back would all route to it and leave the others idle."""
+    arch, loop, t = base.architecture(), asyncio.get_running_loop(), base.training
+    ranges = list(zip([0, *starts], [*starts, arch.layers], strict=True))
+    deadline = loop.time() + max(10.0, t.join_wait_s * 10)
+    while loop.time() < deadline:
+        seen = {base.net.node_id}
+        for first, last in ranges:
+            seen |= {r.node_id.hex() for r in await base.net.holders_from(first) if r.layer_end == last}
+        if len(seen) >= t.expected_nodes:
+            return
+        base.activity(f"waiting for the stages' holders ({len(seen)} of {t.expected_nodes} nodes)")
         await asyncio.sleep(STAGE_LOOKUP_S)
 
 

@@ -79,6 +79,12 @@ class UpgradeService:
         log.info("recalculation forced at step %d over %d nodes", committed_steps, len(offers))
         return await self.publish(notice)
 
+    def forced_upgrade_due(self, committed_steps: int) -> bool:
+        """A forced upgrade (``force_at_step``) is announced and this driver committed that step:
+        with automatic migration it stops driving here, so every driver of the run migrates
+        after exactly the same step and their DiLoCo rounds stay in step on the new version."""
+        return bool(self.force_at_step) and self.announced is not None and committed_steps >= self.force_at_step
+
     def announce_pending(self) -> UpgradeRecord | None:
         """An upgrade kept in the data dir from an earlier run (not migrated yet): announce it again,
         so a restarted node (a server with ``[migration] automatic``, the app) hears of it."""
