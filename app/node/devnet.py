@@ -143,6 +143,8 @@ class Devnet:
     training_overrides: dict[str, Any] = field(default_factory=dict)
     verify_nodes: int = 0  # the last N pipeline nodes also run mode "verify", staked at genesis
     lazy_nodes: int = 0  # the first N nodes are lazy: they claim a made-up step per real one
+    poison_nodes: int = 0  # the first N nodes send poisoned pseudo-gradients (devnet_poison.py)
+    fetch_nodes: int = 0  # the last N nodes start with the manifest only and fetch shards (devnet_data.py)
     economics_overrides: dict[str, Any] = field(default_factory=dict)
     generate: str | None = None  # at the end, generate from this prompt through the network (#17)
     generate_tokens: int = 16
@@ -212,7 +214,7 @@ class Devnet:
             modes += ["verify"] if i in verifiers else []
             modes += ["inference"] if self.generate is not None and "pipeline" in modes else []
             lazy = {"fault_lazy_steps": 1} if i < self.lazy_nodes else {}
-            _write_node_config(d, training, tracker, modes, {**economics, **lazy})
+            _write_node_config(d, self._own_training(i, d, training), tracker, modes, {**economics, **lazy})
             if self.upgrade_at is not None:
                 from app.node.devnet_upgrade import enable_automatic_migration
 
@@ -223,6 +225,18 @@ class Devnet:
             proc = _spawn(f"node{i}", argv, self.workdir / f"node{i}.log", self.lines)
             proc.data_dir = d
             self.procs.append(proc)
+
+    def _own_training(self, i: int, data_dir: Path, training: dict[str, Any]) -> dict[str, Any]:
+        """Node i's ``[training]``: the devnet's, with the faults or roles asked for it."""
+        if i < self.poison_nodes:
+            from app.node.devnet_poison import poisoned_training
+
+            training = poisoned_training(training)
+        if i >= self.nodes - self.fetch_nodes:
+            from app.node.devnet_data import fetching_training
+
+            training = fetching_training(training, data_dir)
+        return training
 
     def _nodes(self) -> list[_Proc]:
         return [p for p in self.procs if p.name != "tracker"]
@@ -491,8 +505,8 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
                base_port: int = 0, inner_steps: int | None = None, timeout_s: float = 600.0,
                progress: bool = False, json_events: bool = False, kill: tuple[str, int] | None = None,
                training_overrides: dict[str, Any] | None = None, async_nodes: int = 0,
-               restart: bool = False, verify_nodes: int = 0, lazy_nodes: int = 0,
-               economics_overrides: dict[str, Any] | None = None, generate: str | None = None,
+               restart: bool = False, verify_nodes: int = 0, lazy_nodes: int = 0, poison_nodes: int = 0,
+               fetch_nodes: int = 0, economics_overrides: dict[str, Any] | None = None, generate: str | None = None,
                generate_tokens: int = 16, upgrade_at: int | None = None) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
@@ -502,7 +516,8 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
     try:
         net = Devnet(nodes, steps, root, base_port=base_port, inner_steps=inner_steps, timeout_s=timeout_s,
                      progress=progress, json_events=json_events, kill=kill, async_nodes=async_nodes,
-                     restart=restart, verify_nodes=verify_nodes, lazy_nodes=lazy_nodes,
+                     restart=restart, verify_nodes=verify_nodes, lazy_nodes=lazy_nodes, poison_nodes=poison_nodes,
+                     fetch_nodes=fetch_nodes,
                      economics_overrides=dict(economics_overrides or {}),
                      training_overrides=dict(training_overrides or {}), generate=generate,
                      generate_tokens=generate_tokens, upgrade_at=upgrade_at)
@@ -533,6 +548,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the last N pipeline nodes also run verify mode, staked at genesis")
     parser.add_argument("--lazy", type=count_argument(0), default=0,
                         help="the first N nodes are lazy (claim a made-up step per real one), for verify mode to catch")
+    parser.add_argument("--poison", type=count_argument(0), default=0,
+                        help="the first N nodes send poisoned pseudo-gradients, for held-out scoring to reject")
+    parser.add_argument("--fetch-data", type=count_argument(0), default=0,
+                        help="the last N nodes start with the genesis manifest only and fetch the shards from "
+                        "data nodes, signing receipts the servers are paid from")
     parser.add_argument("--generate", metavar="PROMPT", help="after training, generate greedily from PROMPT through "
                         "the network and report tokens, tokens/s and whether they equal in-process generation")
     parser.add_argument("--generate-tokens", type=count_argument(1), default=16, help="tokens for --generate")
@@ -578,7 +598,7 @@ def run(args: argparse.Namespace) -> int:
                              inner_steps=args.inner_steps, timeout_s=args.timeout,
                              progress=sys.stderr.isatty(), json_events=args.json_events,
                              kill=_parse_kill(args.kill, args.steps),
-                             verify_nodes=args.verifiers, lazy_nodes=args.lazy,
+                             verify_nodes=args.verifiers, lazy_nodes=args.lazy, poison_nodes=args.poison, fetch_nodes=args.fetch_data,
                              generate=args.generate, generate_tokens=args.generate_tokens,
                              upgrade_at=_upgrade_step(args.upgrade_at, args.steps),
                              training_overrides={**_corpus_overrides(args.corpus), "block_type": args.block})

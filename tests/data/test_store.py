@@ -7,7 +7,7 @@ import pytest
 
 from app.node.data.manifest import BadShard
 from app.node.data.store import ShardStore
-from app.node.data.sync import fetch_missing
+from app.node.data.sync import fetch_missing, samples_in
 
 
 def test_get_returns_verified_bytes(corpus):
@@ -86,4 +86,6 @@ def test_fetch_missing_skips_a_lying_peer_and_takes_the_honest_copy(corpus, tmp_
     assert report.fetched == manifest.shard_ids and report.missing == []
     assert [(p, s) for p, s, _ in report.refused] == [("liar", manifest.shard_ids[0])]
     assert ("liar", manifest.shard_ids[1]) not in calls
+    # what each peer served, for the receiver's receipts: the honest copies only, never the refused one
+    assert report.served == [("honest", s, samples_in(manifest.shard(s).tokens)) for s in manifest.shard_ids]
     assert all(target.get(s) == source.get(s) for s in manifest.shard_ids)

@@ -3,7 +3,9 @@
 Transport-agnostic (app/node/data never imports p2p): the caller passes ``fetch(peer, shard_id)``,
 an async callable that returns the bytes a peer sent (or None), e.g. a closure over
 ``P2PNode.fetch_data``. A peer that sends a bad shard is reported, skipped for the rest of the
-call, and the shard is asked of the next peer.
+call, and the shard is asked of the next peer. The report says which peer served which verified
+shard and how many samples that is (``served``): what the receiver signs receipts for, so data
+nodes are paid from what their receivers confirm (runtime/data_receipts.py).
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ from app.node.data.store import ShardStore
 
 Peer = TypeVar("Peer")
 
+TOKENS_PER_SAMPLE = 256
+"""A sample is one training window of the default sequence length (training.seq_len 256): the
+unit data receipts count, so a shard of N tokens is N // 256 samples (at least 1)."""
+
+
+def samples_in(tokens: int) -> int:
+    """Samples a shard of ``tokens`` genesis tokens holds (the unit of data receipts)."""
+    return max(1, tokens // TOKENS_PER_SAMPLE)
+
 
 @dataclass
 class FetchReport(Generic[Peer]):
-    """What a fetch round did: shards stored, peers refused (with why), shards still missing."""
+    """What a fetch round did: shards stored, which peer served each (with its samples), peers
+    refused (with why), shards still missing."""
 
     fetched: list[str] = field(default_factory=list)
+    served: list[tuple[Peer, str, int]] = field(default_factory=list)
     refused: list[tuple[Peer, str, str]] = field(default_factory=list)
     failed: list[tuple[Peer, str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -58,6 +71,7 @@ async def fetch_missing(store: ShardStore, shard_ids: Sequence[str], peers: Sequ
                 distrusted.add(i)
                 continue
             report.fetched.append(shard_id)
+            report.served.append((peer, shard_id, samples_in(store.manifest.shard(shard_id).tokens)))
             break
         else:
             report.missing.append(shard_id)

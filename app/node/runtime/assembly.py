@@ -119,10 +119,15 @@ async def assemble(base: NodeBase, capacity: Capacity) -> NodeParts:
     wants_async = "async" in capacity.modes.active and "pipeline" not in capacity.modes.active
     await net.start(capacity.tier, 0 if wants_async else capacity.layers_fit, capacity.memory)
     base.economy.start(verify_arch=base.architecture if "verify" in capacity.modes.active else None)
+    economy = base.economy.service
     data = DataService(config.data_dir, net.node_id, seed=config.seed, corpus_dir=base.training.corpus_dir,
-                       genesis_public_key=base.training.genesis_public_key)
+                       genesis_public_key=base.training.genesis_public_key,
+                       receipts=economy.receipts if economy is not None else None)
     await data.open()
     net.serve(data=data.serve)
+    if data.store is not None and data.store.missing() and not net.solo:  # receipts for them: data_receipts.py
+        base.activity("fetching genesis shards from data nodes")
+        await data.fetch_until_complete(net.node, net.peers, base.ctx.control.sleep)
     if not net.solo and wants_async:  # a lone node always trains the model
         return NodeParts(base, capacity, data, _async_job(base, capacity, data))
     return NodeParts(base, capacity, data, await _pipeline_job(base, capacity, data))

@@ -3,8 +3,10 @@
 The bundled, signature-checked sample corpus (app/node/data/bundled.py) is installed into the
 data dir; a driver reads batches from it through training-A's BatchLoader (each driver its own
 seed, so two drivers do not train on the same order), and in data mode the node serves its
-verified shards to peers. Shards a driver lacks are fetched from peers and verified against the
-signed manifest (app/node/data/sync.py) before use.
+verified shards to peers. Shards a node lacks are fetched from peers and verified against the
+signed manifest (app/node/data/sync.py) before use; what each peer served goes into the
+node's ReceiptBook (data_receipts.py), which the economy signs receipts from, so the data nodes
+that served are paid for it.
 """
 
 from __future__ import annotations
@@ -12,22 +14,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.crypto.keys import address_from_public_key
 from app.node.data.builder import PUBLIC_KEY_NAME
 from app.node.data.bundled import open_bundled_store, open_corpus_store
 from app.node.data.loader import BatchLoader
 from app.node.data.manifest import DataError
 from app.node.data.store import ShardStore
-from app.node.data.sync import fetch_missing
+from app.node.data.sync import fetch_missing, samples_in
 from app.node.p2p.errors import P2PError
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import PeerRecord
+from app.node.runtime.data_receipts import ReceiptBook
 
 log = logging.getLogger("neuroshard.runtime.data")
+FETCH_ATTEMPTS, FETCH_RETRY_S = 30, 2.0
+"""A node that lacks shards asks the peers it knows every 2 s for up to a minute."""
 
 
 def seed_for(node_id: str, base: int = 0) -> int:
@@ -46,7 +53,9 @@ def _key_beside(corpus_dir: Path) -> str:
 
 class DataService:
     def __init__(self, data_dir: Path, node_id: str, *, seed: int | None = None, corpus_dir: str = "",
-                 genesis_public_key: str = "") -> None:
+                 genesis_public_key: str = "", receipts: ReceiptBook | None = None) -> None:
+        """``receipts``: where shards fetched from peers are noted for the economy to sign for
+        (None: rewards are off, nothing is signed)."""
         self.data_dir = data_dir
         self.corpus_dir, self.genesis_public_key = corpus_dir, genesis_public_key
         self.node_id = node_id
@@ -54,6 +63,7 @@ class DataService:
         self.store: ShardStore | None = None
         self.loader: BatchLoader | None = None
         self.samples_served = 0
+        self.receipts = receipts
 
     async def open(self) -> ShardStore:
         loop = asyncio.get_running_loop()
@@ -66,7 +76,8 @@ class DataService:
         return self.store
 
     async def fetch_missing_from(self, node: P2PNode, peers: list[PeerRecord]) -> int:
-        """Fetch and verify shards this node lacks from peers; returns how many were stored."""
+        """Fetch and verify shards this node lacks from peers; returns how many were stored. What
+        each peer served is noted in the receipt book (the receiver's side of data-mode pay)."""
         assert self.store is not None
         missing = self.store.missing()
         if not missing or not peers:
@@ -81,7 +92,29 @@ class DataService:
         report = await fetch_missing(self.store, missing, peers, fetch)
         for peer, shard_id, why in report.refused:
             log.warning("peer %s sent a bad shard %s: %s", peer.node_id.hex()[:12], shard_id, why)
+        if self.receipts is not None:
+            self.receipts.note((address_from_public_key(peer.public_key), samples)
+                               for peer, _shard, samples in report.served)
+        if report.fetched:
+            log.info("fetched %d shards from %d peers", len(report.fetched), len({p.node_id for p, _, _ in report.served}))
         return len(report.fetched)
+
+    async def fetch_until_complete(self, node: P2PNode, peers: Callable[[], Awaitable[list[PeerRecord]]],
+                                   sleep: Callable[[float], Awaitable[bool]], attempts: int = FETCH_ATTEMPTS) -> bool:
+        """Fetch what the store lacks from the peers known now, again every ``FETCH_RETRY_S`` while
+        shards are missing (a data node may join after us), at most ``attempts`` times or until
+        ``sleep`` says stop. True when nothing is missing any more."""
+        assert self.store is not None
+        for attempt in range(attempts):
+            if not self.store.missing():
+                return True
+            await self.fetch_missing_from(node, await peers())
+            if self.store.missing() and (attempt == attempts - 1 or not await sleep(FETCH_RETRY_S)):
+                break
+        missing = self.store.missing()
+        if missing:
+            log.warning("%d genesis shards are still missing: no peer served them", len(missing))
+        return not missing
 
     def open_loader(self, batch_size: int, seq_len: int) -> BatchLoader:
         assert self.store is not None
@@ -110,5 +143,5 @@ class DataService:
             return None
         data = await asyncio.get_running_loop().run_in_executor(None, self.store.serve, shard_id)
         if data is not None:
-            self.samples_served += 1
+            self.samples_served += samples_in(len(data) // 2)  # uint16 tokens
         return data

@@ -8,8 +8,9 @@ weight hashes before and after, its work span and the fastest cost per layer it 
 bound the ledger checks, ``economics/ponw.py``), and submits them to its own ledger. Rewards follow from accepted
 proofs inside the ledger after the challenge window (``app/node/economics``), never from here.
 A data proof claims exactly the samples receivers signed ``receipt`` records for in this
-node's ledger (``DATA_PROOF_DELAY_EPOCHS`` after the epoch); receivers do not sign receipts yet
-in this release, so data mode earns only uptime until they do.
+node's ledger (``DATA_PROOF_DELAY_EPOCHS`` after the epoch). As a receiver, the node signs one
+receipt per epoch for each server whose shards it fetched (``receipts``, data_receipts.py),
+once it has an accepted training proof the ledger can count the receipt by.
 
 Ledger records spread by push-pull gossip (ledger_gossip.py); what an epoch's proofs claim is
 gathered in epoch_work.py.
@@ -29,8 +30,9 @@ from typing import Any
 from app.crypto.keys import PrivateKey
 from app.node.config import NodeConfig
 from app.node.economics.constants import from_settings
+from app.node.economics.handlers import RECEIPT_TRAINING_EPOCHS
 from app.node.economics.ledger import Ledger
-from app.node.economics.ponw import WorkFigures, make_proof
+from app.node.economics.ponw import MAX_SAMPLES_PER_SECOND, WorkFigures, make_proof, make_receipt
 from app.node.economics.report import OWN_PROOFS_FILE
 from app.node.events import (
     BalanceChanged,
@@ -43,6 +45,7 @@ from app.node.events import (
     WalletCommand,
 )
 from app.node.runtime import wallet_api
+from app.node.runtime.data_receipts import ReceiptBook
 from app.node.runtime.epoch_work import EpochWork, InferenceWork, hash32
 from app.node.runtime.ledger_gossip import GossipSend, LedgerGossip
 from app.node.runtime.verification import StepLog, Verifier
@@ -95,6 +98,9 @@ class EconomyService:
         self._last_earnings: tuple | None = None
         self._own_proofs: dict[str, dict[str, Any]] = {}  # kind -> made / refused_at_door (report.py)
         self._own_proofs_path = config.data_dir / OWN_PROOFS_FILE
+        self.receipts = ReceiptBook(key.address)
+        """Samples this node received from data servers and owes receipts for (data_service.py)."""
+        self._trained_epochs: set[int] = set()  # epochs of this node's accepted training proofs
 
     # --- work in --------------------------------------------------------------------------------
 
@@ -209,6 +215,8 @@ class EconomyService:
                 refusals[result.reason] = refusals.get(result.reason, 0) + 1
             if result.accepted:
                 accepted.append(kind)
+                if kind == "training":
+                    self._trained_epochs.add(epoch)
                 self.proofs_submitted += 1
                 # the reward the ledger granted when it applied the proof, not a second computation
                 self._emit(ProofAccepted(proof_kind=kind, epoch=epoch,
@@ -218,7 +226,30 @@ class EconomyService:
                 self._refused.append(f"{kind}: {result.reason}")
                 self._emit(ProofRefused(proof_kind=kind, epoch=epoch, reason=result.reason))
         self._write_own_proofs()
+        self.sign_receipts(now_ms + 1)  # after this epoch's training proof in the ledger's order
         return accepted
+
+    def sign_receipts(self, now_ms: int) -> int:
+        """Sign this epoch's receipts for the samples data servers sent this node (one per server,
+        at most what one epoch's receipt may count; the rest waits for the next epoch). Only once
+        this node has an accepted training proof the ledger counts the receipt by; returns how
+        many the ledger accepted."""
+        epoch = self._epoch_of(now_ms)
+        self._trained_epochs = {e for e in self._trained_epochs if e >= epoch - RECEIPT_TRAINING_EPOCHS}
+        if not self._trained_epochs:
+            return 0
+        cap = MAX_SAMPLES_PER_SECOND * self.config.epoch_ms // 1000
+        signed = 0
+        for server, samples in self.receipts.due(cap):
+            record = make_receipt(self.key, self.config, server=server, epoch=epoch, samples=samples,
+                                  timestamp_ms=now_ms)
+            result = self.ledger.submit(record.to_bytes(), now_ms)
+            if result.accepted:
+                self.receipts.signed(server, samples)
+                signed += 1
+            else:  # kept: the next epoch's receipt carries it
+                log.info("receipt for %d samples from %s not accepted: %s", samples, server[:12], result.reason)
+        return signed
 
     def _data_proofs(self, current: int, oldest_open: int) -> list[tuple]:
         """Data proofs for the epochs ``DATA_PROOF_DELAY_EPOCHS`` ago (and any missed since the
