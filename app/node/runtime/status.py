@@ -111,6 +111,8 @@ def summary(base: NodeBase | None, parts: NodeParts | None, activity: str) -> di
         "bytes_sent": stats.get("sent", {}), "failovers": drove.failovers if drove else 0,
         "router_failovers": net.node.router.failovers if net else 0, "replays": drove.replays if drove else 0,
         "sync_rounds": host.sync.rounds if host else 0,
+        # pseudo-gradients held-out scoring or the robust mean left out (training/sync.py)
+        "rejected_contributions": sum(len(r.rejected) for r in host.sync.reports) if host else 0,
         "layer_hashes": host.stage.layer_hashes() if host else {},
         # a driver moved to a later stage no longer drives, so it leads no quorum
         "quorum": job.quorums.record() if job is not None and job.quorums and not host.moved else None,

@@ -102,6 +102,9 @@ class TrainingConfig:
     heal_interval_s: Seconds = 30.0
     """How often a node checks that every stage still has MIN_REPLICAS live holders (the original
     implementation's 30 s heartbeat; a holder counts as gone when its announcement expires)."""
+    fault_poison_scale: Annotated[float, Ge(0)] = 0.0
+    """Devnet fault injection (training/poison.py): > 0 sends every DiLoCo pseudo-gradient pushed
+    by noise of this standard deviation, for held-out scoring to reject. 0 = honest."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> TrainingConfig:

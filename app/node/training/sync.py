@@ -31,6 +31,7 @@ from app.node.training.compression import (
 )
 from app.node.training.config import TrainingConfig
 from app.node.training.diloco import DiLoCoConfig, DiLoCoReplica
+from app.node.training.poison import poisoned
 from app.node.training.scoring import DEFAULT_MARGIN, HeldOutLoss, screen
 from app.node.training.stage import StageWorker
 from app.node.training.transport import CohortPayload, CohortTransport
@@ -176,7 +177,10 @@ class StageSync:
 
     def _encode(self) -> dict:
         with self.stage.lock:
-            return encode_pseudo_gradient(self.replica.pseudo_gradient(), self.scheme, self.feedback)
+            pseudo_gradient = self.replica.pseudo_gradient()
+        if self.config.fault_poison_scale:  # devnet fault injection (poison.py)
+            pseudo_gradient = poisoned(pseudo_gradient, self.config.fault_poison_scale, self.rounds)
+        return encode_pseudo_gradient(pseudo_gradient, self.scheme, self.feedback)
 
     def _apply(self, payloads: list[CohortPayload]) -> tuple[list[str], list[tuple[str, str]]]:
         shapes = {name: tuple(t.shape) for name, t in self.replica.anchor.items()}
