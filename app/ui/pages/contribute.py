@@ -26,8 +26,9 @@ NEEDS = {
 EARNS = {
     "pipeline": "Earns: 0.0005 NEURO per batch per layer held, more when it holds the first or last layer.",
     "async": "Earns: only its uptime in this version; pay for accepted async updates is not proven yet.",
-    "data": "Earns: only its uptime in this version. The ledger can pay per sample served, counted from "
-            "the receivers' signed receipts, but nodes do not sign receipts yet.",
+    "data": "Earns: 0.00001 NEURO per sample of training text served (256 tokens), counted from the "
+            "receipts the computers that downloaded it sign. While nobody downloads from this computer, "
+            "data earns nothing.",
     "verify": "Earns: 0.0005 NEURO per check, and a share of what a caught cheater loses.",
     "inference": "Earns: about 0.0001 NEURO for every word (token) it writes for someone, more when it is busy "
                  "or fast, paid by the asker as each word is written, plus about 0.01 NEURO per 1000 words for the "
