@@ -27,7 +27,7 @@ UNIT = 10**6
 MAX_SUPPLY_UNITS = 10**18
 """Upper bound for any single amount in a record (1e12 NEURO); keeps sums far below 2**63."""
 
-PROOF_KINDS = ("uptime", "training", "data", "inference", "verification")
+PROOF_KINDS = ("uptime", "training", "data", "inference", "verification", "async")
 ROLES = ("none", "worker", "driver", "validator")
 
 

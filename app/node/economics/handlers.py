@@ -110,6 +110,11 @@ def _proof(state: LedgerState, record: Record, at_ms: int) -> None:
         if body["samples"] > receipted:
             raise Refused(f"claims {body['samples']} samples served, but receivers signed receipts for "
                           f"{receipted} in epoch {epoch}")
+    if not v1 and body["proof_kind"] == "async":
+        merged = merged_layer_batches(state, address, epoch)
+        if body["batches"] * body["layers"] > merged:
+            raise Refused(f"claims {body['batches']} batches on {body['layers']} layers merged, but the holders "
+                          f"that merged it signed for {merged} layer-batches in epoch {epoch}")
     if not v1 and body["proof_kind"] == "verification":
         done = state.checks_by_epoch.get((address, epoch), 0)
         if body["samples"] > done:
@@ -207,10 +212,7 @@ def _receipt(state: LedgerState, record: Record, at_ms: int) -> None:
         raise Refused("a receipt is signed inside the epoch it counts")
     if body["samples"] > ponw.MAX_SAMPLES_PER_SECOND * config.epoch_ms // 1000:
         raise Refused("more samples than any node serves in one epoch")
-    trained = any(state.proofs[rid].record.author == record.author
-                  and state.proofs[rid].record.body["proof_kind"] == "training"
-                  for e in range(epoch - RECEIPT_TRAINING_EPOCHS, epoch + 1) for rid in state.epoch_proofs.get(e, []))
-    if not trained:
+    if not _trained_recently(state, record.author, epoch):
         raise Refused(f"the receiver has no accepted training proof in epochs {epoch - RECEIPT_TRAINING_EPOCHS}"
                       f"..{epoch}; only a training node's receipts count")
     signed = state.receipts.setdefault((server, epoch), {})
@@ -218,6 +220,53 @@ def _receipt(state: LedgerState, record: Record, at_ms: int) -> None:
         raise Refused("this receiver already signed a receipt for this server and epoch")
     signed[receiver] = body["samples"]
     state.note(receiver, at_ms, "receipt", 0, record.record_id, f"{body['samples']} samples from {server}")
+
+
+def _trained_recently(state: LedgerState, author: bytes, epoch: int) -> bool:
+    """``author`` had a training proof accepted for ``epoch`` or one of the three before."""
+    return any(state.proofs[rid].record.author == author and state.proofs[rid].record.body["proof_kind"] == "training"
+               for e in range(epoch - RECEIPT_TRAINING_EPOCHS, epoch + 1) for rid in state.epoch_proofs.get(e, []))
+
+
+def _async_receipt(state: LedgerState, record: Record, at_ms: int) -> None:
+    """A stage holder's signed word that it merged an async node's pseudo-gradient (``batches``
+    of snapshot training on its ``layers`` from ``first_layer``) into an outer step in one epoch:
+    what the async node's proof for that epoch may claim. The same guards as a receipt: never
+    for oneself, inside its epoch, once per holder, contributor and epoch, and only from a node
+    with recent accepted training work (a holder trains its stage)."""
+    config = state.config
+    body = record.body
+    holder, contributor, epoch = _author(record), body["contributor"], body["epoch"]
+    if holder == contributor:
+        raise Refused("a node cannot sign a receipt for its own async contribution")
+    if not epoch * config.epoch_ms <= record.timestamp_ms < (epoch + 1) * config.epoch_ms:
+        raise Refused("an async receipt is signed inside the epoch it counts")
+    if not _trained_recently(state, record.author, epoch):
+        raise Refused(f"the holder has no accepted training proof in epochs {epoch - RECEIPT_TRAINING_EPOCHS}"
+                      f"..{epoch}; only a training node's async receipts count")
+    signed = state.async_receipts.setdefault((contributor, epoch), {})
+    if holder in signed:
+        raise Refused("this holder already signed an async receipt for this contributor and epoch")
+    signed[holder] = (body["first_layer"], body["layers"], body["batches"])
+    state.note(holder, at_ms, "async_receipt", 0, record.record_id,
+               f"{body['batches']} batches on {body['layers']} layers from {contributor}")
+
+
+def merged_by_stage(state: LedgerState, contributor: str, epoch: int) -> dict[int, tuple[int, int]]:
+    """Per stage (first layer), the (layers, batches) of ``contributor``'s async work merged in
+    ``epoch``: the most any one of its holders signed for (replicas merge the same contribution)."""
+    per_stage: dict[int, tuple[int, int]] = {}
+    for first_layer, layers, batches in state.async_receipts.get((contributor, epoch), {}).values():
+        best = per_stage.get(first_layer, (0, 0))
+        if layers * batches > best[0] * best[1]:
+            per_stage[first_layer] = (layers, batches)
+    return per_stage
+
+
+def merged_layer_batches(state: LedgerState, contributor: str, epoch: int) -> int:
+    """Layer-batches of ``contributor``'s async work merged in ``epoch``, summed over the stages:
+    what its async proof for that epoch may claim."""
+    return sum(layers * batches for layers, batches in merged_by_stage(state, contributor, epoch).values())
 
 
 def _proposal(state: LedgerState, record: Record, at_ms: int) -> None:
@@ -252,4 +301,5 @@ def _vote(state: LedgerState, record: Record, at_ms: int) -> None:
 _HANDLERS = {
     "genesis": _genesis, "transfer": _transfer, "stake": _stake, "unstake": _unstake,
     "proof": _proof, "challenge": _challenge, "proposal": _proposal, "vote": _vote, "receipt": _receipt,
+    "async_receipt": _async_receipt,
 }

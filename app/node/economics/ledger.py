@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.crypto.keys import address_from_public_key
-from app.node.economics import ponw, replay
+from app.node.economics import handlers, ponw, replay
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.governance import Proposal, merges_due
 from app.node.economics.records import SEQUENCED_KINDS, V1, InvalidRecord, Record
@@ -197,6 +197,21 @@ class Ledger:
         proof for that epoch may claim."""
         with self._lock:
             return sum(self._current().receipts.get((server, epoch), {}).values())
+
+    def merged_layer_batches(self, contributor: str, epoch: int) -> int:
+        """Layer-batches of ``contributor``'s async pseudo-gradients that stage holders signed
+        ``async_receipt`` records for in ``epoch``: what its async proof for that epoch may claim."""
+        with self._lock:
+            return handlers.merged_layer_batches(self._current(), contributor, epoch)
+
+    def async_claim(self, contributor: str, epoch: int) -> tuple[int, int]:
+        """(batches, layers) an async proof of ``contributor`` for ``epoch`` may claim: the fewest
+        batches any merged stage took and all the merged stages' layers (within what was signed)."""
+        with self._lock:
+            stages = handlers.merged_by_stage(self._current(), contributor, epoch)
+        if not stages:
+            return 0, 0
+        return min(b for _, b in stages.values()), sum(layers for layers, _ in stages.values())
 
     def proof_reward(self, record_id: str) -> int | None:
         """The provisional reward this ledger granted the proof ``record_id`` when it applied it

@@ -22,6 +22,9 @@ A data proof claims the samples it served in its epoch; it is paid for at most t
 receivers signed for in ``receipt`` records of that epoch applied before it, and a receipt counts
 only from a node with a recent accepted training proof (``handlers._receipt``), so a server
 cannot pay itself through made-up receivers without doing verified training work for each.
+An async proof claims the batches and layers of the node's pseudo-gradients that stage holders
+merged into an outer step in its epoch, at most what those holders signed for in
+``async_receipt`` records (the same guards as receipts), so only contributions actually merged are paid.
 
 What the node claims it computed is then checked by re-execution (verify mode): the proof's
 ``work_root`` commits to the steps it did, and a verifier re-runs a sampled one.
@@ -93,6 +96,17 @@ def make_receipt(key: PrivateKey, config: EconomicsConfig, *, server: str, epoch
                          {"server": server, "epoch": epoch, "samples": samples})
 
 
+def make_async_receipt(key: PrivateKey, config: EconomicsConfig, *, contributor: str, epoch: int, first_layer: int,
+               layers: int, batches: int, timestamp_ms: int) -> Record:
+    """A stage holder's signed word that it merged ``contributor``'s async pseudo-gradient
+    (``batches`` of snapshot training on its ``layers`` from ``first_layer``) into an outer step
+    in ``epoch`` (stamped inside it): an async proof is paid for at most what holders signed
+    (``handlers._async_receipt``)."""
+    return Record.create(key, "async_receipt", config.network_id, timestamp_ms,
+                         {"contributor": contributor, "epoch": epoch, "first_layer": first_layer,
+                          "layers": layers, "batches": batches})
+
+
 def max_layer_batches(body: dict, config: EconomicsConfig) -> int:
     """Most layer x micro-batch passes the proof's span allows at its measured cost per layer."""
     span_us = (body["work_end_ms"] - body["work_start_ms"]) * 1000
@@ -162,6 +176,11 @@ def check_work(body: dict, config: EconomicsConfig, timestamp_ms: int) -> None:
         bound = max_layer_batches(body, config) // max(body["layers"], 1) * INFERENCE_TOKENS_PER_LAYER_STEP
         if body["tokens"] > bound:
             raise ProofRejected(f"{body['tokens']} tokens exceed the {bound} its span allows at its measured cost")
+    elif kind == "async":
+        if body["batches"] <= 0 or body["layers"] <= 0:
+            raise ProofRejected("async proof without batches or layers")
+        if body["tokens"]:
+            raise ProofRejected("an async proof claims tokens")
     elif body["batches"] or body["tokens"]:
         raise ProofRejected(f"a {kind} proof claims training batches or tokens")
 

@@ -148,6 +148,8 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "proposal": {"title": _text(200), "merges": _merges},
     "vote": {"proposal_id": _hex(32), "approve": _bool},
     "receipt": {"server": _address, "epoch": _int_in(0, 10**12), "samples": _int_in(1, 10**9)},
+    "async_receipt": {"contributor": _address, "epoch": _int_in(0, 10**12), "first_layer": _int_in(0, 4096),
+              "layers": _int_in(1, 4096), "batches": _int_in(1, 10**6)},
 }
 V1_SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
     **SCHEMAS,
@@ -156,6 +158,7 @@ V1_SCHEMAS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "challenge": {"proof_id": _hex(32), "verdict": _choice(("fail", "pass")), "evidence": _hex(32)},
 }
 del V1_SCHEMAS["receipt"]  # new in version 2
+del V1_SCHEMAS["async_receipt"]  # new in version 2
 """Version 1 bodies, exactly as the previous release wrote them (git 8a0f18d)."""
 SCHEMAS_BY_VERSION = {V1: V1_SCHEMAS, VERSION: SCHEMAS}
 _FIELDS = {v: {kind: frozenset(schema) for kind, schema in s.items()} for v, s in SCHEMAS_BY_VERSION.items()}

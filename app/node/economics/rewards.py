@@ -76,6 +76,8 @@ def base_reward(body: Mapping[str, Any], config: EconomicsConfig) -> int:
         return rates["inference_per_1000_tokens"] * body["tokens"] // 1000
     if kind == "verification":
         return rates["verification_per_check"] * body["samples"]
+    if kind == "async":
+        return rates["async_training_per_batch_layer"] * body["batches"] * body["layers"]
     raise ValueError(f"unknown proof kind {kind!r}")
 
 

@@ -106,6 +106,9 @@ class LedgerState:
     proofs claim: a node computes in each moment once (``handlers._claim_span``)."""
     receipts: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
     """(server, epoch) -> receiver -> samples it signed for: what a data proof may claim."""
+    async_receipts: dict[tuple[str, int], dict[str, tuple[int, int, int]]] = field(default_factory=dict)
+    """(async contributor, epoch) -> holder -> (first layer, layers, batches) it merged into an
+    outer step: what an async proof may claim (``handlers._async_receipt``)."""
     v2_proof_applied: bool = False
     """A version-2 proof has been applied: later version-1 proofs and challenges are refused
     (``legacy.py``)."""

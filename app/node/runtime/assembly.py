@@ -185,7 +185,7 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
     host = StageHost(ctx, net, base.vocab, t, base.activity, assignment, device=capacity.device,
                      offer=(capacity.tier, capacity.layers_fit),
                      hooks=StageHooks(on_commit, after_commit, base.economy.on_forward, base.economy.on_backward,
-                                      base.economy.on_applied),
+                                      base.economy.on_applied, base.economy.on_async_merged),
                      memory_budget=capacity.memory, base_arch=base.genesis_arch,
                      held_out=_held_out_batches(data, t, base.architecture()),
                      serves_inference=lambda: "inference" in capacity.modes.active,

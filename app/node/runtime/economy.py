@@ -10,7 +10,10 @@ proofs inside the ledger after the challenge window (``app/node/economics``), ne
 A data proof claims exactly the samples receivers signed ``receipt`` records for in this
 node's ledger (``DATA_PROOF_DELAY_EPOCHS`` after the epoch). As a receiver, the node signs one
 receipt per epoch for each server whose shards it fetched (``receipts``, data_receipts.py),
-once it has an accepted training proof the ledger can count the receipt by.
+once it has an accepted training proof the ledger can count the receipt by. Async work is
+paid the same way: a stage holder signs an ``async_receipt`` for each async node whose
+pseudo-gradient its outer step merged (``async_receipts``), and the async node proves, like a
+data node, exactly what the holders signed for (``_async_proofs``).
 
 Ledger records spread by push-pull gossip (ledger_gossip.py); what an epoch's proofs claim is
 gathered in epoch_work.py.
@@ -32,7 +35,13 @@ from app.node.config import NodeConfig
 from app.node.economics.constants import from_settings
 from app.node.economics.handlers import RECEIPT_TRAINING_EPOCHS
 from app.node.economics.ledger import Ledger
-from app.node.economics.ponw import MAX_SAMPLES_PER_SECOND, WorkFigures, make_proof, make_receipt
+from app.node.economics.ponw import (
+    MAX_SAMPLES_PER_SECOND,
+    WorkFigures,
+    make_async_receipt,
+    make_proof,
+    make_receipt,
+)
 from app.node.economics.report import OWN_PROOFS_FILE
 from app.node.events import (
     BalanceChanged,
@@ -54,10 +63,11 @@ from app.wallet.wallet import Wallet
 
 log = logging.getLogger("neuroshard.economy")
 MODE_OF_KIND = {"training": "pipeline", "uptime": "uptime", "data": "data", "verification": "verify",
-                "inference": "inference"}
+                "inference": "inference", "async": "async"}
 """Contribution mode a reward of each proof kind pays; uptime is paid to any mode that keeps the
-node online. Async mode makes no proofs of its own yet (its steps are not reported to the
-economy), so it shows no earnings, and the Contribute page says so."""
+node online."""
+MAX_ASYNC_RECEIPT_BATCHES = 10**6
+"""Most batches one async receipt may carry (records.py); the rest waits for the next epoch."""
 DATA_PROOF_DELAY_EPOCHS = 2
 """A data proof for epoch e is made in epoch e + 2: receipts signed in e (by the receivers) get
 an epoch to reach this node by gossip, and the proof is still well inside e's challenge window."""
@@ -88,6 +98,7 @@ class EconomyService:
         self._work_mark_ms = self._started_ms  # when the last credited step ended
         self._last_epoch = self._epoch_of(self._started_ms) - 1
         self._last_data_epoch = self._last_epoch  # the last epoch whose served data was proven
+        self._last_async_epoch = self._last_epoch  # the last epoch whose merged async work was proven
         self._gossip = LedgerGossip(self.ledger)
         self._last_balance: tuple[int, int, int] | None = None
         self._proposal_phases: dict[str, str] = {}
@@ -98,8 +109,10 @@ class EconomyService:
         self._last_earnings: tuple | None = None
         self._own_proofs: dict[str, dict[str, Any]] = {}  # kind -> made / refused_at_door (report.py)
         self._own_proofs_path = config.data_dir / OWN_PROOFS_FILE
-        self.receipts = ReceiptBook(key.address)
+        self.receipts: ReceiptBook[str] = ReceiptBook(key.address)
         """Samples this node received from data servers and owes receipts for (data_service.py)."""
+        self.async_receipts: ReceiptBook[tuple[str, int, int]] = ReceiptBook(key.address, party=lambda k: k[0])
+        """(async node, first layer, layers) -> batches this node's outer steps merged (stage_host.py)."""
         self._trained_epochs: set[int] = set()  # epochs of this node's accepted training proofs
 
     # --- work in --------------------------------------------------------------------------------
@@ -197,6 +210,7 @@ class EconomyService:
                     tokens=served.tokens, batches=served.steps, layers=served.layers, role="worker", tier=self._tier,
                     work_start_ms=served.start_ms, work_end_ms=served.end_ms, layer_us=served.layer_us), b"", b""))
         proofs.extend(self._data_proofs(current, oldest_open))
+        proofs.extend(self._async_proofs(current, oldest_open))
         checks = self.ledger.checks_done(self.key.address, epoch) if self.verifier is not None else 0
         if checks:
             proofs.append((epoch, "verification", WorkFigures(samples=checks, tier=self._tier), b"", b""))
@@ -238,18 +252,30 @@ class EconomyService:
         self._trained_epochs = {e for e in self._trained_epochs if e >= epoch - RECEIPT_TRAINING_EPOCHS}
         if not self._trained_epochs:
             return 0
-        cap = MAX_SAMPLES_PER_SECOND * self.config.epoch_ms // 1000
         signed = 0
-        for server, samples in self.receipts.due(cap):
+        for server, samples in self.receipts.due(MAX_SAMPLES_PER_SECOND * self.config.epoch_ms // 1000):
             record = make_receipt(self.key, self.config, server=server, epoch=epoch, samples=samples,
                                   timestamp_ms=now_ms)
-            result = self.ledger.submit(record.to_bytes(), now_ms)
-            if result.accepted:
-                self.receipts.signed(server, samples)
-                signed += 1
-            else:  # kept: the next epoch's receipt carries it
-                log.info("receipt for %d samples from %s not accepted: %s", samples, server[:12], result.reason)
+            signed += self._submit_receipt(record, self.receipts, server, samples)
+        for (contributor, first, layers), batches in self.async_receipts.due(MAX_ASYNC_RECEIPT_BATCHES):
+            record = make_async_receipt(self.key, self.config, contributor=contributor, epoch=epoch,
+                                        first_layer=first, layers=layers, batches=batches, timestamp_ms=now_ms)
+            signed += self._submit_receipt(record, self.async_receipts, (contributor, first, layers), batches)
         return signed
+
+    def _submit_receipt(self, record: Any, book: ReceiptBook[Any], key: Any, amount: int) -> int:
+        result = self.ledger.submit(record.to_bytes(), record.timestamp_ms)
+        if result.accepted:
+            book.signed(key, amount)
+            return 1
+        # kept: the next epoch's receipt carries it
+        log.info("%s for %d from %s not accepted: %s", record.kind, amount, str(key)[:24], result.reason)
+        return 0
+
+    def on_async_merged(self, first_layer: int, layers: int, merged: Sequence[tuple[str, int]]) -> None:
+        """This node's outer step on ``layers`` layers from ``first_layer`` merged these async
+        contributions ((contributor address, batches)): receipts owed to them (any thread)."""
+        self.async_receipts.note(((contributor, first_layer, layers), batches) for contributor, batches in merged)
 
     def _data_proofs(self, current: int, oldest_open: int) -> list[tuple]:
         """Data proofs for the epochs ``DATA_PROOF_DELAY_EPOCHS`` ago (and any missed since the
@@ -261,6 +287,20 @@ class EconomyService:
             if served:
                 proofs.append((epoch, "data", WorkFigures(samples=served, tier=self._tier), b"", b""))
         self._last_data_epoch = max(self._last_data_epoch, last)
+        return proofs
+
+    def _async_proofs(self, current: int, oldest_open: int) -> list[tuple]:
+        """Async proofs for the epochs ``DATA_PROOF_DELAY_EPOCHS`` ago (and any missed since),
+        each claiming what the stage holders that merged this node's pseudo-gradients signed for
+        (their async receipts reach this ledger by gossip, like a data node's receipts)."""
+        proofs = []
+        last = current - DATA_PROOF_DELAY_EPOCHS
+        for epoch in range(max(self._last_async_epoch + 1, oldest_open + 1), last + 1):
+            batches, layers = self.ledger.async_claim(self.key.address, epoch)
+            if batches:
+                proofs.append((epoch, "async", WorkFigures(batches=batches, layers=layers, role="none",
+                                                           tier=self._tier, async_mode=True), b"", b""))
+        self._last_async_epoch = max(self._last_async_epoch, last)
         return proofs
 
     def _write_own_proofs(self) -> None:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from app.crypto.keys import PublicKey
+from app.crypto.keys import PublicKey, address_from_public_key
 from app.node.events import ErrorOccurred, Event
 from app.node.runtime.network import NetworkService
 from app.node.runtime_api import RuntimeContext
@@ -72,6 +72,23 @@ class EconomyLink:
         """A step this node applied (any thread): the work of the next training proof."""
         if self.service is not None:
             self.service.on_work(step)
+
+    def on_async_merged(self, layer_range: tuple[int, int], merged: tuple[tuple[str, int], ...]) -> None:
+        """An outer step on ``layer_range`` merged these async contributions ((node id hex,
+        batches)): this holder owes each contributor an async receipt. A contributor is named by
+        its public key, which the receipt's address comes from; one this node no longer knows is
+        skipped (it cannot be paid through an address nobody can check)."""
+        if self.service is None:
+            return
+        owed = []
+        for node_id, batches in merged:
+            peer = self.net.known.get(bytes.fromhex(node_id))
+            if peer is None:
+                log.info("merged async work of %s, which is no longer known: no receipt", node_id[:12])
+                continue
+            owed.append((address_from_public_key(peer.public_key), batches))
+        first, end = layer_range
+        self.service.on_async_merged(first, end - first, owed)
 
     def staked_units(self) -> int:
         """This node's stake in micro-NEURO (0 while rewards are off)."""

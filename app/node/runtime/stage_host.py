@@ -54,7 +54,7 @@ from app.node.training.stage import (
     StageWorker,
     build_shard,
 )
-from app.node.training.sync import StageSync
+from app.node.training.sync import StageSync, SyncReport
 from app.node.training.trainer import NodeTrainer
 from app.node.training.transport import RetryElsewhere
 
@@ -86,6 +86,9 @@ class StageHooks:
     on_forward: ForwardHook = _forget_forward  # PoNW's step log (runtime/verification.py)
     on_backward: BackwardHook = _forget_forward
     on_applied: AppliedHook = _forget_forward
+    on_async_merged: Callable[[tuple[int, int], tuple[tuple[str, int], ...]], None] | None = None
+    """An outer step merged these async contributions ((node id, batches)) into this layer range:
+    the holder's receipts for them (runtime/economy_link.py)."""
 
 
 class StageHost:
@@ -146,11 +149,16 @@ class StageHost:
                             on_applied=self._hooks.on_applied, vocab=self._vocab.guard())
         whole = a.with_embedding and a.with_head and self._held_out
         held_out = whole_model_loss(lambda: stage.shard, self._held_out, lm_loss) if whole else None
-        sync = StageSync(self._net.node_id, stage, self.cohort, self._training, on_report=self._vocab.round_closed,
+        sync = StageSync(self._net.node_id, stage, self.cohort, self._training, on_report=self._round_closed,
                          on_start=lambda: self._activity("averaging"), fetch_peer_state=self._fetch_peer_state,
                          held_out=held_out)
         self._vocab.attach(stage, sync)
         return stage, sync
+
+    def _round_closed(self, sync: StageSync, report: SyncReport) -> None:
+        self._vocab.round_closed(sync, report)
+        if report.merged_async and self._hooks.on_async_merged is not None:
+            self._hooks.on_async_merged(sync.stage.layer_range, report.merged_async)
 
     def architecture(self) -> ModelArchitecture:
         """The model the stages are built for now: the configured one at the voted vocabulary."""

@@ -46,6 +46,8 @@ class SyncReport:
     rejected: tuple[tuple[str, str], ...]
     bytes_sent: int
     seconds: float
+    merged_async: tuple[tuple[str, int], ...] = ()
+    """(node id, batches) of the async contributions this outer step merged (PoNW pays them)."""
 
 
 PeerDiLoCoState = tuple[dict, dict, int]
@@ -101,13 +103,16 @@ class StageSync:
             encoded = await loop.run_in_executor(self.stage.executor, self._encode)
             mine = CohortPayload(self.node_id, self.rounds, self.replica.inner_steps_done, 0.0, encoded)
             others: list[CohortPayload] = []
+            asyncs: list[CohortPayload] = []
             if self.cohort is not None:
                 others = await self.cohort.exchange(self.stage.layer_range, self.rounds, mine,
                                                     self.config.sync_timeout_s)
-                others += self.cohort.take_async(self.stage.layer_range)
+                asyncs = self.cohort.take_async(self.stage.layer_range)
             sent = encoded_nbytes(encoded) * sum(1 for p in others if p.round == self.rounds)
-            result = await loop.run_in_executor(self.stage.executor, self._apply, [mine, *others])
-            report = SyncReport(self.rounds, tuple(result[0]), tuple(result[1]), sent, loop.time() - began)
+            result = await loop.run_in_executor(self.stage.executor, self._apply, [mine, *others, *asyncs])
+            merged = set(result[0])
+            report = SyncReport(self.rounds, tuple(result[0]), tuple(result[1]), sent, loop.time() - began,
+                                tuple((p.node_id, p.batches) for p in asyncs if p.node_id in merged))
             self.rounds += 1
             if self.cohort is not None and self.can_catch_up:  # still behind the closed gate
                 for peer in self.cohort.ahead_of_us(self.stage.layer_range):

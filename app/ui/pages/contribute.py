@@ -25,7 +25,9 @@ NEEDS = {
 }
 EARNS = {
     "pipeline": "Earns: 0.0005 NEURO per batch per layer held, more when it holds the first or last layer.",
-    "async": "Earns: only its uptime in this version; pay for accepted async updates is not proven yet.",
+    "async": "Earns: 0.0003 NEURO per batch per layer of its updates that the computers holding those "
+             "layers took into the model (they sign for what they took). An update turned down as harmful, "
+             "or one nobody took, earns nothing.",
     "data": "Earns: 0.00001 NEURO per sample of training text served (256 tokens), counted from the "
             "receipts the computers that downloaded it sign. While nobody downloads from this computer, "
             "data earns nothing.",
