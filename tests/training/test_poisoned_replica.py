@@ -109,3 +109,26 @@ def test_a_poisoned_replica_of_two_is_rejected_and_held_out_loss_stays_within_tw
     assert attacked <= clean * 1.02, (attacked, clean)
     unscreened, _ = _run(store, poisoned=True, screened=False)
     assert unscreened > clean * 1.02, (unscreened, clean)  # what scoring prevents
+
+
+def test_a_late_replica_takes_an_honest_peers_anchor_but_not_a_poisoned_one(store) -> None:
+    """Catching up copies a peer's whole DiLoCo state, so it passes the same held-out test as a
+    contribution: a poisoned anchor is refused and the stage keeps its weights and round."""
+    stage = StageWorker(build_shard(ARCH, (0, ARCH.layers), with_embedding=True, with_head=True, seed=0), CONFIG)
+    held_out = whole_model_loss(stage.shard, _batches(store, seed=99, n=2), lm_loss)
+    offered: dict[str, tuple[dict, dict, int]] = {}
+
+    async def fetch(layer_range: tuple[int, int], peer: str) -> tuple[dict, dict, int]:
+        return offered[peer]
+
+    sync = StageSync("r0", stage, None, CONFIG, held_out=held_out, fetch_peer_state=fetch)
+    anchor = sync.replica.anchor
+    momentum = {name: torch.zeros_like(t) for name, t in anchor.items()}
+    generator = torch.Generator().manual_seed(1)
+    offered["poisoned"] = ({n: t + torch.randn(t.shape, generator=generator) * 0.5 for n, t in anchor.items()},
+                           momentum, 3)
+    offered["honest"] = ({n: t.clone() for n, t in anchor.items()}, momentum, 3)
+    before = {name: p.detach().clone() for name, p in stage.shard.named_parameters()}
+    assert not asyncio.run(sync.catch_up_with("poisoned"))
+    assert sync.rounds == 0 and all(torch.equal(before[n], p) for n, p in stage.shard.named_parameters())
+    assert asyncio.run(sync.catch_up_with("honest")) and sync.rounds == 3

@@ -138,9 +138,26 @@ class StageSync:
         if got is None:
             return False
         anchor, momentum, rounds = got
-        await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.adopt, anchor, momentum, rounds)
+        loop = asyncio.get_running_loop()
+        if self.held_out is not None:  # a peer's state is merged wholesale: it passes the contributions' test
+            why = await loop.run_in_executor(self.stage.executor, self._screen_state, peer, anchor)
+            if why:
+                log.warning("did not take %s's DiLoCo state: it %s", peer[:12], why)
+                return False
+        await loop.run_in_executor(self.stage.executor, self.adopt, anchor, momentum, rounds)
         log.info("late for a DiLoCo round: took %s's anchor (round %d)", peer[:12], rounds)
         return True
+
+    def _screen_state(self, peer: str, anchor: dict) -> str:
+        """Why ``peer``'s anchor may not replace ours (held-out scoring, as for a contribution:
+        the difference to our anchor is screened like a pseudo-gradient); empty when it may."""
+        with self.stage.lock:
+            ours = {name: tensor.clone() for name, tensor in self.replica.anchor.items()}
+        if set(anchor) != set(ours) or any(tuple(anchor[n].shape) != tuple(t.shape) for n, t in ours.items()):
+            return "does not match this stage's parameters"
+        difference = {name: ours[name] - anchor[name].to(ours[name].dtype) for name in ours}
+        screening = screen([Contribution(peer, difference, 1, 0.0)], ours, self.held_out, self.held_out_margin)
+        return screening.rejected[0][1] if screening.rejected else ""
 
     def adopt_position(self, rounds: int | None = None, inner_steps_done: int = 0) -> None:
         """The stage's weights were just replaced by a replica's: they become the anchor, and the
