@@ -88,10 +88,12 @@ class HolePuncher:
 
     def __init__(self, key: PrivateKey, client: PeerClient, config: P2PConfig, replay: ReplayGuard,
                  tls: TlsIdentity, *, local_host: str, server_address: Callable[[], tuple[str, int] | None],
+                 lan_host: Callable[[], str] | None = None,
                  observed_host: Callable[[], str],
                  on_outcome: Callable[[PunchOutcome], None] | None = None) -> None:
         self.key, self.client, self.config, self.replay, self.tls = key, client, config, replay, tls
-        self.local_host = local_host
+        self.local_host = local_host  # bound by punch ports, as the gRPC server is
+        self.lan_host = lan_host or (lambda: local_host)  # offered to peers on our network
         self.server_address = server_address
         self.observed_host = observed_host
         self.on_outcome = on_outcome
@@ -123,7 +125,8 @@ class HolePuncher:
 
     @property
     def _loopback(self) -> bool:
-        return self.local_host.startswith("127.") or self.local_host == "::1"
+        host = self.lan_host()
+        return host.startswith("127.") or host == "::1"
 
     # ------------------------------------------------------------------ initiator
     def want(self, route: Route) -> None:
@@ -176,7 +179,7 @@ class HolePuncher:
         except OSError as exc:
             raise PunchFailed(f"no local port to punch from: {exc}") from None
         try:
-            ours = own_candidates(self.observed_host(), self.local_host, port.port)
+            ours = own_candidates(self.observed_host(), self.lan_host(), port.port)
             if not ours:
                 raise PunchFailed("this node knows no address of its own to offer (no tracker told it)")
             cert, targets, rtt = await self._exchange(route, ours, attempt)
@@ -326,7 +329,7 @@ class HolePuncher:
         handed_over = False
         try:
             reply = pb2.PunchMessage(protocol_version=PROTOCOL_VERSION, type=CONNECT, attempt=hello.attempt,
-                                     addresses=own_candidates(self.observed_host(), self.local_host, port.port),
+                                     addresses=own_candidates(self.observed_host(), self.lan_host(), port.port),
                                      certificate=self.tls.cert_der)
             sign_message(self.key, PUNCH, reply, caller)
             yield reply

@@ -105,7 +105,7 @@ class P2PNode:
         self.puncher: HolePuncher | None = None
         if listen and self.config.hole_punching:
             self.puncher = HolePuncher(key, self.client, self.config, self.replay, self.tls, local_host=host,
-                                       server_address=self._server_address,
+                                       server_address=self._server_address, lan_host=lambda: self.local_host,
                                        observed_host=lambda: self.tracker_client.observed_host, on_outcome=on_punch)
             self.puncher.install(self.dispatcher)
 
