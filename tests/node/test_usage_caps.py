@@ -153,6 +153,15 @@ async def _until(condition) -> None:  # noqa: ANN001
         await asyncio.sleep(0)
 
 
+def _wait_until(condition, what: str, timeout: float = 120.0) -> None:  # noqa: ANN001
+    """Wait for a condition of the engine; ``timeout`` only catches a hang (a loaded machine measuring
+    its hardware or importing torch takes longer, and still passes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
 def test_the_executor_meters_its_jobs_and_sets_torch_threads_per_worker() -> None:
     before = torch.get_num_threads()
     executor = MeteredExecutor(1, DutyCycle(1.0), thread_name_prefix="test-metered")
@@ -233,9 +242,7 @@ def test_set_usage_caps_reaches_the_runtime_and_changes_torch_threads(tmp_path, 
     before = torch.get_num_threads()
     engine.start()
     try:
-        deadline = time.time() + 20
-        while not runtimes and time.time() < deadline:
-            time.sleep(0.02)
+        _wait_until(lambda: runtimes, "the runtime was built")
         # The idle caps of the config are in force from the start, published with what they mean.
         assert events[0].caps == limits.caps(in_use=False) and events[0].threads == 2
         assert events[-1].share == 0.9 and events[-1].device == "cpu"
@@ -264,9 +271,7 @@ def test_gpu_share_applies_on_a_gpu_device(tmp_path, monkeypatch) -> None:
     engine = NodeEngine(NodeConfig(data_dir=tmp_path, limits=limits), runtime_factory=CapsRuntime)
     engine.start()
     try:
-        deadline = time.time() + 20
-        while engine.state is not NodeState.TRAINING and time.time() < deadline:
-            time.sleep(0.02)
+        _wait_until(lambda: engine.state is NodeState.TRAINING, "the node trains")
         event = engine.latest("usage_caps")
         assert event is not None and event.device == "mps" and event.share == 0.3
     finally:
@@ -352,9 +357,7 @@ def test_the_real_runtime_paces_its_p2p_streams_with_the_caps_in_force(tmp_path,
     engine = NodeEngine(config, runtime_factory=lambda ctx: runtimes.append(NodeRuntime(ctx)) or runtimes[-1])
     engine.start()
     try:
-        deadline = time.time() + 60
-        while not (runtimes and runtimes[0].net is not None) and time.time() < deadline:
-            time.sleep(0.05)
+        _wait_until(lambda: runtimes and runtimes[0].net is not None, "the node's network is up")
         bandwidth = runtimes[0].net.node.bandwidth
         assert bandwidth.upload.rate == 4 << 20 and bandwidth.download.rate is None
         engine.call(SetUsageCaps(caps=UsageCaps(upload_bytes_per_s=1 << 20, download_bytes_per_s=2 << 20)))
