@@ -38,9 +38,17 @@ async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 
         raise AssertionError(f"never happened within {timeout:.0f} s: {what}") from None
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+HANG_S = 280.0
+"""The least a scenario of ``run`` gets before it is cancelled: a hang bound, just under the suite's
+per-test limit (pytest-timeout, 300 s), so a hung scenario is still cancelled and its nodes stopped
+cleanly. The 60-180 s that call sites name come from quiet machines; 50 real nodes joining over
+TLS take several times longer on a loaded 2-core one."""
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = HANG_S) -> T:
+    """Run a scenario on a fresh loop; ``timeout`` only bounds a hang (at least ``HANG_S``)."""
     async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
+        return await asyncio.wait_for(coro, max(timeout, HANG_S))
 
     return asyncio.run(bounded())
 
