@@ -142,7 +142,7 @@ def test_apply_keeps_held_out_loss_and_the_node_resumes_on_the_new_version(train
 
 
 @pytest.mark.parametrize("phase", ["grow", "adopt"])
-def test_a_migration_killed_midway_comes_back_on_the_old_version(trained: Path, tmp_path: Path, phase: str) -> None:
+def test_a_migration_killed_midway_comes_back_on_the_old_version_at_the_next_start(trained: Path, tmp_path: Path, phase: str) -> None:
     data_dir = _copy(trained, tmp_path)
     before = _digests(data_dir)
     script = ("import os, signal, sys; from pathlib import Path; from app.node.migration import apply\n"
@@ -152,10 +152,13 @@ def test_a_migration_killed_midway_comes_back_on_the_old_version(trained: Path, 
     done = subprocess.run([sys.executable, "-c", script, str(data_dir)], cwd=ROOT, capture_output=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()
     assert (data_dir / MIGRATION_DIR / "journal.json").exists()
-    message = recover(data_dir)
-    assert message is not None and "back on its previous version" in message
+    events = _run_node(data_dir, 0)  # the node starts again: it rolls back, says so, and is on version 1
+    assert any(isinstance(e, ErrorOccurred) and "back on its previous version" in e.message for e in events)
+    (layers,) = [e for e in events if isinstance(e, LayersAssigned)]
+    assert layers.architecture_version == 1
     assert _digests(data_dir) == before
     assert _held_out_loss(data_dir)[0] == 1 and not (data_dir / MIGRATION_DIR / "architecture.json").exists()
+    assert recover(data_dir) is None  # nothing left to roll back
 
 
 def test_a_failed_write_is_rolled_back_at_the_next_start(trained: Path, tmp_path: Path,
