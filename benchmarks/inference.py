@@ -11,7 +11,9 @@ same run, in-process ``model.generation.generate`` of the same weights is the ba
 - time to first token (prompt sent, first token sampled), through the network and in process;
 - ``same_tokens``: whether the network's tokens equal the in-process ones;
 - ``cache_append``: appending 1024 positions one at a time to a layer's key/value cache, the
-  model's grown buffer against concatenating the whole cache per token (``concatenated_over_grown``).
+  model's grown buffer against concatenating the whole cache per token (``concatenated_over_grown``);
+- ``decode_by_cache``: in-process decode tokens/s at prompt 16 and 512 with either cache,
+  64 tokens, interleaved, best of 5 (``grown_16_over_512`` is the 1.5x goal with the model's cache).
 
 Field reference: Petals serves a 70B model at up to 6 tokens/s per session.
 
@@ -135,6 +137,52 @@ def _cache_append(positions: int = 1024, kv_heads: int = 8, head_dim: int = 128)
             "concatenated_s": round(cat_s, 4), "concatenated_over_grown": round(cat_s / grow_s, 2)}
 
 
+class _ConcatenatedCache:
+    """The cache as it was before the grown buffer: the whole cache concatenated per token (the
+    same-run baseline of ``decode_by_cache``)."""
+
+    def __init__(self, max_positions: int | None = None) -> None:
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is None or self.values is None:
+            self.keys, self.values = k, v
+        else:
+            self.keys, self.values = torch.cat((self.keys, k), dim=2), torch.cat((self.values, v), dim=2)
+        return self.keys, self.values
+
+
+def _decode_by_cache(tokens: int = 64, rounds: int = 5) -> dict:
+    """In-process decode tokens/s at prompt 16 and 512 with the model's cache and with the
+    concatenating one, interleaved, best of ``rounds`` (the least disturbed run on a shared machine)."""
+    from app.node.model import shard as shard_module
+
+    whole = [_shard((0, ARCH.layers))]
+    grown = shard_module.LayerCache
+    best: dict[str, float] = {}
+    try:
+        for _ in range(rounds):
+            for name, cache in (("grown", grown), ("concatenated", _ConcatenatedCache)):
+                shard_module.LayerCache = cache  # type: ignore[misc]
+                for length in (16, 512):
+                    marks: list[float] = []
+                    generate(whole, _prompt(length), tokens, temperature=0,
+                             on_token=lambda _i, _t, m=marks: m.append(time.perf_counter()))
+                    rate = (len(marks) - 1) / (marks[-1] - marks[0])
+                    best[f"{name}_{length}"] = max(best.get(f"{name}_{length}", 0.0), rate)
+    finally:
+        shard_module.LayerCache = grown  # type: ignore[misc]
+    report: dict = {f"{k}_decode_tokens_per_s": round(v, 2) for k, v in best.items()}
+    for name in ("grown", "concatenated"):
+        report[f"{name}_16_over_512"] = round(best[f"{name}_16"] / best[f"{name}_512"], 3)
+    return report
+
+
 async def main(tokens: int) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     local_stages = [_shard(r) for r in _split(4)]
@@ -168,6 +216,7 @@ async def main(tokens: int) -> dict:
             report["networks"][f"{stages}_stages"] = entry
     report["same_tokens"] = same
     report["cache_append"] = _cache_append()
+    report["decode_by_cache"] = _decode_by_cache()
     report["field_reference"] = "Petals: a 70B model at up to 6 tokens/s per session"
     return report
 
