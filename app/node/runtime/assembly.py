@@ -226,7 +226,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         driver_step=resume.driver_step if resume else 0,
         checkpointed_at=host.stage.inner_step if resume else -1)
     heal = None
-    if not net.solo:
+    networked = not net.solo or net.may_find_peers  # a lone node LAN discovery may still join to
+    if networked:
         moving = trainer  # the healing pool moves this node; the trainer hands its stage over
 
         async def move(a: Assignment) -> None:
@@ -235,7 +236,7 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         heal = HealService(net, base.architecture(), t, move, current=lambda: host.stage.layer_range)
         heal.start()
         upgrades.start()
-    return PipelineJob(host, trainer, driver, quorums, heal, upgrades if not net.solo else None)
+    return PipelineJob(host, trainer, driver, quorums, heal, upgrades if networked else None)
 
 
 def _after_driver_step(quorums: QuorumService | None, upgrades: UpgradeService, committed: Callable[[], int],

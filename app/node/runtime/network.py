@@ -135,6 +135,12 @@ class NetworkService:
         tracked = bool(self.trackers) and self.node.tracker_client.reachable
         return not tracked and not self.invited and not (self.lan is not None and self.lan.verified)
 
+    @property
+    def may_find_peers(self) -> bool:
+        """Peers may still appear while this node runs: LAN discovery is looking (a lone node
+        keeps healing and upgrades wired for the network it may become)."""
+        return self.lan is not None and self.lan.active
+
     async def start(self, tier: str, layers_fit: int, memory_bytes: int = 0) -> None:
         self.node.set_offer(tier=tier, capacity=float(layers_fit), memory=memory_bytes)
         await self.node.start()

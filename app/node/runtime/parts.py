@@ -54,7 +54,7 @@ class PipelineJob:
     trainer: NodeTrainer
     driver: PipelineDriver | None  # the driver this node started with (kept after a move, for the figures)
     quorums: QuorumService | None  # the driver's quorum
-    heal: HealService | None  # None on a solo network
+    heal: HealService | None  # None on a solo network that finds no peers while it runs (no LAN discovery)
     upgrades: UpgradeService | None = None  # hears architecture upgrades (None on a solo network)
 
 
