@@ -164,3 +164,20 @@ def test_hostile_connects_are_refused_before_any_port_is_opened():
             assert hostile.node_id not in b.puncher._answering  # nothing left waiting or dialling
 
     run(scenario())
+
+
+def test_direct_path_is_used_only_if_its_server_proves_the_certificate_that_was_sent():
+    async def scenario():
+        async with hidden_pair(dataclasses.replace(FAST, punch_attempts=1)) as (a, b, _relay, outcomes):
+            # validly bound to b's key, but not the certificate b's server presents: the TCP
+            # connection forms, gRPC's TLS handshake over it refuses the server, nothing moves
+            b.puncher.tls = TlsIdentity.create(b.key)
+            await a.call_stage(b.record(), "forward", {"microbatch": 1}, {"x": torch.ones(4)}, timeout=5)
+            await eventually(lambda: _true(outcomes), what="a hole-punch outcome")
+            [outcome] = outcomes
+            assert not outcome.direct and "TLS or the first call failed" in outcome.reason, outcome
+            assert b.node_id not in a.client.direct
+            meta, _ = await a.call_stage(b.record(), "forward", {"microbatch": 2}, {"x": torch.ones(4)}, timeout=5)
+            assert meta["microbatch"] == 2  # still served, through the relay
+
+    run(scenario())

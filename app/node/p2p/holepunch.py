@@ -197,14 +197,19 @@ class HolePuncher:
             raise PunchFailed(f"no direct connection within {self.config.punch_window_s:g} s: "
                               + ", ".join(f"{format_address(*t)}: {port.why(t)}" for t in targets))
         sock = chosen[0]
-        remote = format_address(*sock.getpeername()[:2])
-        bridge = await self._bridge(peer, sock)
+        try:
+            remote = format_address(*sock.getpeername()[:2])
+            bridge, abandon = await self._bridge(peer, sock)
+        except OSError as exc:
+            sock.close()
+            raise PunchFailed(f"the direct connection broke at once: {exc}") from None
         try:
             self.client.adopt(bridge, cert, peer)
             request = pb2.PingRequest(protocol_version=PROTOCOL_VERSION)
             await self.client.unary(Route(bridge, expect=peer), PING, request, self.config.rpc_timeout_s)
         except P2PError as exc:
-            await self.client.forget(bridge)
+            abandon()
+            await self.client.forget(bridge)  # a channel that came ends its splice, which closes the socket
             raise PunchFailed(f"connected to {remote} but TLS or the first call failed there: {exc}") from None
         self.client.direct[peer] = bridge
         return remote
@@ -266,9 +271,10 @@ class HolePuncher:
             raise PunchFailed(f"the peer offered no address to dial: {exc}") from None
         return bytes(answer.certificate), targets
 
-    async def _bridge(self, peer: bytes, sock: socket.socket) -> str:
+    async def _bridge(self, peer: bytes, sock: socket.socket) -> tuple[str, Callable[[], None]]:
         """A one-shot listener on loopback whose first connection is spliced to ``sock``; the
-        direct path ends (and calls go back to the relay) when that splice ends."""
+        direct path ends (and calls go back to the relay) when that splice ends. Returns its
+        address and a function that closes listener and socket if no connection came yet."""
         taken = asyncio.Event()
 
         async def carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -287,7 +293,14 @@ class HolePuncher:
 
         server = await asyncio.start_server(on_local, "127.0.0.1", 0)
         address = format_address("127.0.0.1", server.sockets[0].getsockname()[1])
-        return address
+
+        def abandon() -> None:
+            if not taken.is_set():
+                taken.set()
+                server.close()
+                sock.close()
+
+        return address, abandon
 
     async def drop(self, peer: bytes) -> None:
         """Close the direct path to ``peer``, if any: its calls go through the relay again."""
