@@ -14,6 +14,7 @@ the trainer, which is built after the first stage.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -38,12 +39,14 @@ from app.node.runtime.p2p_transport import (
     stage_server,
     weights_server,
 )
+from app.node.runtime.quorum_service import quorum_key
 from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RuntimeContext
 from app.node.training.arch_guard import ARCH_KEY, arch_tag
 from app.node.training.checkpointing import ResumePoint, checkpoint_path, restore_training_state
 from app.node.training.config import TrainingConfig
 from app.node.training.layer_pool import Assignment
+from app.node.training.quorum import Quorum, QuorumError
 from app.node.training.scoring import whole_model_loss
 from app.node.training.speed import plan_speed
 from app.node.training.stage import (
@@ -294,27 +297,44 @@ class StageHost:
                 return
             (sender, layer_range), self._follow_next = self._follow_next, None
 
-    async def _follow(self, sender: str | None, layer_range: tuple[int, int], delay_s: float = FOLLOW_DELAY_S) -> None:
+    async def _follow(self, sender: str | None, layer_range: tuple[int, int], delay_s: float = FOLLOW_DELAY_S,
+                      *, final: bool = False) -> bool:
+        """Copy a peer's weights and DiLoCo round; ``final``: the run is over and this holder's own
+        work is void (idle, or every driver it served died), so it replaces even trained weights."""
         await asyncio.sleep(delay_s)
         stage, sync = self.stage, self.sync
-        if stage.layer_range != layer_range or not _idle(stage):
-            return
+        if stage.layer_range != layer_range or not (final or _idle(stage)):
+            return False
         weights = P2PWeights(self._net.node, arch=arch_tag(self.architecture()))
         try:
             state = await weights.fetch(layer_range, prefer=sender)
-        except RetryElsewhere:
-            return
-        if not _idle(stage):
-            return
+        except RetryElsewhere as exc:
+            log.info("could not take a replica's weights of layers %s: %s", layer_range, exc)
+            return False
+        if not (final or _idle(stage)):
+            return False
         stage.load_weights(state)
         sync.adopt_position(weights.last_position[0] if weights.last_position else None)
         self._activity("idle replica: took the latest weights from a peer")
+        return True
 
-    async def finish(self) -> None:
-        """The run is over: an idle replica ends on the weights its cohort ended on (the drivers
-        are done), so it leaves a usable copy behind."""
-        if _idle(self.stage) and not self._net.solo:
-            await self._follow(None, self.stage.layer_range, delay_s=0.0)
+    async def finish(self) -> bool:
+        """The run is over: a replica whose work no surviving driver carries on (it was idle, or
+        every driver it served died) ends on the weights of a holder that served a driver to its
+        finish, so the copies of a stage agree and it leaves a usable copy behind. True if it
+        took them."""
+        stage = self.stage
+        if self._net.solo or stage.is_first:
+            return False
+        try:
+            live = await self._net.live_drivers()
+        except Exception as exc:  # the registry did not answer: keep our own weights
+            log.info("no end-of-run follow: %s", exc)
+            return False
+        if stage.seen_drivers & (live | stage.finished_drivers):
+            return False  # a driver that finished (or still runs) trained these weights
+        prefer = await finishing_member(self._net, stage.finished_drivers, stage.layer_range)
+        return await self._follow(prefer, stage.layer_range, delay_s=0.0, final=True)
 
     # --- moving (healing) ----------------------------------------------------------------------------
     async def move(self, a: Assignment, trainer: NodeTrainer) -> None:
@@ -371,3 +391,30 @@ def _vocab_rows(state: dict[str, torch.Tensor]) -> int | None:
         if name in state and state[name].dim() == 2:
             return int(state[name].shape[0])
     return None
+
+
+async def finishing_member(net: NetworkService, finished: set[str], layer_range: tuple[int, int]) -> str | None:
+    """A holder of ``layer_range`` that a finished driver's quorum names (its signed DHT record):
+    it served that driver to the end, so its weights are the stage's final ones."""
+    me = net.node_id
+    for driver in sorted(finished):
+        try:
+            values = await net.node.dht.get_values(quorum_key(driver))
+        except Exception:  # the record is advisory: fall back to any live holder
+            continue
+        for value in values:
+            if value.publisher.hex() != driver:
+                continue  # only the driver itself says who its quorum is
+            try:
+                quorum = Quorum.from_record(json.loads(value.value))
+            except (QuorumError, ValueError):
+                continue
+            for member in quorum.members.values():
+                if member != me and member != driver and await _holds(net, member, layer_range):
+                    return member
+    return None
+
+
+async def _holds(net: NetworkService, node: str, layer_range: tuple[int, int]) -> bool:
+    records = await net.node.who_holds(layer_range[0])
+    return any(r.node_id.hex() == node and (r.layer_start, r.layer_end) == tuple(layer_range) for r in records)

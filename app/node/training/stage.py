@@ -174,8 +174,8 @@ class StageWorker:
         self.lock = threading.Lock()
         self.gate = RoundGate()  # closed while DiLoCo rewrites the weights
         self.weights = StageWeights(self.shard, self.lock, on_loaded=self.drop_graphs)
-        self.finished_drivers: set[str] = set()
-        self.seen_drivers: set[str] = set()
+        self.finished_drivers: set[str] = set()  # drivers that said they are done (to every holder)
+        self.seen_drivers: set[str] = set()  # drivers that routed work here (forward/backward/commit)
         # forward graphs awaiting their backward: (input leaf, output, parameter versions at forward)
         self._graphs: OrderedDict[tuple[str, int, int], tuple[torch.Tensor | None, torch.Tensor, tuple[int, ...]]] \
             = OrderedDict()
@@ -216,7 +216,8 @@ class StageWorker:
             refusal = arch_refusal(meta, self.shard.architecture, self.layer_range)  # training/arch_guard.py
             if refusal is not None:
                 return refusal, []  # a driver of another version is not one of ours (an idle replica stays idle)
-            self.seen_drivers.add(driver)
+            if op != OP_FINISH:  # a driver says finish to every holder, also to replicas it never used
+                self.seen_drivers.add(driver)
             if op != OP_FINISH and (self.is_first or self.is_last):
                 refusal = self.vocab_guard.refusal(meta, self.layer_range)
                 if refusal is not None:

@@ -153,8 +153,10 @@ class NodeTrainer:
                 return
             finished, seen = self.stage.finished_drivers, self.stage.seen_drivers
             drivers = await self.live_drivers() if self.live_drivers is not None else seen
-            if seen and drivers <= finished:
-                return  # every driver still alive said it finished (or none is left)
+            if (seen or finished) and drivers <= finished:
+                # every driver still alive said it finished (or none is left); an idle replica
+                # hears "finish" too, so it leaves (and follows its cohort) while the others linger
+                return
             ever_live = ever_live or bool(drivers)
             if max_steps is not None and ever_live and not drivers:
                 return  # a bounded run whose drivers all left without ever routing to us
