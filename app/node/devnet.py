@@ -8,8 +8,9 @@ from each node's ``run_summary.json``. ``run_devnet`` is the same as a Python AP
 benchmarks/training.py call it).
 
 The summary accounts for every planned step: each driver's ``steps`` are either committed (its
-own count, or the last step it reported before it died) or listed under ``lost_steps`` with the
-reason, and ``dead_nodes`` names every node that was killed or exited with an error. A ``--kill``
+own count, or the last step it reported before it died, plus what a surviving driver took over,
+listed under ``taken_over``) or listed under ``lost_steps`` with the reason, and ``dead_nodes``
+names every node that was killed or exited with an error. A ``--kill``
 of a role the run does not have is refused (exit 2) instead of silently killing nothing.
 """
 
@@ -73,6 +74,8 @@ class _Proc:
     layers: tuple[int, int] = (0, 0)
     finished: bool = False
     served: int = 0  # steps applied on a non-driver stage (it is in some driver's pipeline)
+    node_id: str = ""  # a driver's id, from its quorum event (a killed one writes no summary)
+    tokens: int = 0  # a driver's tokens so far, from its step events
     argv: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -270,8 +273,11 @@ class Devnet:
         if kind == "layers":
             proc.roles = tuple(event.get("roles", ()))
             proc.layers = (int(event.get("first_layer", 0)), int(event.get("last_layer", 0)))
+        elif kind == "quorum" and event.get("members"):
+            proc.node_id = str(event["members"][0])
         elif kind == "step" and "driver" in proc.roles:
             proc.step = max(proc.step, int(event.get("step", 0)))
+            proc.tokens = max(proc.tokens, int(event.get("tokens_total", 0)))
             self._maybe_kill()
             self._draw()
         elif kind == "step":
@@ -325,7 +331,9 @@ class Devnet:
         def replicated(p: _Proc) -> bool:
             return any(q is not p and q.layers == p.layers for q in live)
 
-        candidates = sorted((p for p in live if role in p.roles), key=lambda p: (not replicated(p), -p.served))
+        # a driver that has not reported a step yet may not have published its progress either
+        candidates = sorted((p for p in live if role in p.roles),
+                            key=lambda p: (not replicated(p), role == "driver" and p.step == 0, -p.served))
         victim = candidates[0] if candidates else None
         if victim is not None and max(p.step for p in self._nodes()) >= at_step and victim.popen.poll() is None:
             os.killpg(victim.popen.pid, signal.SIGKILL)
@@ -363,7 +371,8 @@ class Devnet:
     def _summary(self, elapsed: float) -> dict[str, Any]:
         dirs = list(dict.fromkeys(p.data_dir for p in self._nodes() if p.data_dir is not None))
         seen = {p.name: {"roles": list(p.roles), "layers": list(p.layers), "last_step": p.step,
-                         "data_dir": p.data_dir.name if p.data_dir else p.name} for p in self._nodes()}
+                         "data_dir": p.data_dir.name if p.data_dir else p.name, "node_id": p.node_id,
+                         "tokens": p.tokens} for p in self._nodes()}
         out = summarize(dirs, self.steps,
                         elapsed, killed=self.killed,
                         exit_codes={p.name: p.popen.returncode for p in self._nodes()},
@@ -411,7 +420,7 @@ def summarize(dirs: list[Path], steps: int, elapsed: float, *, killed: list[str]
         "driver_steps": {name: n.get("steps") for name, n in sorted(nodes.items()) if n in drivers},
         "loss_start": _mean([n.get("loss_first") for n in drivers]),
         "loss_end": _mean([n.get("loss_last") for n in drivers]),
-        "tokens": sum(int(n.get("tokens", 0)) for n in drivers),
+        "tokens": sum(int(n.get("tokens", 0)) for n in drivers) + _tokens_of_dead_drivers(nodes, seen or {}),
         "bytes_sent": bytes_sent,
         "failovers": sum(int(n.get("failovers", 0)) for n in drivers),
         "router_failovers": sum(int(n.get("router_failovers", 0)) for n in nodes.values()),
@@ -445,25 +454,44 @@ def account_steps(nodes: dict[str, dict[str, Any]], steps: int, *, killed: list[
 
     The plan is ``steps`` per driver: every node that reported the driver role (in its events or
     its run_summary.json). A driver's committed steps are its own count when it wrote one, else
-    the last step it reported before it died."""
+    the last step it reported before it died, joined with the steps of its plan that a live driver
+    took over (a survivor's ``taken_over``); steps both did (the dead one committed them after its
+    last DiLoCo round, so their updates died with it) are counted once and listed as retrained."""
     by_dir: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for name, info in seen.items():
         by_dir.setdefault(str(info.get("data_dir", name)), []).append((name, info))
     driver_dirs = sorted({d for d, procs in by_dir.items() if any("driver" in i.get("roles", []) for _, i in procs)}
                          | {d for d, n in nodes.items() if "driver" in n.get("roles", [])})
+    takeovers = _takeovers(nodes)
     committed: dict[str, int] = {}
     lost: list[dict[str, Any]] = []
+    taken: list[dict[str, Any]] = []
+    retrained: list[dict[str, Any]] = []
     for d in driver_dirs:
         own = nodes.get(d, {})
         last_seen = max((int(i.get("last_step", 0)) for _, i in by_dir.get(d, [])), default=0)
         done = max(int(own.get("steps", 0) or 0), last_seen) if "driver" in own.get("roles", ["driver"]) \
             else last_seen
         done = min(done, steps)
-        committed[d] = done
-        missing = steps - done
+        ids = {str(i.get("node_id")) for _, i in by_dir.get(d, []) if i.get("node_id")} | {str(own.get("node_id", ""))}
+        covered = set(range(done))
+        for item in (t for i in sorted(ids - {""}) for t in takeovers.get(i, [])):
+            span = set(range(item["from_step"], min(steps, item["from_step"] + item["steps"])))
+            if span & covered:
+                retrained.append({"driver": d, "steps": len(span & covered), "by": item["by"],
+                                  "reason": f"{d} committed them after its last DiLoCo round, so their updates "
+                                            f"died with it; {item['by']} trained them again"})
+            covered |= span
+            taken.append({"driver": d, "by": item["by"], "from_step": item["from_step"], "steps": item["steps"]})
+        committed[d] = len(covered)
+        missing = steps - committed[d]
         if missing > 0:
-            lost.append({"driver": d, "steps": missing, "reason": _why_lost(d, by_dir.get(d, []), done, steps,
-                                                                           killed, exit_codes)})
+            reason = _why_lost(d, by_dir.get(d, []), done, steps, killed, exit_codes)
+            if d in {t["driver"] for t in taken}:
+                reason += f"; the driver that took over its stream trained only {len(covered) - done} of them"
+            elif any(name in killed or exit_codes.get(name) not in (0,) for name, _ in by_dir.get(d, [])):
+                reason += "; no live driver took over its remaining steps"
+            lost.append({"driver": d, "steps": missing, "reason": reason})
     dead = [{"node": name, "roles": info.get("roles", []), "layers": info.get("layers", []),
              "last_step": info.get("last_step", 0),
              "cause": "killed by --kill (SIGKILL)" if name in killed else _exit_words(exit_codes.get(name))}
@@ -472,15 +500,35 @@ def account_steps(nodes: dict[str, dict[str, Any]], steps: int, *, killed: list[
     planned = steps * len(driver_dirs)
     lost_total = sum(item["steps"] for item in lost)
     return {"steps_accounted": {"planned": planned, "committed": sum(committed.values()), "lost": lost_total},
-            "committed_steps": committed, "lost_steps": lost, "dead_nodes": dead}
+            "committed_steps": committed, "lost_steps": lost, "taken_over": taken, "retrained_steps": retrained,
+            "dead_nodes": dead}
+
+
+def _takeovers(nodes: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Dead drivers' streams that survivors trained, by the dead driver's node id (checked shapes:
+    the summaries are the nodes' own files)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, n in sorted(nodes.items()):
+        for item in n.get("taken_over", []) or []:
+            try:
+                entry = {"by": name, "from_step": max(0, int(item["from_step"])), "steps": max(0, int(item["steps"]))}
+                out.setdefault(str(item["driver"]), []).append(entry)
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out
+
+
+def _tokens_of_dead_drivers(nodes: dict[str, dict[str, Any]], seen: dict[str, dict[str, Any]]) -> int:
+    """Tokens a driver that wrote no summary (killed) trained, from its last step event."""
+    return sum(int(info.get("tokens", 0)) for info in seen.values()
+               if "driver" in info.get("roles", []) and str(info.get("data_dir")) not in nodes)
 
 
 def _why_lost(data_dir: str, procs: list[tuple[str, dict[str, Any]]], done: int, steps: int,
               killed: list[str], exit_codes: dict[str, int | None]) -> str:
     for name, _info in procs:
         if name in killed:
-            return (f"{name} was killed after committing step {done} of {steps}; no replica driver "
-                    "took over its remaining steps")
+            return f"{name} was killed after committing step {done} of {steps}"
     for name, _info in procs:
         code = exit_codes.get(name)
         if code not in (0,):

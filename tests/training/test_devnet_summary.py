@@ -88,3 +88,31 @@ def test_kill_of_a_role_the_run_does_not_have_exits_2_and_kills_nothing(tmp_path
                            "--timeout", "240"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "has no worker" in done.stderr and "nothing was killed" in done.stderr
+
+
+def test_steps_a_live_driver_took_over_count_as_committed_and_the_overlap_as_retrained(tmp_path: Path) -> None:
+    dirs = [
+        _node(tmp_path, "node0", node_id="aa", roles=["driver"], steps=12, tokens=(12 + 8) * 10,
+              taken_over=[{"driver": "bb", "from_step": 4, "steps": 8, "planned": 8}]),
+        tmp_path / "node1",  # the killed driver
+        _node(tmp_path, "node2", roles=["validator"], steps=20),
+    ]
+    dirs[1].mkdir()
+    seen = {"node0": {"roles": ["driver"], "last_step": 20, "data_dir": "node0", "node_id": "aa", "tokens": 200},
+            "node1": {"roles": ["driver"], "last_step": 6, "data_dir": "node1", "node_id": "bb", "tokens": 60},
+            "node2": {"roles": ["validator"], "last_step": 0, "data_dir": "node2"}}
+    s = summarize(dirs, 12, 30.0, killed=["node1"], exit_codes={"node0": 0, "node1": -9, "node2": 0},
+                  errors={}, seen=seen)
+    assert s["steps_accounted"] == {"planned": 24, "committed": 24, "lost": 0} and s["lost_steps"] == []
+    assert s["taken_over"] == [{"driver": "node1", "by": "node0", "from_step": 4, "steps": 8}]
+    assert [(r["driver"], r["steps"], r["by"]) for r in s["retrained_steps"]] == [("node1", 2, "node0")]
+    assert s["tokens"] == 200 + 60  # the survivor's (its plan and the one it took over) and the dead one's
+    assert [d["node"] for d in s["dead_nodes"]] == ["node1"]
+    # a takeover cut short: the rest is lost, and the reason says who trained how much
+    short = dict(json.loads((dirs[0] / "run_summary.json").read_text()),
+                 taken_over=[{"driver": "bb", "from_step": 4, "steps": 5, "planned": 8}])
+    (dirs[0] / "run_summary.json").write_text(json.dumps(short))
+    s = summarize(dirs, 12, 30.0, killed=["node1"], exit_codes={"node0": 0, "node1": -9, "node2": 0},
+                  errors={}, seen=seen)
+    assert s["steps_accounted"] == {"planned": 24, "committed": 21, "lost": 3}
+    assert "trained only 3 of them" in s["lost_steps"][0]["reason"]

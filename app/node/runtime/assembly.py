@@ -43,6 +43,7 @@ from app.node.runtime.planner import Planner
 from app.node.runtime.quorum_service import QuorumService
 from app.node.runtime.stage_host import StageHooks, StageHost
 from app.node.runtime.status import Activity, StepReports, StepSink, emit_vocabulary
+from app.node.runtime.takeover_service import TakeoverService
 from app.node.runtime.upgrade_service import UpgradeService
 from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RuntimeContext
@@ -202,7 +203,7 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         await upgrades.publish(planner.upgrade)
     else:
         upgrades.announce_pending()
-    driver, quorums = None, None
+    driver, quorums, takeover = None, None, None
     if host.stage.is_first:
         arch = base.architecture()
         starts = await _stage_starts(base, host.stage.layer_range[1])
@@ -217,13 +218,16 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
             data.restore_loader(resume.counters.get("loader") or {})
         quorums = QuorumService(net, driver, arch, t, ctx.emit)
         await quorums.form()
+        if not net.solo:  # a dead driver's planned steps are taken over by a live one
+            takeover = TakeoverService(net, t, lambda state: data.open_stream(state, base.vocab.tokenizer),
+                                       base.activity)
     trainer = NodeTrainer(
         net.node_id, host.stage, t, sync=host.sync, driver=driver, batches=data.next_batch if driver else None,
         proceed=ctx.control.proceed, data_dir=ctx.config.data_dir, loader_state=data.loader_state,
         on_activity=base.activity, on_step=base.reports.record, live_drivers=net.live_drivers,
         after_step=_after_driver_step(quorums, upgrades, lambda: trainer.driver_step if trainer else 0, me,
                                       stop=ctx.control.request_stop if ctx.config.migration.automatic else None),
-        driver_step=resume.driver_step if resume else 0,
+        takeover=takeover, driver_step=resume.driver_step if resume else 0,
         checkpointed_at=host.stage.inner_step if resume else -1)
     heal = None
     networked = not net.solo or net.may_find_peers  # a lone node LAN discovery may still join to

@@ -128,6 +128,29 @@ class DataService:
         inputs, targets = self.loader.next_batch()
         return torch.cat([inputs, targets[:, -1:]], dim=1)
 
+    def open_stream(self, state: dict[str, Any], tokenizer: Any = None) -> Callable[[], torch.Tensor]:
+        """Another driver's data stream continued at ``state`` (its published loader position: the
+        same seed, so the same batches it would have trained); ValueError when it does not fit this
+        node's data (another seed grid, batch or window size)."""
+        assert self.store is not None and self.loader is not None
+        seed = state.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < (1 << 62):
+            raise ValueError(f"a data stream's seed must be a non-negative integer, got {seed!r}")
+        if state.get("batch_size") != self.loader.batch_size:
+            raise ValueError(f"that stream has batches of {state.get('batch_size')!r}, ours {self.loader.batch_size}")
+        loader = BatchLoader(self.store, self.store.manifest, batch_size=self.loader.batch_size,
+                             seq_len=self.loader.seq_len, seed=seed, tokenizer=tokenizer)
+        try:
+            loader.load_state_dict(state)
+        except DataError as exc:
+            raise ValueError(str(exc)) from exc
+
+        def next_batch() -> torch.Tensor:
+            inputs, targets = loader.next_batch()
+            return torch.cat([inputs, targets[:, -1:]], dim=1)
+
+        return next_batch
+
     def loader_state(self) -> dict[str, Any]:
         return self.loader.state_dict() if self.loader is not None else {}
 

@@ -103,7 +103,8 @@ def summary(base: NodeBase | None, parts: NodeParts | None, activity: str) -> di
     return {
         "node_id": net.node_id if net else "", "roles": list(host.assignment.roles if host else ()),
         "layer_range": list(host.stage.layer_range) if host else [],
-        "steps": trainer.steps_this_session if trainer else 0,
+        "steps": trainer.own_steps if trainer else 0,
+        "taken_over": trainer.taken_over() if trainer else [],  # dead drivers' steps this one trained
         "driver_step": trainer.driver_step if trainer else 0,
         "inner_steps": host.stage.inner_step if host else 0,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,

@@ -82,6 +82,9 @@ class TrainingConfig:
     join_wait_s: Annotated[float, Ge(0)] = 3.0
     linger_s: Annotated[float, Ge(0)] = 2.0
     """After its last step a node keeps serving this long so peers can finish theirs."""
+    takeover_wait_s: Seconds = 600.0
+    """A driver whose own steps are done waits at most this long for the other drivers to finish
+    or die (a dead one's remaining steps are then its to take over, runtime/takeover_service.py)."""
     max_microbatch_attempts: Positive = 4
     corpus_dir: str = ""
     """A private corpus built by ``python -m app.node.data.build`` instead of the bundled sample;

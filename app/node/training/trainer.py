@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -25,6 +25,7 @@ from app.node.training.config import TrainingConfig
 from app.node.training.pipeline import PipelineDriver, PipelineStalled
 from app.node.training.stage import CommitInfo, StageWorker
 from app.node.training.sync import StageSync
+from app.node.training.takeover import DataStream, DriverProgress
 
 log = logging.getLogger("neuroshard.training")
 
@@ -33,6 +34,12 @@ BatchSource = Callable[[], torch.Tensor]  # -> [B, T+1] token ids
 WORKER_POLL_S = 0.5
 """How often a serving node checks whether its drivers are done (a DHT lookup each time)."""
 Proceed = Callable[[], Awaitable[bool]]
+
+
+class Takeover(Protocol):
+    async def publish(self, progress: DriverProgress) -> None: ...
+    async def poll(self) -> list[DataStream]: ...
+    async def settle(self) -> list[DataStream]: ...
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,9 @@ class NodeTrainer:
     """Drivers currently announced (a serving node is done when all of them said finish); default:
     the drivers this stage has served."""
     after_step: Callable[[], Awaitable[None]] | None = None
+    takeover: Takeover | None = None
+    """A driver's link to the other drivers' progress (runtime/takeover_service.py): it publishes
+    its own and takes over the streams of drivers that died; None: no takeover (alone, tests)."""
     driver_step: int = 0  # the driver's next step number (a resumed driver starts from its checkpoint's)
     checkpointed_at: int = -1  # stage.inner_step at the last save (a resumed node: the restored one)
     steps_this_session: int = field(default=0, init=False)
@@ -93,6 +103,8 @@ class NodeTrainer:
     _stopping_drive: bool = field(default=False, init=False)  # the pool moves this driver (healing)
     _drive_ended: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _last_commit_at: float = field(default_factory=time.perf_counter, init=False)
+    _streams: list[DataStream] = field(default_factory=list, init=False)  # own first, then adopted
+    _settling: bool = field(default=False, init=False)
 
     @property
     def role(self) -> str:
@@ -111,6 +123,8 @@ class NodeTrainer:
         """Train (driver) or serve (others) until ``max_steps`` steps or a stop; returns steps."""
         if self.driver is not None:
             await self._drive(max_steps)
+            if self._streams and not self._stopping_drive:
+                await self._publish(self._streams[0], "done")
             await self.driver.finish()
             self._drive_ended.set()
             if self._stopping_drive:  # moved to a later stage: serve there until the drivers finish
@@ -124,14 +138,35 @@ class NodeTrainer:
         return self.steps_this_session
 
     async def _drive(self, max_steps: int | None) -> None:
+        """Train this driver's own stream, and, round robin with it, the streams of dead drivers it
+        took over (training/takeover.py), until all are done or a stop."""
         assert self.driver is not None and self.batches is not None
-        batch: torch.Tensor | None = None
-        while max_steps is None or self.steps_this_session < max_steps:
+        own = DataStream(self.batches, max_steps)
+        self._streams = [own]
+        await self._publish(own, "training")
+        turn = 0
+        while True:
             if self._stopping_drive or (self.proceed is not None and not await self.proceed()):
                 return
-            batch = batch if batch is not None else self.batches()
-            total = "" if max_steps is None else f" of {max_steps}"
-            self.on_activity(f"training step {self.steps_this_session + 1}{total}")
+            if self.takeover is not None:
+                self._streams += await self.takeover.poll()
+            stream = next((s for s in self._streams if s.pending is not None), None)  # a stalled step first
+            active = [s for s in self._streams if not s.exhausted]
+            if stream is None and not active:
+                if own.exhausted and self.takeover is not None and not self._settling:
+                    self._settling = True
+                    await self._publish(own, "settling")
+                more = await self.takeover.settle() if self.takeover is not None else []
+                if not more:
+                    return
+                self._streams += more
+                continue
+            if stream is None:
+                stream = active[turn % len(active)]
+                turn += 1
+            batch = stream.next_batch()
+            self.on_activity(self._step_text(stream))
+            rounds = self.sync.rounds if self.sync is not None else 0
             try:
                 await self.driver.train_step(self.driver_step, batch)
             except PipelineStalled as exc:
@@ -139,11 +174,34 @@ class NodeTrainer:
                 await asyncio.sleep(1.0)
                 continue  # same step number, same batch: stages deduplicate what they already hold
             self.driver_step += 1
-            batch = None
+            stream.committed()
             if self.after_step is not None:
                 await self.after_step()
+            if self.sync is not None and self.sync.rounds != rounds:  # a round now holds our steps so far
+                await self._publish(own, "training")
             if self.driver_step % self.config.checkpoint_every == 0:
                 await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.checkpoint)
+
+    def _step_text(self, stream: DataStream) -> str:
+        total = "" if stream.planned is None else f" of {stream.planned}"
+        if stream.adopted_from:
+            return f"training step {stream.done + 1}{total} taken over from driver {stream.adopted_from[:12]}"
+        return f"training step {stream.done + 1}{total}"
+
+    async def _publish(self, own: DataStream, state: str) -> None:
+        if self.takeover is None:
+            return
+        loader = self.loader_state() if self.loader_state is not None else {}
+        await self.takeover.publish(DriverProgress(self.node_id, own.done, own.planned, loader, state))
+
+    @property
+    def own_steps(self) -> int:
+        """Steps of this driver's own plan committed this session (a serving node: steps applied)."""
+        return self._streams[0].done if self._streams else self.steps_this_session
+
+    def taken_over(self) -> list[dict[str, Any]]:
+        """The dead drivers' streams this driver trained: whose, from which of their steps, how many."""
+        return [s.report() for s in self._streams[1:]]
 
     async def _serve(self, max_steps: int | None) -> None:
         """Serve until every driver we served said it finished (or, alone, until a stop)."""
