@@ -324,8 +324,8 @@ class StageHost:
         finish, so the copies of a stage agree and it leaves a usable copy behind. True if it
         took them."""
         stage = self.stage
-        if self._net.solo or stage.is_first:
-            return False
+        if self._net.solo or stage.is_first or stage.seen_drivers & stage.finished_drivers:
+            return False  # (the last: a driver we served said finish, so these are its final weights)
         try:
             live = await self._net.live_drivers()
         except Exception as exc:  # the registry did not answer: keep our own weights

@@ -105,6 +105,7 @@ class NodeTrainer:
     _last_commit_at: float = field(default_factory=time.perf_counter, init=False)
     _streams: list[DataStream] = field(default_factory=list, init=False)  # own first, then adopted
     _settling: bool = field(default=False, init=False)
+    _publishing: asyncio.Future[None] | None = field(default=None, init=False)
 
     @property
     def role(self) -> str:
@@ -189,10 +190,19 @@ class NodeTrainer:
         return f"training step {stream.done + 1}{total}"
 
     async def _publish(self, own: DataStream, state: str) -> None:
+        """Publish our progress; while training it is stored in the background (a DHT store must
+        not hold the next step back, or drivers drift apart and close DiLoCo rounds alone)."""
         if self.takeover is None:
             return
         loader = self.loader_state() if self.loader_state is not None else {}
-        await self.takeover.publish(DriverProgress(self.node_id, own.done, own.planned, loader, state))
+        progress = DriverProgress(self.node_id, own.done, own.planned, loader, state)
+        previous, self._publishing = self._publishing, None
+        if previous is not None:  # in order: the newest record must be the last one stored
+            await previous
+        if state == "training":
+            self._publishing = asyncio.ensure_future(self.takeover.publish(progress))
+        else:
+            await self.takeover.publish(progress)
 
     @property
     def own_steps(self) -> int:
