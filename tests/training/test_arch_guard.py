@@ -42,6 +42,7 @@ def test_a_stage_of_another_block_type_refuses_and_the_driver_looks_elsewhere() 
                                                                                                            dtype=torch.long)])
     assert answer["status"] == ARCH_MISMATCH and answer["arch"] == arch_tag(TRANSFORMER) and not tensors
     assert worker.tokens_trained == 0 and not worker._acc
+    assert not worker.seen_drivers  # a driver of another version is not one of ours: an idle replica stays idle
     net = LocalTransport()
     net.add_peer("transformer-peer", (2, 4), worker.handle)
     transport = ArchTaggedTransport(net, lambda: INL)

@@ -173,3 +173,60 @@ def test_the_devnet_cap_grows_the_tiny_model_by_identity_blocks_only() -> None:
     notice = pool.check_upgrade(force=True)
     assert notice is not None and not notice.plan.widens
     assert (notice.plan.inserted, notice.plan.insert_at, notice.plan.target.layers) == (2, 2, 6)
+
+
+class _Dht:
+    def __init__(self) -> None:
+        self.values: dict[bytes, list[bytes]] = {}
+
+    async def store(self, key: bytes, value: bytes, ttl: float) -> int:
+        assert ttl <= 86400  # the longest a DHT node keeps a value (p2p/dht.py refuses longer)
+        self.values.setdefault(key, []).append(value)
+        return 1
+
+    async def get(self, key: bytes) -> list[bytes]:
+        return list(self.values.get(key, []))
+
+
+class _Net:
+    """The network as UpgradeService sees it: our key, the DHT and the registry's peers."""
+
+    def __init__(self, dht: _Dht, peers: list[PeerRecord]) -> None:
+        self.node = self
+        self.key, self.dht, self._peers = PrivateKey.generate(), dht, peers
+
+    async def peers(self) -> list[PeerRecord]:
+        return self._peers
+
+
+def test_a_forced_recalculation_publishes_once_at_its_step_and_every_node_hears_it(tmp_path) -> None:  # noqa: ANN001
+    from app.node.events import UpgradeAvailable
+    from app.node.migration import load_pending
+    from app.node.runtime.upgrade_service import UpgradeService
+    from app.node.training.upgrade import dht_key
+
+    peers = [PeerRecord(public_key=f"p{i}".encode(), address="127.0.0.1:1", capacity=100.0, timestamp=time.time(),
+                        memory=8 * GIB) for i in range(3)]
+    dht, heard = _Dht(), []
+
+    def service(name: str, force_at_step: int) -> UpgradeService:
+        return UpgradeService(_Net(dht, peers), TINY, tmp_path / name, memory_budget=8 * GIB,
+                              holding=lambda: ((0, 2), True, False), emit=heard.append, interval_s=1.0,
+                              force_at_step=force_at_step, max_upgrade_factor=1.5)
+
+    driver, worker = service("driver", 8), service("worker", 0)
+    me = NodeOffer("me", 100, 8 * GIB)
+
+    async def scenario() -> None:
+        for step in range(1, 8):
+            assert await driver.after_driver_step(step, me) is None and not driver.forced_upgrade_due(step)
+        assert await worker.check() is None  # nothing published before the step
+        record = await driver.after_driver_step(8, me)
+        assert record is not None and record.nodes == 4 and record.target.layers == 6
+        assert driver.forced_upgrade_due(8) and await driver.after_driver_step(9, me) is None
+        assert len(dht.values[dht_key(2)]) == 1  # published once
+        assert (await worker.check()) == record and not worker.forced_upgrade_due(8)
+
+    asyncio.run(scenario())
+    assert [e.candidate_version for e in heard if isinstance(e, UpgradeAvailable)] == [2, 2]
+    assert load_pending(tmp_path / "worker") == load_pending(tmp_path / "driver")
