@@ -21,7 +21,21 @@ CASES = {
     "lingering_thread": ("import threading\n\nSTOP = threading.Event()\n\ndef test_leaks_a_thread():\n"
                          "    threading.Thread(target=STOP.wait, args=(20,), name='left-running').start()\n\n"
                          "def teardown_module():\n    pass\n", 1),
+    "fixture_teardown_error": ("import pytest\n\n@pytest.fixture\ndef resource():\n    yield 1\n"
+                               "    raise RuntimeError('boom while tearing down')\n\n"
+                               "def test_uses_it(resource):\n    assert resource == 1\n", 1),
+    "module_teardown_error": ("def test_fine():\n    assert True\n\n"
+                              "def teardown_module():\n    raise RuntimeError('boom in teardown_module')\n", 1),
+    # after a Qt suite the process leaves through os._exit (conftest.pytest_unconfigure): the
+    # status must survive that exit, for a crash as for a clean run
+    "qt_clean": ("import PySide6.QtCore\n\ndef test_fine():\n    assert True\n", 0),
+    "qt_thread_crash": ("import threading\nimport PySide6.QtCore\n\ndef test_thread():\n"
+                        "    t = threading.Thread(target=lambda: 1 / 0, name='doomed')\n    t.start()\n    t.join()\n", 1),
+    "qt_fixture_teardown_error": ("import PySide6.QtCore\nimport pytest\n\n@pytest.fixture\ndef resource():\n"
+                                  "    yield 1\n    raise RuntimeError('boom while tearing down')\n\n"
+                                  "def test_uses_it(resource):\n    assert resource == 1\n", 1),
 }
+CRASH_CASES = {"thread_crash", "unraisable", "lingering_thread", "qt_thread_crash"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -32,8 +46,10 @@ def test_crashes_outside_assertions_fail_the_run(tmp_path: Path, case: str) -> N
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
                            str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == expected, done.stdout[-3000:]
-    if expected:
+    if case in CRASH_CASES:
         assert "crashes outside the tests' assertions" in done.stdout
+    elif expected:
+        assert "1 passed, 1 error" in done.stdout  # pytest's own verdict on a teardown error
 
 
 def test_idle_thread_pool_workers_are_not_counted_as_lingering(tmp_path: Path) -> None:
