@@ -1,4 +1,5 @@
-"""What one node gives to inference sessions: the ``[inference]`` section of config.toml.
+"""What one node gives to inference sessions, and its optional local completions endpoint: the
+``[inference]`` section of config.toml.
 
 Read through the one config schema (app/node/schema.py) like every section: each field's type and
 range is declared here once, and a bad value is a one-line error naming it. The serving side
@@ -33,6 +34,10 @@ class InferenceLimits:
     """The share is kept over any window this long (a burst may use one window's budget)."""
     max_wait_s: Annotated[float, Ge(0.0)] = 5.0
     """A step waits at most this long for budget, then is refused as busy (the client fails over)."""
+    openai_endpoint: bool = False
+    """Serve the OpenAI completions API on 127.0.0.1 (runtime/openai_endpoint.py), so existing
+    clients can use the model; off unless the volunteer turns it on."""
+    openai_port: Annotated[int, Interval(ge=1, le=65535)] = 8760
 
     def validate(self) -> None:
         check(self, prefix="inference")

@@ -15,10 +15,12 @@ from app.node.inference_limits import InferenceLimits
 
 def test_the_inference_section_sets_the_limits_and_is_saved(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("[inference]\nmax_sessions = 3\nidle_timeout_s = 30.0\n"
-                                          "cache_bytes = 8388608\n")
+                                          "cache_bytes = 8388608\nopenai_endpoint = true\n")
     config = NodeConfig(data_dir=tmp_path)
     config = apply_file_settings(config, load_config_file(config.config_path))
-    assert config.inference == InferenceLimits(max_sessions=3, idle_timeout_s=30.0, cache_bytes=8 * 1024 * 1024)
+    assert config.inference == InferenceLimits(max_sessions=3, idle_timeout_s=30.0, cache_bytes=8 * 1024 * 1024,
+                                               openai_endpoint=True)
+    assert not NodeConfig(data_dir=tmp_path).inference.openai_endpoint  # off unless turned on
     save_config(config)
     with (tmp_path / "config.toml").open("rb") as handle:
         assert tomllib.load(handle)["inference"]["max_sessions"] == 3

@@ -113,7 +113,8 @@ class GenerationService:
         return {"where": "the network", "price_per_token_units": per_token, "most_units": per_token * max_tokens,
                 "stages": len(prices)}
 
-    async def generate(self, command: Generate) -> dict[str, Any]:
+    async def generate(self, command: Generate, on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """``on_text(piece)`` hears each piece as the event does (the local endpoint streams them)."""
         max_tokens = _check_tokens(command.max_tokens)
         if command.temperature < 0 or not 0 < command.top_p <= 1:
             raise ValueError("the temperature must be 0 or more and top-p between 0 and 1")
@@ -125,6 +126,8 @@ class GenerationService:
             piece = stream.add(token)
             if piece:
                 self.view.emit(TextGenerated(request_id=command.request_id, index=index, text=piece))
+                if on_text is not None:
+                    on_text(piece)
 
         started = time.monotonic()
         stage = self._whole_stage()
@@ -139,7 +142,8 @@ class GenerationService:
                                               top_p=command.top_p, eos_id=tokenizer.eos_id, on_token=on_token)
             tokens, where, cost, stages = result.tokens, "the network", result.paid, len(result.holders)
         seconds = time.monotonic() - started
-        return {"request_id": command.request_id, "text": stream.text(), "tokens": len(tokens), "where": where,
+        return {"request_id": command.request_id, "text": stream.text(), "tokens": len(tokens),
+                "prompt_tokens": len(prompt), "stopped": bool(tokens) and tokens[-1] == tokenizer.eos_id, "where": where,
                 "cost_units": cost, "stages": stages, "tokens_per_s": len(tokens) / seconds if seconds > 0 else 0.0}
 
     async def model_state(self) -> dict[str, Any]:

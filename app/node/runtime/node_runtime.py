@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from app.node.events import Command, Generate, NodeState, Query, QuoteGeneration, SetModes
+from app.node.events import Command, ErrorOccurred, Generate, NodeState, Query, QuoteGeneration, SetModes
 from app.node.model.architecture import ModelArchitecture
 from app.node.runtime.assembly import assemble, measure_capacity, open_base
 from app.node.runtime.data_service import DataService
@@ -41,6 +41,7 @@ class NodeRuntime:
         self._capacity: Capacity | None = None
         self._parts: NodeParts | None = None
         self._steps_done = 0
+        self._openai: Any = None  # the local completions endpoint, when [inference] turns it on
 
     # --- what the engine and tools read ------------------------------------------------------
     @property
@@ -103,6 +104,7 @@ class NodeRuntime:
         self._base = base = await open_base(self.ctx, self._step_sinks)
         self._capacity = await measure_capacity(base)
         self._parts = parts = await assemble(base, self._capacity)
+        await self._start_openai_endpoint()
         max_steps = self.ctx.config.max_steps
         if max_steps == 0:
             base.activity("started; --max-steps 0 so stopping")
@@ -133,6 +135,8 @@ class NodeRuntime:
 
     async def shutdown(self) -> None:
         """Leave the network first (fast), then save what run() did not (only when cancelled)."""
+        if self._openai is not None:
+            await self._openai.stop()
         job = self._parts.job if self._parts is not None else None
         if isinstance(job, PipelineJob) and job.heal is not None:
             await job.heal.stop()
@@ -164,15 +168,35 @@ class NodeRuntime:
             return await answer_query(command.what, self._base, self._parts, self._activity_text())
         raise ValueError(f"this node does not handle the command {command.name!r}")
 
-    async def _try_model(self, command: Command) -> Any:
-        """The "Try the model" page's commands (runtime/generation_service.py)."""
+    def _generation(self) -> GenerationService:
+        """Generation with the node as it is now (runtime/generation_service.py)."""
         base = self._base
         if base is None:
             raise ValueError("the node is still starting; try again in a moment")
-        service = GenerationService(NodeView(
+        return GenerationService(NodeView(
             architecture=base.architecture, tokenizer=lambda: base.vocab.tokenizer, stage=lambda: self.stage,
             sync=lambda: self.sync, p2p=lambda: base.net.node if self._parts is not None else None,
             economy=lambda: base.economy.service, emit=self.ctx.emit))
+
+    async def _start_openai_endpoint(self) -> None:
+        """The optional completions endpoint on 127.0.0.1 (``[inference] openai_endpoint``)."""
+        limits = self.ctx.config.inference
+        if not limits.openai_endpoint:
+            return
+        from app.node.runtime.openai_endpoint import OpenAIEndpoint
+
+        endpoint = OpenAIEndpoint(self._generation, lambda: f"neurollm-v{self.arch.version}", limits.openai_port)
+        try:
+            await endpoint.start()
+        except OSError as exc:  # the port is taken: the node trains on, and says why there is no endpoint
+            self.ctx.emit(ErrorOccurred(message=f"the completions endpoint could not listen on 127.0.0.1:"
+                                                f"{limits.openai_port}: {exc.strerror or exc}", fatal=False))
+            return
+        self._openai = endpoint
+
+    async def _try_model(self, command: Command) -> Any:
+        """The "Try the model" page's commands (runtime/generation_service.py)."""
+        service = self._generation()
         if isinstance(command, Generate):
             return await service.generate(command)
         if isinstance(command, QuoteGeneration):
