@@ -30,7 +30,9 @@ proofs it signs.
 
 One process, no network: tests/economics/test_verify_mode.py (in one process over gRPC) and
 tests/economics/test_devnet_verify.py (node processes) show the same code catching a lazy node.
-Load changes the times; the ratio is measured in the same run.
+Load changes the times; the ratio is measured in the same run. ``--devnet RATE`` instead runs one
+real multi-process devnet (3 nodes: one lazy, two verify-mode) at that sampling rate and reports
+the share of the lazy node's training proofs that were slashed (and any honest proof slashed).
 """
 
 from __future__ import annotations
@@ -139,6 +141,39 @@ def overhead(config: EconomicsConfig, steps: int, rate: float) -> dict:
             "ratio_verifier_vs_prover_compute": round(verifier_s / prover_s, 4)}
 
 
+def devnet(rate: float, steps: int) -> dict:
+    """A real multi-process devnet (3 nodes: the first lazy, the last two verify-mode): per
+    training proof of the lazy node, was it slashed; and were any honest proofs."""
+    import tempfile
+
+    from app.node.devnet import run_devnet
+    from app.node.economics import replay
+    from app.node.economics.constants import from_settings
+    from app.node.economics.report import _records
+    from app.node.runtime.devnet_funding import devnet_genesis_settings
+    from app.wallet.keystore import Keystore
+
+    economics = {"spot_check_rate": rate, "spot_check_steps": 64, "challenge_window_ms": 10_000}
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_devnet(3, steps, workdir=Path(tmp), keep=True, timeout_s=900, verify_nodes=2, lazy_nodes=1,
+                             economics_overrides=dict(economics), training_overrides={"linger_s": 16.0})
+        dirs = [Path(tmp) / f"node{i}" for i in range(3)]
+        records = {r.record_id: r for d in dirs for r in _records(d / "ledger.sqlite")}
+        state = replay.compute_state(records.values(), from_settings({**devnet_genesis_settings(), **economics}))
+        addresses = [Keystore(d).address for d in dirs]
+    statuses: dict[str, list[str]] = {a: [] for a in addresses}
+    for record in records.values():
+        if record.kind == "proof" and record.body["proof_kind"] == "training" and record.author_address in statuses:
+            statuses[record.author_address].append(state.statuses[record.record_id][0])
+    lazy, honest = statuses[addresses[0]], [s for a in addresses[1:] for s in statuses[a]]
+    caught = lazy.count("slashed") / len(lazy) if lazy else 0.0
+    return {"sampling_rate": rate, "training_steps": steps, "lazy_proofs": len(lazy),
+            "lazy_proofs_slashed": lazy.count("slashed"), "per_proof_p_caught": round(caught, 3),
+            "p_caught_within_10_epochs_from_it": round(1 - (1 - caught) ** 10, 4),
+            "honest_proofs": len(honest), "honest_proofs_slashed": honest.count("slashed"),
+            "exit_codes": summary["exit_codes"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="real steps per epoch's proof")
@@ -146,7 +181,14 @@ def main() -> None:
     parser.add_argument("--verifiers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--devnet", type=float, default=None, metavar="RATE",
+                        help="instead: one multi-process devnet with a lazy node at this sampling rate")
+    parser.add_argument("--devnet-steps", type=int, default=60)
     args = parser.parse_args()
+    if args.devnet is not None:
+        print(json.dumps({"benchmark": "verify-devnet", **devnet(args.devnet, args.devnet_steps),
+                          "machine": {"cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}}))
+        return
     torch.manual_seed(0)
     torch.set_num_threads(1)
     rng = random.Random(5)

@@ -148,6 +148,7 @@ class Devnet:
     lazy_nodes: int = 0  # the first N nodes are lazy: they claim a made-up step per real one
     poison_nodes: int = 0  # the first N nodes send poisoned pseudo-gradients (devnet_poison.py)
     fetch_nodes: int = 0  # the last N nodes start with the manifest only and fetch shards (devnet_data.py)
+    grief_nodes: int = 0  # the first N verify-mode nodes fail every proof they judge (forged evidence)
     economics_overrides: dict[str, Any] = field(default_factory=dict)
     generate: str | None = None  # at the end, generate from this prompt through the network (#17)
     generate_tokens: int = 16
@@ -217,6 +218,7 @@ class Devnet:
             modes += ["verify"] if i in verifiers else []
             modes += ["inference"] if self.generate is not None and "pipeline" in modes else []
             lazy = {"fault_lazy_steps": 1} if i < self.lazy_nodes else {}
+            lazy.update({"fault_grief": True} if i in verifiers[:self.grief_nodes] else {})
             _write_node_config(d, self._own_training(i, d, training), tracker, modes, {**economics, **lazy})
             if self.upgrade_at is not None:
                 from app.node.devnet_upgrade import enable_automatic_migration
@@ -554,7 +556,8 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
                progress: bool = False, json_events: bool = False, kill: tuple[str, int] | None = None,
                training_overrides: dict[str, Any] | None = None, async_nodes: int = 0,
                restart: bool = False, verify_nodes: int = 0, lazy_nodes: int = 0, poison_nodes: int = 0,
-               fetch_nodes: int = 0, economics_overrides: dict[str, Any] | None = None, generate: str | None = None,
+               fetch_nodes: int = 0, grief_nodes: int = 0, economics_overrides: dict[str, Any] | None = None,
+               generate: str | None = None,
                generate_tokens: int = 16, upgrade_at: int | None = None) -> dict[str, Any]:
     """Run a devnet to the end and return its summary (see ``summarize``)."""
     if nodes < 1 or steps < 1:
@@ -565,7 +568,7 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
         net = Devnet(nodes, steps, root, base_port=base_port, inner_steps=inner_steps, timeout_s=timeout_s,
                      progress=progress, json_events=json_events, kill=kill, async_nodes=async_nodes,
                      restart=restart, verify_nodes=verify_nodes, lazy_nodes=lazy_nodes, poison_nodes=poison_nodes,
-                     fetch_nodes=fetch_nodes,
+                     fetch_nodes=fetch_nodes, grief_nodes=grief_nodes,
                      economics_overrides=dict(economics_overrides or {}),
                      training_overrides=dict(training_overrides or {}), generate=generate,
                      generate_tokens=generate_tokens, upgrade_at=upgrade_at)

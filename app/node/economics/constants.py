@@ -169,6 +169,9 @@ class EconomicsConfig:
     fault_lazy_steps: int = 0
     """Devnet fault injection only (refused on the main network): the node claims this many
     made-up steps for every step it ran, so verify mode has a lazy node to catch."""
+    fault_grief: bool = False
+    """Devnet fault injection only (refused on the main network): a verify-mode node that fails
+    every proof it judges with forged evidence, so the devnet shows a griefer refuted."""
     """How far back before its epoch a training proof's credited time may start: a step longer
     than an epoch is credited whole to the epoch it finished in, but nobody claims an afternoon."""
 
@@ -184,6 +187,8 @@ class EconomicsConfig:
             raise ConfigError(f"economics.rewards lacks {sorted(missing)}")
         if self.fault_lazy_steps and self.network_id == "neuroshard-main":
             raise ConfigError("economics.fault_lazy_steps is devnet fault injection; the main network refuses it")
+        if self.fault_grief and self.network_id == "neuroshard-main":
+            raise ConfigError("economics.fault_grief is devnet fault injection; the main network refuses it")
         if self.fault_lazy_steps < 0:
             raise ConfigError("economics.fault_lazy_steps must not be negative")
         if self.min_layer_us <= 0 or self.max_work_span_epochs <= 0 or self.work_time_margin < 1.0:

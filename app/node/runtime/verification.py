@@ -565,6 +565,9 @@ class Verifier:
         the first drawn one; None when the draw picked no step."""
         watch.drawn = True
         proof = watch.proof
+        if self.config.fault_grief:  # devnet fault injection (constants.py): a griefer forges a fail
+            return spotcheck.CheckResult(False, "forged by a devnet griefer",
+                                         spotcheck.Evidence(0, b"\1" * 32, b"\1" * 32, spotcheck.MAX_ERROR_PPM))
         try:
             header = await self.fetch(proof.author, proof.record_id, LEAVES_ONLY)
         except Exception as exc:  # an unreachable prover cannot show its work
