@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.p2p.nat_lab import HOME_IPS, PUBLIC_IP, LabProcess, NatLab, why_not  # noqa: E402
+from tests.p2p.nat_lab import HOME_IPS, PUBLIC_IP, TRACKER, LabProcess, NatLab, why_not  # noqa: E402
 
 
 def _median(values: list[float]) -> float | None:
@@ -50,13 +50,11 @@ def main() -> None:
     with NatLab(rst_nat=args.rst_nat) as lab:
         procs: list[LabProcess] = []
         try:
-            public = LabProcess(lab.pub, "public", PUBLIC_IP)
-            procs.append(public)
-            tracker = public.wait_for(lambda x: "tracker" in x)["tracker"]
-            peer = LabProcess(lab.homes[1], "home", HOME_IPS[1], tracker, "1", "0")
+            procs.append(LabProcess(lab.pub, "public", PUBLIC_IP))
+            peer = LabProcess(lab.homes[1], "home", HOME_IPS[1], TRACKER, "1", "0")
             procs.append(peer)
             peer.wait_for(lambda x: "node_id" in x)
-            runner = LabProcess(lab.homes[0], "bench", HOME_IPS[0], tracker, str(args.trials))
+            runner = LabProcess(lab.homes[0], "bench", HOME_IPS[0], TRACKER, str(args.trials))
             procs.append(runner)
             result = runner.wait_for(lambda x: "bench" in x, timeout=60 + 30 * args.trials)["bench"]
             leaked = lab.leaked_packets()

@@ -31,6 +31,10 @@ PUBLIC_IP = "203.0.113.1"
 ROUTER_IPS = ("203.0.113.2", "203.0.113.3")
 HOME_IPS = ("192.168.1.2", "192.168.2.2")
 LAB_RANGES = ("203.0.113.0/24", "192.168.1.0/24", "192.168.2.0/24")
+TRACKER_PORT = 7100
+"""Fixed, so the homes start (and import torch) while the tracker does; the public namespace is
+the lab's own, so nothing else listens there."""
+TRACKER = f"{PUBLIC_IP}:{TRACKER_PORT}"
 
 
 def why_not() -> str:

@@ -30,6 +30,7 @@ from app.node.p2p.holepunch import PunchOutcome
 from app.node.p2p.node import P2PNode
 from app.node.p2p.records import LayerAnnouncement
 from app.node.p2p.tracker import Tracker
+from tests.p2p.nat_lab import TRACKER_PORT
 
 CONFIG = P2PConfig(heartbeat_interval_s=0.5, heartbeat_timeout_s=10.0, rpc_timeout_s=5.0, use_upnp=False,
                    lan_discovery=False)
@@ -50,7 +51,7 @@ async def until_stdin_closes() -> None:
 
 
 async def public(host: str) -> None:
-    tracker = Tracker(0, host=host, config=CONFIG)
+    tracker = Tracker(TRACKER_PORT, host=host, config=CONFIG)
     await tracker.start()
     relay = P2PNode(PrivateKey.generate(), host=host, trackers=[tracker.address], config=CONFIG)
     await relay.start()
@@ -172,8 +173,23 @@ async def ping_ms(node: P2PNode, peer: Any, rounds: int = 20) -> float:
     return statistics.median(times)
 
 
+async def relay_registered(node: P2PNode, tracker: str, patience_s: float = 120.0) -> None:
+    """Until the tracker is up and lists a peer (the relay): the homes start while it starts, and
+    a home that joined before the relay registered would find nobody to relay through."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        try:
+            if await node.tracker_client.peers(tracker):
+                return
+        except P2PError:
+            pass
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"tracker {tracker} listed no relay within {patience_s:.0f} s")
+
+
 async def home(host: str, tracker: str, stage: int, steps: int, mode: str = "home") -> None:
     node = P2PNode(PrivateKey.generate(), host=host, trackers=[tracker], config=CONFIG, on_punch=_outcome)
+    await relay_registered(node, tracker)
     if stage == 1:
         stage_one(node)
     await node.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from .nat_lab import HOME_IPS, PUBLIC_IP, ROUTER_IPS, LabProcess, LabUnavailable, NatLab, why_not
+from .nat_lab import HOME_IPS, PUBLIC_IP, ROUTER_IPS, TRACKER, LabProcess, LabUnavailable, NatLab, why_not
 
 pytestmark = pytest.mark.skipif(bool(why_not()), reason=why_not() or "runs")
 STEPS = 20
@@ -23,12 +23,11 @@ def test_two_nodes_behind_different_nats_punch_through_and_train_over_the_direct
         pytest.skip(str(exc))
     procs: list[LabProcess] = []
     try:
-        public = LabProcess(lab.pub, "public", PUBLIC_IP)
-        procs.append(public)
-        tracker = public.wait_for(lambda x: "tracker" in x)["tracker"]
-        a = LabProcess(lab.homes[0], "home", HOME_IPS[0], tracker, "0", str(STEPS))
-        b = LabProcess(lab.homes[1], "home", HOME_IPS[1], tracker, "1", str(STEPS))
+        procs.append(LabProcess(lab.pub, "public", PUBLIC_IP))
+        a = LabProcess(lab.homes[0], "home", HOME_IPS[0], TRACKER, "0", str(STEPS))
+        b = LabProcess(lab.homes[1], "home", HOME_IPS[1], TRACKER, "1", str(STEPS))
         procs += [a, b]
+        assert procs[0].wait_for(lambda x: "tracker" in x)["tracker"] == TRACKER
         hello_a, hello_b = (p.wait_for(lambda x: "node_id" in x) for p in (a, b))
         for hello, router in ((hello_a, ROUTER_IPS[0]), (hello_b, ROUTER_IPS[1])):
             # the tracker saw each node at its router and could not dial it: it serves via the relay
