@@ -68,3 +68,65 @@ def test_completions_answer_and_stream_the_models_greedy_text() -> None:
             await endpoint.stop()
 
     run(scenario(), timeout=120)
+
+
+def test_a_node_with_the_endpoint_turned_on_serves_completions(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The real engine and runtime of a lone node with ``[inference] openai_endpoint``: the endpoint
+    comes up after the node joined, answers from the node's own model, and goes with the node."""
+    import socket
+    import threading
+    import time as clock
+
+    import torch
+
+    from app.node import hardware, identity
+    from app.node.config import NodeConfig
+    from app.node.engine import NodeEngine
+    from app.node.events import NodeState, StatusChanged
+    from app.node.inference_limits import InferenceLimits
+    from app.wallet.keystore import Keystore
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    with socket.socket() as probe:  # a free loopback port for the endpoint
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    hardware.save_cache(data_dir, hardware.HardwareReport(hardware.detect_device("cpu"), 300.0,
+                                                          hardware.tier_for_ms(300.0), torch.__version__, clock.time()))
+    config = NodeConfig(data_dir=data_dir, device="cpu", host=HOST, port=0, devnet=True, training={"model": "tiny"},
+                        economics={"preset": "devnet"},
+                        inference=InferenceLimits(openai_endpoint=True, openai_port=port))
+    Keystore(data_dir, use_keyring=False, scrypt_n=2**10).create("pw")  # never the OS keyring in tests
+    identity.provide_password(data_dir, "pw")
+    engine = NodeEngine(config)
+    training = threading.Event()
+    engine.subscribe(lambda e: training.set() if isinstance(e, StatusChanged) and e.state == NodeState.TRAINING
+                     else None)
+
+    async def ask() -> dict:
+        async with aiohttp.ClientSession() as http, http.post(
+                f"http://{HOST}:{port}/v1/completions",
+                json={"prompt": "hello", "max_tokens": 4, "temperature": 0}) as reply:
+            assert reply.status == 200
+            return await reply.json()
+
+    engine.start()
+    try:
+        assert training.wait(120), "the node did not start training"
+        body = run(ask(), timeout=60)
+        assert body["usage"]["completion_tokens"] == 4 or body["choices"][0]["finish_reason"] == "stop"
+        assert body["neuroshard"] == {"where": "this computer", "cost_units": 0}
+        assert body["model"] == "neurollm-v1"
+    finally:
+        identity.forget_password(data_dir)
+        assert engine.stop(timeout=30)
+
+    async def gone() -> bool:
+        try:
+            await ask()
+        except aiohttp.ClientConnectionError:
+            return True
+        return False
+
+    assert run(gone(), timeout=30)
