@@ -77,3 +77,12 @@ def test_a_driver_trains_its_own_plan_then_the_adopted_stream_and_reports_both()
     assert stages["s2r0"].inner_step == 7  # every step went through the pipeline once
     assert [p.state for p in takeover.published] == ["training", "settling", "done"]
     assert takeover.published[-1].position == 4 and takeover.published[-1].planned == 4
+
+
+def test_an_adopted_stream_is_never_longer_than_the_drivers_own_plan() -> None:
+    driver, _net, stages = build_pipeline([(0, 2), (2, 4)], CONFIG)
+    huge = DataStream(lambda: patterned_batch(CONFIG, 7), 1 << 40, adopted_from="liar", start=0)
+    trainer = NodeTrainer("driver", stages["driver"], CONFIG, driver=driver,
+                          batches=lambda: patterned_batch(CONFIG, 1), takeover=_FakeTakeover(huge))
+    asyncio.run(trainer.run(2))
+    assert trainer.own_steps == 2 and trainer.taken_over()[0]["steps"] == 2 and trainer.driver_step == 4

@@ -150,7 +150,7 @@ class NodeTrainer:
             if self._stopping_drive or (self.proceed is not None and not await self.proceed()):
                 return
             if self.takeover is not None:
-                self._streams += await self.takeover.poll()
+                self._adopt(await self.takeover.poll())
             stream = next((s for s in self._streams if s.pending is not None), None)  # a stalled step first
             active = [s for s in self._streams if not s.exhausted]
             if stream is None and not active:
@@ -160,7 +160,7 @@ class NodeTrainer:
                 more = await self.takeover.settle() if self.takeover is not None else []
                 if not more:
                     return
-                self._streams += more
+                self._adopt(more)
                 continue
             if stream is None:
                 stream = active[turn % len(active)]
@@ -182,6 +182,15 @@ class NodeTrainer:
                 await self._publish(own, "training")
             if self.driver_step % self.config.checkpoint_every == 0:
                 await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.checkpoint)
+
+    def _adopt(self, streams: list[DataStream]) -> None:
+        """Add dead drivers' streams, each at most as long as our own plan: a published plan is a
+        peer's claim, and a made-up huge one must not keep this driver training for it forever."""
+        own = self._streams[0].planned
+        for stream in streams:
+            if own is not None and (stream.planned is None or stream.planned > own):
+                stream.planned = own
+            self._streams.append(stream)
 
     def _step_text(self, stream: DataStream) -> str:
         total = "" if stream.planned is None else f" of {stream.planned}"
