@@ -22,9 +22,13 @@ from app.node.training.arch_guard import arch_tag
 from app.node.training.sync import StageSync
 from tests.p2p.helpers import run, swarm
 from tests.security.test_cohort_forgery import CONFIG, RANGE, _Holder, _poison
+from tests.training.training_helpers import tiny_config
 
 OLD = ModelArchitecture.tiny()
 NEW = OLD.with_changes(layers=OLD.layers + 2, version=OLD.version + 1)
+PATIENT = tiny_config(inner_steps=CONFIG.inner_steps, sync_timeout_s=600.0)
+"""An exchange ends as soon as the payloads it waits for arrived (an event, not a timer): a long
+timeout only keeps a loaded machine from cutting the same-version round short."""
 
 
 class _Tagged(_Holder):
@@ -32,7 +36,7 @@ class _Tagged(_Holder):
         super().__init__(node, data_seed)
         self.cohort = P2PCohort(node, holds=lambda: RANGE, position=self.position,
                                 round_length=lambda: CONFIG.inner_steps, arch=lambda: tag)
-        self.sync = StageSync(node.node_id.hex(), self.stage, self.cohort, CONFIG)
+        self.sync = StageSync(node.node_id.hex(), self.stage, self.cohort, PATIENT)
         node.set_sync_handler(self.cohort.handle)
 
 
@@ -47,10 +51,10 @@ async def _round(tags: tuple[str, str]) -> tuple[list[tuple[str, ...]], list[flo
 
 
 def test_payloads_of_another_version_are_refused_retryably_and_never_merged() -> None:
-    same_members, _ = run(_round((arch_tag(OLD), arch_tag(OLD))), timeout=120)
+    same_members, _ = run(_round((arch_tag(OLD), arch_tag(OLD))))
     assert [len(m) for m in same_members] == [2, 2]  # one version: the cohort merges both
-    alone_members, alone = run(_round((arch_tag(OLD), arch_tag(OLD) + "-alone")), timeout=120)
-    mixed_members, mixed = run(_round((arch_tag(OLD), arch_tag(NEW))), timeout=120)
+    alone_members, alone = run(_round((arch_tag(OLD), arch_tag(OLD) + "-alone")))
+    mixed_members, mixed = run(_round((arch_tag(OLD), arch_tag(NEW))))
     assert [len(m) for m in mixed_members] == [1, 1]  # each side merged only its own payload
     assert mixed == pytest.approx(alone, abs=1e-6)
 
