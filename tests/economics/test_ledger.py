@@ -23,6 +23,25 @@ def funded(net, tmp_path):
     ledger.close()
 
 
+def test_a_byte_identical_copy_is_known_without_parsing_and_a_variant_is_still_checked(net, funded, monkeypatch):
+    tx = net.transfer(ALICE, BOB, neuro(10), T0 + 1)
+    assert funded.submit(tx.to_bytes(), T0 + 1).accepted
+    parsed = []
+    real = Record.from_bytes.__func__
+
+    def spy(cls, raw, check_signature=True):  # noqa: ANN001, ANN202 - counts parses, parses for real
+        parsed.append(raw)
+        return real(cls, raw, check_signature)
+
+    monkeypatch.setattr(Record, "from_bytes", classmethod(spy))
+    again = funded.submit(tx.to_bytes(), T0 + 1)
+    assert (again.status, again.record_id, parsed) == ("duplicate", tx.record_id, [])
+    spaced = tx.to_bytes().replace(b',"sig":', b', "sig":')  # same content, not the canonical bytes
+    refused = funded.submit(spaced, T0 + 1)
+    assert refused.status == "rejected" and "canonical" in refused.reason and parsed == [spaced]
+    assert funded.balance(BOB.address).available == neuro(10)
+
+
 def test_transfer_moves_amount_and_burns_five_percent_of_fee(net, funded):
     submit_all(funded, [net.transfer(ALICE, BOB, neuro(10), T0 + 1, fee=1000)])
     assert funded.balance(ALICE.address) == Balance(THOUSAND - neuro(10) - 1000, 0, 0)

@@ -16,6 +16,7 @@ snapshot of the balances is written in one transaction so ``verify`` can compare
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import defaultdict
@@ -23,11 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.crypto.keys import address_from_public_key
+from app.crypto.keys import SIGNATURE_SIZE, address_from_public_key
 from app.node.economics import handlers, ponw, replay
 from app.node.economics.constants import EconomicsConfig
 from app.node.economics.governance import Proposal, merges_due
-from app.node.economics.records import SEQUENCED_KINDS, V1, InvalidRecord, Record
+from app.node.economics.records import SEQUENCED_KINDS, SIGN_PREFIX, V1, InvalidRecord, Record
 from app.node.economics.schema import LedgerError, connect, migrate, transaction
 from app.node.economics.state import Entry, LedgerState, slots
 from app.node.economics.verify import VerifyReport, verify_database
@@ -273,6 +274,9 @@ class Ledger:
     # --- internals --------------------------------------------------------------------------
 
     def _admit(self, raw: bytes, now_ms: int) -> tuple[SubmitResult, Record | None]:
+        held = self._held_copy(raw)
+        if held is not None:  # byte for byte a record already checked and stored: nothing to parse
+            return SubmitResult("duplicate", held), None
         try:
             record = Record.from_bytes(raw, check_signature=False)
             if record.record_id in self._records:
@@ -295,6 +299,20 @@ class Ledger:
             return SubmitResult("rejected", rid, "double spend: both records are void and the account "
                                                  "is flagged"), record
         return SubmitResult("accepted", rid), record
+
+    def _held_copy(self, raw: bytes) -> str | None:
+        """The id of a stored record whose bytes are exactly ``raw``, else None. Gossip delivers most
+        records more than once; a stored record's bytes are canonical, so its id can be read off
+        identical bytes without parsing them (``Record.from_bytes`` cuts the signature the same way)."""
+        if not isinstance(raw, bytes):
+            return None
+        cut = raw.rfind(b',"sig":"')
+        if cut < 0:
+            return None
+        payload = SIGN_PREFIX + raw[:cut] + raw[cut + len(b',"sig":"') + 2 * SIGNATURE_SIZE + 1:]
+        rid = hashlib.sha256(payload).hexdigest()
+        stored = self._records.get(rid)
+        return rid if stored is not None and stored.to_bytes() == raw else None
 
     def _door_checks(self, record: Record, now_ms: int) -> None:
         if record.network != self.config.network_id:
