@@ -183,8 +183,11 @@ class NodeRuntime:
         limits = self.ctx.config.inference
         if not limits.openai_endpoint:
             return
-        from app.node.runtime.openai_endpoint import OpenAIEndpoint
-
+        try:
+            from app.node.runtime.openai_endpoint import OpenAIEndpoint
+        except ImportError as exc:  # aiohttp missing from this install: the node trains on without it
+            self.ctx.emit(ErrorOccurred(message=f"the completions endpoint is not available here: {exc}", fatal=False))
+            return
         endpoint = OpenAIEndpoint(self._generation, lambda: f"neurollm-v{self.arch.version}", limits.openai_port)
         try:
             await endpoint.start()
