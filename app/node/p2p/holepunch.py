@@ -34,7 +34,7 @@ from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
-from app.node.p2p.errors import P2PError, RpcRefusal
+from app.node.p2p.errors import P2PError, PeerRejected, RpcRefusal
 from app.node.p2p.holepunch_net import (
     InvalidCandidate,
     PunchPort,
@@ -79,7 +79,16 @@ class PunchOutcome:
 
 
 class PunchFailed(Exception):
-    """One attempt did not produce a verified direct path; the message says why."""
+    """One attempt did not produce a verified direct path; the message says why. ``final``: the
+    peer refused for a reason another attempt would not change (it does not punch at all)."""
+
+    def __init__(self, reason: str, *, final: bool = False) -> None:
+        super().__init__(reason)
+        self.final = final
+
+
+_FINAL_REFUSALS = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION,
+                             grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED})
 
 
 class HolePuncher:
@@ -158,6 +167,8 @@ class HolePuncher:
                 except PunchFailed as exc:
                     reason = str(exc)
                     log.info("hole punch to %s, attempt %d: %s", peer.hex()[:16], attempt, reason)
+                    if exc.final:
+                        break
                     continue
                 return self._report(PunchOutcome(peer, True, attempt, time.monotonic() - start, address))
             self._resting[peer] = time.monotonic() + self.config.punch_retry_after_s
@@ -234,7 +245,8 @@ class HolePuncher:
             try:
                 answer = await asyncio.wait_for(anext(answers, None), timeout)
             except (P2PError, asyncio.TimeoutError) as exc:
-                raise PunchFailed(f"the relayed CONNECT got no answer: {exc or 'timeout'}") from None
+                final = isinstance(exc, PeerRejected) and exc.code in _FINAL_REFUSALS
+                raise PunchFailed(f"the relayed CONNECT got no answer: {exc or 'timeout'}", final=final) from None
             rtt = time.monotonic() - started
             cert, targets = self._check_answer(answer, route.target)
             if rtt > _MAX_RTT_S:
