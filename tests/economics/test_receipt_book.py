@@ -49,3 +49,41 @@ def test_an_economy_signs_no_receipt_before_it_trained(tmp_path: Path) -> None:
         assert economy.receipts.owed() == {SERVER: MAX_SAMPLES_PER_SECOND * 2}
     finally:
         economy.close()
+
+
+def test_a_receipt_that_reaches_the_server_late_is_still_claimed_while_its_window_is_open(tmp_path: Path) -> None:
+    """The server proves an epoch's receipted samples two epochs later; a receipt gossip brings
+    after that pass is claimed on a later one, as long as the epoch's challenge window is open."""
+    from app.node.economics import ponw
+    from app.node.economics.records import Record
+
+    settings = {"preset": "devnet", "challenge_window_ms": 10_000}
+    config = NodeConfig(data_dir=tmp_path, port=0, devnet=True, economics=settings)
+    server, receiver = PrivateKey((43).to_bytes(32, "big")), PrivateKey((44).to_bytes(32, "big"))
+    clock = _Clock(1_800_000_000.0)  # a fixed canonical time, at the start of an epoch
+    economy = EconomyService(server, config, lambda event: None, "T3", keystore=Keystore(tmp_path), clock=clock)
+    try:
+        epoch_ms = economy.config.epoch_ms
+        served = int(clock.t * 1000) // epoch_ms
+        trained = ponw.make_proof(receiver, economy.config, epoch=served, kind="training", timestamp_ms=served * epoch_ms + 50,
+                                  work=ponw.WorkFigures(batches=1, layers=1, role="worker", tier=3,
+                                                        work_start_ms=served * epoch_ms + 1, work_end_ms=served * epoch_ms + 40,
+                                                        layer_us=1000),
+                                  model_before=b"\x01" * 32, model_after=b"\x02" * 32)
+        receipt = ponw.make_receipt(receiver, economy.config, server=server.address, epoch=served, samples=70,
+                                    timestamp_ms=served * epoch_ms + 60)
+
+        def close_at(epoch: int) -> list[str]:
+            clock.t = (epoch * epoch_ms + 10) / 1000
+            return economy.close_epoch()
+
+        assert economy.ledger.submit(trained.to_bytes(), served * epoch_ms + 100).accepted
+        assert "data" not in close_at(served + 2)  # the receipt has not arrived yet
+        assert economy.ledger.submit(receipt.to_bytes(), (served + 2) * epoch_ms + 500).accepted
+        assert "data" in close_at(served + 3)  # claimed on the next pass
+        assert "data" not in close_at(served + 4)  # and only once
+        proofs = [Record.from_bytes(r) for r in economy.ledger.records_since(0, 100)[0]]
+        data = [p for p in proofs if p.kind == "proof" and p.body["proof_kind"] == "data"]
+        assert [(p.body["epoch"], p.body["samples"]) for p in data] == [(served, 70)]
+    finally:
+        economy.close()

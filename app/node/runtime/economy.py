@@ -97,8 +97,8 @@ class EconomyService:
         self._started_ms = int(clock() * 1000)
         self._work_mark_ms = self._started_ms  # when the last credited step ended
         self._last_epoch = self._epoch_of(self._started_ms) - 1
-        self._last_data_epoch = self._last_epoch  # the last epoch whose served data was proven
-        self._last_async_epoch = self._last_epoch  # the last epoch whose merged async work was proven
+        self._first_receipted = self._last_epoch + 1  # receipted work before this run was proven by it
+        self._proven: dict[str, set[int]] = {}  # kind -> epochs whose receipted work this run proved
         self._gossip = LedgerGossip(self.ledger)
         self._last_balance: tuple[int, int, int] | None = None
         self._proposal_phases: dict[str, str] = {}
@@ -277,30 +277,37 @@ class EconomyService:
         contributions ((contributor address, batches)): receipts owed to them (any thread)."""
         self.async_receipts.note(((contributor, first_layer, layers), batches) for contributor, batches in merged)
 
+    def _receipted_epochs(self, kind: str, current: int, oldest_open: int) -> list[int]:
+        """Epochs whose receipted work of ``kind`` may be proven now: ``DATA_PROOF_DELAY_EPOCHS``
+        ago and older ones whose challenge window is still open, not proven yet by this run (a
+        receipt that reached this ledger late by gossip is claimed on a later pass; one proof per
+        kind and epoch, so what arrives after it is not)."""
+        proven = self._proven.setdefault(kind, set())
+        proven.difference_update({e for e in proven if e <= oldest_open})
+        first = max(self._first_receipted, oldest_open + 1)
+        return [e for e in range(first, current - DATA_PROOF_DELAY_EPOCHS + 1) if e not in proven]
+
     def _data_proofs(self, current: int, oldest_open: int) -> list[tuple]:
-        """Data proofs for the epochs ``DATA_PROOF_DELAY_EPOCHS`` ago (and any missed since the
-        last), each claiming exactly the samples its receivers signed for in this node's ledger."""
+        """Data proofs, each claiming exactly the samples its receivers signed for in this
+        node's ledger (``_receipted_epochs``)."""
         proofs = []
-        last = current - DATA_PROOF_DELAY_EPOCHS
-        for epoch in range(max(self._last_data_epoch + 1, oldest_open + 1), last + 1):
+        for epoch in self._receipted_epochs("data", current, oldest_open):
             served = self.ledger.receipted_samples(self.key.address, epoch)
             if served:
+                self._proven["data"].add(epoch)
                 proofs.append((epoch, "data", WorkFigures(samples=served, tier=self._tier), b"", b""))
-        self._last_data_epoch = max(self._last_data_epoch, last)
         return proofs
 
     def _async_proofs(self, current: int, oldest_open: int) -> list[tuple]:
-        """Async proofs for the epochs ``DATA_PROOF_DELAY_EPOCHS`` ago (and any missed since),
-        each claiming what the stage holders that merged this node's pseudo-gradients signed for
+        """Async proofs (``_receipted_epochs``), each claiming what the stage holders that merged this node's pseudo-gradients signed for
         (their async receipts reach this ledger by gossip, like a data node's receipts)."""
         proofs = []
-        last = current - DATA_PROOF_DELAY_EPOCHS
-        for epoch in range(max(self._last_async_epoch + 1, oldest_open + 1), last + 1):
+        for epoch in self._receipted_epochs("async", current, oldest_open):
             batches, layers = self.ledger.async_claim(self.key.address, epoch)
             if batches:
+                self._proven["async"].add(epoch)
                 proofs.append((epoch, "async", WorkFigures(batches=batches, layers=layers, role="none",
                                                            tier=self._tier, async_mode=True), b"", b""))
-        self._last_async_epoch = max(self._last_async_epoch, last)
         return proofs
 
     def _write_own_proofs(self) -> None:
