@@ -241,6 +241,22 @@ def test_a_lazy_step_with_real_outputs_fails_on_its_update(net, layer):
         assert result.max_abs_error == pytest.approx(error) if error else result.max_abs_error > 1.5
 
 
+def test_a_step_whose_served_state_makes_the_update_vanish_fails_even_bitwise(net, layer):
+    """Served moments can scale an AdamW update below float32 resolution; then the weights after
+    the decay alone match the re-execution bitwise, though no backward was needed to write them."""
+    weights = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    tensors = {**step_tensors(layer, weights, 5), **{"a." + k: v for k, v in weights.items()}}
+
+    def vanishing(sample: spotcheck.StepSample) -> spotcheck.ReRun:
+        real = rerun(layer)(sample)
+        return spotcheck.ReRun(real.outputs, sample.part(spotcheck.WEIGHTS), sample.part(spotcheck.WEIGHTS))
+
+    leaves = (spotcheck.step_leaf(tensors, META),)
+    body = {"work_root": spotcheck.work_root(leaves).hex()}
+    result = spotcheck.check_sample(body, spotcheck.StepSample(0, leaves, tensors, META), 0, vanishing, net.config)
+    assert not result.passed and "update is zero" in result.reason
+
+
 def test_an_honest_step_computed_elsewhere_passes_within_the_bound_not_bitwise(net, layer):
     """Another machine's reduction order: outputs and update off by ~1e-6 relative."""
     weights = {k: v.detach().clone() for k, v in layer.named_parameters()}

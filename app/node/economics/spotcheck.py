@@ -27,6 +27,12 @@ own training configuration, never the prover's). It then compares:
   (5e-2) for outputs and ``BF16_UPDATE_RTOL`` (0.5) for the update: bf16 keeps 8 bits of mantissa,
   ~4e-3 relative per operation, and small gradient elements can change sign.
 
+A step whose re-executed update is exactly zero fails whatever the prover claimed: a real
+AdamW step always moves the weights beyond the decay, and served moments could otherwise scale
+the update below float32 resolution so that the decay alone, written down without a backward,
+matches bitwise. (The claimed whole-model gradient norm, the other served scale, is bounded by the
+stage's own norm in ``runtime/verification.py``.)
+
 What a lazy prover is off by: a step it did not run (noise, zeros, another step's output) misses
 the outputs by O(1); a step whose backward or update it skipped (weights after = before, or only
 the decay) has update error exactly 1.0; random weights after have error far above 1. All fail
@@ -200,6 +206,12 @@ def check_sample(proof_body: dict, sample: StepSample | None, step: int, run: Ca
     if shapes(claimed) != shapes(ours) or shapes(claimed_after) != shapes(after) or not all(
             bool(torch.isfinite(t).all()) for t in [*claimed.values(), *claimed_after.values()]):
         return CheckResult(False, "claimed outputs or weights have another shape or are not finite",
+                           Evidence(step, committed, mine_hash, MAX_ERROR_PPM))
+    decayed = {k: torch.as_tensor(v).detach().to(torch.float32).cpu() for k, v in mine.decayed.items()}
+    if all(torch.equal(after[k], decayed[k]) for k in after):
+        # A real optimizer step moves the weights beyond the decay. Served moments that make the
+        # update vanish (an absurd second moment) would let a prover skip the backward unseen.
+        return CheckResult(False, "the re-executed update is zero: the served optimizer state cannot be real",
                            Evidence(step, committed, mine_hash, MAX_ERROR_PPM))
     bitwise = all(torch.equal(ours[k], claimed[k]) for k in ours) and all(
         torch.equal(after[k], claimed_after[k]) for k in after)
