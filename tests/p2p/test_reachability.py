@@ -73,3 +73,27 @@ def test_an_address_nobody_can_dial_is_relayed_when_a_peer_relays_and_unreachabl
                 await stranded.stop()
 
     run(scenario())
+
+
+def test_peers_report_the_address_they_saw_and_the_one_most_agree_on_is_observed():
+    async def scenario():
+        from app.node.p2p.reachability import observed_by_peers
+
+        async with swarm(3, tracker=False) as (_, nodes):
+            me, *others = nodes
+            for other in others:
+                await me.ping(other.address)
+            assert set(me.observed_by.values()) == {"127.0.0.1"}  # each peer saw us on loopback
+            assert observed_by_peers(me) == "127.0.0.1"
+            me.observed_by[b"\x01" * 32] = "203.0.113.9"  # one dissenting peer does not outvote two
+            assert observed_by_peers(me) == "127.0.0.1"
+
+    run(scenario())
+
+
+def test_a_reported_address_is_taken_only_as_a_plain_ipv4_address():
+    from app.node.p2p.addresses import reported_host
+
+    assert reported_host("192.0.2.7") == "192.0.2.7"
+    for junk in ("", "999.1.1.1", "192.0.2.7:80", "example.org", "x" * 10_000, "::1", "1.2.3.4 "):
+        assert reported_host(junk) == ""

@@ -49,3 +49,22 @@ def primary_address() -> str:
             if isinstance(ip.ip, str) and usable(ip.ip):
                 return ip.ip
     return ""
+
+
+def observed_host(peer: str) -> str:
+    """The IP in a gRPC peer string (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``); '' if none."""
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return ""
+    host = rest.rpartition(":")[0]
+    return host if scheme == "ipv4" else host.strip("[]").join("[]")
+
+
+def reported_host(text: str) -> str:
+    """An address a peer says it saw us come from (untrusted): a plain IPv4 address, else ''."""
+    if not isinstance(text, str) or len(text) > 15:
+        return ""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        return ""

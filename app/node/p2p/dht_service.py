@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from app.crypto.keys import PrivateKey
+from app.node.p2p.addresses import observed_host
 from app.node.p2p.auth import ReplayGuard, sign_message, verify_message
 from app.node.p2p.client import PeerClient
 from app.node.p2p.config import P2PConfig
@@ -73,7 +74,8 @@ class DhtService:
 
     async def ping(self, request: Any, info: CallInfo) -> Any:
         self._sender(request)
-        return pb2.PingResponse(protocol_version=PROTOCOL_VERSION, record=raw_record(self.record()))
+        return pb2.PingResponse(protocol_version=PROTOCOL_VERSION, record=raw_record(self.record()),
+                                observed_host=observed_host(info.peer))
 
     async def find_node(self, request: Any, info: CallInfo) -> Any:
         sender = self._sender(request)

@@ -22,7 +22,7 @@ import torch
 
 from app.crypto.keys import PrivateKey
 from app.node.p2p import services, upnp
-from app.node.p2p.addresses import is_unspecified, primary_address
+from app.node.p2p.addresses import is_unspecified, primary_address, reported_host
 from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.auth import ReplayGuard
 from app.node.p2p.bandwidth import Bandwidth
@@ -81,6 +81,7 @@ class P2PNode:
         self.replay = ReplayGuard(self.config.auth_window_s, key.node_id,
                                   path=data_dir / REPLAY_FILE if data_dir is not None else None)
         self._ids_at: OrderedDict[str, bytes] = OrderedDict()  # address -> node id that answered
+        self.observed_by: OrderedDict[bytes, str] = OrderedDict()  # peer -> our IP as it saw us (pings)
         self.dispatcher = Dispatcher(self.config, self.guard, self.stats)
         self.client = PeerClient(self.config, self.stats)
         self.bandwidth = Bandwidth()  # the volunteer's upload/download caps on tensor streams
@@ -229,6 +230,12 @@ class P2PNode:
         record = parse_peer_record(answer.record)
         self._on_rtt(record.node_id, (time.monotonic() - start) * 1000.0)
         self.dht.observe(record)
+        seen = reported_host(answer.observed_host)
+        if seen:  # where this peer saw us come from (untrusted: counted per peer, never dialled)
+            self.observed_by.pop(record.node_id, None)
+            self.observed_by[record.node_id] = seen
+            while len(self.observed_by) > MAX_KNOWN_ADDRESSES:
+                self.observed_by.popitem(last=False)
         return record
 
     async def _heartbeat_loop(self) -> None:

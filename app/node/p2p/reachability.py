@@ -12,6 +12,10 @@ come from (our observed address: the router's public one behind NAT). So the tes
 3. without a tracker nobody outside can call us back: the result says where the node listens on
    this network and how many computers there found it, and that the internet was not tested.
 
+Peers tell us our observed address too: every ping's answer carries the IP the peer saw us come
+from. One peer's word is untrusted, so the address most peers agree on is reported, and only as
+an observation (nothing is dialled or advertised because a peer said so).
+
 The verdict is a fixed word; what it means for the volunteer is the UI's (plain_words.py).
 """
 
@@ -53,6 +57,14 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def observed_by_peers(node: P2PNode) -> str:
+    """The IP most peers saw us come from ('' when none said), ties broken by the lowest address."""
+    counts: dict[str, int] = {}
+    for host in node.observed_by.values():
+        counts[host] = counts.get(host, 0) + 1
+    return min(counts, key=lambda h: (-counts[h], h)) if counts else ""
+
+
 async def self_test(node: P2PNode, *, lan_peers: int = 0) -> Reachability:
     """Test how others reach ``node`` now (a started P2PNode); never raises for a peer's failure."""
     if not node.listen or not node.address:
@@ -62,12 +74,13 @@ async def self_test(node: P2PNode, *, lan_peers: int = 0) -> Reachability:
     if _loopback(node.local_host) and not node.advertise:
         return Reachability("this_computer", address=node.address, **base)
     if not node.trackers:
-        return Reachability("local_network", address=node.address, **base)
+        return Reachability("local_network", address=node.address, observed=observed_by_peers(node), **base)
     client = node.tracker_client
     answered = await client.dial_back()
     if answered and not client.reachable and node.config.use_upnp and node.upnp_mapping is None:
         await client.try_upnp()
-    found = dict(base, observed=client.observed_host, relay=node.relay_address, trackers_answered=answered)
+    found = dict(base, observed=client.observed_host or observed_by_peers(node), relay=node.relay_address,
+                 trackers_answered=answered)
     if client.reachable:
         mapped = node.upnp_mapping is not None and node.advertise == node.upnp_mapping.address
         return Reachability("upnp" if mapped else "direct", address=node.address, **found)

@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 
 from app.crypto.keys import PrivateKey
+from app.node.p2p.addresses import observed_host
 from app.node.p2p.auth import ReplayGuard, verify_message
 from app.node.p2p.client import PeerClient, Route
 from app.node.p2p.config import P2PConfig
@@ -54,15 +55,6 @@ class _Entry:
     record: PeerRecord
     last_seen: float
     reachable: bool
-
-
-def observed_host(peer: str) -> str:
-    """The IP in a gRPC peer string (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``); '' if none."""
-    scheme, _, rest = peer.partition(":")
-    if scheme not in ("ipv4", "ipv6"):
-        return ""
-    host = rest.rpartition(":")[0]
-    return host if scheme == "ipv4" else host.strip("[]").join("[]")
 
 
 def _tracker_key(data_dir: Path | None) -> PrivateKey:
