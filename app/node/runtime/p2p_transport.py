@@ -213,6 +213,11 @@ class P2PCohort:
         self._arrived = asyncio.Event()
         self._async: dict[tuple[int, int], dict[str, CohortPayload]] = {}
         self._ahead: dict[tuple[int, int], list[str]] = {}
+        self._latest: dict[tuple[int, int], tuple[int, str]] = {}  # newest round a member sent, and who
+
+    def latest_round(self, layer_range: tuple[int, int]) -> tuple[int, str] | None:
+        """The newest DiLoCo round a cohort member (a proven holder) sent us a payload for, and who."""
+        return self._latest.get(tuple(layer_range))
 
     def ahead_of_us(self, layer_range: tuple[int, int]) -> list[str]:
         return self._ahead.pop(tuple(layer_range), [])
@@ -261,6 +266,8 @@ class P2PCohort:
                                     "only the cohort's members contribute", status="PERMISSION_DENIED"))
         if my_inner == 0 and self.on_idle_payload is not None:
             self.on_idle_payload(sender, layer_range)
+        if round_ >= self._latest.get(layer_range, (-1, ""))[0]:
+            self._latest[layer_range] = (round_, sender)
         self._boxes.setdefault((layer_range, round_), {})[sender] = payload
         self._arrived.set()
         return stage_protocol.sync_reply("ok", my_round, my_inner), {}

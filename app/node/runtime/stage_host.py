@@ -319,12 +319,20 @@ class StageHost:
         return True
 
     async def finish(self) -> bool:
-        """The run is over: a replica whose work no surviving driver carries on (it was idle, or
-        every driver it served died) ends on the weights of a holder that served a driver to its
-        finish, so the copies of a stage agree and it leaves a usable copy behind. True if it
-        took them."""
+        """The run is over: a holder that is behind its cohort (a member closed a later DiLoCo
+        round than it did), or a replica whose work no surviving driver carries on (it was idle,
+        or every driver it served died), ends on the weights of the member that trained on (or
+        served a driver to its finish), so the copies of a stage agree and it leaves a usable copy
+        behind. True if it took them."""
         stage = self.stage
-        if self._net.solo or stage.is_first or stage.seen_drivers & stage.finished_drivers:
+        if self._net.solo:
+            return False
+        latest = self.cohort.latest_round(stage.layer_range)
+        if latest is not None and latest[0] >= self.sync.rounds:
+            # a member closed a round we never did (it trained on after our last step, e.g. a
+            # driver that took a dead one's steps over, or its validator): its weights are newer
+            return await self._follow(latest[1], stage.layer_range, delay_s=0.0, final=True)
+        if stage.is_first or stage.seen_drivers & stage.finished_drivers:
             return False  # (the last: a driver we served said finish, so these are its final weights)
         try:
             live = await self._net.live_drivers()
