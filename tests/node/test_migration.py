@@ -207,6 +207,10 @@ def test_a_server_with_automatic_migration_migrates_by_itself(trained: Path, tmp
     assert run_headless(config) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [e["architecture_version"] for e in events if e["event"] == "layers"] == [1, 2]
+    # it stops as soon as it hears of the upgrade: no step is trained on the old version
+    first_run = events[:[i for i, e in enumerate(events) if e["event"] == "layers"][1]]
+    assert not [e for e in first_run if e["event"] == "step"]
+    assert [e["step"] for e in events if e["event"] == "step"]  # the new version trains
     assert [e["phase"] for e in events if e["event"] == "migration"][-1] == "done"
     assert _held_out_loss(data_dir)[0] == 2
 

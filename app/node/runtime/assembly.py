@@ -198,7 +198,8 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),
                               emit=ctx.emit, interval_s=t.heal_interval_s,
                               force_at_step=t.upgrade_at_step if never_migrated else 0,
-                              max_upgrade_factor=t.max_upgrade_factor)
+                              max_upgrade_factor=t.max_upgrade_factor,
+                              on_fitting_upgrade=_migrate_now(ctx, t))
     if planner.upgrade is not None:
         await upgrades.publish(planner.upgrade)
     else:
@@ -241,6 +242,16 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
         heal.start()
         upgrades.start()
     return PipelineJob(host, trainer, driver, quorums, heal, upgrades if networked else None)
+
+
+def _migrate_now(ctx: RuntimeContext, t: TrainingConfig) -> Callable[[], None] | None:
+    """A headless server with ``[migration] automatic`` stops as soon as it hears of an upgrade
+    that fits it (one kept in the data dir from an earlier run included), so it trains no further
+    step on the old version and headless.py migrates it deterministically, not when its poll
+    happens to look. A forced devnet upgrade stops its drivers after that step instead."""
+    if not (ctx.config.headless and ctx.config.migration.automatic) or t.upgrade_at_step:
+        return None
+    return ctx.control.request_stop
 
 
 def _after_driver_step(quorums: QuorumService | None, upgrades: UpgradeService, committed: Callable[[], int],

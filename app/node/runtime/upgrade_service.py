@@ -41,14 +41,18 @@ in its data dir (``save_pending``) until it migrated."""
 class UpgradeService:
     def __init__(self, net: NetworkService, arch: ModelArchitecture, data_dir: Path, *, memory_budget: int,
                  holding: Callable[[], tuple[tuple[int, int], bool, bool]], emit: Callable[[Event], None],
-                 interval_s: float, force_at_step: int = 0, max_upgrade_factor: float = 0.0) -> None:
+                 interval_s: float, force_at_step: int = 0, max_upgrade_factor: float = 0.0,
+                 on_fitting_upgrade: Callable[[], None] | None = None) -> None:
         """``holding``: this node's layer range, whether it holds the embedding, the head.
         ``force_at_step``: recalculate once a driver committed this step (0: never forced);
-        ``max_upgrade_factor``: the growth cap of that recalculation (training/upgrade.py)."""
+        ``max_upgrade_factor``: the growth cap of that recalculation (training/upgrade.py);
+        ``on_fitting_upgrade``: called once when an upgrade that fits this computer is announced
+        (a server with automatic migration stops there, before another step on the old version)."""
         self.net, self.arch, self.data_dir = net, arch, data_dir
         self.memory_budget, self.holding, self.emit = memory_budget, holding, emit
         self.interval_s = interval_s
         self.force_at_step, self.max_upgrade_factor = force_at_step, max_upgrade_factor
+        self.on_fitting_upgrade = on_fitting_upgrade
         self._forced = False
         self.announced: UpgradeRecord | None = None
         self._task: asyncio.Task[None] | None = None
@@ -145,3 +149,5 @@ class UpgradeService:
             layers_held_after=impact.layers_after[1] - impact.layers_after[0],
             memory_needed_bytes=impact.memory_needed_bytes, memory_budget_bytes=self.memory_budget,
             fits_here=impact.fits))
+        if impact.fits and self.on_fitting_upgrade is not None:
+            self.on_fitting_upgrade()
