@@ -4,6 +4,7 @@ records a rejection with its reason and changes nothing (checks first, then move
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 from app.crypto.keys import address_from_public_key
 from app.node.economics import governance, legacy, ponw, rewards
@@ -203,23 +204,35 @@ server would first have to do training work that verifiers re-run."""
 def _receipt(state: LedgerState, record: Record, at_ms: int) -> None:
     """A receiver's signed count of the samples a data server sent it in one epoch: what the
     server's data proof for that epoch may claim (``_proof``)."""
-    config = state.config
     body = record.body
     receiver, server, epoch = _author(record), body["server"], body["epoch"]
     if receiver == server:
         raise Refused("a node cannot sign a receipt for data it served itself")
-    if not epoch * config.epoch_ms <= record.timestamp_ms < (epoch + 1) * config.epoch_ms:
-        raise Refused("a receipt is signed inside the epoch it counts")
-    if body["samples"] > ponw.MAX_SAMPLES_PER_SECOND * config.epoch_ms // 1000:
+    if body["samples"] > ponw.MAX_SAMPLES_PER_SECOND * state.config.epoch_ms // 1000:
         raise Refused("more samples than any node serves in one epoch")
-    if not _trained_recently(state, record.author, epoch):
-        raise Refused(f"the receiver has no accepted training proof in epochs {epoch - RECEIPT_TRAINING_EPOCHS}"
-                      f"..{epoch}; only a training node's receipts count")
-    signed = state.receipts.setdefault((server, epoch), {})
-    if receiver in signed:
-        raise Refused("this receiver already signed a receipt for this server and epoch")
+    signed = _receipt_slot(state, record, state.receipts, signer=receiver, subject=server, epoch=epoch,
+                           kind="receipt", signer_role="receiver", subject_role="server")
     signed[receiver] = body["samples"]
     state.note(receiver, at_ms, "receipt", 0, record.record_id, f"{body['samples']} samples from {server}")
+
+
+def _receipt_slot(state: LedgerState, record: Record, book: dict[tuple[str, int], dict[str, Any]], *,
+                  signer: str, subject: str, epoch: int, kind: str, signer_role: str,
+                  subject_role: str) -> dict[str, Any]:
+    """The guards every receipt passes once the caller refused one for oneself (signed inside the
+    epoch it counts, only from a node with recent accepted training work, once per signer, subject
+    and epoch); returns the subject's book for that epoch, where the caller enters what ``signer``
+    signed."""
+    a = "an" if kind[0] in "aeiou" else "a"
+    if not epoch * state.config.epoch_ms <= record.timestamp_ms < (epoch + 1) * state.config.epoch_ms:
+        raise Refused(f"{a} {kind} is signed inside the epoch it counts")
+    if not _trained_recently(state, record.author, epoch):
+        raise Refused(f"the {signer_role} has no accepted training proof in epochs {epoch - RECEIPT_TRAINING_EPOCHS}"
+                      f"..{epoch}; only a training node's {kind}s count")
+    signed = book.setdefault((subject, epoch), {})
+    if signer in signed:
+        raise Refused(f"this {signer_role} already signed {a} {kind} for this {subject_role} and epoch")
+    return signed
 
 
 def _trained_recently(state: LedgerState, author: bytes, epoch: int) -> bool:
@@ -234,19 +247,12 @@ def _async_receipt(state: LedgerState, record: Record, at_ms: int) -> None:
     what the async node's proof for that epoch may claim. The same guards as a receipt: never
     for oneself, inside its epoch, once per holder, contributor and epoch, and only from a node
     with recent accepted training work (a holder trains its stage)."""
-    config = state.config
     body = record.body
     holder, contributor, epoch = _author(record), body["contributor"], body["epoch"]
     if holder == contributor:
         raise Refused("a node cannot sign a receipt for its own async contribution")
-    if not epoch * config.epoch_ms <= record.timestamp_ms < (epoch + 1) * config.epoch_ms:
-        raise Refused("an async receipt is signed inside the epoch it counts")
-    if not _trained_recently(state, record.author, epoch):
-        raise Refused(f"the holder has no accepted training proof in epochs {epoch - RECEIPT_TRAINING_EPOCHS}"
-                      f"..{epoch}; only a training node's async receipts count")
-    signed = state.async_receipts.setdefault((contributor, epoch), {})
-    if holder in signed:
-        raise Refused("this holder already signed an async receipt for this contributor and epoch")
+    signed = _receipt_slot(state, record, state.async_receipts, signer=holder, subject=contributor, epoch=epoch,
+                           kind="async receipt", signer_role="holder", subject_role="contributor")
     signed[holder] = (body["first_layer"], body["layers"], body["batches"])
     state.note(holder, at_ms, "async_receipt", 0, record.record_id,
                f"{body['batches']} batches on {body['layers']} layers from {contributor}")
