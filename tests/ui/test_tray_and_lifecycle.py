@@ -64,7 +64,8 @@ def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, w
     assert "simulated device fault" in app.window.message_bar.text()
     bar = app.window.message_bar
     assert bar.action.isVisibleTo(bar) and bar.action.text() == "Restart the node"
-    assert app.window.dashboard.badge.state in (NodeState.ERROR, NodeState.STOPPED)
+    # the error message and the state change are two events: the badge follows the second one
+    qtbot.waitUntil(lambda: app.window.dashboard.badge.state in (NodeState.ERROR, NodeState.STOPPED), timeout=30_000)
     assert app.tray.notifications and app.tray.notifications[-1][0] == "NeuroShard problem"
     qtbot.waitUntil(lambda: app.controller.engine.wait(timeout=0), timeout=10_000)  # its thread ended
     app.window.dashboard.toggle_pause()  # a command to a dead engine is a message, not an exception
