@@ -162,13 +162,7 @@ def check_work(body: dict, config: EconomicsConfig, timestamp_ms: int) -> None:
     """Refuses work that does not fit its span at its measured cost, and training proofs whose
     weights did not move."""
     kind = body["proof_kind"]
-    epoch_s = config.epoch_ms / 1000
-    if body["uptime_ms"] > config.epoch_ms:
-        raise ProofRejected("uptime longer than the epoch")
-    if kind == "uptime" and body["uptime_ms"] == 0:
-        raise ProofRejected("uptime proof with zero uptime")
-    if body["samples"] > MAX_SAMPLES_PER_SECOND * epoch_s:
-        raise ProofRejected("more samples than any node serves in one epoch")
+    _check_uptime_and_samples(body, config)
     if kind == "training":
         _check_training(body, config, timestamp_ms)
     elif kind == "inference":
@@ -208,18 +202,23 @@ def _check_training_claim(body: dict) -> None:
         raise ProofRejected("model hash did not change: no training step was applied")
 
 
+def _check_uptime_and_samples(body: dict, config: EconomicsConfig) -> None:
+    """The checks every proof rule shares: uptime fits the epoch (and an uptime proof has some),
+    samples are what one node can serve in an epoch."""
+    if body["uptime_ms"] > config.epoch_ms:
+        raise ProofRejected("uptime longer than the epoch")
+    if body["proof_kind"] == "uptime" and body["uptime_ms"] == 0:
+        raise ProofRejected("uptime proof with zero uptime")
+    if body["samples"] > MAX_SAMPLES_PER_SECOND * config.epoch_ms / 1000:
+        raise ProofRejected("more samples than any node serves in one epoch")
+
+
 def check_v1_work(body: dict, config: EconomicsConfig) -> None:
     """The previous release's stateless rules for a version-1 proof (``legacy.py``): the same
     checks as ``check_work`` except that training and inference are bounded by the seed-001
     tier table, since a version-1 proof carries no span or measured cost."""
     kind = body["proof_kind"]
-    epoch_s = config.epoch_ms / 1000
-    if body["uptime_ms"] > config.epoch_ms:
-        raise ProofRejected("uptime longer than the epoch")
-    if kind == "uptime" and body["uptime_ms"] == 0:
-        raise ProofRejected("uptime proof with zero uptime")
-    if body["samples"] > MAX_SAMPLES_PER_SECOND * epoch_s:
-        raise ProofRejected("more samples than any node serves in one epoch")
+    _check_uptime_and_samples(body, config)
     bound = legacy.max_batches(body["tier"], body["layers"], config)
     if kind == "training":
         if body["batches"] <= 0 or body["layers"] <= 0:
