@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ import grpc
 import torch
 
 from app.crypto.keys import PrivateKey
+from app.node.p2p.aio import cancel_and_wait
 from app.node.p2p.config import P2PConfig
 from app.node.p2p.errors import RpcRefusal
 from app.node.p2p.node import P2PNode
@@ -48,9 +50,23 @@ TLS take several times longer on a loaded 2-core one."""
 def run(coro: Coroutine[Any, Any, T], timeout: float = HANG_S) -> T:
     """Run a scenario on a fresh loop; ``timeout`` only bounds a hang (at least ``HANG_S``)."""
     async def bounded() -> T:
-        return await asyncio.wait_for(coro, max(timeout, HANG_S))
+        scenario = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait({scenario}, timeout=max(timeout, HANG_S))
+        if not done:  # a hang: say where every task waits before cancelling them
+            _print_tasks()
+            await cancel_and_wait([scenario])
+            raise TimeoutError(f"the scenario did not finish within {max(timeout, HANG_S):.0f} s "
+                               "(the stacks of its tasks are on stderr)")
+        return scenario.result()
 
     return asyncio.run(bounded())
+
+
+def _print_tasks() -> None:
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            print(f"--- {task!r}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
 
 
 @contextlib.asynccontextmanager
