@@ -226,3 +226,30 @@ def test_served_data_is_proven_from_the_receipts_receivers_signed(tmp_path) -> N
     assert [(d.epoch, d.reward_units) for d in data] == [(epoch, 30 * config.rewards["data_per_sample"])]
     clock.now += config.epoch_ms / 1000
     assert "data" not in economy.close_epoch()  # each epoch's data is proven once
+
+
+def test_the_epoch_loop_runs_just_after_each_epoch_begins_so_no_epoch_is_skipped(tmp_path) -> None:
+    """Each pass of the loop takes time (here 0.3 s of a 1 s devnet epoch, on a fake clock). A
+    loop that slept one epoch between passes drifted by that much per pass and skipped an epoch
+    every few passes, whose uptime and data proofs were then never made; it now sleeps to just
+    after the next epoch starts, so every epoch gets its pass."""
+    clock, events = Clock(), []
+    economy = make_service(tmp_path, "a", clock, events)
+    sleeps: list[float] = []
+
+    async def should_continue(seconds: float) -> bool:
+        sleeps.append(seconds)
+        clock.now += seconds
+        return len(sleeps) <= 12
+
+    def pass_work() -> list:  # the pass's gossip step: it takes 0.3 s of the epoch
+        clock.now += 0.3
+        return []
+
+    try:
+        asyncio.run(asyncio.wait_for(economy.run(should_continue, pass_work, send=lambda *a: None), 60))
+    finally:
+        economy.close()
+    uptime = sorted(e.epoch for e in events if isinstance(e, ProofAccepted) and e.proof_kind == "uptime")
+    assert len(uptime) == 12 and uptime == list(range(uptime[0], uptime[0] + 12)), uptime
+    assert all(0 < s <= 1.0 + 0.1 for s in sleeps)

@@ -68,6 +68,8 @@ MODE_OF_KIND = {"training": "pipeline", "uptime": "uptime", "data": "data", "ver
 node online."""
 MAX_ASYNC_RECEIPT_BATCHES = 10**6
 """Most batches one async receipt may carry (records.py); the rest waits for the next epoch."""
+EPOCH_PASS_DELAY_S = 0.05
+"""The epoch loop runs this long after an epoch begins (the epoch that ended is then surely over)."""
 DATA_PROOF_DELAY_EPOCHS = 2
 """A data proof for epoch e is made in epoch e + 2: receipts signed in e (by the receivers) get
 an epoch to reach this node by gossip, and the proof is still well inside e's challenge window."""
@@ -283,8 +285,8 @@ class EconomyService:
         receipt that reached this ledger late by gossip is claimed on a later pass; one proof per
         kind and epoch, so what arrives after it is not)."""
         proven = self._proven.setdefault(kind, set())
-        proven.difference_update({e for e in proven if e <= oldest_open})
-        first = max(self._first_receipted, oldest_open + 1)
+        proven.difference_update({e for e in proven if e < oldest_open})
+        first = max(self._first_receipted, oldest_open)  # as for training work: the ledger still takes it
         return [e for e in range(first, current - DATA_PROOF_DELAY_EPOCHS + 1) if e not in proven]
 
     def _data_proofs(self, current: int, oldest_open: int) -> list[tuple]:
@@ -361,8 +363,7 @@ class EconomyService:
                   peers: Callable[[], Sequence[Any]], send: GossipSend | None) -> None:
         """Epoch and gossip loop until ``should_continue(seconds)`` (a stoppable sleep) says stop."""
         loop = asyncio.get_running_loop()
-        interval = min(self.config.epoch_ms / 1000, 5.0)
-        while await should_continue(interval):
+        while await should_continue(self._until_next_pass()):
             await loop.run_in_executor(None, self.close_epoch)
             if self.verifier is not None:
                 await self.verifier.round()
@@ -371,6 +372,14 @@ class EconomyService:
                 if candidates:
                     await self.gossip_round(random.choice(candidates), send)
             await loop.run_in_executor(None, self.publish_state)
+
+    def _until_next_pass(self) -> float:
+        """Seconds to the next pass of the loop: just after the next epoch begins, at most 5 s
+        (gossip). A fixed sleep of one epoch drifts by the pass's own work and, with 1 s epochs (the
+        devnet), now and then wakes two epochs later, so an epoch's proofs were never made."""
+        epoch_s = self.config.epoch_ms / 1000
+        now = self._clock()
+        return min(5.0, epoch_s - now % epoch_s + EPOCH_PASS_DELAY_S)
 
     # --- verification -----------------------------------------------------------------------
 
