@@ -198,6 +198,9 @@ class Devnet:
         self._training = training
         dirs = [self.workdir / f"node{i}" for i in range(self.nodes)]
         verifiers = list(range(pipeline_nodes - self.verify_nodes, pipeline_nodes)) if self.verify_nodes else []
+        from app.node.runtime.devnet_funding import create_node_wallets
+
+        create_node_wallets(dirs)  # the same node ids in every run: a devnet is repeatable
         economics: dict[str, Any] = {"preset": "devnet", **self.economics_overrides}
         if verifiers:  # runtime/devnet_funding.py: wallets, genesis grant and stake for the verifiers
             from app.node.runtime.devnet_funding import devnet_genesis_settings, fund_verifiers

@@ -208,7 +208,7 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
     if host.stage.is_first:
         arch = base.architecture()
         starts = await _stage_starts(base, host.stage.layer_range[1])
-        if resume is not None and t.expected_nodes and not never_migrated:  # back from a devnet's migration
+        if t.expected_nodes and (resume is None or not never_migrated):  # a devnet's start, or back from its migration
             await _wait_for_expected_holders(base, starts)
         transport = ArchTaggedTransport(base.vocab.transport(
             P2PStageTransport(net.node, attempts=t.max_microbatch_attempts)), base.architecture)
@@ -335,10 +335,12 @@ async def _stage_starts(base: NodeBase, first_later: int) -> list[int]:
 
 
 async def _wait_for_expected_holders(base: NodeBase, starts: list[int]) -> None:
-    """A driver back from a migration in a network that expects ``expected_nodes`` (a devnet) waits,
-    up to the join window, until that many nodes announce the stages it trains
+    """A driver in a network that expects ``expected_nodes`` (a devnet), at its start or back from a
+    migration, waits up to the join window until that many nodes announce the stages it trains
     with: quorums are formed by rank over the holders each driver sees, so drivers that formed
-    theirs while only the first replica was back would all route to it and leave the others idle."""
+    theirs while only the first replica was up would all route to it and leave the others idle,
+    and a driver that trained ahead alone would close its first DiLoCo round without the replica
+    that was still building its stage."""
     arch, loop, t = base.architecture(), asyncio.get_running_loop(), base.training
     ranges = list(zip([0, *starts], [*starts, arch.layers], strict=True))
     deadline = loop.time() + max(10.0, t.join_wait_s * 10)

@@ -25,6 +25,26 @@ GRANT = neuro(1000)
 STAKE = neuro(200)
 
 
+def devnet_node_key(index: int) -> PrivateKey:
+    """Node ``index``'s key in every devnet: public like the genesis key, so a devnet run is
+    repeatable (the node ids, and with them each driver's data order and the order contributions
+    are merged in, are the same in every run of the same shape)."""
+    return PrivateKey(hashlib.sha256(f"neuroshard devnet node {index} (public, devnet only)".encode()).digest())
+
+
+def create_node_wallets(dirs: Iterable[Path]) -> None:
+    """Each node's wallet (devnet_node_key of its index), unprotected as a headless devnet node's
+    is, unless the dir already has one (a devnet run again in its workdir keeps its nodes)."""
+    from app.node.identity import UNPROTECTED_PASSPHRASE
+    from app.wallet.keystore import Keystore
+
+    for index, d in enumerate(dirs):
+        d.mkdir(parents=True, exist_ok=True)
+        store = Keystore(d, use_keyring=False)  # a file the node processes open; not the volunteer's keyring
+        if not store.has_key():
+            store.import_key(devnet_node_key(index).to_bytes(), UNPROTECTED_PASSPHRASE)
+
+
 def devnet_genesis_settings() -> dict[str, Any]:
     return {"preset": "devnet", "genesis_public_key": DEVNET_GENESIS.public_key.data.hex()}
 

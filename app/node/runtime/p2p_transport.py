@@ -201,11 +201,13 @@ class P2PCohort:
                  position: Callable[[], tuple[int, int]] | None = None,
                  on_idle_payload: Callable[[str, tuple[int, int]], None] | None = None,
                  round_length: Callable[[], int] | None = None,
-                 arch: Callable[[], str] | None = None) -> None:
+                 arch: Callable[[], str] | None = None,
+                 training: Callable[[], bool] | None = None) -> None:
         self.node = node
         self.arch = arch  # our architecture tag (arch_guard.arch_tag): a payload of another is refused
         self.holds = holds  # the range this node serves now; payloads for others are refused
         self.position = position  # (DiLoCo round, inner steps done in it) of our stage
+        self.training = training  # our driver has steps of its own left (so we will send this round)
         self.on_idle_payload = on_idle_payload  # a replica trained while we were idle
         self.round_length = round_length  # inner steps per DiLoCo round: the most a member can claim
         self.me = node.node_id.hex()
@@ -270,7 +272,8 @@ class P2PCohort:
             self._latest[layer_range] = (round_, sender)
         self._boxes.setdefault((layer_range, round_), {})[sender] = payload
         self._arrived.set()
-        return stage_protocol.sync_reply("ok", my_round, my_inner), {}
+        return stage_protocol.sync_reply("ok", my_round, my_inner,
+                                         training=self.training is not None and self.training()), {}
 
     async def _holds_range(self, caller: bytes, layer_range: tuple[int, int]) -> bool:
         """The signed layer registry shows ``caller`` holding exactly ``layer_range`` now."""
@@ -290,8 +293,10 @@ class P2PCohort:
                                               arch=self.arch() if self.arch is not None else "")
         results = await asyncio.gather(*(self.node.call_sync(r, request, dict(payload.tensors), timeout_s)
                                          for r in records), return_exceptions=True)
-        # Wait only for peers in this round that trained in it: an idle replica (no driver routes
-        # to it) or one already past this round would never send, and waiting costs every driver.
+        # Wait only for peers in this round that trained in it or whose driver is about to: an idle
+        # replica (no driver routes to it) or one already past this round would never send, and
+        # waiting costs every driver. A driver that has not committed its first step of the round
+        # yet (it started a little later) will send: closing without it would drop its work.
         waiting = {peer_id(r) for r, res in zip(records, results, strict=True)
                    if not isinstance(res, BaseException) and _will_send(res[0], round_)}
         self._ahead[tuple(layer_range)] = [peer_id(r) for r, res in zip(records, results, strict=True)
@@ -316,8 +321,9 @@ def _status(reply: Any) -> int:
 
 
 def _will_send(reply: Any, round_: int) -> bool:
-    """The peer is in this round and trained in it (a typed SyncReply; anything else: no)."""
-    return _status(reply) == pb2.STAGE_OK and reply.round == round_ and reply.inner > 0
+    """The peer is in this round and trained in it, or its driver has steps left to train in it
+    (a typed SyncReply; anything else: no)."""
+    return _status(reply) == pb2.STAGE_OK and reply.round == round_ and (reply.inner > 0 or reply.training)
 
 
 SYNC_POSITION = "__sync_position__"

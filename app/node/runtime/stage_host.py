@@ -128,7 +128,8 @@ class StageHost:
         self.cohort = P2PCohort(self._net.node, holds=lambda: self.stage.layer_range, position=self._sync_position,
                                 on_idle_payload=self._on_idle_payload,
                                 round_length=lambda: self._training.inner_steps,
-                                arch=lambda: arch_tag(self.architecture()))
+                                arch=lambda: arch_tag(self.architecture()),
+                                training=lambda: self.sync.trains_this_round)
         self.assignment = assignment
         self.stage, self.sync = self._build(assignment)
         # the key/value caches of inference sessions through this stage (runtime/inference_service.py)

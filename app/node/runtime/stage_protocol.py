@@ -203,8 +203,9 @@ def parse_sync(request: Any) -> tuple[tuple[int, int], int, int, float, bool]:
             finite("age_s", request.age_s, MAX_AGE_S), bool(getattr(request, "async")))
 
 
-def sync_reply(status: str, round_: int, inner: int) -> Any:
-    return pb2.SyncReply(status=_STATUS_NAMES[status], round=round_, inner=inner)
+def sync_reply(status: str, round_: int, inner: int, *, training: bool = False) -> Any:
+    """``training``: our driver still has steps of its own, so our payload for ``round_`` will come."""
+    return pb2.SyncReply(status=_STATUS_NAMES[status], round=round_, inner=inner, training=training)
 
 
 def weights_request(layer_range: tuple[int, int], *, diloco: bool = False, arch: str = "") -> Any:

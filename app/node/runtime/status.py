@@ -114,6 +114,8 @@ def summary(base: NodeBase | None, parts: NodeParts | None, activity: str) -> di
         "sync_rounds": host.sync.rounds if host else 0,
         # pseudo-gradients held-out scoring or the robust mean left out (training/sync.py)
         "rejected_contributions": sum(len(r.rejected) for r in host.sync.reports) if host else 0,
+        # contributions each outer round weighed, merged or left out (a round closed alone: 1)
+        "round_contributions": [len(r.members) + len(r.rejected) for r in host.sync.reports] if host else [],
         "layer_hashes": host.stage.layer_hashes() if host else {},
         # a driver moved to a later stage no longer drives, so it leads no quorum
         "quorum": job.quorums.record() if job is not None and job.quorums and not host.moved else None,

@@ -74,6 +74,7 @@ class StageSync:
     rounds: int = 0
     bytes_sent: int = 0
     reports: list[SyncReport] = field(default_factory=list)
+    _own_steps_left: int | None = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.replica = DiLoCoReplica(self.stage.shard, DiLoCoConfig(
@@ -87,6 +88,17 @@ class StageSync:
 
     def note_commit(self) -> None:
         self.replica.record_inner_step()
+
+    def note_own_steps(self, left: int | None) -> None:
+        """Steps this node's driver has still to commit on this stage (None: unbounded, 0: none)."""
+        self._own_steps_left = left
+
+    @property
+    def trains_this_round(self) -> bool:
+        """Our driver will reach the end of the current round, so our payload for it will come: a
+        peer that got there first waits for it even before our first step in the round."""
+        left = self._own_steps_left
+        return left is None or left >= max(1, self.config.inner_steps - self.replica.inner_steps_done)
 
     @property
     def due(self) -> bool:

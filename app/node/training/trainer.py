@@ -145,6 +145,13 @@ class NodeTrainer:
         own = DataStream(self.batches, max_steps)
         self._streams = [own]
         await self._publish(own, "training")
+        try:
+            await self._drive_streams(own)
+        finally:
+            if self.sync is not None:
+                self.sync.note_own_steps(0)
+
+    async def _drive_streams(self, own: DataStream) -> None:
         turn = 0
         while True:
             if self._stopping_drive or (self.proceed is not None and not await self.proceed()):
@@ -153,6 +160,7 @@ class NodeTrainer:
                 self._adopt(await self.takeover.poll())
             stream = next((s for s in self._streams if s.pending is not None), None)  # a stalled step first
             active = [s for s in self._streams if not s.exhausted]
+            self._note_steps_left()
             if stream is None and not active:
                 if own.exhausted and self.takeover is not None and not self._settling:
                     self._settling = True
@@ -176,12 +184,21 @@ class NodeTrainer:
                 continue  # same step number, same batch: stages deduplicate what they already hold
             self.driver_step += 1
             stream.committed()
+            self._note_steps_left()
             if self.after_step is not None:
                 await self.after_step()
             if self.sync is not None and self.sync.rounds != rounds:  # a round now holds our steps so far
                 await self._publish(own, "training")
             if self.driver_step % self.config.checkpoint_every == 0:
                 await asyncio.get_running_loop().run_in_executor(self.stage.executor, self.checkpoint)
+
+    def _note_steps_left(self) -> None:
+        """Tell the sync how many steps our streams still hold (a cohort member at a round's end
+        waits for our payload when we will get there too)."""
+        if self.sync is None:
+            return
+        bounded = all(s.planned is not None for s in self._streams)
+        self.sync.note_own_steps(sum(max(0, (s.planned or 0) - s.done) for s in self._streams) if bounded else None)
 
     def _adopt(self, streams: list[DataStream]) -> None:
         """Add dead drivers' streams, each at most as long as our own plan: a published plan is a
