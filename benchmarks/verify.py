@@ -141,9 +141,11 @@ def overhead(config: EconomicsConfig, steps: int, rate: float) -> dict:
             "ratio_verifier_vs_prover_compute": round(verifier_s / prover_s, 4)}
 
 
-def devnet(rate: float, steps: int) -> dict:
+def devnet(rate: float, steps: int, epoch_ms: int = 1000) -> dict:
     """A real multi-process devnet (3 nodes: the first lazy, the last two verify-mode): per
-    training proof of the lazy node, was it slashed; and were any honest proofs."""
+    training proof of the lazy node, was it slashed; and were any honest proofs. ``epoch_ms``:
+    the devnet's 1 s epochs hold 1-2 steps per proof; longer ones hold as many as a real
+    network's proofs do (the chance of catching a proof grows with the fake steps it holds)."""
     import tempfile
 
     from app.node.devnet import run_devnet
@@ -153,10 +155,12 @@ def devnet(rate: float, steps: int) -> dict:
     from app.node.runtime.devnet_funding import devnet_genesis_settings
     from app.wallet.keystore import Keystore
 
-    economics = {"spot_check_rate": rate, "spot_check_steps": 64, "challenge_window_ms": 10_000}
+    economics = {"spot_check_rate": rate, "spot_check_steps": 64, "epoch_ms": epoch_ms,
+                 "challenge_window_ms": max(10_000, 6 * epoch_ms)}
     with tempfile.TemporaryDirectory() as tmp:
         summary = run_devnet(3, steps, workdir=Path(tmp), keep=True, timeout_s=900, verify_nodes=2, lazy_nodes=1,
-                             economics_overrides=dict(economics), training_overrides={"linger_s": 16.0})
+                             economics_overrides=dict(economics),
+                             training_overrides={"linger_s": 16.0 + 3 * epoch_ms / 1000})
         dirs = [Path(tmp) / f"node{i}" for i in range(3)]
         records = {r.record_id: r for d in dirs for r in _records(d / "ledger.sqlite")}
         state = replay.compute_state(records.values(), from_settings({**devnet_genesis_settings(), **economics}))
@@ -167,7 +171,7 @@ def devnet(rate: float, steps: int) -> dict:
             statuses[record.author_address].append(state.statuses[record.record_id][0])
     lazy, honest = statuses[addresses[0]], [s for a in addresses[1:] for s in statuses[a]]
     caught = lazy.count("slashed") / len(lazy) if lazy else 0.0
-    return {"sampling_rate": rate, "training_steps": steps, "lazy_proofs": len(lazy),
+    return {"sampling_rate": rate, "training_steps": steps, "epoch_ms": epoch_ms, "lazy_proofs": len(lazy),
             "lazy_proofs_slashed": lazy.count("slashed"), "per_proof_p_caught": round(caught, 3),
             "p_caught_within_10_epochs_from_it": round(1 - (1 - caught) ** 10, 4),
             "honest_proofs": len(honest), "honest_proofs_slashed": honest.count("slashed"),
@@ -184,9 +188,10 @@ def main() -> None:
     parser.add_argument("--devnet", type=float, default=None, metavar="RATE",
                         help="instead: one multi-process devnet with a lazy node at this sampling rate")
     parser.add_argument("--devnet-steps", type=int, default=60)
+    parser.add_argument("--devnet-epoch-ms", type=int, default=1000, help="the devnet's PoNW epoch length")
     args = parser.parse_args()
     if args.devnet is not None:
-        print(json.dumps({"benchmark": "verify-devnet", **devnet(args.devnet, args.devnet_steps),
+        print(json.dumps({"benchmark": "verify-devnet", **devnet(args.devnet, args.devnet_steps, args.devnet_epoch_ms),
                           "machine": {"cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}}))
         return
     torch.manual_seed(0)

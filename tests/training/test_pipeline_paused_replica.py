@@ -36,6 +36,7 @@ from app.node.runtime.vocab_service import VocabService
 from app.node.runtime_api import RunControl, RuntimeContext
 from app.node.training.layer_pool import Assignment
 from app.node.training.pipeline import PipelineDriver
+from tests.p2p.helpers import run
 
 CONFIG = tiny_config()
 HEAD = (2, 4)
@@ -80,7 +81,10 @@ def test_a_paused_replica_refuses_as_unavailable_the_pipeline_fails_over_and_res
     # both cores busy and six copies at once), but in two of four full suites after this wave's
     # wire changes (typed stage protocol, router-owned retries, TLS) the scenario never finished
     # within 120 s. Pausing itself stays covered in the default suite by test_runtime_solo and the
-    # GUI pause tests; the fail-over of a paused replica is what this test adds.
+    # GUI pause tests; the fail-over of a paused replica is what this test adds. Since then
+    # cancel_and_wait stopped swallowing a caller's cancellation (a timeout that struck while a
+    # router or DHT lookup wound down its calls was eaten, so a bounded wait could run on
+    # forever), and a hang now prints where each task waits.
     async def scenario() -> None:
         async with _swarm(3) as (driver_node, a_node, b_node):
             states: list[tuple[NodeState, str]] = []
@@ -118,4 +122,4 @@ def test_a_paused_replica_refuses_as_unavailable_the_pipeline_fails_over_and_res
             finally:
                 watch.cancel()
 
-    asyncio.run(asyncio.wait_for(scenario(), 120))
+    run(scenario(), timeout=120)  # a hang prints every task's stack (tests/p2p/helpers.py)
