@@ -38,3 +38,49 @@ def test_relay_stops_reading_a_caller_when_the_tunnel_is_backed_up():
         await call.aclose()
 
     run(scenario())
+
+
+def test_relay_stops_reading_a_hidden_nodes_answers_that_its_caller_does_not_take():
+    """Upward too: a hidden node (a stranger) that streams answers faster than the caller takes
+    them fills at most the tunnel's bound in the relay, then the relay stops reading the tunnel;
+    once that caller's call ends, what it left behind no longer counts and reading goes on."""
+    async def scenario():
+        relay = RelayService(ReplayGuard(60.0))
+        offered = 0
+        more = asyncio.Event()
+
+        async def caller_frames():
+            yield pb2.RelayFrame(protocol_version=PROTOCOL_VERSION, target=b"h" * 32, method=FORWARD)
+            await asyncio.Event().wait()  # the caller sends nothing more and never reads its answers
+
+        async def tunnel_frames():  # the hidden node: 64 MiB of answers to call 1, then one to call 2
+            nonlocal offered
+            for _ in range(64):
+                offered += 1
+                yield pb2.RelayFrame(call_id=1, message=bytes(_MIB))
+            await more.wait()
+            yield pb2.RelayFrame(call_id=2, message=b"x")
+
+        tunnel = relay.tunnels[b"h" * 32] = _Tunnel()
+        info = CallInfo(METHODS[FORWARD_PATH], "ipv4:127.0.0.1:1", StreamBudget(FAST))
+        call = relay.forward(caller_frames(), info)
+        first = asyncio.ensure_future(anext(call, None))  # opens call 1; the caller takes nothing after
+        await asyncio.sleep(0)
+        second = asyncio.Queue()
+        tunnel.calls[2] = second  # another caller's call on the same tunnel
+        reader = asyncio.ensure_future(relay._read_up(tunnel_frames(), tunnel))
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert tunnel.answers.queued <= MAX_TUNNEL_QUEUE + _MIB + 1
+        assert offered < 64  # the rest stays with the hidden node (HTTP/2 flow control on a real stream)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await call.aclose()  # call 1 ends: its backlog is dropped
+        more.set()
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert offered == 64 and (await asyncio.wait_for(second.get(), 10)).message == b"x"
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+    run(scenario())

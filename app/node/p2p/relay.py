@@ -33,31 +33,66 @@ FORWARD_PATH = "/neuroshard.v1.Relay/Forward"
 MAX_TUNNELS = 256
 """A relay serves at most this many hidden nodes: each holds a stream and buffers in memory."""
 MAX_TUNNEL_QUEUE = 8 << 20
-"""Bytes of callers' messages a relay holds for one tunnel; past it the relay stops reading
-callers (HTTP/2 flow control then slows them), so a stranger cannot park data in a relay."""
+"""Bytes of callers' messages a relay holds for one tunnel, and of the hidden node's answers
+waiting for their callers; past it the relay stops reading that side (HTTP/2 flow control then
+slows the sender), so a stranger cannot park data in a relay. A hidden node bounds what its
+relay sends down the same way."""
 _END = object()
+
+
+class ByteQueue:
+    """Frames waiting to be taken, with the bytes of their messages counted: ``room`` is clear
+    while more than ``limit`` bytes wait, and a reader of the side that fills it waits on it."""
+
+    def __init__(self, limit: int = MAX_TUNNEL_QUEUE) -> None:
+        self.limit = limit
+        self.queued = 0
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def put(self, queue: asyncio.Queue[Any], frame: Any) -> None:
+        queue.put_nowait(frame)
+        self.queued += _size(frame)
+        if self.queued > self.limit:
+            self.room.clear()
+
+    def taken(self, frame: Any) -> None:
+        self.queued -= _size(frame)
+        if self.queued <= self.limit:
+            self.room.set()
+
+    def drop(self, queue: asyncio.Queue[Any]) -> None:
+        """The queue's reader is gone: what it never took no longer counts."""
+        while not queue.empty():
+            self.taken(queue.get_nowait())
+
+
+def _size(frame: Any) -> int:
+    if frame is None or frame is _END:
+        return 0
+    return len(frame) if isinstance(frame, bytes) else len(frame.message)
 
 
 class _Tunnel:
     def __init__(self) -> None:
         self.down: asyncio.Queue[Any] = asyncio.Queue()
         self.calls: dict[int, asyncio.Queue[Any]] = {}
-        self.queued = 0
-        self.room = asyncio.Event()
-        self.room.set()
+        self.sent = ByteQueue()  # callers' messages on their way down the tunnel
+        self.answers = ByteQueue()  # the hidden node's messages not yet taken by their callers
+
+    @property
+    def queued(self) -> int:
+        return self.sent.queued
+
+    @property
+    def room(self) -> asyncio.Event:
+        return self.sent.room
 
     def push(self, frame: Any) -> None:
-        self.down.put_nowait(frame)
-        self.queued += len(frame.message)
-        if self.queued > MAX_TUNNEL_QUEUE:
-            self.room.clear()
+        self.sent.put(self.down, frame)
 
     def taken(self, frame: Any) -> None:
-        if frame is _END:
-            return
-        self.queued -= len(frame.message)
-        if self.queued <= MAX_TUNNEL_QUEUE:
-            self.room.set()
+        self.sent.taken(frame)
 
 
 class RelayService:
@@ -105,7 +140,8 @@ class RelayService:
             async for frame in frames:
                 queue = tunnel.calls.get(frame.call_id)
                 if queue is not None:
-                    queue.put_nowait(frame)
+                    tunnel.answers.put(queue, frame)
+                    await tunnel.answers.room.wait()  # callers are slow to take answers: stop reading
         finally:
             tunnel.down.put_nowait(_END)
 
@@ -126,6 +162,7 @@ class RelayService:
         try:
             while True:
                 frame = await replies.get()
+                tunnel.answers.taken(frame)
                 if frame.end:
                     if frame.code:
                         raise RpcRefusal(grpc.StatusCode(_code(frame.code)), frame.details[:500])
@@ -135,6 +172,7 @@ class RelayService:
         finally:
             pump.cancel()
             tunnel.calls.pop(call_id, None)
+            tunnel.answers.drop(replies)  # answers its caller left behind do not hold the tunnel up
 
     @staticmethod
     async def _pump(frames: AsyncIterator[Any], tunnel: _Tunnel, call_id: int) -> None:
@@ -166,6 +204,7 @@ class TunnelClient:
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._calls: dict[int, asyncio.Queue[Any]] = {}
+        self._arrived = ByteQueue()  # callers' messages the relay sent that our handlers have not read
         self._workers: set[asyncio.Task[None]] = set()
 
     async def open(self, relay: str, timeout: float, *, relay_id: bytes) -> None:
@@ -206,6 +245,7 @@ class TunnelClient:
                     self.connected.set()
                     continue
                 self._on_down(frame, up)
+                await self._arrived.room.wait()  # our handlers are behind: stop reading the relay
         finally:
             for queue in self._calls.values():
                 queue.put_nowait(None)
@@ -221,7 +261,7 @@ class TunnelClient:
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
             return
-        queue.put_nowait(None if frame.end else frame.message)
+        self._arrived.put(queue, None if frame.end else frame.message)
 
     async def _serve(self, call_id: int, path: str, queue: asyncio.Queue[Any], up: asyncio.Queue[Any]) -> None:
         method = METHODS[path]
@@ -229,6 +269,7 @@ class TunnelClient:
 
         async def requests() -> AsyncIterator[Any]:
             while (raw := await queue.get()) is not None:
+                self._arrived.taken(raw)
                 stats.add_received(method.traffic, len(raw))
                 try:
                     yield parse(raw)
@@ -247,4 +288,5 @@ class TunnelClient:
             code, details = refusal.code.value[0], refusal.reason
         finally:
             self._calls.pop(call_id, None)
+            self._arrived.drop(queue)  # what the handler never read
         up.put_nowait(pb2.RelayFrame(call_id=call_id, end=True, code=code, details=details))
