@@ -567,6 +567,7 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
         raise DevnetError("a devnet needs at least 1 node and 1 step")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="neuroshard-devnet-"))
     root.mkdir(parents=True, exist_ok=True)
+    diagnose = False  # a run that failed keeps its temporary workdir: its error names the logs there
     try:
         net = Devnet(nodes, steps, root, base_port=base_port, inner_steps=inner_steps, timeout_s=timeout_s,
                      progress=progress, json_events=json_events, kill=kill, async_nodes=async_nodes,
@@ -581,8 +582,13 @@ def run_devnet(nodes: int, steps: int, *, workdir: Path | None = None, keep: boo
         summary["restarted"] = net.restarted
         summary["workdir"] = str(root) if keep else None
         return summary
+    except DevnetUsageError:
+        raise
+    except DevnetError:
+        diagnose = True
+        raise
     finally:
-        if not keep and workdir is None:
+        if not keep and workdir is None and not diagnose:
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -116,3 +116,23 @@ def test_steps_a_live_driver_took_over_count_as_committed_and_the_overlap_as_ret
                   errors={}, seen=seen)
     assert s["steps_accounted"] == {"planned": 24, "committed": 21, "lost": 3}
     assert "trained only 3 of them" in s["lost_steps"][0]["reason"]
+
+
+def test_a_devnet_that_fails_keeps_the_logs_its_error_points_to() -> None:
+    """A run that times out says "logs in <dir>": that temporary dir is kept, not removed with the
+    rest (a 3-node devnet that timed out under load once left nothing to read)."""
+    import re
+
+    import pytest
+
+    from app.node.devnet import DevnetError, run_devnet
+
+    with pytest.raises(DevnetError, match="logs in") as failed:
+        run_devnet(1, 1000, timeout_s=0.5)
+    workdir = Path(re.search(r"logs in (\S+)", str(failed.value)).group(1))
+    try:
+        assert workdir.is_dir() and (workdir / "node0.log").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
