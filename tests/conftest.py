@@ -51,6 +51,19 @@ def _fixed_seed(request: pytest.FixtureRequest) -> None:
     if numpy is not None:
         numpy.random.seed(seed)
 
+@pytest.fixture(autouse=True)
+def _grpc_released_between_tests() -> object:
+    """A test's event loop is gone when it ends; gRPC objects it left in reference cycles are
+    freed now (app/node/p2p/aio.py ``release_grpc_after_loop``), not by the collector in the
+    middle of a later test, whose gRPC calls and shutdown then waited on them: a test that hung
+    or was cut off left a server behind, and the gRPC shutdown its collection set off hung a
+    later test that used no network at all (loaded triple check, run 2 at e6532c2)."""
+    yield
+    from app.node.p2p.aio import release_grpc_after_loop
+
+    release_grpc_after_loop()
+
+
 _CRASH_WARNINGS = (pytest.PytestUnhandledThreadExceptionWarning, pytest.PytestUnraisableExceptionWarning)
 _crashes: list[str] = []
 _exit_status = {"code": 0}

@@ -248,6 +248,9 @@ class NodeEngine:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            from app.node.p2p.aio import release_grpc_after_loop  # (the window starts without p2p)
+
+            release_grpc_after_loop()  # the next start's loop binds gRPC afresh
             # A command posted while the loop was closing never ran: fail it instead of hanging its caller.
             with self._lock:
                 stranded, self._posted = list(self._posted), set()

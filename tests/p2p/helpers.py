@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -63,10 +64,14 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = HANG_S) -> T:
 
 
 def _print_tasks() -> None:
+    """Where every task and thread waits (a task in compiled code has no line: its repr is all)."""
     for task in asyncio.all_tasks():
         if task is not asyncio.current_task():
             print(f"--- {task!r}", file=sys.stderr)
-            task.print_stack(file=sys.stderr)
+            with contextlib.suppress(Exception):
+                task.print_stack(file=sys.stderr)
+    with contextlib.suppress(Exception):  # needs a real file: under capture, pytest's is not one
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
 
 
 @contextlib.asynccontextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 from collections.abc import Iterable
 
 
@@ -24,3 +26,29 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[object]]) -> None:
     for task in every:
         if not task.cancelled():
             task.exception()  # read, so asyncio does not log "exception was never retrieved"
+
+
+def release_grpc_after_loop() -> None:
+    """Finalise the gRPC objects of an event loop that has ended (call it after closing one).
+
+    gRPC's asyncio stack binds to the loop in which its first channel or server was made, and
+    stays bound while any of them is alive: calls made in a later loop have their completions
+    relayed through the first one. When a loop ended with a channel or server still alive (a
+    reference cycle that only the garbage collector frees), the next loop's calls wait on a
+    loop nobody runs, for ever, and when the collector finally frees the old object mid-way
+    through the next loop, gRPC's shutdown waits on its poller thread. Collecting while gRPC's
+    poller thread (``_poll_wrapper``) still runs frees those objects now, between loops, so the
+    next loop binds gRPC afresh. Cheap when nothing is left: the thread is gone then."""
+    poller = _grpc_poller()
+    if poller is None or poller.ident in _held_pollers:
+        return
+    gc.collect()
+    if (still := _grpc_poller()) is not None:
+        _held_pollers.add(still.ident)  # objects someone still holds: collecting again frees nothing
+
+
+_held_pollers: set[int | None] = set()
+
+
+def _grpc_poller() -> threading.Thread | None:
+    return next((t for t in threading.enumerate() if t.name.endswith("(_poll_wrapper)")), None)
