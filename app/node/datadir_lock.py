@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,13 @@ LOCK_FILE = "node.lock"
 PID_FILE = "node.pid"
 SAME_PROCESS_WAIT_S = 30.0
 """How long an engine waits for an earlier engine of this process to let go of the data dir."""
+
+
+_HELD_HERE: set[Path] = set()
+"""Data dirs this process holds. Kept here, not read from the pid file: a holder in this process
+removes its pid file just before letting go, and an engine that looked in between took a lock
+held by its own process for another process's."""
+_HELD_HERE_LOCK = threading.Lock()
 
 
 class DataDirBusy(RuntimeError):
@@ -45,23 +53,39 @@ class DataDirLock:
         self.data_dir = Path(data_dir)
         # thread_local=False: the engine takes the lock on the caller's thread and lets it go on its own
         self._lock = FileLock(self.data_dir / LOCK_FILE, thread_local=False)
+        self._key = self.data_dir.resolve()
+        self._waiting = threading.Event()
 
     @property
     def held(self) -> bool:
         return self._lock.is_locked
 
+    @property
+    def waiting(self) -> threading.Event:
+        """Set while ``acquire`` waits for an earlier holder in this process to let go."""
+        return self._waiting
+
     def acquire(self, same_process_wait_s: float = SAME_PROCESS_WAIT_S) -> None:
         """Take the lock or raise ``DataDirBusy`` naming the holder (pid and start time)."""
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            holder = self.holder()
-            if holder is None or holder.get("pid") != os.getpid():
-                raise DataDirBusy(self.data_dir, holder) from None
+        with _HELD_HERE_LOCK:  # the try and the look at who holds it, in one step with release
+            try:
+                self._lock.acquire(timeout=0)
+                _HELD_HERE.add(self._key)
+                got, ours = True, True
+            except Timeout:
+                got, ours = False, self._key in _HELD_HERE
+        if not got:
+            if not ours:
+                raise DataDirBusy(self.data_dir, self.holder())
+            self._waiting.set()
             try:
                 self._lock.acquire(timeout=same_process_wait_s)
             except Timeout:
-                raise DataDirBusy(self.data_dir, holder) from None
+                raise DataDirBusy(self.data_dir, self.holder()) from None
+            finally:
+                self._waiting.clear()
+            with _HELD_HERE_LOCK:
+                _HELD_HERE.add(self._key)
         record = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         # the lock is what excludes; the pid file only names the holder (a full disk must not stop us)
         with contextlib.suppress(OSError):
@@ -76,7 +100,9 @@ class DataDirLock:
                 pid_file.unlink()
         except (OSError, ValueError, AttributeError):
             pass
-        self._lock.release()
+        with _HELD_HERE_LOCK:
+            self._lock.release()
+            _HELD_HERE.discard(self._key)
 
     def holder(self) -> dict[str, object] | None:
         """Who recorded themselves as the holder, or None when no readable record exists."""

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,31 @@ def test_an_engine_refuses_a_dir_another_process_holds(tmp_path: Path) -> None:
             NodeEngine(NodeConfig(data_dir=tmp_path, port=0, max_steps=0)).start()
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_a_holder_of_this_process_that_is_letting_go_is_waited_for_not_taken_for_another_process(
+        tmp_path: Path) -> None:
+    """release() removes the pid file, then lets go of the lock: an engine of this process that
+    tried in between found no pid file and refused the dir as another process's (loaded triple
+    check, run 2 at 7539c4a). Whether this process holds the dir is now known without the file."""
+    first = DataDirLock(tmp_path)
+    first.acquire()
+    (tmp_path / "node.pid").unlink()  # the moment inside first.release(): no pid file, lock still held
+    second = DataDirLock(tmp_path)
+    outcome: list[object] = []
+
+    def take() -> None:
+        try:
+            second.acquire()
+            outcome.append("acquired")
+        except DataDirBusy as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=take)
+    waiter.start()
+    while not (second.waiting.is_set() or outcome):  # it waits (the fix) or has already refused (the bug)
+        time.sleep(0.01)
+    first.release()
+    waiter.join(timeout=60)
+    assert outcome == ["acquired"] and second.held
+    second.release()
