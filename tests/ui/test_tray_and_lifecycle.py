@@ -19,10 +19,13 @@ def test_snooze_pauses_the_node_and_resume_restarts_it(qtbot, gui) -> None:  # n
     tray = gui.tray
     assert tray.pause_action.isEnabled() and not tray.resume_action.isEnabled()
     assert "Training" in tray.icon.toolTip()
+    before = len(tray.notifications)
     tray.snooze_actions["1h"].trigger()
     qtbot.waitUntil(lambda: gui.bridge.state == NodeState.PAUSED, timeout=1_000)
     assert tray.resume_action.isEnabled() and "Paused" in tray.icon.toolTip()
-    assert tray.notifications[-1][0] == "Snoozed"
+    # a reward paid for a step finished before the pause may be announced after "Snoozed"
+    titles = [title for title, _ in tray.notifications[before:]]
+    assert "Snoozed" in titles, titles
     tray.resume_action.trigger()
     qtbot.waitUntil(lambda: gui.bridge.state == NodeState.TRAINING, timeout=2_000)
 
@@ -66,7 +69,8 @@ def test_engine_crash_shows_a_message_and_the_app_keeps_running(qtbot, config, w
     assert bar.action.isVisibleTo(bar) and bar.action.text() == "Restart the node"
     # the error message and the state change are two events: the badge follows the second one
     qtbot.waitUntil(lambda: app.window.dashboard.badge.state in (NodeState.ERROR, NodeState.STOPPED), timeout=30_000)
-    assert app.tray.notifications and app.tray.notifications[-1][0] == "NeuroShard problem"
+    titles = [title for title, _ in app.tray.notifications]  # a reward notice may come after it
+    assert "NeuroShard problem" in titles, titles
     qtbot.waitUntil(lambda: app.controller.engine.wait(timeout=0), timeout=10_000)  # its thread ended
     app.window.dashboard.toggle_pause()  # a command to a dead engine is a message, not an exception
     qtbot.waitUntil(lambda: "Could not pause" in app.window.message_bar.text(), timeout=5_000)
