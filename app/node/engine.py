@@ -367,7 +367,8 @@ class NodeEngine:
             self._executor.release()  # the last checkpoint must not wait out the CPU share
         if self._runtime is not None:
             try:
-                await asyncio.wait_for(self._runtime.shutdown(), timeout=4.0)
+                async with asyncio.timeout(4.0):
+                    await self._runtime.shutdown()
             except Exception:
                 log.exception("runtime did not shut down cleanly")
         if self.state != NodeState.STOPPED:

@@ -76,7 +76,8 @@ class RunControl:
     async def sleep(self, seconds: float) -> bool:
         """Sleep that ends early on stop; returns False if a stop was requested."""
         try:
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
         except asyncio.TimeoutError:
             return True
         return False

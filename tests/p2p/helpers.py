@@ -36,7 +36,8 @@ async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 
             await asyncio.sleep(0.05)
 
     try:
-        await asyncio.wait_for(poll(), timeout)
+        async with asyncio.timeout(timeout):
+            await poll()
     except asyncio.TimeoutError:
         raise AssertionError(f"never happened within {timeout:.0f} s: {what}") from None
 

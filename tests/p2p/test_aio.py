@@ -1,8 +1,9 @@
-"""cancel_and_wait: every task is cancelled and waited for, and the caller's own cancellation is kept."""
+"""Cancellations reach their task: cancel_and_wait waits for every one, a retrying loop still stops."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -91,3 +92,52 @@ def test_grpc_objects_a_finished_loop_left_in_a_cycle_are_freed_between_loops() 
     done = subprocess.run([sys.executable, "-c", _CYCLE_SCRIPT], capture_output=True, text=True, timeout=120, cwd=root)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False"]  # alive after the loop; gone once released
+
+
+def test_a_loop_that_retries_failed_calls_still_stops_when_cancelled() -> None:
+    """A maintenance loop (the heartbeat) catches a failed call and tries again next beat; a
+    cancellation that arrives while a call is being made must still end it. Python 3.11's
+    ``asyncio.wait_for`` drops a cancellation that arrives as the awaited thing completes, and the
+    client awaited its channel that way: the loop then slept on for ever and ``P2PNode.stop``
+    never returned (50-node swarms hung on a loaded machine). Cancelled at every point of a call."""
+    from app.node.p2p.errors import P2PError
+
+    from .helpers import run, swarm
+
+    async def scenario() -> list[int]:
+        async with swarm(2, tracker=False) as (_, (a, b)):
+            async def beats() -> None:
+                while True:
+                    with contextlib.suppress(P2PError):  # logged and retried next beat, as the heartbeat does
+                        await a.ping(b.address)
+
+            kept_running = []
+            for ticks in range(40):
+                task = asyncio.ensure_future(beats())
+                for _ in range(ticks):
+                    await asyncio.sleep(0)
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=30)  # a hang bound: done at once when right
+                if not done:
+                    kept_running.append(ticks)
+                    while not task.done():  # cancel until it ends, so the swarm can stop
+                        task.cancel()
+                        await asyncio.wait({task}, timeout=1)
+                    break  # one is enough to fail; the next would wait out the bound again
+            return kept_running
+
+    assert run(scenario()) == []
+
+
+def test_the_app_never_bounds_an_await_with_wait_for() -> None:
+    """The same flaw anywhere else ends the same way, so the app bounds awaits with
+    ``asyncio.timeout`` (which keeps a cancellation that races a completion) and never
+    ``asyncio.wait_for``; this keeps a new call site from bringing it back."""
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[2] / "app"
+    uses = [f"{path.relative_to(app.parent)}:{number}"
+            for path in sorted(app.rglob("*.py"))
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if "asyncio.wait_for(" in line]
+    assert uses == []

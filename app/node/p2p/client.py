@@ -281,7 +281,8 @@ class PeerClient:
         route = self.route(peer)
         method = METHODS[path]
         try:
-            channel = await asyncio.wait_for(self.channel(route), timeout)
+            async with asyncio.timeout(timeout):
+                channel = await self.channel(route)
             if route.target:
                 source = self._relayed(channel, route, method, requests, timeout)
             else:

@@ -243,7 +243,8 @@ class HolePuncher:
         started = time.monotonic()
         try:
             try:
-                answer = await asyncio.wait_for(anext(answers, None), timeout)
+                async with asyncio.timeout(timeout):
+                    answer = await anext(answers, None)
             except (P2PError, asyncio.TimeoutError) as exc:
                 final = isinstance(exc, PeerRejected) and exc.code in _FINAL_REFUSALS
                 raise PunchFailed(f"the relayed CONNECT got no answer: {exc or 'timeout'}", final=final) from None
@@ -358,7 +359,8 @@ class HolePuncher:
                                      certificate=self.tls.cert_der)
             sign_message(self.key, PUNCH, reply, caller)
             yield reply
-            sync = await asyncio.wait_for(anext(requests, None), self.config.rpc_timeout_s)
+            async with asyncio.timeout(self.config.rpc_timeout_s):
+                sync = await anext(requests, None)
             if sync is None or sync.type != SYNC:
                 return
             self._answering[caller] = self._spawn(self._meet_and_serve(caller, port, targets))

@@ -167,7 +167,8 @@ class PunchPort:
         try:
             while (left := deadline - time.monotonic()) > 0:
                 try:
-                    sock = await asyncio.wait_for(found.get(), left)
+                    async with asyncio.timeout(left):
+                        sock = await found.get()
                 except asyncio.TimeoutError:
                     break
                 self._open.discard(sock)
@@ -191,7 +192,8 @@ class PunchPort:
             sock = _reusable(self.host, self.port)
             self._open.add(sock)
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, target), left)
+                async with asyncio.timeout(left):
+                    await loop.sock_connect(sock, target)
             except ConnectionRefusedError:
                 self._drop(sock)
                 self.refused[target] = self.refused.get(target, 0) + 1

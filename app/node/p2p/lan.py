@@ -159,7 +159,8 @@ class LanDiscovery:
         if self._found is None or self._zc is None:
             return bool(self.verified)
         try:
-            await asyncio.wait_for(self._found.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._found.wait()
         except asyncio.TimeoutError:
             return False
         return True

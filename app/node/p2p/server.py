@@ -263,4 +263,5 @@ async def _drain(requests: AsyncIterator[Any]) -> None:
                 return
 
     with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError, StopAsyncIteration, RuntimeError, ValueError):
-        await asyncio.wait_for(consume(), DRAIN_TIMEOUT_S)
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await consume()

@@ -134,7 +134,8 @@ def tensor_handler(path: str, get_handler: Callable[[], TensorHandler | None], r
 async def _next_chunk(requests: AsyncIterator[Any], stall_s: float) -> Any:
     """The next request chunk (None at the end); a peer silent for ``stall_s`` is refused."""
     try:
-        return await asyncio.wait_for(anext(requests, None), stall_s)
+        async with asyncio.timeout(stall_s):
+            return await anext(requests, None)
     except asyncio.TimeoutError:
         raise RpcRefusal(grpc.StatusCode.DEADLINE_EXCEEDED,
                          f"tensor stream stalled: no data for {stall_s:g} s") from None
