@@ -5,8 +5,9 @@ waited only for members that had already trained in the round. A replica that st
 later (still at inner step 0) was left out: the round closed with one member, the late one's work
 for that round was thrown away when it caught up, and two runs of the same devnet ended on
 different weights depending on which node got going first. Now a holder's answer says whether
-its driver still has the steps to reach the round's end, and such a member is waited for (within
-``sync_timeout_s``); an idle replica, or a driver whose plan ends before the round does, is not.
+its driver still has the steps to reach the end of the round asked about (also while it still
+closes the round before), and such a member is waited for (within ``sync_timeout_s``); an idle
+replica, or a driver whose plan ends before the round does, is not.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ class _Replica:
         self.stage: StageWorker = make_stage(RANGE, CONFIG)
         self.cohort = P2PCohort(node, holds=lambda: RANGE, position=self.position,
                                 round_length=lambda: CONFIG.inner_steps,
-                                training=lambda: self.sync.trains_this_round)
+                                training=self.will_send_for)
         self.sync = StageSync(node.node_id.hex(), self.stage, self.cohort, CONFIG)
         node.set_sync_handler(self.cohort.handle)
+
+    def will_send_for(self, round_: int) -> bool:
+        return self.sync.will_send_for(round_)
 
     def position(self) -> tuple[int, int]:
         return self.sync.rounds, self.sync.replica.inner_steps_done
@@ -96,3 +100,41 @@ def test_an_idle_replica_is_not_waited_for() -> None:
 def test_a_driver_whose_plan_ends_inside_the_round_is_not_waited_for() -> None:
     early, _, _ = run(_first_round(late_steps_left=CONFIG.inner_steps - 1), timeout=120)
     assert len(early.members) == 1
+
+
+async def _round_after(late_steps_left: int | None) -> tuple[SyncReport, SyncReport | None]:
+    """The early replica closes round 1 while the late one has trained round 0 to its end but
+    not closed it yet (a step or two behind, as on a loaded machine); the late one's driver has
+    ``late_steps_left`` steps. Returns the early one's round-1 report and the late one's."""
+    async with swarm(2) as (_, (n1, n2)):
+        early, late = _Replica(n1, 0), _Replica(n2, 100)
+        for r in (early, late):
+            await r.node.registry.announce(LayerAnnouncement(*RANGE, "T3", 1.0))
+        early.sync.adopt_position(1)  # it closed round 0 already
+        early.sync.note_own_steps(CONFIG.inner_steps)
+        await late.train(CONFIG.inner_steps)
+        late.sync.note_own_steps(late_steps_left)
+        await early.train(CONFIG.inner_steps)
+        closing = asyncio.ensure_future(early.sync.sync())
+        while (late.cohort.latest_round(RANGE) or (None,))[0] != 1 and not closing.done():
+            await asyncio.sleep(0.01)  # until its round-1 payload has reached the late one
+        if late_steps_left is not None and late_steps_left < CONFIG.inner_steps:
+            return await closing, None
+        await late.sync.sync()  # round 0, which the early one closed already (it answers "stale")
+        await late.train(CONFIG.inner_steps)
+        late_report, early_report = await asyncio.gather(late.sync.sync(), closing)
+        return early_report, late_report
+
+
+def test_a_round_waits_for_a_replica_still_closing_the_round_before() -> None:
+    """Before, the late replica's answer named its own round (0), not the one asked about, so the
+    early one closed round 1 alone and the late one's work for it was dropped (a loaded 2-replica
+    devnet ended a round with one contribution)."""
+    early, late = run(_round_after(late_steps_left=10), timeout=120)
+    assert early.round == 1 and len(early.members) == 2, early
+    assert late is not None and late.round == 1 and len(late.members) == 2, late
+
+
+def test_a_replica_behind_whose_plan_ends_before_the_next_round_does_is_not_waited_for() -> None:
+    early, _ = run(_round_after(late_steps_left=CONFIG.inner_steps - 1), timeout=120)
+    assert early.round == 1 and len(early.members) == 1, early

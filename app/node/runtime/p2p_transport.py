@@ -202,12 +202,12 @@ class P2PCohort:
                  on_idle_payload: Callable[[str, tuple[int, int]], None] | None = None,
                  round_length: Callable[[], int] | None = None,
                  arch: Callable[[], str] | None = None,
-                 training: Callable[[], bool] | None = None) -> None:
+                 training: Callable[[int], bool] | None = None) -> None:
         self.node = node
         self.arch = arch  # our architecture tag (arch_guard.arch_tag): a payload of another is refused
         self.holds = holds  # the range this node serves now; payloads for others are refused
         self.position = position  # (DiLoCo round, inner steps done in it) of our stage
-        self.training = training  # our driver has steps of its own left (so we will send this round)
+        self.training = training  # whether our payload for a round will come (StageSync.will_send_for)
         self.on_idle_payload = on_idle_payload  # a replica trained while we were idle
         self.round_length = round_length  # inner steps per DiLoCo round: the most a member can claim
         self.me = node.node_id.hex()
@@ -273,7 +273,7 @@ class P2PCohort:
         self._boxes.setdefault((layer_range, round_), {})[sender] = payload
         self._arrived.set()
         return stage_protocol.sync_reply("ok", my_round, my_inner,
-                                         training=self.training is not None and self.training()), {}
+                                         training=self.training is not None and self.training(round_)), {}
 
     async def _holds_range(self, caller: bytes, layer_range: tuple[int, int]) -> bool:
         """The signed layer registry shows ``caller`` holding exactly ``layer_range`` now."""
@@ -296,7 +296,8 @@ class P2PCohort:
         # Wait only for peers in this round that trained in it or whose driver is about to: an idle
         # replica (no driver routes to it) or one already past this round would never send, and
         # waiting costs every driver. A driver that has not committed its first step of the round
-        # yet (it started a little later) will send: closing without it would drop its work.
+        # yet (it started a little later), or is still closing the round before, will send:
+        # closing without it would drop its work.
         waiting = {peer_id(r) for r, res in zip(records, results, strict=True)
                    if not isinstance(res, BaseException) and _will_send(res[0], round_)}
         self._ahead[tuple(layer_range)] = [peer_id(r) for r, res in zip(records, results, strict=True)
@@ -305,7 +306,8 @@ class P2PCohort:
         while not waiting <= set(box) and loop.time() < deadline:
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), timeout=max(0.01, deadline - loop.time()))
+                async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                    await self._arrived.wait()
             except asyncio.TimeoutError:
                 break
         asked = {peer_id(r) for r in records}  # a payload from anyone else is not merged
@@ -321,9 +323,11 @@ def _status(reply: Any) -> int:
 
 
 def _will_send(reply: Any, round_: int) -> bool:
-    """The peer is in this round and trained in it, or its driver has steps left to train in it
-    (a typed SyncReply; anything else: no)."""
-    return _status(reply) == pb2.STAGE_OK and reply.round == round_ and (reply.inner > 0 or reply.training)
+    """The peer is in this round and trained in it, or it is in this round or still in an earlier
+    one and says its payload for this round will come (a typed SyncReply; anything else: no)."""
+    if _status(reply) != pb2.STAGE_OK:
+        return False
+    return (reply.round == round_ and reply.inner > 0) or (reply.round <= round_ and reply.training)
 
 
 SYNC_POSITION = "__sync_position__"

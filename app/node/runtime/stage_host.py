@@ -129,7 +129,7 @@ class StageHost:
                                 on_idle_payload=self._on_idle_payload,
                                 round_length=lambda: self._training.inner_steps,
                                 arch=lambda: arch_tag(self.architecture()),
-                                training=lambda: self.sync.trains_this_round)
+                                training=lambda round_: self.sync.will_send_for(round_))
         self.assignment = assignment
         self.stage, self.sync = self._build(assignment)
         # the key/value caches of inference sessions through this stage (runtime/inference_service.py)

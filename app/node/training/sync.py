@@ -100,6 +100,22 @@ class StageSync:
         left = self._own_steps_left
         return left is None or left >= max(1, self.config.inner_steps - self.replica.inner_steps_done)
 
+    def will_send_for(self, round_: int) -> bool:
+        """Our payload for DiLoCo round ``round_`` will come: it is the current round and
+        ``trains_this_round``, or a later one our driver has the steps to reach the end of. A peer
+        ahead of us asks while we still close the round before (a step or two behind it): it must
+        wait for us rather than close its round alone and drop our work. The steps left may still
+        count a step being committed, so near a plan's end this can say yes one step early; that
+        costs the peer a wait bounded by its sync timeout, never lost work."""
+        if round_ < self.rounds:
+            return False
+        if round_ == self.rounds:
+            return self.trains_this_round
+        left = self._own_steps_left
+        inner = self.config.inner_steps
+        needed = max(0, inner - self.replica.inner_steps_done) + (round_ - self.rounds) * inner
+        return left is None or left >= needed
+
     @property
     def due(self) -> bool:
         return self.replica.should_sync()
