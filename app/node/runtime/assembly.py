@@ -193,6 +193,11 @@ async def _pipeline_job(base: NodeBase, capacity: Capacity, data: DataService) -
                      market=_inference_market(base), on_served=_inference_proofs(base),
                      inference_limits=ctx.config.inference)
     await host.start(resume, lost)
+    if host.stage.is_first:
+        # This node drives. Its cohort may ask where it stands before its driver starts (it waits
+        # for the other stages' holders first): its steps are coming, so a replica that started
+        # first waits for its payload instead of closing the round alone and dropping its work.
+        host.sync.note_own_steps(ctx.config.max_steps)
     never_migrated = base.architecture().version == t.architecture().version  # --upgrade-at forces v1 -> v2 only
     upgrades = UpgradeService(net, base.architecture(), ctx.config.data_dir, memory_budget=capacity.memory,
                               holding=lambda: (host.stage.layer_range, host.stage.is_first, host.stage.is_last),
